@@ -1,0 +1,149 @@
+/* The Quadratic Reweighted Rank Regularizer (Q3R), as stated in shared/q3r-math.md.
+ *
+ * Two levels:
+ *   q3r_state  one regularized matrix: refresh (thin SVD, eps schedule, envelope),
+ *              value and gradient with shared products, decoupled/coupled application.
+ *              It sees a matrix as (pointer, rows, cols, leading dimension), row-major,
+ *              so the Q, K and V row blocks of a fused qkv weight are three matrices
+ *              without copies.
+ *   q3r_set    many matrices, each with its own rank rule; refreshes them together,
+ *              sums the values, reports per matrix, saves and loads its state.
+ *
+ * Nothing here knows what a layer or a model is. */
+#ifndef Q3R_REGULARIZER_H
+#define Q3R_REGULARIZER_H
+
+#include "q3r/base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- rank rules ----------------------------------------------------------- */
+typedef enum {
+    Q3R_RANK_INT = 0,           /* r = value */
+    Q3R_RANK_FRACTION = 1,      /* r = floor(p m n / (m + n)), p = value in (0, 1] */
+    Q3R_RANK_COMPAT_MAXDIM = 2, /* public code's rule: r = floor(p max(m, n)); compatibility only */
+} q3r_rank_kind;
+
+typedef struct {
+    q3r_rank_kind kind;
+    double value;
+} q3r_rank_rule;
+
+/* Parse "8" (integer), "0.4" or "40%" (parameter fraction), "maxdim:0.4" (compatibility). */
+q3r_status q3r_rank_parse(const char *text, q3r_rank_rule *out, q3r_error *err);
+/* The rank for an m x n matrix, at least 1. Errors: value out of range (integer < 1,
+ * fraction outside (0, 1]) or a rule that gives 0. */
+q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r_error *err);
+
+/* ---- eps schedules ------------------------------------------------------------ */
+typedef enum {
+    Q3R_EPS_DEFAULT = 0,     /* eps <- min(eps, sigma_{r+1}) */
+    Q3R_EPS_GEOMETRIC = 1,   /* public code's "linear": eps_0 sigma_{r+1}, x c per refresh, floor eps_min */
+    Q3R_EPS_CONSTANT = 2,    /* eps <- eps_const */
+    Q3R_EPS_EXPLORATION = 3, /* eps <- sigma_{r+1} at every refresh */
+} q3r_eps_schedule;
+
+typedef struct {
+    q3r_eps_schedule schedule;
+    double eps_const;     /* constant schedule; must be > 0 */
+    double eps_min;       /* geometric floor; default 1e-5 */
+    int geometric_steps;  /* N: refreshes to reach eps_min in the geometric schedule */
+} q3r_eps_options;
+
+/* Defaults: schedule default, eps_min 1e-5, geometric_steps 100. */
+q3r_eps_options q3r_eps_options_default(void);
+q3r_status q3r_eps_parse(const char *text, q3r_eps_schedule *out, q3r_error *err);
+const char *q3r_eps_name(q3r_eps_schedule s);
+
+/* ---- one matrix ------------------------------------------------------------------ */
+typedef struct q3r_state q3r_state;
+
+/* A state for a rows x cols matrix with target rank `rank` (>= 1). rank >= min(rows, cols)
+ * is allowed: eps stays +inf, r_env = 0, and Q3R is plain weight decay. */
+q3r_status q3r_state_create(int rows, int cols, int rank, const q3r_eps_options *eps,
+                            q3r_state **out, q3r_error *err);
+void q3r_state_free(q3r_state *s);
+
+/* Refresh at the point X (rows x cols, leading dimension ld >= cols): thin SVD, eps update,
+ * envelope rank, U, V, sigma. On any error (NaN/Inf in X, SVD failure, bad ld) the
+ * previous state is left intact. */
+q3r_status q3r_state_refresh(q3r_state *s, const float *X, int ld, q3r_error *err);
+
+/* value = lambda <X, R X>. If G != NULL: G (rows x cols, leading dim ldg) is updated as
+ *     G <- beta * G + alpha * 2 lambda R(X)
+ * Coupled mode is alpha = 1, beta = 1 on a gradient buffer. Decoupled (AdamQ3R) mode is
+ * G = X (same pointer and ld), alpha = -lr, beta = 1: R is computed from the pre-update X.
+ * Before the first refresh R is the identity (eps = +inf). value may be NULL. */
+q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, float alpha,
+                           float beta, float *G, int ldg, double *value, q3r_error *err);
+
+typedef struct {
+    int rows, cols;
+    int rank;          /* target r */
+    int r_env;         /* #{sigma_i > eps} at the last refresh */
+    double eps;        /* current eps (+inf before the first refresh and for rank >= min dim) */
+    double sigma_r1;   /* sigma_{r+1} at the last refresh (0 if rank >= min dim; NaN before) */
+    int refreshes;     /* number of successful refreshes */
+    int nsigma;        /* min(rows, cols) once refreshed, else 0 */
+    const double *sigma; /* all singular values at the last refresh, descending (nsigma) */
+} q3r_state_info;
+
+void q3r_state_get_info(const q3r_state *s, q3r_state_info *info);
+
+/* ---- many matrices ------------------------------------------------------------------ */
+typedef struct {
+    double lambda;        /* strength; value and gradient are sums over matrices */
+    int period;           /* refresh every `period` optimizer steps (T, default 5) */
+    q3r_eps_options eps;
+} q3r_set_options;
+
+q3r_set_options q3r_set_options_default(void); /* lambda 0.1, period 5, default eps */
+
+typedef struct q3r_set q3r_set;
+
+q3r_status q3r_set_create(const q3r_set_options *opts, q3r_set **out, q3r_error *err);
+void q3r_set_free(q3r_set *set);
+
+/* Register a matrix: X (rows x cols, leading dim ld) is where its weights live for the
+ * life of the set; grad (same shape, leading dim ldg) is its gradient buffer for the
+ * coupled mode, or NULL. The name is used in reports and saved state. */
+q3r_status q3r_set_add(q3r_set *set, const char *name, float *X, int rows, int cols, int ld,
+                       float *grad, int ldg, q3r_rank_rule rank, q3r_error *err);
+
+int q3r_set_count(const q3r_set *set);
+const char *q3r_set_name(const q3r_set *set, int i);
+void q3r_set_info(const q3r_set *set, int i, q3r_state_info *info);
+q3r_state *q3r_set_state(q3r_set *set, int i);
+
+/* Refresh every matrix (in parallel across matrices). On error nothing changes. */
+q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err);
+/* Refresh when step % period == 0 (step counts optimizer steps from 0). */
+q3r_status q3r_set_maybe_refresh(q3r_set *set, long step, q3r_error *err);
+
+/* Sum of lambda <X, R X> over the matrices. */
+q3r_status q3r_set_value(q3r_set *set, double *value, q3r_error *err);
+/* Coupled mode: grad += 2 lambda R(X) for every matrix (each must have a grad buffer). */
+q3r_status q3r_set_add_grad(q3r_set *set, double *value, q3r_error *err);
+/* Decoupled mode (AdamQ3R): X -= lr * 2 lambda R(X), R from the pre-update X. */
+q3r_status q3r_set_decoupled_step(q3r_set *set, double lr, double *value, q3r_error *err);
+
+/* State as named tensors under prefix (e.g. "q3r."), and back. The set being loaded into
+ * must have the same matrices (names, shapes, ranks); mismatches are errors naming the
+ * matrix. A load followed by a step gives the same numbers as the step without it. */
+q3r_status q3r_set_export(const q3r_set *set, const char *prefix, q3r_tensor_list *out,
+                          q3r_error *err);
+q3r_status q3r_set_import(q3r_set *set, const char *prefix, const q3r_tensor_list *in,
+                          q3r_error *err);
+
+/* ---- spectrum metrics ------------------------------------------------------------------ */
+/* exp(H) with H the entropy of sigma / sum(sigma) (Roy and Vetterli). */
+double q3r_effective_rank(const double *sigma, int n);
+/* sum_{i<=r} sigma_i^2 / sum_i sigma_i^2 */
+double q3r_energy_at(const double *sigma, int n, int r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
