@@ -1,20 +1,57 @@
-/* The q3r program: one binary, subcommands. Parses, validates, calls the library. */
+/* The q3r program: one binary, subcommands. Each command parses and validates its flags,
+ * calls the library, and prints; no numerics live here. */
 #include "q3r.h"
+#include "commands.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-static int cmd_version(void) {
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},
+};
+static const size_t ncommands = sizeof commands / sizeof commands[0];
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: q3r <command> [options]\n\n"
+               "Low-rank training with the Quadratic Reweighted Rank Regularizer (Q3R).\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < ncommands; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'q3r <command> --help' describes a command's options.\n");
+}
+
+int q3r_cmd_version(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
     printf("q3r %s\n", Q3R_VERSION);
-    printf("blas: OpenBLAS, core %s (%s)\n", q3r_blas_core(), q3r_blas_config());
+    printf("blas: OpenBLAS, core %s (%s)%s\n", q3r_blas_core(), q3r_blas_config(),
+           getenv("Q3R_BLAS_REEXEC") ? ", core selected by q3r" : "");
+    printf("cpu: AVX-512 %s\n", q3r_cpu_has_avx512() ? "yes" : "no");
     printf("threads: %d\n", q3r_get_threads());
     return 0;
 }
 
 int main(int argc, char **argv) {
     q3r_blas_fix_core(argv);
-    if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")))
-        return cmd_version();
-    fprintf(stderr, "usage: q3r <command> [options]\n");
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) return q3r_cmd_version(argc, argv);
+    for (size_t i = 0; i < ncommands; i++)
+        if (!strcmp(cmd, commands[i].name)) return commands[i].run(argc, argv);
+    fprintf(stderr, "q3r: unknown command '%s'\n\n", cmd);
+    usage(stderr);
     return 2;
 }

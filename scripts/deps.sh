@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Make sure the Debian packages q3r needs are present: installs them with apt-get when
+# running as root, otherwise prints the exact command to run.
+#   scripts/deps.sh build   compiler, CMake, OpenBLAS (OpenMP build), zlib, Fashion-MNIST, gnuplot
+#   scripts/deps.sh test    the above plus Debian's torch and numpy (reference tests)
+set -euo pipefail
+want=(build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist gnuplot-nox)
+if [ "${1:-build}" = test ]; then
+  want+=(python3-numpy python3-torch)
+fi
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "q3r needs these Debian packages: ${missing[*]}" >&2
+  echo "install them with:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,35 @@
+/* Table-driven option parsing for the q3r subcommands.
+ *
+ * Each subcommand declares its flags once, in a table; the same table produces --help,
+ * validates values (type and range) and reports errors that name the flag:
+ *     q3r train: --lr: 'abc' is not a number */
+#ifndef Q3R_CLI_ARGS_H
+#define Q3R_CLI_ARGS_H
+
+#include <stddef.h>
+
+typedef enum { ARG_FLAG, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_CHOICE } arg_type;
+
+typedef struct {
+    const char *name;    /* long name without dashes, e.g. "lr" */
+    arg_type type;
+    void *dest;          /* int* (FLAG, INT, CHOICE index), double*, const char** */
+    const char *help;
+    double min, max;     /* for INT and DOUBLE; ignored when min > max */
+    const char *choices; /* for CHOICE: "a|b|c"; dest receives the index */
+    const char *metavar; /* shown in help, e.g. "N" */
+} arg_spec;
+
+/* Parse argv[first..argc) against specs (terminated by a {0} entry). Positional
+ * arguments (not starting with "--") go to positional[] up to max_positional.
+ * Returns 0 on success, 1 if --help was printed, 2 on error (message printed to
+ * stderr as "q3r <cmd>: ..."). */
+int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv,
+               int first, const char **positional, int max_positional, int *npositional);
+
+void args_print_help(const char *cmd, const char *summary, const arg_spec *specs);
+
+/* 1 if the flag named `name` appeared on the command line in the last parse. */
+int args_given(const arg_spec *specs, const char *name);
+
+#endif

@@ -1,0 +1,7 @@
+/* The q3r subcommands. Each takes the full argv (argv[1] is its own name). */
+#ifndef Q3R_CLI_COMMANDS_H
+#define Q3R_CLI_COMMANDS_H
+
+int q3r_cmd_version(int argc, char **argv);
+
+#endif
