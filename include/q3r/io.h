@@ -1,0 +1,132 @@
+/* q3r io: named tensors to and from safetensors files, a small JSON reader for headers
+ * and metadata, and a JSON-lines metrics writer.
+ *
+ * io knows nothing of models, optimizers or the regularizer: each of them exports its
+ * state as a q3r_tensor_list, and train assembles a checkpoint from those lists plus a
+ * metadata object of string -> string (the run's config). */
+#ifndef Q3R_IO_H
+#define Q3R_IO_H
+
+#include <stdio.h>
+
+#include "q3r/base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- safetensors --------------------------------------------------------------
+ * Layout (https://huggingface.co/docs/safetensors): an 8-byte little-endian u64 N, then
+ * N bytes of UTF-8 JSON {name: {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+ * "__metadata__": {string: string}}, padded with spaces so 8 + N is a multiple of 8,
+ * then the tensor bytes (little-endian, row-major), contiguous, with no holes. Dtypes
+ * F32, F64, I64 and U8 are supported; at most Q3R_TENSOR_MAXDIM dimensions. */
+
+/* Write tensors (in list order) and optional metadata to path. Atomic: the bytes go to
+ * "<path>.tmp", are flushed and fsync'd, and then renamed over path; on failure the
+ * temporary is removed and nothing at path is touched.
+ * metadata_json: a JSON object whose values are all strings, or NULL for none. */
+q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensors,
+                                 const char *metadata_json, q3r_error *err);
+
+/* Read every tensor of path and append it to out (initialised by the caller). The file is
+ * validated in full (sizes, JSON, dtypes, shapes against byte counts, offsets in range,
+ * not overlapping and covering the data); on failure out is left as it was and the
+ * message names the file and the problem.
+ * metadata_json_out: if non-NULL, receives a malloc'd copy of the "__metadata__" object's
+ * JSON text, or NULL when the file has none (the caller frees it). */
+q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **metadata_json_out,
+                                q3r_error *err);
+
+/* ---- JSON ------------------------------------------------------------------------
+ * A strict RFC 8259 parser into a small tree. Enough for safetensors headers and for
+ * metadata objects of simple values; nesting deeper than 64 levels is refused. */
+typedef enum {
+    Q3R_JSON_NULL = 0,
+    Q3R_JSON_BOOL,
+    Q3R_JSON_NUMBER,
+    Q3R_JSON_STRING,
+    Q3R_JSON_ARRAY,
+    Q3R_JSON_OBJECT,
+} q3r_json_type;
+
+typedef struct q3r_json {
+    q3r_json_type type;
+    char *key;              /* member name when this value sits in an object, else NULL */
+    char *text;             /* STRING: decoded UTF-8 (no NUL inside); NUMBER: the literal */
+    double number;          /* NUMBER: its value (strtod) */
+    int boolean;            /* BOOL: 0 or 1 */
+    struct q3r_json *items; /* ARRAY elements or OBJECT members, [count] */
+    size_t count;
+} q3r_json;
+
+/* Parse text[0..len) as one JSON value (surrounding whitespace allowed). On failure the
+ * message gives the byte offset and what was expected; *out is then empty. Duplicate keys
+ * in an object are an error. */
+q3r_status q3r_json_parse(const char *text /* [len] */, size_t len, q3r_json *out,
+                          q3r_error *err);
+void q3r_json_free(q3r_json *v);
+
+/* The member of an object named key, or NULL (also NULL when obj is not an object). */
+const q3r_json *q3r_json_find(const q3r_json *obj, const char *key);
+
+/* A NUMBER that is a plain non-negative integer literal (no sign, fraction or exponent)
+ * fitting in uint64: its exact value. Q3R_EFORMAT otherwise. */
+q3r_status q3r_json_as_u64(const q3r_json *v, uint64_t *out, q3r_error *err);
+
+/* Read the string value of key from a JSON object text (a metadata object). Errors:
+ * Q3R_EFORMAT if json is not an object, key is absent or its value is not a string;
+ * Q3R_EINVAL if the value (plus NUL) does not fit in cap bytes. */
+q3r_status q3r_json_get_string(const char *json, const char *key, char *out /* [cap] */,
+                               size_t cap, q3r_error *err);
+
+/* Set key to a string value in the JSON object text *json (malloc'd; *json == NULL starts
+ * an empty object). An existing key is replaced in place, a new one appended. *json is
+ * reallocated; on failure it is left unchanged. */
+q3r_status q3r_json_set_string(char **json, const char *key, const char *value,
+                               q3r_error *err);
+
+/* ---- JSON-lines metrics ------------------------------------------------------------
+ * One JSON object per line, written and flushed at q3r_jsonl_end, so a crash loses at
+ * most the line being built. Non-finite doubles are written as null.
+ *
+ *     q3r_jsonl log;
+ *     q3r_jsonl_open(&log, "metrics.jsonl", 1, &err);
+ *     q3r_jsonl_begin(&log);
+ *     q3r_jsonl_add_int(&log, "step", 100);
+ *     q3r_jsonl_add_double(&log, "loss", 2.31);
+ *     q3r_jsonl_end(&log, &err);
+ *     q3r_jsonl_close(&log, &err);
+ *
+ * The add functions cannot fail visibly: an allocation failure is remembered and
+ * reported by q3r_jsonl_end (which then writes nothing). */
+typedef struct {
+    FILE *f;
+    char path[256]; /* for messages (truncated if longer) */
+    char *buf;      /* the line being built, [cap] */
+    size_t len, cap;
+    int fields;     /* fields in the current line */
+    int open_line;  /* between begin and end */
+    int failed;     /* an allocation failed while building the line */
+} q3r_jsonl;
+
+/* append != 0 keeps existing lines, 0 truncates the file. */
+q3r_status q3r_jsonl_open(q3r_jsonl *j, const char *path, int append, q3r_error *err);
+q3r_status q3r_jsonl_close(q3r_jsonl *j, q3r_error *err); /* safe on a closed/zeroed j */
+void q3r_jsonl_begin(q3r_jsonl *j);
+void q3r_jsonl_add_int(q3r_jsonl *j, const char *key, int64_t v);
+void q3r_jsonl_add_double(q3r_jsonl *j, const char *key, double v);
+void q3r_jsonl_add_string(q3r_jsonl *j, const char *key, const char *v);
+void q3r_jsonl_add_double_array(q3r_jsonl *j, const char *key, const double *v /* [n] */,
+                                size_t n);
+q3r_status q3r_jsonl_end(q3r_jsonl *j, q3r_error *err);
+
+/* Append a JSON string literal for s (quotes and escapes) to the buffer *buf of *len bytes
+ * used out of *cap (grown with realloc; NUL-terminated). Returns 0, or -1 on allocation
+ * failure. Shared by the writers above; useful for callers building metadata too. */
+int q3r_json_append_string(char **buf, size_t *len, size_t *cap, const char *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

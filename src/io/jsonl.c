@@ -1,0 +1,105 @@
+/* JSON-lines metrics log: each q3r_jsonl_begin .. q3r_jsonl_end pair becomes one line,
+ * built in memory and written with a single fwrite + fflush, so readers tailing the file
+ * never see half a record. */
+#include "q3r/io.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+q3r_status q3r_jsonl_open(q3r_jsonl *j, const char *path, int append, q3r_error *err) {
+    memset(j, 0, sizeof *j);
+    if (!path) return q3r_fail(err, Q3R_EINVAL, "metrics log: no path");
+    snprintf(j->path, sizeof j->path, "%s", path);
+    j->f = fopen(path, append ? "ab" : "wb");
+    if (!j->f) return q3r_fail(err, Q3R_EIO, "%s: cannot open metrics log for writing", path);
+    return Q3R_OK;
+}
+
+q3r_status q3r_jsonl_close(q3r_jsonl *j, q3r_error *err) {
+    q3r_status s = Q3R_OK;
+    if (j->f && fclose(j->f) != 0) s = q3r_fail(err, Q3R_EIO, "%s: error closing metrics log", j->path);
+    free(j->buf);
+    j->f = NULL;
+    j->buf = NULL;
+    j->len = j->cap = 0;
+    return s;
+}
+
+static void put(q3r_jsonl *j, const char *s) {
+    size_t k = strlen(s);
+    if (j->failed) return;
+    if (j->len + k + 1 > j->cap) {
+        size_t nc = j->cap ? j->cap : 256;
+        while (nc < j->len + k + 1) nc *= 2;
+        char *nb = realloc(j->buf, nc);
+        if (!nb) { j->failed = 1; return; }
+        j->buf = nb;
+        j->cap = nc;
+    }
+    memcpy(j->buf + j->len, s, k + 1);
+    j->len += k;
+}
+
+static void put_key(q3r_jsonl *j, const char *key) {
+    if (!j->open_line) q3r_jsonl_begin(j);
+    put(j, j->fields++ ? "," : "");
+    if (!j->failed && q3r_json_append_string(&j->buf, &j->len, &j->cap, key)) j->failed = 1;
+    put(j, ":");
+}
+
+/* Shortest of %.15g / %.17g that reads back exactly: tidy for most values, exact always. */
+static void put_double(q3r_jsonl *j, double v) {
+    char num[40];
+    if (!isfinite(v)) { put(j, "null"); return; }
+    snprintf(num, sizeof num, "%.15g", v);
+    if (strtod(num, NULL) != v) snprintf(num, sizeof num, "%.17g", v);
+    put(j, num);
+}
+
+void q3r_jsonl_begin(q3r_jsonl *j) {
+    j->len = 0;
+    j->fields = 0;
+    j->failed = 0;
+    j->open_line = 1;
+    put(j, "{");
+}
+
+void q3r_jsonl_add_int(q3r_jsonl *j, const char *key, int64_t v) {
+    char num[32];
+    put_key(j, key);
+    snprintf(num, sizeof num, "%lld", (long long)v);
+    put(j, num);
+}
+
+void q3r_jsonl_add_double(q3r_jsonl *j, const char *key, double v) {
+    put_key(j, key);
+    put_double(j, v);
+}
+
+void q3r_jsonl_add_string(q3r_jsonl *j, const char *key, const char *v) {
+    put_key(j, key);
+    if (!v) { put(j, "null"); return; }
+    if (!j->failed && q3r_json_append_string(&j->buf, &j->len, &j->cap, v)) j->failed = 1;
+}
+
+void q3r_jsonl_add_double_array(q3r_jsonl *j, const char *key, const double *v, size_t n) {
+    put_key(j, key);
+    put(j, "[");
+    for (size_t i = 0; i < n; i++) {
+        if (i) put(j, ",");
+        put_double(j, v[i]);
+    }
+    put(j, "]");
+}
+
+q3r_status q3r_jsonl_end(q3r_jsonl *j, q3r_error *err) {
+    if (!j->f) return q3r_fail(err, Q3R_EINVAL, "metrics log %s is not open", j->path);
+    if (!j->open_line) return q3r_fail(err, Q3R_EINVAL, "%s: q3r_jsonl_end without begin", j->path);
+    j->open_line = 0;
+    put(j, "}\n");
+    if (j->failed) return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory building a metrics line", j->path);
+    if (fwrite(j->buf, 1, j->len, j->f) != j->len || fflush(j->f) != 0)
+        return q3r_fail(err, Q3R_EIO, "%s: cannot write metrics line", j->path);
+    return Q3R_OK;
+}
