@@ -1,0 +1,84 @@
+/* Multi-head self-attention core on a fused qkv activation laid out like timm
+ * (qkv.reshape(B, T, 3, H, Dh)): no transposes or copies, the per-head q, k, v are strided
+ * views (leading dimension 3D) handed straight to sgemm. One (b, h) pair per loop iteration;
+ * inside the OpenMP region OpenBLAS runs single-threaded. */
+#include "q3r/nn.h"
+
+#include <cblas.h>
+#include <math.h>
+
+/* glibc >= 2.35 ships SIMD expf (libmvec); declaring it SIMD-callable lets `omp simd` loops
+ * call the vector version (glibc only declares it so under -ffast-math). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+__attribute__((simd("notinbranch"))) float expf(float);
+#endif
+
+/* row (n) <- softmax(row) in place */
+static void softmax_row(float *row, int n) {
+    float mx = row[0];
+    for (int j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+#pragma omp simd
+    for (int j = 0; j < n; j++) row[j] = expf(row[j] - mx);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int j = 0; j < n; j++) s += row[j];
+    float inv = 1.0f / s;
+#pragma omp simd
+    for (int j = 0; j < n; j++) row[j] *= inv;
+}
+
+void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int H) {
+    const int Dh = D / H, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)Dh);
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh;
+        const float *k = q + D, *v = q + 2 * D;
+        float *a = att + (size_t)bh * T * T;
+        /* a (T, T) = scale * q (T, Dh) k^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, Dh, scale, q, ld, k, ld, 0.0f,
+                    a, T);
+        for (int t = 0; t < T; t++) softmax_row(a + (size_t)t * T, T);
+        /* out[b, :, h*Dh:(h+1)*Dh] (T, Dh) = a (T, T) v (T, Dh) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, Dh, T, 1.0f, a, T, v, ld, 0.0f,
+                    out + (size_t)b * T * D + (size_t)h * Dh, D);
+    }
+}
+
+void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                            const float *att, int B, int T, int D, int H) {
+    const int Dh = D / H, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)Dh);
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        size_t off = (size_t)b * T * ld + (size_t)h * Dh;
+        const float *q = qkv + off, *k = q + D, *v = q + 2 * D;
+        float *dq = dqkv + off, *dk = dq + D, *dv = dq + 2 * D;
+        const float *a = att + (size_t)bh * T * T;
+        float *da = datt + (size_t)bh * T * T;
+        const float *dO = dout + (size_t)b * T * D + (size_t)h * Dh;
+        /* dv (T, Dh) = a^T do ; da (T, T) = do v^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, T, 1.0f, a, T, dO, D, 0.0f,
+                    dv, ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, Dh, 1.0f, dO, D, v, ld, 0.0f,
+                    da, T);
+        /* softmax backward, in place: ds = a * (da - sum_j da a), times the score scale */
+        for (int t = 0; t < T; t++) {
+            const float *ar = a + (size_t)t * T;
+            float *dr = da + (size_t)t * T;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int j = 0; j < T; j++) s += dr[j] * ar[j];
+#pragma omp simd
+            for (int j = 0; j < T; j++) dr[j] = scale * ar[j] * (dr[j] - s);
+        }
+        /* dq (T, Dh) = ds k ; dk (T, Dh) = ds^T q */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, Dh, T, 1.0f, da, T, k, ld, 0.0f,
+                    dq, ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, T, 1.0f, da, T, q, ld, 0.0f,
+                    dk, ld);
+    }
+}

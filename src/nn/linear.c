@@ -1,0 +1,91 @@
+/* Linear layer, y = x W^T + b, with W stored like nn.Linear (out, in).
+ *
+ * Threading: for the skinny products of a transformer (tens of thousands of rows, a few hundred
+ * columns) OpenBLAS's own split is uneven on two cores, so we split the rows ourselves into one
+ * contiguous block per OpenMP thread and let each thread run a single-threaded sgemm (OpenBLAS
+ * built for OpenMP runs serially inside a parallel region). The split depends only on the thread
+ * count, so results are deterministic for a given count. */
+#include "q3r/nn.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <string.h>
+
+/* C (m, n) = alpha * op(A) op(B) + beta * C, with the m rows of C (and of op(A)) split across
+ * threads. transA: A is stored (k, m) and the block starts at column i0; otherwise A is (m, k)
+ * and the block starts at row i0. B: (n, k) if transB else (k, n). */
+static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha, const float *A,
+                       int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > 1 && m >= 64 * nt && (size_t)m * n * k >= ((size_t)1 << 21)) {
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), tn = omp_get_num_threads();
+            /* blocks of whole 16-row groups keep every thread's A panel aligned */
+            int groups = (m + 15) / 16;
+            int g0 = (int)((long)groups * t / tn), g1 = (int)((long)groups * (t + 1) / tn);
+            int i0 = g0 * 16, i1 = g1 * 16 < m ? g1 * 16 : m;
+            if (i1 > i0) {
+                const float *Ab = transA ? A + i0 : A + (size_t)i0 * lda;
+                cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
+                            transB ? CblasTrans : CblasNoTrans, i1 - i0, n, k, alpha, Ab, lda, B,
+                            ldb, beta, C + (size_t)i0 * ldc, ldc);
+            }
+        }
+    } else {
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
+                    transB ? CblasTrans : CblasNoTrans, m, n, k, alpha, A, lda, B, ldb, beta, C,
+                    ldc);
+    }
+}
+
+void q3r_linear_forward(float *y, const float *x, const float *w, const float *b, const float *r,
+                        int n, int in, int out) {
+    float beta = 0.0f;
+    if (b || (r && r != y)) {
+        /* Seed y with bias (+ residual) and let the GEMM add onto it: one pass, not two. */
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++) {
+            float *yi = y + (size_t)i * out;
+            const float *ri = (r && r != y) ? r + (size_t)i * out : NULL;
+            if (r == y) {
+                for (int o = 0; o < out; o++) yi[o] += b[o];
+            } else if (ri && b) {
+                for (int o = 0; o < out; o++) yi[o] = ri[o] + b[o];
+            } else if (ri) {
+                memcpy(yi, ri, sizeof(float) * (size_t)out);
+            } else {
+                memcpy(yi, b, sizeof(float) * (size_t)out);
+            }
+        }
+        beta = 1.0f;
+    } else if (r == y && r) {
+        beta = 1.0f;
+    }
+    sgemm_rows(0, 1, n, out, in, 1.0f, x, in, w, in, beta, y, out);
+}
+
+/* db (out) += column sums of dy (n, out): threads own column blocks and each walks all rows
+ * in order, so the sum order never depends on the thread count. */
+static void bias_grad(float *db, const float *dy, int n, int out) {
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), tn = omp_get_num_threads();
+        int o0 = (int)((long)out * t / tn), o1 = (int)((long)out * (t + 1) / tn);
+        if (o1 > o0) {
+            for (int i = 0; i < n; i++) {
+                const float *d = dy + (size_t)i * out;
+#pragma omp simd
+                for (int o = o0; o < o1; o++) db[o] += d[o];
+            }
+        }
+    }
+}
+
+void q3r_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, int n, int in, int out, int accumulate) {
+    if (dx) sgemm_rows(0, 0, n, in, out, 1.0f, dy, out, w, in, accumulate ? 1.0f : 0.0f, dx, in);
+    /* dw rows = output features; split those (the long k = n dimension stays whole). */
+    if (dw) sgemm_rows(1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+    if (db) bias_grad(db, dy, n, out);
+}
