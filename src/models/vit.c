@@ -1,0 +1,548 @@
+/* Vision Transformer: the parameter table, the activation arena, and the forward/backward walk
+ * over the nn kernels.
+ *
+ *   x0 = tokens(patch_embed(im2col(images)), cls_token, pos_embed)          (B, T, D)
+ *   for each block:  x1 = x  + proj(attention(qkv(ln1(x))))
+ *                    x2 = x1 + fc2(gelu(fc1(ln2(x1))))
+ *   logits = head(norm(x[:, 0]))      (only the class token feeds the head, so the final
+ *                                      norm runs on B rows, not B*T)
+ *
+ * Memory: parameters and gradients are two flat buffers with matching offsets; activations live
+ * in one arena sized for max_batch, gradient scratch in another sized for one block (backward
+ * walks blocks one at a time and the residual-stream gradient is updated in place). */
+#include "q3r/vit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "q3r/nn.h"
+
+/* per-block parameter tensors, in timm state-dict order */
+enum {
+    P_LN1_W, P_LN1_B, P_QKV_W, P_QKV_B, P_PROJ_W, P_PROJ_B,
+    P_LN2_W, P_LN2_B, P_FC1_W, P_FC1_B, P_FC2_W, P_FC2_B, P_PER_BLOCK
+};
+/* global tensors: these four first, then the blocks, then norm and head */
+enum { P_CLS, P_POS, P_PE_W, P_PE_B, P_HEAD_FIRST };
+
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (N, D), (N), (N) */
+    float *qkv;                       /* (N, 3D) */
+    float *att;                       /* (B, H, T, T) */
+    float *atty;                      /* (N, D) attention output before proj */
+    float *x1;                        /* (N, D) residual after attention */
+    float *ln2, *ln2_mean, *ln2_rstd; /* (N, D), (N), (N) */
+    float *h, *g;                     /* (N, M) fc1 output, GELU output (after dropout) */
+    float *x2;                        /* (N, D) block output */
+    uint8_t *m_proj, *m_mlp1, *m_mlp2; /* dropout masks (N, D), (N, M), (N, D); NULL if p = 0 */
+} vit_block_acts;
+
+struct q3r_vit {
+    q3r_vit_config cfg;
+    int max_batch, T, P, K; /* tokens, patches, C*p*p */
+    int ntensors;
+    q3r_param_info *info;
+    char *names; /* ntensors x NAME_LEN */
+    size_t nparams;
+    float *params, *grads;
+
+    float *arena;         /* activations */
+    uint8_t *mask_arena;  /* dropout masks, NULL when cfg.dropout == 0 */
+    float *scratch;       /* backward scratch */
+    float *patches;       /* (B*P, K) */
+    float *pe;            /* (B*P, D) */
+    float *x0;            /* (N, D) */
+    uint8_t *m_pos;       /* (N, D) */
+    vit_block_acts *blk;  /* depth */
+    float *clsx;          /* (B, D) class-token rows of the last block output */
+    float *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
+    float *logits, *probs; /* (B, classes) */
+    int *labels;          /* (max_batch) */
+    /* scratch views */
+    float *dres, *dD, *dD2, *dqkv, *datt, *dh, *dpe, *dclsx, *dlnf, *dlogits;
+
+    /* state of the last forward */
+    int last_B, have_labels;
+    float last_ls, last_p;
+};
+
+#define NAME_LEN 48
+
+/* ---- configuration -------------------------------------------------------------------------- */
+
+q3r_status q3r_vit_preset(const char *name, q3r_vit_config *cfg, q3r_error *err) {
+    if (!name) return q3r_fail(err, Q3R_EINVAL, "vit preset: no name given");
+    q3r_vit_config c = {0};
+    if (strcmp(name, "vit-tiny") == 0) {
+        c = (q3r_vit_config){32, 3, 4, 192, 12, 3, 768, 10, 0.0f};
+    } else if (strcmp(name, "vit-fmnist") == 0) {
+        c = (q3r_vit_config){28, 1, 7, 128, 6, 4, 512, 10, 0.0f};
+    } else if (strcmp(name, "vit-bench") == 0) {
+        c = (q3r_vit_config){32, 1, 4, 192, 4, 3, 768, 10, 0.0f};
+    } else {
+        return q3r_fail(err, Q3R_EINVAL,
+                        "vit preset '%s' unknown (known: vit-tiny, vit-fmnist, vit-bench)", name);
+    }
+    *cfg = c;
+    return Q3R_OK;
+}
+
+q3r_status q3r_vit_config_check(const q3r_vit_config *c, q3r_error *err) {
+    if (!c) return q3r_fail(err, Q3R_EINVAL, "vit config: NULL");
+    const struct { const char *name; int v; } f[] = {
+        {"image_size", c->image_size}, {"channels", c->channels}, {"patch", c->patch},
+        {"width", c->width},           {"depth", c->depth},       {"heads", c->heads},
+        {"mlp_hidden", c->mlp_hidden}, {"classes", c->classes},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i].v <= 0)
+            return q3r_fail(err, Q3R_EINVAL, "vit config: %s = %d must be positive", f[i].name,
+                            f[i].v);
+    if (c->image_size % c->patch)
+        return q3r_fail(err, Q3R_EINVAL, "vit config: patch = %d does not divide image_size = %d",
+                        c->patch, c->image_size);
+    if (c->width % c->heads)
+        return q3r_fail(err, Q3R_EINVAL, "vit config: heads = %d does not divide width = %d",
+                        c->heads, c->width);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return q3r_fail(err, Q3R_EINVAL, "vit config: dropout = %g must be in [0, 1)",
+                        (double)c->dropout);
+    /* keep every buffer index inside an int-sized row count times a dimension */
+    double tokens = (double)(c->image_size / c->patch) * (c->image_size / c->patch) + 1;
+    if (tokens * c->width > 1e9 || (double)c->width * c->mlp_hidden > 1e9)
+        return q3r_fail(err, Q3R_EINVAL, "vit config: image_size/patch/width too large");
+    return Q3R_OK;
+}
+
+/* ---- parameter table ------------------------------------------------------------------------ */
+
+static int add_tensor(q3r_vit *m, size_t *off, const char *name, int kind, int ndim, int64_t d0,
+                      int64_t d1, int64_t d2, int64_t d3) {
+    int i = m->ntensors++;
+    q3r_param_info *t = &m->info[i];
+    char *nm = m->names + (size_t)i * NAME_LEN;
+    snprintf(nm, NAME_LEN, "%s", name);
+    t->name = nm;
+    t->offset = *off;
+    t->ndim = ndim;
+    int64_t d[4] = {d0, d1, d2, d3};
+    size_t numel = 1;
+    for (int k = 0; k < 4; k++) {
+        t->shape[k] = k < ndim ? d[k] : 0;
+        if (k < ndim) numel *= (size_t)d[k];
+    }
+    t->kind = kind;
+    *off += (numel + 15) & ~(size_t)15; /* next tensor on a 64-byte boundary */
+    return i;
+}
+
+static void build_table(q3r_vit *m) {
+    const q3r_vit_config *c = &m->cfg;
+    const int D = c->width, M = c->mlp_hidden;
+    size_t off = 0;
+    char nm[NAME_LEN];
+    m->ntensors = 0;
+    add_tensor(m, &off, "cls_token", Q3R_PARAM_EMBED, 3, 1, 1, D, 0);
+    add_tensor(m, &off, "pos_embed", Q3R_PARAM_EMBED, 3, 1, m->T, D, 0);
+    add_tensor(m, &off, "patch_embed.proj.weight", Q3R_PARAM_MATRIX, 4, D, c->channels, c->patch,
+               c->patch);
+    add_tensor(m, &off, "patch_embed.proj.bias", Q3R_PARAM_BIAS, 1, D, 0, 0, 0);
+    for (int l = 0; l < c->depth; l++) {
+#define BT(suffix, kind, ndim, a, b)                                   \
+    do {                                                               \
+        snprintf(nm, sizeof nm, "blocks.%d.%s", l, suffix);            \
+        add_tensor(m, &off, nm, kind, ndim, a, b, 0, 0);               \
+    } while (0)
+        BT("norm1.weight", Q3R_PARAM_NORM, 1, D, 0);
+        BT("norm1.bias", Q3R_PARAM_NORM, 1, D, 0);
+        BT("attn.qkv.weight", Q3R_PARAM_MATRIX, 2, 3 * D, D);
+        BT("attn.qkv.bias", Q3R_PARAM_BIAS, 1, 3 * D, 0);
+        BT("attn.proj.weight", Q3R_PARAM_MATRIX, 2, D, D);
+        BT("attn.proj.bias", Q3R_PARAM_BIAS, 1, D, 0);
+        BT("norm2.weight", Q3R_PARAM_NORM, 1, D, 0);
+        BT("norm2.bias", Q3R_PARAM_NORM, 1, D, 0);
+        BT("mlp.fc1.weight", Q3R_PARAM_MATRIX, 2, M, D);
+        BT("mlp.fc1.bias", Q3R_PARAM_BIAS, 1, M, 0);
+        BT("mlp.fc2.weight", Q3R_PARAM_MATRIX, 2, D, M);
+        BT("mlp.fc2.bias", Q3R_PARAM_BIAS, 1, D, 0);
+#undef BT
+    }
+    add_tensor(m, &off, "norm.weight", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
+    add_tensor(m, &off, "norm.bias", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
+    add_tensor(m, &off, "head.weight", Q3R_PARAM_MATRIX, 2, c->classes, D, 0, 0);
+    add_tensor(m, &off, "head.bias", Q3R_PARAM_BIAS, 1, c->classes, 0, 0, 0);
+    m->nparams = off;
+}
+
+static int tail_index(const q3r_vit *m, int k) { return P_HEAD_FIRST + m->cfg.depth * P_PER_BLOCK + k; }
+static float *par(q3r_vit *m, int i) { return m->params + m->info[i].offset; }
+static float *grd(q3r_vit *m, int i) { return m->grads + m->info[i].offset; }
+static int blk_index(int l, int j) { return P_HEAD_FIRST + l * P_PER_BLOCK + j; }
+
+/* ---- activation arena ---------------------------------------------------------------------- */
+
+/* Carve n floats (rounded to 64 bytes) from a running offset; with base == NULL only counts. */
+static float *carve(float *base, size_t *off, size_t n) {
+    float *p = base ? base + *off : NULL;
+    *off += (n + 15) & ~(size_t)15;
+    return p;
+}
+static uint8_t *carve8(uint8_t *base, size_t *off, size_t n) {
+    uint8_t *p = base ? base + *off : NULL;
+    *off += (n + 63) & ~(size_t)63;
+    return p;
+}
+
+/* Lay out (or just size, when the bases are NULL) activations, masks and scratch. */
+static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
+    const q3r_vit_config *c = &m->cfg;
+    const size_t B = (size_t)m->max_batch, T = (size_t)m->T, N = B * T, D = (size_t)c->width,
+                 M = (size_t)c->mlp_hidden, H = (size_t)c->heads, P = (size_t)m->P,
+                 K = (size_t)m->K, C = (size_t)c->classes;
+    const int drop = c->dropout > 0.0f;
+    size_t a = 0, k = 0, s = 0;
+    float *A = m->arena, *S = m->scratch;
+    uint8_t *MK = m->mask_arena;
+    m->patches = carve(A, &a, B * P * K);
+    m->pe = carve(A, &a, B * P * D);
+    m->x0 = carve(A, &a, N * D);
+    m->m_pos = drop ? carve8(MK, &k, N * D) : NULL;
+    for (int l = 0; l < c->depth; l++) {
+        vit_block_acts *b = m->blk ? &m->blk[l] : &(vit_block_acts){0};
+        b->ln1 = carve(A, &a, N * D);
+        b->ln1_mean = carve(A, &a, N);
+        b->ln1_rstd = carve(A, &a, N);
+        b->qkv = carve(A, &a, N * 3 * D);
+        b->att = carve(A, &a, B * H * T * T);
+        b->atty = carve(A, &a, N * D);
+        b->x1 = carve(A, &a, N * D);
+        b->ln2 = carve(A, &a, N * D);
+        b->ln2_mean = carve(A, &a, N);
+        b->ln2_rstd = carve(A, &a, N);
+        b->h = carve(A, &a, N * M);
+        b->g = carve(A, &a, N * M);
+        b->x2 = carve(A, &a, N * D);
+        b->m_proj = drop ? carve8(MK, &k, N * D) : NULL;
+        b->m_mlp1 = drop ? carve8(MK, &k, N * M) : NULL;
+        b->m_mlp2 = drop ? carve8(MK, &k, N * D) : NULL;
+    }
+    m->clsx = carve(A, &a, B * D);
+    m->lnf = carve(A, &a, B * D);
+    m->lnf_mean = carve(A, &a, B);
+    m->lnf_rstd = carve(A, &a, B);
+    m->logits = carve(A, &a, B * C);
+    m->probs = carve(A, &a, B * C);
+    m->dres = carve(S, &s, N * D);
+    m->dD = carve(S, &s, N * D);
+    m->dD2 = carve(S, &s, N * D);
+    m->dqkv = carve(S, &s, N * 3 * D);
+    m->datt = carve(S, &s, B * H * T * T);
+    m->dh = carve(S, &s, N * M);
+    m->dpe = carve(S, &s, B * P * D);
+    m->dclsx = carve(S, &s, B * D);
+    m->dlnf = carve(S, &s, B * D);
+    m->dlogits = carve(S, &s, B * C);
+    *nact = a;
+    *nmask = k;
+    *nscratch = s;
+}
+
+q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **out,
+                          q3r_error *err) {
+    if (!out) return q3r_fail(err, Q3R_EINVAL, "vit create: out is NULL");
+    *out = NULL;
+    q3r_status s = q3r_vit_config_check(cfg, err);
+    if (s) return s;
+    if (max_batch <= 0 || max_batch > (1 << 20))
+        return q3r_fail(err, Q3R_EINVAL, "vit create: max_batch = %d out of range", max_batch);
+    q3r_vit *m = calloc(1, sizeof *m);
+    if (!m) return q3r_fail(err, Q3R_ENOMEM, "vit create: out of memory");
+    m->cfg = *cfg;
+    m->max_batch = max_batch;
+    int g = cfg->image_size / cfg->patch;
+    m->P = g * g;
+    m->T = m->P + 1;
+    m->K = cfg->channels * cfg->patch * cfg->patch;
+    int nt = P_HEAD_FIRST + cfg->depth * P_PER_BLOCK + 4;
+    m->info = calloc((size_t)nt, sizeof *m->info);
+    m->names = calloc((size_t)nt, NAME_LEN);
+    m->blk = calloc((size_t)cfg->depth, sizeof *m->blk);
+    if (!m->info || !m->names || !m->blk) goto oom;
+    build_table(m);
+    m->params = q3r_calloc(sizeof(float) * m->nparams);
+    m->grads = q3r_calloc(sizeof(float) * m->nparams);
+    if (!m->params || !m->grads) goto oom;
+    size_t na, nk, ns;
+    vit_block_acts *blk = m->blk;
+    m->blk = NULL; /* sizing pass */
+    layout(m, &na, &nk, &ns);
+    m->blk = blk;
+    m->arena = q3r_alloc(sizeof(float) * na);
+    m->scratch = q3r_alloc(sizeof(float) * ns);
+    m->mask_arena = nk ? q3r_alloc(nk) : NULL;
+    m->labels = calloc((size_t)max_batch, sizeof(int));
+    if (!m->arena || !m->scratch || (nk && !m->mask_arena) || !m->labels) goto oom;
+    layout(m, &na, &nk, &ns);
+    *out = m;
+    return Q3R_OK;
+oom:
+    q3r_vit_free(m);
+    return q3r_fail(err, Q3R_ENOMEM,
+                    "vit create: out of memory for activations (max_batch %d; lower the batch)",
+                    max_batch);
+}
+
+void q3r_vit_free(q3r_vit *m) {
+    if (!m) return;
+    q3r_free(m->params);
+    q3r_free(m->grads);
+    q3r_free(m->arena);
+    q3r_free(m->scratch);
+    q3r_free(m->mask_arena);
+    free(m->labels);
+    free(m->blk);
+    free(m->info);
+    free(m->names);
+    free(m);
+}
+
+/* ---- accessors ------------------------------------------------------------------------------ */
+
+float *q3r_vit_params(q3r_vit *m) { return m->params; }
+float *q3r_vit_grads(q3r_vit *m) { return m->grads; }
+size_t q3r_vit_num_params(const q3r_vit *m) { return m->nparams; }
+int q3r_vit_num_tensors(const q3r_vit *m) { return m->ntensors; }
+const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i) {
+    return i >= 0 && i < m->ntensors ? &m->info[i] : NULL;
+}
+const q3r_param_info *q3r_vit_find(const q3r_vit *m, const char *name) {
+    for (int i = 0; name && i < m->ntensors; i++)
+        if (strcmp(m->info[i].name, name) == 0) return &m->info[i];
+    return NULL;
+}
+const q3r_vit_config *q3r_vit_get_config(const q3r_vit *m) { return &m->cfg; }
+int q3r_vit_max_batch(const q3r_vit *m) { return m->max_batch; }
+const float *q3r_vit_logits(const q3r_vit *m) { return m->logits; }
+void q3r_vit_zero_grad(q3r_vit *m) { memset(m->grads, 0, sizeof(float) * m->nparams); }
+
+double q3r_vit_forward_flops(const q3r_vit *m, int B) {
+    const q3r_vit_config *c = &m->cfg;
+    double N = (double)B * m->T, D = c->width, M = c->mlp_hidden, T = m->T;
+    double per_block = N * (3 * D * D + D * D + 2 * D * M) + 2.0 * B * T * T * D;
+    double macs = (double)B * m->P * m->K * D + c->depth * per_block + (double)B * D * c->classes;
+    return 2.0 * macs;
+}
+
+static size_t numel(const q3r_param_info *t) {
+    size_t n = 1;
+    for (int k = 0; k < t->ndim; k++) n *= (size_t)t->shape[k];
+    return n;
+}
+
+void q3r_vit_init(q3r_vit *m, uint64_t seed) {
+    q3r_rng rng;
+    q3r_rng_seed(&rng, seed);
+    memset(m->params, 0, sizeof(float) * m->nparams);
+    memset(m->grads, 0, sizeof(float) * m->nparams);
+    const double fan_in = (double)m->K, bound = 1.0 / sqrt(fan_in);
+    for (int i = 0; i < m->ntensors; i++) {
+        const q3r_param_info *t = &m->info[i];
+        float *p = m->params + t->offset;
+        size_t n = numel(t);
+        if (i == P_CLS) {
+            for (size_t j = 0; j < n; j++) p[j] = (float)(1e-6 * q3r_rng_normal(&rng));
+        } else if (i == P_PE_W) {
+            for (size_t j = 0; j < n; j++) p[j] = (float)(bound * (2.0 * q3r_rng_uniform(&rng) - 1.0));
+        } else if (i == P_POS || t->kind == Q3R_PARAM_MATRIX) {
+            for (size_t j = 0; j < n; j++) p[j] = (float)q3r_rng_trunc_normal(&rng, 0.02, -2.0, 2.0);
+        } else if (t->kind == Q3R_PARAM_NORM && strstr(t->name, ".weight")) {
+            for (size_t j = 0; j < n; j++) p[j] = 1.0f;
+        } /* biases, norm biases: zero */
+    }
+}
+
+/* ---- forward ---------------------------------------------------------------------------------- */
+
+q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, int B,
+                           float label_smoothing, int training, q3r_rng *rng, float *loss_out,
+                           q3r_error *err) {
+    const q3r_vit_config *c = &m->cfg;
+    if (B <= 0 || B > m->max_batch)
+        return q3r_fail(err, Q3R_EINVAL, "vit forward: batch %d not in [1, max_batch = %d]", B,
+                        m->max_batch);
+    if (!images) return q3r_fail(err, Q3R_EINVAL, "vit forward: images is NULL");
+    if (!(label_smoothing >= 0.0f && label_smoothing < 1.0f))
+        return q3r_fail(err, Q3R_EINVAL, "vit forward: label_smoothing = %g not in [0, 1)",
+                        (double)label_smoothing);
+    if (loss_out && !labels)
+        return q3r_fail(err, Q3R_EINVAL, "vit forward: a loss needs labels");
+    const float p = training ? c->dropout : 0.0f;
+    if (p > 0.0f && !rng)
+        return q3r_fail(err, Q3R_EINVAL, "vit forward: dropout %g needs an rng", (double)p);
+    if (labels)
+        for (int b = 0; b < B; b++)
+            if (labels[b] < 0 || labels[b] >= c->classes)
+                return q3r_fail(err, Q3R_EINVAL, "vit forward: label %d of sample %d not in [0, %d)",
+                                labels[b], b, c->classes);
+    m->have_labels = 0;
+
+    const int T = m->T, P = m->P, D = c->width, M = c->mlp_hidden, H = c->heads, N = B * T;
+    const int drop = p > 0.0f;
+    q3r_im2col_patches(m->patches, images, B, c->channels, c->image_size, c->image_size, c->patch);
+    q3r_linear_forward(m->pe, m->patches, par(m, P_PE_W), par(m, P_PE_B), NULL, B * P, m->K, D);
+    q3r_tokens_forward(m->x0, m->pe, par(m, P_CLS), par(m, P_POS), B, P, D);
+    if (drop) q3r_dropout_forward(m->x0, m->m_pos, (size_t)N * D, p, rng);
+    const float *x = m->x0;
+    for (int l = 0; l < c->depth; l++) {
+        vit_block_acts *a = &m->blk[l];
+#define W(j) par(m, blk_index(l, j))
+        q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, W(P_LN1_W), W(P_LN1_B), N, D);
+        q3r_linear_forward(a->qkv, a->ln1, W(P_QKV_W), W(P_QKV_B), NULL, N, D, 3 * D);
+        q3r_attention_forward(a->atty, a->att, a->qkv, B, T, D, H);
+        if (drop) {
+            q3r_linear_forward(a->x1, a->atty, W(P_PROJ_W), W(P_PROJ_B), NULL, N, D, D);
+            q3r_dropout_forward(a->x1, a->m_proj, (size_t)N * D, p, rng);
+            q3r_residual_forward(a->x1, a->x1, x, (size_t)N * D);
+        } else {
+            q3r_linear_forward(a->x1, a->atty, W(P_PROJ_W), W(P_PROJ_B), x, N, D, D);
+        }
+        q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, W(P_LN2_W), W(P_LN2_B), N, D);
+        q3r_linear_forward(a->h, a->ln2, W(P_FC1_W), W(P_FC1_B), NULL, N, D, M);
+        q3r_gelu_forward(a->g, a->h, (size_t)N * M);
+        if (drop) {
+            q3r_dropout_forward(a->g, a->m_mlp1, (size_t)N * M, p, rng);
+            q3r_linear_forward(a->x2, a->g, W(P_FC2_W), W(P_FC2_B), NULL, N, M, D);
+            q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)N * D, p, rng);
+            q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)N * D);
+        } else {
+            q3r_linear_forward(a->x2, a->g, W(P_FC2_W), W(P_FC2_B), a->x1, N, M, D);
+        }
+#undef W
+        x = a->x2;
+    }
+    for (int b = 0; b < B; b++)
+        memcpy(m->clsx + (size_t)b * D, x + (size_t)b * T * D, sizeof(float) * (size_t)D);
+    q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, m->clsx, par(m, tail_index(m, 0)),
+                          par(m, tail_index(m, 1)), B, D);
+    q3r_linear_forward(m->logits, m->lnf, par(m, tail_index(m, 2)), par(m, tail_index(m, 3)), NULL,
+                       B, D, c->classes);
+    m->last_B = B;
+    m->last_p = p;
+    if (labels) {
+        float loss = q3r_xent_forward(m->probs, m->logits, labels, B, c->classes, label_smoothing);
+        memcpy(m->labels, labels, sizeof(int) * (size_t)B);
+        m->last_ls = label_smoothing;
+        m->have_labels = 1;
+        if (loss_out) *loss_out = loss;
+        if (!isfinite(loss))
+            return q3r_fail(err, Q3R_ENUMERIC, "vit forward: loss is %g", (double)loss);
+    }
+    return Q3R_OK;
+}
+
+/* ---- backward --------------------------------------------------------------------------------- */
+
+q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
+    if (!m->have_labels)
+        return q3r_fail(err, Q3R_EINVAL, "vit backward: the last forward had no labels");
+    const q3r_vit_config *c = &m->cfg;
+    const int B = m->last_B, T = m->T, P = m->P, D = c->width, M = c->mlp_hidden, H = c->heads;
+    const int N = B * T, C = c->classes;
+    const float p = m->last_p;
+    const int drop = p > 0.0f;
+
+    q3r_xent_backward(m->dlogits, m->probs, m->labels, B, C, m->last_ls, 1.0f);
+    q3r_linear_backward(m->dlnf, grd(m, tail_index(m, 2)), grd(m, tail_index(m, 3)), m->dlogits,
+                        m->lnf, par(m, tail_index(m, 2)), B, D, C, 0);
+    memset(m->dclsx, 0, sizeof(float) * (size_t)B * D);
+    q3r_layernorm_backward(m->dclsx, grd(m, tail_index(m, 0)), grd(m, tail_index(m, 1)), m->dlnf,
+                           m->clsx, m->lnf_mean, m->lnf_rstd, par(m, tail_index(m, 0)), B, D);
+    /* the residual-stream gradient: only the class tokens reach the head */
+    memset(m->dres, 0, sizeof(float) * (size_t)N * D);
+    for (int b = 0; b < B; b++)
+        memcpy(m->dres + (size_t)b * T * D, m->dclsx + (size_t)b * D, sizeof(float) * (size_t)D);
+
+    for (int l = c->depth - 1; l >= 0; l--) {
+        vit_block_acts *a = &m->blk[l];
+        const float *x = l ? m->blk[l - 1].x2 : m->x0;
+#define W(j) par(m, blk_index(l, j))
+#define G(j) grd(m, blk_index(l, j))
+        /* MLP branch: dres holds d x2 */
+        const float *dy = m->dres;
+        if (drop) {
+            memcpy(m->dD2, m->dres, sizeof(float) * (size_t)N * D);
+            q3r_dropout_backward(m->dD2, a->m_mlp2, (size_t)N * D, p);
+            dy = m->dD2;
+        }
+        q3r_linear_backward(m->dh, G(P_FC2_W), G(P_FC2_B), dy, a->g, W(P_FC2_W), N, M, D, 0);
+        if (drop) q3r_dropout_backward(m->dh, a->m_mlp1, (size_t)N * M, p);
+        q3r_gelu_backward(m->dh, m->dh, a->h, (size_t)N * M);
+        q3r_linear_backward(m->dD, G(P_FC1_W), G(P_FC1_B), m->dh, a->ln2, W(P_FC1_W), N, D, M, 0);
+        q3r_layernorm_backward(m->dres, G(P_LN2_W), G(P_LN2_B), m->dD, a->x1, a->ln2_mean,
+                               a->ln2_rstd, W(P_LN2_W), N, D);
+        /* attention branch: dres now holds d x1 */
+        dy = m->dres;
+        if (drop) {
+            memcpy(m->dD2, m->dres, sizeof(float) * (size_t)N * D);
+            q3r_dropout_backward(m->dD2, a->m_proj, (size_t)N * D, p);
+            dy = m->dD2;
+        }
+        q3r_linear_backward(m->dD, G(P_PROJ_W), G(P_PROJ_B), dy, a->atty, W(P_PROJ_W), N, D, D, 0);
+        q3r_attention_backward(m->dqkv, m->datt, m->dD, a->qkv, a->att, B, T, D, H);
+        q3r_linear_backward(m->dD, G(P_QKV_W), G(P_QKV_B), m->dqkv, a->ln1, W(P_QKV_W), N, D,
+                            3 * D, 0);
+        q3r_layernorm_backward(m->dres, G(P_LN1_W), G(P_LN1_B), m->dD, x, a->ln1_mean, a->ln1_rstd,
+                               W(P_LN1_W), N, D);
+#undef W
+#undef G
+    }
+    if (drop) q3r_dropout_backward(m->dres, m->m_pos, (size_t)N * D, p);
+    q3r_tokens_backward(m->dpe, grd(m, P_CLS), grd(m, P_POS), m->dres, B, P, D);
+    q3r_linear_backward(NULL, grd(m, P_PE_W), grd(m, P_PE_B), m->dpe, m->patches, par(m, P_PE_W),
+                        B * P, m->K, D, 0);
+    return Q3R_OK;
+}
+
+/* ---- named export / import -------------------------------------------------------------------- */
+
+q3r_status q3r_vit_export(const q3r_vit *m, q3r_tensor_list *out, q3r_error *err) {
+    for (int i = 0; i < m->ntensors; i++) {
+        const q3r_param_info *t = &m->info[i];
+        q3r_status s = q3r_tensor_list_add(out, t->name, Q3R_F32, t->ndim, t->shape,
+                                           m->params + t->offset, err);
+        if (s) return q3r_fail_context(err, "vit export");
+    }
+    return Q3R_OK;
+}
+
+q3r_status q3r_vit_import(q3r_vit *m, const q3r_tensor_list *in, q3r_error *err) {
+    /* validate everything first, so a failed import leaves the model untouched */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->ntensors; i++) {
+            const q3r_param_info *t = &m->info[i];
+            const q3r_tensor *src = q3r_tensor_list_find(in, t->name);
+            if (!src) return q3r_fail(err, Q3R_EFORMAT, "vit import: tensor '%s' missing", t->name);
+            int same = src->dtype == Q3R_F32 && src->ndim == t->ndim;
+            for (int k = 0; same && k < t->ndim; k++) same = src->shape[k] == t->shape[k];
+            if (!same) {
+                char want[96], got[96];
+                int w = snprintf(want, sizeof want, "F32 (");
+                for (int k = 0; k < t->ndim; k++)
+                    w += snprintf(want + w, sizeof want - (size_t)w, "%s%lld", k ? ", " : "",
+                                  (long long)t->shape[k]);
+                snprintf(want + w, sizeof want - (size_t)w, ")");
+                int g = snprintf(got, sizeof got, "%s (", q3r_dtype_name(src->dtype));
+                for (int k = 0; k < src->ndim && k < Q3R_TENSOR_MAXDIM; k++)
+                    g += snprintf(got + g, sizeof got - (size_t)g, "%s%lld", k ? ", " : "",
+                                  (long long)src->shape[k]);
+                snprintf(got + g, sizeof got - (size_t)g, ")");
+                return q3r_fail(err, Q3R_EFORMAT, "vit import: tensor '%s' is %s, model wants %s",
+                                t->name, got, want);
+            }
+            if (pass == 1) memcpy(m->params + t->offset, src->data, sizeof(float) * numel(t));
+        }
+    }
+    return Q3R_OK;
+}
