@@ -3,5 +3,6 @@
 #define Q3R_CLI_COMMANDS_H
 
 int q3r_cmd_version(int argc, char **argv);
+int q3r_cmd_demo(int argc, char **argv);
 
 #endif

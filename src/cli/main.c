@@ -14,6 +14,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"demo", q3r_cmd_demo, "low-rank matrix completion: Q3R against nuclear norm and weight decay"},
     {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
