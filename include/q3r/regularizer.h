@@ -61,7 +61,20 @@ const char *q3r_eps_name(q3r_eps_schedule s);
 typedef struct q3r_state q3r_state;
 
 /* A state for a rows x cols matrix with target rank `rank` (>= 1). rank >= min(rows, cols)
- * is allowed: eps stays +inf, r_env = 0, and Q3R is plain weight decay. */
+ * is allowed, under every schedule: eps stays +inf, r_env = 0, and Q3R is plain weight
+ * decay (refreshes still record the singular values for the info/metrics).
+ *
+ * eps at a refresh, with s = sigma_{r+1}(X) (the math note's table, plus what it leaves open):
+ *   default      eps <- min(eps, s)   but if s == 0 (X has rank <= r, e.g. X = 0) eps is
+ *                kept, so eps stays > 0 and R stays well defined (+inf: R = I)
+ *   exploration  eps <- s, with the same exception for s == 0
+ *   geometric    first refresh: eps_0 = max(s, eps_min), c = (eps_min / eps_0)^(1/N),
+ *                eps <- eps_0; later refreshes: eps <- max(c eps, eps_min), and exactly
+ *                eps_min from the (N+1)-th refresh on (so it never drifts by rounding)
+ *   constant     eps <- eps_const (checked > 0 and finite here)
+ * The envelope is every triplet with sigma_i > eps (strict), which may hold more than r.
+ * Errors: rows/cols < 1, rank < 1, a bad eps option (constant <= 0, eps_min <= 0,
+ * geometric_steps < 1). */
 q3r_status q3r_state_create(int rows, int cols, int rank, const q3r_eps_options *eps,
                             q3r_state **out, q3r_error *err);
 void q3r_state_free(q3r_state *s);
@@ -71,13 +84,37 @@ void q3r_state_free(q3r_state *s);
  * previous state is left intact. */
 q3r_status q3r_state_refresh(q3r_state *s, const float *X, int ld, q3r_error *err);
 
+/* Two-phase refresh, for callers that refresh several matrices all-or-nothing (q3r_set
+ * does): compute reads the state and X and builds the new state aside (the SVD happens
+ * here; it may run concurrently for different states); commit installs it and cannot
+ * fail; discard drops it. refresh == compute + commit. */
+typedef struct q3r_refresh q3r_refresh;
+q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
+                                     q3r_refresh **out, q3r_error *err);
+void q3r_state_refresh_commit(q3r_state *s, q3r_refresh *pending); /* consumes pending */
+void q3r_refresh_discard(q3r_refresh *pending);                     /* NULL is fine */
+
 /* value = lambda <X, R X>. If G != NULL: G (rows x cols, leading dim ldg) is updated as
  *     G <- beta * G + alpha * 2 lambda R(X)
  * Coupled mode is alpha = 1, beta = 1 on a gradient buffer. Decoupled (AdamQ3R) mode is
  * G = X (same pointer and ld), alpha = -lr, beta = 1: R is computed from the pre-update X.
- * Before the first refresh R is the identity (eps = +inf). value may be NULL. */
+ * Before the first refresh R is the identity (eps = +inf). value may be NULL.
+ * beta = 0 does not read G. The value is accumulated in double from the shared products
+ * A = U^T X, B = X V, C = A V; G is never read for it. Not reentrant on one state (it
+ * uses the state's scratch); different states may be applied concurrently.
+ * Errors: ld < cols, ldg < cols, a non-finite lambda/alpha/beta. */
 q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, float alpha,
                            float beta, float *G, int ldg, double *value, q3r_error *err);
+
+/* One state as named tensors under prefix (P"ints", P"scalars", P"gsteps", P"sigma",
+ * P"U", P"V", P"t"), and back into a state created with the same shape, rank and eps
+ * options (mismatches and malformed tensors are Q3R_EFORMAT errors naming prefix; on
+ * error s is unchanged). The round trip is bit-exact: apply after import gives the same
+ * bits as before export, and so does the next refresh. */
+q3r_status q3r_state_export(const q3r_state *s, const char *prefix, q3r_tensor_list *out,
+                            q3r_error *err);
+q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_list *in,
+                            q3r_error *err);
 
 typedef struct {
     int rows, cols;
@@ -138,9 +175,11 @@ q3r_status q3r_set_import(q3r_set *set, const char *prefix, const q3r_tensor_lis
                           q3r_error *err);
 
 /* ---- spectrum metrics ------------------------------------------------------------------ */
-/* exp(H) with H the entropy of sigma / sum(sigma) (Roy and Vetterli). */
+/* exp(H) with H the entropy of sigma / sum(sigma) (Roy and Vetterli); this is the number
+ * printed as "effective rank" (the public code logs H itself). sigma (n), >= 0; zeros
+ * contribute 0 log 0 = 0. All zero (or n < 1): 0. A negative or NaN entry: NaN. */
 double q3r_effective_rank(const double *sigma, int n);
-/* sum_{i<=r} sigma_i^2 / sum_i sigma_i^2 */
+/* sum_{i<=r} sigma_i^2 / sum_i sigma_i^2, r clamped to [0, n]; an all-zero spectrum: 0. */
 double q3r_energy_at(const double *sigma, int n, int r);
 
 #ifdef __cplusplus
