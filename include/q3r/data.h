@@ -1,0 +1,118 @@
+/* q3r data: image classification datasets (IDX for MNIST/Fashion-MNIST, CIFAR-10/100
+ * binary batches), per-channel normalisation, and a deterministic, resumable batch loader
+ * with shuffling and augmentation. Knows nothing of models. */
+#ifndef Q3R_DATA_H
+#define Q3R_DATA_H
+
+#include "q3r/base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define Q3R_DATA_MAXCHANNELS 4
+
+/* N images of C x H x W uint8 pixels (row-major, channel-major like CIFAR's files and
+ * torch's tensors) with integer labels in [0, num_classes). */
+typedef struct {
+    char name[64];
+    int64_t n;
+    int c, h, w;
+    int num_classes;
+    uint8_t *pixels; /* [n, c, h, w], q3r_alloc'd */
+    int32_t *labels; /* [n], q3r_alloc'd */
+} q3r_dataset;
+
+void q3r_dataset_free(q3r_dataset *ds);
+
+/* IDX files (gzipped or plain; zlib reads both): images with magic 2051 (u8, 3 dims
+ * n x rows x cols), labels with magic 2049 (u8, 1 dim n). Counts must agree, labels must be
+ * < num_classes, and each file must hold exactly what its header says. c = 1. */
+q3r_status q3r_dataset_load_idx(q3r_dataset *ds, const char *images_path, const char *labels_path,
+                                int num_classes, const char *name, q3r_error *err);
+
+/* CIFAR-10: dir/data_batch_1.bin .. data_batch_5.bin (train) or dir/test_batch.bin (test),
+ * records of 1 label byte + 3072 pixel bytes. */
+q3r_status q3r_dataset_load_cifar10(q3r_dataset *ds, const char *dir, int train, q3r_error *err);
+/* CIFAR-100: dir/train.bin or dir/test.bin, records of coarse label, fine label, 3072
+ * pixels; fine != 0 selects the 100 fine labels, else the 20 coarse ones. */
+q3r_status q3r_dataset_load_cifar100(q3r_dataset *ds, const char *dir, int train, int fine,
+                                     q3r_error *err);
+
+/* By name: "mnist", "fashion-mnist" (IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte
+ * with or without .gz), "cifar10", "cifar100" (fine labels). dir NULL means
+ * /usr/share/datasets/<name>. split is "train" or "test". */
+q3r_status q3r_dataset_load_named(q3r_dataset *ds, const char *name, const char *dir,
+                                  const char *split, q3r_error *err);
+
+/* ---- normalisation ------------------------------------------------------------------
+ * x = (pixel / 255 - mean[c]) / std[c], as torchvision's ToTensor + Normalize. */
+typedef struct {
+    int c;
+    float mean[Q3R_DATA_MAXCHANNELS], std[Q3R_DATA_MAXCHANNELS];
+} q3r_normalize;
+
+/* Per-channel mean and (population) standard deviation of pixel / 255 over the whole
+ * dataset. Sums are exact integers, so the result does not depend on thread count.
+ * Q3R_ENUMERIC if a channel is constant (std 0). */
+q3r_status q3r_dataset_channel_stats(const q3r_dataset *ds, q3r_normalize *out, q3r_error *err);
+
+/* ---- loader ---------------------------------------------------------------------------
+ * Batches walk a permutation of the dataset (identity when shuffle is off) drawn afresh
+ * for each epoch from (seed, epoch). Augmentation of a sample draws from an RNG keyed by
+ * (seed, epoch, position in the epoch), so batches depend neither on the thread count nor
+ * on the batch size, and the loader's whole position is (seed, epoch, index).
+ *
+ * Augmentation, in torchvision's order on the uint8 image: RandomCrop(H x W, padding =
+ * crop_pad, zero fill) drawing top then left uniformly in [0, 2 * crop_pad], then
+ * RandomHorizontalFlip (p = 0.5); then normalisation. */
+typedef struct {
+    int64_t batch_size;
+    int shuffle;      /* 0: dataset order */
+    int drop_last;    /* 1: skip a final partial batch */
+    int crop_pad;     /* 0: no random crop */
+    int hflip;        /* 0: no flips */
+    uint64_t seed;
+    q3r_normalize norm; /* norm.c must equal the dataset's channel count */
+} q3r_loader_config;
+
+typedef struct {
+    const q3r_dataset *ds; /* borrowed; must outlive the loader */
+    q3r_loader_config cfg;
+    int64_t epoch;         /* current epoch, from 0 */
+    int64_t index;         /* samples of this epoch already delivered */
+    int64_t *perm;         /* [ds->n]: order of the epoch perm_epoch */
+    int64_t perm_epoch;    /* -1: perm not built yet */
+} q3r_loader;
+
+q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loader_config *cfg,
+                           q3r_error *err);
+void q3r_loader_free(q3r_loader *L);
+
+/* Samples an epoch delivers (n, or n rounded down to a multiple of batch_size with
+ * drop_last), and its number of batches. */
+int64_t q3r_loader_epoch_samples(const q3r_loader *L);
+int64_t q3r_loader_batches_per_epoch(const q3r_loader *L);
+
+/* The next batch: x [batch_size, c, h, w] floats and y [batch_size] labels; *count gets
+ * the samples filled (batch_size, or fewer for the last batch of an epoch). When the epoch
+ * is exhausted the loader moves to the next one first. *epoch_end (may be NULL) is set to
+ * 1 when this batch was the epoch's last. */
+void q3r_loader_next(q3r_loader *L, float *x /* [batch_size, c, h, w] */, int32_t *y /* [batch_size] */,
+                     int64_t *count, int *epoch_end);
+
+/* Position as named tensors, I64 scalars: "data.epoch", "data.index", "data.seed" (the
+ * seed's bits) and "data.n" (dataset size, checked on import). Import changes nothing on
+ * failure. After import the loader delivers exactly the batches the exporter would have. */
+q3r_status q3r_loader_export(const q3r_loader *L, q3r_tensor_list *out, q3r_error *err);
+q3r_status q3r_loader_import(q3r_loader *L, const q3r_tensor_list *in, q3r_error *err);
+
+/* Fill x [c, h, w] with sample i of ds augmented as described above (for tests and for
+ * callers building their own batches). top, left in [0, 2 * pad]; pad 0 means no crop. */
+void q3r_augment_sample(const q3r_dataset *ds, int64_t i, int pad, int top, int left, int flip,
+                        const q3r_normalize *norm, float *x /* [c, h, w] */);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
