@@ -38,7 +38,9 @@ void q3r_gelu_backward(float *dx, const float *dy, const float *x, size_t n) {
             float v = x[i];
             /* d/dx [x Phi(x)] = Phi(x) + x phi(x) */
             float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-            float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+            /* clamp: exp(-80) ~ 2e-35 is still a normal float, and libmvec's expf takes a slow
+             * scalar path for arguments that underflow */
+            float pdf = inv_sqrt_2pi * expf(-fminf(0.5f * v * v, 80.0f));
             dx[i] = dy[i] * (cdf + v * pdf);
         }
     }

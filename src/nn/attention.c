@@ -14,12 +14,14 @@
 __attribute__((simd("notinbranch"))) float expf(float);
 #endif
 
-/* row (n) <- softmax(row) in place */
+/* row (n) <- softmax(row) in place. The exponent is clamped at -80 (e^-80 ~ 2e-35, far below
+ * float resolution next to the max term's 1): libmvec's expf falls back to a slow scalar path
+ * for arguments that underflow. */
 static void softmax_row(float *row, int n) {
     float mx = row[0];
     for (int j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
 #pragma omp simd
-    for (int j = 0; j < n; j++) row[j] = expf(row[j] - mx);
+    for (int j = 0; j < n; j++) row[j] = expf(fmaxf(row[j] - mx, -80.0f)); /* see below */
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
     for (int j = 0; j < n; j++) s += row[j];

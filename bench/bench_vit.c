@@ -1,0 +1,157 @@
+/* bench_vit: ViT training-step speed on CPU.
+ *
+ *   bench_vit [preset (vit-bench)] [batch (128)] [steps (5)]
+ *
+ * For 1 and 2 threads (q3r_set_threads): ms per forward+backward, ms per forward+backward+AdamW
+ * step (a plain AdamW loop here, the same work torch.optim.AdamW does), the achieved GFLOP/s
+ * (3 x forward multiply-adds x 2), and the sgemm ceiling: what cblas_sgemm reaches in the same
+ * run on the model's own largest GEMM shapes. Then a per-kernel breakdown of one block.
+ * Compare with bench/bench_vit_torch.py. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "q3r/nn.h"
+#include "q3r/vit.h"
+
+static double sgemm_gflops(int m, int n, int k, int transB) {
+    float *a = q3r_alloc(sizeof(float) * (size_t)m * k), *b = q3r_alloc(sizeof(float) * (size_t)n * k);
+    float *c = q3r_alloc(sizeof(float) * (size_t)m * n);
+    for (size_t i = 0; i < (size_t)m * k; i++) a[i] = (float)(i % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)n * k; i++) b[i] = (float)(i % 7) * 0.01f;
+    int ldb = transB ? k : n;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k, 1, a, k,
+                b, ldb, 0, c, n);
+    int reps = 5;
+    double t = q3r_now();
+    for (int r = 0; r < reps; r++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k, 1, a,
+                    k, b, ldb, 0, c, n);
+    t = (q3r_now() - t) / reps;
+    q3r_free(a), q3r_free(b), q3r_free(c);
+    return 2.0 * m * n * k / t / 1e9;
+}
+
+static void adamw_step(float *p, const float *g, float *m1, float *m2, size_t n, int t) {
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.05f;
+    const float c1 = 1.0f / (1.0f - powf(b1, (float)t)), c2 = 1.0f / (1.0f - powf(b2, (float)t));
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        m1[i] = b1 * m1[i] + (1 - b1) * g[i];
+        m2[i] = b2 * m2[i] + (1 - b2) * g[i] * g[i];
+        p[i] -= lr * (m1[i] * c1 / (sqrtf(m2[i] * c2) + eps) + wd * p[i]);
+    }
+}
+
+#define TIME(label, reps, flops, stmt)                                                   \
+    do {                                                                                 \
+        stmt;                                                                            \
+        double t0_ = q3r_now();                                                          \
+        for (int r_ = 0; r_ < (reps); r_++) { stmt; }                                    \
+        double ms_ = (q3r_now() - t0_) / (reps) * 1e3;                                   \
+        if ((flops) > 0)                                                                 \
+            printf("    %-34s %8.2f ms  %6.1f GFLOP/s\n", label, ms_, (flops) / ms_ / 1e6); \
+        else                                                                             \
+            printf("    %-34s %8.2f ms\n", label, ms_);                                  \
+    } while (0)
+
+/* one block's kernels on the model's shapes, timed one by one */
+static void breakdown(const q3r_vit_config *c, int B) {
+    const int T = (c->image_size / c->patch) * (c->image_size / c->patch) + 1, N = B * T;
+    const int D = c->width, M = c->mlp_hidden, H = c->heads;
+    size_t big = (size_t)N * (M > 3 * D ? M : 3 * D);
+    float *x = q3r_calloc(sizeof(float) * big), *y = q3r_calloc(sizeof(float) * big);
+    float *z = q3r_calloc(sizeof(float) * big), *w = q3r_calloc(sizeof(float) * (size_t)M * D * 3);
+    float *dw = q3r_calloc(sizeof(float) * (size_t)M * D * 3), *bias = q3r_calloc(sizeof(float) * (M + 3 * D));
+    float *att = q3r_calloc(sizeof(float) * (size_t)B * H * T * T), *datt = q3r_calloc(sizeof(float) * (size_t)B * H * T * T);
+    float *mean = q3r_calloc(sizeof(float) * N), *rstd = q3r_calloc(sizeof(float) * N);
+    for (size_t i = 0; i < big; i++) x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < (size_t)M * D * 3; i++) w[i] = (float)((i * 31) % 100) * 1e-3f - 0.05f;
+    for (int i = 0; i < D; i++) bias[i] = 1.0f;
+    const double lin = 2.0 * N * D;
+    printf("  per-kernel, one block (N = %d rows):\n", N);
+    TIME("layernorm fwd", 5, 0, q3r_layernorm_forward(y, mean, rstd, x, bias, bias, N, D));
+    TIME("layernorm bwd", 5, 0, q3r_layernorm_backward(z, dw, dw + D, x, y, mean, rstd, bias, N, D));
+    TIME("qkv fwd", 5, lin * 3 * D, q3r_linear_forward(z, y, w, bias, NULL, N, D, 3 * D));
+    TIME("qkv bwd (dx, dW, db)", 5, 2 * lin * 3 * D,
+         q3r_linear_backward(y, dw, bias, z, x, w, N, D, 3 * D, 0));
+    double af = 2.0 * 2.0 * B * T * T * D;
+    TIME("attention fwd", 5, af, q3r_attention_forward(y, att, z, B, T, D, H));
+    TIME("attention bwd", 5, 2 * af, q3r_attention_backward(x, datt, y, z, att, B, T, D, H));
+    TIME("proj fwd (+residual)", 5, lin * D, q3r_linear_forward(z, y, w, bias, x, N, D, D));
+    TIME("fc1 fwd", 5, lin * M, q3r_linear_forward(z, y, w, bias, NULL, N, D, M));
+    TIME("gelu fwd", 5, 0, q3r_gelu_forward(y, z, (size_t)N * M));
+    TIME("fc2 fwd (+residual)", 5, lin * M, q3r_linear_forward(x, y, w, bias, x, N, M, D));
+    TIME("fc2 bwd (dx, dW, db)", 5, 2 * lin * M, q3r_linear_backward(z, dw, bias, x, y, w, N, M, D, 0));
+    TIME("gelu bwd", 5, 0, q3r_gelu_backward(z, z, y, (size_t)N * M));
+    TIME("fc1 bwd (dx, dW, db)", 5, 2 * lin * M, q3r_linear_backward(x, dw, bias, z, y, w, N, D, M, 0));
+    q3r_free(x), q3r_free(y), q3r_free(z), q3r_free(w), q3r_free(dw), q3r_free(bias);
+    q3r_free(att), q3r_free(datt), q3r_free(mean), q3r_free(rstd);
+}
+
+int main(int argc, char **argv) {
+    q3r_blas_fix_core(argv);
+    const char *preset = argc > 1 ? argv[1] : "vit-bench";
+    int B = argc > 2 ? atoi(argv[2]) : 128, steps = argc > 3 ? atoi(argv[3]) : 5;
+    q3r_vit_config cfg;
+    q3r_error err;
+    q3r_vit *m = NULL;
+    if (q3r_vit_preset(preset, &cfg, &err) || q3r_vit_create(&cfg, B, &m, &err)) {
+        fprintf(stderr, "bench_vit: %s\n", err.msg);
+        return 1;
+    }
+    q3r_vit_init(m, 1);
+    const int T = (cfg.image_size / cfg.patch) * (cfg.image_size / cfg.patch) + 1, D = cfg.width;
+    size_t nimg = (size_t)B * cfg.channels * cfg.image_size * cfg.image_size;
+    float *images = malloc(sizeof(float) * nimg);
+    int *labels = malloc(sizeof(int) * B);
+    q3r_rng rng;
+    q3r_rng_seed(&rng, 3);
+    for (size_t i = 0; i < nimg; i++) images[i] = (float)q3r_rng_normal(&rng);
+    for (int i = 0; i < B; i++) labels[i] = (int)q3r_rng_below(&rng, (uint64_t)cfg.classes);
+    size_t np = q3r_vit_num_params(m);
+    float *m1 = q3r_calloc(sizeof(float) * np), *m2 = q3r_calloc(sizeof(float) * np);
+    const double flops = 3.0 * q3r_vit_forward_flops(m, B);
+    printf("bench_vit: %s, batch %d, %d tokens, width %d, depth %d; OpenBLAS core %s\n", preset, B,
+           T, D, cfg.depth, q3r_blas_core());
+    printf("  %.1f GFLOP per forward+backward\n", flops / 1e9);
+    for (int th = 1; th <= 2; th++) {
+        q3r_set_threads(th);
+        float loss = 0;
+        int t = 0;
+        /* warm-up */
+        q3r_vit_zero_grad(m);
+        q3r_vit_forward(m, images, labels, B, 0.1f, 1, &rng, &loss, &err);
+        q3r_vit_backward(m, &err);
+        double best_fb = 1e30, best_step = 1e30;
+        for (int s = 0; s < steps; s++) {
+            double t0 = q3r_now();
+            q3r_vit_zero_grad(m);
+            if (q3r_vit_forward(m, images, labels, B, 0.1f, 1, &rng, &loss, &err) ||
+                q3r_vit_backward(m, &err)) {
+                fprintf(stderr, "bench_vit: %s\n", err.msg);
+                return 1;
+            }
+            double t1 = q3r_now();
+            adamw_step(q3r_vit_params(m), q3r_vit_grads(m), m1, m2, np, ++t);
+            double t2 = q3r_now();
+            if (t1 - t0 < best_fb) best_fb = t1 - t0;
+            if (t2 - t0 < best_step) best_step = t2 - t0;
+        }
+        double ceil_qkv = sgemm_gflops(B * T, 3 * D, D, 1);
+        double ceil_fc1 = sgemm_gflops(B * T, cfg.mlp_hidden, D, 1);
+        printf("threads %d: fwd+bwd %.1f ms (%.1f GFLOP/s), fwd+bwd+AdamW %.1f ms/step "
+               "(best of %d), loss %.4f\n",
+               th, best_fb * 1e3, flops / best_fb / 1e9, best_step * 1e3, steps, (double)loss);
+        printf("  sgemm ceiling (OpenBLAS, %d threads): %dx%dx%d %.1f GFLOP/s, %dx%dx%d %.1f GFLOP/s\n",
+               th, B * T, 3 * D, D, ceil_qkv, B * T, cfg.mlp_hidden, D, ceil_fc1);
+        if (getenv("BENCH_BREAKDOWN")) breakdown(&cfg, B);
+    }
+    q3r_free(m1), q3r_free(m2);
+    free(images), free(labels);
+    q3r_vit_free(m);
+    return 0;
+}

@@ -1,0 +1,48 @@
+"""PyTorch baseline for bench_vit: the same ViT (timm layout, see tests/test_vit_torch.py),
+forward + backward + AdamW step at the same batch, for 1 and 2 threads.
+
+    /usr/bin/python3 bench/bench_vit_torch.py [batch (128)] [steps (5)]
+
+OPENBLAS_CORETYPE is honoured the same way as in bench_vit (set it in the environment before
+starting; q3r's programs re-exec with it on misdetected AVX-512 CPUs)."""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from test_vit_torch import ViT  # noqa: E402
+
+
+def main():
+    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    cfg = dict(image_size=32, channels=1, patch=4, width=192, depth=4, heads=3, mlp_hidden=768,
+               classes=10)  # vit-bench
+    torch.manual_seed(0)
+    model = ViT(**cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    x = torch.randn(batch, 1, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    print(f"bench_vit_torch: torch {torch.__version__}, vit-bench, batch {batch}, "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
+    for th in (1, 2):
+        torch.set_num_threads(th)
+        best_fb, best_step = 1e30, 1e30
+        for s in range(steps + 1):
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=False)
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            loss.backward()
+            t1 = time.perf_counter()
+            opt.step()
+            t2 = time.perf_counter()
+            if s:  # the first is warm-up
+                best_fb, best_step = min(best_fb, t1 - t0), min(best_step, t2 - t0)
+        print(f"threads {th}: fwd+bwd {best_fb * 1e3:.1f} ms, fwd+bwd+AdamW {best_step * 1e3:.1f} "
+              f"ms/step (best of {steps}), loss {loss.item():.4f}")
+
+
+if __name__ == "__main__":
+    main()
