@@ -159,7 +159,7 @@ static void test_idx_small(void) {
 /* CIFAR record r of a file: label(s), then pixel k = (r * 7 + k) & 255. */
 static void write_cifar(const char *path, int nrec, int label_bytes, const int *labels, int extra) {
     size_t rs = (size_t)label_bytes + 3072;
-    unsigned char *b = calloc((size_t)nrec * rs + 1, 1);
+    unsigned char *b = calloc((size_t)nrec * rs + (size_t)extra + 1, 1);
     for (int r = 0; r < nrec; r++) {
         for (int l = 0; l < label_bytes; l++) b[r * rs + l] = (unsigned char)labels[r * label_bytes + l];
         for (int k = 0; k < 3072; k++) b[r * rs + label_bytes + k] = (unsigned char)((r * 7 + k) & 255);
