@@ -79,8 +79,8 @@ static void breakdown(const q3r_vit_config *c, int B) {
     TIME("qkv bwd (dx, dW, db)", 5, 2 * lin * 3 * D,
          q3r_linear_backward(y, dw, bias, z, x, w, N, D, 3 * D, 0));
     double af = 2.0 * 2.0 * B * T * T * D;
-    TIME("attention fwd", 5, af, q3r_attention_forward(y, att, z, B, T, D, H));
-    TIME("attention bwd", 5, 2 * af, q3r_attention_backward(x, datt, y, z, att, B, T, D, H));
+    TIME("attention fwd", 5, af, q3r_attention_forward(y, att, z, B, T, T, D, H));
+    TIME("attention bwd", 5, 2 * af, q3r_attention_backward(x, datt, y, z, att, B, T, T, D, H));
     TIME("proj fwd (+residual)", 5, lin * D, q3r_linear_forward(z, y, w, bias, x, N, D, D));
     TIME("fc1 fwd", 5, lin * M, q3r_linear_forward(z, y, w, bias, NULL, N, D, M));
     TIME("gelu fwd", 5, 0, q3r_gelu_forward(y, z, (size_t)N * M));

@@ -172,25 +172,26 @@ static void test_layernorm(void) {
 }
 
 /* ---- attention ------------------------------------------------------------------------------- */
-static int A_B, A_T, A_D, A_H;
+static int A_B, A_T, A_Tq, A_D, A_H;
 static float *A_qkv, *A_att, *A_out, *A_proj;
 static double att_loss(void) {
-    q3r_attention_forward(A_out, A_att, A_qkv, A_B, A_T, A_D, A_H);
-    return dotd(A_out, A_proj, (size_t)A_B * A_T * A_D);
+    q3r_attention_forward(A_out, A_att, A_qkv, A_B, A_T, A_Tq, A_D, A_H);
+    return dotd(A_out, A_proj, (size_t)A_B * A_Tq * A_D);
 }
 
-static void test_attention(void) {
-    A_B = 2, A_T = 5, A_D = 12, A_H = 3;
+/* Tq = T: full self-attention; Tq < T: only the first Tq tokens are queries */
+static void test_attention(int Tq) {
+    A_B = 2, A_T = 5, A_Tq = Tq, A_D = 12, A_H = 3;
     const int Dh = A_D / A_H;
-    size_t nqkv = (size_t)A_B * A_T * 3 * A_D, nout = (size_t)A_B * A_T * A_D;
-    A_qkv = randn(nqkv, 1), A_att = malloc(sizeof(float) * A_B * A_H * A_T * A_T);
+    size_t nqkv = (size_t)A_B * A_T * 3 * A_D, nout = (size_t)A_B * A_Tq * A_D;
+    A_qkv = randn(nqkv, 1), A_att = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
     A_out = malloc(sizeof(float) * nout), A_proj = randn(nout, 1);
     att_loss();
     /* forward against a double loop over the timm layout */
     double maxerr = 0;
     for (int b = 0; b < A_B; b++)
         for (int h = 0; h < A_H; h++)
-            for (int t = 0; t < A_T; t++) {
+            for (int t = 0; t < A_Tq; t++) {
                 double s[16], mx = -1e30, z = 0;
                 for (int u = 0; u < A_T; u++) {
                     double d = 0;
@@ -205,13 +206,20 @@ static void test_attention(void) {
                     double o = 0;
                     for (int u = 0; u < A_T; u++)
                         o += s[u] / z * A_qkv[(b * A_T + u) * 3 * A_D + 2 * A_D + h * Dh + j];
-                    maxerr = fmax(maxerr, fabs(o - A_out[(b * A_T + t) * A_D + h * Dh + j]));
+                    maxerr = fmax(maxerr, fabs(o - A_out[(b * A_Tq + t) * A_D + h * Dh + j]));
                 }
             }
     CHECK(maxerr < 1e-5, "attention forward max err %g", maxerr);
-    float *dqkv = randn(nqkv, 100), *datt = malloc(sizeof(float) * A_B * A_H * A_T * A_T);
-    q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_D, A_H);
-    fd_check("attention dqkv", A_qkv, nqkv, dqkv, att_loss, 1e-2, 2e-3, 2e-3);
+    float *dqkv = randn(nqkv, 100), *datt = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
+    q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H);
+    fd_check(Tq == A_T ? "attention dqkv" : "attention dqkv (Tq < T)", A_qkv, nqkv, dqkv, att_loss,
+             1e-2, 2e-3, 2e-3);
+    /* non-query tokens get an exactly zero q gradient */
+    int zero = 1;
+    for (int b = 0; b < A_B; b++)
+        for (int t = A_Tq; t < A_T; t++)
+            for (int j = 0; j < A_D; j++) zero &= dqkv[(b * A_T + t) * 3 * A_D + j] == 0.0f;
+    CHECK(zero, "attention: dq = 0 for non-query tokens");
     free(A_qkv), free(A_att), free(A_out), free(A_proj), free(dqkv), free(datt);
 }
 
@@ -368,7 +376,9 @@ int main(void) {
     test_linear();
     test_linear_forward_large();
     test_layernorm();
-    test_attention();
+    test_attention(5);
+    test_attention(2);
+    test_attention(1);
     test_gelu();
     test_dropout();
     test_patch_embed();

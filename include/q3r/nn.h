@@ -51,14 +51,18 @@ void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float 
 /* ---- multi-head self-attention core ------------------------------------------------------ */
 /* qkv (B, T, 3D) laid out as timm's qkv.reshape(B, T, 3, H, D/H): for token (b, t) and head h,
  * q = qkv[(b*T+t)*3D + h*Dh], k at + D, v at + 2D, each Dh long.
- * att (B, H, T, T): softmax(q k^T / sqrt(Dh)) saved for backward;
- * out (B, T, D): out[b, t, h*Dh + j] = sum_s att[b,h,t,s] v[b,s,h,j] (heads concatenated, ready
- * for the output projection). Parallel over (b, h) pairs, one sgemm per pair. */
-void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int H);
-/* dqkv (B, T, 3D): WRITTEN. datt (B, H, T, T): scratch (overwritten). dout (B, T, D),
- * qkv (B, T, 3D), att (B, H, T, T) as saved by the forward. */
+ * Only the first Tq tokens of each sequence are queries (Tq = T: full self-attention; Tq = 1:
+ * just the class token, all a ViT's last block needs); every token is a key and a value.
+ * att (B, H, Tq, T): softmax(q k^T / sqrt(Dh)) saved for backward;
+ * out (B, Tq, D): out[b, t, h*Dh + j] = sum_s att[b,h,t,s] v[b,s,h,j] (heads concatenated, ready
+ * for the output projection). Parallel over (b, h) pairs, one sgemm per product and pair. */
+void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D,
+                           int H);
+/* dqkv (B, T, 3D): WRITTEN in full (q rows of non-query tokens are zero). datt (B, H, Tq, T):
+ * scratch (overwritten). dout (B, Tq, D), qkv (B, T, 3D), att (B, H, Tq, T) as saved by the
+ * forward. */
 void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int D, int H);
+                            const float *att, int B, int T, int Tq, int D, int H);
 
 /* ---- exact GELU: y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default) ----------- */
 /* y (n), x (n); y may equal x. */

@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 /* glibc >= 2.35 ships SIMD expf (libmvec); declaring it SIMD-callable lets `omp simd` loops
  * call the vector version (glibc only declares it so under -ffast-math). */
@@ -30,7 +31,8 @@ static void softmax_row(float *row, int n) {
     for (int j = 0; j < n; j++) row[j] *= inv;
 }
 
-void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int H) {
+void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D,
+                           int H) {
     const int Dh = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
 #pragma omp parallel for schedule(static)
@@ -38,19 +40,19 @@ void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int 
         int b = bh / H, h = bh % H;
         const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh;
         const float *k = q + D, *v = q + 2 * D;
-        float *a = att + (size_t)bh * T * T;
-        /* a (T, T) = scale * q (T, Dh) k^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, Dh, scale, q, ld, k, ld, 0.0f,
+        float *a = att + (size_t)bh * Tq * T;
+        /* a (Tq, T) = scale * q (Tq, Dh) k^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, scale, q, ld, k, ld, 0.0f,
                     a, T);
-        for (int t = 0; t < T; t++) softmax_row(a + (size_t)t * T, T);
-        /* out[b, :, h*Dh:(h+1)*Dh] (T, Dh) = a (T, T) v (T, Dh) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, Dh, T, 1.0f, a, T, v, ld, 0.0f,
-                    out + (size_t)b * T * D + (size_t)h * Dh, D);
+        for (int t = 0; t < Tq; t++) softmax_row(a + (size_t)t * T, T);
+        /* out[b, :, h*Dh:(h+1)*Dh] (Tq, Dh) = a (Tq, T) v (T, Dh) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, a, T, v, ld, 0.0f,
+                    out + (size_t)b * Tq * D + (size_t)h * Dh, D);
     }
 }
 
 void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int D, int H) {
+                            const float *att, int B, int T, int Tq, int D, int H) {
     const int Dh = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
 #pragma omp parallel for schedule(static)
@@ -59,16 +61,16 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
         size_t off = (size_t)b * T * ld + (size_t)h * Dh;
         const float *q = qkv + off, *k = q + D, *v = q + 2 * D;
         float *dq = dqkv + off, *dk = dq + D, *dv = dq + 2 * D;
-        const float *a = att + (size_t)bh * T * T;
-        float *da = datt + (size_t)bh * T * T;
-        const float *dO = dout + (size_t)b * T * D + (size_t)h * Dh;
-        /* dv (T, Dh) = a^T do ; da (T, T) = do v^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, T, 1.0f, a, T, dO, D, 0.0f,
+        const float *a = att + (size_t)bh * Tq * T;
+        float *da = datt + (size_t)bh * Tq * T;
+        const float *dO = dout + (size_t)b * Tq * D + (size_t)h * Dh;
+        /* dv (T, Dh) = a^T do ; da (Tq, T) = do v^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, a, T, dO, D, 0.0f,
                     dv, ld);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, Dh, 1.0f, dO, D, v, ld, 0.0f,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, 1.0f, dO, D, v, ld, 0.0f,
                     da, T);
         /* softmax backward, in place: ds = a * (da - sum_j da a), times the score scale */
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < Tq; t++) {
             const float *ar = a + (size_t)t * T;
             float *dr = da + (size_t)t * T;
             float s = 0.0f;
@@ -77,10 +79,11 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
 #pragma omp simd
             for (int j = 0; j < T; j++) dr[j] = scale * ar[j] * (dr[j] - s);
         }
-        /* dq (T, Dh) = ds k ; dk (T, Dh) = ds^T q */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, Dh, T, 1.0f, da, T, k, ld, 0.0f,
+        /* dq (Tq, Dh) = ds k ; dk (T, Dh) = ds^T q ; tokens that were no query get dq = 0 */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, da, T, k, ld, 0.0f,
                     dq, ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, T, 1.0f, da, T, q, ld, 0.0f,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, da, T, q, ld, 0.0f,
                     dk, ld);
+        for (int t = Tq; t < T; t++) memset(dq + (size_t)t * ld, 0, sizeof(float) * (size_t)Dh);
     }
 }
