@@ -72,7 +72,8 @@ const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i); /* NULL if out of
 const q3r_param_info *q3r_vit_find(const q3r_vit *m, const char *name); /* NULL if absent */
 const q3r_vit_config *q3r_vit_get_config(const q3r_vit *m);
 int q3r_vit_max_batch(const q3r_vit *m);
-/* Multiply-adds of one forward pass for a batch of B (all GEMMs and attention products). */
+/* Floating-point operations (2 per multiply-add) of one forward pass for a batch of B, as q3r
+ * runs it: all GEMMs and attention products, with the last block on class tokens only. */
 double q3r_vit_forward_flops(const q3r_vit *m, int B);
 
 /* images (B, C, H, W), already normalised; labels (B) in [0, classes), or NULL for inference;

@@ -332,9 +332,12 @@ void q3r_vit_zero_grad(q3r_vit *m) { memset(m->grads, 0, sizeof(float) * m->npar
 
 double q3r_vit_forward_flops(const q3r_vit *m, int B) {
     const q3r_vit_config *c = &m->cfg;
-    double N = (double)B * m->T, D = c->width, M = c->mlp_hidden, T = m->T;
-    double per_block = N * (3 * D * D + D * D + 2 * D * M) + 2.0 * B * T * T * D;
-    double macs = (double)B * m->P * m->K * D + c->depth * per_block + (double)B * D * c->classes;
+    const double T = m->T, D = c->width, M = c->mlp_hidden, N = (double)B * T;
+    /* multiply-adds: a full block on N rows; the last block has B query rows (see the top) */
+    double full = N * (3 * D * D + D * D + 2 * D * M) + 2.0 * B * T * T * D;
+    double last = N * 3 * D * D + (double)B * (D * D + 2 * D * M) + 2.0 * B * T * D;
+    double macs = (double)B * m->P * m->K * D + (c->depth - 1) * full + last +
+                  (double)B * D * c->classes;
     return 2.0 * macs;
 }
 
