@@ -34,7 +34,8 @@ static void test_slices(q3r_rng *rng) {
     float *W = malloc(sizeof(float) * N), *W0 = malloc(sizeof(float) * N), *grad = malloc(sizeof(float) * N);
     fill_normal_f(W, N, 1.0, rng);
     memcpy(W0, W, sizeof(float) * N);
-    for (int i = 0; i < N; i++) grad[i] = 100.0f + (float)i; /* sentinel */
+    for (int i = 0; i < N; i++)
+        grad[i] = 100.0f + (float)i; /* sentinel */
     q3r_set_options o = q3r_set_options_default();
     o.lambda = 0.2;
     q3r_set *set = NULL;
@@ -51,7 +52,8 @@ static void test_slices(q3r_rng *rng) {
     CHECK_OK(q3r_set_maybe_refresh(set, 3, &err), &err); /* not due */
     q3r_set_info(set, 0, &info);
     CHECK(info.refreshes == 1, "refresh at step 3 with period 5");
-    for (int i = 0; i < N; i++) W[i] += (float)(0.1 * q3r_rng_normal(rng));
+    for (int i = 0; i < N; i++)
+        W[i] += (float)(0.1 * q3r_rng_normal(rng));
 
     double value = 0, vq = 0, vv = 0;
     CHECK_OK(q3r_set_add_grad(set, &value, &err), &err);
@@ -97,7 +99,12 @@ static void test_slices(q3r_rng *rng) {
           err.msg);
     CHECK(memcmp(Wb, grad, sizeof(float) * N) == 0, "a failed add_grad wrote gradients");
     q3r_set_free(set);
-    free(W); free(W0); free(grad); free(Gq); free(Gv); free(Wb);
+    free(W);
+    free(W0);
+    free(grad);
+    free(Gq);
+    free(Gv);
+    free(Wb);
 }
 
 /* All-or-nothing refresh: one matrix with a NaN fails the set, no state changes. */
@@ -120,7 +127,8 @@ static void test_refresh_atomic(q3r_rng *rng) {
     q3r_set_info(set, 0, &ia);
     double eps_a = ia.eps;
     B[7] = NAN;
-    for (int i = 0; i < 48; i++) A[i] *= 0.5f;
+    for (int i = 0; i < 48; i++)
+        A[i] *= 0.5f;
     CHECK(q3r_set_refresh(set, &err) == Q3R_ENUMERIC && strstr(err.msg, "'b'"), "NaN in b: %s", err.msg);
     q3r_set_info(set, 0, &ia);
     q3r_set_info(set, 1, &ib);
@@ -158,7 +166,8 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     for (long step = 0; step < 5; step++) {
         CHECK_OK(q3r_set_maybe_refresh(s1, step, &err), &err);
         CHECK_OK(q3r_set_decoupled_step(s1, 0.05, NULL, &err), &err);
-        for (int i = 0; i < n1; i++) A[i] += (float)(0.05 * q3r_rng_normal(rng));
+        for (int i = 0; i < n1; i++)
+            A[i] += (float)(0.05 * q3r_rng_normal(rng));
     }
     q3r_tensor_list saved;
     q3r_tensor_list_init(&saved);
@@ -196,8 +205,8 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     q3r_state_info i1, i2;
     q3r_set_info(s1, 0, &i1);
     q3r_set_info(s2, 0, &i2);
-    CHECK(i1.eps == i2.eps && i1.refreshes == i2.refreshes && i1.refreshes == 5, "%s: eps %g/%g refreshes %d/%d",
-          q3r_eps_name(sch), i1.eps, i2.eps, i1.refreshes, i2.refreshes);
+    CHECK(i1.eps == i2.eps && i1.refreshes == i2.refreshes && i1.refreshes == 5,
+          "%s: eps %g/%g refreshes %d/%d", q3r_eps_name(sch), i1.eps, i2.eps, i1.refreshes, i2.refreshes);
 
     /* mismatches: a set with another rank, another schedule, or an extra saved matrix */
     q3r_set *s3 = NULL;
@@ -205,8 +214,8 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     q3r_rank_rule r5 = {Q3R_RANK_INT, 5};
     CHECK_OK(q3r_set_add(s3, "blk.fc1", A2, 20, 12, 12, NULL, 0, r5, &err), &err);
     CHECK_OK(q3r_set_add(s3, "blk.fc2", B2, 9, 15, 15, NULL, 0, p, &err), &err);
-    CHECK(q3r_set_import(s3, "q3r.", &saved, &err) == Q3R_EFORMAT && strstr(err.msg, "blk.fc1"), "rank mismatch: %s",
-          err.msg);
+    CHECK(q3r_set_import(s3, "q3r.", &saved, &err) == Q3R_EFORMAT && strstr(err.msg, "blk.fc1"),
+          "rank mismatch: %s", err.msg);
     q3r_set_info(s3, 1, &i1);
     CHECK(i1.refreshes == 0, "failed import changed fc2 (all-or-nothing)");
     q3r_set_free(s3);
@@ -228,7 +237,10 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     q3r_tensor_list_free(&again);
     q3r_set_free(s1);
     q3r_set_free(s2);
-    free(A); free(B); free(A2); free(B2);
+    free(A);
+    free(B);
+    free(A2);
+    free(B2);
 }
 
 static void test_rank_rules(void) {
@@ -254,12 +266,14 @@ static void test_rank_rules(void) {
     CHECK_OK(q3r_rank_parse("1.0", &r, &err), &err);
     CHECK_OK(q3r_rank_resolve(r, 6, 3, &k, &err), &err);
     CHECK(k == 2, "fraction 1 of 6x3: %d", k);
-    const char *bad[] = {"0", "-3", "abc", "0.0", "1.5", "150%", "maxdim:0", "maxdim:2", "8x", "", "0.4.1", "nan"};
+    const char *bad[] = {"0",        "-3",       "abc", "0.0", "1.5",   "150%",
+                         "maxdim:0", "maxdim:2", "8x",  "",    "0.4.1", "nan"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        CHECK(q3r_rank_parse(bad[i], &r, &err) == Q3R_EINVAL && strstr(err.msg, "rank"), "'%s' accepted (%s)", bad[i],
-              err.msg);
+        CHECK(q3r_rank_parse(bad[i], &r, &err) == Q3R_EINVAL && strstr(err.msg, "rank"), "'%s' accepted (%s)",
+              bad[i], err.msg);
     q3r_rank_rule tiny = {Q3R_RANK_FRACTION, 0.01};
-    CHECK(q3r_rank_resolve(tiny, 4, 4, &k, &err) == Q3R_EINVAL && strstr(err.msg, "< 1"), "rank 0: %s", err.msg);
+    CHECK(q3r_rank_resolve(tiny, 4, 4, &k, &err) == Q3R_EINVAL && strstr(err.msg, "< 1"), "rank 0: %s",
+          err.msg);
     q3r_rank_rule zero = {Q3R_RANK_INT, 0}, frac = {Q3R_RANK_INT, 2.5}, over = {Q3R_RANK_FRACTION, 1.5};
     CHECK(q3r_rank_resolve(zero, 4, 4, &k, &err) == Q3R_EINVAL, "integer 0");
     CHECK(q3r_rank_resolve(frac, 4, 4, &k, &err) == Q3R_EINVAL, "integer 2.5");
@@ -273,8 +287,8 @@ static void test_rank_rules(void) {
     }
     CHECK_OK(q3r_eps_parse("linear", &s, &err), &err);
     CHECK(s == Q3R_EPS_GEOMETRIC, "linear is geometric");
-    CHECK(q3r_eps_parse("cosine", &s, &err) == Q3R_EINVAL && strstr(err.msg, "cosine"), "unknown schedule: %s",
-          err.msg);
+    CHECK(q3r_eps_parse("cosine", &s, &err) == Q3R_EINVAL && strstr(err.msg, "cosine"),
+          "unknown schedule: %s", err.msg);
 }
 
 static void test_set_bad_input(void) {
@@ -288,19 +302,21 @@ static void test_set_bad_input(void) {
     CHECK(q3r_set_create(&o, &set, &err) == Q3R_EINVAL, "lambda < 0");
     o = q3r_set_options_default();
     o.eps.schedule = Q3R_EPS_CONSTANT;
-    CHECK(q3r_set_create(&o, &set, &err) == Q3R_EINVAL && strstr(err.msg, "constant"), "constant eps 0: %s", err.msg);
+    CHECK(q3r_set_create(&o, &set, &err) == Q3R_EINVAL && strstr(err.msg, "constant"), "constant eps 0: %s",
+          err.msg);
     CHECK_OK(q3r_set_create(NULL, &set, &err), &err);
     float X[12] = {0};
     q3r_rank_rule r1 = {Q3R_RANK_INT, 1}, r0 = {Q3R_RANK_INT, 0};
-    CHECK(q3r_set_add(set, "a", X, 3, 4, 3, NULL, 0, r1, &err) == Q3R_EINVAL && strstr(err.msg, "'a'"), "ld: %s", err.msg);
+    CHECK(q3r_set_add(set, "a", X, 3, 4, 3, NULL, 0, r1, &err) == Q3R_EINVAL && strstr(err.msg, "'a'"),
+          "ld: %s", err.msg);
     CHECK(q3r_set_add(set, "a", X, 3, 4, 4, X, 2, r1, &err) == Q3R_EINVAL, "ldg");
     CHECK(q3r_set_add(set, "a", X, 0, 4, 4, NULL, 0, r1, &err) == Q3R_EINVAL, "rows 0");
-    CHECK(q3r_set_add(set, "a", X, 3, 4, 4, NULL, 0, r0, &err) == Q3R_EINVAL && strstr(err.msg, "'a'"), "rank 0: %s",
-          err.msg);
+    CHECK(q3r_set_add(set, "a", X, 3, 4, 4, NULL, 0, r0, &err) == Q3R_EINVAL && strstr(err.msg, "'a'"),
+          "rank 0: %s", err.msg);
     CHECK(q3r_set_add(set, "a", NULL, 3, 4, 4, NULL, 0, r1, &err) == Q3R_EINVAL, "NULL");
     CHECK_OK(q3r_set_add(set, "a", X, 3, 4, 4, NULL, 0, r1, &err), &err);
-    CHECK(q3r_set_add(set, "a", X, 3, 4, 4, NULL, 0, r1, &err) == Q3R_EINVAL && strstr(err.msg, "twice"), "dup: %s",
-          err.msg);
+    CHECK(q3r_set_add(set, "a", X, 3, 4, 4, NULL, 0, r1, &err) == Q3R_EINVAL && strstr(err.msg, "twice"),
+          "dup: %s", err.msg);
     CHECK(q3r_set_maybe_refresh(set, -1, &err) == Q3R_EINVAL, "step -1");
     CHECK(q3r_set_decoupled_step(set, NAN, NULL, &err) == Q3R_EINVAL, "lr NaN");
     /* zero matrix: refresh fine, R = I, value 0 */
@@ -308,7 +324,8 @@ static void test_set_bad_input(void) {
     CHECK_OK(q3r_set_refresh(set, &err), &err);
     CHECK_OK(q3r_set_value(set, &v, &err), &err);
     CHECK(v == 0, "zero matrix value %g", v);
-    CHECK(q3r_set_count(set) == 1 && q3r_set_name(set, 5) == NULL && q3r_set_state(set, -1) == NULL, "bounds");
+    CHECK(q3r_set_count(set) == 1 && q3r_set_name(set, 5) == NULL && q3r_set_state(set, -1) == NULL,
+          "bounds");
     q3r_set_free(set);
 }
 
@@ -333,7 +350,8 @@ int main(void) {
     q3r_rng_seed(&rng, 7);
     test_slices(&rng);
     test_refresh_atomic(&rng);
-    for (int s = 0; s < 4; s++) test_roundtrip((q3r_eps_schedule)s, &rng);
+    for (int s = 0; s < 4; s++)
+        test_roundtrip((q3r_eps_schedule)s, &rng);
     test_rank_rules();
     test_set_bad_input();
     test_metrics();

@@ -11,12 +11,12 @@
 #include <stdlib.h>
 
 /* LAPACK, Fortran symbols (libopenblas carries them). Column-major. */
-void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda, double *s,
-             double *u, const int *ldu, double *vt, const int *ldvt, double *work,
-             const int *lwork, int *iwork, int *info);
-void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s,
-             float *u, const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork,
-             int *iwork, int *info);
+void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda, double *s, double *u,
+             const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork, int *iwork,
+             int *info);
+void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s, float *u,
+             const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork, int *iwork,
+             int *info);
 
 static q3r_status check_args(const float *X, int m, int n, int ld, q3r_error *err) {
     if (!X) return q3r_fail(err, Q3R_EINVAL, "svd: matrix is NULL");
@@ -50,7 +50,8 @@ q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double 
         goto done;
     }
     for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++) A[(size_t)i * n + j] = X[(size_t)i * ld + j];
+        for (int j = 0; j < n; j++)
+            A[(size_t)i * n + j] = X[(size_t)i * ld + j];
 
     int info = 0, lwork = -1, one = 1;
     double wq = 0, dummy = 0;
@@ -59,7 +60,8 @@ q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double 
     const int ldu = U ? lm : one, ldvt = U ? k : one;
     dgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, &wq, &lwork, iwork, &info);
     if (info != 0) {
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: dgesdd workspace query failed (info %d) for %d x %d", info, m, n);
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: dgesdd workspace query failed (info %d) for %d x %d", info, m,
+                      n);
         goto done;
     }
     lwork = (int)wq + 1;
@@ -70,7 +72,8 @@ q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double 
     }
     dgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, work, &lwork, iwork, &info);
     if (info > 0)
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: dgesdd did not converge (info %d) on a %d x %d matrix", info, m, n);
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: dgesdd did not converge (info %d) on a %d x %d matrix", info,
+                      m, n);
     else if (info < 0)
         st = q3r_fail(err, Q3R_EINVAL, "svd: dgesdd rejected argument %d for a %d x %d matrix", -info, m, n);
 done:
@@ -99,7 +102,8 @@ q3r_status q3r_svd_thin_f32(const float *X, int m, int n, int ld, float *U, floa
         goto done;
     }
     for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++) A[(size_t)i * n + j] = X[(size_t)i * ld + j];
+        for (int j = 0; j < n; j++)
+            A[(size_t)i * n + j] = X[(size_t)i * ld + j];
 
     int info = 0, lwork = -1, one = 1;
     float wq = 0, dummy = 0;
@@ -107,7 +111,8 @@ q3r_status q3r_svd_thin_f32(const float *X, int m, int n, int ld, float *U, floa
     const int ldu = U ? lm : one, ldvt = U ? k : one;
     sgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, &wq, &lwork, iwork, &info);
     if (info != 0) {
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: sgesdd workspace query failed (info %d) for %d x %d", info, m, n);
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: sgesdd workspace query failed (info %d) for %d x %d", info, m,
+                      n);
         goto done;
     }
     lwork = (int)(wq * (1.0f + 1e-6f)) + 1; /* a float-rounded size may undershoot */
@@ -118,7 +123,8 @@ q3r_status q3r_svd_thin_f32(const float *X, int m, int n, int ld, float *U, floa
     }
     sgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, work, &lwork, iwork, &info);
     if (info > 0)
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: sgesdd did not converge (info %d) on a %d x %d matrix", info, m, n);
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: sgesdd did not converge (info %d) on a %d x %d matrix", info,
+                      m, n);
     else if (info < 0)
         st = q3r_fail(err, Q3R_EINVAL, "svd: sgesdd rejected argument %d for a %d x %d matrix", -info, m, n);
 done:

@@ -20,8 +20,7 @@ static q3r_status parse_fraction(const char *text, const char *body, double *out
     char *end = NULL;
     errno = 0;
     double v = strtod(body, &end);
-    if (end == body || errno)
-        return q3r_fail(err, Q3R_EINVAL, "rank '%s': not a number", text);
+    if (end == body || errno) return q3r_fail(err, Q3R_EINVAL, "rank '%s': not a number", text);
     if (*end == '%') {
         v /= 100.0;
         end++;
@@ -35,7 +34,8 @@ static q3r_status parse_fraction(const char *text, const char *body, double *out
 
 q3r_status q3r_rank_parse(const char *text, q3r_rank_rule *out, q3r_error *err) {
     if (!text || !out) return q3r_fail(err, Q3R_EINVAL, "rank: no text");
-    while (isspace((unsigned char)*text)) text++;
+    while (isspace((unsigned char)*text))
+        text++;
     if (strncmp(text, "maxdim:", 7) == 0) {
         out->kind = Q3R_RANK_COMPAT_MAXDIM;
         return parse_fraction(text, text + 7, &out->value, err);
@@ -63,7 +63,8 @@ q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r
     switch (rule.kind) {
     case Q3R_RANK_INT:
         if (!(rule.value >= 1) || rule.value != floor(rule.value) || rule.value > 1e9)
-            return q3r_fail(err, Q3R_EINVAL, "rank %g: an integer rank must be a whole number >= 1", rule.value);
+            return q3r_fail(err, Q3R_EINVAL, "rank %g: an integer rank must be a whole number >= 1",
+                            rule.value);
         *rank_out = (int)rule.value;
         return Q3R_OK;
     case Q3R_RANK_FRACTION:
@@ -76,7 +77,8 @@ q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r
             return q3r_fail(err, Q3R_EINVAL, "rank maxdim fraction %g outside (0, 1]", rule.value);
         r = rule.value * (double)(m > n ? m : n);
         break;
-    default: return q3r_fail(err, Q3R_EINVAL, "rank rule kind %d unknown", (int)rule.kind);
+    default:
+        return q3r_fail(err, Q3R_EINVAL, "rank rule kind %d unknown", (int)rule.kind);
     }
     /* floor, forgiving the last bits of decimal fractions (0.4 * 100 / 20 must give 2) */
     double f = floor(r * (1 + 1e-12));
@@ -91,11 +93,8 @@ static const struct {
     const char *name;
     q3r_eps_schedule s;
 } EPS_NAMES[] = {
-    {"default", Q3R_EPS_DEFAULT},
-    {"geometric", Q3R_EPS_GEOMETRIC},
-    {"constant", Q3R_EPS_CONSTANT},
-    {"exploration", Q3R_EPS_EXPLORATION},
-    {"linear", Q3R_EPS_GEOMETRIC}, /* the public code's name for it */
+    {"default", Q3R_EPS_DEFAULT},         {"geometric", Q3R_EPS_GEOMETRIC}, {"constant", Q3R_EPS_CONSTANT},
+    {"exploration", Q3R_EPS_EXPLORATION}, {"linear", Q3R_EPS_GEOMETRIC}, /* the public code's name for it */
 };
 
 q3r_status q3r_eps_parse(const char *text, q3r_eps_schedule *out, q3r_error *err) {
@@ -106,15 +105,20 @@ q3r_status q3r_eps_parse(const char *text, q3r_eps_schedule *out, q3r_error *err
             return Q3R_OK;
         }
     return q3r_fail(err, Q3R_EINVAL,
-                    "eps schedule '%s': expected default, geometric (alias linear), constant or exploration", text);
+                    "eps schedule '%s': expected default, geometric (alias linear), constant or exploration",
+                    text);
 }
 
 const char *q3r_eps_name(q3r_eps_schedule s) {
     switch (s) {
-    case Q3R_EPS_DEFAULT: return "default";
-    case Q3R_EPS_GEOMETRIC: return "geometric";
-    case Q3R_EPS_CONSTANT: return "constant";
-    case Q3R_EPS_EXPLORATION: return "exploration";
+    case Q3R_EPS_DEFAULT:
+        return "default";
+    case Q3R_EPS_GEOMETRIC:
+        return "geometric";
+    case Q3R_EPS_CONSTANT:
+        return "constant";
+    case Q3R_EPS_EXPLORATION:
+        return "exploration";
     }
     return "unknown";
 }

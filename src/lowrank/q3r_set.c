@@ -60,31 +60,32 @@ void q3r_set_free(q3r_set *set) {
     free(set);
 }
 
-q3r_status q3r_set_add(q3r_set *set, const char *name, float *X, int rows, int cols, int ld,
-                       float *grad, int ldg, q3r_rank_rule rank, q3r_error *err) {
+q3r_status q3r_set_add(q3r_set *set, const char *name, float *X, int rows, int cols, int ld, float *grad,
+                       int ldg, q3r_rank_rule rank, q3r_error *err) {
     if (!set || !name || !*name) return q3r_fail(err, Q3R_EINVAL, "q3r set: add without a set or a name");
     if (!X) return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s' has no data", name);
     if (rows < 1 || cols < 1)
         return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s' is %d x %d", name, rows, cols);
     if (ld < cols)
-        return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s': leading dimension %d < columns %d", name, ld, cols);
+        return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s': leading dimension %d < columns %d", name, ld,
+                        cols);
     if (grad && ldg < cols)
-        return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s': gradient leading dimension %d < columns %d", name,
-                        ldg, cols);
+        return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s': gradient leading dimension %d < columns %d",
+                        name, ldg, cols);
     for (int i = 0; i < set->n; i++)
         if (strcmp(set->e[i].name, name) == 0)
             return q3r_fail(err, Q3R_EINVAL, "q3r set: matrix '%s' added twice", name);
     entry e = {0};
     q3r_status st = q3r_rank_resolve(rank, rows, cols, &e.rank, err);
     if (st) {
-            q3r_fail_context(err, "q3r set: matrix '%s'", name);
-            return st;
-        }
+        q3r_fail_context(err, "q3r set: matrix '%s'", name);
+        return st;
+    }
     st = q3r_state_create(rows, cols, e.rank, &set->opt.eps, &e.st, err);
     if (st) {
-            q3r_fail_context(err, "q3r set: matrix '%s'", name);
-            return st;
-        }
+        q3r_fail_context(err, "q3r set: matrix '%s'", name);
+        return st;
+    }
     if (set->n == set->cap) {
         int cap = set->cap ? 2 * set->cap : 8;
         entry *ne = realloc(set->e, (size_t)cap * sizeof *ne);
@@ -121,9 +122,7 @@ void q3r_set_info(const q3r_set *set, int i, q3r_state_info *info) {
     q3r_state_get_info(set && i >= 0 && i < set->n ? set->e[i].st : NULL, info);
 }
 
-q3r_state *q3r_set_state(q3r_set *set, int i) {
-    return set && i >= 0 && i < set->n ? set->e[i].st : NULL;
-}
+q3r_state *q3r_set_state(q3r_set *set, int i) { return set && i >= 0 && i < set->n ? set->e[i].st : NULL; }
 
 /* ---- refresh ------------------------------------------------------------------- */
 
@@ -147,7 +146,10 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
     q3r_status *sts = calloc((size_t)n, sizeof *sts);
     job *jobs = malloc((size_t)n * sizeof *jobs);
     if (!pend || !errs || !sts || !jobs) {
-        free(pend); free(errs); free(sts); free(jobs);
+        free(pend);
+        free(errs);
+        free(sts);
+        free(jobs);
         return q3r_fail(err, Q3R_ENOMEM, "q3r set: out of memory for a refresh");
     }
     /* Largest SVDs first, one matrix per thread with LAPACK single-threaded inside (an
@@ -163,7 +165,8 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
 #pragma omp parallel for schedule(dynamic, 1) if (n > 1)
     for (int j = 0; j < n; j++) {
         const entry *e = &set->e[jobs[j].idx];
-        sts[jobs[j].idx] = q3r_state_refresh_compute(e->st, e->X, e->ld, &pend[jobs[j].idx], &errs[jobs[j].idx]);
+        sts[jobs[j].idx] =
+            q3r_state_refresh_compute(e->st, e->X, e->ld, &pend[jobs[j].idx], &errs[jobs[j].idx]);
     }
     q3r_status st = Q3R_OK;
     for (int i = 0; i < n && !st; i++)
@@ -171,10 +174,15 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
             st = q3r_fail(err, sts[i], "q3r refresh of matrix '%s': %s", set->e[i].name, errs[i].msg);
         }
     for (int i = 0; i < n; i++) {
-        if (st) q3r_refresh_discard(pend[i]);
-        else q3r_state_refresh_commit(set->e[i].st, pend[i]);
+        if (st)
+            q3r_refresh_discard(pend[i]);
+        else
+            q3r_state_refresh_commit(set->e[i].st, pend[i]);
     }
-    free(pend); free(errs); free(sts); free(jobs);
+    free(pend);
+    free(errs);
+    free(sts);
+    free(jobs);
     return st;
 }
 
@@ -249,8 +257,7 @@ static void entry_prefix(char *buf, size_t cap, const char *prefix, const char *
     snprintf(buf, cap, "%s%s.", prefix ? prefix : "", name);
 }
 
-q3r_status q3r_set_export(const q3r_set *set, const char *prefix, q3r_tensor_list *out,
-                          q3r_error *err) {
+q3r_status q3r_set_export(const q3r_set *set, const char *prefix, q3r_tensor_list *out, q3r_error *err) {
     if (!set || !out) return q3r_fail(err, Q3R_EINVAL, "q3r set export: set or list is NULL");
     char p[512];
     for (int i = 0; i < set->n; i++) {
@@ -264,8 +271,7 @@ q3r_status q3r_set_export(const q3r_set *set, const char *prefix, q3r_tensor_lis
     return Q3R_OK;
 }
 
-q3r_status q3r_set_import(q3r_set *set, const char *prefix, const q3r_tensor_list *in,
-                          q3r_error *err) {
+q3r_status q3r_set_import(q3r_set *set, const char *prefix, const q3r_tensor_list *in, q3r_error *err) {
     if (!set || !in) return q3r_fail(err, Q3R_EINVAL, "q3r set import: set or list is NULL");
     const char *P = prefix ? prefix : "";
     const size_t plen = strlen(P);
@@ -281,8 +287,9 @@ q3r_status q3r_set_import(q3r_set *set, const char *prefix, const q3r_tensor_lis
             found = len == plen + el + 5 && strncmp(nm + plen, set->e[i].name, el) == 0;
         }
         if (!found)
-            return q3r_fail(err, Q3R_EFORMAT, "q3r set import: saved state '%.*s' matches no registered matrix",
-                            (int)(len - 5), nm);
+            return q3r_fail(err, Q3R_EFORMAT,
+                            "q3r set import: saved state '%.*s' matches no registered matrix", (int)(len - 5),
+                            nm);
     }
     q3r_state **fresh = calloc((size_t)set->n + 1, sizeof *fresh);
     if (!fresh) return q3r_fail(err, Q3R_ENOMEM, "q3r set import: out of memory");

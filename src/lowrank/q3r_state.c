@@ -6,8 +6,8 @@
  * with t_i = eps / sigma_i - 1, through the shared products A = U^T X, B = X V, C = A V
  * (shared/q3r-math.md). Never forms a rows x rows or cols x cols matrix; ~8 r_env rows
  * cols flops per application. */
-#include "q3r/regularizer.h"
 #include "q3r/linalg.h"
+#include "q3r/regularizer.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -19,12 +19,12 @@ struct q3r_state {
     int rows, cols, rank, k; /* k = min(rows, cols) */
     q3r_eps_options opt;
     /* schedule */
-    double eps;       /* +inf until a refresh sets it */
-    double eps0, c;   /* geometric: first eps and factor (NaN until the first refresh) */
-    int gsteps;       /* geometric: refreshes since the first */
+    double eps;     /* +inf until a refresh sets it */
+    double eps0, c; /* geometric: first eps and factor (NaN until the first refresh) */
+    int gsteps;     /* geometric: refreshes since the first */
     int refreshes;
     /* the last refresh */
-    double sigma_r1;  /* NaN before, 0 when rank >= k */
+    double sigma_r1; /* NaN before, 0 when rank >= k */
     int nsigma, r_env;
     double *sigma_all; /* nsigma, descending */
     float *U, *V, *t;  /* rows x r_env, cols x r_env (both row-major, ld r_env), r_env */
@@ -46,7 +46,8 @@ q3r_eps_options q3r_eps_options_default(void) {
 static q3r_status check_eps_options(const q3r_eps_options *o, q3r_error *err) {
     switch (o->schedule) {
     case Q3R_EPS_DEFAULT:
-    case Q3R_EPS_EXPLORATION: return Q3R_OK;
+    case Q3R_EPS_EXPLORATION:
+        return Q3R_OK;
     case Q3R_EPS_CONSTANT:
         if (!(o->eps_const > 0) || !isfinite(o->eps_const))
             return q3r_fail(err, Q3R_EINVAL, "eps schedule constant: eps %g must be > 0 and finite",
@@ -65,8 +66,8 @@ static q3r_status check_eps_options(const q3r_eps_options *o, q3r_error *err) {
 }
 
 /* ---- life cycle ------------------------------------------------------------ */
-q3r_status q3r_state_create(int rows, int cols, int rank, const q3r_eps_options *eps,
-                            q3r_state **out, q3r_error *err) {
+q3r_status q3r_state_create(int rows, int cols, int rank, const q3r_eps_options *eps, q3r_state **out,
+                            q3r_error *err) {
     if (!out) return q3r_fail(err, Q3R_EINVAL, "q3r state: output pointer is NULL");
     *out = NULL;
     if (rows < 1 || cols < 1)
@@ -95,8 +96,7 @@ q3r_status q3r_state_create(int rows, int cols, int rank, const q3r_eps_options 
     return Q3R_OK;
 }
 
-static void free_buffers(float *U, float *V, float *t, double *sig, float *A, float *B, float *C,
-                         float *Ut) {
+static void free_buffers(float *U, float *V, float *t, double *sig, float *A, float *B, float *C, float *Ut) {
     q3r_free(U);
     q3r_free(V);
     q3r_free(t);
@@ -119,9 +119,9 @@ struct q3r_refresh {
     /* The complete new state, built aside; commit swaps it in. */
     double eps, eps0, c, sigma_r1;
     int r_env, gsteps, nsigma;
-    float *U, *V, *t;       /* rows x r_env, cols x r_env, r_env */
-    double *sigma_all;      /* nsigma */
-    float *A, *B, *C, *Ut;  /* apply scratch for r_env: r_env x cols, rows x r_env, r_env^2, rows x r_env */
+    float *U, *V, *t;      /* rows x r_env, cols x r_env, r_env */
+    double *sigma_all;     /* nsigma */
+    float *A, *B, *C, *Ut; /* apply scratch for r_env: r_env x cols, rows x r_env, r_env^2, rows x r_env */
 };
 
 void q3r_refresh_discard(q3r_refresh *p) {
@@ -143,7 +143,9 @@ static void next_eps(const q3r_state *s, double s1, q3r_refresh *p) {
     case Q3R_EPS_EXPLORATION:
         if (s1 > 0) p->eps = s1;
         break;
-    case Q3R_EPS_CONSTANT: p->eps = s->opt.eps_const; break;
+    case Q3R_EPS_CONSTANT:
+        p->eps = s->opt.eps_const;
+        break;
     case Q3R_EPS_GEOMETRIC:
         if (isnan(p->eps0)) { /* first refresh */
             p->eps0 = fmax(s1, s->opt.eps_min);
@@ -152,15 +154,15 @@ static void next_eps(const q3r_state *s, double s1, q3r_refresh *p) {
             p->gsteps = 0;
         } else {
             p->gsteps = s->gsteps + 1;
-            p->eps = p->gsteps >= s->opt.geometric_steps ? s->opt.eps_min
-                                                         : fmax(p->c * s->eps, s->opt.eps_min);
+            p->eps =
+                p->gsteps >= s->opt.geometric_steps ? s->opt.eps_min : fmax(p->c * s->eps, s->opt.eps_min);
         }
         break;
     }
 }
 
-q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
-                                     q3r_refresh **out, q3r_error *err) {
+q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld, q3r_refresh **out,
+                                     q3r_error *err) {
     if (!out) return q3r_fail(err, Q3R_EINVAL, "q3r refresh: output pointer is NULL");
     *out = NULL;
     if (!s || !X) return q3r_fail(err, Q3R_EINVAL, "q3r refresh: state or matrix is NULL");
@@ -197,7 +199,8 @@ q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
     p->sigma_r1 = p->sigma_all[s->rank];
     next_eps(s, p->sigma_r1, p);
     int r = 0;
-    while (r < k && p->sigma_all[r] > p->eps) r++;
+    while (r < k && p->sigma_all[r] > p->eps)
+        r++;
     p->r_env = r;
     if (r > 0) {
         p->U = q3r_alloc((size_t)m * r * sizeof(float));
@@ -208,15 +211,18 @@ q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
         p->C = q3r_alloc((size_t)r * r * sizeof(float));
         p->Ut = q3r_alloc((size_t)m * r * sizeof(float));
         if (!p->U || !p->V || !p->t || !p->A || !p->B || !p->C || !p->Ut) {
-            st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for envelope rank %d of %d x %d",
-                          r, m, n);
+            st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for envelope rank %d of %d x %d", r, m,
+                          n);
             goto fail;
         }
         for (int i = 0; i < m; i++)
-            for (int j = 0; j < r; j++) p->U[(size_t)i * r + j] = (float)Ud[(size_t)i * k + j];
+            for (int j = 0; j < r; j++)
+                p->U[(size_t)i * r + j] = (float)Ud[(size_t)i * k + j];
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < r; j++) p->V[(size_t)i * r + j] = (float)VTd[(size_t)j * n + i];
-        for (int j = 0; j < r; j++) p->t[j] = (float)(p->eps / p->sigma_all[j] - 1.0);
+            for (int j = 0; j < r; j++)
+                p->V[(size_t)i * r + j] = (float)VTd[(size_t)j * n + i];
+        for (int j = 0; j < r; j++)
+            p->t[j] = (float)(p->eps / p->sigma_all[j] - 1.0);
     }
     q3r_free(Ud);
     q3r_free(VTd);
@@ -266,16 +272,18 @@ static double frob2(const float *X, int m, int n, int ld, double *rowsum) {
     for (int i = 0; i < m; i++) {
         const float *x = X + (size_t)i * ld;
         double acc = 0;
-        for (int j = 0; j < n; j++) acc += (double)x[j] * x[j];
+        for (int j = 0; j < n; j++)
+            acc += (double)x[j] * x[j];
         rowsum[i] = acc;
     }
     double total = 0;
-    for (int i = 0; i < m; i++) total += rowsum[i];
+    for (int i = 0; i < m; i++)
+        total += rowsum[i];
     return total;
 }
 
-q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, float alpha,
-                           float beta, float *G, int ldg, double *value, q3r_error *err) {
+q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, float alpha, float beta,
+                           float *G, int ldg, double *value, q3r_error *err) {
     if (!s || !X) return q3r_fail(err, Q3R_EINVAL, "q3r apply: state or matrix is NULL");
     const int m = s->rows, n = s->cols, r = s->r_env;
     if (ld < n) return q3r_fail(err, Q3R_EINVAL, "q3r apply: leading dimension %d < columns %d", ld, n);
@@ -292,14 +300,16 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
     if (r > 0) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, n, m, 1.0f, s->U, r, X, ld, 0.0f, s->A, n);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, r, n, 1.0f, X, ld, s->V, r, 0.0f, s->B, r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, r, n, 1.0f, s->A, n, s->V, r, 0.0f, s->C, r);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, r, n, 1.0f, s->A, n, s->V, r, 0.0f, s->C,
+                    r);
     }
     if (value) {
         /* <X, R X> = ||X||^2 + sum_i t_i ||A_i:||^2 + sum_j t_j ||B_:j||^2 + sum_ij t_i t_j C_ij^2 */
         double ta = 0, tb = 0, tc = 0;
         for (int i = 0; i < r; i++) {
             double a = 0;
-            for (int j = 0; j < n; j++) a += (double)s->A[(size_t)i * n + j] * s->A[(size_t)i * n + j];
+            for (int j = 0; j < n; j++)
+                a += (double)s->A[(size_t)i * n + j] * s->A[(size_t)i * n + j];
             ta += s->t[i] * a;
         }
         if (r > 0) {
@@ -312,7 +322,8 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
                 }
                 s->rowsum[i] = acc;
             }
-            for (int i = 0; i < m; i++) tb += s->rowsum[i];
+            for (int i = 0; i < m; i++)
+                tb += s->rowsum[i];
         }
         for (int i = 0; i < r; i++)
             for (int j = 0; j < r; j++) {
@@ -330,14 +341,17 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
         float *g = G + (size_t)i * ldg;
         const float *x = X + (size_t)i * ld;
         if (beta == 0.0f)
-            for (int j = 0; j < n; j++) g[j] = a2 * x[j];
+            for (int j = 0; j < n; j++)
+                g[j] = a2 * x[j];
         else
-            for (int j = 0; j < n; j++) g[j] = beta * g[j] + a2 * x[j];
+            for (int j = 0; j < n; j++)
+                g[j] = beta * g[j] + a2 * x[j];
     }
     if (r == 0) return Q3R_OK;
     /* A <- A + (C diag t) V^T, C scaled in place */
     for (int i = 0; i < r; i++)
-        for (int j = 0; j < r; j++) s->C[(size_t)i * r + j] *= s->t[j];
+        for (int j = 0; j < r; j++)
+            s->C[(size_t)i * r + j] *= s->t[j];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, n, r, 1.0f, s->C, r, s->V, r, 1.0f, s->A, n);
     /* Ut = U diag t, B <- B diag t */
     for (int i = 0; i < m; i++)
@@ -369,7 +383,8 @@ void q3r_state_get_info(const q3r_state *s, q3r_state_info *info) {
 /* Under prefix P: P"ints" I64 [8] = rows, cols, rank, schedule, geometric_steps, r_env,
  * nsigma, refreshes; P"scalars" F64 [6] = eps, eps0, c, sigma_r1, eps_min, eps_const;
  * P"gsteps" I64 [1] (geometric refreshes since the first); P"sigma" F64 [nsigma];
- * P"U" F32 [rows, r_env]; P"V" F32 [cols, r_env]; P"t" F32 [r_env]. U, V, t are the exact floats apply uses, so a round trip is bit-exact. */
+ * P"U" F32 [rows, r_env]; P"V" F32 [cols, r_env]; P"t" F32 [r_env]. U, V, t are the exact floats apply uses,
+ * so a round trip is bit-exact. */
 enum { NINTS = 8, NSCAL = 6 };
 
 static const char *tname(char *buf, size_t cap, const char *prefix, const char *what) {
@@ -377,21 +392,24 @@ static const char *tname(char *buf, size_t cap, const char *prefix, const char *
     return buf;
 }
 
-q3r_status q3r_state_export(const q3r_state *s, const char *prefix, q3r_tensor_list *out,
-                            q3r_error *err) {
+q3r_status q3r_state_export(const q3r_state *s, const char *prefix, q3r_tensor_list *out, q3r_error *err) {
     if (!s || !out) return q3r_fail(err, Q3R_EINVAL, "q3r export: state or list is NULL");
     char nm[512];
-    int64_t ints[NINTS] = {s->rows, s->cols, s->rank, (int64_t)s->opt.schedule, s->opt.geometric_steps,
+    int64_t ints[NINTS] = {s->rows,  s->cols,   s->rank,     (int64_t)s->opt.schedule, s->opt.geometric_steps,
                            s->r_env, s->nsigma, s->refreshes};
     double scal[NSCAL] = {s->eps, s->eps0, s->c, s->sigma_r1, s->opt.eps_min, s->opt.eps_const};
     int64_t gs = s->gsteps;
     int64_t sh_ints[1] = {NINTS}, sh_scal[1] = {NSCAL}, sh_one[1] = {1}, sh_sig[1] = {s->nsigma};
     int64_t sh_U[2] = {s->rows, s->r_env}, sh_V[2] = {s->cols, s->r_env}, sh_t[1] = {s->r_env};
     q3r_status st;
-    if ((st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "ints"), Q3R_I64, 1, sh_ints, ints, err)) ||
-        (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "scalars"), Q3R_F64, 1, sh_scal, scal, err)) ||
-        (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "gsteps"), Q3R_I64, 1, sh_one, &gs, err)) ||
-        (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "sigma"), Q3R_F64, 1, sh_sig, s->sigma_all, err)) ||
+    if ((st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "ints"), Q3R_I64, 1, sh_ints, ints,
+                                  err)) ||
+        (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "scalars"), Q3R_F64, 1, sh_scal, scal,
+                                  err)) ||
+        (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "gsteps"), Q3R_I64, 1, sh_one, &gs,
+                                  err)) ||
+        (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "sigma"), Q3R_F64, 1, sh_sig,
+                                  s->sigma_all, err)) ||
         (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "U"), Q3R_F32, 2, sh_U, s->U, err)) ||
         (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "V"), Q3R_F32, 2, sh_V, s->V, err)) ||
         (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "t"), Q3R_F32, 1, sh_t, s->t, err)))
@@ -405,8 +423,7 @@ static int all_finite_f(const float *a, int64_t n) {
     return 1;
 }
 
-q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_list *in,
-                            q3r_error *err) {
+q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_list *in, q3r_error *err) {
     if (!s || !in) return q3r_fail(err, Q3R_EINVAL, "q3r import: state or list is NULL");
     char nm[512];
     const char *P = prefix ? prefix : "";
@@ -422,46 +439,51 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': saved matrix is %lld x %lld, this one %d x %d", P,
                         (long long)iv[0], (long long)iv[1], s->rows, s->cols);
     if (iv[2] != s->rank)
-        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': saved rank %lld, this one %d", P, (long long)iv[2],
-                        s->rank);
+        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': saved rank %lld, this one %d", P,
+                        (long long)iv[2], s->rank);
     if (iv[3] != (int64_t)s->opt.schedule)
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': saved eps schedule %lld, this one %s", P,
                         (long long)iv[3], q3r_eps_name(s->opt.schedule));
-    if (s->opt.schedule == Q3R_EPS_GEOMETRIC &&
-        (iv[4] != s->opt.geometric_steps || dv[4] != s->opt.eps_min))
-        return q3r_fail(err, Q3R_EFORMAT,
-                        "q3r import '%s': saved geometric schedule (N %lld, eps_min %g) differs from (N %d, eps_min %g)",
-                        P, (long long)iv[4], dv[4], s->opt.geometric_steps, s->opt.eps_min);
+    if (s->opt.schedule == Q3R_EPS_GEOMETRIC && (iv[4] != s->opt.geometric_steps || dv[4] != s->opt.eps_min))
+        return q3r_fail(
+            err, Q3R_EFORMAT,
+            "q3r import '%s': saved geometric schedule (N %lld, eps_min %g) differs from (N %d, eps_min %g)",
+            P, (long long)iv[4], dv[4], s->opt.geometric_steps, s->opt.eps_min);
     if (s->opt.schedule == Q3R_EPS_CONSTANT && dv[5] != s->opt.eps_const)
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': saved constant eps %g, this one %g", P, dv[5],
                         s->opt.eps_const);
     const int64_t r = iv[5], nsig = iv[6], nref = iv[7], gsteps = *(const int64_t *)tg->data;
     if (nref < 0 || nref > 0x7fffffff || gsteps < 0 || gsteps > 0x7fffffff)
-        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': bad refresh count %lld or geometric count %lld", P,
-                        (long long)nref, (long long)gsteps);
+        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': bad refresh count %lld or geometric count %lld",
+                        P, (long long)nref, (long long)gsteps);
     if (!(nsig == 0 || nsig == s->k) || (nsig == 0) != (nref == 0))
-        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': %lld singular values after %lld refreshes (min dim %d)",
-                        P, (long long)nsig, (long long)nref, s->k);
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "q3r import '%s': %lld singular values after %lld refreshes (min dim %d)", P,
+                        (long long)nsig, (long long)nref, s->k);
     if (r < 0 || r > nsig || (s->rank >= s->k && r != 0))
-        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': envelope rank %lld out of range", P, (long long)r);
+        return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': envelope rank %lld out of range", P,
+                        (long long)r);
     if (!(dv[0] > 0) || (isinf(dv[0]) && r != 0))
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': eps %g (envelope rank %lld) is inconsistent", P,
                         dv[0], (long long)r);
     if ((st = q3r_tensor_list_get(in, tname(nm, sizeof nm, P, "sigma"), Q3R_F64, nsig, &tsig, err)) ||
-        (st = q3r_tensor_list_get(in, tname(nm, sizeof nm, P, "U"), Q3R_F32, (int64_t)s->rows * r, &tU, err)) ||
-        (st = q3r_tensor_list_get(in, tname(nm, sizeof nm, P, "V"), Q3R_F32, (int64_t)s->cols * r, &tV, err)) ||
+        (st = q3r_tensor_list_get(in, tname(nm, sizeof nm, P, "U"), Q3R_F32, (int64_t)s->rows * r, &tU,
+                                  err)) ||
+        (st = q3r_tensor_list_get(in, tname(nm, sizeof nm, P, "V"), Q3R_F32, (int64_t)s->cols * r, &tV,
+                                  err)) ||
         (st = q3r_tensor_list_get(in, tname(nm, sizeof nm, P, "t"), Q3R_F32, r, &tt, err)))
         return st;
     const double *sig = tsig->data;
     for (int64_t i = 0; i < nsig; i++)
         if (!(sig[i] >= 0) || !isfinite(sig[i]) || (i > 0 && sig[i] > sig[i - 1]))
-            return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': singular values not finite, >= 0 and descending at %lld",
-                            P, (long long)i);
+            return q3r_fail(err, Q3R_EFORMAT,
+                            "q3r import '%s': singular values not finite, >= 0 and descending at %lld", P,
+                            (long long)i);
     const float *t = tt->data;
     for (int64_t i = 0; i < r; i++)
         if (!(t[i] >= -1.0f && t[i] <= 0.0f))
-            return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': t[%lld] = %g outside [-1, 0]", P, (long long)i,
-                            (double)t[i]);
+            return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': t[%lld] = %g outside [-1, 0]", P,
+                            (long long)i, (double)t[i]);
     if (!all_finite_f(tU->data, (int64_t)s->rows * r) || !all_finite_f(tV->data, (int64_t)s->cols * r))
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': non-finite entries in U or V", P);
 
