@@ -4,5 +4,7 @@
 
 int q3r_cmd_version(int argc, char **argv);
 int q3r_cmd_demo(int argc, char **argv);
+int q3r_cmd_train(int argc, char **argv);
+int q3r_cmd_eval(int argc, char **argv);
 
 #endif

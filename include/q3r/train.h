@@ -1,0 +1,129 @@
+/* q3r train: training a ViT with AdamW or AdamQ3R, evaluation, checkpoints and resume.
+ *
+ * Data flow of a run:
+ *   config -> model (parameter table, init from seed) -> data loader -> loop {
+ *     forward -> loss -> backward -> clip -> Q3R refresh when due -> AdamW step on the task
+ *     gradient (+ the decoupled Q3R step) -> metrics line -> checkpoint when due }
+ *   -> final evaluation -> model.safetensors.
+ *
+ * Files in out_dir: checkpoint.safetensors (model, optimizer, regularizer, data position,
+ * step; the config in its metadata), model.safetensors (weights and config only),
+ * metrics.jsonl (one line per logged step and per epoch). All are written atomically. */
+#ifndef Q3R_TRAIN_H
+#define Q3R_TRAIN_H
+
+#include "q3r/base.h"
+#include "q3r/data.h"
+#include "q3r/optim.h"
+#include "q3r/regularizer.h"
+#include "q3r/vit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    Q3R_REG_NONE = 0,      /* plain AdamW */
+    Q3R_REG_DECOUPLED = 1, /* AdamQ3R: W -= lr * 2 lambda R(W) beside the Adam step */
+    Q3R_REG_COUPLED = 2,   /* 2 lambda R(W) added to the gradient before Adam */
+} q3r_reg_mode;
+
+typedef struct {
+    /* model */
+    char model_name[32];       /* preset the config came from (informational) */
+    q3r_vit_config model;
+    /* data */
+    char dataset[64];          /* "fashion-mnist", "mnist", "cifar10", "cifar100" */
+    char data_dir[256];        /* "" = /usr/share/datasets/<dataset> */
+    int64_t train_limit;       /* 0 = all training images, else the first N */
+    int64_t test_limit;        /* 0 = all test images */
+    int batch;
+    int epochs;
+    int augment;               /* random crop (pad 4 for 32x32, 2 otherwise) + flip for RGB */
+    float label_smoothing;
+    /* optimizer */
+    q3r_lr_schedule lr;        /* total_steps 0: from epochs; warmup_steps < 0: 5% of the run, <= 200 */
+    double weight_decay;       /* AdamW decay on matrices not under Q3R */
+    double clip;               /* global grad-norm clip, 0 = off */
+    /* regularizer */
+    q3r_reg_mode reg;
+    char targets[128];         /* comma list of qkv, proj, fc1, fc2, head, all */
+    char rank[32];             /* rank rule text (q3r_rank_parse) */
+    double lambda;             /* <= 0: chosen from pull */
+    double pull;               /* target 2 lambda sum_t lr_t when lambda is automatic */
+    int period;                /* refresh every `period` steps */
+    q3r_eps_options eps;
+    /* run */
+    uint64_t seed;
+    char out_dir[256];
+    int64_t checkpoint_every;  /* steps between checkpoints (0: only at epoch ends) */
+    int64_t stop_after;        /* stop (with a checkpoint) after this many steps; 0 = never */
+    int log_every;             /* steps between metrics lines */
+    volatile int *interrupt;   /* set non-zero (e.g. by SIGINT) to checkpoint and stop */
+} q3r_train_config;
+
+/* Defaults: vit-fmnist on fashion-mnist, batch 128, 5 epochs, AdamQ3R on qkv at rank
+ * fraction 0.4, lr 1e-3 warmup+cosine, automatic lambda (pull 9), refresh every 5 steps. */
+q3r_train_config q3r_train_defaults(void);
+
+typedef enum { Q3R_PHASE_TRAIN = 0, Q3R_PHASE_EVAL = 1, Q3R_PHASE_EPOCH = 2 } q3r_train_phase;
+
+typedef struct {
+    q3r_train_phase phase;
+    int64_t step, total_steps;     /* optimizer steps done / planned */
+    int epoch, epochs;             /* current epoch from 0 */
+    int64_t done, todo;            /* within the phase: samples done / in the epoch or eval */
+    double loss, acc;              /* running mean over the epoch so far (train) or eval */
+    double lr, q3r_value, images_per_s, elapsed_s;
+    double eta_s;                  /* training time left at the pace so far */
+    double test_acc, test_loss;    /* at PHASE_EPOCH */
+} q3r_train_progress;
+
+typedef void (*q3r_progress_fn)(const q3r_train_progress *p, void *ctx);
+
+typedef struct {
+    int64_t steps;
+    int epochs_done;
+    int finished;                  /* 0 if stopped early (stop_after, interrupt) */
+    double lambda;                 /* the lambda used */
+    double train_loss, train_acc;  /* last epoch */
+    double test_acc, test_loss;    /* final evaluation */
+    int64_t test_n;
+    double seconds;
+} q3r_train_result;
+
+/* Train per cfg. resume != 0 continues from out_dir/checkpoint.safetensors (which must
+ * exist and match cfg's model and data); the finished run's weights equal those of an
+ * uninterrupted run, bit for bit. progress may be NULL. */
+q3r_status q3r_train_run(const q3r_train_config *cfg, int resume, q3r_progress_fn progress,
+                         void *ctx, q3r_train_result *res, q3r_error *err);
+
+/* The matrices a target list selects, as q3r_set entries on the model's parameters
+ * (fused qkv weights as three row slices named "blocks.i.attn.q/k/v"); grads are attached
+ * for the coupled mode. selected (may be NULL; [q3r_vit_num_tensors]) gets 1 at each
+ * parameter tensor that holds a target. Errors: an unknown target, a list that selects
+ * nothing. */
+q3r_status q3r_train_add_targets(q3r_set *set, q3r_vit *m, const char *targets,
+                                 q3r_rank_rule rank, uint8_t *selected, q3r_error *err);
+
+/* Accuracy and mean loss of m over the first `limit` images of ds (0: all), normalised by
+ * norm, in batches of the model's max batch. progress (may be NULL) sees PHASE_EVAL. */
+q3r_status q3r_evaluate(q3r_vit *m, const q3r_dataset *ds, const q3r_normalize *norm,
+                        int64_t limit, q3r_progress_fn progress, void *ctx, double *acc,
+                        double *loss, q3r_error *err);
+
+/* A model file: the model's named parameters plus, in the metadata, its config
+ * ("model.*" keys), the dataset and its normalisation ("data.*"). */
+q3r_status q3r_model_save(const char *path, const q3r_vit *m, const char *metadata_json,
+                          q3r_error *err);
+/* Build a model from a model or checkpoint file (max_batch for its activations); the
+ * metadata (malloc'd JSON) is returned if metadata_out is non-NULL. */
+q3r_status q3r_model_load(const char *path, int max_batch, q3r_vit **out, char **metadata_out,
+                          q3r_error *err);
+/* The normalisation stored in a model file's metadata. */
+q3r_status q3r_metadata_normalize(const char *metadata_json, q3r_normalize *norm, q3r_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

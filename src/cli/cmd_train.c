@@ -1,0 +1,252 @@
+/* q3r train and q3r eval: flags in, library calls, a progress bar and a summary out. */
+#include "q3r.h"
+#include "q3r/io.h"
+#include "q3r/train.h"
+
+#include "args.h"
+#include "commands.h"
+#include "progress.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static volatile int interrupted = 0;
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+static const char *const model_names[] = {"vit-fmnist", "vit-tiny", "vit-bench"};
+
+/* 95% binomial half-width of an accuracy over n samples. */
+static double binomial_err(double acc, int64_t n) { return n > 0 ? 1.96 * sqrt(acc * (1 - acc) / (double)n) : 0; }
+
+int q3r_cmd_train(int argc, char **argv) {
+    q3r_train_config c = q3r_train_defaults();
+    int model = 0, width = 0, depth = 0, heads = 0, patch = 0, mlp = 0, threads = 0;
+    int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, json = 0, quiet = 0, augment = 0;
+    int epochs = c.epochs, batch = c.batch, period = c.period, log_every = c.log_every, warmup = 0;
+    int seed = (int)c.seed, eps_steps = c.eps.geometric_steps, train_limit = 0, test_limit = 0;
+    int checkpoint_every = 0, stop_after = 0;
+    double lr = c.lr.lr, min_lr = c.lr.min_lr, wd = c.weight_decay, clip = c.clip, ls = 0, dropout = 0;
+    double lambda = 0, pull = c.pull, eps_value = 0, eps_min = c.eps.eps_min;
+    const char *data_dir = NULL, *targets = c.targets, *rank = c.rank, *out = c.out_dir;
+    const arg_spec specs[] = {
+        {"model", ARG_CHOICE, &model, "model preset", 0, 0, "vit-fmnist|vit-tiny|vit-bench", NULL},
+        {"width", ARG_INT, &width, "override the preset's width (0 keeps it)", 0, 8192, NULL, NULL},
+        {"depth", ARG_INT, &depth, "override the preset's depth", 0, 256, NULL, NULL},
+        {"heads", ARG_INT, &heads, "override the preset's heads", 0, 256, NULL, NULL},
+        {"patch", ARG_INT, &patch, "override the preset's patch size", 0, 256, NULL, NULL},
+        {"mlp", ARG_INT, &mlp, "override the preset's MLP hidden width", 0, 65536, NULL, NULL},
+        {"dropout", ARG_DOUBLE, &dropout, "dropout rate", 0, 0.99, NULL, NULL},
+        {"dataset", ARG_CHOICE, &dataset, "dataset", 0, 0, "fashion-mnist|mnist|cifar10|cifar100", NULL},
+        {"data-dir", ARG_STRING, &data_dir, "dataset directory (default /usr/share/datasets/<dataset>)", 0, 0, NULL, "DIR"},
+        {"train-limit", ARG_INT, &train_limit, "use only the first N training images (0: all)", 0, 1e9, NULL, NULL},
+        {"test-limit", ARG_INT, &test_limit, "evaluate on the first N test images (0: all)", 0, 1e9, NULL, NULL},
+        {"augment", ARG_FLAG, &augment, "random crop (+ horizontal flip for RGB)", 0, 0, NULL, NULL},
+        {"epochs", ARG_INT, &epochs, "epochs", 1, 100000, NULL, NULL},
+        {"batch", ARG_INT, &batch, "batch size", 1, 65536, NULL, NULL},
+        {"lr", ARG_DOUBLE, &lr, "peak learning rate", 0, 10, NULL, NULL},
+        {"min-lr", ARG_DOUBLE, &min_lr, "final learning rate of the cosine schedule", 0, 10, NULL, NULL},
+        {"warmup", ARG_INT, &warmup, "linear warmup steps (default: 5% of the run, at most 200)", 0, 1e9, NULL, NULL},
+        {"schedule", ARG_CHOICE, &schedule, "learning-rate schedule", 0, 0, "constant|cosine", NULL},
+        {"weight-decay", ARG_DOUBLE, &wd, "AdamW decay on matrices not under Q3R", 0, 10, NULL, NULL},
+        {"clip", ARG_DOUBLE, &clip, "global gradient-norm clip (0: off)", 0, 1e9, NULL, NULL},
+        {"label-smoothing", ARG_DOUBLE, &ls, "label smoothing", 0, 0.99, NULL, NULL},
+        {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient", 0, 0, "none|decoupled|coupled", NULL},
+        {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all", 0, 0, NULL, "LIST"},
+        {"rank", ARG_STRING, &rank, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
+        {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
+        {"pull", ARG_DOUBLE, &pull, "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9)", 1e-6, 1e6, NULL, NULL},
+        {"period", ARG_INT, &period, "refresh the SVDs every N steps", 1, 1000000, NULL, NULL},
+        {"eps", ARG_CHOICE, &eps, "eps schedule", 0, 0, "default|geometric|constant|exploration", NULL},
+        {"eps-value", ARG_DOUBLE, &eps_value, "eps of the constant schedule", 0, 1e30, NULL, NULL},
+        {"eps-min", ARG_DOUBLE, &eps_min, "floor of the geometric schedule", 0, 1e30, NULL, NULL},
+        {"eps-steps", ARG_INT, &eps_steps, "refreshes for the geometric schedule to reach its floor", 1, 1e9, NULL, NULL},
+        {"seed", ARG_INT, &seed, "random seed (init, shuffling, dropout)", 0, 2147483647, NULL, NULL},
+        {"threads", ARG_INT, &threads, "threads for OpenMP and BLAS (0: all cores)", 0, 1024, NULL, NULL},
+        {"out", ARG_STRING, &out, "run directory: checkpoint, model, metrics.jsonl", 0, 0, NULL, "DIR"},
+        {"resume", ARG_FLAG, &resume, "continue from DIR/checkpoint.safetensors", 0, 0, NULL, NULL},
+        {"checkpoint-every", ARG_INT, &checkpoint_every, "steps between checkpoints (epoch ends always)", 0, 1e9, NULL, NULL},
+        {"stop-after", ARG_INT, &stop_after, "stop with a checkpoint after N steps of this invocation", 0, 1e9, NULL, NULL},
+        {"log-every", ARG_INT, &log_every, "steps between metrics lines", 1, 1e9, NULL, NULL},
+        {"json", ARG_FLAG, &json, "print the final summary as JSON on stdout", 0, 0, NULL, NULL},
+        {"quiet", ARG_FLAG, &quiet, "no progress bar", 0, 0, NULL, NULL},
+        {0},
+    };
+    int rc = args_parse("train", "Train a Vision Transformer with AdamW or AdamQ3R (Q3R on chosen matrices).",
+                        specs, argc, argv, 2, NULL, 0, NULL);
+    if (rc) return rc == 1 ? 0 : 2;
+
+    q3r_error err;
+    snprintf(c.model_name, sizeof c.model_name, "%s", model_names[model]);
+    q3r_vit_preset(model_names[model], &c.model, NULL);
+    if (width) c.model.width = width;
+    if (depth) c.model.depth = depth;
+    if (heads) c.model.heads = heads;
+    if (patch) c.model.patch = patch;
+    if (mlp) c.model.mlp_hidden = mlp;
+    c.model.dropout = (float)dropout;
+    static const char *const datasets[] = {"fashion-mnist", "mnist", "cifar10", "cifar100"};
+    snprintf(c.dataset, sizeof c.dataset, "%s", datasets[dataset]);
+    if (dataset == 3) c.model.classes = 100;
+    if (dataset >= 2 && !args_given(specs, "model") && !patch && !width) {
+        q3r_vit_preset("vit-tiny", &c.model, NULL);
+        snprintf(c.model_name, sizeof c.model_name, "vit-tiny");
+        if (dataset == 3) c.model.classes = 100;
+    }
+    if (data_dir) snprintf(c.data_dir, sizeof c.data_dir, "%s", data_dir);
+    c.train_limit = train_limit;
+    c.test_limit = test_limit;
+    c.augment = augment;
+    c.epochs = epochs;
+    c.batch = batch;
+    c.lr.kind = schedule ? Q3R_LR_COSINE : Q3R_LR_CONSTANT;
+    c.lr.lr = lr;
+    c.lr.min_lr = schedule ? min_lr : lr;
+    c.lr.warmup_steps = args_given(specs, "warmup") ? warmup : -1;
+    c.weight_decay = wd;
+    c.clip = clip;
+    c.label_smoothing = (float)ls;
+    c.reg = (q3r_reg_mode)reg;
+    if (targets != c.targets) snprintf(c.targets, sizeof c.targets, "%s", targets);
+    if (rank != c.rank) snprintf(c.rank, sizeof c.rank, "%s", rank);
+    c.lambda = lambda;
+    c.pull = pull;
+    c.period = period;
+    c.eps.schedule = (q3r_eps_schedule)eps;
+    c.eps.eps_const = eps_value;
+    c.eps.eps_min = eps_min;
+    c.eps.geometric_steps = eps_steps;
+    if (c.eps.schedule == Q3R_EPS_CONSTANT && !(eps_value > 0)) {
+        fprintf(stderr, "q3r train: --eps constant needs --eps-value > 0\n");
+        return 2;
+    }
+    if (c.lr.min_lr > c.lr.lr) {
+        fprintf(stderr, "q3r train: --min-lr %g is above --lr %g\n", c.lr.min_lr, c.lr.lr);
+        return 2;
+    }
+    c.seed = (uint64_t)seed;
+    if (out != c.out_dir) snprintf(c.out_dir, sizeof c.out_dir, "%s", out);
+    c.checkpoint_every = checkpoint_every;
+    c.stop_after = stop_after;
+    c.log_every = log_every;
+    c.interrupt = &interrupted;
+    q3r_set_threads(threads);
+    signal(SIGINT, on_sigint);
+    signal(SIGTERM, on_sigint);
+
+    if (!quiet) {
+        fprintf(stderr, "q3r train: %s (width %d, depth %d, heads %d, patch %d, MLP %d) on %s, %d epochs of batch %d, %d threads\n",
+                c.model_name, c.model.width, c.model.depth, c.model.heads, c.model.patch, c.model.mlp_hidden,
+                c.dataset, c.epochs, c.batch, q3r_get_threads());
+        if (c.reg != Q3R_REG_NONE)
+            fprintf(stderr, "q3r train: %s Q3R on %s, rank %s, %s lambda, refresh every %d steps, %s eps\n",
+                    c.reg == Q3R_REG_DECOUPLED ? "decoupled (AdamQ3R)" : "coupled", c.targets, c.rank,
+                    lambda > 0 ? "given" : "automatic", c.period, q3r_eps_name(c.eps.schedule));
+        else
+            fprintf(stderr, "q3r train: AdamW, no rank regularizer\n");
+    }
+    progress_bar bar;
+    progress_init(&bar, quiet);
+    q3r_train_result res;
+    q3r_status s = q3r_train_run(&c, resume, progress_update, &bar, &res, &err);
+    progress_finish(&bar);
+    if (s) {
+        fprintf(stderr, "q3r train: %s\n", err.msg);
+        return 1;
+    }
+    double e = binomial_err(res.test_acc, res.test_n);
+    if (json) {
+        printf("{\"finished\": %s, \"steps\": %lld, \"epochs\": %d, \"lambda\": %.9g, \"train_loss\": %.6f, "
+               "\"train_acc\": %.6f, \"test_acc\": %.6f, \"test_acc_err95\": %.6f, \"test_loss\": %.6f, "
+               "\"test_n\": %lld, \"seconds\": %.1f, \"out\": \"%s\"}\n",
+               res.finished ? "true" : "false", (long long)res.steps, res.epochs_done, res.lambda,
+               res.train_loss, res.train_acc, res.test_acc, e, res.test_loss, (long long)res.test_n,
+               res.seconds, c.out_dir);
+    } else if (res.finished) {
+        printf("test accuracy %.2f%% +- %.2f (95%%, n = %lld), test loss %.4f; %lld steps in %.0f s; lambda %.4g\n",
+               100 * res.test_acc, 100 * e, (long long)res.test_n, res.test_loss, (long long)res.steps,
+               res.seconds, res.lambda);
+        printf("model: %s/model.safetensors  metrics: %s/metrics.jsonl\n", c.out_dir, c.out_dir);
+    } else {
+        printf("stopped after step %lld; resume with: q3r train ... --out %s --resume\n", (long long)res.steps,
+               c.out_dir);
+    }
+    return 0;
+}
+
+int q3r_cmd_eval(int argc, char **argv) {
+    const char *dataset = NULL, *data_dir = NULL, *split = "test";
+    int limit = 0, batch = 256, threads = 0, json = 0;
+    const arg_spec specs[] = {
+        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL, "NAME"},
+        {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
+        {"split", ARG_STRING, &split, "train or test", 0, 0, NULL, "SPLIT"},
+        {"limit", ARG_INT, &limit, "score only the first N images (0: all)", 0, 1e9, NULL, NULL},
+        {"batch", ARG_INT, &batch, "batch size", 1, 65536, NULL, NULL},
+        {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
+        {"json", ARG_FLAG, &json, "print the result as JSON", 0, 0, NULL, NULL},
+        {0},
+    };
+    const char *pos[1];
+    int np = 0;
+    int rc = args_parse("eval", "Score a model or checkpoint file: q3r eval [options] MODEL.safetensors",
+                        specs, argc, argv, 2, pos, 1, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 1) {
+        fprintf(stderr, "q3r eval: expected one model file (see q3r eval --help)\n");
+        return 2;
+    }
+    q3r_set_threads(threads);
+    q3r_error err;
+    q3r_vit *m = NULL;
+    char *meta = NULL, name[64];
+    q3r_normalize norm;
+    q3r_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    if (q3r_model_load(pos[0], batch, &m, &meta, &err)) {
+        fprintf(stderr, "q3r eval: %s\n", err.msg);
+        return 1;
+    }
+    int status = 1;
+    if (q3r_metadata_normalize(meta, &norm, &err)) {
+        fprintf(stderr, "q3r eval: %s: %s\n", pos[0], err.msg);
+        goto done;
+    }
+    if (dataset) snprintf(name, sizeof name, "%s", dataset);
+    else if (q3r_json_get_string(meta, "data.name", name, sizeof name, &err)) {
+        fprintf(stderr, "q3r eval: %s names no dataset; give --dataset\n", pos[0]);
+        goto done;
+    }
+    if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
+        fprintf(stderr, "q3r eval: %s\n", err.msg);
+        goto done;
+    }
+    double acc, loss;
+    progress_bar bar;
+    progress_init(&bar, json);
+    q3r_status s = q3r_evaluate(m, &ds, &norm, limit, progress_update, &bar, &acc, &loss, &err);
+    progress_finish(&bar);
+    if (s) {
+        fprintf(stderr, "q3r eval: %s\n", err.msg);
+        goto done;
+    }
+    int64_t n = limit > 0 && limit < ds.n ? limit : ds.n;
+    double e = binomial_err(acc, n);
+    if (json)
+        printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"split\": \"%s\", \"n\": %lld, \"acc\": %.6f, "
+               "\"acc_err95\": %.6f, \"loss\": %.6f}\n", pos[0], name, split, (long long)n, acc, e, loss);
+    else
+        printf("%s on %s %s (n = %lld): accuracy %.2f%% +- %.2f (95%%), loss %.4f\n", pos[0], name, split,
+               (long long)n, 100 * acc, 100 * e, loss);
+    status = 0;
+done:
+    q3r_dataset_free(&ds);
+    q3r_vit_free(m);
+    free(meta);
+    return status;
+}

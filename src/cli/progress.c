@@ -1,0 +1,61 @@
+#include "progress.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+void progress_init(progress_bar *b, int quiet) {
+    b->quiet = quiet;
+    b->tty = isatty(2);
+    b->last_print = 0;
+    b->drawn = 0;
+}
+
+static void fmt_time(double s, char *buf, size_t cap) {
+    int t = (int)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, cap, "%d:%02d", t / 60, t % 60);
+}
+
+void progress_update(const q3r_train_progress *p, void *ctx) {
+    progress_bar *b = ctx;
+    if (b->quiet) return;
+    double now = q3r_now();
+    if (p->phase == Q3R_PHASE_EPOCH) {
+        if (b->drawn) fputc('\n', stderr);
+        b->drawn = 0;
+        fprintf(stderr, "epoch %d/%d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f s\n",
+                p->epoch + 1, p->epochs, p->loss, 100 * p->acc, p->test_loss, 100 * p->test_acc, p->elapsed_s);
+        return;
+    }
+    int last = p->done == p->todo;
+    if (!last && now - b->last_print < (b->tty ? 0.2 : 10.0)) return;
+    b->last_print = now;
+    double frac = p->todo ? (double)p->done / (double)p->todo : 1;
+    char bar[31];
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    char el[16], eta[16];
+    fmt_time(p->elapsed_s, el, sizeof el);
+    if (p->phase == Q3R_PHASE_TRAIN) {
+        fmt_time(p->eta_s, eta, sizeof eta);
+        fprintf(stderr, "%sepoch %d/%d [%s] %lld/%lld loss %.4f acc %.2f%% lr %.2e q3r %.3g | %.0f img/s %s<%s",
+                b->tty ? "\r" : "", p->epoch + 1, p->epochs, bar, (long long)p->done, (long long)p->todo,
+                p->loss, 100 * p->acc, p->lr, p->q3r_value, p->images_per_s, el, eta);
+    } else {
+        fprintf(stderr, "%seval [%s] %lld/%lld acc %.2f%% | %.0f img/s %s", b->tty ? "\r" : "", bar,
+                (long long)p->done, (long long)p->todo, 100 * p->acc, p->images_per_s, el);
+    }
+    if (b->tty) {
+        fputs("\033[K", stderr);
+        b->drawn = 1;
+    } else {
+        fputc('\n', stderr);
+    }
+    fflush(stderr);
+}
+
+void progress_finish(progress_bar *b) {
+    if (b->drawn) fputc('\n', stderr);
+    b->drawn = 0;
+}
