@@ -58,6 +58,12 @@ static void adamw_step(float *p, const float *g, float *m1, float *m2, size_t n,
             printf("    %-34s %8.2f ms\n", label, ms_);                                  \
     } while (0)
 
+/* a (n) <- values in [-2, 2): realistic activations (garbage inputs, e.g. inf or NaN, would
+ * send libmvec's erff/expf down their slow scalar paths and distort the timings) */
+static void fill(float *a, size_t n) {
+    for (size_t i = 0; i < n; i++) a[i] = (float)((i * 7919) % 1000) * 4e-3f - 2.0f;
+}
+
 /* one block's kernels on the model's shapes, timed one by one */
 static void breakdown(const q3r_vit_config *c, int B) {
     const int T = (c->image_size / c->patch) * (c->image_size / c->patch) + 1, N = B * T;
@@ -68,25 +74,39 @@ static void breakdown(const q3r_vit_config *c, int B) {
     float *dw = q3r_calloc(sizeof(float) * (size_t)M * D * 3), *bias = q3r_calloc(sizeof(float) * (M + 3 * D));
     float *att = q3r_calloc(sizeof(float) * (size_t)B * H * T * T), *datt = q3r_calloc(sizeof(float) * (size_t)B * H * T * T);
     float *mean = q3r_calloc(sizeof(float) * N), *rstd = q3r_calloc(sizeof(float) * N);
-    for (size_t i = 0; i < big; i++) x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    fill(x, big), fill(y, big), fill(z, big);
     for (size_t i = 0; i < (size_t)M * D * 3; i++) w[i] = (float)((i * 31) % 100) * 1e-3f - 0.05f;
     for (int i = 0; i < D; i++) bias[i] = 1.0f;
     const double lin = 2.0 * N * D;
     printf("  per-kernel, one block (N = %d rows):\n", N);
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("layernorm fwd", 5, 0, q3r_layernorm_forward(y, mean, rstd, x, bias, bias, N, D));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("layernorm bwd", 5, 0, q3r_layernorm_backward(z, dw, dw + D, x, y, mean, rstd, bias, N, D));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("qkv fwd", 5, lin * 3 * D, q3r_linear_forward(z, y, w, bias, NULL, N, D, 3 * D));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("qkv bwd (dx, dW, db)", 5, 2 * lin * 3 * D,
          q3r_linear_backward(y, dw, bias, z, x, w, N, D, 3 * D, 0));
     double af = 2.0 * 2.0 * B * T * T * D;
+    fill(x, big), fill(y, big), fill(z, big);
+    for (size_t i = 0; i < (size_t)B * H * T * T; i++) att[i] = 1.0f / (float)T;
     TIME("attention fwd", 5, af, q3r_attention_forward(y, att, z, B, T, T, D, H));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("attention bwd", 5, 2 * af, q3r_attention_backward(x, datt, y, z, att, B, T, T, D, H));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("proj fwd (+residual)", 5, lin * D, q3r_linear_forward(z, y, w, bias, x, N, D, D));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("fc1 fwd", 5, lin * M, q3r_linear_forward(z, y, w, bias, NULL, N, D, M));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("gelu fwd", 5, 0, q3r_gelu_forward(y, z, (size_t)N * M));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("fc2 fwd (+residual)", 5, lin * M, q3r_linear_forward(x, y, w, bias, x, N, M, D));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("fc2 bwd (dx, dW, db)", 5, 2 * lin * M, q3r_linear_backward(z, dw, bias, x, y, w, N, M, D, 0));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("gelu bwd", 5, 0, q3r_gelu_backward(z, z, y, (size_t)N * M));
+    fill(x, big), fill(y, big), fill(z, big);
     TIME("fc1 bwd (dx, dW, db)", 5, 2 * lin * M, q3r_linear_backward(x, dw, bias, z, y, w, N, D, M, 0));
     q3r_free(x), q3r_free(y), q3r_free(z), q3r_free(w), q3r_free(dw), q3r_free(bias);
     q3r_free(att), q3r_free(datt), q3r_free(mean), q3r_free(rstd);
