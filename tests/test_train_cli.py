@@ -1,0 +1,173 @@
+"""q3r train / q3r eval end to end, through the program a user runs.
+
+- resume: a run interrupted twice (--stop-after) and resumed ends on the same weights, Adam
+  moments and Q3R state, bit for bit, as the uninterrupted run; so does a coupled-mode run;
+- determinism: two runs with the same seed and threads give identical files; another seed
+  does not;
+- q3r eval of the saved model reproduces the accuracy the training run reported;
+- bad input: each case exits non-zero with a message naming the flag or file;
+- a NaN loss stops the run with a message and leaves the last good checkpoint untouched.
+
+Needs numpy only (no torch). Uses a tiny ViT on a Fashion-MNIST subset (about a minute).
+q3r-ctest-label: slow (skipped in the sanitizer pass, where -O0 makes training crawl)"""
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import safetensors_np  # noqa: E402
+
+Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", "build"), "q3r")
+TINY = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--mlp", "64", "--train-limit", "640",
+        "--test-limit", "200", "--batch", "64", "--epochs", "2", "--threads", "2", "--quiet",
+        "--log-every", "1"]
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what)
+
+
+def run(args, expect_ok=True):
+    p = subprocess.run([Q3R] + args, capture_output=True, text=True)
+    if expect_ok and p.returncode != 0:
+        print("command failed:", " ".join(args), "\n", p.stderr)
+    return p
+
+
+def tensors(path):
+    return safetensors_np.read(path)[0]
+
+
+def same_tensors(a, b):
+    if a.keys() != b.keys():
+        return False
+    return all(a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+tmp = tempfile.mkdtemp(prefix="q3r-train-test-")
+summaries = {}
+try:
+    # --- resume, decoupled (AdamQ3R) and coupled ---------------------------------------------
+    for mode in ("decoupled", "coupled"):
+        full, part = os.path.join(tmp, f"full-{mode}"), os.path.join(tmp, f"part-{mode}")
+        extra = ["--reg", mode, "--period", "3"]
+        p = run(TINY + extra + ["--out", full, "--json"])
+        check(p.returncode == 0, f"{mode}: uninterrupted run")
+        summary_full = json.loads(p.stdout)
+        summaries[mode] = summary_full
+        p1 = run(TINY + extra + ["--out", part, "--stop-after", "7"])
+        p2 = run(TINY + extra + ["--out", part, "--stop-after", "9", "--resume"])
+        p3 = run(TINY + extra + ["--out", part, "--resume", "--json"])
+        check(p1.returncode == 0 and p2.returncode == 0 and p3.returncode == 0, f"{mode}: interrupted runs")
+        check("stopped after step 7" in p1.stdout, f"{mode}: first part stops at step 7: {p1.stdout!r}")
+        check(not os.path.exists(os.path.join(part, "model.safetensors")) or p3.returncode == 0,
+              f"{mode}: no final model before the run ends")
+        a, b = tensors(os.path.join(full, "model.safetensors")), tensors(os.path.join(part, "model.safetensors"))
+        check(same_tensors(a, b), f"{mode}: resumed final weights equal the uninterrupted run's bit for bit")
+        ca = tensors(os.path.join(full, "checkpoint.safetensors"))
+        cb = tensors(os.path.join(part, "checkpoint.safetensors"))
+        check(same_tensors(ca, cb), f"{mode}: final checkpoints (Adam, Q3R, data, RNG) equal bit for bit")
+        check(any(k.startswith("q3r.") for k in ca), f"{mode}: checkpoint holds the Q3R state")
+        check(any(k.startswith("optim.") for k in ca), f"{mode}: checkpoint holds the optimizer state")
+        summary_part = json.loads(p3.stdout)
+        check(summary_part["test_acc"] == summary_full["test_acc"], f"{mode}: same final accuracy")
+        # The metrics log of the resumed run has every step once.
+        steps = [json.loads(l)["step"] for l in open(os.path.join(part, "metrics.jsonl"))
+                 if json.loads(l)["event"] == "step"]
+        check(steps == list(range(1, 21)), f"{mode}: resumed log has steps 1..20 once each: {steps}")
+
+    # --- determinism -----------------------------------------------------------------------------
+    d1, d2, d3 = (os.path.join(tmp, n) for n in ("det1", "det2", "det3"))
+    run(TINY + ["--out", d1, "--epochs", "1"])
+    run(TINY + ["--out", d2, "--epochs", "1"])
+    run(TINY + ["--out", d3, "--epochs", "1", "--seed", "2"])
+    m1, m2, m3 = (tensors(os.path.join(d, "model.safetensors")) for d in (d1, d2, d3))
+    check(same_tensors(m1, m2), "same seed and threads: identical weights")
+    check(not same_tensors(m1, m3), "another seed: different weights")
+
+    # --- eval reproduces the training run's accuracy -----------------------------------------------
+    full = os.path.join(tmp, "full-decoupled")
+    p = run(["eval", os.path.join(full, "model.safetensors"), "--limit", "200", "--json"])
+    check(p.returncode == 0, "q3r eval runs")
+    if p.returncode == 0:
+        ev = json.loads(p.stdout)
+        want = summaries["decoupled"]["test_acc"]
+        check(abs(ev["acc"] - want) < 1e-12, f"eval accuracy {ev['acc']} equals training's {want}")
+
+    # --- bad input ---------------------------------------------------------------------------------
+    def bad(args, needle, what):
+        p = run(args, expect_ok=False)
+        check(p.returncode != 0, f"{what}: non-zero exit")
+        check(needle in p.stderr, f"{what}: message mentions {needle!r}: {p.stderr.strip()!r}")
+
+    out = os.path.join(tmp, "bad")
+    bad(TINY + ["--out", out, "--lr", "abc"], "--lr", "non-numeric flag")
+    bad(TINY + ["--out", out, "--epochs", "0"], "--epochs", "out-of-range flag")
+    bad(TINY + ["--out", out, "--nonsense"], "--nonsense", "unknown flag")
+    bad(TINY + ["--out", out, "--reg", "sometimes"], "--reg", "unknown choice")
+    bad(TINY + ["--out", out, "--patch", "5"], "patch", "patch that does not divide the image")
+    bad(TINY + ["--out", out, "--heads", "3"], "heads", "heads that do not divide the width")
+    bad(TINY + ["--out", out, "--targets", "qkv,bogus"], "bogus", "unknown target")
+    bad(TINY + ["--out", out, "--rank", "0"], "rank", "rank 0")
+    bad(TINY + ["--out", out, "--rank", "1.5"], "1.5", "fraction above 1")
+    bad(TINY + ["--out", out, "--eps", "constant"], "--eps-value", "constant eps without a value")
+    bad(TINY + ["--out", os.path.join(tmp, "nothing-here"), "--resume"], "checkpoint.safetensors", "resume without a checkpoint")
+    bad(TINY + ["--out", os.path.join(tmp, "full-decoupled"), "--resume", "--lr", "0.002"], "train.lr", "resume with another lr")
+    bad(TINY + ["--out", os.path.join(tmp, "full-decoupled"), "--resume", "--width", "64", "--heads", "2"], "model.width", "resume with another model")
+    bad(["eval", os.path.join(tmp, "missing.safetensors")], "missing.safetensors", "eval of a missing file")
+    junk = os.path.join(tmp, "junk.safetensors")
+    with open(junk, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    bad(["eval", junk], "junk.safetensors", "eval of a corrupt file")
+
+    # Dataset files: missing, wrong magic, count mismatch, truncated.
+    def idx_dir(name, images_magic=2051, n_images=100, n_labels=100, cut=0):
+        d = os.path.join(tmp, name)
+        os.makedirs(d, exist_ok=True)
+        for split in ("train", "t10k"):
+            img = struct.pack(">IIII", images_magic, n_images, 28, 28) + bytes(n_images * 28 * 28)
+            lab = struct.pack(">II", 2049, n_labels) + bytes(n_labels)
+            if cut:
+                img = img[:-cut]
+            with gzip.open(os.path.join(d, f"{split}-images-idx3-ubyte.gz"), "wb") as f:
+                f.write(img)
+            with gzip.open(os.path.join(d, f"{split}-labels-idx1-ubyte.gz"), "wb") as f:
+                f.write(lab)
+        return d
+
+    bad(TINY + ["--out", out, "--data-dir", os.path.join(tmp, "no-such-dir")], "no-such-dir", "missing dataset directory")
+    bad(TINY + ["--out", out, "--data-dir", idx_dir("magic", images_magic=1234)], "magic", "wrong IDX magic")
+    bad(TINY + ["--out", out, "--data-dir", idx_dir("count", n_labels=99)], "count", "image/label count mismatch")
+    bad(TINY + ["--out", out, "--data-dir", idx_dir("short", cut=500)], "images-idx3", "truncated IDX file")
+
+    # --- NaN loss: stop with a message, keep the last good checkpoint ---------------------------------
+    nan_dir = os.path.join(tmp, "nan")
+    run(TINY + ["--out", nan_dir, "--stop-after", "3"])
+    ckpt = os.path.join(nan_dir, "checkpoint.safetensors")
+    t, meta = safetensors_np.read(ckpt)
+    t["head.weight"][0, 0] = np.nan
+    safetensors_np.write(ckpt, t, meta)
+    before = open(ckpt, "rb").read()
+    p = run(TINY + ["--out", nan_dir, "--resume"], expect_ok=False)
+    check(p.returncode != 0, "NaN loss: non-zero exit")
+    check("nan" in p.stderr.lower(), f"NaN loss: message says so: {p.stderr.strip()!r}")
+    check(open(ckpt, "rb").read() == before, "NaN loss: the checkpoint is left as it was")
+    check(not os.path.exists(os.path.join(nan_dir, "model.safetensors")), "NaN loss: no model written")
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
