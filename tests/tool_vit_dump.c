@@ -2,7 +2,8 @@
  *
  *   tool_vit_dump WEIGHTS.safetensors RESULT.safetensors
  *
- * Builds a small ViT (16x16x1, patch 4, width 32, depth 2, 2 heads, MLP 64, 5 classes),
+ * Builds a small ViT (16x16x1, patch 4, width 32, depth 2, 2 heads, MLP 64, 5 classes) with a
+ * batch of 48 (816 token rows: large enough for the threaded GEMM split in nn/linear.c),
  * initialises it, perturbs every parameter (so biases and norms are not trivially 0/1), and
  * writes its parameters, a batch ("images" (B,C,H,W) F32, "labels" (B) I64) and the config
  * (metadata) to WEIGHTS; then runs forward + backward with label smoothing 0.1 and writes
@@ -28,7 +29,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const q3r_vit_config cfg = {16, 1, 4, 32, 2, 2, 64, 5, 0.0f};
-    const int B = 4;
+    const int B = 48;
     const float ls = 0.1f;
     q3r_error err;
     q3r_vit *m = NULL;
@@ -47,8 +48,9 @@ int main(int argc, char **argv) {
     const size_t nimg = (size_t)B * cfg.channels * cfg.image_size * cfg.image_size;
     float *images = malloc(sizeof(float) * nimg);
     for (size_t i = 0; i < nimg; i++) images[i] = (float)q3r_rng_normal(&rng);
-    int labels[4] = {3, 0, 4, 1};
-    int64_t labels64[4] = {3, 0, 4, 1};
+    int labels[48];
+    int64_t labels64[48];
+    for (int b = 0; b < B; b++) labels64[b] = labels[b] = (int)q3r_rng_below(&rng, cfg.classes);
 
     q3r_tensor_list w;
     q3r_tensor_list_init(&w);
