@@ -1,8 +1,19 @@
 /* q3r: the Quadratic Reweighted Rank Regularizer and low-rank Transformer training.
- * This is the only header an embedding program includes. */
+ * This is the only header an embedding program includes; the layers below it, bottom
+ * to top, each use only those above them in this list. */
 #ifndef Q3R_H
 #define Q3R_H
 
-#include "q3r/base.h"
+#include "q3r/base.h"        /* status codes, RNG, aligned memory, named tensors, BLAS start-up */
+#include "q3r/linalg.h"      /* thin SVD */
+#include "q3r/regularizer.h" /* Q3R: per-matrix state and sets of matrices */
+#include "q3r/nuclear.h"     /* singular value thresholding (nuclear-norm prox) */
+#include "q3r/nn.h"          /* layer kernels, forward/backward */
+#include "q3r/vit.h"         /* the Vision Transformer */
+#include "q3r/optim.h"       /* AdamW, schedules, clipping */
+#include "q3r/data.h"        /* datasets and the batch loader */
+#include "q3r/io.h"          /* safetensors, JSON, metrics logs */
+#include "q3r/train.h"       /* training loop, evaluation, model files */
+#include "q3r/completion.h"  /* the matrix-completion demonstration */
 
 #endif
