@@ -92,6 +92,35 @@ typedef struct {
     double seconds;
 } q3r_train_result;
 
+/* ---- the trainer: one optimizer step at a time ------------------------------------------
+ * The model, AdamW, the Q3R set, the dropout RNG and the step counter, for a caller that
+ * brings its own batches (q3r_train_run is a loop around it). */
+typedef struct q3r_trainer q3r_trainer;
+
+typedef struct {
+    double loss, lr, q3r_value, grad_norm; /* grad_norm: of the task gradient, before clipping */
+    int64_t correct;                       /* argmax hits in the batch */
+} q3r_step_stats;
+
+/* Fill in the schedule's total_steps (when 0) and automatic warmup (when < 0), then check it. */
+q3r_status q3r_train_resolve_schedule(q3r_train_config *cfg, int64_t total_steps, q3r_error *err);
+
+/* Model initialised from cfg->seed, batches up to cfg->batch. cfg->lr must be resolved. */
+q3r_status q3r_trainer_create(const q3r_train_config *cfg, q3r_trainer **out, q3r_error *err);
+void q3r_trainer_free(q3r_trainer *t);
+/* One step on images x (count, C, H, W), labels y (count): forward, backward, clip, Q3R
+ * refresh when due, Q3R (decoupled or coupled) and AdamW. A non-finite loss is an error
+ * and changes nothing. */
+q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, int64_t count,
+                            q3r_step_stats *stats, q3r_error *err);
+q3r_vit *q3r_trainer_model(q3r_trainer *t);
+q3r_set *q3r_trainer_regularizer(q3r_trainer *t);
+double q3r_trainer_lambda(const q3r_trainer *t);
+int64_t q3r_trainer_steps(const q3r_trainer *t);
+/* Model, "optim.*", "q3r.*", "train.step" and "train.rng" as named tensors, and back. */
+q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err);
+q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_error *err);
+
 /* Train per cfg. resume != 0 continues from out_dir/checkpoint.safetensors (which must
  * exist and match cfg's model and data); the finished run's weights equal those of an
  * uninterrupted run, bit for bit. progress may be NULL. */

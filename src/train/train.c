@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,6 @@ typedef struct {
 static void meta_put(meta_builder *b, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#include <stdarg.h>
 static void meta_put(meta_builder *b, const char *key, const char *fmt, ...) {
     if (b->s) return;
     char val[512];
@@ -145,14 +145,12 @@ typedef struct {
     q3r_dataset train_full, test_full;
     q3r_dataset train, test; /* views limited to train_limit / test_limit */
     q3r_normalize norm;
-    q3r_vit *model;
-    q3r_adamw opt;
-    q3r_set *reg; /* target matrices; drives training unless reg == NONE (metrics only) */
-    uint8_t *targeted; /* [num tensors]: 1 where a tensor holds a target matrix */
+    q3r_trainer *trainer;
+    q3r_vit *model;          /* the trainer's */
+    q3r_set *reg;            /* the trainer's */
     q3r_loader loader;
-    q3r_rng rng;  /* dropout */
     double lambda;
-    int64_t step, total_steps, steps_per_epoch;
+    int64_t step, total_steps, steps_per_epoch; /* step mirrors the trainer's */
     /* running sums of the current epoch (checkpointed so logs resume exactly too) */
     double epoch_loss;
     int64_t epoch_correct, epoch_seen;
@@ -165,14 +163,11 @@ typedef struct {
 static void run_free(run_state *r) {
     q3r_dataset_free(&r->train_full);
     q3r_dataset_free(&r->test_full);
-    q3r_vit_free(r->model);
-    q3r_adamw_free(&r->opt);
-    q3r_set_free(r->reg);
+    q3r_trainer_free(r->trainer);
     q3r_loader_free(&r->loader);
     free(r->meta);
     q3r_free(r->x);
     q3r_free(r->y);
-    free(r->targeted);
 }
 
 static q3r_dataset limited(const q3r_dataset *ds, int64_t limit) {
@@ -202,40 +197,13 @@ static q3r_status load_data(run_state *r, q3r_error *err) {
     return q3r_dataset_channel_stats(&r->train_full, &r->norm, err);
 }
 
-static q3r_status build_optimizer(run_state *r, q3r_error *err) {
-    q3r_adamw_config ac = q3r_adamw_defaults();
-    ac.weight_decay = r->cfg->weight_decay;
-    q3r_status s = q3r_adamw_init(&r->opt, (int64_t)q3r_vit_num_params(r->model), &ac, err);
-    if (s) return s;
-    /* Decay only weight matrices, and not those under Q3R (its R already decays the
-     * non-dominant directions). */
-    uint8_t *mask = q3r_calloc(q3r_vit_num_params(r->model));
-    if (!mask) return q3r_fail(err, Q3R_ENOMEM, "optimizer: out of memory");
-    for (int i = 0; i < q3r_vit_num_tensors(r->model); i++) {
-        const q3r_param_info *p = q3r_vit_tensor(r->model, i);
-        if (p->kind != Q3R_PARAM_MATRIX) continue;
-        int64_t n = 1;
-        for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-        int regularized = r->cfg->reg != Q3R_REG_NONE && r->targeted[i];
-        if (!regularized) memset(mask + p->offset, 1, (size_t)n);
-    }
-    q3r_adamw_set_decay_mask(&r->opt, mask);
-    q3r_free(mask);
-    return Q3R_OK;
-}
-
-/* Sum of the learning rate over the whole run: the pull of Q3R is 2 lambda sum_t lr_t. */
-static double lr_sum(const q3r_lr_schedule *s) {
-    double sum = 0;
-    for (int64_t t = 0; t < s->total_steps; t++) sum += q3r_lr_at(s, t);
-    return sum;
-}
-
 static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     q3r_status s = q3r_vit_config_check(&c->model, err);
     if (s) return s;
     if (c->batch < 1) return q3r_fail(err, Q3R_EINVAL, "batch size %d < 1", c->batch);
     if (c->epochs < 1) return q3r_fail(err, Q3R_EINVAL, "epochs %d < 1", c->epochs);
+    q3r_rank_rule rule;
+    if ((s = q3r_rank_parse(c->rank, &rule, err))) return q3r_fail_context(err, "--rank");
     if ((s = load_data(r, err))) return s;
 
     q3r_loader_config lc = {.batch_size = c->batch, .shuffle = 1, .seed = c->seed, .norm = r->norm};
@@ -246,40 +214,17 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     if ((s = q3r_loader_init(&r->loader, &r->train, &lc, err))) return s;
     r->steps_per_epoch = q3r_loader_batches_per_epoch(&r->loader);
     r->total_steps = r->steps_per_epoch * c->epochs;
-    if (c->lr.total_steps <= 0) c->lr.total_steps = r->total_steps;
-    if (c->lr.warmup_steps < 0) { /* automatic: 5% of the run, at most 200 steps */
-        c->lr.warmup_steps = c->lr.total_steps / 20;
-        if (c->lr.warmup_steps > 200) c->lr.warmup_steps = 200;
-    }
-    if ((s = q3r_lr_check(&c->lr, err))) return q3r_fail_context(err, "learning-rate schedule");
-
-    if ((s = q3r_vit_create(&c->model, c->batch, &r->model, err))) return s;
-    q3r_vit_init(r->model, c->seed);
-    q3r_rng_seed(&r->rng, c->seed ^ 0x5eedd0d0ULL);
-
-    r->lambda = c->lambda;
-    if (c->reg != Q3R_REG_NONE && r->lambda <= 0) {
-        double sum = lr_sum(&c->lr);
-        if (sum <= 0) return q3r_fail(err, Q3R_EINVAL, "automatic lambda: the learning rate sums to 0");
-        r->lambda = c->pull / (2.0 * sum);
-    }
-    q3r_set_options so = q3r_set_options_default();
-    so.lambda = r->lambda > 0 ? r->lambda : 0;
-    so.period = c->period;
-    so.eps = c->eps;
-    if ((s = q3r_set_create(&so, &r->reg, err))) return s;
-    q3r_rank_rule rule;
-    if ((s = q3r_rank_parse(c->rank, &rule, err))) return s;
-    r->targeted = calloc((size_t)q3r_vit_num_tensors(r->model), 1);
-    if (!r->targeted) return q3r_fail(err, Q3R_ENOMEM, "out of memory");
-    if ((s = q3r_train_add_targets(r->reg, r->model, c->targets, rule, r->targeted, err))) return s;
-    if ((s = build_optimizer(r, err))) return s;
+    if ((s = q3r_train_resolve_schedule(c, r->total_steps, err))) return s;
+    if ((s = q3r_trainer_create(c, &r->trainer, err))) return s;
+    r->model = q3r_trainer_model(r->trainer);
+    r->reg = q3r_trainer_regularizer(r->trainer);
+    r->lambda = q3r_trainer_lambda(r->trainer);
 
     size_t img = (size_t)c->model.channels * c->model.image_size * c->model.image_size;
     r->x = q3r_alloc((size_t)c->batch * img * sizeof(float));
     r->y = q3r_alloc((size_t)c->batch * sizeof(int32_t));
     if (!r->x || !r->y) return q3r_fail(err, Q3R_ENOMEM, "batch buffers: out of memory");
-    return build_metadata(c, &r->norm, r->lambda, &r->meta, err);
+    return build_metadata(c, &r->norm, q3r_trainer_lambda(r->trainer), &r->meta, err);
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
@@ -299,15 +244,10 @@ static q3r_status get_i64(const q3r_tensor_list *l, const char *name, int64_t *v
 static q3r_status save_checkpoint(run_state *r, q3r_error *err) {
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
-    int64_t rng_shape[1] = {4}, el = 0;
-    double loss = r->epoch_loss;
-    memcpy(&el, &loss, sizeof el); /* the running loss, bit for bit */
-    q3r_status s = q3r_vit_export(r->model, &l, err);
-    if (!s) s = q3r_adamw_export(&r->opt, &l, err);
-    if (!s) s = q3r_set_export(r->reg, "q3r.", &l, err);
+    int64_t el = 0;
+    memcpy(&el, &r->epoch_loss, sizeof el); /* the running loss, bit for bit */
+    q3r_status s = q3r_trainer_export(r->trainer, &l, err);
     if (!s) s = q3r_loader_export(&r->loader, &l, err);
-    if (!s) s = add_i64(&l, "train.step", r->step, err);
-    if (!s) s = q3r_tensor_list_add(&l, "train.rng", Q3R_I64, 1, rng_shape, r->rng.s, err);
     if (!s) s = add_i64(&l, "train.epoch_loss_bits", el, err);
     if (!s) s = add_i64(&l, "train.epoch_correct", r->epoch_correct, err);
     if (!s) s = add_i64(&l, "train.epoch_seen", r->epoch_seen, err);
@@ -321,18 +261,13 @@ static q3r_status load_checkpoint(run_state *r, q3r_error *err) {
     q3r_tensor_list_init(&l);
     char *meta = NULL;
     const char *path = r->ckpt_path;
+    int64_t el = 0;
     q3r_status s = q3r_safetensors_read(path, &l, &meta, err);
     if (!s && !meta) s = q3r_fail(err, Q3R_EFORMAT, "%s: no metadata (not a q3r checkpoint)", path);
     if (!s) s = metadata_match(r->meta, meta, path, err);
-    if (!s && (s = q3r_vit_import(r->model, &l, err))) q3r_fail_context(err, "%s", path);
-    if (!s && (s = q3r_adamw_import(&r->opt, &l, err))) q3r_fail_context(err, "%s", path);
-    if (!s && (s = q3r_set_import(r->reg, "q3r.", &l, err))) q3r_fail_context(err, "%s", path);
+    if (!s && (s = q3r_trainer_import(r->trainer, &l, err))) q3r_fail_context(err, "%s", path);
+    if (!s) r->step = q3r_trainer_steps(r->trainer);
     if (!s && (s = q3r_loader_import(&r->loader, &l, err))) q3r_fail_context(err, "%s", path);
-    int64_t el = 0;
-    const q3r_tensor *t;
-    if (!s) s = get_i64(&l, "train.step", &r->step, err);
-    if (!s) s = q3r_tensor_list_get(&l, "train.rng", Q3R_I64, 4, &t, err);
-    if (!s) memcpy(r->rng.s, t->data, sizeof r->rng.s);
     if (!s) s = get_i64(&l, "train.epoch_loss_bits", &el, err);
     if (!s) memcpy(&r->epoch_loss, &el, sizeof el);
     if (!s) s = get_i64(&l, "train.epoch_correct", &r->epoch_correct, err);
@@ -372,8 +307,7 @@ static q3r_status log_start(q3r_jsonl *log, run_state *r, int resumed, q3r_error
     q3r_jsonl_add_string(log, "event", resumed ? "resume" : "start");
     q3r_jsonl_add_int(log, "step", r->step);
     q3r_jsonl_add_int(log, "total_steps", r->total_steps);
-    q3r_jsonl_add_int(log, "params", 0);
-    q3r_jsonl_add_double(log, "lambda", r->lambda);
+        q3r_jsonl_add_double(log, "lambda", r->lambda);
     /* The order of the per-matrix arrays in epoch lines. */
     size_t len = 0, cap = 0;
     char *names = NULL;
@@ -395,13 +329,6 @@ static q3r_status log_start(q3r_jsonl *log, run_state *r, int resumed, q3r_error
 }
 
 /* ---- the loop ------------------------------------------------------------------------------ */
-
-static int argmax(const float *v, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[b]) b = i;
-    return b;
-}
 
 static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn progress, void *ctx,
                                q3r_train_result *res, double t0, q3r_error *err) {
@@ -438,48 +365,6 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     }
     r->epoch_loss = 0;
     r->epoch_correct = r->epoch_seen = 0;
-    return Q3R_OK;
-}
-
-static q3r_status train_step(run_state *r, double *loss_out, double *lr_out, double *qv_out,
-                             double *gnorm_out, q3r_error *err) {
-    const q3r_train_config *c = r->cfg;
-    int64_t count;
-    q3r_loader_next(&r->loader, r->x, r->y, &count, NULL);
-    q3r_vit_zero_grad(r->model);
-    float loss;
-    q3r_status s = q3r_vit_forward(r->model, r->x, r->y, (int)count, c->label_smoothing, 1, &r->rng,
-                                   &loss, err);
-    if (s) return s;
-    if (!isfinite(loss))
-        return q3r_fail(err, Q3R_ENUMERIC, "loss is %g at step %lld: training diverged (try a lower --lr)",
-                        (double)loss, (long long)r->step);
-    if ((s = q3r_vit_backward(r->model, err))) return s;
-    const float *logits = q3r_vit_logits(r->model);
-    int classes = c->model.classes;
-    for (int64_t i = 0; i < count; i++) r->epoch_correct += argmax(logits + i * classes, classes) == r->y[i];
-    r->epoch_loss += (double)loss * (double)count;
-    r->epoch_seen += count;
-
-    int64_t n = (int64_t)q3r_vit_num_params(r->model);
-    float *g = q3r_vit_grads(r->model), *w = q3r_vit_params(r->model);
-    *gnorm_out = c->clip > 0 ? q3r_clip_grad_norm(g, n, c->clip) : q3r_grad_norm(g, n);
-    double lr = q3r_lr_at(&c->lr, r->step);
-    double qv = 0;
-    if (c->reg != Q3R_REG_NONE) {
-        /* Refresh at the pre-update weights, then R(W) of those same weights. */
-        if ((s = q3r_set_maybe_refresh(r->reg, r->step, err))) return s;
-        if (c->reg == Q3R_REG_COUPLED) s = q3r_set_add_grad(r->reg, &qv, err);
-        else s = q3r_set_decoupled_step(r->reg, lr, &qv, err);
-        if (s) return s;
-    }
-    /* Adam's direction depends only on the gradient history, so taking the decoupled Q3R step
-     * first is the same as W - lr * adam(g) - lr * 2 lambda R(W_pre). */
-    q3r_adamw_step(&r->opt, w, g, lr);
-    r->step++;
-    *loss_out = loss;
-    *lr_out = lr;
-    *qv_out = qv;
     return Q3R_OK;
 }
 
@@ -521,8 +406,15 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     double t0 = q3r_now();
     int64_t start_step = r.step;
     while (!s && r.step < r.total_steps) {
-        double loss = 0, lr = 0, qv = 0, gnorm = 0;
-        if ((s = train_step(&r, &loss, &lr, &qv, &gnorm, err))) break;
+        int64_t count;
+        q3r_step_stats st;
+        q3r_loader_next(&r.loader, r.x, r.y, &count, NULL);
+        if ((s = q3r_trainer_step(r.trainer, r.x, r.y, count, &st, err))) break;
+        r.step = q3r_trainer_steps(r.trainer);
+        r.epoch_correct += st.correct;
+        r.epoch_loss += st.loss * (double)count;
+        r.epoch_seen += count;
+        double loss = st.loss, lr = st.lr, qv = st.q3r_value, gnorm = st.grad_norm;
         int epoch_end = r.step % r.steps_per_epoch == 0;
         if (cfg.log_every > 0 && (r.step % cfg.log_every == 0 || epoch_end)) {
             q3r_jsonl_begin(&log);
