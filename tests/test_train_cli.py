@@ -61,9 +61,9 @@ tmp = tempfile.mkdtemp(prefix="q3r-train-test-")
 summaries = {}
 try:
     # --- resume, decoupled (AdamQ3R) and coupled ---------------------------------------------
-    for mode in ("decoupled", "coupled"):
+    for mode in ("decoupled", "coupled", "nuclear"):
         full, part = os.path.join(tmp, f"full-{mode}"), os.path.join(tmp, f"part-{mode}")
-        extra = ["--reg", mode, "--period", "3"]
+        extra = ["--reg", mode, "--period", "3"] + (["--lambda", "0.5"] if mode == "nuclear" else [])
         p = run(TINY + extra + ["--out", full, "--json"])
         check(p.returncode == 0, f"{mode}: uninterrupted run")
         summary_full = json.loads(p.stdout)
@@ -124,6 +124,7 @@ try:
     bad(TINY + ["--out", out, "--rank", "0"], "rank", "rank 0")
     bad(TINY + ["--out", out, "--rank", "1.5"], "1.5", "fraction above 1")
     bad(TINY + ["--out", out, "--eps", "constant"], "--eps-value", "constant eps without a value")
+    bad(TINY + ["--out", out, "--reg", "nuclear"], "lambda", "nuclear baseline without lambda")
     bad(TINY + ["--out", os.path.join(tmp, "nothing-here"), "--resume"], "checkpoint.safetensors", "resume without a checkpoint")
     bad(TINY + ["--out", os.path.join(tmp, "full-decoupled"), "--resume", "--lr", "0.002"], "train.lr", "resume with another lr")
     bad(TINY + ["--out", os.path.join(tmp, "full-decoupled"), "--resume", "--width", "64", "--heads", "2"], "model.width", "resume with another model")

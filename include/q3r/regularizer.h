@@ -157,6 +157,8 @@ int q3r_set_count(const q3r_set *set);
 const char *q3r_set_name(const q3r_set *set, int i);
 void q3r_set_info(const q3r_set *set, int i, q3r_state_info *info);
 q3r_state *q3r_set_state(q3r_set *set, int i);
+/* Where matrix i lives: returns X and sets its rows, cols and leading dimension. */
+float *q3r_set_matrix(const q3r_set *set, int i, int *rows, int *cols, int *ld);
 
 /* Refresh every matrix (in parallel across matrices). On error nothing changes. */
 q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err);

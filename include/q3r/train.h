@@ -26,6 +26,7 @@ typedef enum {
     Q3R_REG_NONE = 0,      /* plain AdamW */
     Q3R_REG_DECOUPLED = 1, /* AdamQ3R: W -= lr * 2 lambda R(W) beside the Adam step */
     Q3R_REG_COUPLED = 2,   /* 2 lambda R(W) added to the gradient before Adam */
+    Q3R_REG_NUCLEAR = 3,   /* baseline: every `period` steps, W <- prox of lambda (sum of lr) ||W||_* */
 } q3r_reg_mode;
 
 typedef struct {

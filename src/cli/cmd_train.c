@@ -56,7 +56,7 @@ int q3r_cmd_train(int argc, char **argv) {
         {"weight-decay", ARG_DOUBLE, &wd, "AdamW decay on matrices not under Q3R", 0, 10, NULL, NULL},
         {"clip", ARG_DOUBLE, &clip, "global gradient-norm clip (0: off)", 0, 1e9, NULL, NULL},
         {"label-smoothing", ARG_DOUBLE, &ls, "label smoothing", 0, 0.99, NULL, NULL},
-        {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient", 0, 0, "none|decoupled|coupled", NULL},
+        {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal nuclear-norm baseline (needs --lambda)", 0, 0, "none|decoupled|coupled|nuclear", NULL},
         {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all", 0, 0, NULL, "LIST"},
         {"rank", ARG_STRING, &rank, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
@@ -143,7 +143,10 @@ int q3r_cmd_train(int argc, char **argv) {
         fprintf(stderr, "q3r train: %s (width %d, depth %d, heads %d, patch %d, MLP %d) on %s, %d epochs of batch %d, %d threads\n",
                 c.model_name, c.model.width, c.model.depth, c.model.heads, c.model.patch, c.model.mlp_hidden,
                 c.dataset, c.epochs, c.batch, q3r_get_threads());
-        if (c.reg != Q3R_REG_NONE)
+        if (c.reg == Q3R_REG_NUCLEAR)
+            fprintf(stderr, "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",
+                    c.targets, c.lambda, c.period);
+        else if (c.reg != Q3R_REG_NONE)
             fprintf(stderr, "q3r train: %s Q3R on %s, rank %s, %s lambda, refresh every %d steps, %s eps\n",
                     c.reg == Q3R_REG_DECOUPLED ? "decoupled (AdamQ3R)" : "coupled", c.targets, c.rank,
                     lambda > 0 ? "given" : "automatic", c.period, q3r_eps_name(c.eps.schedule));

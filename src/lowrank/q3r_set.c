@@ -122,6 +122,14 @@ void q3r_set_info(const q3r_set *set, int i, q3r_state_info *info) {
     q3r_state_get_info(set && i >= 0 && i < set->n ? set->e[i].st : NULL, info);
 }
 
+float *q3r_set_matrix(const q3r_set *set, int i, int *rows, int *cols, int *ld) {
+    if (!set || i < 0 || i >= set->n) return NULL;
+    *rows = set->e[i].rows;
+    *cols = set->e[i].cols;
+    *ld = set->e[i].ld;
+    return set->e[i].X;
+}
+
 q3r_state *q3r_set_state(q3r_set *set, int i) { return set && i >= 0 && i < set->n ? set->e[i].st : NULL; }
 
 /* ---- refresh ------------------------------------------------------------------- */

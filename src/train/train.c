@@ -60,7 +60,7 @@ static void meta_put(meta_builder *b, const char *key, const char *fmt, ...) {
     b->s = q3r_json_set_string(&b->json, key, val, b->err);
 }
 
-static const char *const reg_names[] = {"none", "decoupled", "coupled"};
+static const char *const reg_names[] = {"none", "decoupled", "coupled", "nuclear"};
 
 /* Every key here shapes the trajectory of the run; a resume must find them all equal. */
 static q3r_status build_metadata(const q3r_train_config *c, const q3r_normalize *norm, double lambda,

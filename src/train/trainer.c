@@ -6,6 +6,8 @@
  * continues on the same bits. */
 #include "q3r/train.h"
 
+#include "q3r/nuclear.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@ struct q3r_trainer {
     q3r_rng rng;       /* dropout */
     double lambda;
     int64_t step;
+    double lr_since_prox; /* nuclear baseline: learning rate summed since the last prox */
 };
 
 q3r_status q3r_train_resolve_schedule(q3r_train_config *c, int64_t total_steps, q3r_error *err) {
@@ -71,6 +74,9 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     q3r_rng_seed(&t->rng, c->seed ^ 0x5eedd0d0ULL);
 
     t->lambda = c->reg == Q3R_REG_NONE ? 0 : c->lambda;
+    if (c->reg == Q3R_REG_NUCLEAR && !(t->lambda > 0))
+        return q3r_fail(err, Q3R_EINVAL, "the nuclear-norm baseline needs an explicit lambda > 0 "
+                                         "(its threshold per unit of learning rate)");
     if (c->reg != Q3R_REG_NONE && t->lambda <= 0) {
         double sum = lr_sum(&c->lr);
         if (!(c->pull > 0)) return q3r_fail(err, Q3R_EINVAL, "automatic lambda needs a pull > 0");
@@ -112,6 +118,35 @@ void q3r_trainer_free(q3r_trainer *t) {
     free(t);
 }
 
+/* W <- prox_{tau ||.||_*}(W) for every matrix of the set, in parallel across matrices;
+ * *nuclear gets the sum of the resulting nuclear norms. */
+static q3r_status nuclear_prox_all(q3r_set *set, double tau, double *nuclear, q3r_error *err) {
+    int n = q3r_set_count(set), failed = -1;
+    double total = 0;
+    q3r_error first;
+#pragma omp parallel for schedule(dynamic) reduction(+ : total)
+    for (int i = 0; i < n; i++) {
+        int rows, cols, ld;
+        float *X = q3r_set_matrix(set, i, &rows, &cols, &ld);
+        double norm = 0;
+        q3r_error e;
+        if (q3r_nuclear_prox(X, rows, cols, ld, tau, X, ld, NULL, &norm, &e)) {
+#pragma omp critical
+            if (failed < 0 || i < failed) {
+                failed = i;
+                first = e;
+            }
+        }
+        total += norm;
+    }
+    if (failed >= 0) {
+        if (err) *err = first;
+        return q3r_fail_context(err, "nuclear-norm prox of %s", q3r_set_name(set, failed));
+    }
+    *nuclear = total;
+    return Q3R_OK;
+}
+
 static int argmax(const float *v, int n) {
     int b = 0;
     for (int i = 1; i < n; i++)
@@ -145,7 +180,7 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, in
         return q3r_fail(err, Q3R_ENUMERIC, "gradient norm is %g at step %lld: training diverged",
                         gnorm, (long long)t->step);
     double lr = q3r_lr_at(&c->lr, t->step), qv = 0;
-    if (c->reg != Q3R_REG_NONE) {
+    if (c->reg == Q3R_REG_DECOUPLED || c->reg == Q3R_REG_COUPLED) {
         if ((s = q3r_set_maybe_refresh(t->reg, t->step, err))) return s;
         /* Adam's direction depends only on the gradient history, so the decoupled step taken
          * first is W - lr adam(g) - lr 2 lambda R(W_pre), as AdamQ3R defines it. */
@@ -154,6 +189,15 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, in
         if (s) return s;
     }
     q3r_adamw_step(&t->opt, w, g, lr);
+    if (c->reg == Q3R_REG_NUCLEAR) {
+        /* Proximal step every `period` steps with the threshold the skipped steps would
+         * have applied one by one: lambda times the learning rate summed since the last. */
+        t->lr_since_prox += lr;
+        if ((t->step + 1) % c->period == 0) {
+            if ((s = nuclear_prox_all(t->reg, t->lambda * t->lr_since_prox, &qv, err))) return s;
+            t->lr_since_prox = 0;
+        }
+    }
     t->rng = rng;
     t->step++;
     if (st) *st = (q3r_step_stats){.loss = loss, .lr = lr, .q3r_value = qv, .grad_norm = gnorm, .correct = correct};
@@ -172,18 +216,21 @@ q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_er
     if (!s) s = q3r_set_export(t->reg, "q3r.", out, err);
     if (!s) s = q3r_tensor_list_add(out, "train.step", Q3R_I64, 1, one, &t->step, err);
     if (!s) s = q3r_tensor_list_add(out, "train.rng", Q3R_I64, 1, four, t->rng.s, err);
+    if (!s) s = q3r_tensor_list_add(out, "train.lr_since_prox", Q3R_F64, 1, one, &t->lr_since_prox, err);
     return s;
 }
 
 q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_error *err) {
-    const q3r_tensor *step, *rng;
+    const q3r_tensor *step, *rng, *since;
     q3r_status s = q3r_tensor_list_get(in, "train.step", Q3R_I64, 1, &step, err);
     if (!s) s = q3r_tensor_list_get(in, "train.rng", Q3R_I64, 4, &rng, err);
+    if (!s) s = q3r_tensor_list_get(in, "train.lr_since_prox", Q3R_F64, 1, &since, err);
     if (!s) s = q3r_vit_import(t->model, in, err);
     if (!s) s = q3r_adamw_import(&t->opt, in, err);
     if (!s) s = q3r_set_import(t->reg, "q3r.", in, err);
     if (s) return s;
     memcpy(&t->step, step->data, sizeof t->step);
     memcpy(t->rng.s, rng->data, sizeof t->rng.s);
+    memcpy(&t->lr_since_prox, since->data, sizeof t->lr_since_prox);
     return Q3R_OK;
 }
