@@ -33,14 +33,22 @@ void q3r_gelu_backward(float *dx, const float *dy, const float *x, size_t n) {
 #pragma omp parallel for schedule(static)
     for (long blk = 0; blk < nb; blk++) {
         size_t i0 = (size_t)blk * GELU_BLOCK, i1 = i0 + GELU_BLOCK < n ? i0 + GELU_BLOCK : n;
+        /* Two passes over an L1-sized block: the clamp (a branch) and the libm calls cannot
+         * share a loop, or GCC (errno semantics) vectorises neither. The clamp keeps expf off
+         * libmvec's slow scalar path for underflowing arguments; e^-80 ~ 2e-35 is still a
+         * normal float. */
+        float e[GELU_BLOCK];
+#pragma omp simd
+        for (size_t i = i0; i < i1; i++) {
+            float h = 0.5f * x[i] * x[i];
+            e[i - i0] = h < 80.0f ? -h : -80.0f;
+        }
 #pragma omp simd
         for (size_t i = i0; i < i1; i++) {
             float v = x[i];
             /* d/dx [x Phi(x)] = Phi(x) + x phi(x) */
             float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-            /* clamp: exp(-80) ~ 2e-35 is still a normal float, and libmvec's expf takes a slow
-             * scalar path for arguments that underflow */
-            float pdf = inv_sqrt_2pi * expf(-fminf(0.5f * v * v, 80.0f));
+            float pdf = inv_sqrt_2pi * expf(e[i - i0]);
             dx[i] = dy[i] * (cdf + v * pdf);
         }
     }

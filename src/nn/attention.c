@@ -20,9 +20,17 @@ __attribute__((simd("notinbranch"))) float expf(float);
  * for arguments that underflow. */
 static void softmax_row(float *row, int n) {
     float mx = row[0];
+#pragma omp simd reduction(max : mx)
     for (int j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    /* clamp and exponentiate in separate loops: a branch next to a libm call keeps GCC from
+     * vectorising either */
 #pragma omp simd
-    for (int j = 0; j < n; j++) row[j] = expf(fmaxf(row[j] - mx, -80.0f)); /* see below */
+    for (int j = 0; j < n; j++) {
+        float z = row[j] - mx;
+        row[j] = z > -80.0f ? z : -80.0f;
+    }
+#pragma omp simd
+    for (int j = 0; j < n; j++) row[j] = expf(row[j]);
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
     for (int j = 0; j < n; j++) s += row[j];
