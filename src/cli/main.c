@@ -17,6 +17,7 @@ static const command commands[] = {
     {"train", q3r_cmd_train, "train a ViT with AdamW or AdamQ3R; checkpoints, resume, metrics"},
     {"eval", q3r_cmd_eval, "score a model or checkpoint on a dataset split"},
     {"demo", q3r_cmd_demo, "low-rank matrix completion: Q3R against nuclear norm and weight decay"},
+    {"spectrum", q3r_cmd_spectrum, "singular values, effective rank, energy and a plot of the weights in a safetensors file"},
     {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
