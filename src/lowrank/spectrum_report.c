@@ -279,9 +279,22 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
         s = q3r_fail(err, Q3R_EINVAL, "no 2-D F32/F64 tensor among the %zu tensors (nothing to analyse)",
                      tensors->count);
     if (!s && r.count == 0) {
-        if (o.filter && *o.filter)
-            s = q3r_fail(err, Q3R_EINVAL, "filter '%s' matches none of the %d matrices", o.filter,
-                         r.tensors_2d);
+        if (o.filter && *o.filter) {
+            /* Name a few of the candidates, so the user sees how names look in this file. */
+            char some[200] = "";
+            size_t used = 0;
+            int listed = 0;
+            for (size_t ti = 0; ti < tensors->count && listed < 4; ti++) {
+                const q3r_tensor *t = &tensors->items[ti];
+                if (t->ndim != 2 || (t->dtype != Q3R_F32 && t->dtype != Q3R_F64)) continue;
+                int w = snprintf(some + used, sizeof some - used, "%s%s", listed ? ", " : "", t->name);
+                if (w < 0 || (size_t)w >= sizeof some - used) break;
+                used += (size_t)w;
+                listed++;
+            }
+            s = q3r_fail(err, Q3R_EINVAL, "filter '%s' matches none of the %d 2-D tensors (%s%s)", o.filter,
+                         r.tensors_2d, some, listed < r.tensors_2d ? ", ..." : "");
+        }
         else
             s = q3r_fail(err, Q3R_EINVAL, "every 2-D tensor is empty (nothing to analyse)");
     }
