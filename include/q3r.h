@@ -8,6 +8,7 @@
 #include "q3r/linalg.h"      /* thin SVD */
 #include "q3r/regularizer.h" /* Q3R: per-matrix state and sets of matrices */
 #include "q3r/nuclear.h"     /* singular value thresholding (nuclear-norm prox) */
+#include "q3r/spectrum.h"    /* spectra of the matrices in a tensor list */
 #include "q3r/nn.h"          /* layer kernels, forward/backward */
 #include "q3r/vit.h"         /* the Vision Transformer */
 #include "q3r/optim.h"       /* AdamW, schedules, clipping */
