@@ -3,11 +3,29 @@ forward + backward + AdamW step at the same batch, for 1 and 2 threads.
 
     /usr/bin/python3 bench/bench_vit_torch.py [batch (128)] [steps (5)]
 
-OPENBLAS_CORETYPE is honoured the same way as in bench_vit (set it in the environment before
-starting; q3r's programs re-exec with it on misdetected AVX-512 CPUs)."""
+OPENBLAS_CORETYPE is set the way q3r_blas_fix_core does for bench_vit: on a CPU with the
+AVX-512 set OpenBLAS's SkylakeX kernels need, and the variable unset, we set it to SkylakeX and
+re-execute (OpenBLAS reads it only when it loads). (q3r also checks which core OpenBLAS picked;
+torch does not expose that, so here the CPU flags alone decide.)"""
 import os
 import sys
 import time
+
+
+def fix_openblas_core():
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":")[1].split() for l in f if l.startswith("flags")), [])
+    except OSError:
+        return
+    if all(x in flags for x in ("avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl")):
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+fix_openblas_core()
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import torch  # noqa: E402
