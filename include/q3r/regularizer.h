@@ -133,6 +133,49 @@ typedef struct {
 
 void q3r_state_get_info(const q3r_state *s, q3r_state_info *info);
 
+/* ---- how a refresh computes its SVD ------------------------------------------------ */
+/* The refresh needs every triplet with sigma_i > eps and sigma_{r+1}. Methods:
+ *   EXACT64   LAPACK dgesdd on a double copy of X: every value, to ~1e-16 relative.
+ *   EXACT32   LAPACK sgesdd on a float copy of X (never a Gram matrix): every value, each
+ *             to ~1e-7 sigma_1 absolute (measured against dgesdd: <= 8.5e-7 sigma_1 on
+ *             300x200 flat and decaying spectra; sigma_{r+1} relative error ~1e-6 when
+ *             sigma_{r+1} ~ sigma_1, more when sigma_{r+1} << sigma_1).
+ *   SUBSPACE  truncated: q3r_svd_topk (block subspace iteration, Rayleigh-Ritz, float GEMMs),
+ *             warm-started from the previous refresh's right vectors (a block of b > r_env
+ *             columns kept in the state and exported with it), cold-started from a block
+ *             seeded by (rows, cols, rank, refresh count). Converges the first
+ *             need = max(r, previous r_env) + 1 values to max(1e-4 sigma_i, 1e-6 sigma_1)
+ *             and grows need (warm) while the last converged value is still > eps, so
+ *             every sigma_i > eps is present. Falls back to EXACT32 when need > min dim / 3
+ *             or when its cost model / observed convergence rate says it would be slower.
+ *   AUTO      (default) EXACT64 for tiny matrices (rows * cols <= 8192, where it costs
+ *             < 1 ms); SUBSPACE where max(rows, cols) >= 1024 and the target rank is
+ *             < ~min dim / 3; EXACT32 otherwise.
+ * After a SUBSPACE refresh info.nsigma is need (< min dim) and info.sigma holds only those
+ * leading converged values; an effective rank or energy computed from info.sigma is then
+ * over the computed values only (the tail below sigma_{need} is not known). The exact
+ * methods give every value (nsigma = min dim). */
+typedef enum {
+    Q3R_SVD_AUTO = 0,
+    Q3R_SVD_EXACT64 = 1,
+    Q3R_SVD_EXACT32 = 2,
+    Q3R_SVD_SUBSPACE = 3,
+} q3r_svd_method;
+
+/* Choose the method for later refreshes (an unknown value means AUTO). */
+void q3r_state_set_svd_method(q3r_state *s, q3r_svd_method method);
+
+typedef struct {
+    q3r_svd_method method; /* what the last refresh used: EXACT64, EXACT32 or SUBSPACE */
+    int iters;             /* SUBSPACE: iterations, summed over block growths (0 otherwise) */
+    int block;             /* SUBSPACE: final block width */
+    int warm;              /* SUBSPACE: 1 if started from the previous refresh's vectors */
+    int fell_back;         /* 1 if SUBSPACE was tried and gave way to EXACT32 */
+} q3r_refresh_stats;
+
+/* How the last successful refresh went (all zero before the first). */
+void q3r_state_get_refresh_stats(const q3r_state *s, q3r_refresh_stats *out);
+
 /* ---- many matrices ------------------------------------------------------------------ */
 typedef struct {
     double lambda;        /* strength; value and gradient are sums over matrices */

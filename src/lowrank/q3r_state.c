@@ -31,6 +31,11 @@ struct q3r_state {
     /* apply scratch, sized for r_env */
     float *A, *B, *C, *Ut; /* r_env x cols, rows x r_env, r_env x r_env, rows x r_env */
     double *rowsum;        /* rows */
+    /* SVD method and the warm start of the truncated solver */
+    q3r_svd_method method;
+    float *Vwarm; /* cols x bwarm, column-major (ld cols): the last refresh's leading right vectors */
+    int bwarm;
+    q3r_refresh_stats stats;
 };
 
 /* ---- eps options ---------------------------------------------------------- */
@@ -110,6 +115,7 @@ static void free_buffers(float *U, float *V, float *t, double *sig, float *A, fl
 void q3r_state_free(q3r_state *s) {
     if (!s) return;
     free_buffers(s->U, s->V, s->t, s->sigma_all, s->A, s->B, s->C, s->Ut);
+    q3r_free(s->Vwarm);
     q3r_free(s->rowsum);
     free(s);
 }
@@ -122,11 +128,15 @@ struct q3r_refresh {
     float *U, *V, *t;      /* rows x r_env, cols x r_env, r_env */
     double *sigma_all;     /* nsigma */
     float *A, *B, *C, *Ut; /* apply scratch for r_env: r_env x cols, rows x r_env, r_env^2, rows x r_env */
+    float *Vwarm;          /* cols x bwarm column-major, or NULL (keep_warm 0: the old one stays) */
+    int bwarm, keep_warm;
+    q3r_refresh_stats stats;
 };
 
 void q3r_refresh_discard(q3r_refresh *p) {
     if (!p) return;
     free_buffers(p->U, p->V, p->t, p->sigma_all, p->A, p->B, p->C, p->Ut);
+    q3r_free(p->Vwarm);
     free(p);
 }
 
@@ -161,6 +171,221 @@ static void next_eps(const q3r_state *s, double s1, q3r_refresh *p) {
     }
 }
 
+/* ---- the SVD behind a refresh ------------------------------------------------------
+ * Each path yields sigma (p->sigma_all, p->nsigma values, descending) and accessors to the
+ * leading vectors; finish() then applies the eps schedule, the envelope and builds U, V, t. */
+typedef struct {
+    const void *U, *V; /* element (i, j) of U at U[i * urs + j * ucs]; likewise V */
+    size_t urs, ucs, vrs, vcs;
+    int dbl; /* 1: double, 0: float */
+    int nvec; /* leading triplets available */
+} vecs;
+
+static float vget(const void *a, int dbl, size_t idx) {
+    return dbl ? (float)((const double *)a)[idx] : ((const float *)a)[idx];
+}
+
+/* Envelope, U, V, t from sigma and the vectors. Returns Q3R_OK, or 1 (not an error) when the
+ * envelope reaches past the available vectors (the truncated path then grows). */
+static q3r_status finish(const q3r_state *s, q3r_refresh *p, const vecs *v, int *grow, q3r_error *err) {
+    const int m = s->rows, n = s->cols;
+    *grow = 0;
+    p->sigma_r1 = p->sigma_all[s->rank];
+    next_eps(s, p->sigma_r1, p);
+    int r = 0;
+    while (r < p->nsigma && p->sigma_all[r] > p->eps)
+        r++;
+    if (r >= v->nvec && r < s->k) { /* the last known value is still above eps */
+        *grow = 1;
+        return Q3R_OK;
+    }
+    p->r_env = r;
+    if (r == 0) return Q3R_OK;
+    p->U = q3r_alloc((size_t)m * r * sizeof(float));
+    p->V = q3r_alloc((size_t)n * r * sizeof(float));
+    p->t = q3r_alloc((size_t)r * sizeof(float));
+    p->A = q3r_alloc((size_t)r * n * sizeof(float));
+    p->B = q3r_alloc((size_t)m * r * sizeof(float));
+    p->C = q3r_alloc((size_t)r * r * sizeof(float));
+    p->Ut = q3r_alloc((size_t)m * r * sizeof(float));
+    if (!p->U || !p->V || !p->t || !p->A || !p->B || !p->C || !p->Ut)
+        return q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for envelope rank %d of %d x %d", r, m, n);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < r; j++)
+            p->U[(size_t)i * r + j] = vget(v->U, v->dbl, (size_t)i * v->urs + (size_t)j * v->ucs);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < r; j++)
+            p->V[(size_t)i * r + j] = vget(v->V, v->dbl, (size_t)i * v->vrs + (size_t)j * v->vcs);
+    for (int j = 0; j < r; j++)
+        p->t[j] = (float)(p->eps / p->sigma_all[j] - 1.0);
+    return Q3R_OK;
+}
+
+/* The truncated solver's plan: values to converge and block width. */
+static int block_for(int need, int k) {
+    int p = need < 16 ? 16 : need > 128 ? 128 : need;
+    int b = need + p;
+    return b > k ? k : b;
+}
+
+/* Predicted seconds (1 thread, OpenBLAS Zen3; only ratios matter) of sgesdd with vectors and
+ * of one subspace iteration with block b: calibrated on 2048x2048 and 768x3072. */
+static double cost_exact(int m, int n, int k) { return 1.7e-10 * m * (double)n * k; }
+static double cost_iter(int m, int n, int b) { return 5e-11 * m * (double)n * b + 2.35e-10 * (m + n) * (double)b * b; }
+
+static int subspace_eligible(const q3r_state *s, int need) {
+    if (s->rank >= s->k || need > s->k / 3) return 0;
+    const int b = block_for(need, s->k);
+    return 0.8 * cost_exact(s->rows, s->cols, s->k) >= 2 * cost_iter(s->rows, s->cols, b);
+}
+
+/* Warm block from an exact SVD's right vectors, for the next refresh (cols x b column-major). */
+static void keep_warm_from(const q3r_state *s, q3r_refresh *p, const void *V, int dbl, size_t vrs, size_t vcs) {
+    const int need = (p->r_env > s->rank ? p->r_env : s->rank) + 1;
+    if (need > s->k) return;
+    const int b = block_for(need, s->k), n = s->cols;
+    p->keep_warm = 1;
+    p->Vwarm = q3r_alloc((size_t)n * b * sizeof(float));
+    if (!p->Vwarm) return; /* not an error: the next refresh starts cold */
+    p->bwarm = b;
+    for (int j = 0; j < b; j++)
+        for (int i = 0; i < n; i++)
+            p->Vwarm[(size_t)j * n + i] = vget(V, dbl, (size_t)i * vrs + (size_t)j * vcs);
+}
+
+static q3r_status refresh_exact(const q3r_state *s, const float *X, int ld, int use64, int want_warm,
+                                q3r_refresh *p, q3r_error *err) {
+    const int m = s->rows, n = s->cols, k = s->k;
+    const int full = s->rank < k;
+    const size_t es = use64 ? sizeof(double) : sizeof(float);
+    void *U = NULL, *VT = NULL;
+    float *Sf = NULL;
+    q3r_status st = Q3R_OK;
+    p->sigma_all = q3r_alloc((size_t)k * sizeof(double));
+    if (!use64) Sf = q3r_alloc((size_t)k * sizeof(float));
+    if (full) {
+        U = q3r_alloc((size_t)m * k * es);
+        VT = q3r_alloc((size_t)k * n * es);
+    }
+    if (!p->sigma_all || (!use64 && !Sf) || (full && (!U || !VT))) {
+        st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for the SVD of %d x %d", m, n);
+        goto done;
+    }
+    st = use64 ? q3r_svd_thin(X, m, n, ld, U, p->sigma_all, VT, err) : q3r_svd_thin_f32(X, m, n, ld, U, Sf, VT, err);
+    if (st) goto done;
+    if (!use64)
+        for (int i = 0; i < k; i++)
+            p->sigma_all[i] = Sf[i];
+    p->nsigma = k;
+    p->stats.method = use64 ? Q3R_SVD_EXACT64 : Q3R_SVD_EXACT32;
+    if (!full) {
+        p->eps = INFINITY;
+        p->eps0 = s->eps0;
+        p->c = s->c;
+        p->gsteps = s->gsteps;
+        p->sigma_r1 = 0;
+        p->r_env = 0;
+        goto done;
+    }
+    /* U row-major m x k (ld k), VT row-major k x n: V(i, j) = VT[j n + i] */
+    vecs v = {U, VT, (size_t)k, 1, 1, (size_t)n, use64, k};
+    int grow = 0;
+    st = finish(s, p, &v, &grow, err);
+    if (!st && want_warm) keep_warm_from(s, p, VT, use64, 1, (size_t)n);
+done:
+    q3r_free(U);
+    q3r_free(VT);
+    q3r_free(Sf);
+    return st;
+}
+
+/* The truncated path. *fallback = 1 (and Q3R_OK) when it gives way to the exact one. */
+static q3r_status refresh_subspace(const q3r_state *s, const float *X, int ld, int forced, q3r_refresh *p,
+                                   int *fallback, q3r_error *err) {
+    const int m = s->rows, n = s->cols, k = s->k;
+    int need = (s->r_env > s->rank ? s->r_env : s->rank) + 1;
+    const float *V0 = s->Vwarm;
+    int nv0 = s->Vwarm ? s->bwarm : 0;
+    float *Vprev = NULL, *U = NULL, *Vb = NULL;
+    double *S = NULL;
+    q3r_status st = Q3R_OK;
+    *fallback = 0;
+    p->stats.method = Q3R_SVD_SUBSPACE;
+    p->stats.warm = nv0 > 0;
+    for (;;) {
+        if (need > k || (need > k / 3 && !forced) || (!forced && !subspace_eligible(s, need))) {
+            *fallback = 1;
+            break;
+        }
+        const int b = block_for(need, k);
+        if (nv0 > b) nv0 = b;
+        U = q3r_alloc((size_t)m * need * sizeof(float));
+        Vb = q3r_alloc((size_t)n * b * sizeof(float));
+        S = q3r_alloc((size_t)b * sizeof(double));
+        if (!U || !Vb || !S) {
+            st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for a block of %d of %d x %d", b, m, n);
+            break;
+        }
+        q3r_topk_options o = {.k = need,
+                              .block = b,
+                              .V0 = V0,
+                              .nv0 = nv0,
+                              .seed = 0x51ce0000ull ^ ((uint64_t)m << 40) ^ ((uint64_t)n << 20) ^
+                                      ((uint64_t)s->rank << 8) ^ (uint64_t)s->refreshes,
+                              .tol_rel = 1e-4,
+                              .tol_abs = 1e-6,
+                              .max_iter = 100};
+        if (!forced) {
+            int mi = (int)(0.8 * cost_exact(m, n, k) / cost_iter(m, n, b));
+            o.max_iter = mi < 2 ? 2 : mi > 100 ? 100 : mi;
+        }
+        q3r_topk_result res;
+        st = q3r_svd_topk(X, m, n, ld, &o, U, S, Vb, &res, err);
+        p->stats.iters += res.iters;
+        p->stats.block = b;
+        if (st) break;
+        if (!res.converged) {
+            *fallback = 1;
+            break;
+        }
+        q3r_free(p->sigma_all);
+        p->sigma_all = q3r_alloc((size_t)need * sizeof(double));
+        if (!p->sigma_all) {
+            st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory");
+            break;
+        }
+        memcpy(p->sigma_all, S, (size_t)need * sizeof(double));
+        p->nsigma = need;
+        vecs v = {U, Vb, 1, (size_t)m, 1, (size_t)n, 0, need};
+        int grow = 0;
+        st = finish(s, p, &v, &grow, err);
+        if (st) break;
+        if (!grow) {
+            p->keep_warm = 1;
+            p->Vwarm = Vb;
+            p->bwarm = b;
+            Vb = NULL;
+            break;
+        }
+        /* every converged value is above eps: grow, warm from this block */
+        q3r_free(Vprev);
+        Vprev = Vb;
+        Vb = NULL;
+        V0 = Vprev;
+        nv0 = b;
+        q3r_free(U);
+        q3r_free(S);
+        U = NULL;
+        S = NULL;
+        need = 2 * need > k ? k : 2 * need;
+    }
+    q3r_free(Vprev);
+    q3r_free(U);
+    q3r_free(Vb);
+    q3r_free(S);
+    return st;
+}
+
 q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld, q3r_refresh **out,
                                      q3r_error *err) {
     if (!out) return q3r_fail(err, Q3R_EINVAL, "q3r refresh: output pointer is NULL");
@@ -169,68 +394,49 @@ q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
     if (ld < s->cols)
         return q3r_fail(err, Q3R_EINVAL, "q3r refresh: leading dimension %d < columns %d", ld, s->cols);
     const int m = s->rows, n = s->cols, k = s->k;
-    const int full = s->rank < k; /* otherwise weight decay: values only */
+    const int full = s->rank < k;
     q3r_refresh *p = calloc(1, sizeof *p);
-    double *Ud = NULL, *VTd = NULL;
-    q3r_status st = Q3R_OK;
     if (!p) return q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory");
-    p->sigma_all = q3r_alloc((size_t)k * sizeof(double));
-    if (full) {
-        Ud = q3r_alloc((size_t)m * k * sizeof(double));
-        VTd = q3r_alloc((size_t)k * n * sizeof(double));
+    q3r_status st = Q3R_OK;
+    q3r_svd_method method = s->method;
+    if (method == Q3R_SVD_AUTO) {
+        const int need = (s->r_env > s->rank ? s->r_env : s->rank) + 1;
+        if ((long)m * n <= 8192) method = Q3R_SVD_EXACT64;
+        else if (full && (m >= 1024 || n >= 1024) && subspace_eligible(s, need)) method = Q3R_SVD_SUBSPACE;
+        else method = Q3R_SVD_EXACT32;
     }
-    if (!p->sigma_all || (full && (!Ud || !VTd))) {
-        st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for the SVD of %d x %d", m, n);
-        goto fail;
-    }
-    st = q3r_svd_thin(X, m, n, ld, Ud, p->sigma_all, VTd, err);
-    if (st) goto fail;
-    p->nsigma = k;
-    if (!full) {
-        p->eps = INFINITY;
-        p->eps0 = s->eps0;
-        p->c = s->c;
-        p->gsteps = s->gsteps;
-        p->sigma_r1 = 0;
-        p->r_env = 0;
-        *out = p;
-        return Q3R_OK;
-    }
-    p->sigma_r1 = p->sigma_all[s->rank];
-    next_eps(s, p->sigma_r1, p);
-    int r = 0;
-    while (r < k && p->sigma_all[r] > p->eps)
-        r++;
-    p->r_env = r;
-    if (r > 0) {
-        p->U = q3r_alloc((size_t)m * r * sizeof(float));
-        p->V = q3r_alloc((size_t)n * r * sizeof(float));
-        p->t = q3r_alloc((size_t)r * sizeof(float));
-        p->A = q3r_alloc((size_t)r * n * sizeof(float));
-        p->B = q3r_alloc((size_t)m * r * sizeof(float));
-        p->C = q3r_alloc((size_t)r * r * sizeof(float));
-        p->Ut = q3r_alloc((size_t)m * r * sizeof(float));
-        if (!p->U || !p->V || !p->t || !p->A || !p->B || !p->C || !p->Ut) {
-            st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for envelope rank %d of %d x %d", r, m,
-                          n);
-            goto fail;
+    /* a warm block is worth keeping where the truncated path can run */
+    const int want_warm = full && (s->method == Q3R_SVD_SUBSPACE ||
+                                   (s->method == Q3R_SVD_AUTO && (m >= 1024 || n >= 1024) && (long)m * n > 8192));
+    if (method == Q3R_SVD_SUBSPACE && full) {
+        int fallback = 0;
+        st = refresh_subspace(s, X, ld, s->method == Q3R_SVD_SUBSPACE, p, &fallback, err);
+        if (st) goto fail;
+        if (!fallback) {
+            *out = p;
+            return Q3R_OK;
         }
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < r; j++)
-                p->U[(size_t)i * r + j] = (float)Ud[(size_t)i * k + j];
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < r; j++)
-                p->V[(size_t)i * r + j] = (float)VTd[(size_t)j * n + i];
-        for (int j = 0; j < r; j++)
-            p->t[j] = (float)(p->eps / p->sigma_all[j] - 1.0);
+        /* start over on the exact path, keeping the solver's statistics */
+        q3r_refresh_stats keep = p->stats;
+        free_buffers(p->U, p->V, p->t, p->sigma_all, p->A, p->B, p->C, p->Ut);
+        q3r_free(p->Vwarm);
+        memset(p, 0, sizeof *p);
+        p->stats = keep;
+        p->stats.fell_back = 1;
+        method = Q3R_SVD_EXACT32;
     }
-    q3r_free(Ud);
-    q3r_free(VTd);
+    q3r_refresh_stats keep = p->stats;
+    st = refresh_exact(s, X, ld, method == Q3R_SVD_EXACT64, want_warm, p, err);
+    if (st) goto fail;
+    if (keep.fell_back) {
+        p->stats.iters = keep.iters;
+        p->stats.block = keep.block;
+        p->stats.warm = keep.warm;
+        p->stats.fell_back = 1;
+    }
     *out = p;
     return Q3R_OK;
 fail:
-    q3r_free(Ud);
-    q3r_free(VTd);
     q3r_refresh_discard(p);
     return st;
 }
@@ -254,6 +460,14 @@ void q3r_state_refresh_commit(q3r_state *s, q3r_refresh *p) {
     s->r_env = p->r_env;
     s->nsigma = p->nsigma;
     s->refreshes++;
+    if (p->keep_warm) {
+        q3r_free(s->Vwarm);
+        s->Vwarm = p->Vwarm;
+        s->bwarm = p->Vwarm ? p->bwarm : 0;
+    } else {
+        q3r_free(p->Vwarm);
+    }
+    s->stats = p->stats;
     free(p);
 }
 
@@ -365,6 +579,19 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
     return Q3R_OK;
 }
 
+void q3r_state_set_svd_method(q3r_state *s, q3r_svd_method method) {
+    if (!s) return;
+    s->method = (method == Q3R_SVD_EXACT64 || method == Q3R_SVD_EXACT32 || method == Q3R_SVD_SUBSPACE)
+                    ? method
+                    : Q3R_SVD_AUTO;
+}
+
+void q3r_state_get_refresh_stats(const q3r_state *s, q3r_refresh_stats *out) {
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (s) *out = s->stats;
+}
+
 void q3r_state_get_info(const q3r_state *s, q3r_state_info *info) {
     memset(info, 0, sizeof *info);
     if (!s) return;
@@ -384,7 +611,9 @@ void q3r_state_get_info(const q3r_state *s, q3r_state_info *info) {
  * nsigma, refreshes; P"scalars" F64 [6] = eps, eps0, c, sigma_r1, eps_min, eps_const;
  * P"gsteps" I64 [1] (geometric refreshes since the first); P"sigma" F64 [nsigma];
  * P"U" F32 [rows, r_env]; P"V" F32 [cols, r_env]; P"t" F32 [r_env]. U, V, t are the exact floats apply uses,
- * so a round trip is bit-exact. */
+ * so a round trip is bit-exact. Optional P"Vwarm" F32 [b, cols]: the truncated SVD's warm start
+ * (b right vectors, each a row), present when the last refresh kept one; without it the next
+ * refresh starts cold. nsigma is min(rows, cols), or fewer (>= rank + 1) after a truncated refresh. */
 enum { NINTS = 8, NSCAL = 6 };
 
 static const char *tname(char *buf, size_t cap, const char *prefix, const char *what) {
@@ -414,6 +643,12 @@ q3r_status q3r_state_export(const q3r_state *s, const char *prefix, q3r_tensor_l
         (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "V"), Q3R_F32, 2, sh_V, s->V, err)) ||
         (st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "t"), Q3R_F32, 1, sh_t, s->t, err)))
         return st;
+    if (s->Vwarm && s->bwarm > 0) { /* the truncated solver's warm start (column-major cols x b) */
+        int64_t sh_w[2] = {s->bwarm, s->cols};
+        if ((st = q3r_tensor_list_add(out, tname(nm, sizeof nm, prefix, "Vwarm"), Q3R_F32, 2, sh_w, s->Vwarm,
+                                      err)))
+            return st;
+    }
     return Q3R_OK;
 }
 
@@ -456,7 +691,8 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
     if (nref < 0 || nref > 0x7fffffff || gsteps < 0 || gsteps > 0x7fffffff)
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': bad refresh count %lld or geometric count %lld",
                         P, (long long)nref, (long long)gsteps);
-    if (!(nsig == 0 || nsig == s->k) || (nsig == 0) != (nref == 0))
+    const int nsig_ok = nsig == 0 || nsig == s->k || (s->rank < s->k && nsig >= s->rank + 1 && nsig < s->k);
+    if (!nsig_ok || (nsig == 0) != (nref == 0))
         return q3r_fail(err, Q3R_EFORMAT,
                         "q3r import '%s': %lld singular values after %lld refreshes (min dim %d)", P,
                         (long long)nsig, (long long)nref, s->k);
@@ -486,6 +722,15 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
                             (long long)i, (double)t[i]);
     if (!all_finite_f(tU->data, (int64_t)s->rows * r) || !all_finite_f(tV->data, (int64_t)s->cols * r))
         return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': non-finite entries in U or V", P);
+    const q3r_tensor *tw = q3r_tensor_list_find(in, tname(nm, sizeof nm, P, "Vwarm"));
+    int64_t bw = 0;
+    if (tw) {
+        bw = tw->ndim == 2 ? tw->shape[0] : -1;
+        if (tw->dtype != Q3R_F32 || tw->ndim != 2 || tw->shape[1] != s->cols || bw < 1 || bw > s->k ||
+            !all_finite_f(tw->data, bw * s->cols))
+            return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': Vwarm must be finite F32 [b <= %d, %d]", P, s->k,
+                            s->cols);
+    }
 
     /* Everything checked: build the buffers, then swap. */
     const int m = s->rows, n = s->cols, rr = (int)r;
@@ -501,12 +746,18 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
         p->C = q3r_alloc((size_t)rr * rr * sizeof(float));
         p->Ut = q3r_alloc((size_t)m * rr * sizeof(float));
     }
-    if ((nsig > 0 && !p->sigma_all) ||
+    p->keep_warm = 1; /* the imported warm block, or none */
+    if (bw > 0) {
+        p->Vwarm = q3r_alloc((size_t)bw * s->cols * sizeof(float));
+        p->bwarm = (int)bw;
+    }
+    if ((nsig > 0 && !p->sigma_all) || (bw > 0 && !p->Vwarm) ||
         (rr > 0 && (!p->U || !p->V || !p->t || !p->A || !p->B || !p->C || !p->Ut))) {
         q3r_refresh_discard(p);
         return q3r_fail(err, Q3R_ENOMEM, "q3r import '%s': out of memory", P);
     }
     if (nsig > 0) memcpy(p->sigma_all, sig, (size_t)nsig * sizeof(double));
+    if (bw > 0) memcpy(p->Vwarm, tw->data, (size_t)bw * s->cols * sizeof(float));
     if (rr > 0) {
         memcpy(p->U, tU->data, (size_t)m * rr * sizeof(float));
         memcpy(p->V, tV->data, (size_t)n * rr * sizeof(float));
@@ -521,5 +772,6 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
     p->nsigma = (int)nsig;
     q3r_state_refresh_commit(s, p);
     s->refreshes = (int)nref; /* commit counted one more */
+    memset(&s->stats, 0, sizeof s->stats);
     return Q3R_OK;
 }
