@@ -36,6 +36,35 @@ void q3r_linear_forward(float *y, const float *x, const float *w, const float *b
 void q3r_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                          const float *w, int n, int in, int out, int accumulate);
 
+/* The same with a row stride: y (n rows, row stride ldy >= out; columns [0, out) written) =
+ * x (n, in) . w (out, in)^T + b (out; may be NULL). Writes a column slice of a wider activation
+ * (a Q, K or V block of the fused (n, 3D) qkv). */
+void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, const float *b,
+                           int n, int in, int out);
+/* q3r_linear_backward with dy (n rows, row stride lddy >= out; columns [0, out) read). */
+void q3r_linear_backward_ld(float *dx, float *dw, float *db, const float *dy, int lddy,
+                            const float *x, const float *w, int n, int in, int out,
+                            int accumulate);
+
+/* ---- factored linear: y = (x B^T) A^T + b (+ r), W = A B of rank <= `rank` --------------- */
+/* Two thin GEMMs instead of one: 2 n rank (in + out) flops against 2 n in out.
+ * a (out, rank) = U_r sqrt(S_r), bf (rank, in) = sqrt(S_r) V_r^T (the truncation's split);
+ * t (n, rank): WRITTEN with x (n, in) . bf^T, saved for backward;
+ * y (n rows, row stride ldy >= out) = t . a^T + b (out; may be NULL) + r (n rows, stride ldy;
+ * may be NULL, may equal y: then the product is added to y in place). */
+void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a,
+                                 const float *bf, const float *b, const float *r, int n, int in,
+                                 int rank, int out);
+/* dy (n rows, row stride lddy), x (n, in) and t (n, rank) as in the forward;
+ * dt (n, rank): scratch, overwritten with dy . a;
+ * da (out, rank) += dy^T . t;  dbf (rank, in) += dt^T . x;  db (out) += column sums of dy
+ *   (each may be NULL); these equal dW B^T, A^T dW and the dense bias gradient, dW = dy^T x;
+ * dx (n, in): WRITTEN (accumulate = 0) or ACCUMULATED (1) with dt . bf = dy . (A B); may be NULL. */
+void q3r_linear_factored_backward(float *dx, float *da, float *dbf, float *db, float *dt,
+                                  const float *dy, int lddy, const float *x, const float *t,
+                                  const float *a, const float *bf, int n, int in, int rank,
+                                  int out, int accumulate);
+
 /* ---- layer norm over the last dimension (eps as timm ViT: 1e-6) ----------------------- */
 #define Q3R_LN_EPS 1e-6f
 /* y (n, d) = (x (n, d) - mean) * rstd * gamma (d) + beta (d); saves mean (n), rstd (n).

@@ -143,11 +143,14 @@ q3r_status q3r_evaluate(q3r_vit *m, const q3r_dataset *ds, const q3r_normalize *
                         double *loss, q3r_error *err);
 
 /* A model file: the model's named parameters plus, in the metadata, its config
- * ("model.*" keys), the dataset and its normalisation ("data.*"). */
+ * ("model.*" keys), the dataset and its normalisation ("data.*"). A factored model's rank
+ * table is written as "model.ranks" = "r0,r1,..." (q3r_vit_num_matrices entries in the order of
+ * vit.h, 0 = dense; set or replaced in the caller's metadata by q3r_model_save). */
 q3r_status q3r_model_save(const char *path, const q3r_vit *m, const char *metadata_json,
                           q3r_error *err);
-/* Build a model from a model or checkpoint file (max_batch for its activations); the
- * metadata (malloc'd JSON) is returned if metadata_out is non-NULL. */
+/* Build a model from a model or checkpoint file (max_batch for its activations), dense or
+ * factored as its "model.ranks" says (absent: dense); the metadata (malloc'd JSON) is returned
+ * if metadata_out is non-NULL. Errors name the file and the key or tensor at fault. */
 q3r_status q3r_model_load(const char *path, int max_batch, q3r_vit **out, char **metadata_out,
                           q3r_error *err);
 /* The normalisation stored in a model file's metadata. */

@@ -4,7 +4,19 @@
  *
  * Parameter names and shapes match a timm state dict (cls_token, pos_embed,
  * patch_embed.proj.weight, blocks.{i}.attn.qkv.weight, ..., head.bias), so a safetensors file of
- * q3r_vit_export() loads into timm/PyTorch unchanged. */
+ * q3r_vit_export() loads into timm/PyTorch unchanged.
+ *
+ * Factored models. Every weight matrix a Q3R target can name is matrix i of a rank table
+ * (q3r_vit_num_matrices entries, in this order): for block l, i = 6 l + j with j = 0..5 for
+ * "blocks.l.attn.q", ".attn.k", ".attn.v" (the row blocks of the fused qkv weight),
+ * ".attn.proj", ".mlp.fc1", ".mlp.fc2"; the last entry is "head". Rank 0 keeps a matrix dense;
+ * rank r >= 1 holds it as W = A B with
+ *     "<matrix>.weight_a" (rows, r) = U_r sqrt(S_r)   and   "<matrix>.weight_b" (r, cols) =
+ *     sqrt(S_r) V_r^T        (e.g. "blocks.3.attn.q.weight_a", "blocks.3.mlp.fc1.weight_b"),
+ * and runs it as two thin GEMMs. Q, K and V stay inside one fused "blocks.l.attn.qkv.weight"
+ * (3D, D) while all three are dense; once any of them is factored, the three are held apart,
+ * a dense one as "blocks.l.attn.k.weight" (D, D). The bias stays "blocks.l.attn.qkv.bias" (3D)
+ * either way, like every other bias. A dense model (all ranks 0) is exactly the timm layout. */
 #ifndef Q3R_VIT_H
 #define Q3R_VIT_H
 
@@ -52,9 +64,22 @@ typedef struct {
 typedef struct q3r_vit q3r_vit;
 
 q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **out, q3r_error *err);
+/* The same with a rank table ranks (q3r_vit_num_matrices(cfg); NULL = all dense): each entry in
+ * [0, min(rows, cols)], 0 = dense. The error names the first matrix whose rank is out of range. */
+q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, int max_batch,
+                                   q3r_vit **out, q3r_error *err);
+
+/* Entries of the rank table: 6 depth + 1. */
+int q3r_vit_num_matrices(const q3r_vit_config *cfg);
+/* Matrix i's name ("blocks.3.attn.q", ..., "head"; the names Q3R targets use) into name (cap;
+ * may be NULL) and its shape (rows = out, cols = in; each may be NULL). Error: i out of range. */
+q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap,
+                               int *rows, int *cols, q3r_error *err);
 void q3r_vit_free(q3r_vit *m);
 
-/* timm's default ("timm" mode) initialisation, from seed:
+/* timm's default ("timm" mode) initialisation, from seed (factors A, B of a factored matrix:
+ * trunc_normal(std s, cut at +-2s) with s = sqrt(0.02 / sqrt(rank)), so the product's entries
+ * have std about 0.02 like a dense weight):
  *  - every nn.Linear weight (qkv, proj, fc1, fc2, head): trunc_normal(std 0.02, cut at +-2
  *    absolute, as timm's trunc_normal_(std=.02)); their biases zero (the head is NOT zeroed);
  *  - pos_embed: trunc_normal(std 0.02); cls_token: normal(std 1e-6) (timm >= 0.6);
@@ -72,8 +97,24 @@ const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i); /* NULL if out of
 const q3r_param_info *q3r_vit_find(const q3r_vit *m, const char *name); /* NULL if absent */
 const q3r_vit_config *q3r_vit_get_config(const q3r_vit *m);
 int q3r_vit_max_batch(const q3r_vit *m);
+const int *q3r_vit_ranks(const q3r_vit *m); /* (q3r_vit_num_matrices) the rank table */
+int q3r_vit_is_factored(const q3r_vit *m);  /* 1 if any rank is non-zero */
+
+/* One matrix of the rank table as the model holds it, pointing into the parameter and gradient
+ * buffers. Dense: w, dw (rows, cols; row-major, leading dimension cols; for Q/K/V of a fused
+ * qkv, a row block of it), a = b = NULL. Factored: a, da (rows, rank); b, db (rank, cols);
+ * w = NULL. */
+typedef struct {
+    const char *name; /* as q3r_vit_matrix_name */
+    int rows, cols, rank;
+    float *w, *dw;
+    float *a, *da, *b, *db;
+} q3r_vit_matrix;
+q3r_status q3r_vit_get_matrix(q3r_vit *m, int i, q3r_vit_matrix *out, q3r_error *err);
+
 /* Floating-point operations (2 per multiply-add) of one forward pass for a batch of B, as q3r
- * runs it: all GEMMs and attention products, with the last block on class tokens only. */
+ * runs it: all GEMMs and attention products, with the last block on class tokens only. A
+ * factored matrix on n rows counts n r (rows + cols) multiply-adds, a dense one n rows cols. */
 double q3r_vit_forward_flops(const q3r_vit *m, int B);
 
 /* images (B, C, H, W), already normalised; labels (B) in [0, classes), or NULL for inference;

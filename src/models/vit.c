@@ -12,7 +12,14 @@
  *
  * Memory: parameters and gradients are two flat buffers with matching offsets; activations live
  * in one arena sized for max_batch, gradient scratch in another sized for one block (backward
- * walks blocks one at a time and the residual-stream gradient is updated in place). */
+ * walks blocks one at a time and the residual-stream gradient is updated in place).
+ *
+ * Factored models: every block matrix (Q, K and V separately, proj, fc1, fc2) and the head can
+ * be held as two factors W = A B (rank table, 0 = dense; see vit.h for names). A factored
+ * matrix runs as two thin GEMMs (q3r_linear_factored_*) and keeps its (rows, rank)
+ * intermediate in the activation arena for backward. When any of Q, K, V is factored the fused
+ * qkv weight is replaced by three per-slice entries that each write their column block of the
+ * (B, T, 3D) qkv activation; the fused qkv bias stays one tensor. */
 #include "q3r/vit.h"
 
 #include <math.h>
@@ -22,13 +29,28 @@
 
 #include "q3r/nn.h"
 
-/* per-block parameter tensors, in timm state-dict order */
-enum {
-    P_LN1_W, P_LN1_B, P_QKV_W, P_QKV_B, P_PROJ_W, P_PROJ_B,
-    P_LN2_W, P_LN2_B, P_FC1_W, P_FC1_B, P_FC2_W, P_FC2_B, P_PER_BLOCK
-};
 /* global tensors: these four first, then the blocks, then norm and head */
 enum { P_CLS, P_POS, P_PE_W, P_PE_B, P_HEAD_FIRST };
+/* matrices of a block, in the order of the rank table (index l * MX_PER_BLOCK + j) */
+enum { MX_Q, MX_K, MX_V, MX_PROJ, MX_FC1, MX_FC2, MX_PER_BLOCK };
+/* most tensors one block can have: 12 dense, or the fused qkv weight replaced by 6 factors and
+ * proj, fc1, fc2 by two factors each */
+enum { MAX_TENSORS_PER_BLOCK = 20 };
+
+/* One weight matrix (rows = out, cols = in) as the model holds it. */
+typedef struct {
+    int rows, cols, rank; /* rank 0: dense */
+    int w;                /* dense: tensor index (for Q/K/V of a fused qkv, the fused tensor) */
+    size_t row0;          /* dense: first row inside tensor w (j * D for the Q/K/V slices) */
+    int a, b;             /* factored: tensor indices of A (rows, rank) and B (rank, cols) */
+    float *t;             /* factored: (activation rows, rank) intermediate x B^T, in the arena */
+} vit_matrix;
+
+typedef struct {
+    int ln1_w, ln1_b, qkv_w, qkv_b, proj_b, ln2_w, ln2_b, fc1_b, fc2_b; /* tensor indices;
+                                                  qkv_w = -1 when Q, K, V are held apart */
+    vit_matrix mx[MX_PER_BLOCK];
+} vit_block_params;
 
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; /* (N, D), (N), (N) */
@@ -48,6 +70,14 @@ struct q3r_vit {
     int ntensors;
     q3r_param_info *info;
     char *names; /* ntensors x NAME_LEN */
+    int nmat;                /* depth * MX_PER_BLOCK + 1 (the head last) */
+    int *ranks;              /* (nmat) rank table, 0 = dense */
+    int factored;            /* any rank > 0 */
+    int max_rank;            /* largest rank in the table (0 if dense) */
+    char *mnames;            /* nmat x NAME_LEN: "blocks.3.attn.q", ..., "head" */
+    vit_block_params *bp;    /* (depth) */
+    int norm_w, norm_b, head_b;
+    vit_matrix head;
     size_t nparams;
     float *params, *grads;
 
@@ -65,6 +95,7 @@ struct q3r_vit {
     int *labels;          /* (max_batch) */
     /* scratch views */
     float *dres, *dD, *dD2, *dqkv, *datt, *dh, *dpe, *dclsx, *dlnf, *dlogits;
+    float *dt;            /* (N, max_rank) factored backward scratch, NULL when dense */
 
     /* state of the last forward */
     int last_B, have_labels;
@@ -141,6 +172,26 @@ static int add_tensor(q3r_vit *m, size_t *off, const char *name, int kind, int n
     return i;
 }
 
+static const char *const mx_suffix[MX_PER_BLOCK] = {"attn.q", "attn.k", "attn.v", "attn.proj",
+                                                     "mlp.fc1", "mlp.fc2"};
+
+/* Add matrix `mx` named `base` (e.g. "blocks.3.attn.proj"): "<base>.weight" when dense,
+ * "<base>.weight_a" (rows, rank) and "<base>.weight_b" (rank, cols) when factored. */
+static void add_matrix(q3r_vit *m, size_t *off, vit_matrix *mx, const char *base) {
+    char nm[NAME_LEN];
+    mx->a = mx->b = mx->w = -1;
+    mx->row0 = 0;
+    if (mx->rank) {
+        snprintf(nm, sizeof nm, "%s.weight_a", base);
+        mx->a = add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, mx->rows, mx->rank, 0, 0);
+        snprintf(nm, sizeof nm, "%s.weight_b", base);
+        mx->b = add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, mx->rank, mx->cols, 0, 0);
+    } else {
+        snprintf(nm, sizeof nm, "%s.weight", base);
+        mx->w = add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, mx->rows, mx->cols, 0, 0);
+    }
+}
+
 static void build_table(q3r_vit *m) {
     const q3r_vit_config *c = &m->cfg;
     const int D = c->width, M = c->mlp_hidden;
@@ -153,36 +204,59 @@ static void build_table(q3r_vit *m) {
                c->patch);
     add_tensor(m, &off, "patch_embed.proj.bias", Q3R_PARAM_BIAS, 1, D, 0, 0, 0);
     for (int l = 0; l < c->depth; l++) {
+        vit_block_params *bp = &m->bp[l];
+        const int dims[MX_PER_BLOCK][2] = {{D, D}, {D, D}, {D, D}, {D, D}, {M, D}, {D, M}};
+        for (int j = 0; j < MX_PER_BLOCK; j++) {
+            bp->mx[j].rows = dims[j][0];
+            bp->mx[j].cols = dims[j][1];
+            bp->mx[j].rank = m->ranks[l * MX_PER_BLOCK + j];
+        }
+        const int split = bp->mx[MX_Q].rank || bp->mx[MX_K].rank || bp->mx[MX_V].rank;
 #define BT(suffix, kind, ndim, a, b)                                   \
-    do {                                                               \
-        snprintf(nm, sizeof nm, "blocks.%d.%s", l, suffix);            \
-        add_tensor(m, &off, nm, kind, ndim, a, b, 0, 0);               \
-    } while (0)
-        BT("norm1.weight", Q3R_PARAM_NORM, 1, D, 0);
-        BT("norm1.bias", Q3R_PARAM_NORM, 1, D, 0);
-        BT("attn.qkv.weight", Q3R_PARAM_MATRIX, 2, 3 * D, D);
-        BT("attn.qkv.bias", Q3R_PARAM_BIAS, 1, 3 * D, 0);
-        BT("attn.proj.weight", Q3R_PARAM_MATRIX, 2, D, D);
-        BT("attn.proj.bias", Q3R_PARAM_BIAS, 1, D, 0);
-        BT("norm2.weight", Q3R_PARAM_NORM, 1, D, 0);
-        BT("norm2.bias", Q3R_PARAM_NORM, 1, D, 0);
-        BT("mlp.fc1.weight", Q3R_PARAM_MATRIX, 2, M, D);
-        BT("mlp.fc1.bias", Q3R_PARAM_BIAS, 1, M, 0);
-        BT("mlp.fc2.weight", Q3R_PARAM_MATRIX, 2, D, M);
-        BT("mlp.fc2.bias", Q3R_PARAM_BIAS, 1, D, 0);
+    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, suffix),               \
+     add_tensor(m, &off, nm, kind, ndim, a, b, 0, 0))
+#define BM(j)                                                          \
+    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, mx_suffix[j]), add_matrix(m, &off, &bp->mx[j], nm))
+        bp->ln1_w = BT("norm1.weight", Q3R_PARAM_NORM, 1, D, 0);
+        bp->ln1_b = BT("norm1.bias", Q3R_PARAM_NORM, 1, D, 0);
+        if (split) {
+            bp->qkv_w = -1;
+            for (int j = MX_Q; j <= MX_V; j++) BM(j);
+        } else {
+            bp->qkv_w = BT("attn.qkv.weight", Q3R_PARAM_MATRIX, 2, 3 * D, D);
+            for (int j = MX_Q; j <= MX_V; j++) {
+                bp->mx[j].w = bp->qkv_w;
+                bp->mx[j].row0 = (size_t)j * D;
+                bp->mx[j].a = bp->mx[j].b = -1;
+            }
+        }
+        bp->qkv_b = BT("attn.qkv.bias", Q3R_PARAM_BIAS, 1, 3 * D, 0);
+        BM(MX_PROJ);
+        bp->proj_b = BT("attn.proj.bias", Q3R_PARAM_BIAS, 1, D, 0);
+        bp->ln2_w = BT("norm2.weight", Q3R_PARAM_NORM, 1, D, 0);
+        bp->ln2_b = BT("norm2.bias", Q3R_PARAM_NORM, 1, D, 0);
+        BM(MX_FC1);
+        bp->fc1_b = BT("mlp.fc1.bias", Q3R_PARAM_BIAS, 1, M, 0);
+        BM(MX_FC2);
+        bp->fc2_b = BT("mlp.fc2.bias", Q3R_PARAM_BIAS, 1, D, 0);
 #undef BT
+#undef BM
     }
-    add_tensor(m, &off, "norm.weight", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
-    add_tensor(m, &off, "norm.bias", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
-    add_tensor(m, &off, "head.weight", Q3R_PARAM_MATRIX, 2, c->classes, D, 0, 0);
-    add_tensor(m, &off, "head.bias", Q3R_PARAM_BIAS, 1, c->classes, 0, 0, 0);
+    m->norm_w = add_tensor(m, &off, "norm.weight", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
+    m->norm_b = add_tensor(m, &off, "norm.bias", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
+    m->head.rows = c->classes;
+    m->head.cols = D;
+    m->head.rank = m->ranks[m->nmat - 1];
+    add_matrix(m, &off, &m->head, "head");
+    m->head_b = add_tensor(m, &off, "head.bias", Q3R_PARAM_BIAS, 1, c->classes, 0, 0, 0);
     m->nparams = off;
 }
 
-static int tail_index(const q3r_vit *m, int k) { return P_HEAD_FIRST + m->cfg.depth * P_PER_BLOCK + k; }
 static float *par(q3r_vit *m, int i) { return m->params + m->info[i].offset; }
 static float *grd(q3r_vit *m, int i) { return m->grads + m->info[i].offset; }
-static int blk_index(int l, int j) { return P_HEAD_FIRST + l * P_PER_BLOCK + j; }
+static vit_matrix *matrix_at(q3r_vit *m, int i) {
+    return i == m->nmat - 1 ? &m->head : &m->bp[i / MX_PER_BLOCK].mx[i % MX_PER_BLOCK];
+}
 
 /* ---- activation arena ---------------------------------------------------------------------- */
 
@@ -230,7 +304,12 @@ static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
         b->m_proj = drop ? carve8(MK, &k, N * D) : NULL;
         b->m_mlp1 = drop ? carve8(MK, &k, N * M) : NULL;
         b->m_mlp2 = drop ? carve8(MK, &k, N * D) : NULL;
+        for (int j = 0; j < MX_PER_BLOCK; j++) {
+            vit_matrix *mx = &m->bp[l].mx[j];
+            mx->t = mx->rank ? carve(A, &a, N * (size_t)mx->rank) : NULL;
+        }
     }
+    m->head.t = m->head.rank ? carve(A, &a, B * (size_t)m->head.rank) : NULL;
     m->clsx = carve(A, &a, B * D);
     m->lnf = carve(A, &a, B * D);
     m->lnf_mean = carve(A, &a, B);
@@ -247,19 +326,58 @@ static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
     m->dclsx = carve(S, &s, B * D);
     m->dlnf = carve(S, &s, B * D);
     m->dlogits = carve(S, &s, B * C);
+    m->dt = m->max_rank ? carve(S, &s, N * (size_t)m->max_rank) : NULL;
     *nact = a;
     *nmask = k;
     *nscratch = s;
 }
 
+int q3r_vit_num_matrices(const q3r_vit_config *cfg) { return cfg->depth * MX_PER_BLOCK + 1; }
+
+q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap,
+                               int *rows, int *cols, q3r_error *err) {
+    const int n = q3r_vit_num_matrices(cfg);
+    if (i < 0 || i >= n)
+        return q3r_fail(err, Q3R_EINVAL, "vit: matrix index %d not in [0, %d)", i, n);
+    int r, c;
+    if (i == n - 1) {
+        if (name) snprintf(name, cap, "head");
+        r = cfg->classes;
+        c = cfg->width;
+    } else {
+        int j = i % MX_PER_BLOCK;
+        if (name) snprintf(name, cap, "blocks.%d.%s", i / MX_PER_BLOCK, mx_suffix[j]);
+        r = j == MX_FC1 ? cfg->mlp_hidden : cfg->width;
+        c = j == MX_FC2 ? cfg->mlp_hidden : cfg->width;
+    }
+    if (rows) *rows = r;
+    if (cols) *cols = c;
+    return Q3R_OK;
+}
+
 q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **out,
                           q3r_error *err) {
+    return q3r_vit_create_factored(cfg, NULL, max_batch, out, err);
+}
+
+q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, int max_batch,
+                                   q3r_vit **out, q3r_error *err) {
     if (!out) return q3r_fail(err, Q3R_EINVAL, "vit create: out is NULL");
     *out = NULL;
     q3r_status s = q3r_vit_config_check(cfg, err);
     if (s) return s;
     if (max_batch <= 0 || max_batch > (1 << 20))
         return q3r_fail(err, Q3R_EINVAL, "vit create: max_batch = %d out of range", max_batch);
+    const int nmat = q3r_vit_num_matrices(cfg);
+    for (int i = 0; ranks && i < nmat; i++) {
+        char nm[NAME_LEN];
+        int r, c;
+        q3r_vit_matrix_name(cfg, i, nm, sizeof nm, &r, &c, NULL);
+        if (ranks[i] < 0 || ranks[i] > (r < c ? r : c))
+            return q3r_fail(err, Q3R_EINVAL,
+                            "vit create: rank %d of matrix '%s' (%d x %d) not in [0, %d] (0 = dense)",
+                            ranks[i], nm, r, c, r < c ? r : c);
+    }
     q3r_vit *m = calloc(1, sizeof *m);
     if (!m) return q3r_fail(err, Q3R_ENOMEM, "vit create: out of memory");
     m->cfg = *cfg;
@@ -268,11 +386,21 @@ q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **ou
     m->P = g * g;
     m->T = m->P + 1;
     m->K = cfg->channels * cfg->patch * cfg->patch;
-    int nt = P_HEAD_FIRST + cfg->depth * P_PER_BLOCK + 4;
+    m->nmat = nmat;
+    int nt = P_HEAD_FIRST + cfg->depth * MAX_TENSORS_PER_BLOCK + 5;
     m->info = calloc((size_t)nt, sizeof *m->info);
     m->names = calloc((size_t)nt, NAME_LEN);
     m->blk = calloc((size_t)cfg->depth, sizeof *m->blk);
-    if (!m->info || !m->names || !m->blk) goto oom;
+    m->bp = calloc((size_t)cfg->depth, sizeof *m->bp);
+    m->ranks = calloc((size_t)nmat, sizeof *m->ranks);
+    m->mnames = calloc((size_t)nmat, NAME_LEN);
+    if (!m->info || !m->names || !m->blk || !m->bp || !m->ranks || !m->mnames) goto oom;
+    for (int i = 0; i < nmat; i++) {
+        m->ranks[i] = ranks ? ranks[i] : 0;
+        if (m->ranks[i]) m->factored = 1;
+        if (m->ranks[i] > m->max_rank) m->max_rank = m->ranks[i];
+        q3r_vit_matrix_name(cfg, i, m->mnames + (size_t)i * NAME_LEN, NAME_LEN, NULL, NULL, NULL);
+    }
     build_table(m);
     m->params = q3r_calloc(sizeof(float) * m->nparams);
     m->grads = q3r_calloc(sizeof(float) * m->nparams);
@@ -306,6 +434,9 @@ void q3r_vit_free(q3r_vit *m) {
     q3r_free(m->mask_arena);
     free(m->labels);
     free(m->blk);
+    free(m->bp);
+    free(m->ranks);
+    free(m->mnames);
     free(m->info);
     free(m->names);
     free(m);
@@ -330,14 +461,48 @@ int q3r_vit_max_batch(const q3r_vit *m) { return m->max_batch; }
 const float *q3r_vit_logits(const q3r_vit *m) { return m->logits; }
 void q3r_vit_zero_grad(q3r_vit *m) { memset(m->grads, 0, sizeof(float) * m->nparams); }
 
+const int *q3r_vit_ranks(const q3r_vit *m) { return m->ranks; }
+int q3r_vit_is_factored(const q3r_vit *m) { return m->factored; }
+
+q3r_status q3r_vit_get_matrix(q3r_vit *m, int i, q3r_vit_matrix *out, q3r_error *err) {
+    if (i < 0 || i >= m->nmat)
+        return q3r_fail(err, Q3R_EINVAL, "vit: matrix index %d not in [0, %d)", i, m->nmat);
+    const vit_matrix *mx = matrix_at(m, i);
+    memset(out, 0, sizeof *out);
+    out->name = m->mnames + (size_t)i * NAME_LEN;
+    out->rows = mx->rows;
+    out->cols = mx->cols;
+    out->rank = mx->rank;
+    if (mx->rank) {
+        out->a = par(m, mx->a);
+        out->b = par(m, mx->b);
+        out->da = grd(m, mx->a);
+        out->db = grd(m, mx->b);
+    } else {
+        out->w = par(m, mx->w) + mx->row0 * (size_t)mx->cols;
+        out->dw = grd(m, mx->w) + mx->row0 * (size_t)mx->cols;
+    }
+    return Q3R_OK;
+}
+
+/* multiply-adds of matrix mx applied to n rows */
+static double mat_macs(const vit_matrix *mx, double n) {
+    return n * (mx->rank ? (double)mx->rank * (mx->rows + mx->cols) : (double)mx->rows * mx->cols);
+}
+
 double q3r_vit_forward_flops(const q3r_vit *m, int B) {
     const q3r_vit_config *c = &m->cfg;
-    const double T = m->T, D = c->width, M = c->mlp_hidden, N = (double)B * T;
+    const double T = m->T, D = c->width, N = (double)B * T;
     /* multiply-adds: a full block on N rows; the last block has B query rows (see the top) */
-    double full = N * (3 * D * D + D * D + 2 * D * M) + 2.0 * B * T * T * D;
-    double last = N * 3 * D * D + (double)B * (D * D + 2 * D * M) + 2.0 * B * T * D;
-    double macs = (double)B * m->P * m->K * D + (c->depth - 1) * full + last +
-                  (double)B * D * c->classes;
+    double macs = (double)B * m->P * m->K * D + mat_macs(&m->head, B);
+    for (int l = 0; l < c->depth; l++) {
+        const vit_matrix *mx = m->bp[l].mx;
+        const int last = l == c->depth - 1;
+        const double nq = last ? (double)B : N;
+        macs += mat_macs(&mx[MX_Q], N) + mat_macs(&mx[MX_K], N) + mat_macs(&mx[MX_V], N);
+        macs += mat_macs(&mx[MX_PROJ], nq) + mat_macs(&mx[MX_FC1], nq) + mat_macs(&mx[MX_FC2], nq);
+        macs += last ? 2.0 * B * T * D : 2.0 * B * T * T * D;
+    }
     return 2.0 * macs;
 }
 
@@ -361,6 +526,12 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed) {
             for (size_t j = 0; j < n; j++) p[j] = (float)(1e-6 * q3r_rng_normal(&rng));
         } else if (i == P_PE_W) {
             for (size_t j = 0; j < n; j++) p[j] = (float)(bound * (2.0 * q3r_rng_uniform(&rng) - 1.0));
+        } else if (t->kind == Q3R_PARAM_MATRIX && t->ndim == 2 && strstr(t->name, ".weight_")) {
+            /* a factor: A and B with equal scale so the product's entries have std ~0.02
+             * (the dense init's), i.e. each factor std sqrt(0.02 / sqrt(rank)) */
+            const double r = strstr(t->name, ".weight_a") ? (double)t->shape[1] : (double)t->shape[0];
+            const double sd = sqrt(0.02 / sqrt(r));
+            for (size_t j = 0; j < n; j++) p[j] = (float)q3r_rng_trunc_normal(&rng, sd, -2 * sd, 2 * sd);
         } else if (i == P_POS || t->kind == Q3R_PARAM_MATRIX) {
             for (size_t j = 0; j < n; j++) p[j] = (float)q3r_rng_trunc_normal(&rng, 0.02, -2.0, 2.0);
         } else if (t->kind == Q3R_PARAM_NORM && strstr(t->name, ".weight")) {
@@ -370,6 +541,35 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed) {
 }
 
 /* ---- forward ---------------------------------------------------------------------------------- */
+
+/* y (n rows, row stride ldy) = x (n, cols) W^T + bias (rows; may be NULL) + res (n rows, stride
+ * ldy; may be NULL or y; only with ldy == rows for a dense matrix) for matrix mx. */
+static void mat_forward(q3r_vit *m, vit_matrix *mx, float *y, int ldy, const float *x,
+                        const float *bias, const float *res, int n) {
+    if (mx->rank) {
+        q3r_linear_factored_forward(y, ldy, mx->t, x, par(m, mx->a), par(m, mx->b), bias, res, n,
+                                    mx->cols, mx->rank, mx->rows);
+    } else {
+        const float *w = par(m, mx->w) + mx->row0 * (size_t)mx->cols;
+        if (ldy == mx->rows) q3r_linear_forward(y, x, w, bias, res, n, mx->cols, mx->rows);
+        else q3r_linear_forward_ld(y, ldy, x, w, bias, n, mx->cols, mx->rows);
+    }
+}
+
+/* Backward of mat_forward: dx (n, cols) written (accumulate 0) or added to; the matrix's
+ * parameter gradients and dbias (rows; may be NULL) accumulate. dy (n rows, stride lddy). */
+static void mat_backward(q3r_vit *m, vit_matrix *mx, float *dx, float *dbias, const float *dy,
+                         int lddy, const float *x, int n, int accumulate) {
+    if (mx->rank) {
+        q3r_linear_factored_backward(dx, grd(m, mx->a), grd(m, mx->b), dbias, m->dt, dy, lddy, x,
+                                     mx->t, par(m, mx->a), par(m, mx->b), n, mx->cols, mx->rank,
+                                     mx->rows, accumulate);
+    } else {
+        const size_t o = mx->row0 * (size_t)mx->cols;
+        q3r_linear_backward_ld(dx, grd(m, mx->w) + o, dbias, dy, lddy, x, par(m, mx->w) + o, n,
+                               mx->cols, mx->rows, accumulate);
+    }
+}
 
 q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, int B,
                            float label_smoothing, int training, q3r_rng *rng, float *loss_out,
@@ -413,37 +613,44 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
                 memcpy(m->clsx + (size_t)b * D, x + (size_t)b * T * D, sizeof(float) * (size_t)D);
             xres = m->clsx;
         }
-#define W(j) par(m, blk_index(l, j))
-        q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, W(P_LN1_W), W(P_LN1_B), N, D);
-        q3r_linear_forward(a->qkv, a->ln1, W(P_QKV_W), W(P_QKV_B), NULL, N, D, 3 * D);
+        vit_block_params *bp = &m->bp[l];
+        q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, par(m, bp->ln1_w),
+                              par(m, bp->ln1_b), N, D);
+        if (bp->qkv_w >= 0) {
+            q3r_linear_forward(a->qkv, a->ln1, par(m, bp->qkv_w), par(m, bp->qkv_b), NULL, N, D,
+                               3 * D);
+        } else {
+            /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
+            for (int j = MX_Q; j <= MX_V; j++)
+                mat_forward(m, &bp->mx[j], a->qkv + (size_t)j * D, 3 * D, a->ln1,
+                            par(m, bp->qkv_b) + (size_t)j * D, NULL, N);
+        }
         q3r_attention_forward(a->atty, a->att, a->qkv, B, T, Tq, D, H);
         if (drop) {
-            q3r_linear_forward(a->x1, a->atty, W(P_PROJ_W), W(P_PROJ_B), NULL, Nq, D, D);
+            mat_forward(m, &bp->mx[MX_PROJ], a->x1, D, a->atty, par(m, bp->proj_b), NULL, Nq);
             q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, rng);
             q3r_residual_forward(a->x1, a->x1, xres, (size_t)Nq * D);
         } else {
-            q3r_linear_forward(a->x1, a->atty, W(P_PROJ_W), W(P_PROJ_B), xres, Nq, D, D);
+            mat_forward(m, &bp->mx[MX_PROJ], a->x1, D, a->atty, par(m, bp->proj_b), xres, Nq);
         }
-        q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, W(P_LN2_W), W(P_LN2_B), Nq,
-                              D);
-        q3r_linear_forward(a->h, a->ln2, W(P_FC1_W), W(P_FC1_B), NULL, Nq, D, M);
+        q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, par(m, bp->ln2_w),
+                              par(m, bp->ln2_b), Nq, D);
+        mat_forward(m, &bp->mx[MX_FC1], a->h, M, a->ln2, par(m, bp->fc1_b), NULL, Nq);
         q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
         if (drop) {
             q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, rng);
-            q3r_linear_forward(a->x2, a->g, W(P_FC2_W), W(P_FC2_B), NULL, Nq, M, D);
+            mat_forward(m, &bp->mx[MX_FC2], a->x2, D, a->g, par(m, bp->fc2_b), NULL, Nq);
             q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, rng);
             q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
         } else {
-            q3r_linear_forward(a->x2, a->g, W(P_FC2_W), W(P_FC2_B), a->x1, Nq, M, D);
+            mat_forward(m, &bp->mx[MX_FC2], a->x2, D, a->g, par(m, bp->fc2_b), a->x1, Nq);
         }
-#undef W
         x = a->x2;
     }
     /* x: (B, D), the class token of the last block's output */
-    q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, tail_index(m, 0)),
-                          par(m, tail_index(m, 1)), B, D);
-    q3r_linear_forward(m->logits, m->lnf, par(m, tail_index(m, 2)), par(m, tail_index(m, 3)), NULL,
-                       B, D, c->classes);
+    q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, m->norm_w),
+                          par(m, m->norm_b), B, D);
+    mat_forward(m, &m->head, m->logits, c->classes, m->lnf, par(m, m->head_b), NULL, B);
     m->last_B = B;
     m->last_p = p;
     if (labels) {
@@ -470,22 +677,20 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
     const int drop = p > 0.0f;
 
     q3r_xent_backward(m->dlogits, m->probs, m->labels, B, C, m->last_ls, 1.0f);
-    q3r_linear_backward(m->dlnf, grd(m, tail_index(m, 2)), grd(m, tail_index(m, 3)), m->dlogits,
-                        m->lnf, par(m, tail_index(m, 2)), B, D, C, 0);
+    mat_backward(m, &m->head, m->dlnf, grd(m, m->head_b), m->dlogits, C, m->lnf, B, 0);
     memset(m->dclsx, 0, sizeof(float) * (size_t)B * D);
     const float *xlast = m->blk[c->depth - 1].x2;
-    q3r_layernorm_backward(m->dclsx, grd(m, tail_index(m, 0)), grd(m, tail_index(m, 1)), m->dlnf,
-                           xlast, m->lnf_mean, m->lnf_rstd, par(m, tail_index(m, 0)), B, D);
+    q3r_layernorm_backward(m->dclsx, grd(m, m->norm_w), grd(m, m->norm_b), m->dlnf, xlast,
+                           m->lnf_mean, m->lnf_rstd, par(m, m->norm_w), B, D);
 
     for (int l = c->depth - 1; l >= 0; l--) {
         vit_block_acts *a = &m->blk[l];
+        vit_block_params *bp = &m->bp[l];
         const float *x = l ? m->blk[l - 1].x2 : m->x0;
         const int last = l == c->depth - 1, Tq = last ? 1 : T, Nq = B * Tq;
         /* dr (Nq, D): gradient of the residual stream at this block's output; for the last
          * block that is only the class rows (dclsx), otherwise the full stream (dres) */
         float *dr = last ? m->dclsx : m->dres;
-#define W(j) par(m, blk_index(l, j))
-#define G(j) grd(m, blk_index(l, j))
         /* MLP branch: dr holds d x2 */
         const float *dy = dr;
         if (drop) {
@@ -493,12 +698,12 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
             q3r_dropout_backward(m->dD2, a->m_mlp2, (size_t)Nq * D, p);
             dy = m->dD2;
         }
-        q3r_linear_backward(m->dh, G(P_FC2_W), G(P_FC2_B), dy, a->g, W(P_FC2_W), Nq, M, D, 0);
+        mat_backward(m, &bp->mx[MX_FC2], m->dh, grd(m, bp->fc2_b), dy, D, a->g, Nq, 0);
         if (drop) q3r_dropout_backward(m->dh, a->m_mlp1, (size_t)Nq * M, p);
         q3r_gelu_backward(m->dh, m->dh, a->h, (size_t)Nq * M);
-        q3r_linear_backward(m->dD, G(P_FC1_W), G(P_FC1_B), m->dh, a->ln2, W(P_FC1_W), Nq, D, M, 0);
-        q3r_layernorm_backward(dr, G(P_LN2_W), G(P_LN2_B), m->dD, a->x1, a->ln2_mean, a->ln2_rstd,
-                               W(P_LN2_W), Nq, D);
+        mat_backward(m, &bp->mx[MX_FC1], m->dD, grd(m, bp->fc1_b), m->dh, M, a->ln2, Nq, 0);
+        q3r_layernorm_backward(dr, grd(m, bp->ln2_w), grd(m, bp->ln2_b), m->dD, a->x1,
+                               a->ln2_mean, a->ln2_rstd, par(m, bp->ln2_w), Nq, D);
         /* attention branch: dr now holds d x1 */
         dy = dr;
         if (drop) {
@@ -506,10 +711,16 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
             q3r_dropout_backward(m->dD2, a->m_proj, (size_t)Nq * D, p);
             dy = m->dD2;
         }
-        q3r_linear_backward(m->dD, G(P_PROJ_W), G(P_PROJ_B), dy, a->atty, W(P_PROJ_W), Nq, D, D, 0);
+        mat_backward(m, &bp->mx[MX_PROJ], m->dD, grd(m, bp->proj_b), dy, D, a->atty, Nq, 0);
         q3r_attention_backward(m->dqkv, m->datt, m->dD, a->qkv, a->att, B, T, Tq, D, H);
-        q3r_linear_backward(m->dD, G(P_QKV_W), G(P_QKV_B), m->dqkv, a->ln1, W(P_QKV_W), N, D,
-                            3 * D, 0);
+        if (bp->qkv_w >= 0) {
+            q3r_linear_backward(m->dD, grd(m, bp->qkv_w), grd(m, bp->qkv_b), m->dqkv, a->ln1,
+                                par(m, bp->qkv_w), N, D, 3 * D, 0);
+        } else {
+            for (int j = MX_Q; j <= MX_V; j++)
+                mat_backward(m, &bp->mx[j], m->dD, grd(m, bp->qkv_b) + (size_t)j * D,
+                             m->dqkv + (size_t)j * D, 3 * D, a->ln1, N, j > MX_Q);
+        }
         if (last) {
             /* the residual passes d x1 straight to the class rows of the full stream */
             memset(m->dres, 0, sizeof(float) * (size_t)N * D);
@@ -517,10 +728,8 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
                 memcpy(m->dres + (size_t)b * T * D, m->dclsx + (size_t)b * D,
                        sizeof(float) * (size_t)D);
         }
-        q3r_layernorm_backward(m->dres, G(P_LN1_W), G(P_LN1_B), m->dD, x, a->ln1_mean, a->ln1_rstd,
-                               W(P_LN1_W), N, D);
-#undef W
-#undef G
+        q3r_layernorm_backward(m->dres, grd(m, bp->ln1_w), grd(m, bp->ln1_b), m->dD, x,
+                               a->ln1_mean, a->ln1_rstd, par(m, bp->ln1_w), N, D);
     }
     if (drop) q3r_dropout_backward(m->dres, m->m_pos, (size_t)N * D, p);
     q3r_tokens_backward(m->dpe, grd(m, P_CLS), grd(m, P_POS), m->dres, B, P, D);

@@ -39,15 +39,15 @@ static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha,
     }
 }
 
-void q3r_linear_forward(float *y, const float *x, const float *w, const float *b, const float *r,
-                        int n, int in, int out) {
-    float beta = 0.0f;
+/* Seed y (n, out; row stride ldy) with bias b (out; may be NULL) plus residual r (n, out; row
+ * stride ldy; may be NULL or equal y) so a GEMM with beta = 1 adds the product onto it. Returns
+ * the beta the GEMM must use (0: y holds nothing worth keeping). */
+static float seed_output(float *y, int ldy, const float *b, const float *r, int n, int out) {
     if (b || (r && r != y)) {
-        /* Seed y with bias (+ residual) and let the GEMM add onto it: one pass, not two. */
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < n; i++) {
-            float *yi = y + (size_t)i * out;
-            const float *ri = (r && r != y) ? r + (size_t)i * out : NULL;
+            float *yi = y + (size_t)i * ldy;
+            const float *ri = (r && r != y) ? r + (size_t)i * ldy : NULL;
             if (r == y) {
                 for (int o = 0; o < out; o++) yi[o] += b[o];
             } else if (ri && b) {
@@ -58,23 +58,42 @@ void q3r_linear_forward(float *y, const float *x, const float *w, const float *b
                 memcpy(yi, b, sizeof(float) * (size_t)out);
             }
         }
-        beta = 1.0f;
-    } else if (r == y && r) {
-        beta = 1.0f;
+        return 1.0f;
     }
+    return (r == y && r) ? 1.0f : 0.0f;
+}
+
+void q3r_linear_forward(float *y, const float *x, const float *w, const float *b, const float *r,
+                        int n, int in, int out) {
+    float beta = seed_output(y, out, b, r, n, out);
     sgemm_rows(0, 1, n, out, in, 1.0f, x, in, w, in, beta, y, out);
 }
 
-/* db (out) += column sums of dy (n, out): threads own column blocks and each walks all rows
- * in order, so the sum order never depends on the thread count. */
-static void bias_grad(float *db, const float *dy, int n, int out) {
+void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, const float *b,
+                           int n, int in, int out) {
+    float beta = seed_output(y, ldy, b, NULL, n, out);
+    sgemm_rows(0, 1, n, out, in, 1.0f, x, in, w, in, beta, y, ldy);
+}
+
+void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a,
+                                 const float *bf, const float *b, const float *r, int n, int in,
+                                 int rank, int out) {
+    /* t = x B^T first: the thin intermediate (n, rank) is what makes the layer cheap */
+    sgemm_rows(0, 1, n, rank, in, 1.0f, x, in, bf, in, 0.0f, t, rank);
+    float beta = seed_output(y, ldy, b, r, n, out);
+    sgemm_rows(0, 1, n, out, rank, 1.0f, t, rank, a, rank, beta, y, ldy);
+}
+
+/* db (out) += column sums of dy (n, out; row stride ld): threads own column blocks and each
+ * walks all rows in order, so the sum order never depends on the thread count. */
+static void bias_grad(float *db, const float *dy, int ld, int n, int out) {
 #pragma omp parallel
     {
         int t = omp_get_thread_num(), tn = omp_get_num_threads();
         int o0 = (int)((long)out * t / tn), o1 = (int)((long)out * (t + 1) / tn);
         if (o1 > o0) {
             for (int i = 0; i < n; i++) {
-                const float *d = dy + (size_t)i * out;
+                const float *d = dy + (size_t)i * ld;
 #pragma omp simd
                 for (int o = o0; o < o1; o++) db[o] += d[o];
             }
@@ -82,10 +101,28 @@ static void bias_grad(float *db, const float *dy, int n, int out) {
     }
 }
 
+void q3r_linear_backward_ld(float *dx, float *dw, float *db, const float *dy, int lddy,
+                            const float *x, const float *w, int n, int in, int out,
+                            int accumulate) {
+    if (dx) sgemm_rows(0, 0, n, in, out, 1.0f, dy, lddy, w, in, accumulate ? 1.0f : 0.0f, dx, in);
+    /* dw rows = output features; split those (the long k = n dimension stays whole). */
+    if (dw) sgemm_rows(1, 0, out, in, n, 1.0f, dy, lddy, x, in, 1.0f, dw, in);
+    if (db) bias_grad(db, dy, lddy, n, out);
+}
+
 void q3r_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                          const float *w, int n, int in, int out, int accumulate) {
-    if (dx) sgemm_rows(0, 0, n, in, out, 1.0f, dy, out, w, in, accumulate ? 1.0f : 0.0f, dx, in);
-    /* dw rows = output features; split those (the long k = n dimension stays whole). */
-    if (dw) sgemm_rows(1, 0, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
-    if (db) bias_grad(db, dy, n, out);
+    q3r_linear_backward_ld(dx, dw, db, dy, out, x, w, n, in, out, accumulate);
+}
+
+void q3r_linear_factored_backward(float *dx, float *da, float *dbf, float *db, float *dt,
+                                  const float *dy, int lddy, const float *x, const float *t,
+                                  const float *a, const float *bf, int n, int in, int rank,
+                                  int out, int accumulate) {
+    /* dt (n, rank) = dy A: the gradient at the thin intermediate */
+    sgemm_rows(0, 0, n, rank, out, 1.0f, dy, lddy, a, rank, 0.0f, dt, rank);
+    if (da) sgemm_rows(1, 0, out, rank, n, 1.0f, dy, lddy, t, rank, 1.0f, da, rank);
+    if (dbf) sgemm_rows(1, 0, rank, in, n, 1.0f, dt, rank, x, in, 1.0f, dbf, in);
+    if (dx) sgemm_rows(0, 0, n, in, rank, 1.0f, dt, rank, bf, in, accumulate ? 1.0f : 0.0f, dx, in);
+    if (db) bias_grad(db, dy, lddy, n, out);
 }

@@ -1,5 +1,6 @@
 /* Model files: a ViT's named parameters with its config in the safetensors metadata, so a
- * file alone is enough to rebuild and score the model. */
+ * file alone is enough to rebuild and score the model. A factored model also carries its rank
+ * table as "model.ranks": q3r_vit_num_matrices comma-separated integers (0 = dense). */
 #include "q3r/io.h"
 #include "q3r/train.h"
 
@@ -7,13 +8,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* "r0,r1,...": the rank table as text (malloc'd). */
+static char *ranks_text(const q3r_vit *m) {
+    const int n = q3r_vit_num_matrices(q3r_vit_get_config(m));
+    const int *r = q3r_vit_ranks(m);
+    char *t = malloc((size_t)n * 12 + 1);
+    if (!t) return NULL;
+    size_t len = 0;
+    for (int i = 0; i < n; i++) len += (size_t)sprintf(t + len, "%s%d", i ? "," : "", r[i]);
+    t[len] = 0;
+    return t;
+}
+
 q3r_status q3r_model_save(const char *path, const q3r_vit *m, const char *metadata_json,
                           q3r_error *err) {
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
-    q3r_status s = q3r_vit_export(m, &l, err);
-    if (!s) s = q3r_safetensors_write(path, &l, metadata_json, err);
+    char *meta = NULL, *ranks = NULL;
+    q3r_status s = Q3R_OK;
+    /* the rank table goes in for a factored model, and replaces a stale one for a dense model */
+    if (q3r_vit_is_factored(m) || (metadata_json && strstr(metadata_json, "\"model.ranks\""))) {
+        ranks = ranks_text(m);
+        if (metadata_json) meta = strdup(metadata_json);
+        if (!ranks || (metadata_json && !meta))
+            s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory for the metadata", path);
+        if (!s) s = q3r_json_set_string(&meta, "model.ranks", ranks, err);
+    }
+    if (!s) s = q3r_vit_export(m, &l, err);
+    if (!s) s = q3r_safetensors_write(path, &l, meta ? meta : metadata_json, err);
     q3r_tensor_list_free(&l);
+    free(meta);
+    free(ranks);
     return s;
 }
 
@@ -49,6 +74,50 @@ static q3r_status config_from_metadata(const char *meta, const char *path, q3r_v
     return Q3R_OK;
 }
 
+/* The rank table from "model.ranks" (absent: *ranks = NULL, a dense model). */
+static q3r_status ranks_from_metadata(const char *meta, const char *path,
+                                      const q3r_vit_config *cfg, int **ranks, q3r_error *err) {
+    *ranks = NULL;
+    const int n = q3r_vit_num_matrices(cfg);
+    size_t cap = (size_t)n * 12 + 16;
+    char *text = malloc(cap);
+    if (!text) return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path);
+    if (q3r_json_get_string(meta, "model.ranks", text, cap, NULL)) {
+        /* absent is a dense model; present but not a short string is an error */
+        q3r_status s = Q3R_OK;
+        if (strstr(meta, "\"model.ranks\""))
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: metadata 'model.ranks' is not a list of %d ranks",
+                         path, n);
+        free(text);
+        return s;
+    }
+    int *r = malloc(sizeof(int) * (size_t)n);
+    if (!r) {
+        free(text);
+        return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path);
+    }
+    const char *p = text;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > 1000000 || (*end != ',' && *end) || (*end == ',' && i == n - 1) ||
+            (!*end && i < n - 1)) {
+            q3r_status s = q3r_fail(err, Q3R_EFORMAT,
+                                    "%s: metadata 'model.ranks' must be %d comma-separated ranks >= 0 "
+                                    "(6 per block and the head); entry %d is bad",
+                                    path, n, i);
+            free(r);
+            free(text);
+            return s;
+        }
+        r[i] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    free(text);
+    *ranks = r;
+    return Q3R_OK;
+}
+
 q3r_status q3r_model_load(const char *path, int max_batch, q3r_vit **out, char **metadata_out,
                           q3r_error *err) {
     q3r_tensor_list l;
@@ -59,7 +128,11 @@ q3r_status q3r_model_load(const char *path, int max_batch, q3r_vit **out, char *
     q3r_status s = q3r_safetensors_read(path, &l, &meta, err);
     if (!s && !meta) s = q3r_fail(err, Q3R_EFORMAT, "%s: no metadata (not a q3r model file)", path);
     if (!s) s = config_from_metadata(meta, path, &cfg, err);
-    if (!s) s = q3r_vit_create(&cfg, max_batch, &m, err);
+    int *ranks = NULL;
+    if (!s) s = ranks_from_metadata(meta, path, &cfg, &ranks, err);
+    if (!s) s = q3r_vit_create_factored(&cfg, ranks, max_batch, &m, err);
+    if (s && ranks) q3r_fail_context(err, "%s: model.ranks", path);
+    free(ranks);
     if (!s) {
         s = q3r_vit_import(m, &l, err);
         if (s) q3r_fail_context(err, "%s", path);
