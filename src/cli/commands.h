@@ -7,5 +7,6 @@ int q3r_cmd_demo(int argc, char **argv);
 int q3r_cmd_train(int argc, char **argv);
 int q3r_cmd_eval(int argc, char **argv);
 int q3r_cmd_spectrum(int argc, char **argv);
+int q3r_cmd_truncate(int argc, char **argv);
 
 #endif

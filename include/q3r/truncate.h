@@ -1,0 +1,87 @@
+/* q3r truncate: replace chosen weight matrices of a ViT by their best rank-r approximations,
+ * held as two factors (a factored model, see vit.h), and account for the parameters kept.
+ *
+ * Each targeted matrix W (m x n; the Q, K and V blocks of a fused qkv separately; for an already
+ * factored matrix the product A B) is decomposed by a double-precision thin SVD
+ * (q3r_svd_thin), W = U S V^T, and replaced by A = U_r sqrt(S_r) (m x r), B = sqrt(S_r) V_r^T
+ * (r x n): by Eckart-Young the best rank-r approximation, with Frobenius error
+ * sqrt(sum_{i >= r} sigma_i^2). Everything else (biases, norms, embeddings, the matrices not
+ * targeted) is copied unchanged.
+ *
+ * Accounting is against the dense model: a matrix keeps r (m + n) / (m n) of its parameters;
+ * the targeted matrices together keep sum r (m + n) / sum m n (dense matrices count m n); the
+ * model keeps (its parameter count after) / (the dense model's count). "Truncate 60%" is
+ * p = 0.4. */
+#ifndef Q3R_TRUNCATE_H
+#define Q3R_TRUNCATE_H
+
+#include "q3r/base.h"
+#include "q3r/regularizer.h"
+#include "q3r/vit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const char *targets; /* comma list of qkv, proj, fc1, fc2, all (= the four), head */
+    /* the rank of each targeted m x n matrix: energy > 0 selects the smallest r whose leading
+     * singular values keep sum_{i<r} sigma_i^2 >= energy * sum sigma_i^2 (energy in (0, 1]);
+     * otherwise rank: an integer r (1 <= r <= min(m, n)) or a kept-parameter fraction p in
+     * (0, 1], r = floor(p m n / (m + n)) (q3r_rank_parse / q3r_rank_resolve). */
+    q3r_rank_rule rank;
+    double energy;
+} q3r_truncate_spec;
+
+typedef struct {
+    char name[48];       /* "blocks.3.attn.q", ..., "head" */
+    int rows, cols;
+    int rank_before;     /* 0: was dense */
+    int rank;            /* kept rank r */
+    double kept;         /* r (rows + cols) / (rows cols) */
+    double energy;       /* sum_{i<r} sigma_i^2 / sum sigma_i^2 (1 for a zero matrix) */
+    double error_fro;    /* ||W - A B||_F, computed = sqrt(sum_{i >= r} sigma_i^2) */
+    double norm_fro;     /* ||W||_F */
+    double sigma_first, sigma_kept_last; /* sigma_1 and sigma_r */
+} q3r_truncate_matrix;
+
+typedef struct {
+    int count;                   /* targeted matrices */
+    q3r_truncate_matrix *mats;   /* [count], in rank-table order */
+    int64_t targeted_dense;      /* sum m n over the targeted matrices */
+    int64_t targeted_before;     /* their stored parameters in the input */
+    int64_t targeted_after;      /* ... and in the output: sum r (m + n) */
+    int64_t total_dense;         /* parameters of the dense model (all tensors, no padding) */
+    int64_t total_before, total_after;
+    double targeted_kept;        /* targeted_after / targeted_dense */
+    double total_kept;           /* total_after / total_dense */
+} q3r_truncate_report;
+
+/* Truncate `in` (dense or factored; not modified) per spec into a new factored model *out with
+ * activations for max_batch. rep (may be NULL) receives the accounting (free it with
+ * q3r_truncate_report_free). Errors (nothing is created): unknown targets or a list that names
+ * no matrix; energy not in (0, 1]; a rank rule out of range (integer < 1 or above a targeted
+ * matrix's min(m, n), fraction not in (0, 1], or one that gives rank 0 for some matrix); an
+ * already-factored matrix asked to grow above its current rank; NaN/Inf in a weight. Each
+ * message names the matrix at fault. */
+q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch,
+                        q3r_vit **out, q3r_truncate_report *rep, q3r_error *err);
+void q3r_truncate_report_free(q3r_truncate_report *rep);
+
+/* Which of the model's matrices (rank-table indices, vit.h) a target list selects:
+ * selected[q3r_vit_num_matrices] gets 0/1. Errors: an unknown target, nothing selected. */
+q3r_status q3r_truncate_select(const q3r_vit_config *cfg, const char *targets, uint8_t *selected,
+                               q3r_error *err);
+
+/* Metadata for the truncated model's file: the keys "model.*", "data.name", "data.mean" and
+ * "data.std" of in_meta (may be NULL), plus "model.ranks" of m and a record of the truncation
+ * ("truncate.targets", "truncate.rule", "truncate.kept_targeted", "truncate.kept_total").
+ * *out_json is malloc'd. */
+q3r_status q3r_truncate_metadata(const char *in_meta, const q3r_vit *m,
+                                 const q3r_truncate_spec *spec, const q3r_truncate_report *rep,
+                                 char **out_json, q3r_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,130 @@
+/* q3r truncate: a model file in, its targeted matrices cut to rank r (best approximation, two
+ * factors each), a factored model file out, and the parameter accounting on stdout. */
+#include "q3r.h"
+#include "q3r/io.h"
+#include "q3r/train.h"
+#include "q3r/truncate.h"
+
+#include "args.h"
+#include "commands.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* 1 if a and b name the same existing file (or the same path). */
+static int same_file(const char *a, const char *b) {
+    if (!strcmp(a, b)) return 1;
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static void print_json(const char *in, const char *out, const char *targets, const char *rule,
+                       const q3r_truncate_report *r) {
+    printf("{\"input\": \"%s\", \"output\": \"%s\", \"targets\": \"%s\", \"rule\": \"%s\", \"matrices\": [",
+           in, out, targets, rule);
+    for (int i = 0; i < r->count; i++) {
+        const q3r_truncate_matrix *t = &r->mats[i];
+        printf("%s{\"name\": \"%s\", \"rows\": %d, \"cols\": %d, \"rank_before\": %d, \"rank\": %d, "
+               "\"kept\": %.9g, \"energy\": %.9g, \"error_fro\": %.9g, \"norm_fro\": %.9g}",
+               i ? ", " : "", t->name, t->rows, t->cols, t->rank_before, t->rank, t->kept, t->energy,
+               t->error_fro, t->norm_fro);
+    }
+    printf("], \"targeted_dense\": %lld, \"targeted_before\": %lld, \"targeted_after\": %lld, "
+           "\"targeted_kept\": %.9g, \"total_dense\": %lld, \"total_before\": %lld, \"total_after\": %lld, "
+           "\"total_kept\": %.9g}\n",
+           (long long)r->targeted_dense, (long long)r->targeted_before, (long long)r->targeted_after,
+           r->targeted_kept, (long long)r->total_dense, (long long)r->total_before,
+           (long long)r->total_after, r->total_kept);
+}
+
+static void print_table(const char *out, const char *rule, const q3r_truncate_report *r) {
+    printf("%-22s %11s %6s %6s %7s %8s %9s\n", "matrix", "shape", "was", "rank", "kept", "energy",
+           "rel.err");
+    for (int i = 0; i < r->count; i++) {
+        const q3r_truncate_matrix *t = &r->mats[i];
+        char shape[32], was[16];
+        snprintf(shape, sizeof shape, "%dx%d", t->rows, t->cols);
+        if (t->rank_before) snprintf(was, sizeof was, "%d", t->rank_before);
+        else snprintf(was, sizeof was, "dense");
+        printf("%-22s %11s %6s %6d %7.4f %8.5f %9.3g\n", t->name, shape, was, t->rank, t->kept, t->energy,
+               t->norm_fro > 0 ? t->error_fro / t->norm_fro : 0.0);
+    }
+    printf("targeted: %lld of %lld dense parameters kept (%.4f; %s) over %d matrices\n",
+           (long long)r->targeted_after, (long long)r->targeted_dense, r->targeted_kept, rule, r->count);
+    printf("model:    %lld of %lld dense parameters kept (%.4f); the input held %lld\n",
+           (long long)r->total_after, (long long)r->total_dense, r->total_kept, (long long)r->total_before);
+    printf("written: %s\n", out);
+}
+
+int q3r_cmd_truncate(int argc, char **argv) {
+    const char *targets = "qkv", *rank = NULL;
+    double energy = 0;
+    int json = 0, threads = 0;
+    const arg_spec specs[] = {
+        {"targets", ARG_STRING, &targets, "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
+        {"rank", ARG_STRING, &rank, "rank: integer r, or kept-parameter fraction p (0.4 or 40%: r = floor(p m n / (m + n)))", 0, 0, NULL, "R"},
+        {"energy", ARG_DOUBLE, &energy, "smallest rank keeping this fraction of sum sigma^2, in (0, 1]", 0, 1, NULL, NULL},
+        {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
+        {"json", ARG_FLAG, &json, "print the accounting as JSON", 0, 0, NULL, NULL},
+        {0},
+    };
+    const char *pos[2];
+    int np = 0;
+    int rc = args_parse("truncate",
+                        "Replace targeted matrices by their best rank-r factors: q3r truncate [options] IN.safetensors OUT.safetensors",
+                        specs, argc, argv, 2, pos, 2, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 2) {
+        fprintf(stderr, "q3r truncate: expected IN.safetensors OUT.safetensors (see q3r truncate --help)\n");
+        return 2;
+    }
+    const int have_energy = args_given(specs, "energy");
+    if (!rank == !have_energy) {
+        fprintf(stderr, "q3r truncate: give exactly one of --rank and --energy\n");
+        return 2;
+    }
+    if (have_energy && !(energy > 0)) {
+        fprintf(stderr, "q3r truncate: --energy %g must be in (0, 1]\n", energy);
+        return 2;
+    }
+    if (same_file(pos[0], pos[1])) {
+        fprintf(stderr, "q3r truncate: output %s is the input; refusing to overwrite it\n", pos[1]);
+        return 2;
+    }
+    q3r_set_threads(threads);
+    q3r_error err;
+    q3r_truncate_spec spec = {.targets = targets, .energy = have_energy ? energy : 0};
+    if (rank && q3r_rank_parse(rank, &spec.rank, &err)) {
+        fprintf(stderr, "q3r truncate: --rank: %s\n", err.msg);
+        return 2;
+    }
+    q3r_vit *in = NULL, *out = NULL;
+    char *meta = NULL, *out_meta = NULL, rule[64];
+    q3r_truncate_report rep;
+    memset(&rep, 0, sizeof rep);
+    int status = 1;
+    if (q3r_model_load(pos[0], 1, &in, &meta, &err)) {
+        fprintf(stderr, "q3r truncate: %s\n", err.msg);
+        goto done;
+    }
+    if (q3r_truncate(in, &spec, 1, &out, &rep, &err) ||
+        q3r_truncate_metadata(meta, out, &spec, &rep, &out_meta, &err) ||
+        q3r_model_save(pos[1], out, out_meta, &err)) {
+        fprintf(stderr, "q3r truncate: %s: %s\n", pos[0], err.msg);
+        goto done;
+    }
+    if (have_energy) snprintf(rule, sizeof rule, "energy %g", energy);
+    else snprintf(rule, sizeof rule, "rank %s", rank);
+    if (json) print_json(pos[0], pos[1], targets, rule, &rep);
+    else print_table(pos[1], rule, &rep);
+    status = 0;
+done:
+    q3r_truncate_report_free(&rep);
+    q3r_vit_free(in);
+    q3r_vit_free(out);
+    free(meta);
+    free(out_meta);
+    return status;
+}

@@ -1,0 +1,352 @@
+/* Truncation: targeted matrices -> best rank-r factors (double SVD), a new factored model, and
+ * the parameter accounting (see truncate.h). */
+#include "q3r/truncate.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "q3r/io.h"
+#include "q3r/linalg.h"
+
+enum { T_QKV = 1, T_PROJ = 2, T_FC1 = 4, T_FC2 = 8, T_HEAD = 16 };
+
+q3r_status q3r_truncate_select(const q3r_vit_config *cfg, const char *targets, uint8_t *selected,
+                               q3r_error *err) {
+    static const struct { const char *name; int bits; } names[] = {
+        {"qkv", T_QKV}, {"proj", T_PROJ}, {"fc1", T_FC1}, {"fc2", T_FC2}, {"head", T_HEAD},
+        {"all", T_QKV | T_PROJ | T_FC1 | T_FC2},
+    };
+    if (!targets) return q3r_fail(err, Q3R_EINVAL, "targets: none given");
+    int mask = 0;
+    const char *p = targets;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        int found = 0;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i].name) == n && strncmp(names[i].name, p, n) == 0) {
+                mask |= names[i].bits;
+                found = 1;
+            }
+        if (!found)
+            return q3r_fail(err, Q3R_EINVAL,
+                            "targets '%s': unknown target '%.*s' (use qkv, proj, fc1, fc2, head, all)",
+                            targets, (int)n, p);
+        p += n;
+        if (*p == ',') p++;
+    }
+    if (!mask) return q3r_fail(err, Q3R_EINVAL, "targets '%s' select no matrix", targets);
+    const int n = q3r_vit_num_matrices(cfg);
+    for (int i = 0; i < n; i++) {
+        int bit;
+        if (i == n - 1) bit = T_HEAD;
+        else {
+            static const int per[6] = {T_QKV, T_QKV, T_QKV, T_PROJ, T_FC1, T_FC2};
+            bit = per[i % 6];
+        }
+        selected[i] = (mask & bit) != 0;
+    }
+    return Q3R_OK;
+}
+
+void q3r_truncate_report_free(q3r_truncate_report *rep) {
+    if (!rep) return;
+    free(rep->mats);
+    memset(rep, 0, sizeof *rep);
+}
+
+/* Stored parameters of a model (no alignment padding) and of its dense equivalent. */
+static void count_params(q3r_vit *m, int64_t *stored, int64_t *dense) {
+    int64_t s = 0;
+    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
+        const q3r_param_info *t = q3r_vit_tensor(m, i);
+        int64_t n = 1;
+        for (int k = 0; k < t->ndim; k++) n *= t->shape[k];
+        s += n;
+    }
+    int64_t d = s;
+    const int nm = q3r_vit_num_matrices(q3r_vit_get_config(m));
+    for (int i = 0; i < nm; i++) {
+        q3r_vit_matrix mx;
+        q3r_vit_get_matrix(m, i, &mx, NULL);
+        if (mx.rank)
+            d += (int64_t)mx.rows * mx.cols - (int64_t)mx.rank * (mx.rows + mx.cols);
+    }
+    *stored = s;
+    *dense = d;
+}
+
+/* W (rows, cols) = the matrix's weight, dense or the product A B (summed in double). */
+static int dense_weight(const q3r_vit_matrix *mx, float *W) {
+    if (!mx->rank) {
+        memcpy(W, mx->w, sizeof(float) * (size_t)mx->rows * mx->cols);
+        return 0;
+    }
+    double *row = malloc(sizeof(double) * (size_t)mx->cols);
+    if (!row) return -1;
+    for (int i = 0; i < mx->rows; i++) {
+        for (int j = 0; j < mx->cols; j++) row[j] = 0;
+        for (int k = 0; k < mx->rank; k++) {
+            const double a = mx->a[(size_t)i * mx->rank + k];
+            const float *b = mx->b + (size_t)k * mx->cols;
+            for (int j = 0; j < mx->cols; j++) row[j] += a * b[j];
+        }
+        for (int j = 0; j < mx->cols; j++) W[(size_t)i * mx->cols + j] = (float)row[j];
+    }
+    free(row);
+    return 0;
+}
+
+static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
+    if (spec->energy > 0) snprintf(buf, cap, "energy %.9g", spec->energy);
+    else if (spec->rank.kind == Q3R_RANK_INT) snprintf(buf, cap, "rank %d", (int)spec->rank.value);
+    else if (spec->rank.kind == Q3R_RANK_FRACTION) snprintf(buf, cap, "fraction %.9g", spec->rank.value);
+    else snprintf(buf, cap, "maxdim:%.9g", spec->rank.value);
+}
+
+q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch,
+                        q3r_vit **out, q3r_truncate_report *rep, q3r_error *err) {
+    if (!in || !spec || !out) return q3r_fail(err, Q3R_EINVAL, "truncate: NULL argument");
+    *out = NULL;
+    if (rep) memset(rep, 0, sizeof *rep);
+    if (isnan(spec->energy) || spec->energy < 0 || spec->energy > 1)
+        return q3r_fail(err, Q3R_EINVAL, "truncate: energy %g not in (0, 1]", spec->energy);
+    const q3r_vit_config *cfg = q3r_vit_get_config(in);
+    const int nm = q3r_vit_num_matrices(cfg);
+    const int *rin = q3r_vit_ranks(in);
+    uint8_t *sel = calloc((size_t)nm, 1);
+    int *ranks = calloc((size_t)nm, sizeof(int));
+    float **fa = calloc((size_t)nm, sizeof(float *)), **fb = calloc((size_t)nm, sizeof(float *));
+    q3r_truncate_matrix *mats = calloc((size_t)nm, sizeof *mats);
+    float *W = NULL;
+    double *U = NULL, *S = NULL, *VT = NULL;
+    q3r_vit *m = NULL;
+    int count = 0;
+    q3r_status s = Q3R_OK;
+    if (!sel || !ranks || !fa || !fb || !mats) {
+        s = q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
+        goto done;
+    }
+    s = q3r_truncate_select(cfg, spec->targets, sel, err);
+    if (s) goto done;
+    /* the largest matrix sizes the work buffers */
+    size_t maxmn = 0, maxk = 0;
+    for (int i = 0; i < nm; i++) {
+        int r, c;
+        q3r_vit_matrix_name(cfg, i, NULL, 0, &r, &c, NULL);
+        if ((size_t)r * c > maxmn) maxmn = (size_t)r * c;
+        if ((size_t)(r < c ? r : c) > maxk) maxk = (size_t)(r < c ? r : c);
+    }
+    W = malloc(sizeof(float) * maxmn);
+    U = malloc(sizeof(double) * maxmn);
+    VT = malloc(sizeof(double) * maxmn);
+    S = malloc(sizeof(double) * maxk);
+    if (!W || !U || !VT || !S) {
+        s = q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
+        goto done;
+    }
+
+    for (int i = 0; i < nm && !s; i++) {
+        ranks[i] = rin[i];
+        if (!sel[i]) continue;
+        q3r_vit_matrix mx;
+        q3r_vit_get_matrix(in, i, &mx, NULL);
+        const int rows = mx.rows, cols = mx.cols, k = rows < cols ? rows : cols;
+        q3r_truncate_matrix *t = &mats[count++];
+        snprintf(t->name, sizeof t->name, "%s", mx.name);
+        t->rows = rows;
+        t->cols = cols;
+        t->rank_before = mx.rank;
+        /* the rank asked for */
+        int r = 0;
+        if (spec->energy <= 0) {
+            s = q3r_rank_resolve(spec->rank, rows, cols, &r, err);
+            if (s) {
+                q3r_fail_context(err, "truncate %s (%d x %d)", mx.name, rows, cols);
+                break;
+            }
+            if (r > k) {
+                s = q3r_fail(err, Q3R_EINVAL,
+                             "truncate %s (%d x %d): rank %d is above min(rows, cols) = %d", mx.name,
+                             rows, cols, r, k);
+                break;
+            }
+            if (mx.rank && r > mx.rank) {
+                s = q3r_fail(err, Q3R_EINVAL,
+                             "truncate %s: already factored at rank %d, cannot grow to rank %d",
+                             mx.name, mx.rank, r);
+                break;
+            }
+        }
+        if (dense_weight(&mx, W)) {
+            s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
+            break;
+        }
+        s = q3r_svd_thin(W, rows, cols, cols, U, S, VT, err);
+        if (s) {
+            q3r_fail_context(err, "truncate %s", mx.name);
+            break;
+        }
+        /* cumulative energy, summed in one order so cum[k-1] is the total exactly */
+        double total = 0;
+        for (int j = 0; j < k; j++) total += S[j] * S[j];
+        if (spec->energy > 0) {
+            const int kmax = mx.rank ? mx.rank : k; /* a product of rank r0 has no more */
+            double cum = 0;
+            r = kmax;
+            for (int j = 0; j < kmax; j++) {
+                cum += S[j] * S[j];
+                if (cum >= spec->energy * total) {
+                    r = j + 1;
+                    break;
+                }
+            }
+        }
+        double kept = 0, dropped = 0;
+        for (int j = 0; j < k; j++) {
+            if (j < r) kept += S[j] * S[j];
+            else dropped += S[j] * S[j];
+        }
+        t->rank = r;
+        t->kept = (double)r * (rows + cols) / ((double)rows * cols);
+        t->energy = total > 0 ? kept / total : 1.0;
+        t->error_fro = sqrt(dropped);
+        t->norm_fro = sqrt(total);
+        t->sigma_first = S[0];
+        t->sigma_kept_last = S[r - 1];
+        ranks[i] = r;
+        /* A = U_r sqrt(S_r) (rows, r); B = sqrt(S_r) V_r^T (r, cols) */
+        fa[i] = malloc(sizeof(float) * (size_t)rows * r);
+        fb[i] = malloc(sizeof(float) * (size_t)r * cols);
+        if (!fa[i] || !fb[i]) {
+            s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
+            break;
+        }
+        for (int a = 0; a < rows; a++)
+            for (int j = 0; j < r; j++)
+                fa[i][(size_t)a * r + j] = (float)(U[(size_t)a * k + j] * sqrt(S[j]));
+        for (int j = 0; j < r; j++)
+            for (int b = 0; b < cols; b++)
+                fb[i][(size_t)j * cols + b] = (float)(sqrt(S[j]) * VT[(size_t)j * cols + b]);
+    }
+    if (s) goto done;
+
+    s = q3r_vit_create_factored(cfg, ranks, max_batch, &m, err);
+    if (s) goto done;
+    /* everything whose name and shape carry over (biases, norms, embeddings, untouched
+     * matrices), then the matrices themselves */
+    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
+        const q3r_param_info *t = q3r_vit_tensor(m, i), *u = q3r_vit_find(in, t->name);
+        if (!u || u->ndim != t->ndim) continue;
+        int same = 1;
+        size_t n = 1;
+        for (int d = 0; d < t->ndim; d++) {
+            same &= u->shape[d] == t->shape[d];
+            n *= (size_t)t->shape[d];
+        }
+        if (same) memcpy(q3r_vit_params(m) + t->offset, q3r_vit_params(in) + u->offset, sizeof(float) * n);
+    }
+    for (int i = 0; i < nm; i++) {
+        q3r_vit_matrix src, dst;
+        q3r_vit_get_matrix(in, i, &src, NULL);
+        q3r_vit_get_matrix(m, i, &dst, NULL);
+        const size_t rows = (size_t)dst.rows, cols = (size_t)dst.cols, r = (size_t)dst.rank;
+        if (sel[i]) {
+            memcpy(dst.a, fa[i], sizeof(float) * rows * r);
+            memcpy(dst.b, fb[i], sizeof(float) * r * cols);
+        } else if (dst.rank) {
+            memcpy(dst.a, src.a, sizeof(float) * rows * r);
+            memcpy(dst.b, src.b, sizeof(float) * r * cols);
+        } else {
+            memcpy(dst.w, src.w, sizeof(float) * rows * cols);
+        }
+    }
+    if (rep) {
+        rep->count = count;
+        rep->mats = mats;
+        mats = NULL;
+        for (int j = 0; j < count; j++) {
+            const q3r_truncate_matrix *t = &rep->mats[j];
+            rep->targeted_dense += (int64_t)t->rows * t->cols;
+            rep->targeted_before += t->rank_before ? (int64_t)t->rank_before * (t->rows + t->cols)
+                                                   : (int64_t)t->rows * t->cols;
+            rep->targeted_after += (int64_t)t->rank * (t->rows + t->cols);
+        }
+        int64_t dense_in, dense_out;
+        count_params(in, &rep->total_before, &dense_in);
+        count_params(m, &rep->total_after, &dense_out);
+        rep->total_dense = dense_out;
+        rep->targeted_kept = (double)rep->targeted_after / (double)rep->targeted_dense;
+        rep->total_kept = (double)rep->total_after / (double)rep->total_dense;
+    }
+    *out = m;
+    m = NULL;
+done:
+    for (int i = 0; fa && fb && i < nm; i++) {
+        free(fa[i]);
+        free(fb[i]);
+    }
+    free(fa);
+    free(fb);
+    free(sel);
+    free(ranks);
+    free(mats);
+    free(W);
+    free(U);
+    free(VT);
+    free(S);
+    q3r_vit_free(m);
+    return s;
+}
+
+q3r_status q3r_truncate_metadata(const char *in_meta, const q3r_vit *m,
+                                 const q3r_truncate_spec *spec, const q3r_truncate_report *rep,
+                                 char **out_json, q3r_error *err) {
+    char *meta = NULL;
+    q3r_status s = Q3R_OK;
+    if (in_meta) {
+        q3r_json root;
+        s = q3r_json_parse(in_meta, strlen(in_meta), &root, err);
+        if (s) return q3r_fail_context(err, "truncate: input metadata");
+        for (size_t i = 0; !s && root.type == Q3R_JSON_OBJECT && i < root.count; i++) {
+            const q3r_json *v = &root.items[i];
+            if (v->type != Q3R_JSON_STRING) continue;
+            int keep = (!strncmp(v->key, "model.", 6) && strcmp(v->key, "model.ranks")) ||
+                       !strcmp(v->key, "data.name") || !strcmp(v->key, "data.mean") ||
+                       !strcmp(v->key, "data.std");
+            if (keep) s = q3r_json_set_string(&meta, v->key, v->text, err);
+        }
+        q3r_json_free(&root);
+    }
+    const q3r_vit_config *c = q3r_vit_get_config(m);
+    const int n = q3r_vit_num_matrices(c);
+    char *ranks = malloc((size_t)n * 12 + 1), buf[96];
+    if (!ranks) s = s ? s : q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
+    if (!s) {
+        size_t len = 0;
+        ranks[0] = 0;
+        for (int i = 0; i < n; i++) len += (size_t)sprintf(ranks + len, "%s%d", i ? "," : "", q3r_vit_ranks(m)[i]);
+        s = q3r_json_set_string(&meta, "model.ranks", ranks, err);
+    }
+    if (!s && spec) s = q3r_json_set_string(&meta, "truncate.targets", spec->targets, err);
+    if (!s && spec) {
+        rule_text(spec, buf, sizeof buf);
+        s = q3r_json_set_string(&meta, "truncate.rule", buf, err);
+    }
+    if (!s && rep) {
+        snprintf(buf, sizeof buf, "%.9g", rep->targeted_kept);
+        s = q3r_json_set_string(&meta, "truncate.kept_targeted", buf, err);
+    }
+    if (!s && rep) {
+        snprintf(buf, sizeof buf, "%.9g", rep->total_kept);
+        s = q3r_json_set_string(&meta, "truncate.kept_total", buf, err);
+    }
+    free(ranks);
+    if (s) {
+        free(meta);
+        return s;
+    }
+    *out_json = meta;
+    return Q3R_OK;
+}
