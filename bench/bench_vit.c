@@ -113,7 +113,7 @@ static void breakdown(const q3r_vit_config *c, int B) {
 }
 
 int main(int argc, char **argv) {
-    q3r_blas_fix_core(argv);
+    q3r_startup(argv);
     const char *preset = argc > 1 ? argv[1] : "vit-bench";
     int B = argc > 2 ? atoi(argv[2]) : 128, steps = argc > 3 ? atoi(argv[3]) : 5;
     q3r_vit_config cfg;

@@ -3,7 +3,7 @@ forward + backward + AdamW step at the same batch, for 1 and 2 threads.
 
     /usr/bin/python3 bench/bench_vit_torch.py [batch (128)] [steps (5)]
 
-OPENBLAS_CORETYPE is set the way q3r_blas_fix_core does for bench_vit: on a CPU with the
+OPENBLAS_CORETYPE is set the way q3r_startup does for bench_vit: on a CPU with the
 AVX-512 set OpenBLAS's SkylakeX kernels need, and the variable unset, we set it to SkylakeX and
 re-execute (OpenBLAS reads it only when it loads). (q3r also checks which core OpenBLAS picked;
 torch does not expose that, so here the CPU flags alone decide.)"""

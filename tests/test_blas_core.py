@@ -27,7 +27,7 @@ with open("/proc/cpuinfo") as f:
 avx512 = {"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"} <= flags
 failed = 0
 
-core, out = version({}, drop=("OPENBLAS_CORETYPE", "Q3R_BLAS_REEXEC"))
+core, out = version({}, drop=("OPENBLAS_CORETYPE", "Q3R_STARTUP_REEXEC"))
 is_avx512_core = core.lower() in ("skylakex", "cooperlake", "sapphirerapids")
 print(f"cpu avx512={avx512}, core unset env -> {core}")
 if avx512 and not is_avx512_core:
@@ -35,7 +35,7 @@ if avx512 and not is_avx512_core:
 if ("AVX-512 yes" in out) != avx512:
     print("FAIL: q3r's AVX-512 detection disagrees with /proc/cpuinfo"); failed += 1
 
-core, _ = version({"OPENBLAS_CORETYPE": "Haswell"}, drop=("Q3R_BLAS_REEXEC",))
+core, _ = version({"OPENBLAS_CORETYPE": "Haswell"}, drop=("Q3R_STARTUP_REEXEC",))
 print(f"OPENBLAS_CORETYPE=Haswell -> {core}")
 if core != "Haswell":
     print("FAIL: a core set by the user was overridden"); failed += 1

@@ -77,10 +77,16 @@ void q3r_free(void *p);
  * never overridden). */
 const char *q3r_blas_wanted_core(void);
 
-/* For programs: if q3r_blas_wanted_core() names a core, set OPENBLAS_CORETYPE and
- * execv(/proc/self/exe, argv). Returns only if no re-exec was needed or it failed
- * (then the program goes on with the slow core; the failure is not fatal). */
-void q3r_blas_fix_core(char **argv);
+/* For programs, first thing in main(): settings that OpenBLAS and libgomp read only when
+ * they load, applied by setting the environment and re-executing /proc/self/exe once:
+ *  - OPENBLAS_CORETYPE, when q3r_blas_wanted_core() names a core;
+ *  - OMP_WAIT_POLICY=passive, when neither it nor GOMP_SPINCOUNT is set: idle OpenMP
+ *    threads sleep instead of spinning. With libgomp's default spinning, any other busy
+ *    process on the machine makes each barrier wait a whole time slice for a descheduled
+ *    thread: a training run measured 5x slower (83 s against 16 s) under such load.
+ * A value the user set is never overridden. Returns only if no re-exec was needed or it
+ * failed (the program then goes on with the defaults; not fatal). */
+void q3r_startup(char **argv);
 
 const char *q3r_blas_core(void);      /* the core OpenBLAS runs, e.g. "Haswell" */
 const char *q3r_blas_config(void);    /* OpenBLAS build string */

@@ -55,13 +55,17 @@ const char *q3r_blas_wanted_core(void) {
     return "SkylakeX";
 }
 
-void q3r_blas_fix_core(char **argv) {
+void q3r_startup(char **argv) {
+    if (getenv("Q3R_STARTUP_REEXEC")) return; /* at most one re-exec */
+    int changed = 0;
     const char *core = q3r_blas_wanted_core();
-    if (!core || getenv("Q3R_BLAS_REEXEC")) return; /* at most one re-exec */
-    setenv("OPENBLAS_CORETYPE", core, 0);
-    setenv("Q3R_BLAS_REEXEC", "1", 1);
+    if (core) changed |= !setenv("OPENBLAS_CORETYPE", core, 0);
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT"))
+        changed |= !setenv("OMP_WAIT_POLICY", "passive", 0);
+    if (!changed) return;
+    setenv("Q3R_STARTUP_REEXEC", core ? "core" : "1", 1);
     execv("/proc/self/exe", argv);
-    /* execv returned: carry on with the core we have. */
+    /* execv returned: carry on with the settings we have. */
 }
 
 const char *q3r_blas_core(void) { return openblas_get_corename(); }

@@ -36,14 +36,15 @@ int q3r_cmd_version(int argc, char **argv) {
     (void)argv;
     printf("q3r %s\n", Q3R_VERSION);
     printf("blas: OpenBLAS, core %s (%s)%s\n", q3r_blas_core(), q3r_blas_config(),
-           getenv("Q3R_BLAS_REEXEC") ? ", core selected by q3r" : "");
+           getenv("Q3R_STARTUP_REEXEC") && !strcmp(getenv("Q3R_STARTUP_REEXEC"), "core") ? ", core selected by q3r" : "");
     printf("cpu: AVX-512 %s\n", q3r_cpu_has_avx512() ? "yes" : "no");
-    printf("threads: %d\n", q3r_get_threads());
+    const char *wait = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    printf("threads: %d (OpenMP wait: %s%s)\n", q3r_get_threads(), wait ? wait : "spin count ", wait ? "" : spin ? spin : "default");
     return 0;
 }
 
 int main(int argc, char **argv) {
-    q3r_blas_fix_core(argv);
+    q3r_startup(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
