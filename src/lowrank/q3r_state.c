@@ -236,7 +236,8 @@ static double cost_iter(int m, int n, int b) { return 5e-11 * m * (double)n * b 
 static int subspace_eligible(const q3r_state *s, int need) {
     if (s->rank >= s->k || need > s->k / 3) return 0;
     const int b = block_for(need, s->k);
-    return 0.8 * cost_exact(s->rows, s->cols, s->k) >= 2 * cost_iter(s->rows, s->cols, b);
+    /* the solver runs at least 3 iterations */
+    return 0.8 * cost_exact(s->rows, s->cols, s->k) >= 3 * cost_iter(s->rows, s->cols, b);
 }
 
 /* Warm block from an exact SVD's right vectors, for the next refresh (cols x b column-major). */
@@ -337,7 +338,7 @@ static q3r_status refresh_subspace(const q3r_state *s, const float *X, int ld, i
                               .max_iter = 100};
         if (!forced) {
             int mi = (int)(0.8 * cost_exact(m, n, k) / cost_iter(m, n, b));
-            o.max_iter = mi < 2 ? 2 : mi > 100 ? 100 : mi;
+            o.max_iter = mi < 3 ? 3 : mi > 100 ? 100 : mi;
         }
         q3r_topk_result res;
         st = q3r_svd_topk(X, m, n, ld, &o, U, S, Vb, &res, err);
