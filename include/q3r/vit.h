@@ -92,6 +92,8 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed);
 float *q3r_vit_params(q3r_vit *m);          /* (q3r_vit_num_params) flat parameter buffer */
 float *q3r_vit_grads(q3r_vit *m);           /* (q3r_vit_num_params) matching gradients */
 size_t q3r_vit_num_params(const q3r_vit *m); /* buffer length in floats (incl. alignment gaps) */
+int64_t q3r_param_numel(const q3r_param_info *p); /* elements of one parameter tensor */
+int64_t q3r_vit_param_count(const q3r_vit *m);    /* parameters stored (no alignment gaps) */
 int q3r_vit_num_tensors(const q3r_vit *m);
 const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i); /* NULL if out of range */
 const q3r_param_info *q3r_vit_find(const q3r_vit *m, const char *name); /* NULL if absent */

@@ -140,9 +140,13 @@ int q3r_cmd_train(int argc, char **argv) {
     signal(SIGTERM, on_sigint);
 
     if (!quiet) {
-        fprintf(stderr, "q3r train: %s (width %d, depth %d, heads %d, patch %d, MLP %d) on %s, %d epochs of batch %d, %d threads\n",
+        q3r_vit *probe = NULL; /* for the parameter count; a bad config is reported by the run */
+        int64_t nparams = q3r_vit_create(&c.model, 1, &probe, NULL) ? 0 : q3r_vit_param_count(probe);
+        q3r_vit_free(probe);
+        fprintf(stderr, "q3r train: %s (width %d, depth %d, heads %d, patch %d, MLP %d; %.2f M parameters) on %s, "
+                        "%d epochs of batch %d, %d threads\n",
                 c.model_name, c.model.width, c.model.depth, c.model.heads, c.model.patch, c.model.mlp_hidden,
-                c.dataset, c.epochs, c.batch, q3r_get_threads());
+                (double)nparams / 1e6, c.dataset, c.epochs, c.batch, q3r_get_threads());
         if (c.reg == Q3R_REG_NUCLEAR)
             fprintf(stderr, "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",
                     c.targets, c.lambda, c.period);

@@ -447,6 +447,18 @@ void q3r_vit_free(q3r_vit *m) {
 float *q3r_vit_params(q3r_vit *m) { return m->params; }
 float *q3r_vit_grads(q3r_vit *m) { return m->grads; }
 size_t q3r_vit_num_params(const q3r_vit *m) { return m->nparams; }
+
+int64_t q3r_param_numel(const q3r_param_info *p) {
+    int64_t n = 1;
+    for (int k = 0; k < p->ndim; k++) n *= p->shape[k];
+    return n;
+}
+
+int64_t q3r_vit_param_count(const q3r_vit *m) {
+    int64_t n = 0;
+    for (int i = 0; i < q3r_vit_num_tensors(m); i++) n += q3r_param_numel(q3r_vit_tensor(m, i));
+    return n;
+}
 int q3r_vit_num_tensors(const q3r_vit *m) { return m->ntensors; }
 const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i) {
     return i >= 0 && i < m->ntensors ? &m->info[i] : NULL;

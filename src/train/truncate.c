@@ -58,14 +58,7 @@ void q3r_truncate_report_free(q3r_truncate_report *rep) {
 
 /* Stored parameters of a model (no alignment padding) and of its dense equivalent. */
 static void count_params(q3r_vit *m, int64_t *stored, int64_t *dense) {
-    int64_t s = 0;
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(m, i);
-        int64_t n = 1;
-        for (int k = 0; k < t->ndim; k++) n *= t->shape[k];
-        s += n;
-    }
-    int64_t d = s;
+    int64_t s = q3r_vit_param_count(m), d = s;
     const int nm = q3r_vit_num_matrices(q3r_vit_get_config(m));
     for (int i = 0; i < nm; i++) {
         q3r_vit_matrix mx;
