@@ -7,14 +7,12 @@
 
 #include "args.h"
 #include "commands.h"
+#include "plot.h"
 
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *summary =
@@ -145,31 +143,6 @@ static int write_csv(const char *path, const q3r_spectrum_report *r) {
 }
 
 /* ---- plot --------------------------------------------------------------------------- */
-static int gnuplot_found(void) {
-    const char *path = getenv("PATH");
-    if (!path || !*path) path = "/usr/bin:/bin";
-    char buf[4096];
-    for (const char *p = path;;) {
-        const char *colon = strchr(p, ':');
-        size_t n = colon ? (size_t)(colon - p) : strlen(p);
-        snprintf(buf, sizeof buf, "%.*s/gnuplot", (int)(n ? n : 1), n ? p : ".");
-        if (access(buf, X_OK) == 0) return 1;
-        if (!colon) return 0;
-        p = colon + 1;
-    }
-}
-
-/* A gnuplot single-quoted string ('' stands for '). */
-static void gp_str(FILE *f, const char *s) {
-    fputc('\'', f);
-    for (; *s; s++) {
-        if (*s == '\'') fputc('\'', f);
-        if (*s == '\n' || *s == '\r') continue;
-        fputc(*s, f);
-    }
-    fputc('\'', f);
-}
-
 static void gp_block(FILE *f, const q3r_spectrum_matrix *m) {
     if (!(m->n > 0 && m->sigma[0] > 0)) return;
     for (int k = 0; k < m->n; k++)
@@ -184,64 +157,51 @@ static const char *const colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
 #define MAX_SEPARATE 10 /* more matrices than this: one colour per kind */
 
 static int write_plot(const char *path, const char *file, const q3r_spectrum_report *r) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld.png", path, (long)getpid());
-    fflush(stdout);
-    void (*old)(int) = signal(SIGPIPE, SIG_IGN); /* gnuplot may exit before reading it all */
-    FILE *g = popen("gnuplot", "w");
-    if (!g) {
-        signal(SIGPIPE, old);
-        fprintf(stderr, "q3r spectrum: --plot: could not start gnuplot\n");
-        return -1;
-    }
+    plot pl;
+    if (plot_begin(&pl, "spectrum", path, 1100, 700)) return -1;
+    FILE *g = pl.script;
     const int grouped = r->count > MAX_SEPARATE;
     int maxn = 1;
     for (int i = 0; i < r->count; i++)
         if (r->items[i].n > maxn) maxn = r->items[i].n;
-    fprintf(g, "set terminal pngcairo size 1100,700 font 'sans,11' noenhanced\nset output ");
-    gp_str(g, tmp);
-    fprintf(g, "\nset title ");
+    fprintf(g, "set title ");
     {
         char title[4400];
         const char *base = strrchr(file, '/');
         snprintf(title, sizeof title, "Singular value spectra of %s (%d matri%s%s)", base ? base + 1 : file,
                  r->count, r->count == 1 ? "x" : "ces", grouped ? ", grouped by kind" : "");
-        gp_str(g, title);
+        plot_quote(g, title);
     }
     fprintf(g, "\nset logscale y\nset format y '1e%%L'\n"
                "set xlabel 'index i'\nset ylabel 'sigma_i / sigma_1 (log scale)'\n"
                "set grid xtics ytics mytics lc rgb '#dddddd'\nset key outside right top box opaque\n"
                "set xrange [1:%d]\n", maxn > 1 ? maxn : 2);
-    /* Series: one per matrix, or one per kind (its matrices as separate polylines). */
-    int nseries = 0;
+    /* Series (data file index k): one per matrix, or one per kind (its matrices as separate
+     * polylines); two blank lines end a series. */
     if (!grouped) {
         for (int i = 0; i < r->count; i++) {
-            fprintf(g, "$S%d << EOD\n", nseries++);
-            gp_block(g, &r->items[i]);
-            fprintf(g, "EOD\n");
+            gp_block(pl.data, &r->items[i]);
+            fputc('\n', pl.data);
         }
     } else {
         for (size_t k = 0; k < sizeof kind_order / sizeof kind_order[0]; k++) {
             int any = 0;
             for (int i = 0; i < r->count; i++)
                 if (!strcmp(r->items[i].kind, kind_order[k])) {
-                    if (!any) fprintf(g, "$S%d << EOD\n", nseries);
                     any++;
-                    gp_block(g, &r->items[i]);
+                    gp_block(pl.data, &r->items[i]);
                 }
-            if (any) {
-                fprintf(g, "EOD\n");
-                nseries++;
-            }
+            if (any) fputc('\n', pl.data);
         }
     }
     fprintf(g, "set style data lines\nplot ");
     int s = 0;
     if (!grouped) {
         for (int i = 0; i < r->count; i++, s++) {
-            fprintf(g, "%s$S%d lw 2 lc rgb '%s' dt %d title ", s ? ", \\\n  " : "", s, colors[s % NCOLORS],
-                    1 + (s / (int)NCOLORS) % 4);
-            gp_str(g, r->items[i].name);
+            fputs(s ? ", \\\n  " : "", g);
+            plot_data_ref(&pl, s);
+            fprintf(g, " lw 2 lc rgb '%s' dt %d title ", colors[s % NCOLORS], 1 + (s / (int)NCOLORS) % 4);
+            plot_quote(g, r->items[i].name);
         }
     } else {
         for (size_t k = 0; k < sizeof kind_order / sizeof kind_order[0]; k++) {
@@ -250,28 +210,14 @@ static int write_plot(const char *path, const char *file, const q3r_spectrum_rep
             if (!cnt) continue;
             char t[64];
             snprintf(t, sizeof t, "%s (%d)", kind_order[k], cnt);
-            fprintf(g, "%s$S%d lw 1.5 lc rgb '%s' title ", s ? ", \\\n  " : "", s, colors[k % NCOLORS]);
-            gp_str(g, t);
+            fputs(s ? ", \\\n  " : "", g);
+            plot_data_ref(&pl, s);
+            fprintf(g, " lw 1.5 lc rgb '%s' title ", colors[k % NCOLORS]);
+            plot_quote(g, t);
             s++;
         }
     }
-    fprintf(g, "\nunset output\n");
-    int bad = ferror(g);
-    int st = pclose(g);
-    signal(SIGPIPE, old);
-    struct stat sb;
-    if (bad || st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || stat(tmp, &sb) || sb.st_size < 8) {
-        fprintf(stderr, "q3r spectrum: --plot: gnuplot failed (status %d) writing %s\n",
-                st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1, path);
-        remove(tmp);
-        return -1;
-    }
-    if (rename(tmp, path)) {
-        fprintf(stderr, "q3r spectrum: --plot: cannot rename %s to %s\n", tmp, path);
-        remove(tmp);
-        return -1;
-    }
-    return 0;
+    return plot_finish(&pl);
 }
 
 /* ---- the command ---------------------------------------------------------------------- */
@@ -304,11 +250,7 @@ int q3r_cmd_spectrum(int argc, char **argv) {
         fprintf(stderr, "q3r spectrum: --rank: %s\n", err.msg);
         return 2;
     }
-    if (plot && !gnuplot_found()) {
-        fprintf(stderr, "q3r spectrum: --plot needs gnuplot, which is not on PATH; install it with\n"
-                        "    sudo apt-get install gnuplot-nox\n");
-        return 1;
-    }
+    if (plot && plot_check("spectrum")) return 1;
     q3r_set_threads(threads);
 
     q3r_tensor_list tl;

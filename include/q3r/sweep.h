@@ -1,0 +1,82 @@
+/* q3r sweep: accuracy of a model truncated at a series of kept-parameter fractions p.
+ *
+ * For each p the targeted matrices are cut by q3r_truncate with the fraction rule
+ * (r = floor(p m n / (m + n)) per m x n matrix) and the truncated model is scored with
+ * q3r_evaluate, exactly as `q3r truncate --rank p` followed by `q3r eval` would. The input model
+ * itself (untruncated) is scored first; it is the reference every drop is measured from.
+ *
+ * p = 1 means "no truncation": the untruncated model's row (the fraction rule at p = 1 would give
+ * a rank-mn/(m+n) factorization, which holds as many parameters as W but is not W). A matrix that
+ * is already factored at a rank at or below the one p gives (e.g. a model trained in factored
+ * form) is left as it is; the row then reports the rank and parameters it really has.
+ *
+ * Accounting is against the dense model, as in truncate.h: the targeted matrices keep
+ * sum over them of (r (m + n), or m n if dense) / sum m n; the model keeps its stored
+ * parameters / the dense model's. */
+#ifndef Q3R_SWEEP_H
+#define Q3R_SWEEP_H
+
+#include "q3r/base.h"
+#include "q3r/data.h"
+#include "q3r/vit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Matrix kinds, in this order: q, k, v, proj, fc1, fc2, head. */
+#define Q3R_SWEEP_KINDS 7
+extern const char *const q3r_sweep_kind_names[Q3R_SWEEP_KINDS];
+
+typedef struct {
+    double p;                         /* the kept fraction asked for; 1: untruncated */
+    int truncated;                    /* 1 if some matrix was cut for this row */
+    /* per kind, over the targeted matrices of that kind: smallest and largest rank
+     * (0 = dense); a kind not targeted has count 0 */
+    int kind_count[Q3R_SWEEP_KINDS];
+    int rank_min[Q3R_SWEEP_KINDS], rank_max[Q3R_SWEEP_KINDS];
+    int64_t targeted_dense, targeted_params; /* sum m n; sum (r (m + n) or m n) */
+    int64_t total_dense, total_params;       /* the dense model's parameters; the row's model's */
+    double targeted_kept, total_kept;        /* the two ratios */
+    double acc, acc_err95, loss;             /* acc_err95 = 1.96 sqrt(acc (1 - acc) / n) */
+    int64_t n;                               /* images scored */
+    double drop_points;                      /* 100 (untruncated acc - acc) */
+} q3r_sweep_row;
+
+typedef struct {
+    const char *targets;           /* comma list of qkv, proj, fc1, fc2, all, head */
+    const double *ps;              /* [count] kept fractions, each in (0, 1] */
+    int count;
+    const q3r_dataset *ds;         /* scored on the first `limit` images (0: all) */
+    const q3r_normalize *norm;
+    int64_t limit;                 /* evaluation runs in batches of the input model's max batch */
+} q3r_sweep_spec;
+
+typedef struct {
+    q3r_sweep_row base;            /* the untruncated model (p = 1) */
+    int count;
+    q3r_sweep_row *rows;           /* [count], in the order of spec->ps */
+} q3r_sweep_result;
+
+/* Called after the untruncated model (index -1) and after each p (index 0..count-1). */
+typedef void (*q3r_sweep_row_fn)(const q3r_sweep_row *row, int index, int count, void *ctx);
+
+/* Check a sweep before any work: every p in (0, 1] and finite, targets known and selecting
+ * some matrix, and every p giving rank >= 1 for every targeted matrix. The message names the p
+ * and the matrix at fault. */
+q3r_status q3r_sweep_check(const q3r_vit *in, const q3r_sweep_spec *spec, q3r_error *err);
+
+/* Run the sweep (q3r_sweep_check first). in is not modified. on_row may be NULL. Free the
+ * result with q3r_sweep_result_free. Errors from truncation or evaluation name the p. */
+q3r_status q3r_sweep(q3r_vit *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn on_row, void *ctx,
+                     q3r_sweep_result *out, q3r_error *err);
+void q3r_sweep_result_free(q3r_sweep_result *r);
+
+/* Parse a comma list of fractions ("1.0,0.9,0.5" or "40%,20%") into a malloc'd array. Errors:
+ * an empty list, a term that is not a number, a value not in (0, 1]. */
+q3r_status q3r_sweep_parse_ps(const char *text, double **ps, int *count, q3r_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

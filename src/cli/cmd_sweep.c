@@ -1,0 +1,262 @@
+/* q3r sweep: a model's accuracy untruncated and truncated at a list of kept fractions p; a
+ * table on stdout (row by row, as they are scored), JSON and a PNG plot. The numbers come from
+ * the library (q3r/sweep.h). */
+#include "q3r.h"
+#include "q3r/io.h"
+#include "q3r/sweep.h"
+#include "q3r/train.h"
+
+#include "args.h"
+#include "commands.h"
+#include "plot.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *summary =
+    "Accuracy of a model truncated at a series of kept-parameter fractions:\n"
+    "  q3r sweep [options] MODEL.safetensors\n"
+    "Scores the model as it is, then for each p the model with its targeted matrices cut to their\n"
+    "best rank-r factors, r = floor(p m n / (m + n)) (as 'q3r truncate --rank p' then 'q3r eval').\n"
+    "p = 1 is the untruncated model. Per p: ranks per matrix kind (min-max where they differ),\n"
+    "kept fraction of the targeted parameters and of the whole model (against the dense model),\n"
+    "accuracy with its 95% binomial error 1.96 sqrt(a (1 - a) / n), and the drop from the\n"
+    "untruncated accuracy in points.";
+
+/* "q/k/v 25 proj 25 fc1 51" : kinds with equal ranges merged. */
+static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
+        if (!r->kind_count[k]) continue;
+        int j = k;
+        char names[64];
+        size_t nl = (size_t)snprintf(names, sizeof names, "%s", q3r_sweep_kind_names[k]);
+        while (j + 1 < Q3R_SWEEP_KINDS && r->kind_count[j + 1] && r->rank_min[j + 1] == r->rank_min[k] &&
+               r->rank_max[j + 1] == r->rank_max[k]) {
+            j++;
+            nl += (size_t)snprintf(names + nl, sizeof names - nl, "/%s", q3r_sweep_kind_names[j]);
+        }
+        char val[48];
+        if (r->rank_min[k] == r->rank_max[k]) {
+            if (r->rank_min[k]) snprintf(val, sizeof val, "%d", r->rank_min[k]);
+            else snprintf(val, sizeof val, "dense");
+        } else if (r->rank_max[k]) {
+            snprintf(val, sizeof val, "%d-%d", r->rank_min[k], r->rank_max[k]);
+        } else {
+            snprintf(val, sizeof val, "%d-dense", r->rank_min[k]);
+        }
+        if (len < cap) len += (size_t)snprintf(buf + len, cap - len, "%s%s %s", len ? " " : "", names, val);
+        k = j;
+    }
+}
+
+static void print_row(const q3r_sweep_row *r, const char *label) {
+    char ranks[160];
+    ranks_text(r, ranks, sizeof ranks);
+    printf("%6s  %-30s %8.4f %8.4f %8.2f%% +- %5.2f %7.2f\n", label, ranks, r->targeted_kept, r->total_kept,
+           100 * r->acc, 100 * r->acc_err95, r->drop_points);
+    fflush(stdout);
+}
+
+static void on_row(const q3r_sweep_row *r, int index, int count, void *ctx) {
+    (void)count;
+    (void)ctx;
+    char label[32];
+    if (index < 0) {
+        printf("%6s  %-30s %8s %8s %17s %7s\n", "p", "ranks", "kept.t", "kept.all", "accuracy (95%)", "drop");
+        snprintf(label, sizeof label, "model");
+    } else {
+        snprintf(label, sizeof label, "%.4g", r->p);
+    }
+    print_row(r, label);
+}
+
+static void json_row(FILE *f, const q3r_sweep_row *r) {
+    fprintf(f, "{\"p\": %.9g, \"truncated\": %s, \"ranks\": {", r->p, r->truncated ? "true" : "false");
+    int first = 1;
+    for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
+        if (!r->kind_count[k]) continue;
+        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ", q3r_sweep_kind_names[k],
+                r->kind_count[k], r->rank_min[k], r->rank_max[k]);
+        first = 0;
+    }
+    fprintf(f, "}, \"targeted_dense\": %lld, \"targeted_params\": %lld, \"targeted_kept\": %.9g, "
+               "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, "
+               "\"acc\": %.9g, \"acc_err95\": %.9g, \"loss\": %.9g, \"n\": %lld, \"drop_points\": %.9g}",
+            (long long)r->targeted_dense, (long long)r->targeted_params, r->targeted_kept,
+            (long long)r->total_dense, (long long)r->total_params, r->total_kept, r->acc, r->acc_err95,
+            isfinite(r->loss) ? r->loss : -1.0, (long long)r->n, r->drop_points);
+}
+
+static void json_str(FILE *f, const char *s) {
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (q3r_json_append_string(&buf, &len, &cap, s) == 0) fputs(buf, f);
+    else fputs("\"\"", f);
+    free(buf);
+}
+
+static int write_json(const char *path, const char *model, const char *dataset, const char *split,
+                      const char *targets, const q3r_sweep_result *res) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    fputs("{\"model\": ", f);
+    json_str(f, model);
+    fputs(", \"dataset\": ", f);
+    json_str(f, dataset);
+    fputs(", \"split\": ", f);
+    json_str(f, split);
+    fputs(", \"targets\": ", f);
+    json_str(f, targets);
+    fputs(",\n \"untruncated\": ", f);
+    json_row(f, &res->base);
+    fputs(",\n \"rows\": [", f);
+    for (int i = 0; i < res->count; i++) {
+        fputs(i ? ",\n  " : "\n  ", f);
+        json_row(f, &res->rows[i]);
+    }
+    fputs("\n]}\n", f);
+    int bad = ferror(f);
+    if (fflush(f) || fsync(fileno(f))) bad = 1;
+    if (fclose(f)) bad = 1;
+    if (bad || rename(tmp, path)) {
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static int write_plot(const char *path, const char *model, const char *targets, const q3r_sweep_result *res) {
+    plot pl;
+    if (plot_begin(&pl, "sweep", path, 1000, 650)) return -1;
+    FILE *g = pl.script;
+    /* index 0: the truncated rows by kept fraction; index 1: the untruncated accuracy */
+    for (int i = 0; i < res->count; i++) {
+        const q3r_sweep_row *r = &res->rows[i];
+        fprintf(pl.data, "%.9g %.9g %.9g\n", r->targeted_kept, 100 * r->acc, 100 * r->acc_err95);
+    }
+    fprintf(pl.data, "\n\n0 %.9g\n1 %.9g\n", 100 * res->base.acc, 100 * res->base.acc);
+    const char *base = strrchr(model, '/');
+    char title[4400];
+    snprintf(title, sizeof title, "Accuracy of %s truncated on %s (n = %lld, 95%% error bars)",
+             base ? base + 1 : model, targets, (long long)res->base.n);
+    fprintf(g, "set title ");
+    plot_quote(g, title);
+    fprintf(g, "\nset xlabel 'kept fraction of the targeted parameters'\nset ylabel 'accuracy (%%)'\n"
+               "set xrange [0:1.02]\nset grid lc rgb '#dddddd'\nset key bottom right box opaque\nplot ");
+    plot_data_ref(&pl, 0);
+    fprintf(g, " using 1:2:3 with yerrorlines lw 2 pt 7 lc rgb '#1f77b4' title 'truncated', \\\n  ");
+    plot_data_ref(&pl, 1);
+    fprintf(g, " using 1:2 with lines dt 2 lw 1.5 lc rgb '#7f7f7f' title 'untruncated'\n");
+    return plot_finish(&pl);
+}
+
+int q3r_cmd_sweep(int argc, char **argv) {
+    const char *targets = "qkv", *ps_text = "1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1";
+    const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL;
+    int limit = 0, batch = 256, threads = 0;
+    const arg_spec specs[] = {
+        {"targets", ARG_STRING, &targets, "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
+        {"ps", ARG_STRING, &ps_text, "kept fractions p, comma list in (0, 1] (1 = untruncated)", 0, 0, NULL, "LIST"},
+        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL, "NAME"},
+        {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
+        {"split", ARG_STRING, &split, "train or test", 0, 0, NULL, "SPLIT"},
+        {"limit", ARG_INT, &limit, "score only the first N images (0: all)", 0, 1e9, NULL, NULL},
+        {"batch", ARG_INT, &batch, "evaluation batch size", 1, 65536, NULL, NULL},
+        {"json", ARG_STRING, &json, "also write the table as JSON", 0, 0, NULL, "FILE.json"},
+        {"plot", ARG_STRING, &plot_path, "also plot accuracy against the kept fraction to a PNG (gnuplot)", 0, 0, NULL, "FILE.png"},
+        {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
+        {0},
+    };
+    const char *pos[1];
+    int np = 0;
+    int rc = args_parse("sweep", summary, specs, argc, argv, 2, pos, 1, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != 1) {
+        fprintf(stderr, "q3r sweep: expected one model file (see q3r sweep --help)\n");
+        return 2;
+    }
+    q3r_error err;
+    double *ps = NULL;
+    int nps = 0;
+    if (q3r_sweep_parse_ps(ps_text, &ps, &nps, &err)) {
+        fprintf(stderr, "q3r sweep: --%s\n", err.msg);
+        return 2;
+    }
+    if (plot_path && plot_check("sweep")) {
+        free(ps);
+        return 1;
+    }
+    q3r_set_threads(threads);
+    q3r_vit *m = NULL;
+    char *meta = NULL, name[64];
+    q3r_normalize norm;
+    q3r_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    q3r_sweep_result res;
+    memset(&res, 0, sizeof res);
+    int status = 1;
+    if (q3r_model_load(pos[0], batch, &m, &meta, &err)) {
+        fprintf(stderr, "q3r sweep: %s\n", err.msg);
+        goto done;
+    }
+    if (q3r_metadata_normalize(meta, &norm, &err)) {
+        fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
+        goto done;
+    }
+    if (dataset) snprintf(name, sizeof name, "%s", dataset);
+    else if (q3r_json_get_string(meta, "data.name", name, sizeof name, &err)) {
+        fprintf(stderr, "q3r sweep: %s names no dataset; give --dataset\n", pos[0]);
+        goto done;
+    }
+    q3r_sweep_spec spec = {.targets = targets, .ps = ps, .count = nps, .norm = &norm, .limit = limit, .ds = &ds};
+    /* cheap checks (targets, ranks) before the dataset is read */
+    {
+        q3r_dataset probe;
+        memset(&probe, 0, sizeof probe);
+        q3r_sweep_spec s0 = spec;
+        s0.ds = &probe;
+        if (q3r_sweep_check(m, &s0, &err)) {
+            fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
+            status = 2;
+            goto done;
+        }
+    }
+    if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
+        fprintf(stderr, "q3r sweep: %s\n", err.msg);
+        goto done;
+    }
+    const int64_t n = limit > 0 && limit < ds.n ? limit : ds.n;
+    printf("%s on %s %s (n = %lld), targets %s\n", pos[0], name, split, (long long)n, targets);
+    if (q3r_sweep(m, &spec, on_row, NULL, &res, &err)) {
+        fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
+        goto done;
+    }
+    status = 0;
+    if (json) {
+        if (write_json(json, pos[0], name, split, targets, &res)) {
+            fprintf(stderr, "q3r sweep: --json: cannot write %s\n", json);
+            status = 1;
+        } else {
+            printf("json: %s\n", json);
+        }
+    }
+    if (plot_path) {
+        if (write_plot(plot_path, pos[0], targets, &res)) status = 1;
+        else printf("plot: %s\n", plot_path);
+    }
+done:
+    fflush(stdout);
+    q3r_sweep_result_free(&res);
+    q3r_dataset_free(&ds);
+    q3r_vit_free(m);
+    free(meta);
+    free(ps);
+    return status;
+}
