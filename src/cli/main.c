@@ -19,6 +19,7 @@ static const command commands[] = {
     {"demo", q3r_cmd_demo, "low-rank matrix completion: Q3R against nuclear norm and weight decay"},
     {"spectrum", q3r_cmd_spectrum, "singular values, effective rank, energy and a plot of the weights in a safetensors file"},
     {"truncate", q3r_cmd_truncate, "replace chosen weight matrices by their best rank-r factors; parameter accounting"},
+    {"sweep", q3r_cmd_sweep, "accuracy of a model truncated at a series of kept fractions; table, JSON, plot"},
     {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
