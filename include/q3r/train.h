@@ -16,6 +16,7 @@
 #include "q3r/data.h"
 #include "q3r/optim.h"
 #include "q3r/regularizer.h"
+#include "q3r/reparam.h"
 #include "q3r/vit.h"
 
 #ifdef __cplusplus
@@ -27,6 +28,10 @@ typedef enum {
     Q3R_REG_DECOUPLED = 1, /* AdamQ3R: W -= lr * 2 lambda R(W) beside the Adam step */
     Q3R_REG_COUPLED = 2,   /* 2 lambda R(W) added to the gradient before Adam */
     Q3R_REG_NUCLEAR = 3,   /* baseline: every `period` steps, W <- prox of lambda (sum of lr) ||W||_* */
+    /* Baselines that train each target as a product of factors (q3r/reparam.h), materialised
+     * into the dense weight before the forward; AdamW (weight_decay) on the factors: */
+    Q3R_REG_LORITA = 4,     /* LoRITa: W = W_1 ... W_N, N = lorita_factors; W_1 = W_0, rest I */
+    Q3R_REG_FACTORIZED = 5, /* W = A B at the rank rule `rank`, spectral init from W_0 */
 } q3r_reg_mode;
 
 typedef struct {
@@ -44,7 +49,8 @@ typedef struct {
     float label_smoothing;
     /* optimizer */
     q3r_lr_schedule lr;        /* total_steps 0: from epochs; warmup_steps < 0: 5% of the run, <= 200 */
-    double weight_decay;       /* AdamW decay on matrices not under Q3R */
+    double weight_decay;       /* AdamW decay on matrices not under Q3R, and on the factors of
+                                  the LORITA and FACTORIZED modes */
     double clip;               /* global grad-norm clip, 0 = off */
     /* regularizer */
     q3r_reg_mode reg;
@@ -54,6 +60,7 @@ typedef struct {
     double pull;               /* target 2 lambda sum_t lr_t when lambda is automatic */
     int period;                /* refresh every `period` steps */
     q3r_eps_options eps;
+    int lorita_factors;        /* N of Q3R_REG_LORITA (>= 2; default 3) */
     /* run */
     uint64_t seed;
     char out_dir[256];
@@ -116,9 +123,12 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, in
                             q3r_step_stats *stats, q3r_error *err);
 q3r_vit *q3r_trainer_model(q3r_trainer *t);
 q3r_set *q3r_trainer_regularizer(q3r_trainer *t);
+/* The factor chains of the LORITA and FACTORIZED modes (NULL otherwise). */
+q3r_reparam *q3r_trainer_reparam(q3r_trainer *t);
 double q3r_trainer_lambda(const q3r_trainer *t);
 int64_t q3r_trainer_steps(const q3r_trainer *t);
-/* Model, "optim.*", "q3r.*", "train.step" and "train.rng" as named tensors, and back. */
+/* Model, "optim.*", "q3r.*", "reparam.*" (factors and their Adam state, LORITA and
+ * FACTORIZED only), "train.step" and "train.rng" as named tensors, and back. */
 q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err);
 q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_error *err);
 

@@ -30,7 +30,7 @@ int q3r_cmd_train(int argc, char **argv) {
     int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, json = 0, quiet = 0, augment = 0;
     int epochs = c.epochs, batch = c.batch, period = c.period, log_every = c.log_every, warmup = 0;
     int seed = (int)c.seed, eps_steps = c.eps.geometric_steps, train_limit = 0, test_limit = 0;
-    int checkpoint_every = 0, stop_after = 0;
+    int checkpoint_every = 0, stop_after = 0, lorita_factors = c.lorita_factors;
     double lr = c.lr.lr, min_lr = c.lr.min_lr, wd = c.weight_decay, clip = c.clip, ls = 0, dropout = 0;
     double lambda = 0, pull = c.pull, eps_value = 0, eps_min = c.eps.eps_min;
     const char *data_dir = NULL, *targets = c.targets, *rank = c.rank, *out = c.out_dir;
@@ -53,10 +53,11 @@ int q3r_cmd_train(int argc, char **argv) {
         {"min-lr", ARG_DOUBLE, &min_lr, "final learning rate of the cosine schedule", 0, 10, NULL, NULL},
         {"warmup", ARG_INT, &warmup, "linear warmup steps (default: 5% of the run, at most 200)", 0, 1e9, NULL, NULL},
         {"schedule", ARG_CHOICE, &schedule, "learning-rate schedule", 0, 0, "constant|cosine", NULL},
-        {"weight-decay", ARG_DOUBLE, &wd, "AdamW decay on matrices not under Q3R", 0, 10, NULL, NULL},
+        {"weight-decay", ARG_DOUBLE, &wd, "AdamW decay on matrices not under Q3R (lorita, factorized: also on the factors)", 0, 10, NULL, NULL},
         {"clip", ARG_DOUBLE, &clip, "global gradient-norm clip (0: off)", 0, 1e9, NULL, NULL},
         {"label-smoothing", ARG_DOUBLE, &ls, "label smoothing", 0, 0.99, NULL, NULL},
-        {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal nuclear-norm baseline (needs --lambda)", 0, 0, "none|decoupled|coupled|nuclear", NULL},
+        {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal nuclear-norm baseline (needs --lambda); lorita = each target a product of --lorita-factors matrices, weight decay on them; factorized = each target A B at --rank from the start", 0, 0, "none|decoupled|coupled|nuclear|lorita|factorized", NULL},
+        {"lorita-factors", ARG_INT, &lorita_factors, "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2, Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
         {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all", 0, 0, NULL, "LIST"},
         {"rank", ARG_STRING, &rank, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
@@ -112,6 +113,11 @@ int q3r_cmd_train(int argc, char **argv) {
     c.clip = clip;
     c.label_smoothing = (float)ls;
     c.reg = (q3r_reg_mode)reg;
+    if (args_given(specs, "lorita-factors") && c.reg != Q3R_REG_LORITA) {
+        fprintf(stderr, "q3r train: --lorita-factors applies only to --reg lorita\n");
+        return 2;
+    }
+    c.lorita_factors = lorita_factors;
     if (targets != c.targets) snprintf(c.targets, sizeof c.targets, "%s", targets);
     if (rank != c.rank) snprintf(c.rank, sizeof c.rank, "%s", rank);
     c.lambda = lambda;
@@ -147,7 +153,13 @@ int q3r_cmd_train(int argc, char **argv) {
                         "%d epochs of batch %d, %d threads\n",
                 c.model_name, c.model.width, c.model.depth, c.model.heads, c.model.patch, c.model.mlp_hidden,
                 (double)nparams / 1e6, c.dataset, c.epochs, c.batch, q3r_get_threads());
-        if (c.reg == Q3R_REG_NUCLEAR)
+        if (c.reg == Q3R_REG_LORITA)
+            fprintf(stderr, "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
+                    c.targets, c.lorita_factors, c.weight_decay);
+        else if (c.reg == Q3R_REG_FACTORIZED)
+            fprintf(stderr, "q3r train: factorized training (W = A B) on %s at rank %s, weight decay %g on the factors\n",
+                    c.targets, c.rank, c.weight_decay);
+        else if (c.reg == Q3R_REG_NUCLEAR)
             fprintf(stderr, "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",
                     c.targets, c.lambda, c.period);
         else if (c.reg != Q3R_REG_NONE)

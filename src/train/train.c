@@ -33,6 +33,7 @@ q3r_train_config q3r_train_defaults(void) {
     c.pull = 9.0;
     c.period = 5;
     c.eps = q3r_eps_options_default();
+    c.lorita_factors = 3;
     c.seed = 1;
     snprintf(c.out_dir, sizeof c.out_dir, "runs/default");
     c.log_every = 10;
@@ -60,7 +61,7 @@ static void meta_put(meta_builder *b, const char *key, const char *fmt, ...) {
     b->s = q3r_json_set_string(&b->json, key, val, b->err);
 }
 
-static const char *const reg_names[] = {"none", "decoupled", "coupled", "nuclear"};
+static const char *const reg_names[] = {"none", "decoupled", "coupled", "nuclear", "lorita", "factorized"};
 
 /* Every key here shapes the trajectory of the run; a resume must find them all equal. */
 static q3r_status build_metadata(const q3r_train_config *c, const q3r_normalize *norm, double lambda,
@@ -100,7 +101,12 @@ static q3r_status build_metadata(const q3r_train_config *c, const q3r_normalize 
     meta_put(&b, "train.clip", "%.17g", c->clip);
     meta_put(&b, "train.seed", "%llu", (unsigned long long)c->seed);
     meta_put(&b, "q3r.mode", "%s", reg_names[c->reg]);
-    if (c->reg != Q3R_REG_NONE) {
+    if (c->reg == Q3R_REG_LORITA || c->reg == Q3R_REG_FACTORIZED) {
+        /* the factor chains: their shapes are what a resume must find again */
+        meta_put(&b, "q3r.targets", "%s", c->targets);
+        if (c->reg == Q3R_REG_LORITA) meta_put(&b, "q3r.factors", "%d", c->lorita_factors);
+        else meta_put(&b, "q3r.rank", "%s", c->rank);
+    } else if (c->reg != Q3R_REG_NONE) {
         meta_put(&b, "q3r.targets", "%s", c->targets);
         meta_put(&b, "q3r.rank", "%s", c->rank);
         meta_put(&b, "q3r.lambda", "%.17g", lambda);
@@ -337,8 +343,11 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     double test_acc, test_loss;
     q3r_status s = q3r_evaluate(r->model, &r->test, &r->norm, 0, progress, ctx, &test_acc, &test_loss, err);
     if (s) return s;
-    /* Baselines without Q3R still get spectrum metrics: a refresh that drives nothing. */
-    if (c->reg == Q3R_REG_NONE && (s = q3r_set_refresh(r->reg, err))) return s;
+    /* Baselines without Q3R still get spectrum metrics: a refresh that drives nothing (for
+     * LoRITa and factorized, of the collapsed products). */
+    if ((c->reg == Q3R_REG_NONE || c->reg == Q3R_REG_LORITA || c->reg == Q3R_REG_FACTORIZED) &&
+        (s = q3r_set_refresh(r->reg, err)))
+        return s;
     res->train_loss = r->epoch_loss / (double)r->epoch_seen;
     res->train_acc = (double)r->epoch_correct / (double)r->epoch_seen;
     res->test_acc = test_acc;

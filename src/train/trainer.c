@@ -1,9 +1,21 @@
-/* The trainer: one optimizer step of a ViT with AdamW, AdamQ3R or coupled Q3R.
+/* The trainer: one optimizer step of a ViT with AdamW, AdamQ3R or coupled Q3R, or one of the
+ * baselines (nuclear-norm prox, LoRITa, factorized training).
  *
  * Per step: forward -> loss -> backward -> clip the task gradient -> Q3R refresh when due
  * (at the pre-update weights) -> Q3R step (decoupled: W -= lr 2 lambda R(W); coupled:
  * g += 2 lambda R(W)) -> AdamW. Everything that changes is exportable, so a resumed run
- * continues on the same bits. */
+ * continues on the same bits.
+ *
+ * LoRITa and factorized (q3r/reparam.h): the target matrices are products of factors, always
+ * materialised into the model's dense weights (at creation, after every factor update and after
+ * an import), so the forward, the backward, evaluation and the saved model all see the collapsed
+ * product. Clipping acts on the dense task gradient over the whole model, targets' dW included,
+ * exactly as in the other modes (the same norm is logged and clipped for every mode, and the
+ * threshold does not depend on how the targets are parametrised); the factors then get the
+ * chain-rule image of the clipped dW, which, the map being linear, is the factor gradient scaled
+ * by the same clip coefficient. The targets' dW is then zeroed, so the model's AdamW (no decay
+ * on targets) leaves them alone, and the factors' own AdamW (decay weight_decay on every factor)
+ * steps at the same learning rate. */
 #include "q3r/train.h"
 
 #include "q3r/nuclear.h"
@@ -16,7 +28,8 @@ struct q3r_trainer {
     q3r_train_config cfg;
     q3r_vit *model;
     q3r_adamw opt;
-    q3r_set *reg;      /* the target matrices; drives training unless reg == NONE */
+    q3r_set *reg;      /* the target matrices; drives training in the Q3R and nuclear modes */
+    q3r_reparam *rp;   /* the factor chains of LORITA and FACTORIZED, else NULL */
     uint8_t *targeted; /* [num tensors]: 1 where a tensor holds a target matrix */
     q3r_rng rng;       /* dropout */
     double lambda;
@@ -62,6 +75,38 @@ static q3r_status build_optimizer(q3r_trainer *t, q3r_error *err) {
     return Q3R_OK;
 }
 
+static int is_reparam(q3r_reg_mode r) { return r == Q3R_REG_LORITA || r == Q3R_REG_FACTORIZED; }
+
+/* Each target matrix of the set as a chain of factors: LoRITa, N factors, W_1 (m x n) = W_0 and
+ * the others (n x n) identity; factorized, A (m x r) B (r x n) from the SVD of W_0, r by the
+ * rank rule. */
+static q3r_status build_reparam(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err) {
+    const q3r_train_config *c = &t->cfg;
+    q3r_status s = q3r_reparam_create(&t->rp, err);
+    float *w0 = q3r_vit_params(t->model), *g0 = q3r_vit_grads(t->model);
+    for (int i = 0; i < q3r_set_count(t->reg) && !s; i++) {
+        int rows, cols, ld, inner[Q3R_REPARAM_MAX_FACTORS];
+        float *w = q3r_set_matrix(t->reg, i, &rows, &cols, &ld);
+        const char *name = q3r_set_name(t->reg, i);
+        if (c->reg == Q3R_REG_LORITA) {
+            for (int k = 0; k < c->lorita_factors - 1; k++) inner[k] = cols;
+            s = q3r_reparam_add(t->rp, name, w, rows, cols, ld, g0 + (w - w0), ld, c->lorita_factors, inner,
+                                Q3R_REPARAM_IDENTITY, err);
+        } else {
+            if ((s = q3r_rank_resolve(rule, rows, cols, &inner[0], err))) {
+                q3r_fail_context(err, "--rank for %s", name);
+                break;
+            }
+            s = q3r_reparam_add(t->rp, name, w, rows, cols, ld, g0 + (w - w0), ld, 2, inner,
+                                Q3R_REPARAM_SPECTRAL, err);
+        }
+    }
+    q3r_adamw_config ac = q3r_adamw_defaults();
+    ac.weight_decay = c->weight_decay;
+    if (!s) s = q3r_reparam_build(t->rp, &ac, err);
+    return s;
+}
+
 static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     const q3r_train_config *c = &t->cfg;
     q3r_status s = q3r_vit_config_check(&c->model, err);
@@ -73,11 +118,15 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     q3r_vit_init(t->model, c->seed);
     q3r_rng_seed(&t->rng, c->seed ^ 0x5eedd0d0ULL);
 
-    t->lambda = c->reg == Q3R_REG_NONE ? 0 : c->lambda;
+    if (c->reg == Q3R_REG_LORITA &&
+        (c->lorita_factors < 2 || c->lorita_factors > Q3R_REPARAM_MAX_FACTORS))
+        return q3r_fail(err, Q3R_EINVAL, "--lorita-factors %d: LoRITa needs 2..%d factors", c->lorita_factors,
+                        Q3R_REPARAM_MAX_FACTORS);
+    t->lambda = c->reg == Q3R_REG_NONE || is_reparam(c->reg) ? 0 : c->lambda;
     if (c->reg == Q3R_REG_NUCLEAR && !(t->lambda > 0))
         return q3r_fail(err, Q3R_EINVAL, "the nuclear-norm baseline needs an explicit lambda > 0 "
                                          "(its threshold per unit of learning rate)");
-    if (c->reg != Q3R_REG_NONE && t->lambda <= 0) {
+    if (c->reg != Q3R_REG_NONE && !is_reparam(c->reg) && t->lambda <= 0) {
         double sum = lr_sum(&c->lr);
         if (!(c->pull > 0)) return q3r_fail(err, Q3R_EINVAL, "automatic lambda needs a pull > 0");
         if (sum <= 0) return q3r_fail(err, Q3R_EINVAL, "automatic lambda: the learning rate sums to 0");
@@ -93,6 +142,7 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     t->targeted = calloc((size_t)q3r_vit_num_tensors(t->model), 1);
     if (!t->targeted) return q3r_fail(err, Q3R_ENOMEM, "trainer: out of memory");
     if ((s = q3r_train_add_targets(t->reg, t->model, c->targets, rule, t->targeted, err))) return s;
+    if (is_reparam(c->reg) && (s = build_reparam(t, rule, err))) return s;
     return build_optimizer(t, err);
 }
 
@@ -114,6 +164,7 @@ void q3r_trainer_free(q3r_trainer *t) {
     q3r_vit_free(t->model);
     q3r_adamw_free(&t->opt);
     q3r_set_free(t->reg);
+    q3r_reparam_free(t->rp);
     free(t->targeted);
     free(t);
 }
@@ -188,7 +239,9 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, in
                                       : q3r_set_decoupled_step(t->reg, lr, &qv, err);
         if (s) return s;
     }
+    if (t->rp) q3r_reparam_backward(t->rp, 1); /* clipped dW -> factors; dW <- 0 */
     q3r_adamw_step(&t->opt, w, g, lr);
+    if (t->rp) q3r_reparam_step(t->rp, lr); /* AdamW on the factors, then W <- their product */
     if (c->reg == Q3R_REG_NUCLEAR) {
         /* Proximal step every `period` steps with the threshold the skipped steps would
          * have applied one by one: lambda times the learning rate summed since the last. */
@@ -206,6 +259,7 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, in
 
 q3r_vit *q3r_trainer_model(q3r_trainer *t) { return t->model; }
 q3r_set *q3r_trainer_regularizer(q3r_trainer *t) { return t->reg; }
+q3r_reparam *q3r_trainer_reparam(q3r_trainer *t) { return t->rp; }
 double q3r_trainer_lambda(const q3r_trainer *t) { return t->lambda; }
 int64_t q3r_trainer_steps(const q3r_trainer *t) { return t->step; }
 
@@ -214,6 +268,7 @@ q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_er
     q3r_status s = q3r_vit_export(t->model, out, err);
     if (!s) s = q3r_adamw_export(&t->opt, out, err);
     if (!s) s = q3r_set_export(t->reg, "q3r.", out, err);
+    if (!s && t->rp) s = q3r_reparam_export(t->rp, "reparam.", out, err);
     if (!s) s = q3r_tensor_list_add(out, "train.step", Q3R_I64, 1, one, &t->step, err);
     if (!s) s = q3r_tensor_list_add(out, "train.rng", Q3R_I64, 1, four, t->rng.s, err);
     if (!s) s = q3r_tensor_list_add(out, "train.lr_since_prox", Q3R_F64, 1, one, &t->lr_since_prox, err);
@@ -228,6 +283,8 @@ q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_err
     if (!s) s = q3r_vit_import(t->model, in, err);
     if (!s) s = q3r_adamw_import(&t->opt, in, err);
     if (!s) s = q3r_set_import(t->reg, "q3r.", in, err);
+    /* after the model: the factors' product overwrites the targets (with the same bits) */
+    if (!s && t->rp) s = q3r_reparam_import(t->rp, "reparam.", in, err);
     if (s) return s;
     memcpy(&t->step, step->data, sizeof t->step);
     memcpy(t->rng.s, rng->data, sizeof t->rng.s);
