@@ -1,7 +1,10 @@
 """q3r train / q3r eval end to end, through the program a user runs.
 
 - resume: a run interrupted twice (--stop-after) and resumed ends on the same weights, Adam
-  moments and Q3R state, bit for bit, as the uninterrupted run; so does a coupled-mode run;
+  moments and Q3R state, bit for bit, as the uninterrupted run; so do coupled, nuclear, LoRITa
+  and factorized runs (the last two with their factors and the factors' Adam state, reparam.*);
+  a LoRITa / factorized checkpoint records its mode, factors and rank, and refuses a resume
+  with others;
 - determinism: two runs with the same seed and threads give identical files; another seed
   does not;
 - q3r eval of the saved model reproduces the accuracy the training run reported;
@@ -61,9 +64,11 @@ tmp = tempfile.mkdtemp(prefix="q3r-train-test-")
 summaries = {}
 try:
     # --- resume, decoupled (AdamQ3R) and coupled ---------------------------------------------
-    for mode in ("decoupled", "coupled", "nuclear"):
+    for mode in ("decoupled", "coupled", "nuclear", "lorita", "factorized"):
         full, part = os.path.join(tmp, f"full-{mode}"), os.path.join(tmp, f"part-{mode}")
         extra = ["--reg", mode, "--period", "3"] + (["--lambda", "0.5"] if mode == "nuclear" else [])
+        if mode in ("lorita", "factorized"):
+            extra = ["--reg", mode, "--targets", "qkv,fc2"] + (["--rank", "0.3"] if mode == "factorized" else [])
         p = run(TINY + extra + ["--out", full, "--json"])
         check(p.returncode == 0, f"{mode}: uninterrupted run")
         summary_full = json.loads(p.stdout)
@@ -81,6 +86,9 @@ try:
         cb = tensors(os.path.join(part, "checkpoint.safetensors"))
         check(same_tensors(ca, cb), f"{mode}: final checkpoints (Adam, Q3R, data, RNG) equal bit for bit")
         check(any(k.startswith("q3r.") for k in ca), f"{mode}: checkpoint holds the Q3R state")
+        if mode in ("lorita", "factorized"):
+            check("reparam.optim.m" in ca and "reparam.blocks.1.mlp.fc2.1" in ca,
+                  f"{mode}: checkpoint holds the factors and their Adam state")
         check(any(k.startswith("optim.") for k in ca), f"{mode}: checkpoint holds the optimizer state")
         summary_part = json.loads(p3.stdout)
         check(summary_part["test_acc"] == summary_full["test_acc"], f"{mode}: same final accuracy")
@@ -88,6 +96,26 @@ try:
         steps = [json.loads(l)["step"] for l in open(os.path.join(part, "metrics.jsonl"))
                  if json.loads(l)["event"] == "step"]
         check(steps == list(range(1, 21)), f"{mode}: resumed log has steps 1..20 once each: {steps}")
+
+    # --- LoRITa / factorized: metadata, the collapsed model, resume checks ----------------------------
+    _, meta = safetensors_np.read(os.path.join(tmp, "full-lorita", "model.safetensors"))
+    check(meta.get("q3r.mode") == "lorita" and meta.get("q3r.factors") == "3",
+          f"lorita: model metadata records mode and factors: {meta.get('q3r.mode')}, {meta.get('q3r.factors')}")
+    lm = tensors(os.path.join(tmp, "full-lorita", "model.safetensors"))
+    check(not any(k.startswith("reparam.") for k in lm) and "blocks.0.attn.qkv.weight" in lm,
+          "lorita: model.safetensors holds dense (collapsed) matrices only")
+    ck = tensors(os.path.join(tmp, "full-lorita", "checkpoint.safetensors"))
+    f = [ck[f"reparam.blocks.1.attn.v.{k}"].astype(np.float64) for k in range(3)]
+    prod = f[0] @ f[1] @ f[2]
+    d = np.abs(prod - lm["blocks.1.attn.qkv.weight"][64:96].astype(np.float64)).max()
+    check(d < 1e-5 * np.abs(prod).max(), f"lorita: saved V block is the factors' product (max diff {d:.1e})")
+    fm = tensors(os.path.join(tmp, "full-factorized", "model.safetensors"))
+    sv = np.linalg.svd(fm["blocks.0.mlp.fc2.weight"].astype(np.float64), compute_uv=False)
+    r = int(0.3 * 32 * 64 / 96)
+    check(sv[r] < 1e-5 * sv[0], f"factorized: saved fc2 has rank <= {r}: sigma_{r + 1}/sigma_1 = {sv[r] / sv[0]:.1e}")
+    p = run(["eval", os.path.join(tmp, "full-lorita", "model.safetensors"), "--limit", "200", "--json"])
+    check(p.returncode == 0 and abs(json.loads(p.stdout)["acc"] - summaries["lorita"]["test_acc"]) < 1e-12,
+          "lorita: q3r eval of the collapsed model reproduces the run's accuracy")
 
     # --- determinism -----------------------------------------------------------------------------
     d1, d2, d3 = (os.path.join(tmp, n) for n in ("det1", "det2", "det3"))
@@ -128,6 +156,13 @@ try:
     bad(TINY + ["--out", os.path.join(tmp, "nothing-here"), "--resume"], "checkpoint.safetensors", "resume without a checkpoint")
     bad(TINY + ["--out", os.path.join(tmp, "full-decoupled"), "--resume", "--lr", "0.002"], "train.lr", "resume with another lr")
     bad(TINY + ["--out", os.path.join(tmp, "full-decoupled"), "--resume", "--width", "64", "--heads", "2"], "model.width", "resume with another model")
+    lor = ["--reg", "lorita", "--targets", "qkv,fc2"]
+    bad(TINY + lor + ["--out", os.path.join(tmp, "full-lorita"), "--resume", "--lorita-factors", "4"], "q3r.factors", "resume LoRITa with other factors")
+    bad(TINY + ["--reg", "factorized", "--targets", "qkv,fc2", "--out", os.path.join(tmp, "full-factorized"), "--resume"], "q3r.rank", "resume factorized with another rank")
+    bad(TINY + ["--out", os.path.join(tmp, "full-lorita"), "--resume"], "q3r.mode", "resume LoRITa as AdamQ3R")
+    bad(TINY + ["--out", out, "--lorita-factors", "3"], "--lorita-factors", "--lorita-factors without --reg lorita")
+    bad(TINY + ["--out", out, "--reg", "lorita", "--lorita-factors", "1"], "--lorita-factors", "one LoRITa factor")
+    bad(TINY + ["--out", out, "--reg", "factorized", "--rank", "40"], "rank", "factorized rank above the matrix")
     bad(["eval", os.path.join(tmp, "missing.safetensors")], "missing.safetensors", "eval of a missing file")
     junk = os.path.join(tmp, "junk.safetensors")
     with open(junk, "wb") as f:
