@@ -1,0 +1,132 @@
+"""scripts/experiment.py in its hidden --smoke mode (tiny ViT, 640 images, seconds per run).
+
+q3r-ctest-label: slow
+
+Checks, against q3r itself run separately:
+- the script prints its plan and every q3r command, trains one run per method (LoRITa and
+  factorized only when `q3r train --help` offers them) and sweeps each on qkv and all;
+- results.json holds every run and sweep; its summary equals the sweep rows (one seed: the
+  mean is the value, the spread 0); results.md has a row per method in both tables whose cells
+  are those numbers; the two PNGs are valid (when gnuplot is present), no temporary files;
+- the accuracy reported for one method at p = 0.4 on qkv equals `q3r truncate` + `q3r eval` of
+  that run's model;
+- a second invocation trains and sweeps nothing (resumable) and writes the same table;
+- --dry-run prints the plan and creates nothing.
+Exit 77 (skip) without the dataset."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.environ.get("Q3R_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", os.path.join(ROOT, "build")), "q3r")
+SCRIPT = os.path.join(ROOT, "scripts", "experiment.py")
+if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    print("test_experiment: skipped (no /usr/share/datasets/fashion-mnist)")
+    sys.exit(77)
+passed = failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL:", what)
+
+
+def script(args):
+    return subprocess.run([sys.executable, SCRIPT, "--q3r", Q3R, "--threads", "1"] + args,
+                          capture_output=True, text=True)
+
+
+tmp = tempfile.mkdtemp(prefix="q3r-experiment-test-")
+out = os.path.join(tmp, "out")
+
+p = script(["--smoke", "--out", out, "--dry-run"])
+check(p.returncode == 0 and "estimate" in p.stdout and not os.path.exists(out), f"dry run: {p.stdout} {p.stderr}")
+
+p = script(["--smoke", "--out", out])
+check(p.returncode == 0, f"smoke run failed: {p.stdout[-3000:]} {p.stderr[-3000:]}")
+help_text = subprocess.run([Q3R, "train", "--help"], capture_output=True, text=True).stdout
+methods = ["adamw", "nuclear", "q3r-r0.4-pull9", "q3r-r0.4-pull27", "q3r-r0.2-pull9", "q3r-r0.2-pull27"]
+if "lorita" in help_text:
+    methods.append("lorita3")
+if "factorized" in help_text:
+    methods.append("factorized-r0.4")
+train_cmds = [ln for ln in p.stdout.splitlines() if ln.startswith("$ ") and " train " in ln]
+sweep_cmds = [ln for ln in p.stdout.splitlines() if ln.startswith("$ ") and " sweep " in ln]
+check(len(train_cmds) == len(methods) and len(sweep_cmds) == 2 * len(methods),
+      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands for {len(methods)} methods")
+check(all("--seed 1" in c and "--epochs 1" in c for c in train_cmds), "train commands share seed and epochs")
+check(any("--reg nuclear --lambda" in c for c in train_cmds), "nuclear has an explicit lambda")
+
+with open(os.path.join(out, "results.json")) as f:
+    res = json.load(f)
+check(list(res["summary"]["qkv"]) == methods and list(res["summary"]["all"]) == methods,
+      f"methods {list(res['summary']['qkv'])} vs {methods}")
+for m in methods:
+    run = res["runs"].get(f"{m}-s1")
+    check(run is not None and os.path.exists(os.path.join(out, "runs", f"{m}-s1", "model.safetensors")), f"{m}: run")
+    if run is None:
+        continue
+    for targets in ("qkv", "all"):
+        rows = run["sweeps"][targets]["rows"]
+        summ = res["summary"][targets][m]
+        check(len(rows) == 10 and len(summ) == 10, f"{m} {targets}: {len(rows)} rows")
+        for r, s in zip(rows, summ):
+            check(abs(s["acc"] - 100 * r["acc"]) < 1e-9 and s["acc_spread"] == 0 and
+                  abs(s["drop"] - r["drop_points"]) < 1e-9 and abs(s["targeted_kept"] - r["targeted_kept"]) < 1e-12,
+                  f"{m} {targets} p={r['p']}: summary {s} vs row {r}")
+
+md = open(os.path.join(out, "results.md")).read()
+for targets in ("qkv", "all"):
+    section = md.split(f"`--targets {targets}`")[1].split("\n## ")[0]
+    for m in methods:
+        line = [ln for ln in section.splitlines() if ln.startswith(f"| {m} |")]
+        check(len(line) == 1, f"results.md {targets}: row for {m}")
+        if not line:
+            continue
+        cells = [c.strip() for c in line[0].strip("|").split("|")][1:]
+        s = res["summary"][targets][m]
+        check(len(cells) == 10 and cells[0] == f"{s[0]['acc']:.2f}" and
+              cells[6].startswith(f"{s[6]['acc']:.2f} (") and abs(s[6]["p"] - 0.4) < 1e-9,
+              f"results.md {targets} {m}: {cells} vs {s[0]['acc']}, {s[6]['acc']}")
+
+if shutil.which("gnuplot"):
+    for targets in ("qkv", "all"):
+        png = os.path.join(out, f"accuracy-{targets}.png")
+        ok = os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        check(ok, f"{png} is a PNG")
+check(not [f for f in os.listdir(out) if f.startswith(".") or f.endswith(".tmp")], f"litter: {os.listdir(out)}")
+
+# one model, truncated and scored by q3r itself
+m = "q3r-r0.4-pull9"
+model = os.path.join(out, "runs", f"{m}-s1", "model.safetensors")
+cut = os.path.join(tmp, "cut.safetensors")
+p2 = subprocess.run([Q3R, "truncate", model, cut, "--targets", "qkv", "--rank", "0.4", "--threads", "1"],
+                    capture_output=True, text=True)
+check(p2.returncode == 0, "truncate: " + p2.stderr)
+ev = subprocess.run([Q3R, "eval", cut, "--limit", "200", "--threads", "1", "--json"], capture_output=True, text=True)
+check(ev.returncode == 0, "eval: " + ev.stderr)
+if ev.returncode == 0:
+    e = json.loads(ev.stdout)
+    s = res["summary"]["qkv"][m][6]
+    check(e["n"] == 200 and round(e["acc"] * 200) == round(s["acc"] * 2), f"p = 0.4: eval {e['acc']} vs table {s['acc']}")
+ev0 = subprocess.run([Q3R, "eval", model, "--limit", "200", "--threads", "1", "--json"], capture_output=True, text=True)
+if ev0.returncode == 0:
+    check(round(json.loads(ev0.stdout)["acc"] * 200) == round(res["summary"]["qkv"][m][0]["acc"] * 2),
+          "untruncated accuracy vs q3r eval")
+
+# resumable: nothing is trained or swept again, the same table comes out
+p3 = script(["--smoke", "--out", out])
+check(p3.returncode == 0 and not [ln for ln in p3.stdout.splitlines() if ln.startswith("$ ")],
+      f"second run ran commands: {p3.stdout[-2000:]}")
+check(open(os.path.join(out, "results.md")).read() == md, "second run changed results.md")
+
+shutil.rmtree(tmp, ignore_errors=True)
+print(f"test_experiment: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
