@@ -2,11 +2,10 @@
  *
  *   bench_vit [preset (vit-bench)] [batch (128)] [steps (5)]
  *
- * For 1 and 2 threads (q3r_set_threads): ms per forward+backward, ms per forward+backward+AdamW
- * step (a plain AdamW loop here, the same work torch.optim.AdamW does), the achieved GFLOP/s
+ * For 1 and 2 threads (q3r_set_threads): ms per forward+backward, the achieved GFLOP/s
  * (3 x forward multiply-adds x 2), and the sgemm ceiling: what cblas_sgemm reaches in the same
- * run on the model's own largest GEMM shapes. Then a per-kernel breakdown of one block.
- * Compare with bench/bench_vit_torch.py. */
+ * run on the model's own largest GEMM shapes. With BENCH_BREAKDOWN=1, a per-kernel breakdown
+ * of one block. The whole training step against PyTorch is bench_train. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,17 +32,6 @@ static double sgemm_gflops(int m, int n, int k, int transB) {
     t = (q3r_now() - t) / reps;
     q3r_free(a), q3r_free(b), q3r_free(c);
     return 2.0 * m * n * k / t / 1e9;
-}
-
-static void adamw_step(float *p, const float *g, float *m1, float *m2, size_t n, int t) {
-    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.05f;
-    const float c1 = 1.0f / (1.0f - powf(b1, (float)t)), c2 = 1.0f / (1.0f - powf(b2, (float)t));
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        m1[i] = b1 * m1[i] + (1 - b1) * g[i];
-        m2[i] = b2 * m2[i] + (1 - b2) * g[i] * g[i];
-        p[i] -= lr * (m1[i] * c1 / (sqrtf(m2[i] * c2) + eps) + wd * p[i]);
-    }
 }
 
 #define TIME(label, reps, flops, stmt)                                                   \
@@ -132,8 +120,6 @@ int main(int argc, char **argv) {
     q3r_rng_seed(&rng, 3);
     for (size_t i = 0; i < nimg; i++) images[i] = (float)q3r_rng_normal(&rng);
     for (int i = 0; i < B; i++) labels[i] = (int)q3r_rng_below(&rng, (uint64_t)cfg.classes);
-    size_t np = q3r_vit_num_params(m);
-    float *m1 = q3r_calloc(sizeof(float) * np), *m2 = q3r_calloc(sizeof(float) * np);
     const double flops = 3.0 * q3r_vit_forward_flops(m, B);
     /* what a straightforward implementation (torch) computes: every block on all tokens */
     const double Tn = T, Dn = D, Mn = cfg.mlp_hidden;
@@ -148,12 +134,11 @@ int main(int argc, char **argv) {
     for (int th = 1; th <= 2; th++) {
         q3r_set_threads(th);
         float loss = 0;
-        int t = 0;
         /* warm-up */
         q3r_vit_zero_grad(m);
         q3r_vit_forward(m, images, labels, B, 0.1f, 1, &rng, &loss, &err);
         q3r_vit_backward(m, &err);
-        double best_fb = 1e30, best_step = 1e30;
+        double best_fb = 1e30;
         for (int s = 0; s < steps; s++) {
             double t0 = q3r_now();
             q3r_vit_zero_grad(m);
@@ -163,22 +148,17 @@ int main(int argc, char **argv) {
                 return 1;
             }
             double t1 = q3r_now();
-            adamw_step(q3r_vit_params(m), q3r_vit_grads(m), m1, m2, np, ++t);
-            double t2 = q3r_now();
             if (t1 - t0 < best_fb) best_fb = t1 - t0;
-            if (t2 - t0 < best_step) best_step = t2 - t0;
         }
         double ceil_qkv = sgemm_gflops(B * T, 3 * D, D, 1);
         double ceil_fc1 = sgemm_gflops(B * T, cfg.mlp_hidden, D, 1);
-        printf("threads %d: fwd+bwd %.1f ms (%.1f GFLOP/s done, %.1f torch-equivalent), "
-               "fwd+bwd+AdamW %.1f ms/step (best of %d), loss %.4f\n",
-               th, best_fb * 1e3, flops / best_fb / 1e9, nominal / best_fb / 1e9,
-               best_step * 1e3, steps, (double)loss);
+        printf("threads %d: fwd+bwd %.1f ms (%.1f GFLOP/s done, %.1f torch-equivalent; best of %d), "
+               "loss %.4f\n",
+               th, best_fb * 1e3, flops / best_fb / 1e9, nominal / best_fb / 1e9, steps, (double)loss);
         printf("  sgemm ceiling (OpenBLAS, %d threads): %dx%dx%d %.1f GFLOP/s, %dx%dx%d %.1f GFLOP/s\n",
                th, B * T, 3 * D, D, ceil_qkv, B * T, cfg.mlp_hidden, D, ceil_fc1);
         if (getenv("BENCH_BREAKDOWN")) breakdown(&cfg, B);
     }
-    q3r_free(m1), q3r_free(m2);
     free(images), free(labels);
     q3r_vit_free(m);
     return 0;

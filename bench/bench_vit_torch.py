@@ -1,7 +1,8 @@
 """PyTorch baseline for bench_vit: the same ViT (timm layout, see tests/test_vit_torch.py),
 forward + backward + AdamW step at the same batch, for 1 and 2 threads.
 
-    /usr/bin/python3 bench/bench_vit_torch.py [batch (128)] [steps (5)]
+    /usr/bin/python3 bench/bench_vit_torch.py [--preset vit-bench] [--batch 128] [--steps 5]
+                                              [--threads 1,2] [--json]
 
 OPENBLAS_CORETYPE is set the way q3r_startup does for bench_vit: on a CPU with the
 AVX-512 set OpenBLAS's SkylakeX kernels need, and the variable unset, we set it to SkylakeX and
@@ -33,33 +34,55 @@ import torch.nn.functional as F  # noqa: E402
 from test_vit_torch import ViT  # noqa: E402
 
 
+PRESETS = {
+    "vit-bench": dict(image_size=32, channels=1, patch=4, width=192, depth=4, heads=3, mlp_hidden=768, classes=10),
+    "vit-fmnist": dict(image_size=28, channels=1, patch=7, width=128, depth=6, heads=4, mlp_hidden=512, classes=10),
+    "vit-tiny": dict(image_size=32, channels=3, patch=4, width=192, depth=12, heads=3, mlp_hidden=768, classes=10),
+}
+
+
 def main():
-    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 128
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    cfg = dict(image_size=32, channels=1, patch=4, width=192, depth=4, heads=3, mlp_hidden=768,
-               classes=10)  # vit-bench
+    import argparse
+    import json
+    import resource
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="vit-bench", choices=sorted(PRESETS))
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=str, default="1,2")
+    ap.add_argument("--json", action="store_true", help="one JSON line per thread count")
+    args = ap.parse_args()
+    cfg = PRESETS[args.preset]
     torch.manual_seed(0)
     model = ViT(**cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    x = torch.randn(batch, 1, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    print(f"bench_vit_torch: torch {torch.__version__}, vit-bench, batch {batch}, "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
-    for th in (1, 2):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    size, ch = cfg["image_size"], cfg["channels"]
+    x = torch.randn(args.batch, ch, size, size)
+    y = torch.randint(0, cfg["classes"], (args.batch,))
+    if not args.json:
+        print(f"bench_vit_torch: torch {torch.__version__}, {args.preset}, batch {args.batch}, "
+              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
+    for th in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(th)
         best_fb, best_step = 1e30, 1e30
-        for s in range(steps + 1):
+        for s in range(args.steps + 1):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=False)
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             t1 = time.perf_counter()
             opt.step()
             t2 = time.perf_counter()
             if s:  # the first is warm-up
                 best_fb, best_step = min(best_fb, t1 - t0), min(best_step, t2 - t0)
-        print(f"threads {th}: fwd+bwd {best_fb * 1e3:.1f} ms, fwd+bwd+AdamW {best_step * 1e3:.1f} "
-              f"ms/step (best of {steps}), loss {loss.item():.4f}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.json:
+            print(json.dumps({"bench": "vit_torch", "preset": args.preset, "threads": th, "batch": args.batch,
+                              "ms_fwd_bwd": best_fb * 1e3, "ms_per_step": best_step * 1e3, "peak_mib": peak}))
+        else:
+            print(f"threads {th}: fwd+bwd {best_fb * 1e3:.1f} ms, fwd+bwd+clip+AdamW {best_step * 1e3:.1f} "
+                  f"ms/step (best of {args.steps}), loss {loss.item():.4f}, peak {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+/* bench_train: the training step as q3r train runs it, against PyTorch in the same run.
+ *
+ *   bench_train [--preset vit-bench] [--batch 128] [--steps 10] [--threads 1,2] [--no-torch]
+ *
+ * For each thread count: ms per step of q3r's trainer (forward, backward, clipping, AdamW)
+ * with AdamW alone and with AdamQ3R (Q/K/V targets, rank 0.4, refresh every 5 steps, so
+ * every window of 5 steps holds one refresh), images/s, achieved GFLOP/s (the FLOPs q3r
+ * runs), the process's peak memory, and the same model and step in Debian's torch
+ * (bench/bench_vit_torch.py, same threads, same OPENBLAS_CORETYPE rule) with the ratio
+ * torch / q3r. Both sides take the best of --steps steps after one warm-up step, over whole
+ * windows of 5 steps for AdamQ3R so the refresh is counted at its real rate. */
+#include "q3r.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static double peak_mib(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
+}
+
+/* Mean seconds per step over `windows` windows of `period` steps (best window), after one
+ * warm-up step. */
+static double time_steps(q3r_train_config *c, int steps, const float *x, const int32_t *y,
+                         q3r_error *err, int *ok) {
+    q3r_trainer *t;
+    *ok = 0;
+    if (q3r_trainer_create(c, &t, err)) return 0;
+    q3r_step_stats st;
+    if (q3r_trainer_step(t, x, y, c->batch, &st, err)) goto out;
+    int window = c->period, windows = steps / window > 0 ? steps / window : 1;
+    double best = 1e30;
+    for (int w = 0; w < windows; w++) {
+        double t0 = q3r_now();
+        for (int s = 0; s < window; s++)
+            if (q3r_trainer_step(t, x, y, c->batch, &st, err)) goto out;
+        double dt = (q3r_now() - t0) / window;
+        if (dt < best) best = dt;
+    }
+    *ok = 1;
+out:
+    q3r_trainer_free(t);
+    return best;
+}
+
+/* Runs the torch side; returns its ms/step and peak MiB through the JSON line it prints. */
+static int run_torch(const char *preset, int batch, int steps, int threads, double *ms, double *mib) {
+    char script[1024], cmd[2048];
+    const char *slash = strrchr(__FILE__, '/');
+    snprintf(script, sizeof script, "%.*s/bench_vit_torch.py", slash ? (int)(slash - __FILE__) : 1,
+             slash ? __FILE__ : ".");
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s --preset %s --batch %d --steps %d --threads %d --json",
+             script, preset, batch, steps, threads);
+    FILE *p = popen(cmd, "r");
+    if (!p) return 0;
+    char line[1024];
+    int found = 0;
+    while (fgets(line, sizeof line, p)) {
+        const char *a = strstr(line, "\"ms_per_step\":"), *b = strstr(line, "\"peak_mib\":");
+        if (a && b) {
+            *ms = atof(a + 14);
+            *mib = atof(b + 11);
+            found = 1;
+        }
+    }
+    return pclose(p) == 0 && found;
+}
+
+int main(int argc, char **argv) {
+    q3r_startup(argv);
+    const char *preset = "vit-bench", *threads_list = "1,2";
+    int batch = 128, steps = 10, torch = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--preset") && i + 1 < argc) preset = argv[++i];
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads_list = argv[++i];
+        else if (!strcmp(argv[i], "--no-torch")) torch = 0;
+        else {
+            fprintf(stderr, "usage: bench_train [--preset P] [--batch B] [--steps N] [--threads 1,2] [--no-torch]\n");
+            return 2;
+        }
+    }
+    q3r_error err;
+    q3r_train_config c = q3r_train_defaults();
+    if (q3r_vit_preset(preset, &c.model, &err) || batch < 1 || steps < 1) {
+        fprintf(stderr, "bench_train: %s\n", batch < 1 || steps < 1 ? "batch and steps must be >= 1" : err.msg);
+        return 2;
+    }
+    c.batch = batch;
+    c.lr = (q3r_lr_schedule){.kind = Q3R_LR_CONSTANT, .lr = 1e-4, .min_lr = 1e-4, .warmup_steps = 0,
+                             .total_steps = 1000};
+    c.lambda = 1.0;
+    c.label_smoothing = 0.1f;
+    size_t img = (size_t)c.model.channels * c.model.image_size * c.model.image_size;
+    float *x = q3r_alloc(sizeof(float) * img * batch);
+    int32_t *y = q3r_alloc(sizeof(int32_t) * batch);
+    q3r_rng rng;
+    q3r_rng_seed(&rng, 3);
+    for (size_t i = 0; i < img * batch; i++) x[i] = (float)q3r_rng_normal(&rng);
+    for (int i = 0; i < batch; i++) y[i] = (int32_t)q3r_rng_below(&rng, (uint64_t)c.model.classes);
+
+    q3r_vit *probe;
+    if (q3r_vit_create(&c.model, batch, &probe, &err)) {
+        fprintf(stderr, "bench_train: %s\n", err.msg);
+        return 1;
+    }
+    double gflop = 3.0 * q3r_vit_forward_flops(probe, batch) / 1e9; /* forward + 2x for backward */
+    printf("bench_train: %s (%.2f M parameters), batch %d, OpenBLAS core %s; %.1f GFLOP per step as q3r runs it\n",
+           preset, (double)q3r_vit_param_count(probe) / 1e6, batch, q3r_blas_core(), gflop);
+    q3r_vit_free(probe);
+    printf("%-7s %-9s %10s %9s %9s %10s %12s %10s\n", "threads", "optimizer", "ms/step", "img/s", "GFLOP/s",
+           "peak MiB", "torch ms", "torch/q3r");
+    /* peak MiB is the process's peak so far: the AdamQ3R row includes the AdamW run's model. */
+    for (const char *p = threads_list; *p;) {
+        int th = atoi(p);
+        q3r_set_threads(th);
+        double tms = 0, tmib = 0;
+        int have_torch = torch && run_torch(preset, batch, steps, th, &tms, &tmib);
+        double adamw_s = 0;
+        for (int mode = 0; mode < 2; mode++) {
+            c.reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
+            int ok;
+            double s = time_steps(&c, steps, x, y, &err, &ok);
+            if (!ok) {
+                fprintf(stderr, "bench_train: %s\n", err.msg);
+                return 1;
+            }
+            printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", s * 1e3, batch / s,
+                   gflop / s, peak_mib());
+            if (have_torch && !mode) printf(" %12.1f %9.2fx", tms, tms / (s * 1e3));
+            if (mode) printf("   Q3R adds %+.1f%% to the step", 100.0 * (s / adamw_s - 1.0));
+            printf("\n");
+            adamw_s = s;
+        }
+        if (have_torch) printf("        torch peak memory %.0f MiB (whole python process)\n", tmib);
+        p = strchr(p, ',');
+        if (!p) break;
+        p++;
+    }
+    q3r_free(x);
+    q3r_free(y);
+    return 0;
+}
