@@ -117,8 +117,10 @@ q3r_status q3r_train_resolve_schedule(q3r_train_config *cfg, int64_t total_steps
 q3r_status q3r_trainer_create(const q3r_train_config *cfg, q3r_trainer **out, q3r_error *err);
 void q3r_trainer_free(q3r_trainer *t);
 /* One step on images x (count, C, H, W), labels y (count): forward, backward, clip, Q3R
- * refresh when due, Q3R (decoupled or coupled) and AdamW. A non-finite loss is an error
- * and changes nothing. */
+ * refresh when due, Q3R (decoupled or coupled) and AdamW. LORITA / FACTORIZED: the clipped
+ * dense gradient of each target goes to its factors by the chain rule, AdamW steps the
+ * factors, and their product is materialised into the model again. A non-finite loss is an
+ * error and changes nothing. */
 q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, int64_t count,
                             q3r_step_stats *stats, q3r_error *err);
 q3r_vit *q3r_trainer_model(q3r_trainer *t);

@@ -59,7 +59,7 @@ int q3r_cmd_train(int argc, char **argv) {
         {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal nuclear-norm baseline (needs --lambda); lorita = each target a product of --lorita-factors matrices, weight decay on them; factorized = each target A B at --rank from the start", 0, 0, "none|decoupled|coupled|nuclear|lorita|factorized", NULL},
         {"lorita-factors", ARG_INT, &lorita_factors, "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2, Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
         {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all", 0, 0, NULL, "LIST"},
-        {"rank", ARG_STRING, &rank, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
+        {"rank", ARG_STRING, &rank, "target rank (Q3R; the fixed rank of --reg factorized): integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
         {"pull", ARG_DOUBLE, &pull, "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9)", 1e-6, 1e6, NULL, NULL},
         {"period", ARG_INT, &period, "refresh the SVDs every N steps", 1, 1000000, NULL, NULL},
