@@ -16,6 +16,7 @@
 #include "q3r/io.h"          /* safetensors, JSON, metrics logs */
 #include "q3r/train.h"       /* training loop, evaluation, model files */
 #include "q3r/truncate.h"    /* SVD truncation to factored models, parameter accounting */
+#include "q3r/reparam.h"     /* factor chains for the LoRITa and factorized baselines */
 #include "q3r/completion.h"  /* the matrix-completion demonstration */
 
 #endif
