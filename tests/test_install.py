@@ -10,20 +10,15 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from q3r_testing import Checks  # noqa: E402
+
 src = os.environ.get("Q3R_SOURCE_DIR", ".")
 build = os.environ.get("Q3R_BINARY_DIR", "build")
 if not shutil.which("pkg-config") or not shutil.which("cc"):
     print("test_install: skipped, pkg-config or cc missing")
     sys.exit(77)
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    passed += bool(cond)
-    failed += not cond
-    if not cond:
-        print("FAIL:", what)
+check = Checks()
 
 
 with tempfile.TemporaryDirectory() as prefix:
@@ -45,5 +40,4 @@ with tempfile.TemporaryDirectory() as prefix:
                 for l in out.splitlines()}
         check(max(rows["with"]) < 1e-3, "Q3R reaches rank 4 on q, k and v")
         check(min(rows["plain"]) > 0.1, "plain descent does not")
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.finish())

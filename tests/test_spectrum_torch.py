@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 
@@ -33,22 +32,13 @@ except ImportError:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
+from q3r_testing import Q3R, Checks, run_q3r  # noqa: E402
 
-Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", "build"), "q3r")
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def run(args, env=None):
-    return subprocess.run([Q3R, "spectrum"] + args, capture_output=True, text=True, env=env)
+    return run_q3r(["spectrum"] + args, env=env)
 
 
 class Block(torch.nn.Module):
@@ -267,8 +257,7 @@ def main():
                   f"{args}: rc {p.returncode}, stderr {p.stderr!r}, want a message with {needle!r}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"test_spectrum_torch: {passed} checks, {failed} failed")
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 
@@ -26,28 +25,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
+from q3r_testing import Checks, run_q3r  # noqa: E402
 
-Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", "build"), "q3r")
 TINY = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--mlp", "64", "--train-limit", "640",
         "--test-limit", "200", "--batch", "64", "--epochs", "2", "--threads", "2", "--quiet",
         "--log-every", "1"]
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def run(args, expect_ok=True):
-    p = subprocess.run([Q3R] + args, capture_output=True, text=True)
-    if expect_ok and p.returncode != 0:
-        print("command failed:", " ".join(args), "\n", p.stderr)
-    return p
+    return run_q3r(args, expect_ok=expect_ok)
 
 
 def tensors(path):
@@ -205,5 +192,4 @@ try:
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.finish())

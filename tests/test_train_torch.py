@@ -13,6 +13,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
+from q3r_testing import lr_at  # noqa: E402
 
 try:
     import numpy as np
@@ -24,13 +25,6 @@ except ImportError as e:
     sys.exit(77)
 
 torch.set_num_threads(1)
-
-
-def lr_at(step, lr, min_lr, warmup, total):
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    p = (step - warmup) / (total - warmup)
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * p))
 
 
 class Q3RSlice:

@@ -15,11 +15,11 @@ A tiny dense ViT is trained for one short epoch with `q3r train` on a Fashion-MN
 Exit 77 (skip) without numpy or the dataset."""
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from q3r_testing import Checks, run_q3r  # noqa: E402
 try:
     import numpy as np
     import safetensors_np
@@ -31,24 +31,13 @@ try:
 except ImportError:
     torch = None
 
-Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", "build"), "q3r")
 if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
     print("test_truncate_torch: skipped (no /usr/share/datasets/fashion-mnist)")
     sys.exit(77)
-passed = failed = 0
+check = Checks()
 
 
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
-
-
-def run(args):
-    return subprocess.run([Q3R] + args, capture_output=True, text=True)
+run = run_q3r
 
 
 def svals(w):
@@ -216,5 +205,4 @@ if p.returncode == 0:
             for n, w in orig.items() if ".attn." in n and not n.endswith("proj"))
     check(e < 1e-5, f"rank 3 -> 2 equals the dense rank-2 truncation: {e}")
 
-print(f"test_truncate_torch: {passed} checks, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.finish())

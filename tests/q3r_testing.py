@@ -1,0 +1,44 @@
+"""What the Python tests share: where the q3r program and the test tools are, a check
+counter that ends a test with the plain 'N passed, N failed' line, running the program,
+and the learning-rate schedule's closed form (the reference the optimizer tests use)."""
+import math
+import os
+import subprocess
+
+BINDIR = os.environ.get("Q3R_BINARY_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build")
+Q3R = os.environ.get("Q3R_BIN") or os.path.join(BINDIR, "q3r")
+
+
+class Checks:
+    """check(cond, what) counts; finish() prints the closing line and gives the exit code."""
+
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def __call__(self, cond, what):
+        if cond:
+            self.passed += 1
+        else:
+            self.failed += 1
+            print("FAIL:", what)
+        return bool(cond)
+
+    def finish(self):
+        print(f"{self.passed} passed, {self.failed} failed")
+        return 1 if self.failed else 0
+
+
+def run_q3r(args, env=None, expect_ok=False):
+    """Run the q3r program; with expect_ok, a failure prints the command and its stderr."""
+    p = subprocess.run([Q3R] + list(args), capture_output=True, text=True, env=env)
+    if expect_ok and p.returncode != 0:
+        print("command failed:", " ".join(args), "\n", p.stderr)
+    return p
+
+
+def lr_at(step, lr, min_lr, warmup, total):
+    """Linear warmup (lr (step + 1) / warmup), then cosine from lr to min_lr at `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / (total - warmup)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * p))
