@@ -132,7 +132,7 @@ def markdown(summary, plan):
     lines = [f"# Truncation experiment: {plan['mode']} ({plan['model']}, {plan['epochs']} epochs, "
              f"{plan['train_images']} training images, n = {plan['test_images']} test images, "
              f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", ""]
-    lines.append("Cells: test accuracy in % (drop from the same model untruncated, in points)"
+    lines.append("Cells: test accuracy in % (in parentheses: its change from the same model untruncated, in points)"
                  + (f"; mean over {len(seeds)} seeds, +- half the range between them" if len(seeds) > 1 else "")
                  + ". The 95% binomial error of one accuracy is about "
                  + f"{max(r['acc_err95'] for t in summary.values() for rows in t.values() for r in rows):.1f} points.")
@@ -157,8 +157,14 @@ def markdown(summary, plan):
         lines.append("| kept (targeted / model) | 1 / 1 | " + " | ".join(
             f"{r['targeted_kept']:.3f} / {r['total_kept']:.3f}" for r in any_rows[1:]) + " |")
         lines.append("")
-    lines.append("Kept fractions are those of the first method's models; a model trained in factored form "
-                 "keeps its own rank where p would not cut it (see results.json).")
+    same = all(abs(r["targeted_kept"] - r0["targeted_kept"]) < 1e-9
+               for t in summary.values() for rows in t.values() for r, r0 in zip(rows, next(iter(t.values()))))
+    if same:
+        lines.append("The kept fractions are the same for every model (all are stored dense; LoRITa and factorized "
+                     "models as their products, whose rank is at most their training rank).")
+    else:
+        lines.append("Kept fractions are those of the first method's models; a model stored in factored form keeps "
+                     "its own rank where p would not cut it (its own fractions are in results.json).")
     lines.append("")
     return "\n".join(lines)
 
