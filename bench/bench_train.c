@@ -8,7 +8,9 @@
  * runs), the process's peak memory, and the same model and step in Debian's torch
  * (bench/bench_vit_torch.py, same threads, same OPENBLAS_CORETYPE rule) with the ratio
  * torch / q3r. Both sides take the best of --steps steps after one warm-up step, over whole
- * windows of 5 steps for AdamQ3R so the refresh is counted at its real rate. */
+ * windows of 5 steps for AdamQ3R so the refresh is counted at its real rate; the two q3r
+ * trainers alternate windows. torch runs in the environment the user gave, without the
+ * OpenMP wait policy q3r_startup may have added for q3r itself. */
 #include "q3r.h"
 
 #include <stdio.h>
@@ -22,28 +24,35 @@ static double peak_mib(void) {
     return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
 }
 
-/* Mean seconds per step over `windows` windows of `period` steps (best window), after one
- * warm-up step. */
-static double time_steps(q3r_train_config *c, int steps, const float *x, const int32_t *y,
-                         q3r_error *err, int *ok) {
-    q3r_trainer *t;
-    *ok = 0;
-    if (q3r_trainer_create(c, &t, err)) return 0;
+/* Seconds per step of AdamW and of AdamQ3R (out[0], out[1]): both trainers step in
+ * alternating windows of `period` steps (one Q3R refresh per window), and each keeps its best
+ * window, so a slow spell of the machine cannot land on one side only. */
+static int time_both(q3r_train_config *c, int steps, const float *x, const int32_t *y, double out[2],
+                     double *one_run_mib, q3r_error *err) {
+    q3r_trainer *t[2] = {NULL, NULL};
     q3r_step_stats st;
-    if (q3r_trainer_step(t, x, y, c->batch, &st, err)) goto out;
-    int window = c->period, windows = steps / window > 0 ? steps / window : 1;
-    double best = 1e30;
-    for (int w = 0; w < windows; w++) {
-        double t0 = q3r_now();
-        for (int s = 0; s < window; s++)
-            if (q3r_trainer_step(t, x, y, c->batch, &st, err)) goto out;
-        double dt = (q3r_now() - t0) / window;
-        if (dt < best) best = dt;
+    int ok = 0;
+    for (int mode = 0; mode < 2; mode++) {
+        c->reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
+        if (q3r_trainer_create(c, &t[mode], err) || q3r_trainer_step(t[mode], x, y, c->batch, &st, err))
+            goto out;
+        out[mode] = 1e30;
+        if (!mode) *one_run_mib = peak_mib(); /* one trainer alive, one step taken */
     }
-    *ok = 1;
+    int window = c->period, windows = steps / window > 0 ? steps / window : 1;
+    for (int w = 0; w < windows; w++)
+        for (int mode = 0; mode < 2; mode++) {
+            double t0 = q3r_now();
+            for (int s = 0; s < window; s++)
+                if (q3r_trainer_step(t[mode], x, y, c->batch, &st, err)) goto out;
+            double dt = (q3r_now() - t0) / window;
+            if (dt < out[mode]) out[mode] = dt;
+        }
+    ok = 1;
 out:
-    q3r_trainer_free(t);
-    return best;
+    q3r_trainer_free(t[0]);
+    q3r_trainer_free(t[1]);
+    return ok;
 }
 
 /* Runs the torch side; returns its ms/step and peak MiB through the JSON line it prints. */
@@ -52,8 +61,10 @@ static int run_torch(const char *preset, int batch, int steps, int threads, doub
     const char *slash = strrchr(__FILE__, '/');
     snprintf(script, sizeof script, "%.*s/bench_vit_torch.py", slash ? (int)(slash - __FILE__) : 1,
              slash ? __FILE__ : ".");
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s --preset %s --batch %d --steps %d --threads %d --json",
-             script, preset, batch, steps, threads);
+    const char *added = getenv("Q3R_STARTUP_ADDED");
+    snprintf(cmd, sizeof cmd, "%s/usr/bin/python3 %s --preset %s --batch %d --steps %d --threads %d --json",
+             added && strstr(added, "OMP_WAIT_POLICY") ? "env -u OMP_WAIT_POLICY " : "", script, preset, batch,
+             steps, threads);
     FILE *p = popen(cmd, "r");
     if (!p) return 0;
     char line[1024];
@@ -114,27 +125,24 @@ int main(int argc, char **argv) {
     q3r_vit_free(probe);
     printf("%-7s %-9s %10s %9s %9s %10s %12s %10s\n", "threads", "optimizer", "ms/step", "img/s", "GFLOP/s",
            "peak MiB", "torch ms", "torch/q3r");
-    /* peak MiB is the process's peak so far: the AdamQ3R row includes the AdamW run's model. */
+    /* peak MiB: the process's peak with one trainer alive after its first step (the AdamW
+     * one; peaks are monotonic, so a later row cannot be lower). */
     for (const char *p = threads_list; *p;) {
         int th = atoi(p);
         q3r_set_threads(th);
         double tms = 0, tmib = 0;
         int have_torch = torch && run_torch(preset, batch, steps, th, &tms, &tmib);
-        double adamw_s = 0;
+        double sec[2], mib = 0;
+        if (!time_both(&c, steps, x, y, sec, &mib, &err)) {
+            fprintf(stderr, "bench_train: %s\n", err.msg);
+            return 1;
+        }
         for (int mode = 0; mode < 2; mode++) {
-            c.reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
-            int ok;
-            double s = time_steps(&c, steps, x, y, &err, &ok);
-            if (!ok) {
-                fprintf(stderr, "bench_train: %s\n", err.msg);
-                return 1;
-            }
-            printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", s * 1e3, batch / s,
-                   gflop / s, peak_mib());
-            if (have_torch && !mode) printf(" %12.1f %9.2fx", tms, tms / (s * 1e3));
-            if (mode) printf("   Q3R adds %+.1f%% to the step", 100.0 * (s / adamw_s - 1.0));
+            printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", sec[mode] * 1e3,
+                   batch / sec[mode], gflop / sec[mode], mib);
+            if (have_torch && !mode) printf(" %12.1f %9.2fx", tms, tms / (sec[mode] * 1e3));
+            if (mode) printf("   Q3R adds %+.1f%% to the step", 100.0 * (sec[1] / sec[0] - 1.0));
             printf("\n");
-            adamw_s = s;
         }
         if (have_torch) printf("        torch peak memory %.0f MiB (whole python process)\n", tmib);
         p = strchr(p, ',');

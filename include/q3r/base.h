@@ -84,7 +84,8 @@ const char *q3r_blas_wanted_core(void);
  *    threads sleep instead of spinning. With libgomp's default spinning, any other busy
  *    process on the machine makes each barrier wait a whole time slice for a descheduled
  *    thread: a training run measured 5x slower (83 s against 16 s) under such load.
- * A value the user set is never overridden. Returns only if no re-exec was needed or it
+ * A value the user set is never overridden; Q3R_STARTUP_ADDED lists what was added (so a
+ * program can give its children the user's own environment). Returns only if no re-exec was needed or it
  * failed (the program then goes on with the defaults; not fatal). */
 void q3r_startup(char **argv);
 

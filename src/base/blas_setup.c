@@ -57,12 +57,14 @@ const char *q3r_blas_wanted_core(void) {
 
 void q3r_startup(char **argv) {
     if (getenv("Q3R_STARTUP_REEXEC")) return; /* at most one re-exec */
-    int changed = 0;
+    char added[64] = "";
     const char *core = q3r_blas_wanted_core();
-    if (core) changed |= !setenv("OPENBLAS_CORETYPE", core, 0);
-    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT"))
-        changed |= !setenv("OMP_WAIT_POLICY", "passive", 0);
-    if (!changed) return;
+    if (core && !setenv("OPENBLAS_CORETYPE", core, 0)) strcat(added, "OPENBLAS_CORETYPE,");
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") && !setenv("OMP_WAIT_POLICY", "passive", 0))
+        strcat(added, "OMP_WAIT_POLICY,");
+    if (!added[0]) return;
+    /* What q3r added, so a program can hand its children the user's own environment. */
+    setenv("Q3R_STARTUP_ADDED", added, 1);
     setenv("Q3R_STARTUP_REEXEC", core ? "core" : "1", 1);
     execv("/proc/self/exe", argv);
     /* execv returned: carry on with the settings we have. */
