@@ -10,7 +10,7 @@
  * torch / q3r. Both sides take the best of --steps steps after one warm-up step, over whole
  * windows of 5 steps for AdamQ3R so the refresh is counted at its real rate; the two q3r
  * trainers alternate windows. torch runs in the environment the user gave, without the
- * OpenMP wait policy q3r_startup may have added for q3r itself. */
+ * OpenMP spin count q3r_startup may have added for q3r itself. */
 #include "q3r.h"
 
 #include <stdio.h>
@@ -63,7 +63,7 @@ static int run_torch(const char *preset, int batch, int steps, int threads, doub
              slash ? __FILE__ : ".");
     const char *added = getenv("Q3R_STARTUP_ADDED");
     snprintf(cmd, sizeof cmd, "%s/usr/bin/python3 %s --preset %s --batch %d --steps %d --threads %d --json",
-             added && strstr(added, "OMP_WAIT_POLICY") ? "env -u OMP_WAIT_POLICY " : "", script, preset, batch,
+             added && strstr(added, "GOMP_SPINCOUNT") ? "env -u GOMP_SPINCOUNT " : "", script, preset, batch,
              steps, threads);
     FILE *p = popen(cmd, "r");
     if (!p) return 0;

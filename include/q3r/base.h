@@ -80,10 +80,12 @@ const char *q3r_blas_wanted_core(void);
 /* For programs, first thing in main(): settings that OpenBLAS and libgomp read only when
  * they load, applied by setting the environment and re-executing /proc/self/exe once:
  *  - OPENBLAS_CORETYPE, when q3r_blas_wanted_core() names a core;
- *  - OMP_WAIT_POLICY=passive, when neither it nor GOMP_SPINCOUNT is set: idle OpenMP
- *    threads sleep instead of spinning. With libgomp's default spinning, any other busy
- *    process on the machine makes each barrier wait a whole time slice for a descheduled
- *    thread: a training run measured 5x slower (83 s against 16 s) under such load.
+ *  - GOMP_SPINCOUNT=10000, when neither it nor OMP_WAIT_POLICY is set: idle OpenMP threads
+ *    spin briefly, then sleep. With libgomp's default (300000 spins), any other busy process
+ *    on the machine makes each barrier wait a whole time slice for a descheduled thread: a
+ *    short training run took 83 s instead of 25 s under such load. Sleeping at once
+ *    (OMP_WAIT_POLICY=passive) costs 25% on an idle machine (11.3 s against 8.1 s); this
+ *    spin count costs nothing there.
  * A value the user set is never overridden; Q3R_STARTUP_ADDED lists what was added (so a
  * program can give its children the user's own environment). Returns only if no re-exec was needed or it
  * failed (the program then goes on with the defaults; not fatal). */

@@ -60,8 +60,8 @@ void q3r_startup(char **argv) {
     char added[64] = "";
     const char *core = q3r_blas_wanted_core();
     if (core && !setenv("OPENBLAS_CORETYPE", core, 0)) strcat(added, "OPENBLAS_CORETYPE,");
-    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") && !setenv("OMP_WAIT_POLICY", "passive", 0))
-        strcat(added, "OMP_WAIT_POLICY,");
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") && !setenv("GOMP_SPINCOUNT", "10000", 0))
+        strcat(added, "GOMP_SPINCOUNT,");
     if (!added[0]) return;
     /* What q3r added, so a program can hand its children the user's own environment. */
     setenv("Q3R_STARTUP_ADDED", added, 1);
