@@ -17,6 +17,7 @@
 #include "q3r/train.h"       /* training loop, evaluation, model files */
 #include "q3r/truncate.h"    /* SVD truncation to factored models, parameter accounting */
 #include "q3r/reparam.h"     /* factor chains for the LoRITa and factorized baselines */
+#include "q3r/sweep.h"       /* accuracy of a model truncated at a list of kept fractions */
 #include "q3r/completion.h"  /* the matrix-completion demonstration */
 
 #endif

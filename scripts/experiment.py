@@ -95,6 +95,9 @@ def write_atomic(path, text):
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
     os.replace(tmp, path)
 
 
