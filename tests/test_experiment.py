@@ -21,21 +21,13 @@ import sys
 import tempfile
 
 ROOT = os.environ.get("Q3R_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", os.path.join(ROOT, "build")), "q3r")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from q3r_testing import Q3R, Checks  # noqa: E402
 SCRIPT = os.path.join(ROOT, "scripts", "experiment.py")
 if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
     print("test_experiment: skipped (no /usr/share/datasets/fashion-mnist)")
     sys.exit(77)
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def script(args):
@@ -128,5 +120,4 @@ check(p3.returncode == 0 and not [ln for ln in p3.stdout.splitlines() if ln.star
 check(open(os.path.join(out, "results.md")).read() == md, "second run changed results.md")
 
 shutil.rmtree(tmp, ignore_errors=True)
-print(f"test_experiment: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.finish())

@@ -18,11 +18,11 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from q3r_testing import Checks, run_q3r  # noqa: E402
 try:
     import numpy as np  # noqa: F401  (safetensors_np needs it)
     import safetensors_np
@@ -30,24 +30,14 @@ except ImportError as e:
     print(f"test_sweep: skipped ({e})")
     sys.exit(77)
 
-Q3R = os.environ.get("Q3R_BIN") or os.path.join(os.environ.get("Q3R_BINARY_DIR", "build"), "q3r")
 if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
     print("test_sweep: skipped (no /usr/share/datasets/fashion-mnist)")
     sys.exit(77)
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+check = Checks()
 
 
 def run(args, env=None):
-    return subprocess.run([Q3R] + args, capture_output=True, text=True, env=env)
+    return run_q3r(args, env=env)
 
 
 D, DEPTH, M, LIMIT = 32, 2, 64, 300
@@ -196,5 +186,4 @@ p = run(["sweep"])
 check(p.returncode != 0 and "model file" in p.stderr, f"no file: {p.stderr}")
 
 shutil.rmtree(tmp, ignore_errors=True)
-print(f"test_sweep: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(check.finish())
