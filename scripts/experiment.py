@@ -308,8 +308,9 @@ def main():
                 say(f"[{fmt_time(time.time() - t0)}] {run}: trained already ({model}), skipped")
             else:
                 cmd = [q3r, "train"] + common + plan["methods"][name] + ["--seed", str(seed), "--out", rdir]
-                if os.path.exists(os.path.join(rdir, "checkpoint.safetensors")):
-                    cmd.append("--resume")
+                # a checkpoint is resumed; anything less (a run killed before its first) starts over
+                resumable = os.path.exists(os.path.join(rdir, "checkpoint.safetensors"))
+                cmd.append("--resume" if resumable else "--overwrite")
                 say(f"[{fmt_time(time.time() - t0)}] {run}: training")
                 text = run_cmd(cmd, capture=True)
                 write_atomic(train_json, text)

@@ -176,6 +176,18 @@ try:
     bad(TINY + ["--out", out, "--data-dir", idx_dir("count", n_labels=99)], "count", "image/label count mismatch")
     bad(TINY + ["--out", out, "--data-dir", idx_dir("short", cut=500)], "images-idx3", "truncated IDX file")
 
+    # --- an earlier run's files are never replaced without --overwrite ------------------------------
+    done_dir = os.path.join(tmp, "full-decoupled")
+    model_path = os.path.join(done_dir, "model.safetensors")
+    model_before = open(model_path, "rb").read()
+    ran = ["--reg", "decoupled", "--period", "3", "--out", done_dir]
+    bad(TINY + ran + ["--seed", "5"], "--resume", "rerun into a finished run's --out")
+    check(open(model_path, "rb").read() == model_before, "refused rerun: the finished model is left as it was")
+    bad(TINY + ran + ["--resume", "--overwrite"], "--overwrite", "--resume with --overwrite")
+    p = run(TINY + ran + ["--seed", "5", "--overwrite", "--json"])
+    check(p.returncode == 0, "--overwrite starts the run over")
+    check(open(model_path, "rb").read() != model_before, "--overwrite: a new model with the new seed replaces the old")
+
     # --- NaN loss: stop with a message, keep the last good checkpoint ---------------------------------
     nan_dir = os.path.join(tmp, "nan")
     run(TINY + ["--out", nan_dir, "--stop-after", "3"])

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static volatile int interrupted = 0;
 static void on_sigint(int sig) {
@@ -27,7 +28,7 @@ static double binomial_err(double acc, int64_t n) { return n > 0 ? 1.96 * sqrt(a
 int q3r_cmd_train(int argc, char **argv) {
     q3r_train_config c = q3r_train_defaults();
     int model = 0, width = 0, depth = 0, heads = 0, patch = 0, mlp = 0, threads = 0;
-    int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, json = 0, quiet = 0, augment = 0;
+    int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, overwrite = 0, json = 0, quiet = 0, augment = 0;
     int epochs = c.epochs, batch = c.batch, period = c.period, log_every = c.log_every, warmup = 0;
     int seed = (int)c.seed, eps_steps = c.eps.geometric_steps, train_limit = 0, test_limit = 0;
     int checkpoint_every = 0, stop_after = 0, lorita_factors = c.lorita_factors;
@@ -71,6 +72,7 @@ int q3r_cmd_train(int argc, char **argv) {
         {"threads", ARG_INT, &threads, "threads for OpenMP and BLAS (0: all cores)", 0, 1024, NULL, NULL},
         {"out", ARG_STRING, &out, "run directory: checkpoint, model, metrics.jsonl", 0, 0, NULL, "DIR"},
         {"resume", ARG_FLAG, &resume, "continue from DIR/checkpoint.safetensors", 0, 0, NULL, NULL},
+        {"overwrite", ARG_FLAG, &overwrite, "start over in a DIR that already holds a run, replacing its files", 0, 0, NULL, NULL},
         {"checkpoint-every", ARG_INT, &checkpoint_every, "steps between checkpoints (epoch ends always)", 0, 1e9, NULL, NULL},
         {"stop-after", ARG_INT, &stop_after, "stop with a checkpoint after N steps of this invocation", 0, 1e9, NULL, NULL},
         {"log-every", ARG_INT, &log_every, "steps between metrics lines", 1, 1e9, NULL, NULL},
@@ -137,6 +139,25 @@ int q3r_cmd_train(int argc, char **argv) {
     }
     c.seed = (uint64_t)seed;
     if (out != c.out_dir) snprintf(c.out_dir, sizeof c.out_dir, "%s", out);
+    if (resume && overwrite) {
+        fprintf(stderr, "q3r train: --resume and --overwrite contradict each other\n");
+        return 2;
+    }
+    if (!resume && !overwrite) {
+        /* a run's files are never replaced by accident: an earlier result may be all someone has */
+        static const char *const run_files[] = {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"};
+        for (size_t i = 0; i < sizeof run_files / sizeof *run_files; i++) {
+            char path[sizeof c.out_dir + 32];
+            snprintf(path, sizeof path, "%s/%s", c.out_dir, run_files[i]);
+            if (access(path, F_OK) == 0) {
+                fprintf(stderr,
+                        "q3r train: --out %s already holds a run (%s); pass --resume to continue it (a finished "
+                        "run is scored again), --overwrite to start it over, or another --out\n",
+                        c.out_dir, path);
+                return 2;
+            }
+        }
+    }
     c.checkpoint_every = checkpoint_every;
     c.stop_after = stop_after;
     c.log_every = log_every;
