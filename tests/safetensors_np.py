@@ -6,6 +6,7 @@ then the raw little-endian tensor bytes; offsets are relative to the end of the 
 
     tensors, metadata = read(path)        # dict name -> np.ndarray, dict or None
     write(path, tensors, metadata=None)   # tensors: dict name -> np.ndarray
+    write(path, {"w": bf16_bits}, dtypes={"w": "BF16"})  # raw bits under another dtype name
 """
 import json
 import struct
@@ -13,7 +14,7 @@ import struct
 import numpy as np
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "U8": np.uint8,
-           "I32": np.int32, "F16": np.float16}
+           "I32": np.int32, "F16": np.float16, "I16": np.int16, "I8": np.int8, "BOOL": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
@@ -40,12 +41,17 @@ def read(path):
     return out, meta
 
 
-def write(path, tensors, metadata=None):
+def write(path, tensors, metadata=None, dtypes=None):
+    """dtypes: {name: safetensors dtype} for arrays whose bytes are another dtype's bits
+    (numpy has no bfloat16: pass its bits as int16 or uint16 with "BF16")."""
     header, blobs, off = {}, [], 0
     for name, arr in tensors.items():
         arr = np.ascontiguousarray(arr)
         b = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
+        dt = (dtypes or {}).get(name) or _NAMES[arr.dtype]
+        if np.dtype(_DTYPES.get(dt, np.int16)).itemsize != arr.dtype.itemsize:
+            raise ValueError(f"tensor {name}: {arr.dtype} bytes cannot be written as {dt}")
+        header[name] = {"dtype": dt, "shape": list(arr.shape),
                         "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)

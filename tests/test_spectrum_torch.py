@@ -9,6 +9,8 @@ is saved as safetensors by an independent numpy writer (tests/safetensors_np.py)
   of sigma_1, and the effective rank exp(H), the rank of the 0.4 rule, the energy at it,
   sigma_{r+1}/sigma_1 and the 90%/99% ranks as computed here in torch;
 - --filter, --no-split-qkv, --rank and --csv agree with that;
+- the same model exported as F16 and as BF16 (with I32 and BOOL tensors beside it) gives
+  the singular values of the decoded 16-bit weights; an Inf in a half matrix is refused;
 - --plot writes a valid PNG (signature, IHDR size, non-trivial size) for one line per
   matrix and for the grouped-by-kind plot, leaving no temporary file; without gnuplot on
   PATH --plot fails with the apt-get hint while the table still works;
@@ -222,6 +224,37 @@ def main():
             s = torch.linalg.svdvals(torch.as_tensor(w64)).numpy()
             check(np.max(np.abs(np.array(m["sigma"]) - s)) <= 1e-6 * s[0], "f64 singular values")
             check(m["rank"] == 4 and abs(m["sigma_ratio"] - s[4] / s[0]) < 1e-6, "f64 rank 4")
+
+        # a half and a bfloat16 export of the same model (numpy has no bfloat16: its bits go in
+        # as int16 under the BF16 name), with an int32 id vector and a bool mask beside it:
+        # the singular values are those of the decoded 16-bit weights, the rest is skipped
+        for half, tdt in (("F16", torch.float16), ("BF16", torch.bfloat16)):
+            ph = os.path.join(tmp, f"{half}.safetensors")
+            sdh, names = {}, {}
+            for k, t in model.state_dict().items():
+                th = t.detach().to(tdt)
+                sdh[k] = th.view(torch.int16).numpy() if tdt == torch.bfloat16 else th.numpy()
+                if tdt == torch.bfloat16:
+                    names[k] = "BF16"
+            sdh["position_ids"] = np.arange(5, dtype=np.int32)[None, :].repeat(2, 0)
+            sdh["mask"] = np.eye(3, dtype=np.bool_)
+            safetensors_np.write(ph, sdh, dtypes=names)
+            p = run([ph, "--json"])
+            check(p.returncode == 0, f"{half}: {p.stderr}")
+            if p.returncode == 0:
+                decoded = {k: t.detach().to(tdt).double().numpy() for k, t in model.state_dict().items()}
+                rep = json.loads(p.stdout)
+                got, worst = compare(rep, decoded)
+                print(f"{half}: {len(got)} matrices, worst singular value error {worst:.2e} of sigma_1")
+                nonmat = sum(1 for t in decoded.values() if t.ndim != 2) + 2
+                check(rep["tensors_skipped"] == nonmat, f"{half}: skipped {rep['tensors_skipped']}, want {nonmat}")
+        pinf = os.path.join(tmp, "inf16.safetensors")
+        winf = np.ones((4, 5), np.float16)
+        winf[2, 3] = np.inf
+        safetensors_np.write(pinf, {"blocks.0.mlp.fc1.weight": winf})
+        p = run([pinf])
+        check(p.returncode != 0 and "F16" in p.stderr and "blocks.0.mlp.fc1.weight" in p.stderr and "13" in p.stderr,
+              f"F16 Inf: rc {p.returncode}, {p.stderr!r}")
 
         # no gnuplot on PATH: --plot fails with the hint, the table does not need it
         empty = os.path.join(tmp, "emptybin")

@@ -107,7 +107,14 @@ double q3r_now(void);
 /* The currency between layers and files: a layer (model, optimizer, regularizer)
  * exports its state as named tensors, io writes them (safetensors), and on load the
  * layer takes them back by name. A list owns copies of its tensors' data. */
-typedef enum { Q3R_F32 = 0, Q3R_F64 = 1, Q3R_I64 = 2, Q3R_U8 = 3 } q3r_dtype;
+/* The safetensors dtypes q3r reads and writes. Models and states are F32 (F64, I64 and U8
+ * for some state); the others come from files exported elsewhere (PyTorch's half and
+ * bfloat16 weights, int32 ids, bool masks) and are read as they are. */
+typedef enum {
+    Q3R_F32 = 0, Q3R_F64 = 1, Q3R_I64 = 2, Q3R_U8 = 3,
+    Q3R_F16 = 4, Q3R_BF16 = 5, Q3R_I32 = 6, Q3R_I16 = 7, Q3R_I8 = 8, Q3R_BOOL = 9
+} q3r_dtype;
+#define Q3R_DTYPE_COUNT 10
 
 #define Q3R_TENSOR_MAXDIM 4
 typedef struct {
@@ -124,7 +131,14 @@ typedef struct {
 } q3r_tensor_list;
 
 size_t q3r_dtype_size(q3r_dtype t);
-const char *q3r_dtype_name(q3r_dtype t); /* safetensors spelling: "F32", "F64", "I64", "U8" */
+const char *q3r_dtype_name(q3r_dtype t); /* safetensors spelling: "F32", "BF16", "BOOL", ... */
+/* The dtype of a safetensors spelling; -1 when it is none of the above. */
+int q3r_dtype_parse(const char *name, q3r_dtype *out);
+/* Whether t is a floating-point dtype (F32, F64, F16, BF16). */
+int q3r_dtype_is_float(q3r_dtype t);
+/* Convert count floating-point values of dtype t to float. Non-finite values and F64 values
+ * beyond float range are refused with an error naming the first one's index. */
+q3r_status q3r_convert_to_f32(const void *src, q3r_dtype t, size_t count, float *dst, q3r_error *err);
 int64_t q3r_tensor_numel(const q3r_tensor *t);
 
 void q3r_tensor_list_init(q3r_tensor_list *l);

@@ -19,8 +19,9 @@ extern "C" {
  * Layout (https://huggingface.co/docs/safetensors): an 8-byte little-endian u64 N, then
  * N bytes of UTF-8 JSON {name: {"dtype", "shape", "data_offsets": [begin, end]}, ...,
  * "__metadata__": {string: string}}, padded with spaces so 8 + N is a multiple of 8,
- * then the tensor bytes (little-endian, row-major), contiguous, with no holes. Dtypes
- * F32, F64, I64 and U8 are supported; at most Q3R_TENSOR_MAXDIM dimensions. */
+ * then the tensor bytes (little-endian, row-major), contiguous, with no holes. Every
+ * q3r_dtype is supported (F32, F64, F16, BF16, I64, I32, I16, I8, U8, BOOL); at most
+ * Q3R_TENSOR_MAXDIM dimensions. */
 
 /* Write tensors (in list order) and optional metadata to path. Atomic: the bytes go to
  * "<path>.tmp", are flushed and fsync'd, and then renamed over path; on failure the

@@ -57,11 +57,11 @@ typedef struct {
 typedef struct {
     q3r_spectrum_matrix *items; /* in the order of the tensor list (q, k, v in that order) */
     int count;
-    int tensors_2d;      /* 2-D F32/F64 tensors in the list (before the filter) */
-    int tensors_skipped; /* tensors that are not 2-D F32/F64 (biases, norms, conv kernels, ...) */
+    int tensors_2d;      /* 2-D floating-point (F32, F64, F16, BF16) tensors in the list (before the filter) */
+    int tensors_skipped; /* tensors that are not 2-D floating-point (biases, norms, conv kernels, ...) */
 } q3r_spectrum_report;
 
-/* Select the matrices of `tensors` (2-D, dtype F32 or F64) by opt (NULL: defaults), and
+/* Select the matrices of `tensors` (2-D, dtype F32, F64, F16 or BF16) by opt (NULL: defaults), and
  * compute their singular values with q3r_svd_thin (in double; F64 tensors go through float,
  * so values are accurate to ~1e-7 sigma_1) in parallel across matrices (OpenMP, largest
  * first), then the metrics. On success *out owns everything (free with

@@ -1,15 +1,18 @@
 /* Named tensors: the form in which state crosses layer boundaries and reaches files. */
 #include "q3r/base.h"
 
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 size_t q3r_dtype_size(q3r_dtype t) {
     switch (t) {
-    case Q3R_F32: return 4;
-    case Q3R_F64: return 8;
-    case Q3R_I64: return 8;
-    case Q3R_U8: return 1;
+    case Q3R_F64: case Q3R_I64: return 8;
+    case Q3R_F32: case Q3R_I32: return 4;
+    case Q3R_F16: case Q3R_BF16: case Q3R_I16: return 2;
+    case Q3R_U8: case Q3R_I8: case Q3R_BOOL: return 1;
     }
     return 0;
 }
@@ -20,8 +23,71 @@ const char *q3r_dtype_name(q3r_dtype t) {
     case Q3R_F64: return "F64";
     case Q3R_I64: return "I64";
     case Q3R_U8: return "U8";
+    case Q3R_F16: return "F16";
+    case Q3R_BF16: return "BF16";
+    case Q3R_I32: return "I32";
+    case Q3R_I16: return "I16";
+    case Q3R_I8: return "I8";
+    case Q3R_BOOL: return "BOOL";
     }
     return "?";
+}
+
+int q3r_dtype_parse(const char *name, q3r_dtype *out) {
+    for (int i = 0; i < Q3R_DTYPE_COUNT; i++)
+        if (strcmp(name, q3r_dtype_name((q3r_dtype)i)) == 0) {
+            *out = (q3r_dtype)i;
+            return 0;
+        }
+    return -1;
+}
+
+int q3r_dtype_is_float(q3r_dtype t) { return t == Q3R_F32 || t == Q3R_F64 || t == Q3R_F16 || t == Q3R_BF16; }
+
+/* IEEE 754 binary16 to float: every half (subnormals included) is exactly a float. */
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else if (exp == 0) {
+        float v = ldexpf((float)mant, -24);
+        return sign ? -v : v;
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13); /* rebias 15 -> 127 */
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+q3r_status q3r_convert_to_f32(const void *src, q3r_dtype t, size_t count, float *dst, q3r_error *err) {
+    if (!q3r_dtype_is_float(t))
+        return q3r_fail(err, Q3R_EINVAL, "cannot convert %s to F32: not a floating-point dtype", q3r_dtype_name(t));
+    const unsigned char *b = src;
+    for (size_t i = 0; i < count; i++) {
+        float v;
+        if (t == Q3R_F32) {
+            memcpy(&v, b + 4 * i, 4);
+        } else if (t == Q3R_F64) {
+            double d;
+            memcpy(&d, b + 8 * i, 8);
+            if (isfinite(d) && fabs(d) > FLT_MAX)
+                return q3r_fail(err, Q3R_ENUMERIC, "entry %zu (%g) is beyond float range", i, d);
+            v = (float)d;
+        } else {
+            uint16_t h;
+            memcpy(&h, b + 2 * i, 2);
+            if (t == Q3R_F16) {
+                v = half_to_float(h);
+            } else { /* bfloat16: the upper half of a float */
+                uint32_t bits = (uint32_t)h << 16;
+                memcpy(&v, &bits, sizeof v);
+            }
+        }
+        if (!isfinite(v)) return q3r_fail(err, Q3R_ENUMERIC, "non-finite entry %zu (%g)", i, (double)v);
+        dst[i] = v;
+    }
+    return Q3R_OK;
 }
 
 int64_t q3r_tensor_numel(const q3r_tensor *t) {

@@ -112,7 +112,7 @@ static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
         if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
             return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor %zu has an invalid name '%s'",
                             path, i, t->name ? t->name : "(null)");
-        if ((int)t->dtype < 0 || t->dtype > Q3R_U8)
+        if ((int)t->dtype < 0 || (int)t->dtype >= Q3R_DTYPE_COUNT)
             return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has unknown dtype %d", path,
                             t->name, (int)t->dtype);
         if (t->ndim < 0 || t->ndim > Q3R_TENSOR_MAXDIM)
@@ -212,13 +212,6 @@ typedef struct {
     uint64_t begin, end;
 } st_entry;
 
-static int parse_dtype(const char *s, q3r_dtype *out) {
-    static const q3r_dtype all[] = {Q3R_F32, Q3R_F64, Q3R_I64, Q3R_U8};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (strcmp(s, q3r_dtype_name(all[i])) == 0) { *out = all[i]; return 0; }
-    return -1;
-}
-
 /* Validate one header entry {dtype, shape, data_offsets} against the data size. */
 static q3r_status parse_entry(const char *path, const q3r_json *e, uint64_t data_len,
                               st_entry *out, q3r_error *err) {
@@ -238,8 +231,9 @@ static q3r_status parse_entry(const char *path, const q3r_json *e, uint64_t data
                         !dt ? "\"dtype\"" : !sh ? "\"shape\"" : "\"data_offsets\"");
     if (dt->type != Q3R_JSON_STRING)
         return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': dtype is not a string", path, name);
-    if (parse_dtype(dt->text, &out->dtype))
-        return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': unsupported dtype '%s' (F32, F64, I64, U8)",
+    if (q3r_dtype_parse(dt->text, &out->dtype))
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "%s: tensor '%s': unsupported dtype '%s' (F32, F64, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
                         path, name, dt->text);
     if (sh->type != Q3R_JSON_ARRAY)
         return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': shape is not an array", path, name);

@@ -193,23 +193,14 @@ static q3r_status matrix_svd(const q3r_tensor *t, q3r_spectrum_matrix *m, q3r_er
         const float *X = (const float *)t->data + (size_t)m->row_offset * (size_t)tcols;
         return q3r_svd_thin(X, m->rows, m->cols, (int)tcols, NULL, m->sigma, NULL, err);
     }
-    /* F64: through float (range checked, so an overflow is reported rather than an Inf). */
-    const double *D = (const double *)t->data + (size_t)m->row_offset * (size_t)tcols;
+    /* F64, F16, BF16: through float (range checked, so an overflow is reported rather than an Inf). */
+    const size_t esz = q3r_dtype_size(t->dtype);
+    const unsigned char *D = (const unsigned char *)t->data + (size_t)m->row_offset * (size_t)tcols * esz;
     size_t count = (size_t)m->rows * (size_t)m->cols;
     float *X = malloc(count * sizeof(float));
     if (!X) return q3r_fail(err, Q3R_ENOMEM, "out of memory for a %d x %d copy", m->rows, m->cols);
-    q3r_status s = Q3R_OK;
-    for (size_t i = 0; i < count && !s; i++) {
-        double v = D[i];
-        if (!isfinite(v))
-            s = q3r_fail(err, Q3R_ENUMERIC, "non-finite entry %g at (%zu, %zu)", v, i / (size_t)m->cols,
-                         i % (size_t)m->cols);
-        else if (fabs(v) > 3.4e38)
-            s = q3r_fail(err, Q3R_ENUMERIC, "entry %g at (%zu, %zu) is beyond float range", v,
-                         i / (size_t)m->cols, i % (size_t)m->cols);
-        else
-            X[i] = (float)v;
-    }
+    q3r_status s = q3r_convert_to_f32(D, t->dtype, count, X, err);
+    if (s) q3r_fail_context(err, "%s data", q3r_dtype_name(t->dtype));
     if (!s) s = q3r_svd_thin(X, m->rows, m->cols, m->cols, NULL, m->sigma, NULL, err);
     free(X);
     return s;
@@ -234,7 +225,7 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
     size_t src_cap = 0;
     for (size_t ti = 0; ti < tensors->count && !s; ti++) {
         const q3r_tensor *t = &tensors->items[ti];
-        if (t->ndim != 2 || (t->dtype != Q3R_F32 && t->dtype != Q3R_F64)) {
+        if (t->ndim != 2 || !q3r_dtype_is_float(t->dtype)) {
             r.tensors_skipped++;
             continue;
         }
@@ -276,7 +267,7 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
         for (int i = before; i < r.count && !s; i++) src[i] = (int)ti;
     }
     if (!s && r.tensors_2d == 0)
-        s = q3r_fail(err, Q3R_EINVAL, "no 2-D F32/F64 tensor among the %zu tensors (nothing to analyse)",
+        s = q3r_fail(err, Q3R_EINVAL, "no 2-D floating-point tensor among the %zu tensors (nothing to analyse)",
                      tensors->count);
     if (!s && r.count == 0) {
         if (o.filter && *o.filter) {
@@ -286,7 +277,7 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
             int listed = 0;
             for (size_t ti = 0; ti < tensors->count && listed < 4; ti++) {
                 const q3r_tensor *t = &tensors->items[ti];
-                if (t->ndim != 2 || (t->dtype != Q3R_F32 && t->dtype != Q3R_F64)) continue;
+                if (t->ndim != 2 || !q3r_dtype_is_float(t->dtype)) continue;
                 int w = snprintf(some + used, sizeof some - used, "%s%s", listed ? ", " : "", t->name);
                 if (w < 0 || (size_t)w >= sizeof some - used) break;
                 used += (size_t)w;
