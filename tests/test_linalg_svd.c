@@ -115,6 +115,14 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
             maxerr = fmax(maxerr, fabs(acc - X[(size_t)i * ld + j]));
         }
     CHECK(maxerr < 1e-5 * S[0], "%dx%d float reconstruction error %g", m, n, maxerr);
+    /* float values only: the same values as with the factors (sgesdd's jobz 'N') */
+    float *Sf2 = malloc(sizeof(float) * k);
+    CHECK_OK(q3r_svd_thin_f32(X, m, n, ld, NULL, Sf2, NULL, &err), &err);
+    dmax = 0;
+    for (int i = 0; i < k; i++)
+        dmax = fmax(dmax, fabs((double)Sf2[i] - S[i]));
+    CHECK(dmax <= 1e-6 * S[0], "%dx%d float values-only differs from dgesdd by %g sigma_1", m, n, dmax / S[0]);
+    free(Sf2);
     free(Uf);
     free(Sf);
     free(VTf);

@@ -1,4 +1,4 @@
-/* Thin SVD through LAPACK's divide-and-conquer driver (dgesdd), in double precision.
+/* Thin SVD through LAPACK's divide-and-conquer driver: dgesdd (double) or sgesdd (float).
  *
  * Row-major without transposes: the row-major buffer of X (m x n) is, read column-major,
  * X^T (n x m). LAPACK factors X^T = U' S V'^T, so X = V' S U'^T. Read back row-major,
@@ -32,52 +32,69 @@ static q3r_status check_args(const float *X, int m, int n, int ld, q3r_error *er
     return Q3R_OK;
 }
 
-q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double *S, double *VT,
-                        q3r_error *err) {
+/* One LAPACK call in either precision: the two drivers take the same arguments. */
+static void gesdd(int f64, char jobz, int m, int n, void *a, int lda, void *s, void *u, int ldu, void *vt,
+                  int ldvt, void *work, int lwork, int *iwork, int *info) {
+    if (f64)
+        dgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
+    else
+        sgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
+}
+
+/* Thin SVD in double (f64: dgesdd, double buffers) or float (sgesdd, float buffers). */
+static q3r_status svd_thin(int f64, const float *X, int m, int n, int ld, void *U, void *S, void *VT,
+                           q3r_error *err) {
     q3r_status st = check_args(X, m, n, ld, err);
     if (st) return st;
     if (!S) return q3r_fail(err, Q3R_EINVAL, "svd: singular value buffer is NULL");
     if ((U == NULL) != (VT == NULL))
         return q3r_fail(err, Q3R_EINVAL, "svd: U and VT must both be given or both be NULL");
 
+    const char *name = f64 ? "dgesdd" : "sgesdd", *unit = f64 ? "doubles" : "floats";
+    const size_t esz = f64 ? sizeof(double) : sizeof(float);
     const int k = m < n ? m : n;
     const int lm = n, ln = m; /* LAPACK's view: X^T is n x m */
     const char jobz = U ? 'S' : 'N';
-    /* A copy in double, row-major with ld n == column-major X^T with lda n. */
-    double *A = q3r_alloc((size_t)m * n * sizeof(double));
+    /* A copy in the driver's precision, row-major with ld n == column-major X^T with lda n. */
+    void *A = q3r_alloc((size_t)m * n * esz);
     int *iwork = q3r_alloc((size_t)8 * k * sizeof(int));
-    double *work = NULL;
+    void *work = NULL;
     if (!A || !iwork) {
         st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for a %d x %d matrix", m, n);
         goto done;
     }
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-            A[(size_t)i * n + j] = X[(size_t)i * ld + j];
+    for (int i = 0; i < m; i++) {
+        const float *x = X + (size_t)i * ld;
+        if (f64)
+            for (int j = 0; j < n; j++) ((double *)A)[(size_t)i * n + j] = x[j];
+        else
+            memcpy((float *)A + (size_t)i * n, x, (size_t)n * sizeof(float));
+    }
 
-    int info = 0, lwork = -1, one = 1;
-    double wq = 0, dummy = 0;
+    int info = 0;
+    union { double d; float f; } wq = {0}, dummy = {0}; /* one element of either precision */
     /* Roles swapped (see the file comment): LAPACK's U' is our VT, its VT' our U. */
-    double *u_lap = U ? VT : &dummy, *vt_lap = U ? U : &dummy;
-    const int ldu = U ? lm : one, ldvt = U ? k : one;
-    dgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, &wq, &lwork, iwork, &info);
+    void *u_lap = U ? VT : (void *)&dummy, *vt_lap = U ? U : (void *)&dummy;
+    const int ldu = U ? lm : 1, ldvt = U ? k : 1;
+    gesdd(f64, jobz, lm, ln, A, lm, S, u_lap, ldu, vt_lap, ldvt, &wq, -1, iwork, &info);
     if (info != 0) {
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: dgesdd workspace query failed (info %d) for %d x %d", info, m,
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: %s workspace query failed (info %d) for %d x %d", name, info, m,
                       n);
         goto done;
     }
-    lwork = (int)wq + 1;
-    work = q3r_alloc((size_t)lwork * sizeof(double));
+    /* the size comes back as a float in sgesdd's case, and a float-rounded size may undershoot */
+    const int lwork = f64 ? (int)wq.d + 1 : (int)(wq.f * (1.0f + 1e-6f)) + 1;
+    work = q3r_alloc((size_t)lwork * esz);
     if (!work) {
-        st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for dgesdd workspace (%d doubles)", lwork);
+        st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for %s workspace (%d %s)", name, lwork, unit);
         goto done;
     }
-    dgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, work, &lwork, iwork, &info);
+    gesdd(f64, jobz, lm, ln, A, lm, S, u_lap, ldu, vt_lap, ldvt, work, lwork, iwork, &info);
     if (info > 0)
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: dgesdd did not converge (info %d) on a %d x %d matrix", info,
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: %s did not converge (info %d) on a %d x %d matrix", name, info,
                       m, n);
     else if (info < 0)
-        st = q3r_fail(err, Q3R_EINVAL, "svd: dgesdd rejected argument %d for a %d x %d matrix", -info, m, n);
+        st = q3r_fail(err, Q3R_EINVAL, "svd: %s rejected argument %d for a %d x %d matrix", name, -info, m, n);
 done:
     q3r_free(A);
     q3r_free(iwork);
@@ -85,55 +102,14 @@ done:
     return st;
 }
 
+q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double *S, double *VT,
+                        q3r_error *err) {
+    return svd_thin(1, X, m, n, ld, U, S, VT, err);
+}
+
 q3r_status q3r_svd_thin_f32(const float *X, int m, int n, int ld, float *U, float *S, float *VT,
                             q3r_error *err) {
-    q3r_status st = check_args(X, m, n, ld, err);
-    if (st) return st;
-    if (!S) return q3r_fail(err, Q3R_EINVAL, "svd: singular value buffer is NULL");
-    if ((U == NULL) != (VT == NULL))
-        return q3r_fail(err, Q3R_EINVAL, "svd: U and VT must both be given or both be NULL");
-
-    const int k = m < n ? m : n;
-    const int lm = n, ln = m;
-    const char jobz = U ? 'S' : 'N';
-    float *A = q3r_alloc((size_t)m * n * sizeof(float));
-    int *iwork = q3r_alloc((size_t)8 * k * sizeof(int));
-    float *work = NULL;
-    if (!A || !iwork) {
-        st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for a %d x %d matrix", m, n);
-        goto done;
-    }
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-            A[(size_t)i * n + j] = X[(size_t)i * ld + j];
-
-    int info = 0, lwork = -1, one = 1;
-    float wq = 0, dummy = 0;
-    float *u_lap = U ? VT : &dummy, *vt_lap = U ? U : &dummy;
-    const int ldu = U ? lm : one, ldvt = U ? k : one;
-    sgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, &wq, &lwork, iwork, &info);
-    if (info != 0) {
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: sgesdd workspace query failed (info %d) for %d x %d", info, m,
-                      n);
-        goto done;
-    }
-    lwork = (int)(wq * (1.0f + 1e-6f)) + 1; /* a float-rounded size may undershoot */
-    work = q3r_alloc((size_t)lwork * sizeof(float));
-    if (!work) {
-        st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for sgesdd workspace (%d floats)", lwork);
-        goto done;
-    }
-    sgesdd_(&jobz, &lm, &ln, A, &lm, S, u_lap, &ldu, vt_lap, &ldvt, work, &lwork, iwork, &info);
-    if (info > 0)
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: sgesdd did not converge (info %d) on a %d x %d matrix", info,
-                      m, n);
-    else if (info < 0)
-        st = q3r_fail(err, Q3R_EINVAL, "svd: sgesdd rejected argument %d for a %d x %d matrix", -info, m, n);
-done:
-    q3r_free(A);
-    q3r_free(iwork);
-    q3r_free(work);
-    return st;
+    return svd_thin(0, X, m, n, ld, U, S, VT, err);
 }
 
 /* ---- truncated SVD by block subspace iteration -------------------------------------- */
