@@ -10,7 +10,8 @@ sweeps/<method>-s<seed>-<targets>.json, results.json, results.md and accuracy-<t
 
 Resumable: a run whose model.safetensors exists is not trained again (one with only a
 checkpoint is resumed), and a sweep whose JSON is newer than its model is not redone.
-Every command is printed before it runs. See docs/EXPERIMENT.md.
+Every command is printed before it runs. --report writes the table and plots from the runs
+that have finished, of an experiment still running or stopped. See docs/EXPERIMENT.md.
 
     scripts/experiment.py --quick                 # about 10 minutes on 2 cores
     scripts/experiment.py --out runs/experiment   # the full experiment, about 3 hours
@@ -108,12 +109,18 @@ def mean_spread(xs):
 
 
 def summarize(results, names, seeds):
-    """targets -> method -> list of rows (p = 1 first) with means and spreads over seeds"""
+    """targets -> method -> list of rows (p = 1 first) with means and spreads over the seeds
+    that have both sweeps (a --report of an unfinished experiment may lack some; a method with
+    none is left out)"""
     out = {}
     for targets in TARGET_SETS:
         out[targets] = {}
         for name in names:
-            sweeps = [results[f"{name}-s{s}"]["sweeps"][targets] for s in seeds]
+            done = [s for s in seeds if all(t in results.get(f"{name}-s{s}", {}).get("sweeps", {})
+                                            for t in TARGET_SETS)]
+            if not done:
+                continue
+            sweeps = [results[f"{name}-s{s}"]["sweeps"][targets] for s in done]
             rows = []
             for j, p in enumerate([1.0] + PS):
                 per = [sw["rows"][j] for sw in sweeps]
@@ -125,7 +132,7 @@ def summarize(results, names, seeds):
                 err = max(100 * r["acc_err95"] for r in per)
                 rows.append({"p": p, "acc": acc, "acc_spread": acc_sp, "drop": drop, "drop_spread": drop_sp,
                              "targeted_kept": kept, "total_kept": total, "acc_err95": err,
-                             "seeds": len(per)})
+                             "seeds": len(per), "seed_list": done})
             out[targets][name] = rows
     return out
 
@@ -135,11 +142,23 @@ def markdown(summary, plan):
     lines = [f"# Truncation experiment: {plan['mode']} ({plan['model']}, {plan['epochs']} epochs, "
              f"{plan['train_images']} training images, n = {plan['test_images']} test images, "
              f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", ""]
+    have = {len(rows[0]["seed_list"]) for rows in summary[TARGET_SETS[0]].values()}
+    over = (f"; mean over {len(seeds)} seeds, +- half the range between them" if have == {len(seeds)} else
+            "; mean over the seeds a method has, +- half the range between them" if max(have) > 1 else "")
     lines.append("Cells: test accuracy in % (in parentheses: its change from the same model untruncated, in points)"
-                 + (f"; mean over {len(seeds)} seeds, +- half the range between them" if len(seeds) > 1 else "")
+                 + (over if len(seeds) > 1 else "")
                  + ". The 95% binomial error of one accuracy is about "
                  + f"{max(r['acc_err95'] for t in summary.values() for rows in t.values() for r in rows):.1f} points.")
     lines.append("")
+    partial = {name: rows[0]["seed_list"] for name, rows in summary[TARGET_SETS[0]].items()
+               if rows[0]["seed_list"] != seeds}
+    missing = [n for n in plan["methods"] if n not in summary[TARGET_SETS[0]]]
+    if partial or missing:
+        lines.append("**Unfinished experiment** (a `--report` of what had finished): "
+                     + "; ".join([f"{n} has seed{'s' if len(sl) > 1 else ''} {', '.join(map(str, sl))} only"
+                                  for n, sl in partial.items()]
+                                 + ([f"not finished: {', '.join(missing)}"] if missing else [])) + ".")
+        lines.append("")
     for targets in TARGET_SETS:
         what = "Q, K, V" if targets == "qkv" else "every linear layer of the blocks (Q, K, V, proj, fc1, fc2)"
         lines.append(f"## Truncating {what} (`--targets {targets}`)")
@@ -226,6 +245,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="threads for q3r (default 2)")
     ap.add_argument("--q3r", default=None, help="the q3r program (default build/q3r)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the estimate, run nothing")
+    ap.add_argument("--report", action="store_true",
+                    help="train and sweep nothing: write the table and plots from the runs that have finished "
+                         "(of an experiment still running or stopped), saying which are missing")
     a = ap.parse_args()
 
     q3r = a.q3r or os.environ.get("Q3R_BIN") or os.path.join(ROOT, "build", "q3r")
@@ -293,6 +315,8 @@ def main():
     if a.dry_run:
         return 0
 
+    if a.report and not os.path.isdir(os.path.join(out, "runs")):
+        sys.exit(f"experiment: --report: {out} holds no experiment (no {os.path.join(out, 'runs')})")
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     os.makedirs(os.path.join(out, "sweeps"), exist_ok=True)
     t0 = time.time()
@@ -304,6 +328,12 @@ def main():
             model = os.path.join(rdir, "model.safetensors")
             entry = {"method": name, "seed": seed, "dir": rdir, "sweeps": {}}
             train_json = os.path.join(rdir, "train.json")
+            if a.report:
+                sj = [os.path.join(out, "sweeps", f"{run}-{t}.json") for t in TARGET_SETS]
+                if not (os.path.exists(model) and all(os.path.exists(f) and os.path.getmtime(f) >= os.path.getmtime(model)
+                                                      for f in sj)):
+                    say(f"{run}: not finished, left out of the report")
+                    continue
             if os.path.exists(model):
                 say(f"[{fmt_time(time.time() - t0)}] {run}: trained already ({model}), skipped")
             else:
@@ -333,6 +363,8 @@ def main():
 
     names = [n for n, _, _ in ms]
     summary = summarize(results, names, seeds)
+    if not summary[TARGET_SETS[0]]:
+        sys.exit(f"experiment: no run in {out} has finished both sweeps yet; nothing to report")
     doc = {"plan": plan, "runs": results, "summary": summary, "seconds": time.time() - t0}
     write_atomic(os.path.join(out, "results.json"), json.dumps(doc, indent=1) + "\n")
     md = markdown(summary, plan)
@@ -343,7 +375,7 @@ def main():
              f"{plan['model']} on Fashion-MNIST, {epochs} epoch(s): accuracy vs kept fraction, {what}")
     say("")
     say(md)
-    say(f"experiment: done in {fmt_time(time.time() - t0)}; {out}/results.md, results.json, accuracy-qkv.png, "
+    say(f"experiment: {'report written' if a.report else 'done'} in {fmt_time(time.time() - t0)}; {out}/results.md, results.json, accuracy-qkv.png, "
         "accuracy-all.png")
     return 0
 

@@ -11,6 +11,7 @@ Checks, against q3r itself run separately:
 - the accuracy reported for one method at p = 0.4 on qkv equals `q3r truncate` + `q3r eval` of
   that run's model;
 - a second invocation trains and sweeps nothing (resumable) and writes the same table;
+- --report writes the table of the finished runs only, naming the missing ones, running nothing;
 - --dry-run prints the plan and creates nothing.
 Exit 77 (skip) without the dataset."""
 import json
@@ -118,6 +119,25 @@ p3 = script(["--smoke", "--out", out])
 check(p3.returncode == 0 and not [ln for ln in p3.stdout.splitlines() if ln.startswith("$ ")],
       f"second run ran commands: {p3.stdout[-2000:]}")
 check(open(os.path.join(out, "results.md")).read() == md, "second run changed results.md")
+
+# --report: the table of what has finished, running nothing. Asked for seeds 1 and 2 with only
+# seed 1 trained, and with one sweep of the last method removed: every method says seed 1 only,
+# the last one is named as not finished and has no row, the other rows are unchanged.
+gone = methods[-1]
+os.remove(os.path.join(out, "sweeps", f"{gone}-s1-all.json"))
+p4 = script(["--smoke", "--out", out, "--seeds", "1,2", "--report"])
+check(p4.returncode == 0 and not [ln for ln in p4.stdout.splitlines() if ln.startswith("$ ")],
+      f"--report ran commands or failed: {p4.stdout[-2000:]} {p4.stderr[-2000:]}")
+rep = open(os.path.join(out, "results.md")).read()
+check("Unfinished experiment" in rep and f"not finished: {gone}" in rep, f"--report names what is missing: {rep[:800]}")
+check(all(f"{m} has seed 1 only" in rep for m in methods[:-1]), "--report: every method has seed 1 only")
+check(f"| {gone} |" not in rep, f"--report: a row for the unfinished {gone}")
+old_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith(f"| {gone} |")]
+new_rows = [ln for ln in rep.splitlines() if ln.startswith("| ")]
+check(old_rows == new_rows, "--report: the finished methods' rows are those of the full table")
+check(not os.path.exists(os.path.join(out, "sweeps", f"{gone}-s1-all.json")), "--report redid a sweep")
+p5 = script(["--smoke", "--out", os.path.join(tmp, "nothing"), "--report"])
+check(p5.returncode != 0 and "nothing" in p5.stderr, f"--report without an experiment: {p5.stderr}")
 
 shutil.rmtree(tmp, ignore_errors=True)
 sys.exit(check.finish())
