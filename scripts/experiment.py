@@ -17,6 +17,7 @@ that have finished, of an experiment still running or stopped. See docs/EXPERIME
     scripts/experiment.py --out runs/experiment   # the full experiment, about 3 hours
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -281,6 +282,24 @@ def main():
     sweep_s = 2 * (1 + len(PS)) * eval_run  # per model: two target sets, the model itself and 9 p
     mean_cost = sum(c for _, _, c in ms) / len(ms)
     epoch_s = (TRAIN_S_PER_IMAGE * train_n * mean_cost) * speed + eval_run
+    # Runs already in --out fix the epochs: their models are reused, so a resumed or reported
+    # experiment must describe (and continue) them with their own epochs, whatever the budget
+    # arithmetic for another --seeds would say.
+    done_epochs = set()
+    for f in glob.glob(os.path.join(out, "runs", "*", "train.json")):
+        try:
+            with open(f) as fh:
+                done_epochs.add(int(json.loads(fh.read().strip().splitlines()[-1])["epochs"]))
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    if len(done_epochs) > 1:
+        sys.exit(f"experiment: the runs in {out} were trained for different epochs ({sorted(done_epochs)}); "
+                 "use another --out")
+    if done_epochs and epochs and epochs not in done_epochs:
+        sys.exit(f"experiment: the runs in {out} were trained for {min(done_epochs)} epochs, not {epochs}; "
+                 f"pass --epochs {min(done_epochs)} to continue them, or use another --out")
+    if done_epochs and not epochs:
+        epochs = min(done_epochs)
     if not epochs:  # the full run: as many epochs as fit in the budget
         epochs = max(1, int((FULL_BUDGET_S - nruns * sweep_s) // (nruns * epoch_s)))
     estimate = nruns * (epochs * epoch_s + sweep_s)

@@ -12,6 +12,7 @@ Checks, against q3r itself run separately:
   that run's model;
 - a second invocation trains and sweeps nothing (resumable) and writes the same table;
 - --report writes the table of the finished runs only, naming the missing ones, running nothing;
+- other --epochs than those of the runs already in --out are refused, naming the right value;
 - --dry-run prints the plan and creates nothing.
 Exit 77 (skip) without the dataset."""
 import json
@@ -136,6 +137,10 @@ old_rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.start
 new_rows = [ln for ln in rep.splitlines() if ln.startswith("| ")]
 check(old_rows == new_rows, "--report: the finished methods' rows are those of the full table")
 check(not os.path.exists(os.path.join(out, "sweeps", f"{gone}-s1-all.json")), "--report redid a sweep")
+# the runs in --out fix the epochs: other epochs are refused before anything runs
+p6 = script(["--smoke", "--out", out, "--epochs", "2"])
+check(p6.returncode != 0 and "--epochs 1" in p6.stderr and not [ln for ln in p6.stdout.splitlines() if ln.startswith("$ ")],
+      f"other epochs into an existing experiment: rc {p6.returncode}, {p6.stderr}")
 p5 = script(["--smoke", "--out", os.path.join(tmp, "nothing"), "--report"])
 check(p5.returncode != 0 and "nothing" in p5.stderr, f"--report without an experiment: {p5.stderr}")
 
