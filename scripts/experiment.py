@@ -103,6 +103,11 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
+def sweep_done(sweep_json, model):
+    """a sweep counts when its JSON is newer than the model it scored"""
+    return os.path.exists(sweep_json) and os.path.exists(model) and os.path.getmtime(sweep_json) >= os.path.getmtime(model)
+
+
 def mean_spread(xs):
     """mean and half the range (0 for one seed)"""
     m = sum(xs) / len(xs)
@@ -348,9 +353,7 @@ def main():
             entry = {"method": name, "seed": seed, "dir": rdir, "sweeps": {}}
             train_json = os.path.join(rdir, "train.json")
             if a.report:
-                sj = [os.path.join(out, "sweeps", f"{run}-{t}.json") for t in TARGET_SETS]
-                if not (os.path.exists(model) and all(os.path.exists(f) and os.path.getmtime(f) >= os.path.getmtime(model)
-                                                      for f in sj)):
+                if not all(sweep_done(os.path.join(out, "sweeps", f"{run}-{t}.json"), model) for t in TARGET_SETS):
                     say(f"{run}: not finished, left out of the report")
                     continue
             if os.path.exists(model):
@@ -371,7 +374,7 @@ def main():
                         pass
             for targets in TARGET_SETS:
                 sj = os.path.join(out, "sweeps", f"{run}-{targets}.json")
-                if os.path.exists(sj) and os.path.getmtime(sj) >= os.path.getmtime(model):
+                if sweep_done(sj, model):
                     say(f"[{fmt_time(time.time() - t0)}] {run}: sweep on {targets} done already, skipped")
                 else:
                     run_cmd([q3r, "sweep", model, "--targets", targets, "--ps", ",".join(f"{p:g}" for p in [1.0] + PS),
