@@ -1,5 +1,5 @@
 /* q3r io: named tensors to and from safetensors files, a small JSON reader for headers
- * and metadata, and a JSON-lines metrics writer.
+ * and metadata, a typed metadata map, and a JSON-lines metrics writer.
  *
  * io knows nothing of models, optimizers or the regularizer: each of them exports its
  * state as a q3r_tensor_list, and train assembles a checkpoint from those lists plus a
@@ -38,6 +38,21 @@ q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensor
  * JSON text, or NULL when the file has none (the caller frees it). */
 q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **metadata_json_out,
                                 q3r_error *err);
+
+/* The same two with the metadata as a q3r_meta map (defined in the metadata section below;
+ * struct q3r_meta is the same type as q3r_meta). */
+struct q3r_meta;
+
+/* q3r_safetensors_read with the metadata parsed into meta (init'd by the caller; left empty when
+ * the file has none). What meta held before is replaced on success; on failure both out and
+ * meta are left as they were, and the message names the file. */
+q3r_status q3r_safetensors_read_meta(const char *path, q3r_tensor_list *out, struct q3r_meta *meta,
+                                     q3r_error *err);
+
+/* q3r_safetensors_write with meta (NULL or empty: no metadata) serialised by q3r_meta_to_json.
+ * Atomic as q3r_safetensors_write; a value that is not valid UTF-8 is refused there. */
+q3r_status q3r_safetensors_write_meta(const char *path, const q3r_tensor_list *tensors,
+                                      const struct q3r_meta *meta, q3r_error *err);
 
 /* ---- JSON ------------------------------------------------------------------------
  * A strict RFC 8259 parser into a small tree. Enough for safetensors headers and for
@@ -86,6 +101,79 @@ q3r_status q3r_json_get_string(const char *json, const char *key, char *out /* [
  * reallocated; on failure it is left unchanged. */
 q3r_status q3r_json_set_string(char **json, const char *key, const char *value,
                                q3r_error *err);
+
+/* ---- metadata: an ordered map of string keys to string values ----------------------
+ * The form of a safetensors file's "__metadata__" (every value a string). Parsed once from
+ * JSON, read with typed getters, written once back to JSON. Keys keep their first-insertion
+ * order; setting an existing key replaces its value in place. The map owns its strings.
+ * Lookups are linear in count (maps hold tens of keys). Keys and values are NUL-terminated
+ * UTF-8; nothing here validates the UTF-8 of what is set (q3r_safetensors_write refuses
+ * invalid text when the map is written). Every key and value argument must be non-NULL
+ * (Q3R_EINVAL otherwise, where a status is returned). */
+typedef struct {
+    char *key, *value; /* owned, malloc'd */
+} q3r_meta_entry;
+
+typedef struct q3r_meta {
+    q3r_meta_entry *items; /* [count] of [cap], in insertion order, keys unique */
+    size_t count, cap;
+} q3r_meta;
+
+/* An empty map (no allocation). */
+void q3r_meta_init(q3r_meta *m);
+void q3r_meta_free(q3r_meta *m);            /* safe on an initialised or zeroed map; leaves it empty */
+/* dst (initialised by the caller) becomes a deep copy of src; what it held is freed. On failure
+ * dst is unchanged. dst == src is allowed (no-op). */
+q3r_status q3r_meta_copy(q3r_meta *dst, const q3r_meta *src, q3r_error *err); /* dst initialised by the caller; replaced */
+/* Parse a JSON object whose values are all strings (NULL or "" text: an empty map). Errors
+ * (Q3R_EFORMAT, map left empty): not JSON, not an object, a duplicate key, a value that is not a string
+ * (the message names the key). Appends to m (init'd by caller) — m must be empty
+ * (Q3R_EINVAL otherwise, m unchanged). Members keep the object's order. */
+q3r_status q3r_meta_parse(q3r_meta *m, const char *json, q3r_error *err);
+/* The map as a JSON object text (malloc'd, caller frees): {"k":"v","k2":"v2"} with no spaces,
+ * keys in map order, strings escaped exactly as q3r_json_append_string does — i.e. byte-identical
+ * to what repeated q3r_json_set_string calls on NULL produce for the same keys in the same order.
+ * An empty map gives "{}". On failure *json is unchanged. */
+q3r_status q3r_meta_to_json(const q3r_meta *m, char **json, q3r_error *err);
+/* Set key to a copy of value: replaced in place when key exists, appended otherwise. On failure
+ * m is unchanged. key and value may point into m itself. */
+q3r_status q3r_meta_set(q3r_meta *m, const char *key, const char *value, q3r_error *err);
+/* q3r_meta_set with a printf-formatted value; Q3R_EINVAL if the format fails (m unchanged). */
+q3r_status q3r_meta_setf(q3r_meta *m, q3r_error *err, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));   /* value of any length (vsnprintf twice, no fixed buffer) */
+/* Remove key, keeping the order of the others. */
+int q3r_meta_remove(q3r_meta *m, const char *key);         /* 1 if it was there */
+/* key's value (owned by m, valid until the key is set, removed or m freed). */
+const char *q3r_meta_get(const q3r_meta *m, const char *key); /* NULL when absent */
+int q3r_meta_has(const q3r_meta *m, const char *key);      /* 1 when present, else 0 */
+/* Typed getters. Absent key: Q3R_EFORMAT "metadata has no '<key>'". Malformed value:
+ * Q3R_EFORMAT "metadata '<key>' = '<value>' is not an integer" (a number / a list of N ...).
+ * Integers: optional '-', decimal digits only, no spaces, within int64 (get_int: within int).
+ * get_u64: within uint64 ("-0" is 0; any other negative is out of range). A value outside the
+ * type's range gets the same message with the range named after it. Values longer than 64
+ * bytes are cut in the message ("..."). On failure *out / out[] is unchanged. */
+q3r_status q3r_meta_get_i64(const q3r_meta *m, const char *key, int64_t *out, q3r_error *err);
+q3r_status q3r_meta_get_int(const q3r_meta *m, const char *key, int *out, q3r_error *err);
+q3r_status q3r_meta_get_u64(const q3r_meta *m, const char *key, uint64_t *out, q3r_error *err);
+/* strtod over the whole string (no leading space), the result finite ("inf", "nan" and
+ * overflow are refused): "is not a finite number". */
+q3r_status q3r_meta_get_double(const q3r_meta *m, const char *key, double *out, q3r_error *err); /* strtod, whole string, finite */
+/* A comma list of exactly n integers ("3,0,12"): each as get_int; n < 0 means "any count" is NOT supported.
+ * (n < 0: Q3R_EINVAL; n == 0 matches only ""). Another count, or a term that is not an int:
+ * "metadata '<key>' = '<value>' is not a list of <n> integers". out: [n]. */
+q3r_status q3r_meta_get_ints(const q3r_meta *m, const char *key, int *out, int n, q3r_error *err);
+/* Comma list of exactly n numbers, each as get_double and finite as a float:
+ * "is not a list of <n> numbers". out: [n]. */
+q3r_status q3r_meta_get_floats(const q3r_meta *m, const char *key, float *out, int n, q3r_error *err); /* comma list of exactly n */
+/* Count of comma-separated terms of a key's value (0 when absent or empty). */
+int q3r_meta_list_count(const q3r_meta *m, const char *key);
+/* Copy every entry whose key starts with prefix from src into dst (set, so existing keys are replaced in place).
+ * New keys are appended in src's order; "" copies everything. On failure dst is unchanged. */
+q3r_status q3r_meta_copy_prefix(q3r_meta *dst, const q3r_meta *src, const char *prefix, q3r_error *err);
+/* Compare: the first key of want that is absent from have or has another value; NULL when every key of want
+ * is in have with the same value. (*have_value gets have's value or NULL.) have_value may be NULL.
+ * Keys of have that want lacks are not differences. The pointers are owned by want and have. */
+const char *q3r_meta_first_difference(const q3r_meta *want, const q3r_meta *have, const char **have_value);
 
 /* ---- JSON-lines metrics ------------------------------------------------------------
  * One JSON object per line, written and flushed at q3r_jsonl_end, so a crash loses at
