@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "q3r/base.h"
+#include "q3r/model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -50,18 +51,23 @@ q3r_status q3r_vit_preset(const char *name, q3r_vit_config *cfg, q3r_error *err)
 /* All sizes positive, patch divides image_size, heads divide width, 0 <= dropout < 1. */
 q3r_status q3r_vit_config_check(const q3r_vit_config *cfg, q3r_error *err);
 
-/* What a parameter tensor is, so an optimizer can skip weight decay on all but matrices. */
-enum { Q3R_PARAM_MATRIX = 0, Q3R_PARAM_BIAS = 1, Q3R_PARAM_NORM = 2, Q3R_PARAM_EMBED = 3 };
-
-typedef struct {
-    const char *name;  /* timm-style, e.g. "blocks.3.mlp.fc1.weight" */
-    size_t offset;     /* in floats, into q3r_vit_params() / q3r_vit_grads(); 64-byte aligned */
-    int ndim;
-    int64_t shape[4];
-    int kind;          /* Q3R_PARAM_* */
-} q3r_param_info;
-
+/* A ViT is a q3r_model (q3r/model.h): q3r_vit_model() gives the interface every layer above the
+ * models uses (trainer, model files, truncation, sweeps); q3r_vit_from_model() the ViT back
+ * (NULL when the model is not a ViT). The q3r_vit_* functions below are the ViT's own API. */
 typedef struct q3r_vit q3r_vit;
+q3r_model *q3r_vit_model(q3r_vit *m);
+const q3r_model *q3r_vit_model_const(const q3r_vit *m);
+q3r_vit *q3r_vit_from_model(q3r_model *m);
+
+/* The config as "model.*" metadata: model.family = "vit", model.name = name (the preset it came
+ * from, informational; NULL: ""), model.image_size, .channels, .patch, .width, .depth, .heads,
+ * .mlp_hidden, .classes, .dropout. And back (the keys above; model.dropout may be absent: 0);
+ * errors name the key. */
+q3r_status q3r_vit_config_to_meta(const q3r_vit_config *cfg, const char *name, q3r_meta *meta,
+                                  q3r_error *err);
+q3r_status q3r_vit_config_from_meta(const q3r_meta *meta, q3r_vit_config *cfg, q3r_error *err);
+/* The preset name stored as "model.name" (a model made by q3r_vit_create has ""). */
+void q3r_vit_set_name(q3r_vit *m, const char *name);
 
 q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **out, q3r_error *err);
 /* The same with a rank table ranks (q3r_vit_num_matrices(cfg); NULL = all dense): each entry in
@@ -92,7 +98,6 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed);
 float *q3r_vit_params(q3r_vit *m);          /* (q3r_vit_num_params) flat parameter buffer */
 float *q3r_vit_grads(q3r_vit *m);           /* (q3r_vit_num_params) matching gradients */
 size_t q3r_vit_num_params(const q3r_vit *m); /* buffer length in floats (incl. alignment gaps) */
-int64_t q3r_param_numel(const q3r_param_info *p); /* elements of one parameter tensor */
 int64_t q3r_vit_param_count(const q3r_vit *m);    /* parameters stored (no alignment gaps) */
 int q3r_vit_num_tensors(const q3r_vit *m);
 const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i); /* NULL if out of range */
@@ -102,16 +107,8 @@ int q3r_vit_max_batch(const q3r_vit *m);
 const int *q3r_vit_ranks(const q3r_vit *m); /* (q3r_vit_num_matrices) the rank table */
 int q3r_vit_is_factored(const q3r_vit *m);  /* 1 if any rank is non-zero */
 
-/* One matrix of the rank table as the model holds it, pointing into the parameter and gradient
- * buffers. Dense: w, dw (rows, cols; row-major, leading dimension cols; for Q/K/V of a fused
- * qkv, a row block of it), a = b = NULL. Factored: a, da (rows, rank); b, db (rank, cols);
- * w = NULL. */
-typedef struct {
-    const char *name; /* as q3r_vit_matrix_name */
-    int rows, cols, rank;
-    float *w, *dw;
-    float *a, *da, *b, *db;
-} q3r_vit_matrix;
+/* One matrix of the rank table as the model holds it (q3r_matrix, q3r/model.h). */
+typedef q3r_matrix q3r_vit_matrix;
 q3r_status q3r_vit_get_matrix(q3r_vit *m, int i, q3r_vit_matrix *out, q3r_error *err);
 
 /* Floating-point operations (2 per multiply-add) of one forward pass for a batch of B, as q3r

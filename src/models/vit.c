@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model_impl.h"
 #include "q3r/nn.h"
 
 /* global tensors: these four first, then the blocks, then norm and head */
@@ -37,19 +38,9 @@ enum { MX_Q, MX_K, MX_V, MX_PROJ, MX_FC1, MX_FC2, MX_PER_BLOCK };
  * proj, fc1, fc2 by two factors each */
 enum { MAX_TENSORS_PER_BLOCK = 20 };
 
-/* One weight matrix (rows = out, cols = in) as the model holds it. */
-typedef struct {
-    int rows, cols, rank; /* rank 0: dense */
-    int w;                /* dense: tensor index (for Q/K/V of a fused qkv, the fused tensor) */
-    size_t row0;          /* dense: first row inside tensor w (j * D for the Q/K/V slices) */
-    int a, b;             /* factored: tensor indices of A (rows, rank) and B (rank, cols) */
-    float *t;             /* factored: (activation rows, rank) intermediate x B^T, in the arena */
-} vit_matrix;
-
 typedef struct {
     int ln1_w, ln1_b, qkv_w, qkv_b, proj_b, ln2_w, ln2_b, fc1_b, fc2_b; /* tensor indices;
                                                   qkv_w = -1 when Q, K, V are held apart */
-    vit_matrix mx[MX_PER_BLOCK];
 } vit_block_params;
 
 typedef struct {
@@ -65,21 +56,13 @@ typedef struct {
 } vit_block_acts;
 
 struct q3r_vit {
+    q3r_model base;          /* first: a q3r_vit is a q3r_model (parameter table, matrix list) */
+    char name[32];           /* the preset it came from ("model.name"), "" if none */
     q3r_vit_config cfg;
-    int max_batch, T, P, K; /* tokens, patches, C*p*p */
-    int ntensors;
-    q3r_param_info *info;
-    char *names; /* ntensors x NAME_LEN */
-    int nmat;                /* depth * MX_PER_BLOCK + 1 (the head last) */
-    int *ranks;              /* (nmat) rank table, 0 = dense */
-    int factored;            /* any rank > 0 */
-    int max_rank;            /* largest rank in the table (0 if dense) */
-    char *mnames;            /* nmat x NAME_LEN: "blocks.3.attn.q", ..., "head" */
+    int T, P, K;             /* tokens, patches, C*p*p */
     vit_block_params *bp;    /* (depth) */
     int norm_w, norm_b, head_b;
-    vit_matrix head;
-    size_t nparams;
-    float *params, *grads;
+    float **mt;              /* (nmat) factored matrix: its (rows, rank) intermediate x B^T */
 
     float *arena;         /* activations */
     uint8_t *mask_arena;  /* dropout masks, NULL when cfg.dropout == 0 */
@@ -102,7 +85,9 @@ struct q3r_vit {
     float last_ls, last_p;
 };
 
-#define NAME_LEN 48
+#define NAME_LEN Q3R_MODEL_NAME_LEN
+
+static const q3r_model_ops vit_ops;
 
 /* ---- configuration -------------------------------------------------------------------------- */
 
@@ -152,71 +137,45 @@ q3r_status q3r_vit_config_check(const q3r_vit_config *c, q3r_error *err) {
 
 /* ---- parameter table ------------------------------------------------------------------------ */
 
-static int add_tensor(q3r_vit *m, size_t *off, const char *name, int kind, int ndim, int64_t d0,
-                      int64_t d1, int64_t d2, int64_t d3) {
-    int i = m->ntensors++;
-    q3r_param_info *t = &m->info[i];
-    char *nm = m->names + (size_t)i * NAME_LEN;
-    snprintf(nm, NAME_LEN, "%s", name);
-    t->name = nm;
-    t->offset = *off;
-    t->ndim = ndim;
-    int64_t d[4] = {d0, d1, d2, d3};
-    size_t numel = 1;
-    for (int k = 0; k < 4; k++) {
-        t->shape[k] = k < ndim ? d[k] : 0;
-        if (k < ndim) numel *= (size_t)d[k];
-    }
-    t->kind = kind;
-    *off += (numel + 15) & ~(size_t)15; /* next tensor on a 64-byte boundary */
-    return i;
-}
-
 static const char *const mx_suffix[MX_PER_BLOCK] = {"attn.q", "attn.k", "attn.v", "attn.proj",
                                                      "mlp.fc1", "mlp.fc2"};
 
-/* Add matrix `mx` named `base` (e.g. "blocks.3.attn.proj"): "<base>.weight" when dense,
- * "<base>.weight_a" (rows, rank) and "<base>.weight_b" (rank, cols) when factored. */
-static void add_matrix(q3r_vit *m, size_t *off, vit_matrix *mx, const char *base) {
-    char nm[NAME_LEN];
-    mx->a = mx->b = mx->w = -1;
-    mx->row0 = 0;
-    if (mx->rank) {
-        snprintf(nm, sizeof nm, "%s.weight_a", base);
-        mx->a = add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, mx->rows, mx->rank, 0, 0);
-        snprintf(nm, sizeof nm, "%s.weight_b", base);
-        mx->b = add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, mx->rank, mx->cols, 0, 0);
-    } else {
-        snprintf(nm, sizeof nm, "%s.weight", base);
-        mx->w = add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, mx->rows, mx->cols, 0, 0);
+/* Matrix index of block l's matrix j, and of the head (last). */
+static int mx_index(int l, int j) { return l * MX_PER_BLOCK + j; }
+
+/* Names, kinds and shapes of the matrix list (the rank table's order). */
+static void name_matrices(q3r_vit *m) {
+    const q3r_vit_config *c = &m->cfg;
+    static const q3r_matrix_kind kinds[MX_PER_BLOCK] = {Q3R_MAT_Q,    Q3R_MAT_K,   Q3R_MAT_V,
+                                                        Q3R_MAT_PROJ, Q3R_MAT_FC1, Q3R_MAT_FC2};
+    for (int i = 0; i < m->base.nmat; i++) {
+        q3r_model_matrix_slot *x = &m->base.mats[i];
+        q3r_vit_matrix_name(c, i, x->name, sizeof x->name, &x->rows, &x->cols, NULL);
+        x->kind = i == m->base.nmat - 1 ? Q3R_MAT_HEAD : kinds[i % MX_PER_BLOCK];
     }
 }
 
 static void build_table(q3r_vit *m) {
     const q3r_vit_config *c = &m->cfg;
+    q3r_model *g = &m->base;
     const int D = c->width, M = c->mlp_hidden;
     size_t off = 0;
     char nm[NAME_LEN];
-    m->ntensors = 0;
-    add_tensor(m, &off, "cls_token", Q3R_PARAM_EMBED, 3, 1, 1, D, 0);
-    add_tensor(m, &off, "pos_embed", Q3R_PARAM_EMBED, 3, 1, m->T, D, 0);
-    add_tensor(m, &off, "patch_embed.proj.weight", Q3R_PARAM_MATRIX, 4, D, c->channels, c->patch,
-               c->patch);
-    add_tensor(m, &off, "patch_embed.proj.bias", Q3R_PARAM_BIAS, 1, D, 0, 0, 0);
+    q3r_model_add_tensor(g, &off, "cls_token", Q3R_PARAM_EMBED, 3, 1, 1, D, 0);
+    q3r_model_add_tensor(g, &off, "pos_embed", Q3R_PARAM_EMBED, 3, 1, m->T, D, 0);
+    q3r_model_add_tensor(g, &off, "patch_embed.proj.weight", Q3R_PARAM_MATRIX, 4, D, c->channels,
+                         c->patch, c->patch);
+    q3r_model_add_tensor(g, &off, "patch_embed.proj.bias", Q3R_PARAM_BIAS, 1, D, 0, 0, 0);
     for (int l = 0; l < c->depth; l++) {
         vit_block_params *bp = &m->bp[l];
-        const int dims[MX_PER_BLOCK][2] = {{D, D}, {D, D}, {D, D}, {D, D}, {M, D}, {D, M}};
-        for (int j = 0; j < MX_PER_BLOCK; j++) {
-            bp->mx[j].rows = dims[j][0];
-            bp->mx[j].cols = dims[j][1];
-            bp->mx[j].rank = m->ranks[l * MX_PER_BLOCK + j];
-        }
-        const int split = bp->mx[MX_Q].rank || bp->mx[MX_K].rank || bp->mx[MX_V].rank;
-#define BT(suffix, kind, ndim, a, b)                                   \
-    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, suffix),               \
-     add_tensor(m, &off, nm, kind, ndim, a, b, 0, 0))
-#define BM(j)                                                          \
-    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, mx_suffix[j]), add_matrix(m, &off, &bp->mx[j], nm))
+        q3r_model_matrix_slot *mx = &g->mats[mx_index(l, 0)];
+        const int split = mx[MX_Q].rank || mx[MX_K].rank || mx[MX_V].rank;
+#define BT(suffix, kind, ndim, a, b)                                                               \
+    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, suffix),                                           \
+     q3r_model_add_tensor(g, &off, nm, kind, ndim, a, b, 0, 0))
+#define BM(j)                                                                                      \
+    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, mx_suffix[j]),                                     \
+     q3r_model_add_matrix(g, &off, mx_index(l, j), nm))
         bp->ln1_w = BT("norm1.weight", Q3R_PARAM_NORM, 1, D, 0);
         bp->ln1_b = BT("norm1.bias", Q3R_PARAM_NORM, 1, D, 0);
         if (split) {
@@ -225,9 +184,9 @@ static void build_table(q3r_vit *m) {
         } else {
             bp->qkv_w = BT("attn.qkv.weight", Q3R_PARAM_MATRIX, 2, 3 * D, D);
             for (int j = MX_Q; j <= MX_V; j++) {
-                bp->mx[j].w = bp->qkv_w;
-                bp->mx[j].row0 = (size_t)j * D;
-                bp->mx[j].a = bp->mx[j].b = -1;
+                mx[j].w = bp->qkv_w;
+                mx[j].row0 = (size_t)j * D;
+                mx[j].a = mx[j].b = -1;
             }
         }
         bp->qkv_b = BT("attn.qkv.bias", Q3R_PARAM_BIAS, 1, 3 * D, 0);
@@ -242,21 +201,15 @@ static void build_table(q3r_vit *m) {
 #undef BT
 #undef BM
     }
-    m->norm_w = add_tensor(m, &off, "norm.weight", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
-    m->norm_b = add_tensor(m, &off, "norm.bias", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
-    m->head.rows = c->classes;
-    m->head.cols = D;
-    m->head.rank = m->ranks[m->nmat - 1];
-    add_matrix(m, &off, &m->head, "head");
-    m->head_b = add_tensor(m, &off, "head.bias", Q3R_PARAM_BIAS, 1, c->classes, 0, 0, 0);
-    m->nparams = off;
+    m->norm_w = q3r_model_add_tensor(g, &off, "norm.weight", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
+    m->norm_b = q3r_model_add_tensor(g, &off, "norm.bias", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
+    q3r_model_add_matrix(g, &off, g->nmat - 1, "head");
+    m->head_b = q3r_model_add_tensor(g, &off, "head.bias", Q3R_PARAM_BIAS, 1, c->classes, 0, 0, 0);
+    g->nparams = off;
 }
 
-static float *par(q3r_vit *m, int i) { return m->params + m->info[i].offset; }
-static float *grd(q3r_vit *m, int i) { return m->grads + m->info[i].offset; }
-static vit_matrix *matrix_at(q3r_vit *m, int i) {
-    return i == m->nmat - 1 ? &m->head : &m->bp[i / MX_PER_BLOCK].mx[i % MX_PER_BLOCK];
-}
+static float *par(q3r_vit *m, int i) { return q3r_model_par(&m->base, i); }
+static float *grd(q3r_vit *m, int i) { return q3r_model_grd(&m->base, i); }
 
 /* ---- activation arena ---------------------------------------------------------------------- */
 
@@ -275,7 +228,7 @@ static uint8_t *carve8(uint8_t *base, size_t *off, size_t n) {
 /* Lay out (or just size, when the bases are NULL) activations, masks and scratch. */
 static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
     const q3r_vit_config *c = &m->cfg;
-    const size_t B = (size_t)m->max_batch, T = (size_t)m->T, N = B * T, D = (size_t)c->width,
+    const size_t B = (size_t)m->base.max_batch, T = (size_t)m->T, N = B * T, D = (size_t)c->width,
                  M = (size_t)c->mlp_hidden, H = (size_t)c->heads, P = (size_t)m->P,
                  K = (size_t)m->K, C = (size_t)c->classes;
     const int drop = c->dropout > 0.0f;
@@ -305,11 +258,12 @@ static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
         b->m_mlp1 = drop ? carve8(MK, &k, N * M) : NULL;
         b->m_mlp2 = drop ? carve8(MK, &k, N * D) : NULL;
         for (int j = 0; j < MX_PER_BLOCK; j++) {
-            vit_matrix *mx = &m->bp[l].mx[j];
-            mx->t = mx->rank ? carve(A, &a, N * (size_t)mx->rank) : NULL;
+            const int r = m->base.ranks[mx_index(l, j)];
+            m->mt[mx_index(l, j)] = r ? carve(A, &a, N * (size_t)r) : NULL;
         }
     }
-    m->head.t = m->head.rank ? carve(A, &a, B * (size_t)m->head.rank) : NULL;
+    const int rh = m->base.ranks[m->base.nmat - 1];
+    m->mt[m->base.nmat - 1] = rh ? carve(A, &a, B * (size_t)rh) : NULL;
     m->clsx = carve(A, &a, B * D);
     m->lnf = carve(A, &a, B * D);
     m->lnf_mean = carve(A, &a, B);
@@ -326,7 +280,7 @@ static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
     m->dclsx = carve(S, &s, B * D);
     m->dlnf = carve(S, &s, B * D);
     m->dlogits = carve(S, &s, B * C);
-    m->dt = m->max_rank ? carve(S, &s, N * (size_t)m->max_rank) : NULL;
+    m->dt = m->base.max_rank ? carve(S, &s, N * (size_t)m->base.max_rank) : NULL;
     *nact = a;
     *nmask = k;
     *nscratch = s;
@@ -381,30 +335,24 @@ q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, 
     q3r_vit *m = calloc(1, sizeof *m);
     if (!m) return q3r_fail(err, Q3R_ENOMEM, "vit create: out of memory");
     m->cfg = *cfg;
-    m->max_batch = max_batch;
     int g = cfg->image_size / cfg->patch;
     m->P = g * g;
     m->T = m->P + 1;
     m->K = cfg->channels * cfg->patch * cfg->patch;
-    m->nmat = nmat;
-    int nt = P_HEAD_FIRST + cfg->depth * MAX_TENSORS_PER_BLOCK + 5;
-    m->info = calloc((size_t)nt, sizeof *m->info);
-    m->names = calloc((size_t)nt, NAME_LEN);
+    const int nt = P_HEAD_FIRST + cfg->depth * MAX_TENSORS_PER_BLOCK + 5;
+    if (q3r_model_base_init(&m->base, &vit_ops, nt, nmat, ranks, max_batch, "vit create", NULL))
+        goto oom;
+    m->base.input = (q3r_model_input){.kind = Q3R_INPUT_IMAGES, .channels = cfg->channels,
+                                      .height = cfg->image_size, .width = cfg->image_size,
+                                      .classes = cfg->classes};
+    m->base.metric = Q3R_METRIC_ACCURACY;
     m->blk = calloc((size_t)cfg->depth, sizeof *m->blk);
     m->bp = calloc((size_t)cfg->depth, sizeof *m->bp);
-    m->ranks = calloc((size_t)nmat, sizeof *m->ranks);
-    m->mnames = calloc((size_t)nmat, NAME_LEN);
-    if (!m->info || !m->names || !m->blk || !m->bp || !m->ranks || !m->mnames) goto oom;
-    for (int i = 0; i < nmat; i++) {
-        m->ranks[i] = ranks ? ranks[i] : 0;
-        if (m->ranks[i]) m->factored = 1;
-        if (m->ranks[i] > m->max_rank) m->max_rank = m->ranks[i];
-        q3r_vit_matrix_name(cfg, i, m->mnames + (size_t)i * NAME_LEN, NAME_LEN, NULL, NULL, NULL);
-    }
+    m->mt = calloc((size_t)nmat, sizeof *m->mt);
+    if (!m->blk || !m->bp || !m->mt) goto oom;
+    name_matrices(m);
     build_table(m);
-    m->params = q3r_calloc(sizeof(float) * m->nparams);
-    m->grads = q3r_calloc(sizeof(float) * m->nparams);
-    if (!m->params || !m->grads) goto oom;
+    if (q3r_model_base_alloc(&m->base, m->base.nparams, "vit create", NULL)) goto oom;
     size_t na, nk, ns;
     vit_block_acts *blk = m->blk;
     m->blk = NULL; /* sizing pass */
@@ -427,78 +375,57 @@ oom:
 
 void q3r_vit_free(q3r_vit *m) {
     if (!m) return;
-    q3r_free(m->params);
-    q3r_free(m->grads);
+    q3r_model_base_free(&m->base);
     q3r_free(m->arena);
     q3r_free(m->scratch);
     q3r_free(m->mask_arena);
     free(m->labels);
     free(m->blk);
     free(m->bp);
-    free(m->ranks);
-    free(m->mnames);
-    free(m->info);
-    free(m->names);
+    free(m->mt);
     free(m);
 }
 
 /* ---- accessors ------------------------------------------------------------------------------ */
 
-float *q3r_vit_params(q3r_vit *m) { return m->params; }
-float *q3r_vit_grads(q3r_vit *m) { return m->grads; }
-size_t q3r_vit_num_params(const q3r_vit *m) { return m->nparams; }
+q3r_model *q3r_vit_model(q3r_vit *m) { return m ? &m->base : NULL; }
+const q3r_model *q3r_vit_model_const(const q3r_vit *m) { return m ? &m->base : NULL; }
+q3r_vit *q3r_vit_from_model(q3r_model *m) {
+    return m && m->ops == &vit_ops ? (q3r_vit *)(void *)m : NULL;
+}
+static const q3r_vit *vit_of(const q3r_model *m) { return (const q3r_vit *)(const void *)m; }
+static q3r_vit *vit_mut(q3r_model *m) { return (q3r_vit *)(void *)m; }
 
-int64_t q3r_param_numel(const q3r_param_info *p) {
-    int64_t n = 1;
-    for (int k = 0; k < p->ndim; k++) n *= p->shape[k];
-    return n;
+void q3r_vit_set_name(q3r_vit *m, const char *name) {
+    snprintf(m->name, sizeof m->name, "%s", name ? name : "");
 }
-
-int64_t q3r_vit_param_count(const q3r_vit *m) {
-    int64_t n = 0;
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) n += q3r_param_numel(q3r_vit_tensor(m, i));
-    return n;
-}
-int q3r_vit_num_tensors(const q3r_vit *m) { return m->ntensors; }
-const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i) {
-    return i >= 0 && i < m->ntensors ? &m->info[i] : NULL;
-}
+float *q3r_vit_params(q3r_vit *m) { return m->base.params; }
+float *q3r_vit_grads(q3r_vit *m) { return m->base.grads; }
+size_t q3r_vit_num_params(const q3r_vit *m) { return m->base.nparams; }
+int64_t q3r_vit_param_count(const q3r_vit *m) { return q3r_model_param_count(&m->base); }
+int q3r_vit_num_tensors(const q3r_vit *m) { return m->base.ntensors; }
+const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i) { return q3r_model_tensor(&m->base, i); }
 const q3r_param_info *q3r_vit_find(const q3r_vit *m, const char *name) {
-    for (int i = 0; name && i < m->ntensors; i++)
-        if (strcmp(m->info[i].name, name) == 0) return &m->info[i];
-    return NULL;
+    return q3r_model_find(&m->base, name);
 }
 const q3r_vit_config *q3r_vit_get_config(const q3r_vit *m) { return &m->cfg; }
-int q3r_vit_max_batch(const q3r_vit *m) { return m->max_batch; }
+int q3r_vit_max_batch(const q3r_vit *m) { return m->base.max_batch; }
 const float *q3r_vit_logits(const q3r_vit *m) { return m->logits; }
-void q3r_vit_zero_grad(q3r_vit *m) { memset(m->grads, 0, sizeof(float) * m->nparams); }
-
-const int *q3r_vit_ranks(const q3r_vit *m) { return m->ranks; }
-int q3r_vit_is_factored(const q3r_vit *m) { return m->factored; }
-
+void q3r_vit_zero_grad(q3r_vit *m) { q3r_model_zero_grad(&m->base); }
+const int *q3r_vit_ranks(const q3r_vit *m) { return m->base.ranks; }
+int q3r_vit_is_factored(const q3r_vit *m) { return m->base.factored; }
 q3r_status q3r_vit_get_matrix(q3r_vit *m, int i, q3r_vit_matrix *out, q3r_error *err) {
-    if (i < 0 || i >= m->nmat)
-        return q3r_fail(err, Q3R_EINVAL, "vit: matrix index %d not in [0, %d)", i, m->nmat);
-    const vit_matrix *mx = matrix_at(m, i);
-    memset(out, 0, sizeof *out);
-    out->name = m->mnames + (size_t)i * NAME_LEN;
-    out->rows = mx->rows;
-    out->cols = mx->cols;
-    out->rank = mx->rank;
-    if (mx->rank) {
-        out->a = par(m, mx->a);
-        out->b = par(m, mx->b);
-        out->da = grd(m, mx->a);
-        out->db = grd(m, mx->b);
-    } else {
-        out->w = par(m, mx->w) + mx->row0 * (size_t)mx->cols;
-        out->dw = grd(m, mx->w) + mx->row0 * (size_t)mx->cols;
-    }
-    return Q3R_OK;
+    return q3r_model_matrix(&m->base, i, out, err);
+}
+q3r_status q3r_vit_export(const q3r_vit *m, q3r_tensor_list *out, q3r_error *err) {
+    return q3r_model_export(&m->base, out, err);
+}
+q3r_status q3r_vit_import(q3r_vit *m, const q3r_tensor_list *in, q3r_error *err) {
+    return q3r_model_import(&m->base, in, err);
 }
 
 /* multiply-adds of matrix mx applied to n rows */
-static double mat_macs(const vit_matrix *mx, double n) {
+static double mat_macs(const q3r_model_matrix_slot *mx, double n) {
     return n * (mx->rank ? (double)mx->rank * (mx->rows + mx->cols) : (double)mx->rows * mx->cols);
 }
 
@@ -506,9 +433,9 @@ double q3r_vit_forward_flops(const q3r_vit *m, int B) {
     const q3r_vit_config *c = &m->cfg;
     const double T = m->T, D = c->width, N = (double)B * T;
     /* multiply-adds: a full block on N rows; the last block has B query rows (see the top) */
-    double macs = (double)B * m->P * m->K * D + mat_macs(&m->head, B);
+    double macs = (double)B * m->P * m->K * D + mat_macs(&m->base.mats[m->base.nmat - 1], B);
     for (int l = 0; l < c->depth; l++) {
-        const vit_matrix *mx = m->bp[l].mx;
+        const q3r_model_matrix_slot *mx = &m->base.mats[mx_index(l, 0)];
         const int last = l == c->depth - 1;
         const double nq = last ? (double)B : N;
         macs += mat_macs(&mx[MX_Q], N) + mat_macs(&mx[MX_K], N) + mat_macs(&mx[MX_V], N);
@@ -527,12 +454,12 @@ static size_t numel(const q3r_param_info *t) {
 void q3r_vit_init(q3r_vit *m, uint64_t seed) {
     q3r_rng rng;
     q3r_rng_seed(&rng, seed);
-    memset(m->params, 0, sizeof(float) * m->nparams);
-    memset(m->grads, 0, sizeof(float) * m->nparams);
+    memset(m->base.params, 0, sizeof(float) * m->base.nparams);
+    memset(m->base.grads, 0, sizeof(float) * m->base.nparams);
     const double fan_in = (double)m->K, bound = 1.0 / sqrt(fan_in);
-    for (int i = 0; i < m->ntensors; i++) {
-        const q3r_param_info *t = &m->info[i];
-        float *p = m->params + t->offset;
+    for (int i = 0; i < m->base.ntensors; i++) {
+        const q3r_param_info *t = &m->base.info[i];
+        float *p = m->base.params + t->offset;
         size_t n = numel(t);
         if (i == P_CLS) {
             for (size_t j = 0; j < n; j++) p[j] = (float)(1e-6 * q3r_rng_normal(&rng));
@@ -556,11 +483,12 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed) {
 
 /* y (n rows, row stride ldy) = x (n, cols) W^T + bias (rows; may be NULL) + res (n rows, stride
  * ldy; may be NULL or y; only with ldy == rows for a dense matrix) for matrix mx. */
-static void mat_forward(q3r_vit *m, vit_matrix *mx, float *y, int ldy, const float *x,
-                        const float *bias, const float *res, int n) {
+static void mat_forward(q3r_vit *m, int i, float *y, int ldy, const float *x, const float *bias,
+                        const float *res, int n) {
+    const q3r_model_matrix_slot *mx = &m->base.mats[i];
     if (mx->rank) {
-        q3r_linear_factored_forward(y, ldy, mx->t, x, par(m, mx->a), par(m, mx->b), bias, res, n,
-                                    mx->cols, mx->rank, mx->rows);
+        q3r_linear_factored_forward(y, ldy, m->mt[i], x, par(m, mx->a), par(m, mx->b), bias, res,
+                                    n, mx->cols, mx->rank, mx->rows);
     } else {
         const float *w = par(m, mx->w) + mx->row0 * (size_t)mx->cols;
         if (ldy == mx->rows) q3r_linear_forward(y, x, w, bias, res, n, mx->cols, mx->rows);
@@ -570,11 +498,12 @@ static void mat_forward(q3r_vit *m, vit_matrix *mx, float *y, int ldy, const flo
 
 /* Backward of mat_forward: dx (n, cols) written (accumulate 0) or added to; the matrix's
  * parameter gradients and dbias (rows; may be NULL) accumulate. dy (n rows, stride lddy). */
-static void mat_backward(q3r_vit *m, vit_matrix *mx, float *dx, float *dbias, const float *dy,
-                         int lddy, const float *x, int n, int accumulate) {
+static void mat_backward(q3r_vit *m, int i, float *dx, float *dbias, const float *dy, int lddy,
+                         const float *x, int n, int accumulate) {
+    const q3r_model_matrix_slot *mx = &m->base.mats[i];
     if (mx->rank) {
         q3r_linear_factored_backward(dx, grd(m, mx->a), grd(m, mx->b), dbias, m->dt, dy, lddy, x,
-                                     mx->t, par(m, mx->a), par(m, mx->b), n, mx->cols, mx->rank,
+                                     m->mt[i], par(m, mx->a), par(m, mx->b), n, mx->cols, mx->rank,
                                      mx->rows, accumulate);
     } else {
         const size_t o = mx->row0 * (size_t)mx->cols;
@@ -587,9 +516,9 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
                            float label_smoothing, int training, q3r_rng *rng, float *loss_out,
                            q3r_error *err) {
     const q3r_vit_config *c = &m->cfg;
-    if (B <= 0 || B > m->max_batch)
+    if (B <= 0 || B > m->base.max_batch)
         return q3r_fail(err, Q3R_EINVAL, "vit forward: batch %d not in [1, max_batch = %d]", B,
-                        m->max_batch);
+                        m->base.max_batch);
     if (!images) return q3r_fail(err, Q3R_EINVAL, "vit forward: images is NULL");
     if (!(label_smoothing >= 0.0f && label_smoothing < 1.0f))
         return q3r_fail(err, Q3R_EINVAL, "vit forward: label_smoothing = %g not in [0, 1)",
@@ -634,35 +563,35 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
         } else {
             /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
             for (int j = MX_Q; j <= MX_V; j++)
-                mat_forward(m, &bp->mx[j], a->qkv + (size_t)j * D, 3 * D, a->ln1,
+                mat_forward(m, mx_index(l, j), a->qkv + (size_t)j * D, 3 * D, a->ln1,
                             par(m, bp->qkv_b) + (size_t)j * D, NULL, N);
         }
         q3r_attention_forward(a->atty, a->att, a->qkv, B, T, Tq, D, H);
         if (drop) {
-            mat_forward(m, &bp->mx[MX_PROJ], a->x1, D, a->atty, par(m, bp->proj_b), NULL, Nq);
+            mat_forward(m, mx_index(l, MX_PROJ), a->x1, D, a->atty, par(m, bp->proj_b), NULL, Nq);
             q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, rng);
             q3r_residual_forward(a->x1, a->x1, xres, (size_t)Nq * D);
         } else {
-            mat_forward(m, &bp->mx[MX_PROJ], a->x1, D, a->atty, par(m, bp->proj_b), xres, Nq);
+            mat_forward(m, mx_index(l, MX_PROJ), a->x1, D, a->atty, par(m, bp->proj_b), xres, Nq);
         }
         q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, par(m, bp->ln2_w),
                               par(m, bp->ln2_b), Nq, D);
-        mat_forward(m, &bp->mx[MX_FC1], a->h, M, a->ln2, par(m, bp->fc1_b), NULL, Nq);
+        mat_forward(m, mx_index(l, MX_FC1), a->h, M, a->ln2, par(m, bp->fc1_b), NULL, Nq);
         q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
         if (drop) {
             q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, rng);
-            mat_forward(m, &bp->mx[MX_FC2], a->x2, D, a->g, par(m, bp->fc2_b), NULL, Nq);
+            mat_forward(m, mx_index(l, MX_FC2), a->x2, D, a->g, par(m, bp->fc2_b), NULL, Nq);
             q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, rng);
             q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
         } else {
-            mat_forward(m, &bp->mx[MX_FC2], a->x2, D, a->g, par(m, bp->fc2_b), a->x1, Nq);
+            mat_forward(m, mx_index(l, MX_FC2), a->x2, D, a->g, par(m, bp->fc2_b), a->x1, Nq);
         }
         x = a->x2;
     }
     /* x: (B, D), the class token of the last block's output */
     q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, m->norm_w),
                           par(m, m->norm_b), B, D);
-    mat_forward(m, &m->head, m->logits, c->classes, m->lnf, par(m, m->head_b), NULL, B);
+    mat_forward(m, m->base.nmat - 1, m->logits, c->classes, m->lnf, par(m, m->head_b), NULL, B);
     m->last_B = B;
     m->last_p = p;
     if (labels) {
@@ -689,7 +618,7 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
     const int drop = p > 0.0f;
 
     q3r_xent_backward(m->dlogits, m->probs, m->labels, B, C, m->last_ls, 1.0f);
-    mat_backward(m, &m->head, m->dlnf, grd(m, m->head_b), m->dlogits, C, m->lnf, B, 0);
+    mat_backward(m, m->base.nmat - 1, m->dlnf, grd(m, m->head_b), m->dlogits, C, m->lnf, B, 0);
     memset(m->dclsx, 0, sizeof(float) * (size_t)B * D);
     const float *xlast = m->blk[c->depth - 1].x2;
     q3r_layernorm_backward(m->dclsx, grd(m, m->norm_w), grd(m, m->norm_b), m->dlnf, xlast,
@@ -710,10 +639,10 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
             q3r_dropout_backward(m->dD2, a->m_mlp2, (size_t)Nq * D, p);
             dy = m->dD2;
         }
-        mat_backward(m, &bp->mx[MX_FC2], m->dh, grd(m, bp->fc2_b), dy, D, a->g, Nq, 0);
+        mat_backward(m, mx_index(l, MX_FC2), m->dh, grd(m, bp->fc2_b), dy, D, a->g, Nq, 0);
         if (drop) q3r_dropout_backward(m->dh, a->m_mlp1, (size_t)Nq * M, p);
         q3r_gelu_backward(m->dh, m->dh, a->h, (size_t)Nq * M);
-        mat_backward(m, &bp->mx[MX_FC1], m->dD, grd(m, bp->fc1_b), m->dh, M, a->ln2, Nq, 0);
+        mat_backward(m, mx_index(l, MX_FC1), m->dD, grd(m, bp->fc1_b), m->dh, M, a->ln2, Nq, 0);
         q3r_layernorm_backward(dr, grd(m, bp->ln2_w), grd(m, bp->ln2_b), m->dD, a->x1,
                                a->ln2_mean, a->ln2_rstd, par(m, bp->ln2_w), Nq, D);
         /* attention branch: dr now holds d x1 */
@@ -723,14 +652,14 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
             q3r_dropout_backward(m->dD2, a->m_proj, (size_t)Nq * D, p);
             dy = m->dD2;
         }
-        mat_backward(m, &bp->mx[MX_PROJ], m->dD, grd(m, bp->proj_b), dy, D, a->atty, Nq, 0);
+        mat_backward(m, mx_index(l, MX_PROJ), m->dD, grd(m, bp->proj_b), dy, D, a->atty, Nq, 0);
         q3r_attention_backward(m->dqkv, m->datt, m->dD, a->qkv, a->att, B, T, Tq, D, H);
         if (bp->qkv_w >= 0) {
             q3r_linear_backward(m->dD, grd(m, bp->qkv_w), grd(m, bp->qkv_b), m->dqkv, a->ln1,
                                 par(m, bp->qkv_w), N, D, 3 * D, 0);
         } else {
             for (int j = MX_Q; j <= MX_V; j++)
-                mat_backward(m, &bp->mx[j], m->dD, grd(m, bp->qkv_b) + (size_t)j * D,
+                mat_backward(m, mx_index(l, j), m->dD, grd(m, bp->qkv_b) + (size_t)j * D,
                              m->dqkv + (size_t)j * D, 3 * D, a->ln1, N, j > MX_Q);
         }
         if (last) {
@@ -750,44 +679,142 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
     return Q3R_OK;
 }
 
-/* ---- named export / import -------------------------------------------------------------------- */
+/* ---- the model interface -------------------------------------------------------------------- */
 
-q3r_status q3r_vit_export(const q3r_vit *m, q3r_tensor_list *out, q3r_error *err) {
-    for (int i = 0; i < m->ntensors; i++) {
-        const q3r_param_info *t = &m->info[i];
-        q3r_status s = q3r_tensor_list_add(out, t->name, Q3R_F32, t->ndim, t->shape,
-                                           m->params + t->offset, err);
-        if (s) return q3r_fail_context(err, "vit export");
-    }
+static q3r_status op_forward(q3r_model *g, const q3r_batch *b, float ls, int training, q3r_rng *rng,
+                             float *loss, q3r_error *err) {
+    if (b->count < 1 || b->count > g->max_batch)
+        return q3r_fail(err, Q3R_EINVAL, "vit forward: batch %lld not in [1, max_batch = %d]",
+                        (long long)b->count, g->max_batch);
+    return q3r_vit_forward(vit_mut(g), b->images, b->targets, (int)b->count, ls, training, rng,
+                           loss, err);
+}
+
+static q3r_status op_backward(q3r_model *g, q3r_error *err) { return q3r_vit_backward(vit_mut(g), err); }
+
+static void op_score(const q3r_model *g, const q3r_batch *b, float loss, q3r_score *s) {
+    const q3r_vit *m = vit_of(g);
+    q3r_model_score_classifier(b, m->logits, m->cfg.classes, loss, s);
+}
+
+static void op_init(q3r_model *g, uint64_t seed) { q3r_vit_init(vit_mut(g), seed); }
+
+static q3r_status op_config_to_meta(const q3r_model *g, q3r_meta *meta, q3r_error *err) {
+    const q3r_vit *m = vit_of(g);
+    return q3r_vit_config_to_meta(&m->cfg, m->name, meta, err);
+}
+
+static q3r_status op_with_ranks(const q3r_model *g, const int *ranks, int max_batch, q3r_model **out,
+                                q3r_error *err) {
+    const q3r_vit *m = vit_of(g);
+    q3r_vit *v;
+    q3r_status s = q3r_vit_create_factored(&m->cfg, ranks, max_batch, &v, err);
+    if (s) return s;
+    q3r_vit_set_name(v, m->name);
+    *out = &v->base;
     return Q3R_OK;
 }
 
-q3r_status q3r_vit_import(q3r_vit *m, const q3r_tensor_list *in, q3r_error *err) {
-    /* validate everything first, so a failed import leaves the model untouched */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = 0; i < m->ntensors; i++) {
-            const q3r_param_info *t = &m->info[i];
-            const q3r_tensor *src = q3r_tensor_list_find(in, t->name);
-            if (!src) return q3r_fail(err, Q3R_EFORMAT, "vit import: tensor '%s' missing", t->name);
-            int same = src->dtype == Q3R_F32 && src->ndim == t->ndim;
-            for (int k = 0; same && k < t->ndim; k++) same = src->shape[k] == t->shape[k];
-            if (!same) {
-                char want[96], got[96];
-                int w = snprintf(want, sizeof want, "F32 (");
-                for (int k = 0; k < t->ndim; k++)
-                    w += snprintf(want + w, sizeof want - (size_t)w, "%s%lld", k ? ", " : "",
-                                  (long long)t->shape[k]);
-                snprintf(want + w, sizeof want - (size_t)w, ")");
-                int g = snprintf(got, sizeof got, "%s (", q3r_dtype_name(src->dtype));
-                for (int k = 0; k < src->ndim && k < Q3R_TENSOR_MAXDIM; k++)
-                    g += snprintf(got + g, sizeof got - (size_t)g, "%s%lld", k ? ", " : "",
-                                  (long long)src->shape[k]);
-                snprintf(got + g, sizeof got - (size_t)g, ")");
-                return q3r_fail(err, Q3R_EFORMAT, "vit import: tensor '%s' is %s, model wants %s",
-                                t->name, got, want);
-            }
-            if (pass == 1) memcpy(m->params + t->offset, src->data, sizeof(float) * numel(t));
-        }
+static void op_describe(const q3r_model *g, char *buf, size_t cap) {
+    const q3r_vit_config *c = &vit_of(g)->cfg;
+    snprintf(buf, cap, "width %d, depth %d, heads %d, patch %d, MLP %d", c->width, c->depth,
+             c->heads, c->patch, c->mlp_hidden);
+}
+
+static double op_flops(const q3r_model *g, int B) { return q3r_vit_forward_flops(vit_of(g), B); }
+
+static void op_destroy(q3r_model *g) { q3r_vit_free(vit_mut(g)); }
+
+static const q3r_model_ops vit_ops = {
+    .family = "vit",
+    .forward = op_forward,
+    .backward = op_backward,
+    .score = op_score,
+    .init = op_init,
+    .config_to_meta = op_config_to_meta,
+    .with_ranks = op_with_ranks,
+    .describe = op_describe,
+    .forward_flops = op_flops,
+    .destroy = op_destroy,
+};
+
+/* ---- config as metadata, and the registry row ------------------------------------------------ */
+
+q3r_status q3r_vit_config_to_meta(const q3r_vit_config *c, const char *name, q3r_meta *meta,
+                                  q3r_error *err) {
+    q3r_status s = q3r_meta_set(meta, "model.family", "vit", err);
+    if (!s) s = q3r_meta_set(meta, "model.name", name ? name : "", err);
+    if (!s) s = q3r_meta_setf(meta, err, "model.image_size", "%d", c->image_size);
+    if (!s) s = q3r_meta_setf(meta, err, "model.channels", "%d", c->channels);
+    if (!s) s = q3r_meta_setf(meta, err, "model.patch", "%d", c->patch);
+    if (!s) s = q3r_meta_setf(meta, err, "model.width", "%d", c->width);
+    if (!s) s = q3r_meta_setf(meta, err, "model.depth", "%d", c->depth);
+    if (!s) s = q3r_meta_setf(meta, err, "model.heads", "%d", c->heads);
+    if (!s) s = q3r_meta_setf(meta, err, "model.mlp_hidden", "%d", c->mlp_hidden);
+    if (!s) s = q3r_meta_setf(meta, err, "model.classes", "%d", c->classes);
+    if (!s) s = q3r_meta_setf(meta, err, "model.dropout", "%.9g", c->dropout);
+    return s;
+}
+
+q3r_status q3r_vit_config_from_meta(const q3r_meta *meta, q3r_vit_config *cfg, q3r_error *err) {
+    q3r_vit_config c;
+    memset(&c, 0, sizeof c);
+    const struct {
+        const char *key;
+        int *dst;
+    } ints[] = {
+        {"model.image_size", &c.image_size}, {"model.channels", &c.channels},
+        {"model.patch", &c.patch},           {"model.width", &c.width},
+        {"model.depth", &c.depth},           {"model.heads", &c.heads},
+        {"model.mlp_hidden", &c.mlp_hidden}, {"model.classes", &c.classes},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        q3r_status s = q3r_meta_get_int(meta, ints[i].key, ints[i].dst, err);
+        if (s) return s;
     }
+    if (q3r_meta_has(meta, "model.dropout")) {
+        double d;
+        q3r_status s = q3r_meta_get_double(meta, "model.dropout", &d, err);
+        if (s) return s;
+        c.dropout = (float)d;
+    }
+    q3r_status s = q3r_vit_config_check(&c, err);
+    if (s) return q3r_fail_context(err, "model config in metadata");
+    *cfg = c;
     return Q3R_OK;
 }
+
+static const char *const vit_presets[] = {"vit-fmnist", "vit-tiny", "vit-bench", NULL};
+
+static q3r_status family_preset(const char *name, q3r_meta *meta, q3r_error *err) {
+    q3r_vit_config c;
+    q3r_status s = q3r_vit_preset(name, &c, err);
+    return s ? s : q3r_vit_config_to_meta(&c, name, meta, err);
+}
+
+static q3r_status family_from_meta(const q3r_meta *meta, const int *ranks, int max_batch,
+                                   q3r_model **out, q3r_error *err) {
+    q3r_vit_config c;
+    q3r_status s = q3r_vit_config_from_meta(meta, &c, err);
+    if (s) return s;
+    q3r_vit *v;
+    if ((s = q3r_vit_create_factored(&c, ranks, max_batch, &v, err))) return s;
+    q3r_vit_set_name(v, q3r_meta_get(meta, "model.name"));
+    *out = &v->base;
+    return Q3R_OK;
+}
+
+static q3r_status family_num_matrices(const q3r_meta *meta, int *n, q3r_error *err) {
+    q3r_vit_config c;
+    q3r_status s = q3r_vit_config_from_meta(meta, &c, err);
+    if (!s) *n = q3r_vit_num_matrices(&c);
+    return s;
+}
+
+const q3r_model_family q3r_vit_family = {
+    .family = "vit",
+    .presets = vit_presets,
+    .preset = family_preset,
+    .from_meta = family_from_meta,
+    .num_matrices = family_num_matrices,
+};

@@ -1,0 +1,373 @@
+/* The model interface: the registry of families, and everything that is the same for every
+ * model (parameter table, matrix list, selection, export/import, scores), done once here from
+ * the fields of struct q3r_model (model_impl.h). */
+#include "model_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- registry ----------------------------------------------------------------------------- */
+
+static const q3r_model_family *const families[] = {&q3r_vit_family};
+enum { NFAMILIES = sizeof families / sizeof families[0] };
+
+const char *q3r_model_preset_name(int i) {
+    for (int f = 0; f < NFAMILIES; f++)
+        for (const char *const *p = families[f]->presets; *p; p++)
+            if (i-- == 0) return *p;
+    return NULL;
+}
+
+q3r_status q3r_model_preset(const char *name, q3r_meta *meta, q3r_error *err) {
+    if (!name) return q3r_fail(err, Q3R_EINVAL, "model preset: no name given");
+    for (int f = 0; f < NFAMILIES; f++)
+        for (const char *const *p = families[f]->presets; *p; p++)
+            if (!strcmp(*p, name)) return families[f]->preset(name, meta, err);
+    char known[256] = "";
+    size_t len = 0;
+    for (int i = 0; q3r_model_preset_name(i) && len < sizeof known; i++)
+        len += (size_t)snprintf(known + len, sizeof known - len, "%s%s", i ? ", " : "",
+                                q3r_model_preset_name(i));
+    return q3r_fail(err, Q3R_EINVAL, "model preset '%s' unknown (known: %s)", name, known);
+}
+
+static const q3r_model_family *family_of(const q3r_meta *meta, q3r_error *err) {
+    const char *name = q3r_meta_get(meta, "model.family");
+    if (!name) name = "vit"; /* files written before the key existed */
+    for (int f = 0; f < NFAMILIES; f++)
+        if (!strcmp(families[f]->family, name)) return families[f];
+    q3r_fail(err, Q3R_EFORMAT, "metadata 'model.family' = '%s' is not a known model family", name);
+    return NULL;
+}
+
+q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **out,
+                               q3r_error *err) {
+    if (!meta || !out) return q3r_fail(err, Q3R_EINVAL, "model: NULL argument");
+    *out = NULL;
+    const q3r_model_family *fam = family_of(meta, err);
+    if (!fam) return Q3R_EFORMAT;
+    int *ranks = NULL;
+    if (q3r_meta_has(meta, "model.ranks")) {
+        int n;
+        q3r_status s = fam->num_matrices(meta, &n, err);
+        if (s) return s;
+        ranks = malloc(sizeof(int) * (size_t)n);
+        if (!ranks) return q3r_fail(err, Q3R_ENOMEM, "model: out of memory");
+        if (q3r_meta_list_count(meta, "model.ranks") != n ||
+            q3r_meta_get_ints(meta, "model.ranks", ranks, n, NULL)) {
+            free(ranks);
+            return q3r_fail(err, Q3R_EFORMAT,
+                            "metadata 'model.ranks' must be %d comma-separated ranks >= 0 (one per "
+                            "matrix of the model, 0 = dense)",
+                            n);
+        }
+        for (int i = 0; i < n; i++)
+            if (ranks[i] < 0) {
+                free(ranks);
+                return q3r_fail(err, Q3R_EFORMAT,
+                                "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)",
+                                i, ranks[i]);
+            }
+    }
+    q3r_status s = fam->from_meta(meta, ranks, max_batch, out, err);
+    if (s && ranks) q3r_fail_context(err, "model.ranks");
+    free(ranks);
+    return s;
+}
+
+q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch,
+                                q3r_model **out, q3r_error *err) {
+    return m->ops->with_ranks(m, ranks, max_batch, out, err);
+}
+
+void q3r_model_free(q3r_model *m) {
+    if (m) m->ops->destroy(m);
+}
+
+const char *q3r_model_family_name(const q3r_model *m) { return m->ops->family; }
+
+q3r_status q3r_model_config_to_meta(const q3r_model *m, q3r_meta *meta, q3r_error *err) {
+    q3r_status s = m->ops->config_to_meta(m, meta, err);
+    if (s) return s;
+    if (!m->factored) {
+        q3r_meta_remove(meta, "model.ranks");
+        return Q3R_OK;
+    }
+    size_t cap = (size_t)m->nmat * 12 + 1, len = 0;
+    char *t = malloc(cap);
+    if (!t) return q3r_fail(err, Q3R_ENOMEM, "model metadata: out of memory");
+    for (int i = 0; i < m->nmat; i++)
+        len += (size_t)snprintf(t + len, cap - len, "%s%d", i ? "," : "", m->ranks[i]);
+    s = q3r_meta_set(meta, "model.ranks", t, err);
+    free(t);
+    return s;
+}
+
+const q3r_model_input *q3r_model_input_spec(const q3r_model *m) { return &m->input; }
+q3r_metric q3r_model_metric(const q3r_model *m) { return m->metric; }
+int q3r_model_max_batch(const q3r_model *m) { return m->max_batch; }
+void q3r_model_describe(const q3r_model *m, char *buf, size_t cap) { m->ops->describe(m, buf, cap); }
+void q3r_model_init(q3r_model *m, uint64_t seed) { m->ops->init(m, seed); }
+double q3r_model_forward_flops(const q3r_model *m, int B) { return m->ops->forward_flops(m, B); }
+
+/* ---- forward, backward, metrics ----------------------------------------------------------- */
+
+q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoothing,
+                             int training, q3r_rng *rng, float *loss, q3r_error *err) {
+    if (!b) return q3r_fail(err, Q3R_EINVAL, "%s forward: batch is NULL", m->ops->family);
+    return m->ops->forward(m, b, label_smoothing, training, rng, loss, err);
+}
+
+q3r_status q3r_model_backward(q3r_model *m, q3r_error *err) { return m->ops->backward(m, err); }
+
+void q3r_model_score(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s) {
+    m->ops->score(m, b, loss, s);
+}
+
+void q3r_model_score_classifier(const q3r_batch *b, const float *logits, int classes, float loss,
+                                q3r_score *s) {
+    int64_t correct = 0;
+    for (int64_t i = 0; i < b->count; i++) {
+        const float *row = logits + i * classes;
+        int best = 0;
+        for (int k = 1; k < classes; k++)
+            if (row[k] > row[best]) best = k;
+        correct += best == b->targets[i];
+    }
+    s->correct += correct;
+    s->units += b->count;
+    s->loss_sum += (double)loss * (double)b->count;
+}
+
+const char *q3r_metric_name(q3r_metric m) { return m == Q3R_METRIC_BITS_PER_BYTE ? "bpb" : "acc"; }
+
+double q3r_score_value(q3r_metric m, const q3r_score *s) {
+    if (s->units <= 0) return NAN;
+    if (m == Q3R_METRIC_BITS_PER_BYTE) return s->loss_sum / (double)s->units / log(2.0);
+    return (double)s->correct / (double)s->units;
+}
+
+double q3r_score_loss(const q3r_score *s) {
+    return s->units > 0 ? s->loss_sum / (double)s->units : NAN;
+}
+
+void q3r_model_zero_grad(q3r_model *m) { memset(m->grads, 0, sizeof(float) * m->nparams); }
+
+/* ---- parameters ----------------------------------------------------------------------------- */
+
+float *q3r_model_params(q3r_model *m) { return m->params; }
+float *q3r_model_grads(q3r_model *m) { return m->grads; }
+size_t q3r_model_num_params(const q3r_model *m) { return m->nparams; }
+
+int64_t q3r_param_numel(const q3r_param_info *p) {
+    int64_t n = 1;
+    for (int k = 0; k < p->ndim; k++) n *= p->shape[k];
+    return n;
+}
+
+int64_t q3r_model_param_count(const q3r_model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->ntensors; i++) n += q3r_param_numel(&m->info[i]);
+    return n;
+}
+
+int q3r_model_num_tensors(const q3r_model *m) { return m->ntensors; }
+
+const q3r_param_info *q3r_model_tensor(const q3r_model *m, int i) {
+    return i >= 0 && i < m->ntensors ? &m->info[i] : NULL;
+}
+
+const q3r_param_info *q3r_model_find(const q3r_model *m, const char *name) {
+    for (int i = 0; name && i < m->ntensors; i++)
+        if (strcmp(m->info[i].name, name) == 0) return &m->info[i];
+    return NULL;
+}
+
+int q3r_model_tensor_of(const q3r_model *m, const float *p) {
+    for (int t = 0; t < m->ntensors; t++) {
+        const float *base = m->params + m->info[t].offset;
+        if (p >= base && p < base + q3r_param_numel(&m->info[t])) return t;
+    }
+    return -1;
+}
+
+/* ---- matrices ------------------------------------------------------------------------------- */
+
+int q3r_model_num_matrices(const q3r_model *m) { return m->nmat; }
+const int *q3r_model_ranks(const q3r_model *m) { return m->ranks; }
+int q3r_model_is_factored(const q3r_model *m) { return m->factored; }
+
+q3r_status q3r_model_matrix_shape(const q3r_model *m, int i, const char **name,
+                                  q3r_matrix_kind *kind, int *rows, int *cols, q3r_error *err) {
+    if (i < 0 || i >= m->nmat)
+        return q3r_fail(err, Q3R_EINVAL, "%s: matrix index %d not in [0, %d)", m->ops->family, i,
+                        m->nmat);
+    const q3r_model_matrix_slot *x = &m->mats[i];
+    if (name) *name = x->name;
+    if (kind) *kind = x->kind;
+    if (rows) *rows = x->rows;
+    if (cols) *cols = x->cols;
+    return Q3R_OK;
+}
+
+q3r_status q3r_model_matrix(q3r_model *m, int i, q3r_matrix *out, q3r_error *err) {
+    q3r_status s = q3r_model_matrix_shape(m, i, NULL, NULL, NULL, NULL, err);
+    if (s) return s;
+    const q3r_model_matrix_slot *x = &m->mats[i];
+    memset(out, 0, sizeof *out);
+    out->name = x->name;
+    out->kind = x->kind;
+    out->rows = x->rows;
+    out->cols = x->cols;
+    out->rank = x->rank;
+    out->tensor = x->w;
+    if (x->rank) {
+        out->a = q3r_model_par(m, x->a);
+        out->b = q3r_model_par(m, x->b);
+        out->da = q3r_model_grd(m, x->a);
+        out->db = q3r_model_grd(m, x->b);
+    } else {
+        out->w = q3r_model_par(m, x->w) + x->row0 * (size_t)x->cols;
+        out->dw = q3r_model_grd(m, x->w) + x->row0 * (size_t)x->cols;
+    }
+    return Q3R_OK;
+}
+
+q3r_status q3r_model_select(const q3r_model *m, const char *targets, uint8_t *selected,
+                            q3r_error *err) {
+    unsigned kinds;
+    q3r_status s = q3r_targets_parse(targets, &kinds, err);
+    if (s) return s;
+    int any = 0;
+    for (int i = 0; i < m->nmat; i++) {
+        selected[i] = m->mats[i].targetable && (kinds >> m->mats[i].kind & 1u);
+        any |= selected[i];
+    }
+    if (!any)
+        return q3r_fail(err, Q3R_EINVAL, "targets '%s' select none of this %s model's matrices",
+                        targets, m->ops->family);
+    return Q3R_OK;
+}
+
+/* ---- named export / import ------------------------------------------------------------------ */
+
+q3r_status q3r_model_export(const q3r_model *m, q3r_tensor_list *out, q3r_error *err) {
+    for (int i = 0; i < m->ntensors; i++) {
+        const q3r_param_info *t = &m->info[i];
+        q3r_status s = q3r_tensor_list_add(out, t->name, Q3R_F32, t->ndim, t->shape,
+                                           m->params + t->offset, err);
+        if (s) return q3r_fail_context(err, "%s export", m->ops->family);
+    }
+    return Q3R_OK;
+}
+
+static void shape_text(char *buf, size_t cap, const char *dtype, int ndim, const int64_t *shape) {
+    int w = snprintf(buf, cap, "%s (", dtype);
+    for (int k = 0; k < ndim && k < Q3R_TENSOR_MAXDIM && (size_t)w < cap; k++)
+        w += snprintf(buf + w, cap - (size_t)w, "%s%lld", k ? ", " : "", (long long)shape[k]);
+    if ((size_t)w < cap) snprintf(buf + w, cap - (size_t)w, ")");
+}
+
+q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *err) {
+    const char *fam = m->ops->family;
+    /* validate everything first, so a failed import leaves the model untouched */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->ntensors; i++) {
+            const q3r_param_info *t = &m->info[i];
+            const q3r_tensor *src = q3r_tensor_list_find(in, t->name);
+            if (!src) return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' missing", fam, t->name);
+            int same = src->dtype == Q3R_F32 && src->ndim == t->ndim;
+            for (int k = 0; same && k < t->ndim; k++) same = src->shape[k] == t->shape[k];
+            if (!same) {
+                char want[96], got[96];
+                shape_text(want, sizeof want, "F32", t->ndim, t->shape);
+                shape_text(got, sizeof got, q3r_dtype_name(src->dtype), src->ndim, src->shape);
+                return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' is %s, model wants %s",
+                                fam, t->name, got, want);
+            }
+            if (pass == 1)
+                memcpy(m->params + t->offset, src->data, sizeof(float) * (size_t)q3r_param_numel(t));
+        }
+    }
+    return Q3R_OK;
+}
+
+/* ---- building a model (for the families) ---------------------------------------------------- */
+
+q3r_status q3r_model_base_init(q3r_model *m, const q3r_model_ops *ops, int max_tensors, int nmat,
+                               const int *ranks, int max_batch, const char *what, q3r_error *err) {
+    m->ops = ops;
+    m->max_batch = max_batch;
+    m->tensor_cap = max_tensors;
+    m->info = calloc((size_t)max_tensors, sizeof *m->info);
+    m->names = calloc((size_t)max_tensors, Q3R_MODEL_NAME_LEN);
+    m->nmat = nmat;
+    m->mats = calloc((size_t)nmat, sizeof *m->mats);
+    m->ranks = calloc((size_t)nmat, sizeof *m->ranks);
+    if (!m->info || !m->names || !m->mats || !m->ranks)
+        return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", what);
+    for (int i = 0; i < nmat; i++) {
+        m->ranks[i] = ranks ? ranks[i] : 0;
+        if (m->ranks[i]) m->factored = 1;
+        if (m->ranks[i] > m->max_rank) m->max_rank = m->ranks[i];
+        m->mats[i].rank = m->ranks[i];
+        m->mats[i].w = m->mats[i].a = m->mats[i].b = -1;
+        m->mats[i].targetable = 1;
+    }
+    return Q3R_OK;
+}
+
+void q3r_model_base_free(q3r_model *m) {
+    q3r_free(m->params);
+    q3r_free(m->grads);
+    free(m->info);
+    free(m->names);
+    free(m->mats);
+    free(m->ranks);
+}
+
+int q3r_model_add_tensor(q3r_model *m, size_t *off, const char *name, int kind, int ndim,
+                         int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    int i = m->ntensors++;
+    q3r_param_info *t = &m->info[i];
+    char *nm = m->names + (size_t)i * Q3R_MODEL_NAME_LEN;
+    snprintf(nm, Q3R_MODEL_NAME_LEN, "%s", name);
+    t->name = nm;
+    t->offset = *off;
+    t->ndim = ndim;
+    const int64_t d[4] = {d0, d1, d2, d3};
+    size_t numel = 1;
+    for (int k = 0; k < 4; k++) {
+        t->shape[k] = k < ndim ? d[k] : 0;
+        if (k < ndim) numel *= (size_t)d[k];
+    }
+    t->kind = kind;
+    *off += (numel + 15) & ~(size_t)15; /* next tensor on a 64-byte boundary */
+    return i;
+}
+
+void q3r_model_add_matrix(q3r_model *m, size_t *off, int i, const char *base) {
+    q3r_model_matrix_slot *x = &m->mats[i];
+    char nm[Q3R_MODEL_NAME_LEN];
+    x->a = x->b = x->w = -1;
+    x->row0 = 0;
+    if (x->rank) {
+        snprintf(nm, sizeof nm, "%s.weight_a", base);
+        x->a = q3r_model_add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, x->rows, x->rank, 0, 0);
+        snprintf(nm, sizeof nm, "%s.weight_b", base);
+        x->b = q3r_model_add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, x->rank, x->cols, 0, 0);
+    } else {
+        snprintf(nm, sizeof nm, "%s.weight", base);
+        x->w = q3r_model_add_tensor(m, off, nm, Q3R_PARAM_MATRIX, 2, x->rows, x->cols, 0, 0);
+    }
+}
+
+q3r_status q3r_model_base_alloc(q3r_model *m, size_t off, const char *what, q3r_error *err) {
+    m->nparams = off;
+    m->params = q3r_calloc(sizeof(float) * off);
+    m->grads = q3r_calloc(sizeof(float) * off);
+    if (!m->params || !m->grads) return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory for parameters", what);
+    return Q3R_OK;
+}

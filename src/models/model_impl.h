@@ -1,0 +1,104 @@
+/* The inside of q3r_model, for the files that implement a model family (src/models/).
+ *
+ * A family embeds `q3r_model` as the FIRST member of its own struct, fills the parameter table,
+ * the matrix list, the input spec and the metric when it builds a model, and provides the
+ * behaviour in a q3r_model_ops table. Everything that is the same for every model (parameter
+ * buffers and names, matrix pointers, target selection, export/import, scoring helpers) is done
+ * once in model.c from these fields.
+ *
+ * Adding a family: a file src/models/<family>.c with its ops and its create-from-metadata
+ * function, and one row in the registry (model.c). */
+#ifndef Q3R_MODEL_IMPL_H
+#define Q3R_MODEL_IMPL_H
+
+#include "q3r/model.h"
+
+typedef struct {
+    const char *family; /* "vit" */
+    q3r_status (*forward)(q3r_model *m, const q3r_batch *b, float label_smoothing, int training,
+                          q3r_rng *rng, float *loss, q3r_error *err);
+    q3r_status (*backward)(q3r_model *m, q3r_error *err);
+    /* add the last forward's statistics (see q3r_model_score) */
+    void (*score)(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s);
+    void (*init)(q3r_model *m, uint64_t seed);
+    /* the family's "model.*" keys (model.family, model.name and the config; not model.ranks) */
+    q3r_status (*config_to_meta)(const q3r_model *m, q3r_meta *meta, q3r_error *err);
+    q3r_status (*with_ranks)(const q3r_model *m, const int *ranks, int max_batch,
+                             q3r_model **out, q3r_error *err);
+    void (*describe)(const q3r_model *m, char *buf, size_t cap);
+    double (*forward_flops)(const q3r_model *m, int B);
+    void (*destroy)(q3r_model *m); /* frees the family's struct (and what q3r_model_base_free frees) */
+} q3r_model_ops;
+
+/* One entry of the matrix list. Dense: tensor `w` holds it from row `row0` on (the Q/K/V slices
+ * of a fused qkv); factored: tensors `a` (rows, rank) and `b` (rank, cols). */
+typedef struct {
+    char name[48];
+    q3r_matrix_kind kind;
+    int rows, cols, rank;
+    int w, a, b;     /* tensor indices; -1 where not used */
+    size_t row0;
+    int targetable;  /* 0: never selected by a target list (a tied head) */
+} q3r_model_matrix_slot;
+
+#define Q3R_MODEL_NAME_LEN 64
+
+struct q3r_model {
+    const q3r_model_ops *ops;
+    q3r_model_input input;
+    q3r_metric metric;
+    int max_batch;
+    /* parameter table: tensors in buffer order */
+    int ntensors, tensor_cap;
+    q3r_param_info *info;
+    char *names; /* tensor_cap x Q3R_MODEL_NAME_LEN */
+    size_t nparams;
+    float *params, *grads;
+    /* matrix list */
+    int nmat;
+    q3r_model_matrix_slot *mats;
+    int *ranks;   /* (nmat) */
+    int factored; /* any rank > 0 */
+    int max_rank;
+};
+
+/* Set up the base: table capacity for max_tensors tensors and nmat matrices (ranks copied from
+ * ranks, NULL = dense). Returns Q3R_ENOMEM with a message naming `what` on failure. */
+q3r_status q3r_model_base_init(q3r_model *m, const q3r_model_ops *ops, int max_tensors, int nmat,
+                               const int *ranks, int max_batch, const char *what, q3r_error *err);
+/* Free what q3r_model_base_init and q3r_model_base_alloc allocated (not m itself). */
+void q3r_model_base_free(q3r_model *m);
+/* Append a tensor to the table at the running offset *off (64-byte aligned); returns its index. */
+int q3r_model_add_tensor(q3r_model *m, size_t *off, const char *name, int kind, int ndim,
+                         int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* Add matrix slot `i` (its rows, cols, rank, kind and name already set) as tensors named
+ * "<base>.weight" (dense) or "<base>.weight_a" (rows, rank) and "<base>.weight_b" (rank, cols). */
+void q3r_model_add_matrix(q3r_model *m, size_t *off, int i, const char *base);
+/* Allocate the parameter and gradient buffers (zero) once the table is complete (off = its end). */
+q3r_status q3r_model_base_alloc(q3r_model *m, size_t off, const char *what, q3r_error *err);
+
+static inline float *q3r_model_par(q3r_model *m, int tensor) {
+    return m->params + m->info[tensor].offset;
+}
+static inline float *q3r_model_grd(q3r_model *m, int tensor) {
+    return m->grads + m->info[tensor].offset;
+}
+
+/* Classifier scoring: argmax hits of logits (count, classes) against b->targets. */
+void q3r_model_score_classifier(const q3r_batch *b, const float *logits, int classes, float loss,
+                                q3r_score *s);
+
+/* The registry's rows: a family's name and its create-from-metadata. */
+typedef struct {
+    const char *family;
+    const char *const *presets; /* NULL-terminated */
+    q3r_status (*preset)(const char *name, q3r_meta *meta, q3r_error *err);
+    q3r_status (*from_meta)(const q3r_meta *meta, const int *ranks, int max_batch, q3r_model **out,
+                            q3r_error *err);
+    /* matrices of a config, for parsing "model.ranks" before the model exists */
+    q3r_status (*num_matrices)(const q3r_meta *meta, int *n, q3r_error *err);
+} q3r_model_family;
+
+extern const q3r_model_family q3r_vit_family;
+
+#endif
