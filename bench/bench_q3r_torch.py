@@ -8,7 +8,7 @@ Per case (rows x cols, envelope rank r) on W ~ N(0, 0.02^2) in float32:
                <W, R(W)> and the gradient as the four-term R(W) with the projectors U U^T,
                V V^T and identities formed explicitly, evaluated left to right as written
   vg_shared    the same value and gradient through the shared products A = U^T W, B = W V,
-               C = A V of shared/q3r-math.md (what the C library does), for reference
+               C = A V of docs/q3r-math.md (what the C library does), for reference
 Times are medians over repetitions. Run with Debian's /usr/bin/python3.
 
   bench_q3r_torch.py [--threads N] [--cases 192x192:9,2048x2048:102] [--json]

@@ -11,13 +11,6 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
-static char dir[1024];
-
-static const char *tmp_path(const char *name, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s/%s", dir, name);
-    return buf;
-}
-
 static void write_file(const char *path, const void *p, size_t n, int gz) {
     if (gz) {
         gzFile g = gzopen(path, "wb");
@@ -464,7 +457,7 @@ static void test_loader(void) {
 }
 
 int main(void) {
-    binary_path("", dir, sizeof dir);
+    test_tmpdir("test_data");
     test_fashion_mnist();
     test_idx_small();
     test_cifar();

@@ -21,8 +21,19 @@ if not shutil.which("pkg-config") or not shutil.which("cc"):
 check = Checks()
 
 
+# `cmake --install` always writes install_manifest.txt into the build tree: put back what was there.
+manifest = os.path.join(build, "install_manifest.txt")
+old_manifest = open(manifest, "rb").read() if os.path.exists(manifest) else None
 with tempfile.TemporaryDirectory() as prefix:
-    subprocess.run(["cmake", "--install", build, "--prefix", prefix], check=True, capture_output=True)
+    try:
+        subprocess.run(["cmake", "--install", build, "--prefix", prefix], check=True, capture_output=True)
+    finally:
+        if old_manifest is None:
+            if os.path.exists(manifest):
+                os.remove(manifest)
+        else:
+            with open(manifest, "wb") as f:
+                f.write(old_manifest)
     libdir = next(os.path.join(prefix, d) for d in ("lib", "lib64", "lib/x86_64-linux-gnu")
                   if os.path.exists(os.path.join(prefix, d, "pkgconfig", "q3r.pc")))
     env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(libdir, "pkgconfig"), LD_LIBRARY_PATH=libdir)

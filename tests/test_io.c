@@ -9,13 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char dir[1024];
-
-static const char *tmp_path(const char *name, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s/%s", dir, name);
-    return buf;
-}
-
 static void write_bytes(const char *path, const void *p, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) { perror(path); exit(2); }
@@ -499,10 +492,11 @@ static void test_dtypes(void) {
     }
     q3r_tensor_list_free(&l);
     q3r_tensor_list_free(&back);
+    remove(path);
 }
 
 int main(void) {
-    binary_path("", dir, sizeof dir);
+    test_tmpdir("test_io");
     test_roundtrip();
     test_layout();
     test_corrupt();

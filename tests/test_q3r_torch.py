@@ -1,5 +1,5 @@
 """Q3R against an independent re-implementation in PyTorch (float64, torch.linalg.svd,
-the four-term operator and the eps schedules written from shared/q3r-math.md).
+the four-term operator and the eps schedules written from docs/q3r-math.md).
 
 For several shapes, ranks and schedules, tests/tool_q3r runs a trajectory: per phase a
 perturbation, a refresh, a few decoupled steps X -= lr 2 lambda R(X), then the value and

@@ -294,8 +294,8 @@ static void test_collapsed_lorita(void) {
     q3r_reparam *rp = q3r_trainer_reparam(t);
     CHECK(rp && q3r_reparam_count(rp) == 12, "lorita: 12 target matrices (6 per block)");
     CHECK(q3r_reparam_num_factors(rp, 0) == 3, "lorita: 3 factors by default");
-    char path[128];
-    snprintf(path, sizeof path, "/tmp/q3r-test-reparam-%d.safetensors", (int)getpid());
+    char path[1200];
+    tmp_path("lorita.safetensors", path, sizeof path);
     char mj[512];
     snprintf(mj, sizeof mj,
              "{\"model.image_size\": \"%d\", \"model.channels\": \"1\", \"model.patch\": \"4\", "
@@ -455,6 +455,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
+    test_tmpdir("test_reparam");
     const int sq[4] = {4, 4, 4, 4}, r6[4] = {6, 6, 6, 6};
     test_chain(5, 4, 3, sq, Q3R_REPARAM_IDENTITY, 1);  /* LoRITa, m > n */
     test_chain(3, 6, 3, r6, Q3R_REPARAM_IDENTITY, 2);  /* LoRITa, m < n */

@@ -6,7 +6,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "check.h"
 #include "q3r/io.h"
@@ -211,9 +210,9 @@ static void test_accounting(void) {
 }
 
 static void test_file_round_trip(void) {
-    char path[256], bad[256];
-    snprintf(path, sizeof path, "/tmp/q3r_test_truncate_%d.safetensors", (int)getpid());
-    snprintf(bad, sizeof bad, "/tmp/q3r_test_truncate_bad_%d.safetensors", (int)getpid());
+    char path[1200], bad[1200];
+    tmp_path("truncated.safetensors", path, sizeof path);
+    tmp_path("bad.safetensors", bad, sizeof bad);
     q3r_vit *d = dense_model(&tiny, 4, 0.2), *f = NULL, *g = NULL;
     q3r_error err;
     q3r_truncate_report rep;
@@ -321,6 +320,7 @@ static void test_bad_specs(void) {
 }
 
 int main(void) {
+    test_tmpdir("test_truncate");
     q3r_rng r;
     q3r_rng_seed(&r, 2);
     fill_normal_f(images, sizeof images / sizeof images[0], 1.0, &r);

@@ -51,7 +51,9 @@ def best(w, r):
     return (u[:, :r] * s[:r]) @ vt[:r]
 
 
-tmp = tempfile.mkdtemp(prefix="q3r-truncate-test-")
+# removed at exit (also when a check raises); mkdtemp alone left one directory behind per run
+tmp_dir = tempfile.TemporaryDirectory(prefix="q3r-truncate-test-")
+tmp = tmp_dir.name
 D, DEPTH, M = 32, 2, 64
 p = run(["train", "--width", str(D), "--depth", str(DEPTH), "--heads", "2", "--mlp", str(M),
          "--train-limit", "512", "--test-limit", "100", "--batch", "64", "--epochs", "1",
@@ -205,4 +207,5 @@ if p.returncode == 0:
             for n, w in orig.items() if ".attn." in n and not n.endswith("proj"))
     check(e < 1e-5, f"rank 3 -> 2 equals the dense rank-2 truncation: {e}")
 
+tmp_dir.cleanup()
 sys.exit(check.finish())

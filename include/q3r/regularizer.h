@@ -1,4 +1,4 @@
-/* The Quadratic Reweighted Rank Regularizer (Q3R), as stated in shared/q3r-math.md.
+/* The Quadratic Reweighted Rank Regularizer (Q3R), as stated in docs/q3r-math.md.
  *
  * Two levels:
  *   q3r_state  one regularized matrix: refresh (thin SVD, eps schedule, envelope),

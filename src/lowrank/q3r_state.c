@@ -4,7 +4,7 @@
  *     R(X) = X + U diag(t) U^T X + X V diag(t) V^T + U diag(t) (U^T X V) diag(t) V^T
  *
  * with t_i = eps / sigma_i - 1, through the shared products A = U^T X, B = X V, C = A V
- * (shared/q3r-math.md). Never forms a rows x rows or cols x cols matrix; ~8 r_env rows
+ * (docs/q3r-math.md). Never forms a rows x rows or cols x cols matrix; ~8 r_env rows
  * cols flops per application. */
 #include "q3r/linalg.h"
 #include "q3r/regularizer.h"

@@ -1,5 +1,6 @@
 #include "check.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -41,4 +42,38 @@ const char *source_path(const char *rel, char *buf, size_t cap) {
 
 const char *binary_path(const char *rel, char *buf, size_t cap) {
     return env_path("Q3R_BINARY_DIR", ".", rel, buf, cap);
+}
+
+static char tmpdir_[1024];
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    if (remove(path)) perror(path);
+    return 0;
+}
+
+static void remove_tmpdir(void) {
+    if (tmpdir_[0]) nftw(tmpdir_, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *test_tmpdir(const char *name) {
+    if (tmpdir_[0]) return tmpdir_;
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base) base = "/tmp";
+    snprintf(tmpdir_, sizeof tmpdir_, "%s/q3r-%s-XXXXXX", base, name);
+    if (!mkdtemp(tmpdir_)) {
+        perror(tmpdir_);
+        exit(2);
+    }
+    atexit(remove_tmpdir);
+    return tmpdir_;
+}
+
+const char *tmp_path(const char *rel, char *buf, size_t cap) {
+    if (!tmpdir_[0]) {
+        fprintf(stderr, "tmp_path(%s) before test_tmpdir()\n", rel);
+        exit(2);
+    }
+    snprintf(buf, cap, "%s/%s", tmpdir_, rel);
+    return buf;
 }

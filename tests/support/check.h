@@ -48,4 +48,11 @@ double rel_max_err_f(const float *a, const float *b, size_t n);
 const char *source_path(const char *rel, char *buf, size_t cap);
 const char *binary_path(const char *rel, char *buf, size_t cap);
 
+/* A fresh directory for this test's files, made by mkdtemp under $TMPDIR (or /tmp) on the
+ * first call, named after `name`; it and everything in it are removed at exit. Tests write
+ * nowhere else: never into the working directory, the source or the build tree. */
+const char *test_tmpdir(const char *name);
+/* test_tmpdir()/rel; test_tmpdir must have been called. */
+const char *tmp_path(const char *rel, char *buf, size_t cap);
+
 #endif
