@@ -16,8 +16,9 @@
  * q3r_comm * and call the wrappers.
  *
  * The wrappers check their arguments (buf NULL with n > 0, root outside [0, size)) before they
- * dispatch, so an implementation sees only valid calls. Only q3r_comm_slice is arithmetic; it
- * depends on nothing and layers below dist's users (the loader) call it. */
+ * dispatch, so an implementation sees only valid calls. q3r_comm_slice is plain arithmetic
+ * that needs no communicator; the loader (q3r/data.h) uses it to cut its batches, which is why
+ * this header sits directly above base in q3r.h. */
 #ifndef Q3R_DIST_H
 #define Q3R_DIST_H
 
