@@ -1,9 +1,10 @@
 /* data: IDX on the installed Fashion-MNIST and on small files written here (plain and
  * gzipped, and corrupt), CIFAR-10/100 binary batches, channel statistics, and the loader:
  * permutations, partial batches, augmentation against hand-computed crops and flips,
- * thread and batch-size independence, and resuming from exported state. */
+ * thread and batch-size independence, resuming from exported state, and rank/world slices. */
 #include "check.h"
 #include "q3r/data.h"
+#include "q3r/dist.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -456,6 +457,139 @@ static void test_loader(void) {
     q3r_dataset_free(&ds);
 }
 
+/* Data parallel: for world 1..4 the ranks' slices of every global batch, concatenated in rank
+ * order, are the whole-batch loader's batch bit for bit (shuffle and augmentation on, two
+ * epochs, an uneven last batch shorter than the world); counts add up; a sliced loader resumes
+ * identically from exported state; bad rank/world are refused. */
+static void test_loader_slices(void) {
+    q3r_error err = {0};
+    enum { N = 65, B = 7, NB = 20, PER = 2 * 4 * 5 }; /* 9 full batches and one of 2 per epoch */
+    q3r_dataset ds = synth(N, 2, 4, 5);
+    q3r_loader_config cfg = {0};
+    cfg.batch_size = B;
+    cfg.shuffle = 1;
+    cfg.seed = 4321;
+    cfg.crop_pad = 1;
+    cfg.hflip = 1;
+    cfg.norm = unit_norm(2);
+    q3r_loader ref;
+    CHECK_OK(q3r_loader_init(&ref, &ds, &cfg, &err), &err);
+    CHECK(q3r_loader_batches_per_epoch(&ref) == 10, "batches per epoch");
+    static float rx[NB][B * PER], sx[NB][B * PER];
+    static int32_t ry[NB][B], sy[NB][B];
+    int64_t rc[NB];
+    int rend[NB];
+    CHECK(q3r_loader_global_count(&ref) == 0, "global count before the first batch");
+    for (int b = 0; b < NB; b++) {
+        q3r_loader_next(&ref, rx[b], ry[b], &rc[b], &rend[b]);
+        CHECK(q3r_loader_global_count(&ref) == rc[b], "unsliced global count");
+    }
+    CHECK(rc[9] == 2 && rc[19] == 2 && rend[9] && rend[19], "uneven last batches");
+    q3r_loader_free(&ref);
+
+    for (int world = 1; world <= 4; world++) {
+        q3r_loader L[4];
+        for (int r = 0; r < world; r++) {
+            q3r_loader_config c = cfg;
+            c.rank = r;
+            c.world = world;
+            CHECK_OK(q3r_loader_init(&L[r], &ds, &c, &err), &err);
+        }
+        memset(sx, 0, sizeof sx);
+        memset(sy, 0, sizeof sy);
+        int same = 1, counts = 1, ends = 1, empty = 0;
+        for (int b = 0; b < NB; b++) {
+            int64_t off = 0;
+            for (int r = 0; r < world; r++) {
+                q3r_set_threads(1 + (r + b) % 2); /* slices, too, do not depend on threads */
+                float x[B * PER];
+                int32_t y[B];
+                int64_t cnt = -1, lo, hi;
+                int end = -1;
+                q3r_loader_next(&L[r], x, y, &cnt, &end);
+                q3r_comm_slice(rc[b], r, world, &lo, &hi);
+                counts &= cnt == hi - lo && lo == off && q3r_loader_global_count(&L[r]) == rc[b];
+                ends &= end == rend[b];
+                empty += cnt == 0;
+                memcpy(sx[b] + off * PER, x, (size_t)cnt * PER * sizeof *x);
+                memcpy(sy[b] + off, y, (size_t)cnt * sizeof *y);
+                off += cnt;
+            }
+            counts &= off == rc[b];
+            same &= memcmp(sx[b], rx[b], (size_t)rc[b] * PER * sizeof(float)) == 0 &&
+                    memcmp(sy[b], ry[b], (size_t)rc[b] * sizeof(int32_t)) == 0;
+        }
+        q3r_set_threads(1);
+        CHECK(same, "world %d: slices do not concatenate to the whole batches", world);
+        CHECK(counts, "world %d: slice counts do not add up", world);
+        CHECK(ends, "world %d: epoch_end differs from the whole-batch loader", world);
+        CHECK(empty == (world > 2 ? 2 * (world - 2) : 0), "world %d: %d empty slices", world, empty);
+        for (int r = 0; r < world; r++)
+            CHECK(L[r].epoch == 1 && L[r].index == N, "world %d rank %d: position %lld/%lld", world, r,
+                  (long long)L[r].epoch, (long long)L[r].index);
+        for (int r = 0; r < world; r++) q3r_loader_free(&L[r]);
+    }
+
+    /* Export mid-epoch from rank 1 of 3 (13 batches: epoch 1, index 21), import into a fresh
+     * rank-1 loader with another seed: the next 12 slices agree bit for bit. */
+    q3r_loader_config c3 = cfg;
+    c3.rank = 1;
+    c3.world = 3;
+    q3r_loader L, R;
+    CHECK_OK(q3r_loader_init(&L, &ds, &c3, &err), &err);
+    float x[B * PER], xr[B * PER];
+    int32_t y[B], yr[B];
+    int64_t cnt, c1, c2;
+    for (int b = 0; b < 13; b++) q3r_loader_next(&L, x, y, &cnt, NULL);
+    CHECK(L.epoch == 1 && L.index == 3 * B, "sliced position %lld/%lld", (long long)L.epoch, (long long)L.index);
+    q3r_tensor_list st;
+    q3r_tensor_list_init(&st);
+    CHECK_OK(q3r_loader_export(&L, &st, &err), &err);
+    CHECK(st.count == 4, "sliced export holds %zu tensors (the position only)", st.count);
+    q3r_loader_config other = c3;
+    other.seed = 5;
+    CHECK_OK(q3r_loader_init(&R, &ds, &other, &err), &err);
+    CHECK_OK(q3r_loader_import(&R, &st, &err), &err);
+    int same = 1;
+    for (int b = 0; b < 12; b++) {
+        q3r_loader_next(&L, x, y, &c1, NULL);
+        q3r_loader_next(&R, xr, yr, &c2, NULL);
+        same &= c1 == c2 && q3r_loader_global_count(&L) == q3r_loader_global_count(&R) &&
+                memcmp(y, yr, (size_t)c1 * sizeof *y) == 0 && memcmp(x, xr, (size_t)c1 * PER * sizeof *x) == 0;
+    }
+    CHECK(same, "resumed sliced loader diverges");
+    /* The position is the world-1 loader's: the exported state resumes it too. */
+    q3r_loader W;
+    CHECK_OK(q3r_loader_init(&W, &ds, &cfg, &err), &err);
+    CHECK_OK(q3r_loader_import(&W, &st, &err), &err);
+    q3r_loader_next(&W, rx[0], ry[0], &cnt, NULL);
+    CHECK(cnt == B && memcmp(ry[0], ry[13], B * sizeof(int32_t)) == 0, "whole-batch resume from sliced state");
+    q3r_loader_free(&W);
+    q3r_tensor_list_free(&st);
+    q3r_loader_free(&R);
+    q3r_loader_free(&L);
+
+    /* Bad rank / world, each named. */
+    struct { int rank, world; const char *field; } bad[] = {
+        {-1, 2, "rank"}, {0, -1, "world"}, {3, 3, "rank"}, {5, 3, "rank"}, {1, 1, "rank"}, {1, 0, "rank"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        q3r_loader_config b = cfg;
+        b.rank = bad[k].rank;
+        b.world = bad[k].world;
+        memset(&err, 0, sizeof err);
+        CHECK(q3r_loader_init(&L, &ds, &b, &err) == Q3R_EINVAL, "rank %d world %d accepted", b.rank, b.world);
+        CHECK(strstr(err.msg, bad[k].field) != NULL, "rank %d world %d: message '%s' lacks '%s'", b.rank,
+              b.world, err.msg, bad[k].field);
+    }
+    q3r_loader_config ok = cfg;
+    ok.rank = 2;
+    ok.world = 3;
+    CHECK_OK(q3r_loader_init(&L, &ds, &ok, &err), &err);
+    q3r_loader_free(&L);
+    q3r_dataset_free(&ds);
+}
+
 int main(void) {
     test_tmpdir("test_data");
     test_fashion_mnist();
@@ -463,5 +597,6 @@ int main(void) {
     test_cifar();
     test_stats_and_augment();
     test_loader();
+    test_loader_slices();
     return check_report("test_data");
 }

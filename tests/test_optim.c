@@ -147,9 +147,116 @@ static void test_adamw(void) {
     q3r_adamw_free(&opt);
 }
 
+/* Trainable mask: frozen elements keep their bits and zero moments; trainable ones step exactly
+ * as an optimizer over the compacted buffer of only them (decay mask restricted); an all-ones
+ * mask is bit-identical to none. */
+static void test_trainable(void) {
+    q3r_error err = {0};
+    q3r_adamw_config cfg = {0.9, 0.99, 1e-6, 0.05};
+    const int64_t n = 1031;
+    const int T = 7;
+    q3r_rng rng;
+    q3r_rng_seed(&rng, 77);
+    float *p0 = malloc((size_t)n * sizeof *p0), *g = malloc((size_t)(T * n) * sizeof *g);
+    uint8_t *tm = malloc((size_t)n), *dm = malloc((size_t)n), *ones = malloc((size_t)n);
+    fill_normal_f(p0, (size_t)n, 1.0, &rng);
+    fill_normal_f(g, (size_t)(T * n), 0.3, &rng);
+    int64_t nt = 0;
+    for (int64_t i = 0; i < n; i++) {
+        tm[i] = q3r_rng_uniform(&rng) < 0.3 ? 0 : (uint8_t)(1 + q3r_rng_below(&rng, 255)); /* any nonzero */
+        dm[i] = q3r_rng_uniform(&rng) < 0.6;
+        ones[i] = 1;
+        nt += tm[i] != 0;
+    }
+    CHECK(nt > 0 && nt < n, "mask has both kinds (%lld trainable)", (long long)nt);
+    /* The compacted problem. */
+    float *pc = malloc((size_t)nt * sizeof *pc), *gc = malloc((size_t)(T * nt) * sizeof *gc);
+    uint8_t *dc = malloc((size_t)nt);
+    for (int64_t i = 0, k = 0; i < n; i++)
+        if (tm[i]) {
+            pc[k] = p0[i];
+            dc[k] = dm[i];
+            for (int t = 0; t < T; t++) gc[t * nt + k] = g[t * n + i];
+            k++;
+        }
+    float *pa = malloc((size_t)n * sizeof *pa), *pn = malloc((size_t)n * sizeof *pn),
+          *p1 = malloc((size_t)n * sizeof *p1);
+    memcpy(pa, p0, (size_t)n * sizeof *pa);
+    memcpy(pn, p0, (size_t)n * sizeof *pn);
+    memcpy(p1, p0, (size_t)n * sizeof *p1);
+    q3r_adamw A, C, N, O;
+    CHECK_OK(q3r_adamw_init(&A, n, &cfg, &err), &err);
+    CHECK_OK(q3r_adamw_init(&C, nt, &cfg, &err), &err);
+    CHECK_OK(q3r_adamw_init(&N, n, &cfg, &err), &err);
+    CHECK_OK(q3r_adamw_init(&O, n, &cfg, &err), &err);
+    q3r_adamw_set_decay_mask(&A, dm);
+    q3r_adamw_set_decay_mask(&C, dc);
+    q3r_adamw_set_decay_mask(&N, dm);
+    q3r_adamw_set_decay_mask(&O, dm);
+    CHECK_OK(q3r_adamw_set_trainable_mask(&A, tm, &err), &err);
+    CHECK_OK(q3r_adamw_set_trainable_mask(&O, ones, &err), &err);
+    CHECK(A.trainable && A.trainable != tm && N.trainable == NULL, "mask copied, absent by default");
+    int t0 = q3r_get_threads();
+    for (int t = 0; t < T; t++) {
+        double lr = 0.01 * (t + 1);
+        q3r_set_threads(1 + t % 2); /* the masked step, too, is thread-count independent */
+        q3r_adamw_step(&A, pa, g + t * n, lr);
+        q3r_adamw_step(&C, pc, gc + t * nt, lr);
+        q3r_adamw_step(&N, pn, g + t * n, lr);
+        q3r_adamw_step(&O, p1, g + t * n, lr);
+    }
+    q3r_set_threads(t0);
+    /* (a) frozen: start bits, zero moments (through export). */
+    q3r_tensor_list st;
+    q3r_tensor_list_init(&st);
+    CHECK_OK(q3r_adamw_export(&A, &st, &err), &err);
+    const float *em = q3r_tensor_list_find(&st, "optim.m")->data, *ev = q3r_tensor_list_find(&st, "optim.v")->data;
+    const float zero = 0.0f;
+    int frozen_ok = 1, moments_ok = 1, train_ok = 1, moved = 0;
+    for (int64_t i = 0, k = 0; i < n; i++) {
+        if (!tm[i]) {
+            frozen_ok &= memcmp(&pa[i], &p0[i], sizeof(float)) == 0;
+            moments_ok &= memcmp(&em[i], &zero, sizeof zero) == 0 && memcmp(&ev[i], &zero, sizeof zero) == 0;
+        } else {
+            /* (b) trainable: the compacted run's bits, params and moments. */
+            train_ok &= memcmp(&pa[i], &pc[k], sizeof(float)) == 0 && memcmp(&em[i], &C.m[k], sizeof(float)) == 0 &&
+                        memcmp(&ev[i], &C.v[k], sizeof(float)) == 0;
+            moved += pa[i] != p0[i];
+            k++;
+        }
+    }
+    CHECK(frozen_ok, "a frozen element changed");
+    CHECK(moments_ok, "a frozen element has nonzero moments");
+    CHECK(train_ok, "trainable elements differ from the compacted run");
+    CHECK(moved == nt, "only %d of %lld trainable elements moved", moved, (long long)nt);
+    CHECK(A.step == T && C.step == T, "steps %lld %lld", (long long)A.step, (long long)C.step);
+    /* (c) all ones == no mask, bit for bit. */
+    CHECK(memcmp(p1, pn, (size_t)n * sizeof *pn) == 0, "all-ones mask differs from no mask (params)");
+    CHECK(memcmp(O.m, N.m, (size_t)n * sizeof *N.m) == 0 && memcmp(O.v, N.v, (size_t)n * sizeof *N.v) == 0,
+          "all-ones mask differs from no mask (moments)");
+    /* Freezing mid-run drops the frozen elements' moments; NULL removes the mask. */
+    CHECK_OK(q3r_adamw_set_trainable_mask(&N, tm, &err), &err);
+    int dropped = 1, kept = 1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!tm[i]) dropped &= N.m[i] == 0 && N.v[i] == 0;
+        else kept &= N.m[i] == O.m[i] && N.v[i] == O.v[i];
+    }
+    CHECK(dropped && kept, "mid-run freeze: moments dropped %d, kept %d", dropped, kept);
+    CHECK_OK(q3r_adamw_set_trainable_mask(&N, NULL, &err), &err);
+    CHECK(N.trainable == NULL, "NULL mask removes it");
+    q3r_tensor_list_free(&st);
+    q3r_adamw_free(&A);
+    q3r_adamw_free(&C);
+    q3r_adamw_free(&N);
+    q3r_adamw_free(&O);
+    CHECK(A.trainable == NULL, "free clears the mask");
+    free(p0); free(g); free(tm); free(dm); free(ones); free(pc); free(gc); free(dc); free(pa); free(pn); free(p1);
+}
+
 int main(void) {
     test_schedule();
     test_clip();
     test_adamw();
+    test_trainable();
     return check_report("test_optim");
 }

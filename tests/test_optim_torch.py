@@ -1,5 +1,6 @@
 """AdamW + clipping + cosine schedule in C (tests/tool_optim.c) against torch.optim.AdamW and
-torch.nn.utils.clip_grad_norm_, with weight-decay masks and a mid-run state save/restore.
+torch.nn.utils.clip_grad_norm_, with weight-decay masks, parameters left out of the optimizer
+(the C side's trainable mask) and a mid-run state save/restore.
 Files are exchanged as safetensors through a tiny independent numpy reader/writer.
 Exit 77 (skip) without torch/numpy."""
 import json, math, os, struct, subprocess, sys, tempfile
@@ -52,14 +53,22 @@ def lr_closed_form(lr, min_lr, warmup, total, step):
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
-def run_case(tool, tmp, name, hp, ranges, n=37, T=10, seed=0):
+def run_case(tool, tmp, name, hp, ranges, n=37, T=10, seed=0, frozen=()):
+    """frozen: indices of ranges left out of the torch optimizer (C: trainable mask 0 there);
+    they still have gradients, so clipping sees them on both sides."""
     rng = np.random.default_rng(seed)
     params = rng.standard_normal(n).astype(np.float32)
     scales = np.linspace(0.05, 1.0, T).astype(np.float32)[:, None]  # some steps clip, some not
     grads = (rng.standard_normal((T, n)).astype(np.float32) * scales).astype(np.float32)
     inp, outp = os.path.join(tmp, name + "_in.safetensors"), os.path.join(tmp, name + "_out.safetensors")
-    st_write(inp, {"params": params, "grads": grads, "ranges": np.array(ranges, dtype=np.int64)},
-             {k: repr(v) for k, v in hp.items()})
+    tensors = {"params": params, "grads": grads, "ranges": np.array(ranges, dtype=np.int64)}
+    if frozen:
+        trainable = np.ones(n, dtype=np.uint8)
+        for j in frozen:
+            off, cnt, _ = ranges[j]
+            trainable[off:off + cnt] = 0
+        tensors["trainable"] = trainable
+    st_write(inp, tensors, {k: repr(v) for k, v in hp.items()})
     r = subprocess.run([tool, "adamw", inp, outp], capture_output=True, text=True)
     if r.returncode != 0:
         print(r.stdout, r.stderr)
@@ -68,10 +77,11 @@ def run_case(tool, tmp, name, hp, ranges, n=37, T=10, seed=0):
 
     # torch: one leaf tensor per range; decay ranges in a group with weight_decay, others 0.
     leaves, groups = [], {0: [], 1: []}
-    for off, cnt, dec in ranges:
+    for j, (off, cnt, dec) in enumerate(ranges):
         t = torch.tensor(params[off:off + cnt].copy(), requires_grad=True)
         leaves.append((off, cnt, t))
-        groups[dec].append(t)
+        if j not in frozen:
+            groups[dec].append(t)
     opt = torch.optim.AdamW([{"params": groups[1], "weight_decay": hp["weight_decay"]},
                              {"params": groups[0], "weight_decay": 0.0}],
                             lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
@@ -100,7 +110,11 @@ def run_case(tool, tmp, name, hp, ranges, n=37, T=10, seed=0):
             i = int(np.argmax(np.abs(got["traj"][t] - cur)))
             print(f"{name} step {t}: params differ at {i}: {got['traj'][t][i]} vs torch {cur[i]}"); fails += 1
     m = np.zeros(n, dtype=np.float32); v = np.zeros(n, dtype=np.float32)
-    for off, cnt, leaf in leaves:
+    for j, (off, cnt, leaf) in enumerate(leaves):
+        if j in frozen:  # not in the optimizer: no state (m, v stay 0), params untouched
+            if not np.array_equal(got["params"][off:off + cnt], params[off:off + cnt]):
+                print(f"{name}: frozen range {j} moved"); fails += 1
+            continue
         st = opt.state[leaf]
         m[off:off + cnt] = st["exp_avg"].numpy(); v[off:off + cnt] = st["exp_avg_sq"].numpy()
         if int(st["step"]) != int(got["optim.step"]):
@@ -130,6 +144,8 @@ def main():
         hp2 = dict(lr=3e-2, min_lr=0.0, warmup=0, total=8, beta1=0.8, beta2=0.95, eps=1e-3,
                    weight_decay=0.5, max_norm=0.0, resume_at=-1)
         fails += run_case(tool, tmp, "noclip_biggers", hp2, [(0, 5, 0), (5, 32, 1)], seed=1)
+        fails += run_case(tool, tmp, "frozen_resume", hp, [(0, 9, 1), (9, 6, 0), (15, 12, 1), (27, 10, 0)],
+                          seed=2, frozen=(1, 2))
     print("test_optim_torch:", "FAILED" if fails else "ok")
     return 1 if fails else 0
 

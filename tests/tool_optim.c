@@ -3,8 +3,9 @@
  *   tool_optim adamw IN OUT   IN holds "params" F32 [n], "grads" F32 [T, n], "ranges" I64
  *                             [k, 3] (offset, count, decay) and metadata strings lr, min_lr,
  *                             warmup, total, beta1, beta2, eps, weight_decay, max_norm,
- *                             resume_at. Runs T steps (clip, cosine lr, AdamW); after
- *                             resume_at steps the optimizer state goes through a safetensors
+ *                             resume_at, and optionally "trainable" U8 [n] (the trainable
+ *                             mask; absent: every element trainable). Runs T steps (clip,
+ *                             cosine lr, AdamW); after resume_at steps the optimizer state goes through a safetensors
  *                             file into a fresh optimizer. OUT holds "params" [n], "traj"
  *                             [T, n], "norms" F64 [T], "lrs" F64 [T] and the optim.* state.
  *   tool_optim copy IN OUT    Read IN and write its tensors to OUT, with IN's metadata plus
@@ -61,9 +62,10 @@ static int run_adamw(const char *in, const char *out, const char *state_path) {
         meta_double(meta, "max_norm", &max_norm, &err) || meta_double(meta, "resume_at", &resume_at, &err))
         return die(&err);
     const q3r_tensor *tp = q3r_tensor_list_find(&l, "params"), *tg = q3r_tensor_list_find(&l, "grads"),
-                     *tr = q3r_tensor_list_find(&l, "ranges");
-    if (!tp || !tg || !tr || tg->ndim != 2 || tr->ndim != 2 || tr->shape[1] != 3) {
-        fprintf(stderr, "tool_optim: %s needs params [n], grads [T, n], ranges [k, 3]\n", in);
+                     *tr = q3r_tensor_list_find(&l, "ranges"), *tt = q3r_tensor_list_find(&l, "trainable");
+    if (!tp || !tg || !tr || tg->ndim != 2 || tr->ndim != 2 || tr->shape[1] != 3 ||
+        (tt && (tt->dtype != Q3R_U8 || q3r_tensor_numel(tt) != q3r_tensor_numel(tp)))) {
+        fprintf(stderr, "tool_optim: %s needs params [n], grads [T, n], ranges [k, 3] (and trainable U8 [n])\n", in);
         return 1;
     }
     int64_t n = q3r_tensor_numel(tp), T = tg->shape[0];
@@ -75,8 +77,9 @@ static int run_adamw(const char *in, const char *out, const char *state_path) {
     q3r_lr_schedule sched = {Q3R_LR_COSINE, lr, min_lr, (int64_t)warmup, (int64_t)total};
     q3r_adamw_config cfg = {b1, b2, eps, wd};
     q3r_adamw opt;
+    const uint8_t *trainable = tt ? tt->data : NULL;
     if (q3r_lr_check(&sched, &err) || q3r_adamw_init(&opt, n, &cfg, &err) ||
-        q3r_adamw_set_decay_ranges(&opt, ranges, k, &err))
+        q3r_adamw_set_decay_ranges(&opt, ranges, k, &err) || q3r_adamw_set_trainable_mask(&opt, trainable, &err))
         return die(&err);
     float *p = malloc((size_t)n * sizeof *p), *g = malloc((size_t)n * sizeof *g),
           *traj = malloc((size_t)(T * n) * sizeof *traj);
@@ -92,7 +95,8 @@ static int run_adamw(const char *in, const char *out, const char *state_path) {
             if (q3r_adamw_export(&opt, &st, &err) || q3r_safetensors_write(state_path, &st, NULL, &err) ||
                 q3r_safetensors_read(state_path, &back, NULL, &err) ||
                 q3r_adamw_init(&fresh, n, &cfg, &err) ||
-                q3r_adamw_set_decay_ranges(&fresh, ranges, k, &err) || q3r_adamw_import(&fresh, &back, &err))
+                q3r_adamw_set_decay_ranges(&fresh, ranges, k, &err) ||
+                q3r_adamw_set_trainable_mask(&fresh, trainable, &err) || q3r_adamw_import(&fresh, &back, &err))
                 return die(&err);
             q3r_adamw_free(&opt);
             opt = fresh;

@@ -65,15 +65,25 @@ q3r_status q3r_dataset_channel_stats(const q3r_dataset *ds, q3r_normalize *out, 
  *
  * Augmentation, in torchvision's order on the uint8 image: RandomCrop(H x W, padding =
  * crop_pad, zero fill) drawing top then left uniformly in [0, 2 * crop_pad], then
- * RandomHorizontalFlip (p = 0.5); then normalisation. */
+ * RandomHorizontalFlip (p = 0.5); then normalisation.
+ *
+ * Data parallel: with world > 1, batch_size is the GLOBAL batch size and each process (rank r
+ * of world) receives only its contiguous slice of every global batch, [begin, end) from
+ * q3r_comm_slice(count, r, world) over the count samples of that global batch (a short last
+ * batch included: a rank's slice may then be empty). Every rank advances by the whole global
+ * batch, so all ranks walk the same epochs and positions, and the concatenation over ranks of
+ * their slices is, bit for bit, the batch a world-1 loader delivers. The position (export,
+ * import) does not depend on rank or world. */
 typedef struct {
-    int64_t batch_size;
+    int64_t batch_size; /* the global batch size (all ranks together) */
     int shuffle;      /* 0: dataset order */
     int drop_last;    /* 1: skip a final partial batch */
     int crop_pad;     /* 0: no random crop */
     int hflip;        /* 0: no flips */
     uint64_t seed;
     q3r_normalize norm; /* norm.c must equal the dataset's channel count */
+    int rank, world;    /* this process's slice of each global batch; world 0 or 1: the whole
+                         * batch. 0 <= rank < max(world, 1). */
 } q3r_loader_config;
 
 typedef struct {
@@ -83,6 +93,7 @@ typedef struct {
     int64_t index;         /* samples of this epoch already delivered */
     int64_t *perm;         /* [ds->n]: order of the epoch perm_epoch */
     int64_t perm_epoch;    /* -1: perm not built yet */
+    int64_t last_global;   /* samples in the global batch last delivered (0 before the first) */
 } q3r_loader;
 
 q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loader_config *cfg,
@@ -90,16 +101,25 @@ q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loade
 void q3r_loader_free(q3r_loader *L);
 
 /* Samples an epoch delivers (n, or n rounded down to a multiple of batch_size with
- * drop_last), and its number of batches. */
+ * drop_last), and its number of batches; both global (all ranks together). */
 int64_t q3r_loader_epoch_samples(const q3r_loader *L);
 int64_t q3r_loader_batches_per_epoch(const q3r_loader *L);
 
 /* The next batch: x [batch_size, c, h, w] floats and y [batch_size] labels; *count gets
  * the samples filled (batch_size, or fewer for the last batch of an epoch). When the epoch
  * is exhausted the loader moves to the next one first. *epoch_end (may be NULL) is set to
- * 1 when this batch was the epoch's last. */
+ * 1 when this batch was the epoch's last. With world > 1 only this rank's slice is filled
+ * (from x[0], y[0]) and *count is its length, possibly 0; buffers of batch_size samples
+ * still suffice. */
 void q3r_loader_next(q3r_loader *L, float *x /* [batch_size, c, h, w] */, int32_t *y /* [batch_size] */,
                      int64_t *count, int *epoch_end);
+
+/* Samples in the global batch the last q3r_loader_next delivered: the sum of every rank's
+ * *count, and what a data-parallel trainer divides its summed loss and gradients by (each rank
+ * sums its slice's per-sample losses, the gradients are all-reduced, the sum is divided by
+ * this count, so the step equals a one-process step over the global batch). Equal to *count
+ * when world <= 1; 0 before the first batch, and after import until the next one. */
+int64_t q3r_loader_global_count(const q3r_loader *L);
 
 /* Position as named tensors, I64 scalars: "data.epoch", "data.index", "data.seed" (the
  * seed's bits) and "data.n" (dataset size, checked on import). Import changes nothing on

@@ -38,6 +38,7 @@ typedef struct {
     int64_t step;          /* steps taken */
     float *m, *v;          /* first and second moments, [n] each, q3r_alloc'd */
     uint8_t *decay;        /* [n]: 1 where weight decay applies */
+    uint8_t *trainable;    /* [n] or NULL (every element trainable): 0 marks a frozen element */
     q3r_adamw_config cfg;
 } q3r_adamw;
 
@@ -53,6 +54,16 @@ q3r_status q3r_adamw_set_decay_ranges(q3r_adamw *opt, const q3r_decay_range *ran
                                       int nranges, q3r_error *err);
 /* Decay mask per element: mask[i] != 0 means decay. */
 void q3r_adamw_set_decay_mask(q3r_adamw *opt, const uint8_t *mask /* [n] */);
+/* mask (n bytes; copied; NULL = every element trainable): 0 marks a frozen element, which gets no
+ * update, no decay and no moments (its m and v stay exactly 0, as for a parameter that is not in a
+ * torch optimizer at all). Setting a mask zeroes the moments of the elements it freezes (torch
+ * drops the state of a parameter taken out of an optimizer); the step count is shared, so an
+ * element that becomes trainable after some steps is bias-corrected with that shared count. A
+ * trainable element's update reads only its own param, grad, m, v and decay flag, so the
+ * trainable elements step exactly as an optimizer over just them would. The mask is not part of
+ * the exported state (the caller sets it again after import, as it does the decay mask).
+ * Q3R_ENOMEM when the copy cannot be allocated (the previous mask then stays). */
+q3r_status q3r_adamw_set_trainable_mask(q3r_adamw *opt, const uint8_t *mask /* [n] */, q3r_error *err);
 
 /* One step at learning rate lr: params[n] updated in place from grads[n]. */
 void q3r_adamw_step(q3r_adamw *opt, float *params /* [n] */, const float *grads /* [n] */,

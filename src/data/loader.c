@@ -3,6 +3,8 @@
  * not depend on threads or batch size. */
 #include "q3r/data.h"
 
+#include "q3r/dist.h"
+
 #include <string.h>
 
 /* Stream keys, kept apart so permutation and augmentation draws never coincide. */
@@ -35,6 +37,11 @@ q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loade
     if (cfg->crop_pad < 0 || cfg->crop_pad > ds->h || cfg->crop_pad > ds->w)
         return q3r_fail(err, Q3R_EINVAL, "loader: crop padding %d outside [0, %d]", cfg->crop_pad,
                         ds->h < ds->w ? ds->h : ds->w);
+    if (cfg->world < 0) return q3r_fail(err, Q3R_EINVAL, "loader: world %d < 0", cfg->world);
+    if (cfg->rank < 0) return q3r_fail(err, Q3R_EINVAL, "loader: rank %d < 0", cfg->rank);
+    if (cfg->rank >= (cfg->world > 1 ? cfg->world : 1))
+        return q3r_fail(err, Q3R_EINVAL, "loader: rank %d is not below world %d", cfg->rank,
+                        cfg->world > 1 ? cfg->world : 1);
     if (cfg->norm.c != ds->c)
         return q3r_fail(err, Q3R_EINVAL, "loader: normalisation has %d channels, dataset %s has %d",
                         cfg->norm.c, ds->name, ds->c);
@@ -105,12 +112,16 @@ void q3r_loader_next(q3r_loader *L, float *x, int32_t *y, int64_t *count, int *e
     }
     if (L->perm_epoch != L->epoch) build_perm(L);
     int64_t b = epoch_n - L->index < L->cfg.batch_size ? epoch_n - L->index : L->cfg.batch_size;
+    /* This rank's slice [lo, hi) of the global batch (the whole batch when world <= 1). */
+    int64_t lo = 0, hi = b;
+    if (L->cfg.world > 1) q3r_comm_slice(b, L->cfg.rank, L->cfg.world, &lo, &hi);
+    const int64_t mine = hi - lo;
     const q3r_dataset *ds = L->ds;
     const size_t per = (size_t)ds->c * ds->h * ds->w;
     const int pad = L->cfg.crop_pad, hflip = L->cfg.hflip;
-    const int64_t start = L->index;
+    const int64_t start = L->index + lo;
 #pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < b; k++) {
+    for (int64_t k = 0; k < mine; k++) {
         int64_t pos = start + k, i = L->perm[pos];
         int top = pad, left = pad, flip = 0;
         if (pad || hflip) {
@@ -125,9 +136,12 @@ void q3r_loader_next(q3r_loader *L, float *x, int32_t *y, int64_t *count, int *e
         y[k] = ds->labels[i];
     }
     L->index += b;
-    *count = b;
+    L->last_global = b;
+    *count = mine;
     if (epoch_end) *epoch_end = L->index >= epoch_n;
 }
+
+int64_t q3r_loader_global_count(const q3r_loader *L) { return L->last_global; }
 
 q3r_status q3r_loader_export(const q3r_loader *L, q3r_tensor_list *out, q3r_error *err) {
     int64_t seed_bits;
@@ -166,5 +180,6 @@ q3r_status q3r_loader_import(q3r_loader *L, const q3r_tensor_list *in, q3r_error
     L->index = index;
     memcpy(&L->cfg.seed, &seed_bits, sizeof seed_bits);
     L->perm_epoch = -1;
+    L->last_global = 0;
     return Q3R_OK;
 }

@@ -1,4 +1,4 @@
-/* AdamW with a weight-decay mask, matching torch.optim.AdamW element for element. */
+/* AdamW with a weight-decay mask and an optional trainable mask, matching torch.optim.AdamW element for element. */
 #include "q3r/optim.h"
 
 #include <math.h>
@@ -34,6 +34,7 @@ void q3r_adamw_free(q3r_adamw *opt) {
     q3r_free(opt->m);
     q3r_free(opt->v);
     q3r_free(opt->decay);
+    q3r_free(opt->trainable);
     memset(opt, 0, sizeof *opt);
 }
 
@@ -59,6 +60,23 @@ void q3r_adamw_set_decay_mask(q3r_adamw *opt, const uint8_t *mask) {
     for (int64_t i = 0; i < opt->n; i++) opt->decay[i] = mask[i] ? 1 : 0;
 }
 
+q3r_status q3r_adamw_set_trainable_mask(q3r_adamw *opt, const uint8_t *mask, q3r_error *err) {
+    if (!mask) {
+        q3r_free(opt->trainable);
+        opt->trainable = NULL;
+        return Q3R_OK;
+    }
+    uint8_t *t = opt->trainable ? opt->trainable : q3r_alloc((size_t)opt->n);
+    if (!t) return q3r_fail(err, Q3R_ENOMEM, "adamw: out of memory for a trainable mask of %lld parameters",
+                            (long long)opt->n);
+    for (int64_t i = 0; i < opt->n; i++) {
+        t[i] = mask[i] ? 1 : 0;
+        if (!t[i]) opt->m[i] = opt->v[i] = 0;
+    }
+    opt->trainable = t;
+    return Q3R_OK;
+}
+
 void q3r_adamw_step(q3r_adamw *opt, float *params, const float *grads, double lr) {
     const q3r_adamw_config *c = &opt->cfg;
     opt->step++;
@@ -71,19 +89,30 @@ void q3r_adamw_step(q3r_adamw *opt, float *params, const float *grads, double lr
     const float b1 = (float)c->beta1, b2 = (float)c->beta2, one_b1 = (float)(1.0 - c->beta1),
                 one_b2 = (float)(1.0 - c->beta2), eps = (float)c->eps;
     float *m = opt->m, *v = opt->v;
-    const uint8_t *dmask = opt->decay;
+    const uint8_t *dmask = opt->decay, *tmask = opt->trainable;
     const int64_t n = opt->n;
+    /* The element update, shared by both loops so a trainable element gets the same bits
+     * with or without a trainable mask. */
+#define Q3R_ADAMW_ELEMENT(i)                                                                   \
+    do {                                                                                      \
+        float p = params[i], g = grads[i];                                                    \
+        if (dmask[i]) p *= decay_mul;                                                         \
+        float mi = m[i] * b1 + one_b1 * g;                                                    \
+        float vi = v[i] * b2 + one_b2 * (g * g);                                              \
+        float denom = sqrtf(vi) / bc2_sqrt + eps;                                             \
+        m[i] = mi;                                                                            \
+        v[i] = vi;                                                                            \
+        params[i] = p + neg_step_size * (mi / denom);                                         \
+    } while (0)
+    if (!tmask) {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float p = params[i], g = grads[i];
-        if (dmask[i]) p *= decay_mul;
-        float mi = m[i] * b1 + one_b1 * g;
-        float vi = v[i] * b2 + one_b2 * (g * g);
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        m[i] = mi;
-        v[i] = vi;
-        params[i] = p + neg_step_size * (mi / denom);
+        for (int64_t i = 0; i < n; i++) Q3R_ADAMW_ELEMENT(i);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            if (tmask[i]) Q3R_ADAMW_ELEMENT(i);
     }
+#undef Q3R_ADAMW_ELEMENT
 }
 
 q3r_status q3r_adamw_export(const q3r_adamw *opt, q3r_tensor_list *out, q3r_error *err) {
