@@ -6,14 +6,13 @@
 #include "q3r/spectrum.h"
 
 #include "args.h"
+#include "base/util.h"
 #include "commands.h"
 #include "plot.h"
 
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char *summary =
     "Singular value spectra of the 2-D weights of a safetensors file:\n"
@@ -27,11 +26,9 @@ static const char *summary =
 
 /* ---- output helpers ---------------------------------------------------------------- */
 static void json_str(FILE *f, const char *s) {
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    if (q3r_json_append_string(&buf, &len, &cap, s) == 0) fputs(buf, f);
-    else fputs("\"\"", f);
-    free(buf);
+    q3r_text t = {0};
+    fputs(q3r_text_add_json_string(&t, s) == 0 ? q3r_text_str(&t) : "\"\"", f);
+    q3r_text_free(&t);
 }
 
 /* Non-finite numbers as null (JSON has no NaN). */
@@ -100,27 +97,11 @@ static void print_table(const char *path, const char *rank_text, const q3r_spect
     if (clamped) printf("\n* the rule gives r < 1 for this small matrix; r = 1 is used\n");
 }
 
-/* Write to "<path>.tmp.<pid>" and rename over path. */
-static FILE *open_temp(const char *path, char *tmp, size_t cap) {
-    snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
-    return fopen(tmp, "w");
-}
-
-static int finish_temp(FILE *f, const char *tmp, const char *path) {
-    int bad = ferror(f);
-    if (fflush(f) || fsync(fileno(f))) bad = 1;
-    if (fclose(f)) bad = 1;
-    if (bad || rename(tmp, path)) {
-        remove(tmp);
-        return -1;
-    }
-    return 0;
-}
-
+/* Atomically (a temporary beside path, renamed over it). */
 static int write_csv(const char *path, const q3r_spectrum_report *r) {
-    char tmp[4200];
-    FILE *f = open_temp(path, tmp, sizeof tmp);
-    if (!f) return -1;
+    q3r_atomic_file a;
+    if (q3r_atomic_open(&a, path, NULL)) return -1;
+    FILE *f = a.f;
     fprintf(f, "name,tensor,kind,rows,cols,row_offset,rank,effective_rank,energy_at_rank,sigma_ratio,rank90,"
                "rank99,sigma_1,sigma_min\n");
     for (int i = 0; i < r->count; i++) {
@@ -139,7 +120,7 @@ static int write_csv(const char *path, const q3r_spectrum_report *r) {
                 m->rank, m->effective_rank, m->energy_at_rank, m->sigma_ratio, m->rank90, m->rank99,
                 m->sigma[0], m->sigma[m->n - 1]);
     }
-    return finish_temp(f, tmp, path);
+    return q3r_atomic_commit(&a, NULL) ? -1 : 0;
 }
 
 /* ---- plot --------------------------------------------------------------------------- */

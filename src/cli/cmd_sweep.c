@@ -7,6 +7,7 @@
 #include "q3r/train.h"
 
 #include "args.h"
+#include "base/util.h"
 #include "commands.h"
 #include "plot.h"
 
@@ -14,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char *summary =
     "Accuracy of a model truncated at a series of kept-parameter fractions:\n"
@@ -93,19 +93,16 @@ static void json_row(FILE *f, const q3r_sweep_row *r) {
 }
 
 static void json_str(FILE *f, const char *s) {
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    if (q3r_json_append_string(&buf, &len, &cap, s) == 0) fputs(buf, f);
-    else fputs("\"\"", f);
-    free(buf);
+    q3r_text t = {0};
+    fputs(q3r_text_add_json_string(&t, s) == 0 ? q3r_text_str(&t) : "\"\"", f);
+    q3r_text_free(&t);
 }
 
 static int write_json(const char *path, const char *model, const char *dataset, const char *split,
                       const char *targets, const q3r_sweep_result *res) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
+    q3r_atomic_file a;
+    if (q3r_atomic_open(&a, path, NULL)) return -1;
+    FILE *f = a.f;
     fputs("{\"model\": ", f);
     json_str(f, model);
     fputs(", \"dataset\": ", f);
@@ -122,14 +119,7 @@ static int write_json(const char *path, const char *model, const char *dataset, 
         json_row(f, &res->rows[i]);
     }
     fputs("\n]}\n", f);
-    int bad = ferror(f);
-    if (fflush(f) || fsync(fileno(f))) bad = 1;
-    if (fclose(f)) bad = 1;
-    if (bad || rename(tmp, path)) {
-        remove(tmp);
-        return -1;
-    }
-    return 0;
+    return q3r_atomic_commit(&a, NULL) ? -1 : 0;
 }
 
 static int write_plot(const char *path, const char *model, const char *targets, const q3r_sweep_result *res) {

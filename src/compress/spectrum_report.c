@@ -2,6 +2,7 @@
  * (dtype, filter, qkv split), singular values in parallel across matrices, metrics. */
 #include "q3r/spectrum.h"
 #include "q3r/linalg.h"
+#include "base/util.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -150,17 +151,6 @@ void q3r_spectrum_report_free(q3r_spectrum_report *r) {
     memset(r, 0, sizeof *r);
 }
 
-typedef struct {
-    int idx;
-    double cost;
-} job;
-
-static int job_cmp(const void *a, const void *b) {
-    const job *x = a, *y = b;
-    if (x->cost != y->cost) return x->cost > y->cost ? -1 : 1;
-    return x->idx - y->idx;
-}
-
 static q3r_status add_matrix(q3r_spectrum_report *r, int *cap, const char *name, const char *tensor,
                              const char *kind, int rows, int cols, int row_offset, q3r_error *err) {
     if (r->count == *cap) {
@@ -301,22 +291,20 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
     if (!s) {
         const int n = r.count;
         const size_t nz = (unsigned)n; /* n >= 1 here */
-        job *jobs = malloc(nz * sizeof *jobs);
+        double *cost = malloc(nz * sizeof *cost);
+        int *order = malloc(nz * sizeof *order);
         q3r_error *errs = calloc(nz, sizeof *errs);
         q3r_status *sts = calloc(nz, sizeof *sts);
-        if (!jobs || !errs || !sts) {
+        if (!cost || !order || !errs || !sts) {
             s = q3r_fail(err, Q3R_ENOMEM, "spectrum: out of memory");
         } else {
-            for (int i = 0; i < n; i++) {
-                jobs[i].idx = i;
-                jobs[i].cost = (double)r.items[i].rows * r.items[i].cols * r.items[i].n;
-            }
-            qsort(jobs, nz, sizeof *jobs, job_cmp);
+            for (int i = 0; i < n; i++) cost[i] = (double)r.items[i].rows * r.items[i].cols * r.items[i].n;
+            q3r_order_longest_first(cost, n, order); /* largest first, ties by index */
             /* One matrix per thread, LAPACK serial inside (OpenMP OpenBLAS in a parallel
              * region); results do not depend on which thread takes which matrix. */
 #pragma omp parallel for schedule(dynamic, 1) if (n > 1)
             for (int j = 0; j < n; j++) {
-                const int i = jobs[j].idx;
+                const int i = order[j];
                 sts[i] = matrix_svd(&tensors->items[src[i]], &r.items[i], &errs[i]);
             }
             for (int i = 0; i < n && !s; i++)
@@ -325,7 +313,8 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
                                  r.items[i].tensor, r.items[i].rows, r.items[i].cols, errs[i].msg);
             for (int i = 0; i < n && !s; i++) fill_metrics(&r.items[i]);
         }
-        free(jobs);
+        free(cost);
+        free(order);
         free(errs);
         free(sts);
     }

@@ -9,6 +9,7 @@
 
 #include "q3r/io.h"
 #include "q3r/linalg.h"
+#include "base/util.h"
 
 enum { T_QKV = 1, T_PROJ = 2, T_FC1 = 4, T_FC2 = 8, T_HEAD = 16 };
 
@@ -314,14 +315,11 @@ q3r_status q3r_truncate_metadata(const char *in_meta, const q3r_vit *m,
     }
     const q3r_vit_config *c = q3r_vit_get_config(m);
     const int n = q3r_vit_num_matrices(c);
-    char *ranks = malloc((size_t)n * 12 + 1), buf[96];
-    if (!ranks) s = s ? s : q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
-    if (!s) {
-        size_t len = 0;
-        ranks[0] = 0;
-        for (int i = 0; i < n; i++) len += (size_t)sprintf(ranks + len, "%s%d", i ? "," : "", q3r_vit_ranks(m)[i]);
-        s = q3r_json_set_string(&meta, "model.ranks", ranks, err);
-    }
+    char buf[96];
+    q3r_text ranks = {0};
+    if (q3r_text_add_ints(&ranks, q3r_vit_ranks(m), n, ","))
+        s = s ? s : q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
+    if (!s) s = q3r_json_set_string(&meta, "model.ranks", q3r_text_str(&ranks), err);
     if (!s && spec) s = q3r_json_set_string(&meta, "truncate.targets", spec->targets, err);
     if (!s && spec) {
         rule_text(spec, buf, sizeof buf);
@@ -335,7 +333,7 @@ q3r_status q3r_truncate_metadata(const char *in_meta, const q3r_vit *m,
         snprintf(buf, sizeof buf, "%.9g", rep->total_kept);
         s = q3r_json_set_string(&meta, "truncate.kept_total", buf, err);
     }
-    free(ranks);
+    q3r_text_free(&ranks);
     if (s) {
         free(meta);
         return s;

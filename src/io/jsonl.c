@@ -2,6 +2,7 @@
  * built in memory and written with a single fwrite + fflush, so readers tailing the file
  * never see half a record. */
 #include "q3r/io.h"
+#include "base/util.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -26,25 +27,35 @@ q3r_status q3r_jsonl_close(q3r_jsonl *j, q3r_error *err) {
     return s;
 }
 
+/* The line is built as a q3r_text over the buffer fields of the (public) q3r_jsonl. */
+static q3r_text line_text(const q3r_jsonl *j) {
+    q3r_text t = {j->buf, j->len, j->cap, j->failed};
+    return t;
+}
+
+static void set_line(q3r_jsonl *j, const q3r_text *t) {
+    j->buf = t->buf;
+    j->len = t->len;
+    j->cap = t->cap;
+    j->failed = t->failed;
+}
+
 static void put(q3r_jsonl *j, const char *s) {
-    size_t k = strlen(s);
-    if (j->failed) return;
-    if (j->len + k + 1 > j->cap) {
-        size_t nc = j->cap ? j->cap : 256;
-        while (nc < j->len + k + 1) nc *= 2;
-        char *nb = realloc(j->buf, nc);
-        if (!nb) { j->failed = 1; return; }
-        j->buf = nb;
-        j->cap = nc;
-    }
-    memcpy(j->buf + j->len, s, k + 1);
-    j->len += k;
+    q3r_text t = line_text(j);
+    q3r_text_add(&t, s);
+    set_line(j, &t);
+}
+
+static void put_json_string(q3r_jsonl *j, const char *s) {
+    q3r_text t = line_text(j);
+    q3r_text_add_json_string(&t, s);
+    set_line(j, &t);
 }
 
 static void put_key(q3r_jsonl *j, const char *key) {
     if (!j->open_line) q3r_jsonl_begin(j);
     put(j, j->fields++ ? "," : "");
-    if (!j->failed && q3r_json_append_string(&j->buf, &j->len, &j->cap, key)) j->failed = 1;
+    put_json_string(j, key);
     put(j, ":");
 }
 
@@ -80,7 +91,7 @@ void q3r_jsonl_add_double(q3r_jsonl *j, const char *key, double v) {
 void q3r_jsonl_add_string(q3r_jsonl *j, const char *key, const char *v) {
     put_key(j, key);
     if (!v) { put(j, "null"); return; }
-    if (!j->failed && q3r_json_append_string(&j->buf, &j->len, &j->cap, v)) j->failed = 1;
+    put_json_string(j, v);
 }
 
 void q3r_jsonl_add_double_array(q3r_jsonl *j, const char *key, const double *v, size_t n) {

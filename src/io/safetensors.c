@@ -4,6 +4,7 @@
  * leaves a half-written file where a good one was. The reader trusts nothing: every size
  * and offset is checked against the file before a byte of data is read. */
 #include "q3r/io.h"
+#include "base/util.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -18,48 +19,19 @@
 /* The reference implementation refuses headers above 100 MB; so do we. */
 #define ST_MAX_HEADER (100u * 1000u * 1000u)
 
-/* ---- small growable text buffer ---------------------------------------------- */
-typedef struct {
-    char *b;
-    size_t n, cap;
-    int fail;
-} tbuf;
-
-static void tput(tbuf *t, const char *s) {
-    size_t k = strlen(s);
-    if (t->fail) return;
-    if (t->n + k + 1 > t->cap) {
-        size_t nc = t->cap ? t->cap : 256;
-        while (nc < t->n + k + 1) nc *= 2;
-        char *nb = realloc(t->b, nc);
-        if (!nb) { t->fail = 1; return; }
-        t->b = nb;
-        t->cap = nc;
-    }
-    memcpy(t->b + t->n, s, k + 1);
-    t->n += k;
-}
-
-static void tput_str(tbuf *t, const char *s) {
-    if (!t->fail && q3r_json_append_string(&t->b, &t->n, &t->cap, s)) t->fail = 1;
-}
-
-static void tput_u64(tbuf *t, uint64_t v) {
-    char num[32];
-    snprintf(num, sizeof num, "%llu", (unsigned long long)v);
-    tput(t, num);
-}
+/* ---- header text (a q3r_text) ------------------------------------------------- */
+static void tput_u64(q3r_text *t, uint64_t v) { q3r_text_addf(t, "%llu", (unsigned long long)v); }
 
 /* Serialise an object of string values (already validated) as compact JSON. */
-static void tput_string_object(tbuf *t, const q3r_json *obj) {
-    tput(t, "{");
+static void tput_string_object(q3r_text *t, const q3r_json *obj) {
+    q3r_text_add(t, "{");
     for (size_t i = 0; i < obj->count; i++) {
-        if (i) tput(t, ",");
-        tput_str(t, obj->items[i].key);
-        tput(t, ":");
-        tput_str(t, obj->items[i].text);
+        if (i) q3r_text_add(t, ",");
+        q3r_text_add_json_string(t, obj->items[i].key);
+        q3r_text_add(t, ":");
+        q3r_text_add_json_string(t, obj->items[i].text);
     }
-    tput(t, "}");
+    q3r_text_add(t, "}");
 }
 
 static q3r_status check_string_object(const q3r_json *obj, q3r_error *err) {
@@ -89,9 +61,9 @@ static void fsync_parent_dir(const char *path) {
 }
 
 static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
-                               const char *metadata_json, tbuf *h, q3r_error *err) {
+                               const char *metadata_json, q3r_text *h, q3r_error *err) {
     q3r_status s;
-    tput(h, "{");
+    q3r_text_add(h, "{");
     int first = 1;
     if (metadata_json) {
         q3r_json meta;
@@ -100,8 +72,8 @@ static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
             q3r_json_free(&meta);
             return q3r_fail_context(err, "writing %s: metadata", path);
         }
-        tput_str(h, "__metadata__");
-        tput(h, ":");
+        q3r_text_add_json_string(h, "__metadata__");
+        q3r_text_add(h, ":");
         tput_string_object(h, &meta);
         q3r_json_free(&meta);
         first = 0;
@@ -126,30 +98,30 @@ static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
             numel *= (uint64_t)t->shape[d];
         }
         uint64_t bytes = numel * q3r_dtype_size(t->dtype);
-        if (!first) tput(h, ",");
+        if (!first) q3r_text_add(h, ",");
         first = 0;
-        tput_str(h, t->name);
-        tput(h, ":{\"dtype\":\"");
-        tput(h, q3r_dtype_name(t->dtype));
-        tput(h, "\",\"shape\":[");
+        q3r_text_add_json_string(h, t->name);
+        q3r_text_add(h, ":{\"dtype\":\"");
+        q3r_text_add(h, q3r_dtype_name(t->dtype));
+        q3r_text_add(h, "\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
-            if (d) tput(h, ",");
+            if (d) q3r_text_add(h, ",");
             tput_u64(h, (uint64_t)t->shape[d]);
         }
-        tput(h, "],\"data_offsets\":[");
+        q3r_text_add(h, "],\"data_offsets\":[");
         tput_u64(h, offset);
-        tput(h, ",");
+        q3r_text_add(h, ",");
         tput_u64(h, offset + bytes);
-        tput(h, "]}");
+        q3r_text_add(h, "]}");
         offset += bytes;
     }
-    tput(h, "}");
-    while (!h->fail && (8 + h->n) % 8) tput(h, " ");
-    if (h->fail) return q3r_fail(err, Q3R_ENOMEM, "writing %s: out of memory for the header", path);
+    q3r_text_add(h, "}");
+    while (!h->failed && (8 + h->len) % 8) q3r_text_add(h, " ");
+    if (h->failed) return q3r_fail(err, Q3R_ENOMEM, "writing %s: out of memory for the header", path);
     /* Self-check: what we write must be what a reader accepts (names with invalid UTF-8
      * or duplicates are caught here rather than in the next run). */
     q3r_json check;
-    if ((s = q3r_json_parse(h->b, h->n, &check, err)))
+    if ((s = q3r_json_parse(h->buf, h->len, &check, err)))
         return q3r_fail_context(err, "writing %s: tensor names do not form a valid header", path);
     q3r_json_free(&check);
     return Q3R_OK;
@@ -158,13 +130,13 @@ static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
 q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensors,
                                  const char *metadata_json, q3r_error *err) {
     if (!path || !tensors) return q3r_fail(err, Q3R_EINVAL, "safetensors write: NULL argument");
-    tbuf h = {0};
+    q3r_text h = {0};
     q3r_status s = build_header(path, tensors, metadata_json, &h, err);
-    if (s) { free(h.b); return s; }
+    if (s) { q3r_text_free(&h); return s; }
 
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
-    if (!tmp) { free(h.b); return q3r_fail(err, Q3R_ENOMEM, "writing %s: out of memory", path); }
+    if (!tmp) { q3r_text_free(&h); return q3r_fail(err, Q3R_ENOMEM, "writing %s: out of memory", path); }
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
 
@@ -174,9 +146,9 @@ q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensor
         goto done;
     }
     unsigned char len8[8];
-    uint64_t n = h.n;
+    uint64_t n = h.len;
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)(n >> (8 * i));
-    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.b, 1, h.n, f) == h.n;
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.buf, 1, h.len, f) == h.len;
     for (size_t i = 0; ok && i < tensors->count; i++) {
         const q3r_tensor *t = &tensors->items[i];
         size_t bytes = (size_t)q3r_tensor_numel(t) * q3r_dtype_size(t->dtype);
@@ -198,7 +170,7 @@ q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensor
     fsync_parent_dir(path);
 done:
     free(tmp);
-    free(h.b);
+    q3r_text_free(&h);
     return s;
 }
 
@@ -358,14 +330,14 @@ q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **m
                 goto done;
             }
             if (metadata_json_out) {
-                tbuf t = {0};
+                q3r_text t = {0};
                 tput_string_object(&t, e);
-                if (t.fail) {
-                    free(t.b);
+                if (t.failed) {
+                    q3r_text_free(&t);
                     s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path);
                     goto done;
                 }
-                meta_text = t.b;
+                meta_text = t.buf; /* taken over: freed with free() */
             }
             continue;
         }

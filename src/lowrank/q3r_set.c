@@ -2,6 +2,7 @@
  * parallel (all-or-nothing), summed values, coupled and decoupled application, and the
  * whole state as named tensors. */
 #include "q3r/regularizer.h"
+#include "base/util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -134,17 +135,6 @@ q3r_state *q3r_set_state(q3r_set *set, int i) { return set && i >= 0 && i < set-
 
 /* ---- refresh ------------------------------------------------------------------- */
 
-typedef struct {
-    int idx;
-    double cost;
-} job;
-
-static int job_cmp(const void *a, const void *b) {
-    const job *x = a, *y = b;
-    if (x->cost != y->cost) return x->cost < y->cost ? 1 : -1;
-    return x->idx - y->idx;
-}
-
 q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
     if (!set) return q3r_fail(err, Q3R_EINVAL, "q3r set: NULL");
     const int n = set->n;
@@ -152,12 +142,14 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
     q3r_refresh **pend = calloc((size_t)n, sizeof *pend);
     q3r_error *errs = calloc((size_t)n, sizeof *errs);
     q3r_status *sts = calloc((size_t)n, sizeof *sts);
-    job *jobs = malloc((size_t)n * sizeof *jobs);
-    if (!pend || !errs || !sts || !jobs) {
+    double *cost = calloc((size_t)n, sizeof *cost);
+    int *order = malloc((size_t)n * sizeof *order);
+    if (!pend || !errs || !sts || !cost || !order) {
         free(pend);
         free(errs);
         free(sts);
-        free(jobs);
+        free(cost);
+        free(order);
         return q3r_fail(err, Q3R_ENOMEM, "q3r set: out of memory for a refresh");
     }
     /* Largest SVDs first, one matrix per thread with LAPACK single-threaded inside (an
@@ -166,15 +158,14 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
     for (int i = 0; i < n; i++) {
         const entry *e = &set->e[i];
         double k = e->rows < e->cols ? e->rows : e->cols;
-        jobs[i].idx = i;
-        jobs[i].cost = (double)e->rows * e->cols * k;
+        cost[i] = (double)e->rows * e->cols * k;
     }
-    qsort(jobs, (size_t)n, sizeof *jobs, job_cmp);
+    q3r_order_longest_first(cost, n, order);
 #pragma omp parallel for schedule(dynamic, 1) if (n > 1)
     for (int j = 0; j < n; j++) {
-        const entry *e = &set->e[jobs[j].idx];
-        sts[jobs[j].idx] =
-            q3r_state_refresh_compute(e->st, e->X, e->ld, &pend[jobs[j].idx], &errs[jobs[j].idx]);
+        const int i = order[j];
+        const entry *e = &set->e[i];
+        sts[i] = q3r_state_refresh_compute(e->st, e->X, e->ld, &pend[i], &errs[i]);
     }
     q3r_status st = Q3R_OK;
     for (int i = 0; i < n && !st; i++)
@@ -190,7 +181,8 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
     free(pend);
     free(errs);
     free(sts);
-    free(jobs);
+    free(cost);
+    free(order);
     return st;
 }
 

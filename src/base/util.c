@@ -1,0 +1,210 @@
+/* Shared private helpers (see util.h). */
+#include "base/util.h"
+
+#include "q3r/io.h" /* q3r_json_append_string */
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- text ------------------------------------------------------------------------------ */
+void q3r_text_init(q3r_text *t) { memset(t, 0, sizeof *t); }
+
+void q3r_text_free(q3r_text *t) {
+    free(t->buf);
+    memset(t, 0, sizeof *t);
+}
+
+/* Room for `more` bytes after len, plus the NUL. */
+static int reserve(q3r_text *t, size_t more) {
+    if (t->failed) return -1;
+    if (more > SIZE_MAX - t->len - 1) {
+        t->failed = 1;
+        return -1;
+    }
+    const size_t need = t->len + more + 1;
+    if (need <= t->cap) return 0;
+    size_t nc = t->cap ? t->cap : 256;
+    while (nc < need) nc = nc > SIZE_MAX / 2 ? need : 2 * nc;
+    char *nb = realloc(t->buf, nc);
+    if (!nb) {
+        t->failed = 1;
+        return -1;
+    }
+    t->buf = nb;
+    t->cap = nc;
+    return 0;
+}
+
+int q3r_text_add(q3r_text *t, const char *s) {
+    const size_t k = strlen(s);
+    if (reserve(t, k)) return -1;
+    memcpy(t->buf + t->len, s, k + 1);
+    t->len += k;
+    return 0;
+}
+
+int q3r_text_addf(q3r_text *t, const char *fmt, ...) {
+    if (t->failed) return -1;
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    char small[256];
+    const int w = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    int rc = -1;
+    if (w < 0) {
+        t->failed = 1; /* an encoding error: nothing sensible to add */
+    } else if ((size_t)w < sizeof small) {
+        rc = q3r_text_add(t, small);
+    } else if (reserve(t, (size_t)w) == 0) {
+        vsnprintf(t->buf + t->len, (size_t)w + 1, fmt, ap2);
+        t->len += (size_t)w;
+        rc = 0;
+    }
+    va_end(ap2);
+    return rc;
+}
+
+int q3r_text_add_json_string(q3r_text *t, const char *s) {
+    if (!s) return q3r_text_add(t, "null");
+    if (t->failed) return -1;
+    if (q3r_json_append_string(&t->buf, &t->len, &t->cap, s)) {
+        t->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+const char *q3r_text_str(const q3r_text *t) { return t->buf ? t->buf : ""; }
+
+int q3r_text_add_ints(q3r_text *t, const int *v, int n, const char *sep) {
+    for (int i = 0; i < n; i++)
+        if ((i && q3r_text_add(t, sep ? sep : "")) || q3r_text_addf(t, "%d", v[i])) return -1;
+    return t->failed ? -1 : 0;
+}
+
+int q3r_text_add_names(q3r_text *t, const char *const *names, int n, const char *sep) {
+    for (int i = 0; i < n; i++)
+        if ((i && q3r_text_add(t, sep ? sep : "")) || q3r_text_add(t, names[i])) return -1;
+    return t->failed ? -1 : 0;
+}
+
+/* ---- atomic file output --------------------------------------------------------------- */
+q3r_status q3r_atomic_open(q3r_atomic_file *a, const char *path, q3r_error *err) {
+    if (!a) return q3r_fail(err, Q3R_EINVAL, "atomic write: NULL argument");
+    memset(a, 0, sizeof *a);
+    if (!path || !*path) return q3r_fail(err, Q3R_EINVAL, "atomic write: no path");
+    const size_t plen = strlen(path);
+    a->path = malloc(plen + 1);
+    a->tmp = malloc(plen + 32);
+    if (!a->path || !a->tmp) {
+        q3r_atomic_abort(a);
+        return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path);
+    }
+    memcpy(a->path, path, plen + 1);
+    snprintf(a->tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
+    a->f = fopen(a->tmp, "wb");
+    if (!a->f) {
+        const int e = errno;
+        q3r_status s = q3r_fail(err, Q3R_EIO, "%s: cannot create the temporary file %s: %s", path, a->tmp,
+                                strerror(e));
+        free(a->path);
+        free(a->tmp);
+        memset(a, 0, sizeof *a);
+        return s;
+    }
+    return Q3R_OK;
+}
+
+static void release(q3r_atomic_file *a) {
+    free(a->path);
+    free(a->tmp);
+    memset(a, 0, sizeof *a);
+}
+
+q3r_status q3r_atomic_commit(q3r_atomic_file *a, q3r_error *err) {
+    if (!a || !a->f || !a->path || !a->tmp) {
+        if (a) q3r_atomic_abort(a);
+        return q3r_fail(err, Q3R_EINVAL, "atomic write: commit without a successful open");
+    }
+    FILE *f = a->f;
+    a->f = NULL;
+    const char *what = NULL;
+    int e = 0;
+    if (ferror(f)) what = "write failed";
+    if (fflush(f) && !what) { what = "write failed"; e = errno; }
+    if (fsync(fileno(f)) && !what) { what = "fsync failed"; e = errno; }
+    if (fclose(f) && !what) { what = "close failed"; e = errno; }
+    if (!what && rename(a->tmp, a->path)) { what = "cannot rename the temporary file over it"; e = errno; }
+    if (!what) {
+        release(a);
+        return Q3R_OK;
+    }
+    remove(a->tmp);
+    q3r_status s = q3r_fail(err, Q3R_EIO, "%s: %s%s%s", a->path, what, e ? ": " : "", e ? strerror(e) : "");
+    release(a);
+    return s;
+}
+
+void q3r_atomic_abort(q3r_atomic_file *a) {
+    if (!a) return;
+    if (a->f) fclose(a->f);
+    if (a->tmp) remove(a->tmp);
+    release(a);
+}
+
+q3r_status q3r_write_file_atomic(const char *path, const void *data, size_t n, q3r_error *err) {
+    q3r_atomic_file a;
+    q3r_status s = q3r_atomic_open(&a, path, err);
+    if (s) return s;
+    if (n && fwrite(data, 1, n, a.f) != n) {
+        const int e = errno;
+        s = q3r_fail(err, Q3R_EIO, "%s: write failed: %s", path, strerror(e));
+        q3r_atomic_abort(&a);
+        return s;
+    }
+    return q3r_atomic_commit(&a, err);
+}
+
+/* ---- job order -------------------------------------------------------------------------- */
+/* Does job i come after job j? Larger cost first, NaN last, then by index: a strict total
+ * order, so any correct sort gives the same result. */
+static int after(const double *cost, int i, int j) {
+    const double a = cost[i], b = cost[j];
+    const int na = isnan(a), nb = isnan(b);
+    if (na != nb) return na;
+    if (!na && a != b) return a < b;
+    return i > j;
+}
+
+static void sift_down(const double *cost, int *order, int root, int n) {
+    for (;;) {
+        int c = 2 * root + 1;
+        if (c >= n) return;
+        if (c + 1 < n && after(cost, order[c + 1], order[c])) c++;
+        if (!after(cost, order[c], order[root])) return;
+        const int tmp = order[root];
+        order[root] = order[c];
+        order[c] = tmp;
+        root = c;
+    }
+}
+
+void q3r_order_longest_first(const double *cost, int n, int *order) {
+    /* Heap sort: O(n log n), in place, no allocation that could fail. */
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = n / 2 - 1; i >= 0; i--) sift_down(cost, order, i, n);
+    for (int end = n - 1; end > 0; end--) {
+        const int tmp = order[0];
+        order[0] = order[end];
+        order[end] = tmp;
+        sift_down(cost, order, 0, end);
+    }
+}
+
+/* ---- statistics -------------------------------------------------------------------------- */
+double q3r_binomial_err95(double p, int64_t n) { return n > 0 ? 1.96 * sqrt(p * (1 - p) / (double)n) : 0; }
