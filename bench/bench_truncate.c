@@ -16,6 +16,15 @@
 #include "q3r/truncate.h"
 #include "q3r/vit.h"
 
+/* q3r_truncate on ViTs (the library takes and gives the model interface) */
+static q3r_status truncate_vit(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch, q3r_vit **out,
+                               q3r_truncate_report *rep, q3r_error *err) {
+    q3r_model *m = NULL;
+    q3r_status s = q3r_truncate(q3r_vit_model(in), spec, max_batch, &m, rep, err);
+    *out = q3r_vit_from_model(m);
+    return s;
+}
+
 static double time_forward(q3r_vit *m, const float *x, int B, int reps) {
     q3r_error err;
     if (q3r_vit_forward(m, x, NULL, B, 0, 0, NULL, NULL, &err)) {
@@ -61,7 +70,7 @@ int main(int argc, char **argv) {
         for (int ti = 0; ti < 2; ti++)
             for (int k = 1; k < 5; k++) {
                 q3r_truncate_spec spec = {.targets = targets[ti], .rank = {Q3R_RANK_FRACTION, ps[k]}};
-                if (q3r_truncate(dense, &spec, B, &f[ti][k], NULL, &err)) {
+                if (truncate_vit(dense, &spec, B, &f[ti][k], NULL, &err)) {
                     fprintf(stderr, "bench_truncate: %s\n", err.msg);
                     return 1;
                 }

@@ -63,8 +63,7 @@ static void test_chain(int rows, int cols, int nf, const int *inner, q3r_reparam
     q3r_reparam *rp = NULL;
     CHECK_OK(q3r_reparam_create(&rp, &err), &err);
     CHECK_OK(q3r_reparam_add(rp, "m", w, rows, cols, ld, dw, ldg, nf, inner, init, &err), &err);
-    q3r_adamw_config ac = q3r_adamw_defaults();
-    CHECK_OK(q3r_reparam_build(rp, &ac, &err), &err);
+    CHECK_OK(q3r_reparam_build(rp, &err), &err);
 
     /* random factors, then materialise */
     int dims[Q3R_REPARAM_MAX_FACTORS + 1];
@@ -152,8 +151,7 @@ static void test_identity_init(void) {
     q3r_reparam *rp;
     CHECK_OK(q3r_reparam_create(&rp, &err), &err);
     CHECK_OK(q3r_reparam_add(rp, "id", w, R, C, C, dw, C, 4, inner, Q3R_REPARAM_IDENTITY, &err), &err);
-    q3r_adamw_config ac = q3r_adamw_defaults();
-    CHECK_OK(q3r_reparam_build(rp, &ac, &err), &err);
+    CHECK_OK(q3r_reparam_build(rp, &err), &err);
     CHECK(!memcmp(w, w0, sizeof w), "identity init: the product must equal W_0 bit for bit");
     int fr, fc;
     float *f0 = q3r_reparam_factor(rp, 0, 0, &fr, &fc, NULL);
@@ -210,8 +208,7 @@ static void test_spectral_init(void) {
     q3r_reparam *rp;
     CHECK_OK(q3r_reparam_create(&rp, &err), &err);
     CHECK_OK(q3r_reparam_add(rp, "sp", w, M, N, N, dw, N, 2, inner, Q3R_REPARAM_SPECTRAL, &err), &err);
-    q3r_adamw_config ac = q3r_adamw_defaults();
-    CHECK_OK(q3r_reparam_build(rp, &ac, &err), &err);
+    CHECK_OK(q3r_reparam_build(rp, &err), &err);
     double e = 0;
     for (int i = 0; i < M * N; i++) e = fmax(e, fabs(w[i] - trunc[i]));
     CHECK(e < 2e-6, "spectral init: A B off the rank-%d truncation by %g", RK, e);
@@ -234,14 +231,14 @@ static void test_spectral_init(void) {
 
 enum { TB = 6, IMG = 8 };
 
-static q3r_train_config tiny_config(q3r_reg_mode reg) {
+static q3r_train_config tiny_config(const char *method) {
     q3r_train_config c = q3r_train_defaults();
-    c.model = (q3r_vit_config){.image_size = IMG, .channels = 1, .patch = 4, .width = 8, .depth = 2,
-                               .heads = 2, .mlp_hidden = 12, .classes = 3};
+    c.model = vit_meta((q3r_vit_config){.image_size = IMG, .channels = 1, .patch = 4, .width = 8, .depth = 2,
+                               .heads = 2, .mlp_hidden = 12, .classes = 3});
     c.batch = TB;
-    c.reg = reg;
-    snprintf(c.targets, sizeof c.targets, "all");
-    snprintf(c.rank, sizeof c.rank, "3");
+    q3r_train_set_method(&c, method, NULL);
+    c.targets = "all";
+    c.rank = "3";
     c.lr = (q3r_lr_schedule){.kind = Q3R_LR_COSINE, .lr = 1e-2, .min_lr = 1e-3, .warmup_steps = 1,
                              .total_steps = 10};
     c.weight_decay = 0.1;
@@ -256,13 +253,11 @@ static void batch(q3r_rng *rng, float *x, int32_t *y) {
 }
 
 /* W of rank-table matrix `name` in model m (dense) */
-static float *matrix_of(q3r_vit *m, const char *name, int *rows, int *cols, int *ld) {
-    const q3r_vit_config *c = q3r_vit_get_config(m);
-    for (int i = 0; i < q3r_vit_num_matrices(c); i++) {
-        char nm[64];
-        q3r_vit_matrix mx;
-        if (q3r_vit_matrix_name(c, i, nm, sizeof nm, NULL, NULL, NULL) || strcmp(nm, name)) continue;
-        if (q3r_vit_get_matrix(m, i, &mx, NULL) || !mx.w) return NULL;
+static float *matrix_of(q3r_model *m, const char *name, int *rows, int *cols, int *ld) {
+    for (int i = 0; i < q3r_model_num_matrices(m); i++) {
+        q3r_matrix mx;
+        if (q3r_model_matrix(m, i, &mx, NULL) || strcmp(mx.name, name)) continue;
+        if (!mx.w) return NULL;
         *rows = mx.rows;
         *cols = mx.cols;
         /* a Q/K/V row block of the fused (3D x D) weight, or a whole matrix: rows of cols */
@@ -278,12 +273,12 @@ static void train_steps(q3r_trainer *t, q3r_rng *rng, int steps) {
     int32_t y[TB];
     for (int s = 0; s < steps; s++) {
         batch(rng, x, y);
-        CHECK_OK(q3r_trainer_step(t, x, y, TB, NULL, &err), &err);
+        CHECK_OK(q3r_trainer_step(t, &(q3r_batch){.count = TB, .images = x, .targets = y}, NULL, &err), &err);
     }
 }
 
 static void test_collapsed_lorita(void) {
-    q3r_train_config c = tiny_config(Q3R_REG_LORITA);
+    q3r_train_config c = tiny_config("lorita");
     q3r_error err;
     q3r_trainer *t = NULL;
     CHECK_OK(q3r_trainer_create(&c, &t, &err), &err);
@@ -302,15 +297,20 @@ static void test_collapsed_lorita(void) {
              "\"model.width\": \"8\", \"model.depth\": \"2\", \"model.heads\": \"2\", "
              "\"model.mlp_hidden\": \"12\", \"model.classes\": \"3\", \"q3r.mode\": \"lorita\"}",
              IMG);
-    CHECK_OK(q3r_model_save(path, q3r_trainer_model(t), mj, &err), &err);
+    q3r_meta mm;
+    q3r_meta_init(&mm);
+    CHECK_OK(q3r_meta_parse(&mm, mj, &err), &err);
+    CHECK_OK(q3r_model_save(path, q3r_trainer_model(t), &mm, &err), &err);
+    q3r_meta_free(&mm);
 
     /* reference: the model's other tensors, each target replaced by the factors' product in
      * double (rounded once to float) */
-    q3r_vit *ref = NULL, *saved = NULL;
-    CHECK_OK(q3r_vit_create(&c.model, TB, &ref, &err), &err);
+    q3r_model *refm = NULL, *savedm = NULL;
+    CHECK_OK(q3r_model_from_meta(c.model, TB, &refm, &err), &err);
+    q3r_vit *ref = q3r_vit_from_model(refm), *saved = NULL;
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
-    CHECK_OK(q3r_vit_export(q3r_trainer_model(t), &l, &err), &err);
+    CHECK_OK(q3r_model_export(q3r_trainer_model(t), &l, &err), &err);
     CHECK_OK(q3r_vit_import(ref, &l, &err), &err);
     q3r_tensor_list_free(&l);
     int moved = 0;
@@ -325,7 +325,7 @@ static void test_collapsed_lorita(void) {
             if (k > 0) moved |= f[1] != 0.0f;
         }
         int rows, cols, ld;
-        float *w = matrix_of(ref, q3r_reparam_name(rp, i), &rows, &cols, &ld);
+        float *w = matrix_of(refm, q3r_reparam_name(rp, i), &rows, &cols, &ld);
         CHECK(w && rows == dims[0] && cols == dims[nf], "lorita: matrix %s in the model", q3r_reparam_name(rp, i));
         double *P = malloc(sizeof(double) * (size_t)dims[0] * dims[nf]);
         chain_product(F, dims, nf, P);
@@ -336,9 +336,8 @@ static void test_collapsed_lorita(void) {
         for (int k = 0; k < nf; k++) free(F[k]);
     }
     CHECK(moved, "lorita: the identity factors never moved");
-    char *meta = NULL;
-    CHECK_OK(q3r_model_load(path, TB, &saved, &meta, &err), &err);
-    free(meta);
+    CHECK_OK(q3r_model_load(path, TB, &savedm, NULL, &err), &err);
+    saved = q3r_vit_from_model(savedm);
     unlink(path);
     if (ref && saved) {
         float x[TB * IMG * IMG], lr[TB * 3];
@@ -356,7 +355,7 @@ static void test_collapsed_lorita(void) {
 }
 
 static void test_factorized_rank(void) {
-    q3r_train_config c = tiny_config(Q3R_REG_FACTORIZED);
+    q3r_train_config c = tiny_config("factorized");
     q3r_error err;
     q3r_trainer *t = NULL;
     CHECK_OK(q3r_trainer_create(&c, &t, &err), &err);
@@ -366,7 +365,7 @@ static void test_factorized_rank(void) {
     train_steps(t, &rng, 3);
     q3r_reparam *rp = q3r_trainer_reparam(t);
     for (int i = 0; i < q3r_reparam_count(rp); i++) {
-        int rows, cols, ld, ar, r;
+        int rows = 0, cols = 0, ld = 0, ar, r;
         q3r_reparam_factor(rp, i, 0, &ar, &r, NULL);
         float *w = matrix_of(q3r_trainer_model(t), q3r_reparam_name(rp, i), &rows, &cols, &ld);
         CHECK(r == 3 && w, "factorized %s: rank %d", q3r_reparam_name(rp, i), r);
@@ -382,7 +381,7 @@ static void test_factorized_rank(void) {
 }
 
 /* export after 3 steps -> a new trainer imports -> 2 more steps each: same bits */
-static void test_resume(q3r_reg_mode reg) {
+static void test_resume(const char *reg) {
     q3r_train_config c = tiny_config(reg);
     q3r_error err;
     q3r_trainer *a = NULL, *b = NULL;
@@ -404,10 +403,10 @@ static void test_resume(q3r_reg_mode reg) {
     q3r_reparam *ra = q3r_trainer_reparam(a), *rb = q3r_trainer_reparam(b);
     int64_t n = q3r_reparam_num_params(ra);
     CHECK(!memcmp(q3r_reparam_params(ra), q3r_reparam_params(rb), (size_t)n * sizeof(float)),
-          "mode %d: resumed factors differ", (int)reg);
-    CHECK(!memcmp(q3r_vit_params(q3r_trainer_model(a)), q3r_vit_params(q3r_trainer_model(b)),
-                  q3r_vit_num_params(q3r_trainer_model(a)) * sizeof(float)),
-          "mode %d: resumed model differs", (int)reg);
+          "mode %s: resumed factors differ", reg);
+    CHECK(!memcmp(q3r_model_params(q3r_trainer_model(a)), q3r_model_params(q3r_trainer_model(b)),
+                  q3r_model_num_params(q3r_trainer_model(a)) * sizeof(float)),
+          "mode %s: resumed model differs", reg);
 
     /* a missing factor: the error names it, nothing changes */
     q3r_tensor_list bad;
@@ -429,12 +428,12 @@ static void test_resume(q3r_reg_mode reg) {
 static void test_errors(void) {
     q3r_error err;
     q3r_trainer *t = NULL;
-    q3r_train_config c = tiny_config(Q3R_REG_LORITA);
+    q3r_train_config c = tiny_config("lorita");
     c.lorita_factors = 1;
     CHECK(q3r_trainer_create(&c, &t, &err) != Q3R_OK && strstr(err.msg, "--lorita-factors"),
           "lorita with 1 factor: %s", err.msg);
-    c = tiny_config(Q3R_REG_FACTORIZED);
-    snprintf(c.rank, sizeof c.rank, "9"); /* above min(8, 8) of the q/k/v blocks */
+    c = tiny_config("factorized");
+    c.rank = "9"; /* above min(8, 8) of the q/k/v blocks */
     CHECK(q3r_trainer_create(&c, &t, &err) != Q3R_OK && strstr(err.msg, "blocks.0.attn.q"),
           "factorized rank above the matrix: %s", err.msg);
     q3r_reparam *rp;
@@ -449,8 +448,7 @@ static void test_errors(void) {
           "spectral init with 3 factors: %s", err.msg);
     CHECK(q3r_reparam_add(rp, "mz", w, 3, 4, 4, dw, 4, 1, inner, Q3R_REPARAM_IDENTITY, &err) != Q3R_OK,
           "one factor");
-    q3r_adamw_config ac = q3r_adamw_defaults();
-    CHECK(q3r_reparam_build(rp, &ac, &err) != Q3R_OK, "build with no matrices");
+    CHECK(q3r_reparam_build(rp, &err) != Q3R_OK, "build with no matrices");
     q3r_reparam_free(rp);
 }
 
@@ -467,8 +465,8 @@ int main(void) {
     test_spectral_init();
     test_collapsed_lorita();
     test_factorized_rank();
-    test_resume(Q3R_REG_LORITA);
-    test_resume(Q3R_REG_FACTORIZED);
+    test_resume("lorita");
+    test_resume("factorized");
     test_errors();
     return check_report("test_reparam");
 }

@@ -16,6 +16,15 @@
 #include "q3r/train.h"
 #include "q3r/truncate.h"
 
+/* q3r_truncate on ViTs (the library takes and gives the model interface) */
+static q3r_status truncate_vit(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch, q3r_vit **out,
+                               q3r_truncate_report *rep, q3r_error *err) {
+    q3r_model *m = NULL;
+    q3r_status s = q3r_truncate(q3r_vit_model(in), spec, max_batch, &m, rep, err);
+    *out = q3r_vit_from_model(m);
+    return s;
+}
+
 enum { NIMG = 40, IMG = 8, CLASSES = 3, WIDTH = 16, MLP = 32, DEPTH = 2 };
 
 static int64_t numel_all(q3r_vit *m) {
@@ -73,7 +82,7 @@ static void check_row(q3r_vit *in, const q3r_sweep_row *row, const q3r_sweep_row
     q3r_vit *m = NULL;
     if (p < 1) {
         q3r_truncate_spec ts = {.targets = targets, .rank = {.kind = Q3R_RANK_FRACTION, .value = p}};
-        CHECK_OK(q3r_truncate(in, &ts, NIMG, &m, NULL, &err), &err);
+        CHECK_OK(truncate_vit(in, &ts, NIMG, &m, NULL, &err), &err);
     }
     reference_score(m ? m : in, ds, norm, &acc, &loss);
     CHECK(row->acc == acc, "%s: acc %g, reference %g", what, row->acc, acc);
@@ -92,7 +101,7 @@ static void check_row(q3r_vit *in, const q3r_sweep_row *row, const q3r_sweep_row
         }
         const int r = p < 1 ? (int)floor(p * rows * cols / (rows + cols)) : 0;
         CHECK(row->kind_count[k] == DEPTH && row->rank_min[k] == r && row->rank_max[k] == r,
-              "%s: kind %s ranks %d-%d (count %d), want %d", what, q3r_sweep_kind_names[k], row->rank_min[k],
+              "%s: kind %s ranks %d-%d (count %d), want %d", what, q3r_matrix_kind_name((q3r_matrix_kind)k), row->rank_min[k],
               row->rank_max[k], row->kind_count[k], r);
         tdense += (int64_t)DEPTH * rows * cols;
         tkept += (int64_t)DEPTH * (r ? (int64_t)r * (rows + cols) : (int64_t)rows * cols);
@@ -141,7 +150,7 @@ int main(void) {
         q3r_sweep_spec spec = {.targets = tlist[t], .ps = ps, .count = 5, .ds = &ds, .norm = &norm};
         q3r_sweep_result res;
         row_log log = {0, 0};
-        CHECK_OK(q3r_sweep(m, &spec, on_row, &log, &res, &err), &err);
+        CHECK_OK(q3r_sweep(q3r_vit_model(m), &spec, on_row, &log, &res, &err), &err);
         CHECK(log.calls == 6 && !log.bad_order, "%s: on_row %d calls, order %d", tlist[t], log.calls, log.bad_order);
         if (res.count != 5) continue;
         check_row(m, &res.base, &res.base, 1.0, tlist[t], &ds, &norm);
@@ -157,18 +166,18 @@ int main(void) {
     {
         q3r_truncate_spec ts = {.targets = "qkv", .rank = {.kind = Q3R_RANK_FRACTION, .value = 0.5}};
         q3r_vit *f = NULL, *f2 = NULL;
-        CHECK_OK(q3r_truncate(m, &ts, NIMG, &f, NULL, &err), &err);
+        CHECK_OK(truncate_vit(m, &ts, NIMG, &f, NULL, &err), &err);
         const double fp[] = {0.75, 0.25};
         q3r_sweep_spec spec = {.targets = "qkv", .ps = fp, .count = 2, .ds = &ds, .norm = &norm};
         q3r_sweep_result res;
-        CHECK_OK(q3r_sweep(f, &spec, NULL, NULL, &res, &err), &err);
+        CHECK_OK(q3r_sweep(q3r_vit_model(f), &spec, NULL, NULL, &res, &err), &err);
         if (f && res.count == 2) {
             CHECK(res.base.rank_min[0] == 4 && !res.rows[0].truncated && res.rows[0].rank_max[0] == 4 &&
                       res.rows[0].acc == res.base.acc && res.rows[0].targeted_kept == 4.0 * 32 / 256,
                   "factored p = 0.75: truncated %d rank %d kept %g", res.rows[0].truncated, res.rows[0].rank_max[0],
                   res.rows[0].targeted_kept);
             ts.rank.value = 0.25;
-            CHECK_OK(q3r_truncate(f, &ts, NIMG, &f2, NULL, &err), &err);
+            CHECK_OK(truncate_vit(f, &ts, NIMG, &f2, NULL, &err), &err);
             double acc, loss;
             reference_score(f2, &ds, &norm, &acc, &loss);
             CHECK(res.rows[1].truncated && res.rows[1].rank_min[0] == 2 && res.rows[1].acc == acc,
@@ -198,28 +207,28 @@ int main(void) {
         const double ok[] = {0.5}, zero_rank[] = {0.5, 0.05}, out[] = {1.5};
         q3r_sweep_spec spec = {.targets = "qkvx", .ps = ok, .count = 1, .ds = &ds, .norm = &norm};
         q3r_sweep_result res;
-        CHECK(q3r_sweep(m, &spec, NULL, NULL, &res, &err) == Q3R_EINVAL && strstr(err.msg, "qkvx") && !res.rows,
+        CHECK(q3r_sweep(q3r_vit_model(m), &spec, NULL, NULL, &res, &err) == Q3R_EINVAL && strstr(err.msg, "qkvx") && !res.rows,
               "unknown target: %s", err.msg);
         spec.targets = "";
-        CHECK(q3r_sweep_check(m, &spec, &err) == Q3R_EINVAL, "empty targets: %s", err.msg);
+        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL, "empty targets: %s", err.msg);
         spec.targets = "qkv";
         spec.ps = zero_rank;
         spec.count = 2;
-        CHECK(q3r_sweep_check(m, &spec, &err) == Q3R_EINVAL && strstr(err.msg, "0.05") &&
+        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL && strstr(err.msg, "0.05") &&
                   strstr(err.msg, "blocks.0.attn.q"),
               "rank 0: %s", err.msg);
         spec.ps = out;
         spec.count = 1;
-        CHECK(q3r_sweep_check(m, &spec, &err) == Q3R_EINVAL && strstr(err.msg, "1.5"), "p > 1: %s", err.msg);
+        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL && strstr(err.msg, "1.5"), "p > 1: %s", err.msg);
         spec.count = 0;
-        CHECK(q3r_sweep_check(m, &spec, &err) == Q3R_EINVAL, "no p: %s", err.msg);
+        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL, "no p: %s", err.msg);
         /* the model takes 8x8 images; a 4x4 dataset fails in the untruncated evaluation */
         q3r_dataset small = ds;
         small.h = small.w = 4;
         spec.ps = ok;
         spec.count = 1;
         spec.ds = &small;
-        CHECK(q3r_sweep(m, &spec, NULL, NULL, &res, &err) != Q3R_OK && strstr(err.msg, "untruncated") && !res.rows,
+        CHECK(q3r_sweep(q3r_vit_model(m), &spec, NULL, NULL, &res, &err) != Q3R_OK && strstr(err.msg, "untruncated") && !res.rows,
               "wrong image size: %s", err.msg);
     }
     q3r_dataset_free(&ds);

@@ -13,6 +13,49 @@
 #include "q3r/train.h"
 #include "q3r/truncate.h"
 
+/* The model-file calls with metadata as JSON text (the library takes and gives q3r_meta). */
+static q3r_status save_json(const char *path, q3r_vit *m, const char *json, q3r_error *err) {
+    q3r_meta meta;
+    q3r_meta_init(&meta);
+    q3r_status s = q3r_meta_parse(&meta, json, err);
+    if (!s) s = q3r_model_save(path, q3r_vit_model(m), &meta, err);
+    q3r_meta_free(&meta);
+    return s;
+}
+
+static q3r_status load_json(const char *path, int max_batch, q3r_vit **out, char **json, q3r_error *err) {
+    q3r_meta meta;
+    q3r_meta_init(&meta);
+    q3r_model *m = NULL;
+    q3r_status s = q3r_model_load(path, max_batch, &m, &meta, err);
+    *out = q3r_vit_from_model(m);
+    if (!s && json) s = q3r_meta_to_json(&meta, json, err);
+    q3r_meta_free(&meta);
+    return s;
+}
+
+static q3r_status truncate_metadata_json(const char *in_json, q3r_vit *m, const q3r_truncate_spec *spec,
+                                         const q3r_truncate_report *rep, char **json, q3r_error *err) {
+    q3r_meta in, out;
+    q3r_meta_init(&in);
+    q3r_meta_init(&out);
+    q3r_status s = q3r_meta_parse(&in, in_json, err);
+    if (!s) s = q3r_truncate_metadata(&in, q3r_vit_model(m), spec, rep, &out, err);
+    if (!s) s = q3r_meta_to_json(&out, json, err);
+    q3r_meta_free(&in);
+    q3r_meta_free(&out);
+    return s;
+}
+
+/* q3r_truncate on ViTs (the library takes and gives the model interface) */
+static q3r_status truncate_vit(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch, q3r_vit **out,
+                               q3r_truncate_report *rep, q3r_error *err) {
+    q3r_model *m = NULL;
+    q3r_status s = q3r_truncate(q3r_vit_model(in), spec, max_batch, &m, rep, err);
+    *out = q3r_vit_from_model(m);
+    return s;
+}
+
 static const q3r_vit_config tiny = {8, 2, 4, 12, 2, 3, 16, 5, 0.0f};
 enum { BATCH = 3 };
 static float images[BATCH * 2 * 8 * 8];
@@ -51,7 +94,7 @@ static q3r_status do_trunc(q3r_vit *in, const char *targets, const char *rank, d
         q3r_status s = q3r_rank_parse(rank, &spec.rank, err);
         if (s) return s;
     }
-    return q3r_truncate(in, &spec, BATCH, out, rep, err);
+    return truncate_vit(in, &spec, BATCH, out, rep, err);
 }
 
 static void test_full_rank(void) {
@@ -218,7 +261,7 @@ static void test_file_round_trip(void) {
     q3r_truncate_report rep;
     q3r_truncate_spec spec = {.targets = "qkv,fc2,head"};
     q3r_rank_parse("0.5", &spec.rank, &err);
-    CHECK_OK(q3r_truncate(d, &spec, BATCH, &f, &rep, &err), &err);
+    CHECK_OK(truncate_vit(d, &spec, BATCH, &f, &rep, &err), &err);
     if (!f) return;
     const char *in_meta = "{\"model.name\": \"tiny\", \"model.image_size\": \"8\", \"model.channels\": \"2\", "
                           "\"model.patch\": \"4\", \"model.width\": \"12\", \"model.depth\": \"2\", "
@@ -226,9 +269,9 @@ static void test_file_round_trip(void) {
                           "\"model.dropout\": \"0\", \"data.name\": \"fashion-mnist\", \"data.mean\": \"0.1,0.2\", "
                           "\"data.std\": \"0.3,0.4\", \"data.train_limit\": \"7\", \"train.lr\": \"1\"}";
     char *meta = NULL, *back = NULL;
-    CHECK_OK(q3r_truncate_metadata(in_meta, f, &spec, &rep, &meta, &err), &err);
-    CHECK_OK(q3r_model_save(path, f, meta, &err), &err);
-    CHECK_OK(q3r_model_load(path, BATCH, &g, &back, &err), &err);
+    CHECK_OK(truncate_metadata_json(in_meta, f, &spec, &rep, &meta, &err), &err);
+    CHECK_OK(save_json(path, f, meta, &err), &err);
+    CHECK_OK(load_json(path, BATCH, &g, &back, &err), &err);
     if (g) {
         CHECK(!memcmp(q3r_vit_ranks(g), q3r_vit_ranks(f), sizeof(int) * 13), "ranks round trip");
         forward(f);
@@ -261,7 +304,7 @@ static void test_file_round_trip(void) {
         q3r_vit_export(f, &l, &err);
         CHECK_OK(q3r_safetensors_write(bad, &l, m2, &err), &err);
         q3r_tensor_list_free(&l);
-        q3r_status s = q3r_model_load(bad, 1, &g, NULL, &err);
+        q3r_status s = load_json(bad, 1, &g, NULL, &err);
         CHECK(s != Q3R_OK && !g && strstr(err.msg, bad) && strstr(err.msg, cases[i].want),
               "ranks '%s': %s", cases[i].ranks, err.msg);
         free(m2);
@@ -273,17 +316,17 @@ static void test_file_round_trip(void) {
         q3r_tensor_list_init(&l);
         q3r_vit_export(f, &l, &err);
         q3r_safetensors_write(bad, &l, m2, &err);
-        CHECK(q3r_model_load(bad, 1, &g, NULL, &err) == Q3R_EFORMAT && strstr(err.msg, "cls_token"),
+        CHECK(load_json(bad, 1, &g, NULL, &err) == Q3R_EFORMAT && strstr(err.msg, "cls_token"),
               "another model's file: %s", err.msg);
         CHECK(q3r_safetensors_write(bad, &l, NULL, &err) == Q3R_OK, "write");
-        CHECK(q3r_model_load(bad, 1, &g, NULL, &err) == Q3R_EFORMAT && strstr(err.msg, "not a q3r model"),
+        CHECK(load_json(bad, 1, &g, NULL, &err) == Q3R_EFORMAT && strstr(err.msg, "not a q3r model"),
               "no metadata: %s", err.msg);
         q3r_tensor_list_free(&l);
         free(m2);
     }
     /* a dense model saved with stale ranks in its metadata gets them replaced by zeros */
-    CHECK_OK(q3r_model_save(bad, d, meta, &err), &err);
-    CHECK_OK(q3r_model_load(bad, 1, &g, NULL, &err), &err);
+    CHECK_OK(save_json(bad, d, meta, &err), &err);
+    CHECK_OK(load_json(bad, 1, &g, NULL, &err), &err);
     CHECK(g && !q3r_vit_is_factored(g), "dense model with stale model.ranks loads dense");
     q3r_vit_free(g);
     remove(path);
@@ -313,9 +356,9 @@ static void test_bad_specs(void) {
         CHECK(s != Q3R_OK && !x && strstr(err.msg, cases[i].want), "case %zu: %s", i, err.msg);
     }
     q3r_truncate_spec spec = {.targets = "qkv", .rank = {Q3R_RANK_FRACTION, 1.5}};
-    CHECK(q3r_truncate(d, &spec, 1, &x, NULL, &err) != Q3R_OK && !x, "fraction 1.5: %s", err.msg);
+    CHECK(truncate_vit(d, &spec, 1, &x, NULL, &err) != Q3R_OK && !x, "fraction 1.5: %s", err.msg);
     spec.rank = (q3r_rank_rule){Q3R_RANK_INT, 0};
-    CHECK(q3r_truncate(d, &spec, 1, &x, NULL, &err) != Q3R_OK && !x, "rank 0: %s", err.msg);
+    CHECK(truncate_vit(d, &spec, 1, &x, NULL, &err) != Q3R_OK && !x, "rank 0: %s", err.msg);
     q3r_vit_free(d);
 }
 

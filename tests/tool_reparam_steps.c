@@ -30,13 +30,14 @@ int main(int argc, char **argv) {
     }
     const int lorita = !strcmp(argv[1], "lorita");
     q3r_train_config c = q3r_train_defaults();
-    c.model = (q3r_vit_config){.image_size = 16, .channels = 1, .patch = 4, .width = 32, .depth = 2,
-                               .heads = 2, .mlp_hidden = 64, .classes = 10};
+    c.model = vit_meta((q3r_vit_config){.image_size = 16, .channels = 1, .patch = 4, .width = 32, .depth = 2,
+                               .heads = 2, .mlp_hidden = 64, .classes = 10});
     c.batch = B;
-    c.reg = lorita ? Q3R_REG_LORITA : Q3R_REG_FACTORIZED;
+    c.weights = lorita ? Q3R_WEIGHTS_LORITA : Q3R_WEIGHTS_FACTORIZED;
+    c.reg = Q3R_REG_NONE;
     c.lorita_factors = 3;
-    snprintf(c.targets, sizeof c.targets, "all");
-    snprintf(c.rank, sizeof c.rank, "0.4");
+    c.targets = "all";
+    c.rank = "0.4";
     c.lr = (q3r_lr_schedule){.kind = Q3R_LR_COSINE, .lr = 2e-3, .min_lr = 1e-4, .warmup_steps = 1,
                              .total_steps = STEPS};
     c.weight_decay = 0.1;
@@ -48,14 +49,14 @@ int main(int argc, char **argv) {
     if (q3r_trainer_create(&c, &t, &err)) die("trainer", &err);
 
     /* the dense init of the seed, before the chains were built from it */
-    q3r_vit *dense;
-    if (q3r_vit_create(&c.model, 1, &dense, &err)) die("dense model", &err);
-    q3r_vit_init(dense, c.seed);
+    q3r_model *dense;
+    if (q3r_model_from_meta(c.model, 1, &dense, &err)) die("dense model", &err);
+    q3r_model_init(dense, c.seed);
     q3r_tensor_list in, out;
     q3r_tensor_list_init(&in);
     q3r_tensor_list_init(&out);
-    if (q3r_vit_export(dense, &in, &err)) die("export", &err);
-    q3r_vit_free(dense);
+    if (q3r_model_export(dense, &in, &err)) die("export", &err);
+    q3r_model_free(dense);
     q3r_rng rng;
     q3r_rng_seed(&rng, 99);
     static float x[STEPS][B * 16 * 16];
@@ -83,7 +84,7 @@ int main(int argc, char **argv) {
     double losses[STEPS], lrs[STEPS], norms[STEPS];
     for (int s = 0; s < STEPS; s++) {
         q3r_step_stats st;
-        if (q3r_trainer_step(t, x[s], y[s], B, &st, &err)) die("step", &err);
+        if (q3r_trainer_step(t, &(q3r_batch){.count = B, .images = x[s], .targets = y[s]}, &st, &err)) die("step", &err);
         losses[s] = st.loss;
         lrs[s] = st.lr;
         norms[s] = st.grad_norm;
@@ -95,7 +96,7 @@ int main(int argc, char **argv) {
         die("add", &err);
     q3r_tensor_list fin;
     q3r_tensor_list_init(&fin);
-    if (q3r_vit_export(q3r_trainer_model(t), &fin, &err)) die("export", &err);
+    if (q3r_model_export(q3r_trainer_model(t), &fin, &err)) die("export", &err);
     for (size_t i = 0; i < fin.count; i++) {
         char name[160];
         snprintf(name, sizeof name, "final.%s", fin.items[i].name);

@@ -26,12 +26,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     q3r_train_config c = q3r_train_defaults();
-    c.model = (q3r_vit_config){.image_size = 16, .channels = 1, .patch = 4, .width = 32, .depth = 2,
-                               .heads = 2, .mlp_hidden = 64, .classes = 10};
+    c.model = vit_meta((q3r_vit_config){.image_size = 16, .channels = 1, .patch = 4, .width = 32, .depth = 2,
+                               .heads = 2, .mlp_hidden = 64, .classes = 10});
     c.batch = B;
     c.reg = strcmp(argv[1], "adamq3r") ? Q3R_REG_NONE : Q3R_REG_DECOUPLED;
-    snprintf(c.targets, sizeof c.targets, "qkv");
-    snprintf(c.rank, sizeof c.rank, "4");
+    c.targets = "qkv";
+    c.rank = "4";
     c.lambda = 2.0;
     c.period = 2;
     c.lr = (q3r_lr_schedule){.kind = Q3R_LR_COSINE, .lr = 2e-3, .min_lr = 1e-4, .warmup_steps = 1,
@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
     q3r_tensor_list in, out;
     q3r_tensor_list_init(&in);
     q3r_tensor_list_init(&out);
-    if (q3r_vit_export(q3r_trainer_model(t), &in, &err)) die("export", &err);
+    if (q3r_model_export(q3r_trainer_model(t), &in, &err)) die("export", &err);
     q3r_rng rng;
     q3r_rng_seed(&rng, 99);
     float x[STEPS][B * 16 * 16];
@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
     double losses[STEPS], lrs[STEPS];
     for (int s = 0; s < STEPS; s++) {
         q3r_step_stats st;
-        if (q3r_trainer_step(t, x[s], y[s], B, &st, &err)) die("step", &err);
+        if (q3r_trainer_step(t, &(q3r_batch){.count = B, .images = x[s], .targets = y[s]}, &st, &err)) die("step", &err);
         losses[s] = st.loss;
         lrs[s] = st.lr;
     }
@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
         die("add", &err);
     q3r_tensor_list fin;
     q3r_tensor_list_init(&fin);
-    if (q3r_vit_export(q3r_trainer_model(t), &fin, &err)) die("export", &err);
+    if (q3r_model_export(q3r_trainer_model(t), &fin, &err)) die("export", &err);
     for (size_t i = 0; i < fin.count; i++) {
         char name[160];
         snprintf(name, sizeof name, "final.%s", fin.items[i].name);

@@ -16,8 +16,9 @@
  *     dW_k = (W_1 ... W_{k-1})^T dW (W_{k+1} ... W_N)^T
  *
  * computed right to left as E_N = dW, dW_k = P_k^T E_k, E_{k-1} = E_k W_k^T, where P_k is the
- * product of the factors before k (cached by the last materialisation; P_1 = I). An AdamW of
- * its own (q3r_adamw over one flat buffer holding every factor) updates the factors.
+ * product of the factors before k (cached by the last materialisation; P_1 = I). The factors
+ * live in one flat buffer (with a matching gradient buffer), so any optimizer over a flat
+ * buffer (the trainer's AdamW) can update them; materialise afterwards.
  *
  * Initialisations (from the matrix's value when q3r_reparam_build runs, W_0):
  *   IDENTITY  W_1 = W_0, the other factors identity (needs every inner dimension = n). The
@@ -27,13 +28,12 @@
  *             W_0 (q3r_svd_thin): the product is the best rank-r approximation of W_0 and the two
  *             factors are balanced (A^T A = B B^T = S_r).
  *
- * Everything that changes (factors, their Adam moments and step) is exported as named tensors
- * "<prefix><matrix>.<k>" (F32, d_k x d_{k+1}) and "<prefix>optim.m", ".v", ".step". */
+ * The factors are exported as named tensors "<prefix><matrix>.<k>" (F32, d_k x d_{k+1}); the
+ * optimizer that trains them exports its own state. */
 #ifndef Q3R_REPARAM_H
 #define Q3R_REPARAM_H
 
 #include "q3r/base.h"
-#include "q3r/optim.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -57,9 +57,9 @@ q3r_status q3r_reparam_add(q3r_reparam *rp, const char *name, float *w, int rows
                            float *dw, int ldg, int nf, const int *inner, q3r_reparam_init init,
                            q3r_error *err);
 
-/* Allocate the factors, initialise each chain from its matrix's current value, materialise,
- * and create the factors' AdamW (cfg; weight decay on every factor entry). Once. */
-q3r_status q3r_reparam_build(q3r_reparam *rp, const q3r_adamw_config *cfg, q3r_error *err);
+/* Allocate the factors, initialise each chain from its matrix's current value, and
+ * materialise. Once. */
+q3r_status q3r_reparam_build(q3r_reparam *rp, q3r_error *err);
 
 int q3r_reparam_count(const q3r_reparam *rp);
 const char *q3r_reparam_name(const q3r_reparam *rp, int i); /* NULL out of range */
@@ -71,19 +71,16 @@ float *q3r_reparam_factor(q3r_reparam *rp, int i, int k, int *rows, int *cols, f
 int64_t q3r_reparam_num_params(const q3r_reparam *rp);
 float *q3r_reparam_params(q3r_reparam *rp);
 float *q3r_reparam_grads(q3r_reparam *rp);
-q3r_adamw *q3r_reparam_optimizer(q3r_reparam *rp);
 
 /* W <- W_1 W_2 ... W_N for every matrix, caching the prefix products that backward needs.
- * Call after changing factors by hand (q3r_reparam_step and import do it themselves). */
+ * Call after changing factors (an optimizer step); import does it itself. */
 void q3r_reparam_materialize(q3r_reparam *rp);
 /* Factor gradients <- the chain rule of the dense gradients dW (overwritten, not accumulated),
  * at the factors of the last materialisation. zero_dense != 0 then zeroes each dW, so an
  * optimizer over the dense buffer leaves the materialised entries alone. */
 void q3r_reparam_backward(q3r_reparam *rp, int zero_dense);
-/* AdamW step on the factors at learning rate lr, then materialise. */
-void q3r_reparam_step(q3r_reparam *rp, double lr);
 
-/* Factors and Adam state under prefix (e.g. "reparam."), and back. Import checks every name,
+/* Factors under prefix (e.g. "reparam."), and back. Import checks every name,
  * dtype and shape first (the error names the tensor), changes nothing on failure, and
  * materialises on success. */
 q3r_status q3r_reparam_export(const q3r_reparam *rp, const char *prefix, q3r_tensor_list *out,

@@ -18,15 +18,14 @@
 
 #include "q3r/base.h"
 #include "q3r/data.h"
-#include "q3r/vit.h"
+#include "q3r/model.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Matrix kinds, in this order: q, k, v, proj, fc1, fc2, head. */
-#define Q3R_SWEEP_KINDS 7
-extern const char *const q3r_sweep_kind_names[Q3R_SWEEP_KINDS];
+/* Per-kind arrays are indexed by q3r_matrix_kind (q3r/model.h; names: q3r_matrix_kind_name). */
+#define Q3R_SWEEP_KINDS Q3R_MAT_KINDS
 
 typedef struct {
     double p;                         /* the kept fraction asked for; 1: untruncated */
@@ -38,7 +37,8 @@ typedef struct {
     int64_t targeted_dense, targeted_params; /* sum m n; sum (r (m + n) or m n) */
     int64_t total_dense, total_params;       /* the dense model's parameters; the row's model's */
     double targeted_kept, total_kept;        /* the two ratios */
-    double acc, acc_err95, loss;             /* acc_err95 = 1.96 sqrt(acc (1 - acc) / n) */
+    double acc, acc_err95, loss;             /* acc: the model's metric (accuracy for a classifier);
+                                                acc_err95 = 1.96 sqrt(acc (1 - acc) / n) for accuracy */
     int64_t n;                               /* images scored */
     double drop_points;                      /* 100 (untruncated acc - acc) */
 } q3r_sweep_row;
@@ -64,11 +64,11 @@ typedef void (*q3r_sweep_row_fn)(const q3r_sweep_row *row, int index, int count,
 /* Check a sweep before any work: every p in (0, 1] and finite, targets known and selecting
  * some matrix, and every p giving rank >= 1 for every targeted matrix. The message names the p
  * and the matrix at fault. */
-q3r_status q3r_sweep_check(const q3r_vit *in, const q3r_sweep_spec *spec, q3r_error *err);
+q3r_status q3r_sweep_check(const q3r_model *in, const q3r_sweep_spec *spec, q3r_error *err);
 
 /* Run the sweep (q3r_sweep_check first). in is not modified. on_row may be NULL. Free the
  * result with q3r_sweep_result_free. Errors from truncation or evaluation name the p. */
-q3r_status q3r_sweep(q3r_vit *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn on_row, void *ctx,
+q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn on_row, void *ctx,
                      q3r_sweep_result *out, q3r_error *err);
 void q3r_sweep_result_free(q3r_sweep_result *r);
 

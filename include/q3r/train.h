@@ -1,10 +1,16 @@
-/* q3r train: training a ViT with AdamW or AdamQ3R, evaluation, checkpoints and resume.
+/* q3r train: training any model (q3r/model.h) with AdamW or AdamQ3R and the baselines,
+ * evaluation with the model's own metric, checkpoints and resume.
  *
  * Data flow of a run:
- *   config -> model (parameter table, init from seed) -> data loader -> loop {
- *     forward -> loss -> backward -> clip -> Q3R refresh when due -> AdamW step on the task
- *     gradient (+ the decoupled Q3R step) -> metrics line -> checkpoint when due }
+ *   config -> model (from the config's "model.*" metadata, init from the seed; or an existing
+ *   model) -> data loader -> loop {
+ *     forward -> loss -> backward -> all-reduce -> clip -> regularizer (Q3R refresh when due,
+ *     its step) -> AdamW (+ the weights' own update) -> metrics line -> checkpoint when due }
  *   -> final evaluation -> model.safetensors.
+ *
+ * A method is two choices (two tables inside the trainer, src/train/trainer_impl.h): how the
+ * targeted matrices are stored and trained (q3r_weights_mode) and what pulls them toward low rank
+ * (q3r_reg_mode). The command line's --reg names the six combinations the paper compares.
  *
  * Files in out_dir: checkpoint.safetensors (model, optimizer, regularizer, data position,
  * step; the config in its metadata), model.safetensors (weights and config only),
@@ -14,61 +20,79 @@
 
 #include "q3r/base.h"
 #include "q3r/data.h"
+#include "q3r/dist.h"
+#include "q3r/io.h"
+#include "q3r/model.h"
 #include "q3r/optim.h"
 #include "q3r/regularizer.h"
 #include "q3r/reparam.h"
-#include "q3r/vit.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* What pulls the targets toward low rank. */
 typedef enum {
-    Q3R_REG_NONE = 0,      /* plain AdamW */
+    Q3R_REG_NONE = 0,      /* nothing (plain AdamW; weight decay on the targets too) */
     Q3R_REG_DECOUPLED = 1, /* AdamQ3R: W -= lr * 2 lambda R(W) beside the Adam step */
     Q3R_REG_COUPLED = 2,   /* 2 lambda R(W) added to the gradient before Adam */
     Q3R_REG_NUCLEAR = 3,   /* baseline: every `period` steps, W <- prox of lambda (sum of lr) ||W||_* */
-    /* Baselines that train each target as a product of factors (q3r/reparam.h), materialised
-     * into the dense weight before the forward; AdamW (weight_decay) on the factors: */
-    Q3R_REG_LORITA = 4,     /* LoRITa: W = W_1 ... W_N, N = lorita_factors; W_1 = W_0, rest I */
-    Q3R_REG_FACTORIZED = 5, /* W = A B at the rank rule `rank`, spectral init from W_0 */
+    Q3R_REG_COUNT
 } q3r_reg_mode;
+
+/* How the targets are stored and trained. The factor chains (q3r/reparam.h) are materialised
+ * into the dense weight before the forward; AdamW (weight_decay) trains the factors. */
+typedef enum {
+    Q3R_WEIGHTS_DENSE = 0,      /* the model's dense weights */
+    Q3R_WEIGHTS_LORITA = 1,     /* LoRITa: W = W_1 ... W_N, N = lorita_factors; W_1 = W_0, rest I */
+    Q3R_WEIGHTS_FACTORIZED = 2, /* W = A B at the rank rule `rank`, spectral init from W_0 */
+    Q3R_WEIGHTS_COUNT
+} q3r_weights_mode;
 
 typedef struct {
     /* model */
-    char model_name[32];       /* preset the config came from (informational) */
-    q3r_vit_config model;
+    const q3r_meta *model;     /* its config ("model.*" keys: q3r_model_preset, then overrides);
+                                  borrowed, must outlive the run; NULL: the vit-fmnist preset */
     /* data */
-    char dataset[64];          /* "fashion-mnist", "mnist", "cifar10", "cifar100" */
-    char data_dir[256];        /* "" = /usr/share/datasets/<dataset> */
+    const char *dataset;       /* "fashion-mnist", "mnist", "cifar10", "cifar100" */
+    const char *data_dir;      /* NULL or "" = /usr/share/datasets/<dataset> */
     int64_t train_limit;       /* 0 = all training images, else the first N */
     int64_t test_limit;        /* 0 = all test images */
-    int batch;
+    int batch;                 /* the global batch (over every rank of comm) */
     int epochs;
     int augment;               /* random crop (pad 4 for 32x32, 2 otherwise) + flip for RGB */
     float label_smoothing;
     /* optimizer */
     q3r_lr_schedule lr;        /* total_steps 0: from epochs; warmup_steps < 0: 5% of the run, <= 200 */
-    double weight_decay;       /* AdamW decay on matrices not under Q3R, and on the factors of
-                                  the LORITA and FACTORIZED modes */
+    double weight_decay;       /* AdamW decay on matrices not under a regularizer, and on the
+                                  factors of the LORITA and FACTORIZED weights */
     double clip;               /* global grad-norm clip, 0 = off */
-    /* regularizer */
+    /* method */
+    q3r_weights_mode weights;
     q3r_reg_mode reg;
-    char targets[128];         /* comma list of qkv, proj, fc1, fc2, head, all */
-    char rank[32];             /* rank rule text (q3r_rank_parse) */
+    const char *targets;       /* comma list of qkv, proj, fc1, fc2, head, all */
+    const char *rank;          /* rank rule text (q3r_rank_parse) */
     double lambda;             /* <= 0: chosen from pull */
     double pull;               /* target 2 lambda sum_t lr_t when lambda is automatic */
     int period;                /* refresh every `period` steps */
     q3r_eps_options eps;
-    int lorita_factors;        /* N of Q3R_REG_LORITA (>= 2; default 3) */
+    int lorita_factors;        /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
     /* run */
     uint64_t seed;
-    char out_dir[256];
+    const char *out_dir;       /* borrowed strings, like the ones above */
     int64_t checkpoint_every;  /* steps between checkpoints (0: only at epoch ends) */
     int64_t stop_after;        /* stop (with a checkpoint) after this many steps; 0 = never */
     int log_every;             /* steps between metrics lines */
     volatile int *interrupt;   /* set non-zero (e.g. by SIGINT) to checkpoint and stop */
+    q3r_comm *comm;            /* data-parallel communicator; NULL: one process */
 } q3r_train_config;
+
+/* The command line's methods: "none", "decoupled", "coupled", "nuclear" (dense weights with
+ * that regularizer), "lorita", "factorized" (those weights, no regularizer). Error: another name
+ * (the message lists them). */
+q3r_status q3r_train_set_method(q3r_train_config *cfg, const char *method, q3r_error *err);
+/* The method's name as q3r_train_set_method takes it (the "q3r.mode" metadata). */
+const char *q3r_train_method_name(const q3r_train_config *cfg);
 
 /* Defaults: vit-fmnist on fashion-mnist, batch 128, 5 epochs, AdamQ3R on qkv at rank
  * fraction 0.4, lr 1e-3 warmup+cosine, automatic lambda (pull 9), refresh every 5 steps. */
@@ -78,6 +102,7 @@ typedef enum { Q3R_PHASE_TRAIN = 0, Q3R_PHASE_EVAL = 1, Q3R_PHASE_EPOCH = 2 } q3
 
 typedef struct {
     q3r_train_phase phase;
+    q3r_metric metric;             /* what acc and test_acc hold: accuracy, or bits per byte */
     int64_t step, total_steps;     /* optimizer steps done / planned */
     int epoch, epochs;             /* current epoch from 0 */
     int64_t done, todo;            /* within the phase: samples done / in the epoch or eval */
@@ -94,6 +119,7 @@ typedef struct {
     int epochs_done;
     int finished;                  /* 0 if stopped early (stop_after, interrupt) */
     double lambda;                 /* the lambda used */
+    q3r_metric metric;             /* what train_acc and test_acc hold */
     double train_loss, train_acc;  /* last epoch */
     double test_acc, test_loss;    /* final evaluation */
     int64_t test_n;
@@ -107,25 +133,30 @@ typedef struct q3r_trainer q3r_trainer;
 
 typedef struct {
     double loss, lr, q3r_value, grad_norm; /* grad_norm: of the task gradient, before clipping */
-    int64_t correct;                       /* argmax hits in the batch */
+    q3r_score score;                       /* the batch's metric statistics */
 } q3r_step_stats;
 
 /* Fill in the schedule's total_steps (when 0) and automatic warmup (when < 0), then check it. */
 q3r_status q3r_train_resolve_schedule(q3r_train_config *cfg, int64_t total_steps, q3r_error *err);
 
-/* Model initialised from cfg->seed, batches up to cfg->batch. cfg->lr must be resolved. */
+/* The model built from cfg->model and initialised from cfg->seed, batches up to cfg->batch.
+ * cfg->lr must be resolved. */
 q3r_status q3r_trainer_create(const q3r_train_config *cfg, q3r_trainer **out, q3r_error *err);
+/* The same on an existing model (loaded from a file, say: the start of fine-tuning), which the
+ * trainer takes over (frees) whether or not creation succeeds. Its max batch must be >= cfg->batch. */
+q3r_status q3r_trainer_create_from_model(const q3r_train_config *cfg, q3r_model *model,
+                                         q3r_trainer **out, q3r_error *err);
 void q3r_trainer_free(q3r_trainer *t);
-/* One step on images x (count, C, H, W), labels y (count): forward, backward, clip, Q3R
- * refresh when due, Q3R (decoupled or coupled) and AdamW. LORITA / FACTORIZED: the clipped
+/* One step on a batch (count <= cfg->batch): forward, backward, all-reduce, clip, the
+ * regularizer (Q3R refresh when due, its step) and AdamW. LORITA / FACTORIZED: the clipped
  * dense gradient of each target goes to its factors by the chain rule, AdamW steps the
  * factors, and their product is materialised into the model again. A non-finite loss is an
  * error and changes nothing. */
-q3r_status q3r_trainer_step(q3r_trainer *t, const float *x, const int32_t *y, int64_t count,
-                            q3r_step_stats *stats, q3r_error *err);
-q3r_vit *q3r_trainer_model(q3r_trainer *t);
+q3r_status q3r_trainer_step(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *stats,
+                            q3r_error *err);
+q3r_model *q3r_trainer_model(q3r_trainer *t);
 q3r_set *q3r_trainer_regularizer(q3r_trainer *t);
-/* The factor chains of the LORITA and FACTORIZED modes (NULL otherwise). */
+/* The factor chains of the LORITA and FACTORIZED weights (NULL otherwise). */
 q3r_reparam *q3r_trainer_reparam(q3r_trainer *t);
 double q3r_trainer_lambda(const q3r_trainer *t);
 int64_t q3r_trainer_steps(const q3r_trainer *t);
@@ -133,6 +164,12 @@ int64_t q3r_trainer_steps(const q3r_trainer *t);
  * FACTORIZED only), "train.step" and "train.rng" as named tensors, and back. */
 q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err);
 q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_error *err);
+/* 1 when the method's regularizer does not refresh the target spectra itself (none), so that
+ * a run refreshes them at epoch ends for its logs. */
+int q3r_trainer_epoch_spectra(const q3r_trainer *t);
+/* The keys of the method that shape the trajectory ("q3r.mode", targets, rank, lambda, ...),
+ * set into meta. */
+q3r_status q3r_trainer_metadata(const q3r_trainer *t, q3r_meta *meta, q3r_error *err);
 
 /* Train per cfg. resume != 0 continues from out_dir/checkpoint.safetensors (which must
  * exist and match cfg's model and data); the finished run's weights equal those of an
@@ -142,31 +179,36 @@ q3r_status q3r_train_run(const q3r_train_config *cfg, int resume, q3r_progress_f
 
 /* The matrices a target list selects, as q3r_set entries on the model's parameters
  * (fused qkv weights as three row slices named "blocks.i.attn.q/k/v"); grads are attached
- * for the coupled mode. selected (may be NULL; [q3r_vit_num_tensors]) gets 1 at each
+ * for the coupled mode. selected (may be NULL; [q3r_model_num_tensors]) gets 1 at each
  * parameter tensor that holds a target. Errors: an unknown target, a list that selects
- * nothing. */
-q3r_status q3r_train_add_targets(q3r_set *set, q3r_vit *m, const char *targets,
+ * nothing, a factored target. */
+q3r_status q3r_train_add_targets(q3r_set *set, q3r_model *m, const char *targets,
                                  q3r_rank_rule rank, uint8_t *selected, q3r_error *err);
 
-/* Accuracy and mean loss of m over the first `limit` images of ds (0: all), normalised by
- * norm, in batches of the model's max batch. progress (may be NULL) sees PHASE_EVAL. */
-q3r_status q3r_evaluate(q3r_vit *m, const q3r_dataset *ds, const q3r_normalize *norm,
-                        int64_t limit, q3r_progress_fn progress, void *ctx, double *acc,
-                        double *loss, q3r_error *err);
+/* Score m over the first `limit` images of ds (0: all), normalised by norm, in batches of the
+ * model's max batch, with the model's metric (q3r_score_value(q3r_model_metric(m), score)).
+ * progress (may be NULL) sees PHASE_EVAL. */
+q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm,
+                        int64_t limit, q3r_progress_fn progress, void *ctx, q3r_score *score,
+                        q3r_error *err);
+/* Whether a dataset's images and labels fit the model's input (the message names both). */
+q3r_status q3r_check_dataset(const q3r_model *m, const q3r_dataset *ds, q3r_error *err);
 
-/* A model file: the model's named parameters plus, in the metadata, its config
- * ("model.*" keys), the dataset and its normalisation ("data.*"). A factored model's rank
- * table is written as "model.ranks" = "r0,r1,..." (q3r_vit_num_matrices entries in the order of
- * vit.h, 0 = dense; set or replaced in the caller's metadata by q3r_model_save). */
-q3r_status q3r_model_save(const char *path, const q3r_vit *m, const char *metadata_json,
+/* ---- model files ---------------------------------------------------------------------------
+ * A model file: the model's named parameters plus, in the metadata, its config ("model.*"
+ * keys, q3r_model_config_to_meta; "model.ranks" for a factored model), and whatever else the
+ * caller's metadata holds (the dataset and its normalisation, "data.*"). */
+q3r_status q3r_model_save(const char *path, const q3r_model *m, const q3r_meta *meta,
                           q3r_error *err);
 /* Build a model from a model or checkpoint file (max_batch for its activations), dense or
- * factored as its "model.ranks" says (absent: dense); the metadata (malloc'd JSON) is returned
- * if metadata_out is non-NULL. Errors name the file and the key or tensor at fault. */
-q3r_status q3r_model_load(const char *path, int max_batch, q3r_vit **out, char **metadata_out,
+ * factored as its metadata says; meta (may be NULL; initialised by the caller) receives the
+ * file's metadata. Errors name the file and the key or tensor at fault. */
+q3r_status q3r_model_load(const char *path, int max_batch, q3r_model **out, q3r_meta *meta,
                           q3r_error *err);
-/* The normalisation stored in a model file's metadata. */
-q3r_status q3r_metadata_normalize(const char *metadata_json, q3r_normalize *norm, q3r_error *err);
+/* The normalisation stored in a model file's metadata ("data.mean", "data.std", one per channel). */
+q3r_status q3r_metadata_normalize(const q3r_meta *meta, q3r_normalize *norm, q3r_error *err);
+/* ... and set into metadata. */
+q3r_status q3r_metadata_set_normalize(q3r_meta *meta, const q3r_normalize *norm, q3r_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
-/* q3r truncate: replace chosen weight matrices of a ViT by their best rank-r approximations,
- * held as two factors (a factored model, see vit.h), and account for the parameters kept.
+/* q3r truncate: replace chosen weight matrices of a model by their best rank-r approximations,
+ * held as two factors (a factored model, q3r/model.h), and account for the parameters kept.
  *
  * Each targeted matrix W (m x n; the Q, K and V blocks of a fused qkv separately; for an already
  * factored matrix the product A B) is decomposed by a double-precision thin SVD
@@ -17,7 +17,8 @@
 
 #include "q3r/base.h"
 #include "q3r/regularizer.h"
-#include "q3r/vit.h"
+#include "q3r/io.h"
+#include "q3r/model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -64,22 +65,17 @@ typedef struct {
  * matrix's min(m, n), fraction not in (0, 1], or one that gives rank 0 for some matrix); an
  * already-factored matrix asked to grow above its current rank; NaN/Inf in a weight. Each
  * message names the matrix at fault. */
-q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch,
-                        q3r_vit **out, q3r_truncate_report *rep, q3r_error *err);
+q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch,
+                        q3r_model **out, q3r_truncate_report *rep, q3r_error *err);
 void q3r_truncate_report_free(q3r_truncate_report *rep);
-
-/* Which of the model's matrices (rank-table indices, vit.h) a target list selects:
- * selected[q3r_vit_num_matrices] gets 0/1. Errors: an unknown target, nothing selected. */
-q3r_status q3r_truncate_select(const q3r_vit_config *cfg, const char *targets, uint8_t *selected,
-                               q3r_error *err);
 
 /* Metadata for the truncated model's file: the keys "model.*", "data.name", "data.mean" and
  * "data.std" of in_meta (may be NULL), plus "model.ranks" of m and a record of the truncation
  * ("truncate.targets", "truncate.rule", "truncate.kept_targeted", "truncate.kept_total").
- * *out_json is malloc'd. */
-q3r_status q3r_truncate_metadata(const char *in_meta, const q3r_vit *m,
+ * out (initialised by the caller) is replaced. */
+q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m,
                                  const q3r_truncate_spec *spec, const q3r_truncate_report *rep,
-                                 char **out_json, q3r_error *err);
+                                 q3r_meta *out, q3r_error *err);
 
 #ifdef __cplusplus
 }

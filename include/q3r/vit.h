@@ -60,7 +60,7 @@ const q3r_model *q3r_vit_model_const(const q3r_vit *m);
 q3r_vit *q3r_vit_from_model(q3r_model *m);
 
 /* The config as "model.*" metadata: model.family = "vit", model.name = name (the preset it came
- * from, informational; NULL: ""), model.image_size, .channels, .patch, .width, .depth, .heads,
+ * from, informational; NULL or "": left as meta has it, else ""), model.image_size, .channels, .patch, .width, .depth, .heads,
  * .mlp_hidden, .classes, .dropout. And back (the keys above; model.dropout may be absent: 0);
  * errors name the key. */
 q3r_status q3r_vit_config_to_meta(const q3r_vit_config *cfg, const char *name, q3r_meta *meta,

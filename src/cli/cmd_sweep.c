@@ -34,11 +34,11 @@ static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
         if (!r->kind_count[k]) continue;
         int j = k;
         char names[64];
-        size_t nl = (size_t)snprintf(names, sizeof names, "%s", q3r_sweep_kind_names[k]);
+        size_t nl = (size_t)snprintf(names, sizeof names, "%s", q3r_matrix_kind_name((q3r_matrix_kind)k));
         while (j + 1 < Q3R_SWEEP_KINDS && r->kind_count[j + 1] && r->rank_min[j + 1] == r->rank_min[k] &&
                r->rank_max[j + 1] == r->rank_max[k]) {
             j++;
-            nl += (size_t)snprintf(names + nl, sizeof names - nl, "/%s", q3r_sweep_kind_names[j]);
+            nl += (size_t)snprintf(names + nl, sizeof names - nl, "/%s", q3r_matrix_kind_name((q3r_matrix_kind)j));
         }
         char val[48];
         if (r->rank_min[k] == r->rank_max[k]) {
@@ -80,7 +80,7 @@ static void json_row(FILE *f, const q3r_sweep_row *r) {
     int first = 1;
     for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
         if (!r->kind_count[k]) continue;
-        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ", q3r_sweep_kind_names[k],
+        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ", q3r_matrix_kind_name((q3r_matrix_kind)k),
                 r->kind_count[k], r->rank_min[k], r->rank_max[k]);
         first = 0;
     }
@@ -184,8 +184,10 @@ int q3r_cmd_sweep(int argc, char **argv) {
         return 1;
     }
     q3r_set_threads(threads);
-    q3r_vit *m = NULL;
-    char *meta = NULL, name[64];
+    q3r_model *m = NULL;
+    q3r_meta meta;
+    q3r_meta_init(&meta);
+    char name[64];
     q3r_normalize norm;
     q3r_dataset ds;
     memset(&ds, 0, sizeof ds);
@@ -196,12 +198,13 @@ int q3r_cmd_sweep(int argc, char **argv) {
         fprintf(stderr, "q3r sweep: %s\n", err.msg);
         goto done;
     }
-    if (q3r_metadata_normalize(meta, &norm, &err)) {
+    if (q3r_metadata_normalize(&meta, &norm, &err)) {
         fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
         goto done;
     }
     if (dataset) snprintf(name, sizeof name, "%s", dataset);
-    else if (q3r_json_get_string(meta, "data.name", name, sizeof name, &err)) {
+    else if (q3r_meta_get(&meta, "data.name")) snprintf(name, sizeof name, "%s", q3r_meta_get(&meta, "data.name"));
+    else {
         fprintf(stderr, "q3r sweep: %s names no dataset; give --dataset\n", pos[0]);
         goto done;
     }
@@ -245,8 +248,8 @@ done:
     fflush(stdout);
     q3r_sweep_result_free(&res);
     q3r_dataset_free(&ds);
-    q3r_vit_free(m);
-    free(meta);
+    q3r_model_free(m);
+    q3r_meta_free(&meta);
     free(ps);
     return status;
 }

@@ -4,6 +4,7 @@
 #include "q3r/train.h"
 
 #include "args.h"
+#include "base/util.h"
 #include "commands.h"
 #include "progress.h"
 
@@ -20,14 +21,32 @@ static void on_sigint(int sig) {
     interrupted = 1;
 }
 
-static const char *const model_names[] = {"vit-fmnist", "vit-tiny", "vit-bench"};
+/* Set "model.<key>" to v when the flag was given (v > 0). */
+static int override(q3r_meta *meta, const char *key, int v) {
+    if (v <= 0) return 0;
+    q3r_error err;
+    if (q3r_meta_setf(meta, &err, key, "%d", v)) {
+        fprintf(stderr, "q3r train: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
 
-/* 95% binomial half-width of an accuracy over n samples. */
-static double binomial_err(double acc, int64_t n) { return n > 0 ? 1.96 * sqrt(acc * (1 - acc) / (double)n) : 0; }
+/* "a|b|c" of the registered presets. */
+static void preset_choices(char *buf, size_t cap) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; q3r_model_preset_name(i) && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "|" : "", q3r_model_preset_name(i));
+}
+
+static const char *metric_label(q3r_metric m) { return m == Q3R_METRIC_ACCURACY ? "accuracy" : "bits per byte"; }
 
 int q3r_cmd_train(int argc, char **argv) {
     q3r_train_config c = q3r_train_defaults();
     int model = 0, width = 0, depth = 0, heads = 0, patch = 0, mlp = 0, threads = 0;
+    char presets[256];
+    preset_choices(presets, sizeof presets);
     int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, overwrite = 0, json = 0, quiet = 0, augment = 0;
     int epochs = c.epochs, batch = c.batch, period = c.period, log_every = c.log_every, warmup = 0;
     int seed = (int)c.seed, eps_steps = c.eps.geometric_steps, train_limit = 0, test_limit = 0;
@@ -36,7 +55,7 @@ int q3r_cmd_train(int argc, char **argv) {
     double lambda = 0, pull = c.pull, eps_value = 0, eps_min = c.eps.eps_min;
     const char *data_dir = NULL, *targets = c.targets, *rank = c.rank, *out = c.out_dir;
     const arg_spec specs[] = {
-        {"model", ARG_CHOICE, &model, "model preset", 0, 0, "vit-fmnist|vit-tiny|vit-bench", NULL},
+        {"model", ARG_CHOICE, &model, "model preset", 0, 0, presets, NULL},
         {"width", ARG_INT, &width, "override the preset's width (0 keeps it)", 0, 8192, NULL, NULL},
         {"depth", ARG_INT, &depth, "override the preset's depth", 0, 256, NULL, NULL},
         {"heads", ARG_INT, &heads, "override the preset's heads", 0, 256, NULL, NULL},
@@ -85,23 +104,9 @@ int q3r_cmd_train(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : 2;
 
     q3r_error err;
-    snprintf(c.model_name, sizeof c.model_name, "%s", model_names[model]);
-    q3r_vit_preset(model_names[model], &c.model, NULL);
-    if (width) c.model.width = width;
-    if (depth) c.model.depth = depth;
-    if (heads) c.model.heads = heads;
-    if (patch) c.model.patch = patch;
-    if (mlp) c.model.mlp_hidden = mlp;
-    c.model.dropout = (float)dropout;
     static const char *const datasets[] = {"fashion-mnist", "mnist", "cifar10", "cifar100"};
-    snprintf(c.dataset, sizeof c.dataset, "%s", datasets[dataset]);
-    if (dataset == 3) c.model.classes = 100;
-    if (dataset >= 2 && !args_given(specs, "model") && !patch && !width) {
-        q3r_vit_preset("vit-tiny", &c.model, NULL);
-        snprintf(c.model_name, sizeof c.model_name, "vit-tiny");
-        if (dataset == 3) c.model.classes = 100;
-    }
-    if (data_dir) snprintf(c.data_dir, sizeof c.data_dir, "%s", data_dir);
+    c.dataset = datasets[dataset];
+    c.data_dir = data_dir;
     c.train_limit = train_limit;
     c.test_limit = test_limit;
     c.augment = augment;
@@ -114,14 +119,18 @@ int q3r_cmd_train(int argc, char **argv) {
     c.weight_decay = wd;
     c.clip = clip;
     c.label_smoothing = (float)ls;
-    c.reg = (q3r_reg_mode)reg;
-    if (args_given(specs, "lorita-factors") && c.reg != Q3R_REG_LORITA) {
+    static const char *const methods[] = {"none", "decoupled", "coupled", "nuclear", "lorita", "factorized"};
+    if (q3r_train_set_method(&c, methods[reg], &err)) {
+        fprintf(stderr, "q3r train: --reg: %s\n", err.msg);
+        return 2;
+    }
+    if (args_given(specs, "lorita-factors") && c.weights != Q3R_WEIGHTS_LORITA) {
         fprintf(stderr, "q3r train: --lorita-factors applies only to --reg lorita\n");
         return 2;
     }
     c.lorita_factors = lorita_factors;
-    if (targets != c.targets) snprintf(c.targets, sizeof c.targets, "%s", targets);
-    if (rank != c.rank) snprintf(c.rank, sizeof c.rank, "%s", rank);
+    c.targets = targets;
+    c.rank = rank;
     c.lambda = lambda;
     c.pull = pull;
     c.period = period;
@@ -138,7 +147,7 @@ int q3r_cmd_train(int argc, char **argv) {
         return 2;
     }
     c.seed = (uint64_t)seed;
-    if (out != c.out_dir) snprintf(c.out_dir, sizeof c.out_dir, "%s", out);
+    c.out_dir = out;
     if (resume && overwrite) {
         fprintf(stderr, "q3r train: --resume and --overwrite contradict each other\n");
         return 2;
@@ -147,15 +156,17 @@ int q3r_cmd_train(int argc, char **argv) {
         /* a run's files are never replaced by accident: an earlier result may be all someone has */
         static const char *const run_files[] = {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"};
         for (size_t i = 0; i < sizeof run_files / sizeof *run_files; i++) {
-            char path[sizeof c.out_dir + 32];
-            snprintf(path, sizeof path, "%s/%s", c.out_dir, run_files[i]);
-            if (access(path, F_OK) == 0) {
+            q3r_text path;
+            q3r_text_init(&path);
+            q3r_text_addf(&path, "%s/%s", c.out_dir, run_files[i]);
+            int exists = access(q3r_text_str(&path), F_OK) == 0;
+            if (exists)
                 fprintf(stderr,
                         "q3r train: --out %s already holds a run (%s); pass --resume to continue it (a finished "
                         "run is scored again), --overwrite to start it over, or another --out\n",
-                        c.out_dir, path);
-                return 2;
-            }
+                        c.out_dir, q3r_text_str(&path));
+            q3r_text_free(&path);
+            if (exists) return 2;
         }
     }
     c.checkpoint_every = checkpoint_every;
@@ -166,18 +177,42 @@ int q3r_cmd_train(int argc, char **argv) {
     signal(SIGINT, on_sigint);
     signal(SIGTERM, on_sigint);
 
+    /* CIFAR with no model chosen: the CIFAR preset */
+    const char *preset = q3r_model_preset_name(model);
+    if (dataset >= 2 && !args_given(specs, "model") && !patch && !width) preset = "vit-tiny";
+    q3r_meta mm;
+    q3r_meta_init(&mm);
+    if (q3r_model_preset(preset, &mm, &err)) {
+        fprintf(stderr, "q3r train: --model: %s\n", err.msg);
+        return 2;
+    }
+    int bad = override(&mm, "model.width", width) || override(&mm, "model.depth", depth) ||
+              override(&mm, "model.heads", heads) || override(&mm, "model.patch", patch) ||
+              override(&mm, "model.mlp_hidden", mlp) || override(&mm, "model.classes", dataset == 3 ? 100 : 0);
+    if (!bad && q3r_meta_setf(&mm, &err, "model.dropout", "%.9g", (float)dropout)) {
+        fprintf(stderr, "q3r train: %s\n", err.msg);
+        bad = 1;
+    }
+    if (bad) {
+        q3r_meta_free(&mm);
+        return 2;
+    }
+    c.model = &mm;
     if (!quiet) {
-        q3r_vit *probe = NULL; /* for the parameter count; a bad config is reported by the run */
-        int64_t nparams = q3r_vit_create(&c.model, 1, &probe, NULL) ? 0 : q3r_vit_param_count(probe);
-        q3r_vit_free(probe);
-        fprintf(stderr, "q3r train: %s (width %d, depth %d, heads %d, patch %d, MLP %d; %.2f M parameters) on %s, "
-                        "%d epochs of batch %d, %d threads\n",
-                c.model_name, c.model.width, c.model.depth, c.model.heads, c.model.patch, c.model.mlp_hidden,
-                (double)nparams / 1e6, c.dataset, c.epochs, c.batch, q3r_get_threads());
-        if (c.reg == Q3R_REG_LORITA)
+        q3r_model *probe = NULL; /* for the description; a bad config is reported by the run */
+        char desc[256] = "";
+        int64_t nparams = 0;
+        if (!q3r_model_from_meta(&mm, 1, &probe, NULL)) {
+            nparams = q3r_model_param_count(probe);
+            q3r_model_describe(probe, desc, sizeof desc);
+        }
+        q3r_model_free(probe);
+        fprintf(stderr, "q3r train: %s (%s; %.2f M parameters) on %s, %d epochs of batch %d, %d threads\n",
+                preset, desc, (double)nparams / 1e6, c.dataset, c.epochs, c.batch, q3r_get_threads());
+        if (c.weights == Q3R_WEIGHTS_LORITA)
             fprintf(stderr, "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
                     c.targets, c.lorita_factors, c.weight_decay);
-        else if (c.reg == Q3R_REG_FACTORIZED)
+        else if (c.weights == Q3R_WEIGHTS_FACTORIZED)
             fprintf(stderr, "q3r train: factorized training (W = A B) on %s at rank %s, weight decay %g on the factors\n",
                     c.targets, c.rank, c.weight_decay);
         else if (c.reg == Q3R_REG_NUCLEAR)
@@ -195,22 +230,34 @@ int q3r_cmd_train(int argc, char **argv) {
     q3r_train_result res;
     q3r_status s = q3r_train_run(&c, resume, progress_update, &bar, &res, &err);
     progress_finish(&bar);
+    q3r_meta_free(&mm);
     if (s) {
         fprintf(stderr, "q3r train: %s\n", err.msg);
         return 1;
     }
-    double e = binomial_err(res.test_acc, res.test_n);
+    const int acc = res.metric == Q3R_METRIC_ACCURACY;
+    const char *mname = q3r_metric_name(res.metric);
+    double e = acc ? q3r_binomial_err95(res.test_acc, res.test_n) : 0;
     if (json) {
+        q3r_text out_json;
+        q3r_text_init(&out_json);
+        q3r_text_add_json_string(&out_json, c.out_dir);
         printf("{\"finished\": %s, \"steps\": %lld, \"epochs\": %d, \"lambda\": %.9g, \"train_loss\": %.6f, "
-               "\"train_acc\": %.6f, \"test_acc\": %.6f, \"test_acc_err95\": %.6f, \"test_loss\": %.6f, "
-               "\"test_n\": %lld, \"seconds\": %.1f, \"out\": \"%s\"}\n",
+               "\"train_%s\": %.6f, \"test_%s\": %.6f, \"test_%s_err95\": %.6f, \"test_loss\": %.6f, "
+               "\"test_n\": %lld, \"seconds\": %.1f, \"out\": %s}\n",
                res.finished ? "true" : "false", (long long)res.steps, res.epochs_done, res.lambda,
-               res.train_loss, res.train_acc, res.test_acc, e, res.test_loss, (long long)res.test_n,
-               res.seconds, c.out_dir);
-    } else if (res.finished) {
+               res.train_loss, mname, res.train_acc, mname, res.test_acc, mname, e, res.test_loss,
+               (long long)res.test_n, res.seconds, q3r_text_str(&out_json));
+        q3r_text_free(&out_json);
+    } else if (res.finished && acc) {
         printf("test accuracy %.2f%% +- %.2f (95%%, n = %lld), test loss %.4f; %lld steps in %.0f s; lambda %.4g\n",
                100 * res.test_acc, 100 * e, (long long)res.test_n, res.test_loss, (long long)res.steps,
                res.seconds, res.lambda);
+        printf("model: %s/model.safetensors  metrics: %s/metrics.jsonl\n", c.out_dir, c.out_dir);
+    } else if (res.finished) {
+        printf("test %s %.4f (n = %lld), test loss %.4f; %lld steps in %.0f s; lambda %.4g\n",
+               metric_label(res.metric), res.test_acc, (long long)res.test_n, res.test_loss,
+               (long long)res.steps, res.seconds, res.lambda);
         printf("model: %s/model.safetensors  metrics: %s/metrics.jsonl\n", c.out_dir, c.out_dir);
     } else {
         printf("stopped after step %lld; resume with: q3r train ... --out %s --resume\n", (long long)res.steps,
@@ -243,22 +290,25 @@ int q3r_cmd_eval(int argc, char **argv) {
     }
     q3r_set_threads(threads);
     q3r_error err;
-    q3r_vit *m = NULL;
-    char *meta = NULL, name[64];
+    q3r_model *m = NULL;
+    q3r_meta meta;
+    q3r_meta_init(&meta);
+    char name[64];
     q3r_normalize norm;
     q3r_dataset ds;
     memset(&ds, 0, sizeof ds);
+    int status = 1;
     if (q3r_model_load(pos[0], batch, &m, &meta, &err)) {
         fprintf(stderr, "q3r eval: %s\n", err.msg);
-        return 1;
+        goto done;
     }
-    int status = 1;
-    if (q3r_metadata_normalize(meta, &norm, &err)) {
+    if (q3r_metadata_normalize(&meta, &norm, &err)) {
         fprintf(stderr, "q3r eval: %s: %s\n", pos[0], err.msg);
         goto done;
     }
     if (dataset) snprintf(name, sizeof name, "%s", dataset);
-    else if (q3r_json_get_string(meta, "data.name", name, sizeof name, &err)) {
+    else if (q3r_meta_get(&meta, "data.name")) snprintf(name, sizeof name, "%s", q3r_meta_get(&meta, "data.name"));
+    else {
         fprintf(stderr, "q3r eval: %s names no dataset; give --dataset\n", pos[0]);
         goto done;
     }
@@ -266,27 +316,38 @@ int q3r_cmd_eval(int argc, char **argv) {
         fprintf(stderr, "q3r eval: %s\n", err.msg);
         goto done;
     }
-    double acc, loss;
+    q3r_score score;
     progress_bar bar;
     progress_init(&bar, json);
-    q3r_status s = q3r_evaluate(m, &ds, &norm, limit, progress_update, &bar, &acc, &loss, &err);
+    q3r_status s = q3r_evaluate(m, &ds, &norm, limit, progress_update, &bar, &score, &err);
     progress_finish(&bar);
     if (s) {
         fprintf(stderr, "q3r eval: %s\n", err.msg);
         goto done;
     }
+    const q3r_metric metric = q3r_model_metric(m);
+    const double value = q3r_score_value(metric, &score), loss = q3r_score_loss(&score);
     int64_t n = limit > 0 && limit < ds.n ? limit : ds.n;
-    double e = binomial_err(acc, n);
-    if (json)
-        printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"split\": \"%s\", \"n\": %lld, \"acc\": %.6f, "
-               "\"acc_err95\": %.6f, \"loss\": %.6f}\n", pos[0], name, split, (long long)n, acc, e, loss);
-    else
-        printf("%s on %s %s (n = %lld): accuracy %.2f%% +- %.2f (95%%), loss %.4f\n", pos[0], name, split,
-               (long long)n, 100 * acc, 100 * e, loss);
+    if (metric == Q3R_METRIC_ACCURACY) {
+        double e = q3r_binomial_err95(value, n);
+        if (json)
+            printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"split\": \"%s\", \"n\": %lld, \"acc\": %.6f, "
+                   "\"acc_err95\": %.6f, \"loss\": %.6f}\n", pos[0], name, split, (long long)n, value, e, loss);
+        else
+            printf("%s on %s %s (n = %lld): accuracy %.2f%% +- %.2f (95%%), loss %.4f\n", pos[0], name, split,
+                   (long long)n, 100 * value, 100 * e, loss);
+    } else {
+        if (json)
+            printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"split\": \"%s\", \"n\": %lld, \"%s\": %.6f, "
+                   "\"loss\": %.6f}\n", pos[0], name, split, (long long)n, q3r_metric_name(metric), value, loss);
+        else
+            printf("%s on %s %s (n = %lld): %s %.4f, loss %.4f\n", pos[0], name, split, (long long)n,
+                   metric_label(metric), value, loss);
+    }
     status = 0;
 done:
     q3r_dataset_free(&ds);
-    q3r_vit_free(m);
-    free(meta);
+    q3r_model_free(m);
+    q3r_meta_free(&meta);
     return status;
 }

@@ -100,8 +100,11 @@ int q3r_cmd_truncate(int argc, char **argv) {
         fprintf(stderr, "q3r truncate: --rank: %s\n", err.msg);
         return 2;
     }
-    q3r_vit *in = NULL, *out = NULL;
-    char *meta = NULL, *out_meta = NULL, rule[64];
+    q3r_model *in = NULL, *out = NULL;
+    q3r_meta meta, out_meta;
+    q3r_meta_init(&meta);
+    q3r_meta_init(&out_meta);
+    char rule[64];
     q3r_truncate_report rep;
     memset(&rep, 0, sizeof rep);
     int status = 1;
@@ -110,8 +113,8 @@ int q3r_cmd_truncate(int argc, char **argv) {
         goto done;
     }
     if (q3r_truncate(in, &spec, 1, &out, &rep, &err) ||
-        q3r_truncate_metadata(meta, out, &spec, &rep, &out_meta, &err) ||
-        q3r_model_save(pos[1], out, out_meta, &err)) {
+        q3r_truncate_metadata(&meta, out, &spec, &rep, &out_meta, &err) ||
+        q3r_model_save(pos[1], out, &out_meta, &err)) {
         fprintf(stderr, "q3r truncate: %s: %s\n", pos[0], err.msg);
         goto done;
     }
@@ -122,9 +125,9 @@ int q3r_cmd_truncate(int argc, char **argv) {
     status = 0;
 done:
     q3r_truncate_report_free(&rep);
-    q3r_vit_free(in);
-    q3r_vit_free(out);
-    free(meta);
-    free(out_meta);
+    q3r_model_free(in);
+    q3r_model_free(out);
+    q3r_meta_free(&meta);
+    q3r_meta_free(&out_meta);
     return status;
 }

@@ -11,46 +11,6 @@
 #include "q3r/linalg.h"
 #include "base/util.h"
 
-enum { T_QKV = 1, T_PROJ = 2, T_FC1 = 4, T_FC2 = 8, T_HEAD = 16 };
-
-q3r_status q3r_truncate_select(const q3r_vit_config *cfg, const char *targets, uint8_t *selected,
-                               q3r_error *err) {
-    static const struct { const char *name; int bits; } names[] = {
-        {"qkv", T_QKV}, {"proj", T_PROJ}, {"fc1", T_FC1}, {"fc2", T_FC2}, {"head", T_HEAD},
-        {"all", T_QKV | T_PROJ | T_FC1 | T_FC2},
-    };
-    if (!targets) return q3r_fail(err, Q3R_EINVAL, "targets: none given");
-    int mask = 0;
-    const char *p = targets;
-    while (*p) {
-        size_t n = strcspn(p, ",");
-        int found = 0;
-        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-            if (strlen(names[i].name) == n && strncmp(names[i].name, p, n) == 0) {
-                mask |= names[i].bits;
-                found = 1;
-            }
-        if (!found)
-            return q3r_fail(err, Q3R_EINVAL,
-                            "targets '%s': unknown target '%.*s' (use qkv, proj, fc1, fc2, head, all)",
-                            targets, (int)n, p);
-        p += n;
-        if (*p == ',') p++;
-    }
-    if (!mask) return q3r_fail(err, Q3R_EINVAL, "targets '%s' select no matrix", targets);
-    const int n = q3r_vit_num_matrices(cfg);
-    for (int i = 0; i < n; i++) {
-        int bit;
-        if (i == n - 1) bit = T_HEAD;
-        else {
-            static const int per[6] = {T_QKV, T_QKV, T_QKV, T_PROJ, T_FC1, T_FC2};
-            bit = per[i % 6];
-        }
-        selected[i] = (mask & bit) != 0;
-    }
-    return Q3R_OK;
-}
-
 void q3r_truncate_report_free(q3r_truncate_report *rep) {
     if (!rep) return;
     free(rep->mats);
@@ -58,12 +18,12 @@ void q3r_truncate_report_free(q3r_truncate_report *rep) {
 }
 
 /* Stored parameters of a model (no alignment padding) and of its dense equivalent. */
-static void count_params(q3r_vit *m, int64_t *stored, int64_t *dense) {
-    int64_t s = q3r_vit_param_count(m), d = s;
-    const int nm = q3r_vit_num_matrices(q3r_vit_get_config(m));
+static void count_params(q3r_model *m, int64_t *stored, int64_t *dense) {
+    int64_t s = q3r_model_param_count(m), d = s;
+    const int nm = q3r_model_num_matrices(m);
     for (int i = 0; i < nm; i++) {
-        q3r_vit_matrix mx;
-        q3r_vit_get_matrix(m, i, &mx, NULL);
+        q3r_matrix mx;
+        q3r_model_matrix(m, i, &mx, NULL);
         if (mx.rank)
             d += (int64_t)mx.rows * mx.cols - (int64_t)mx.rank * (mx.rows + mx.cols);
     }
@@ -72,7 +32,7 @@ static void count_params(q3r_vit *m, int64_t *stored, int64_t *dense) {
 }
 
 /* W (rows, cols) = the matrix's weight, dense or the product A B (summed in double). */
-static int dense_weight(const q3r_vit_matrix *mx, float *W) {
+static int dense_weight(const q3r_matrix *mx, float *W) {
     if (!mx->rank) {
         memcpy(W, mx->w, sizeof(float) * (size_t)mx->rows * mx->cols);
         return 0;
@@ -99,36 +59,35 @@ static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
     else snprintf(buf, cap, "maxdim:%.9g", spec->rank.value);
 }
 
-q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch,
-                        q3r_vit **out, q3r_truncate_report *rep, q3r_error *err) {
+q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch,
+                        q3r_model **out, q3r_truncate_report *rep, q3r_error *err) {
     if (!in || !spec || !out) return q3r_fail(err, Q3R_EINVAL, "truncate: NULL argument");
     *out = NULL;
     if (rep) memset(rep, 0, sizeof *rep);
     if (isnan(spec->energy) || spec->energy < 0 || spec->energy > 1)
         return q3r_fail(err, Q3R_EINVAL, "truncate: energy %g not in (0, 1]", spec->energy);
-    const q3r_vit_config *cfg = q3r_vit_get_config(in);
-    const int nm = q3r_vit_num_matrices(cfg);
-    const int *rin = q3r_vit_ranks(in);
+    const int nm = q3r_model_num_matrices(in);
+    const int *rin = q3r_model_ranks(in);
     uint8_t *sel = calloc((size_t)nm, 1);
     int *ranks = calloc((size_t)nm, sizeof(int));
     float **fa = calloc((size_t)nm, sizeof(float *)), **fb = calloc((size_t)nm, sizeof(float *));
     q3r_truncate_matrix *mats = calloc((size_t)nm, sizeof *mats);
     float *W = NULL;
     double *U = NULL, *S = NULL, *VT = NULL;
-    q3r_vit *m = NULL;
+    q3r_model *m = NULL;
     int count = 0;
     q3r_status s = Q3R_OK;
     if (!sel || !ranks || !fa || !fb || !mats) {
         s = q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
         goto done;
     }
-    s = q3r_truncate_select(cfg, spec->targets, sel, err);
+    s = q3r_model_select(in, spec->targets, sel, err);
     if (s) goto done;
     /* the largest matrix sizes the work buffers */
     size_t maxmn = 0, maxk = 0;
     for (int i = 0; i < nm; i++) {
         int r, c;
-        q3r_vit_matrix_name(cfg, i, NULL, 0, &r, &c, NULL);
+        q3r_model_matrix_shape(in, i, NULL, NULL, &r, &c, NULL);
         if ((size_t)r * c > maxmn) maxmn = (size_t)r * c;
         if ((size_t)(r < c ? r : c) > maxk) maxk = (size_t)(r < c ? r : c);
     }
@@ -144,8 +103,8 @@ q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batc
     for (int i = 0; i < nm && !s; i++) {
         ranks[i] = rin[i];
         if (!sel[i]) continue;
-        q3r_vit_matrix mx;
-        q3r_vit_get_matrix(in, i, &mx, NULL);
+        q3r_matrix mx;
+        q3r_model_matrix(in, i, &mx, NULL);
         const int rows = mx.rows, cols = mx.cols, k = rows < cols ? rows : cols;
         q3r_truncate_matrix *t = &mats[count++];
         snprintf(t->name, sizeof t->name, "%s", mx.name);
@@ -226,12 +185,12 @@ q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batc
     }
     if (s) goto done;
 
-    s = q3r_vit_create_factored(cfg, ranks, max_batch, &m, err);
+    s = q3r_model_with_ranks(in, ranks, max_batch, &m, err);
     if (s) goto done;
     /* everything whose name and shape carry over (biases, norms, embeddings, untouched
      * matrices), then the matrices themselves */
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(m, i), *u = q3r_vit_find(in, t->name);
+    for (int i = 0; i < q3r_model_num_tensors(m); i++) {
+        const q3r_param_info *t = q3r_model_tensor(m, i), *u = q3r_model_find(in, t->name);
         if (!u || u->ndim != t->ndim) continue;
         int same = 1;
         size_t n = 1;
@@ -239,12 +198,12 @@ q3r_status q3r_truncate(q3r_vit *in, const q3r_truncate_spec *spec, int max_batc
             same &= u->shape[d] == t->shape[d];
             n *= (size_t)t->shape[d];
         }
-        if (same) memcpy(q3r_vit_params(m) + t->offset, q3r_vit_params(in) + u->offset, sizeof(float) * n);
+        if (same) memcpy(q3r_model_params(m) + t->offset, q3r_model_params(in) + u->offset, sizeof(float) * n);
     }
     for (int i = 0; i < nm; i++) {
-        q3r_vit_matrix src, dst;
-        q3r_vit_get_matrix(in, i, &src, NULL);
-        q3r_vit_get_matrix(m, i, &dst, NULL);
+        q3r_matrix src, dst;
+        q3r_model_matrix(in, i, &src, NULL);
+        q3r_model_matrix(m, i, &dst, NULL);
         const size_t rows = (size_t)dst.rows, cols = (size_t)dst.cols, r = (size_t)dst.rank;
         if (sel[i]) {
             memcpy(dst.a, fa[i], sizeof(float) * rows * r);
@@ -290,54 +249,37 @@ done:
     free(U);
     free(VT);
     free(S);
-    q3r_vit_free(m);
+    q3r_model_free(m);
     return s;
 }
 
-q3r_status q3r_truncate_metadata(const char *in_meta, const q3r_vit *m,
+q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m,
                                  const q3r_truncate_spec *spec, const q3r_truncate_report *rep,
-                                 char **out_json, q3r_error *err) {
-    char *meta = NULL;
+                                 q3r_meta *out, q3r_error *err) {
+    q3r_meta meta;
+    q3r_meta_init(&meta);
     q3r_status s = Q3R_OK;
-    if (in_meta) {
-        q3r_json root;
-        s = q3r_json_parse(in_meta, strlen(in_meta), &root, err);
-        if (s) return q3r_fail_context(err, "truncate: input metadata");
-        for (size_t i = 0; !s && root.type == Q3R_JSON_OBJECT && i < root.count; i++) {
-            const q3r_json *v = &root.items[i];
-            if (v->type != Q3R_JSON_STRING) continue;
-            int keep = (!strncmp(v->key, "model.", 6) && strcmp(v->key, "model.ranks")) ||
-                       !strcmp(v->key, "data.name") || !strcmp(v->key, "data.mean") ||
-                       !strcmp(v->key, "data.std");
-            if (keep) s = q3r_json_set_string(&meta, v->key, v->text, err);
-        }
-        q3r_json_free(&root);
+    for (size_t i = 0; in_meta && i < in_meta->count && !s; i++) {
+        const q3r_meta_entry *e = &in_meta->items[i];
+        int keep = (!strncmp(e->key, "model.", 6) && strcmp(e->key, "model.ranks")) ||
+                   !strcmp(e->key, "data.name") || !strcmp(e->key, "data.mean") ||
+                   !strcmp(e->key, "data.std");
+        if (keep) s = q3r_meta_set(&meta, e->key, e->value, err);
     }
-    const q3r_vit_config *c = q3r_vit_get_config(m);
-    const int n = q3r_vit_num_matrices(c);
     char buf[96];
-    q3r_text ranks = {0};
-    if (q3r_text_add_ints(&ranks, q3r_vit_ranks(m), n, ","))
-        s = s ? s : q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
-    if (!s) s = q3r_json_set_string(&meta, "model.ranks", q3r_text_str(&ranks), err);
-    if (!s && spec) s = q3r_json_set_string(&meta, "truncate.targets", spec->targets, err);
+    if (!s) s = q3r_model_config_to_meta(m, &meta, err);
+    if (!s && spec) s = q3r_meta_set(&meta, "truncate.targets", spec->targets, err);
     if (!s && spec) {
         rule_text(spec, buf, sizeof buf);
-        s = q3r_json_set_string(&meta, "truncate.rule", buf, err);
+        s = q3r_meta_set(&meta, "truncate.rule", buf, err);
     }
-    if (!s && rep) {
-        snprintf(buf, sizeof buf, "%.9g", rep->targeted_kept);
-        s = q3r_json_set_string(&meta, "truncate.kept_targeted", buf, err);
-    }
-    if (!s && rep) {
-        snprintf(buf, sizeof buf, "%.9g", rep->total_kept);
-        s = q3r_json_set_string(&meta, "truncate.kept_total", buf, err);
-    }
-    q3r_text_free(&ranks);
+    if (!s && rep) s = q3r_meta_setf(&meta, err, "truncate.kept_targeted", "%.9g", rep->targeted_kept);
+    if (!s && rep) s = q3r_meta_setf(&meta, err, "truncate.kept_total", "%.9g", rep->total_kept);
     if (s) {
-        free(meta);
+        q3r_meta_free(&meta);
         return s;
     }
-    *out_json = meta;
+    q3r_meta_free(out);
+    *out = meta;
     return Q3R_OK;
 }

@@ -9,17 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "q3r/regularizer.h"
 #include "q3r/train.h"
 #include "q3r/truncate.h"
 
-const char *const q3r_sweep_kind_names[Q3R_SWEEP_KINDS] = {"q", "k", "v", "proj", "fc1", "fc2", "head"};
-
-/* Target groups as q3r_truncate_select knows them, and the kinds in each. */
-static const char *const group_names[5] = {"qkv", "proj", "fc1", "fc2", "head"};
-
-static int kind_of(int i, int nm) { return i == nm - 1 ? 6 : i % 6; }
-static int group_of_kind(int kind) { return kind < 3 ? 0 : kind - 2; }
+static q3r_matrix_kind kind_of(const q3r_model *m, int i) {
+    q3r_matrix_kind k = Q3R_MAT_Q;
+    q3r_model_matrix_shape(m, i, NULL, &k, NULL, NULL, NULL);
+    return k;
+}
 
 q3r_status q3r_sweep_parse_ps(const char *text, double **ps, int *count, q3r_error *err) {
     if (!text || !*text) return q3r_fail(err, Q3R_EINVAL, "ps: empty list");
@@ -66,15 +65,14 @@ q3r_status q3r_sweep_parse_ps(const char *text, double **ps, int *count, q3r_err
     return Q3R_OK;
 }
 
-q3r_status q3r_sweep_check(const q3r_vit *in, const q3r_sweep_spec *spec, q3r_error *err) {
+q3r_status q3r_sweep_check(const q3r_model *in, const q3r_sweep_spec *spec, q3r_error *err) {
     if (!in || !spec || !spec->ds || !spec->norm || (spec->count > 0 && !spec->ps))
         return q3r_fail(err, Q3R_EINVAL, "sweep: NULL argument");
     if (spec->count < 1) return q3r_fail(err, Q3R_EINVAL, "sweep: no kept fractions given");
-    const q3r_vit_config *cfg = q3r_vit_get_config(in);
-    const int nm = q3r_vit_num_matrices(cfg);
+    const int nm = q3r_model_num_matrices(in);
     uint8_t *sel = calloc((size_t)nm, 1);
     if (!sel) return q3r_fail(err, Q3R_ENOMEM, "sweep: out of memory");
-    q3r_status s = q3r_truncate_select(cfg, spec->targets, sel, err);
+    q3r_status s = q3r_model_select(in, spec->targets, sel, err);
     for (int j = 0; j < spec->count && !s; j++) {
         const double p = spec->ps[j];
         if (!(p > 0 && p <= 1)) {
@@ -83,9 +81,9 @@ q3r_status q3r_sweep_check(const q3r_vit *in, const q3r_sweep_spec *spec, q3r_er
         }
         for (int i = 0; i < nm && !s; i++) {
             if (!sel[i]) continue;
-            char name[64];
+            const char *name;
             int rows, cols, r;
-            q3r_vit_matrix_name(cfg, i, name, sizeof name, &rows, &cols, NULL);
+            q3r_model_matrix_shape(in, i, &name, NULL, &rows, &cols, NULL);
             q3r_rank_rule rule = {.kind = Q3R_RANK_FRACTION, .value = p};
             if ((s = q3r_rank_resolve(rule, rows, cols, &r, err)))
                 q3r_fail_context(err, "sweep p = %g, %s (%d x %d)", p, name, rows, cols);
@@ -102,30 +100,23 @@ void q3r_sweep_result_free(q3r_sweep_result *r) {
 }
 
 /* Accounting of model m over the selected matrices into row (ranks, parameters). */
-static void account(const q3r_vit *m, const uint8_t *sel, q3r_sweep_row *row) {
-    const q3r_vit_config *cfg = q3r_vit_get_config(m);
-    const int nm = q3r_vit_num_matrices(cfg);
-    const int *ranks = q3r_vit_ranks(m);
-    int64_t stored = 0;
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(m, i);
-        int64_t n = 1;
-        for (int k = 0; k < t->ndim; k++) n *= t->shape[k];
-        stored += n;
-    }
+static void account(const q3r_model *m, const uint8_t *sel, q3r_sweep_row *row) {
+    const int nm = q3r_model_num_matrices(m);
+    const int *ranks = q3r_model_ranks(m);
+    int64_t stored = q3r_model_param_count(m);
     int64_t dense = stored, tdense = 0, tkept = 0;
     int64_t kmin[Q3R_SWEEP_KINDS], kmax[Q3R_SWEEP_KINDS];
     for (int k = 0; k < Q3R_SWEEP_KINDS; k++) row->kind_count[k] = 0;
     for (int i = 0; i < nm; i++) {
         int rows, cols;
-        q3r_vit_matrix_name(cfg, i, NULL, 0, &rows, &cols, NULL);
+        q3r_model_matrix_shape(m, i, NULL, NULL, &rows, &cols, NULL);
         const int64_t mn = (int64_t)rows * cols, r = ranks[i];
         const int64_t have = r ? r * (rows + cols) : mn;
         dense += mn - have;
         if (!sel[i]) continue;
         tdense += mn;
         tkept += have;
-        const int k = kind_of(i, nm);
+        const int k = kind_of(m, i);
         const int64_t key = r ? r : INT64_MAX; /* dense ranks above every factored rank */
         if (!row->kind_count[k] || key < kmin[k]) kmin[k] = key;
         if (!row->kind_count[k] || key > kmax[k]) kmax[k] = key;
@@ -143,35 +134,34 @@ static void account(const q3r_vit *m, const uint8_t *sel, q3r_sweep_row *row) {
     row->total_kept = dense ? (double)stored / (double)dense : 1.0;
 }
 
-static q3r_status score(q3r_vit *m, const q3r_sweep_spec *spec, q3r_sweep_row *row, q3r_error *err) {
-    double acc, loss;
-    q3r_status s = q3r_evaluate(m, spec->ds, spec->norm, spec->limit, NULL, NULL, &acc, &loss, err);
+static q3r_status score(q3r_model *m, const q3r_sweep_spec *spec, q3r_sweep_row *row, q3r_error *err) {
+    q3r_score sc;
+    q3r_status s = q3r_evaluate(m, spec->ds, spec->norm, spec->limit, NULL, NULL, &sc, err);
     if (s) return s;
     const int64_t n = spec->limit > 0 && spec->limit < spec->ds->n ? spec->limit : spec->ds->n;
-    row->acc = acc;
-    row->loss = loss;
+    row->acc = q3r_score_value(q3r_model_metric(m), &sc);
+    row->loss = q3r_score_loss(&sc);
     row->n = n;
-    row->acc_err95 = n > 0 ? 1.96 * sqrt(acc * (1 - acc) / (double)n) : 0;
+    row->acc_err95 = q3r_model_metric(m) == Q3R_METRIC_ACCURACY ? q3r_binomial_err95(row->acc, n) : 0;
     return Q3R_OK;
 }
 
 /* The targets string for p: the selected groups in which some matrix must be cut (its rank
  * from p is below its current rank, or it is dense). *nothing = 1 if no group needs a cut. A
  * group with matrices on both sides is an error. */
-static q3r_status cut_groups(const q3r_vit *in, const uint8_t *sel, double p, char *buf, size_t cap,
+static q3r_status cut_groups(const q3r_model *in, const uint8_t *sel, double p, char *buf, size_t cap,
                              int *nothing, q3r_error *err) {
-    const q3r_vit_config *cfg = q3r_vit_get_config(in);
-    const int nm = q3r_vit_num_matrices(cfg);
-    const int *rin = q3r_vit_ranks(in);
-    int cut[5] = {0}, keep[5] = {0}, first_keep[5] = {0};
+    const int nm = q3r_model_num_matrices(in);
+    const int *rin = q3r_model_ranks(in);
+    int cut[Q3R_TARGET_GROUPS] = {0}, keep[Q3R_TARGET_GROUPS] = {0}, first_keep[Q3R_TARGET_GROUPS] = {0};
     for (int i = 0; i < nm; i++) {
         if (!sel[i]) continue;
         int rows, cols, r;
-        q3r_vit_matrix_name(cfg, i, NULL, 0, &rows, &cols, NULL);
+        q3r_model_matrix_shape(in, i, NULL, NULL, &rows, &cols, NULL);
         q3r_rank_rule rule = {.kind = Q3R_RANK_FRACTION, .value = p};
         q3r_status s = q3r_rank_resolve(rule, rows, cols, &r, err);
         if (s) return s;
-        const int g = group_of_kind(kind_of(i, nm));
+        const int g = q3r_target_group_of(kind_of(in, i));
         if (rin[i] && r >= rin[i]) {
             if (!keep[g]++) first_keep[g] = i;
         } else {
@@ -180,37 +170,37 @@ static q3r_status cut_groups(const q3r_vit *in, const uint8_t *sel, double p, ch
     }
     size_t len = 0;
     buf[0] = 0;
-    for (int g = 0; g < 5; g++) {
+    for (int g = 0; g < Q3R_TARGET_GROUPS; g++) {
         if (cut[g] && keep[g]) {
-            char name[64];
-            q3r_vit_matrix_name(cfg, first_keep[g], name, sizeof name, NULL, NULL, NULL);
+            const char *name;
+            q3r_model_matrix_shape(in, first_keep[g], &name, NULL, NULL, NULL, NULL);
             return q3r_fail(err, Q3R_EINVAL,
                             "sweep p = %g: %s is already factored at rank %d, at or below the rank p gives, "
                             "while other %s matrices must be cut; sweep smaller p only",
-                            p, name, rin[first_keep[g]], group_names[g]);
+                            p, name, rin[first_keep[g]], q3r_target_group_name(g));
         }
-        if (cut[g]) len += (size_t)snprintf(buf + len, cap - len, "%s%s", len ? "," : "", group_names[g]);
+        if (cut[g])
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s", len ? "," : "", q3r_target_group_name(g));
     }
     *nothing = len == 0;
     return Q3R_OK;
 }
 
-q3r_status q3r_sweep(q3r_vit *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn on_row, void *ctx,
+q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn on_row, void *ctx,
                      q3r_sweep_result *out, q3r_error *err) {
     if (!out) return q3r_fail(err, Q3R_EINVAL, "sweep: NULL argument");
     memset(out, 0, sizeof *out);
     q3r_status s = q3r_sweep_check(in, spec, err);
     if (s) return s;
-    const q3r_vit_config *cfg = q3r_vit_get_config(in);
-    const int batch = q3r_vit_max_batch(in);
-    uint8_t *sel = calloc((size_t)q3r_vit_num_matrices(cfg), 1);
+    const int batch = q3r_model_max_batch(in);
+    uint8_t *sel = calloc((size_t)q3r_model_num_matrices(in), 1);
     q3r_sweep_row *rows = calloc((size_t)spec->count, sizeof *rows);
     if (!sel || !rows) {
         free(sel);
         free(rows);
         return q3r_fail(err, Q3R_ENOMEM, "sweep: out of memory");
     }
-    q3r_truncate_select(cfg, spec->targets, sel, NULL);
+    q3r_model_select(in, spec->targets, sel, NULL);
 
     /* the untruncated model, scored at the evaluation batch */
     q3r_sweep_row base;
@@ -241,7 +231,7 @@ q3r_status q3r_sweep(q3r_vit *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn o
             row->p = p;
         } else {
             q3r_truncate_spec ts = {.targets = targets, .rank = {.kind = Q3R_RANK_FRACTION, .value = p}};
-            q3r_vit *m = NULL;
+            q3r_model *m = NULL;
             s = q3r_truncate(in, &ts, batch, &m, NULL, err);
             if (s) {
                 q3r_fail_context(err, "sweep p = %g", p);
@@ -252,7 +242,7 @@ q3r_status q3r_sweep(q3r_vit *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn o
             row->truncated = 1;
             account(m, sel, row);
             s = score(m, spec, row, err);
-            q3r_vit_free(m);
+            q3r_model_free(m);
             if (s) {
                 q3r_fail_context(err, "sweep p = %g", p);
                 break;

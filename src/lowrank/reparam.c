@@ -1,5 +1,5 @@
 /* Weight matrices as chains of factors (LoRITa, factorized training): materialise the product
- * into the dense weight, map the dense gradient onto the factors by the chain rule, AdamW on the
+ * into the dense weight, map the dense gradient onto the factors by the chain rule, for an optimizer on the
  * factors. See include/q3r/reparam.h for the mathematics and the initialisations.
  *
  * Indexing here: factor k = 0 .. nf-1 is F_k (dims[k] x dims[k+1]), dims[0] = rows,
@@ -35,7 +35,6 @@ struct q3r_reparam {
     float *prefix;      /* cached prefix products */
     float *work;        /* two ping-pong buffers for E_k */
     int64_t work_half;
-    q3r_adamw opt;
 };
 
 static int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
@@ -54,7 +53,6 @@ void q3r_reparam_free(q3r_reparam *rp) {
     q3r_free(rp->grads);
     q3r_free(rp->prefix);
     q3r_free(rp->work);
-    q3r_adamw_free(&rp->opt);
     free(rp);
 }
 
@@ -135,7 +133,7 @@ static q3r_status init_spectral(rp_matrix *m, float *params, q3r_error *err) {
     return s;
 }
 
-q3r_status q3r_reparam_build(q3r_reparam *rp, const q3r_adamw_config *cfg, q3r_error *err) {
+q3r_status q3r_reparam_build(q3r_reparam *rp, q3r_error *err) {
     if (rp->built) return q3r_fail(err, Q3R_EINVAL, "reparam: built twice");
     if (rp->count < 1) return q3r_fail(err, Q3R_EINVAL, "reparam: no matrices");
     int64_t n = 0, np = 0, work = 1;
@@ -175,8 +173,6 @@ q3r_status q3r_reparam_build(q3r_reparam *rp, const q3r_adamw_config *cfg, q3r_e
             for (int d = 0; d < m->cols; d++) F[(size_t)d * m->cols + d] = 1.0f;
         }
     }
-    q3r_status s = q3r_adamw_init(&rp->opt, n, cfg, err);
-    if (s) return q3r_fail_context(err, "reparam");
     rp->built = 1;
     q3r_reparam_materialize(rp);
     return Q3R_OK;
@@ -200,7 +196,6 @@ float *q3r_reparam_factor(q3r_reparam *rp, int i, int k, int *rows, int *cols, f
 int64_t q3r_reparam_num_params(const q3r_reparam *rp) { return rp->n; }
 float *q3r_reparam_params(q3r_reparam *rp) { return rp->params; }
 float *q3r_reparam_grads(q3r_reparam *rp) { return rp->grads; }
-q3r_adamw *q3r_reparam_optimizer(q3r_reparam *rp) { return &rp->opt; }
 
 /* C (m x n, ldc) = op(A) op(B) */
 static void gemm(int ta, int tb, int m, int n, int k, const float *A, int lda, const float *B, int ldb,
@@ -249,12 +244,6 @@ void q3r_reparam_backward(q3r_reparam *rp, int zero_dense) {
     }
 }
 
-void q3r_reparam_step(q3r_reparam *rp, double lr) {
-    if (!rp->built) return;
-    q3r_adamw_step(&rp->opt, rp->params, rp->grads, lr);
-    q3r_reparam_materialize(rp);
-}
-
 /* ---- state as named tensors --------------------------------------------------------------- */
 
 static void factor_name(char *buf, size_t cap, const char *prefix, const rp_matrix *m, int k) {
@@ -274,16 +263,6 @@ q3r_status q3r_reparam_export(const q3r_reparam *rp, const char *prefix, q3r_ten
             s = q3r_tensor_list_add(out, name, Q3R_F32, 2, shape, rp->params + m->off[k], err);
         }
     }
-    if (s) return s;
-    q3r_tensor_list opt;
-    q3r_tensor_list_init(&opt);
-    s = q3r_adamw_export(&rp->opt, &opt, err);
-    for (size_t j = 0; j < opt.count && !s; j++) {
-        const q3r_tensor *t = &opt.items[j];
-        snprintf(name, sizeof name, "%s%s", prefix, t->name);
-        s = q3r_tensor_list_add(out, name, t->dtype, t->ndim, t->shape, t->data, err);
-    }
-    q3r_tensor_list_free(&opt);
     return s;
 }
 
@@ -303,19 +282,6 @@ q3r_status q3r_reparam_import(q3r_reparam *rp, const char *prefix, const q3r_ten
                 s = q3r_fail(err, Q3R_EFORMAT, "tensor '%s' is not %d x %d", name, m->dims[k], m->dims[k + 1]);
         }
     }
-    if (s) return s;
-    /* the optimizer's tensors under their own names, then its import (atomic itself) */
-    q3r_tensor_list opt;
-    q3r_tensor_list_init(&opt);
-    static const char *const names[] = {"optim.m", "optim.v", "optim.step"};
-    for (int j = 0; j < 3 && !s; j++) {
-        snprintf(name, sizeof name, "%s%s", prefix, names[j]);
-        const q3r_tensor *t = q3r_tensor_list_find(in, name);
-        if (!t) s = q3r_fail(err, Q3R_EFORMAT, "no tensor '%s'", name);
-        else s = q3r_tensor_list_add(&opt, names[j], t->dtype, t->ndim, t->shape, t->data, err);
-    }
-    if (!s && (s = q3r_adamw_import(&rp->opt, &opt, err))) q3r_fail_context(err, "reparam (prefix '%s')", prefix);
-    q3r_tensor_list_free(&opt);
     if (s) return s;
     for (int i = 0; i < rp->count; i++) {
         const rp_matrix *m = &rp->mats[i];

@@ -743,7 +743,9 @@ static const q3r_model_ops vit_ops = {
 q3r_status q3r_vit_config_to_meta(const q3r_vit_config *c, const char *name, q3r_meta *meta,
                                   q3r_error *err) {
     q3r_status s = q3r_meta_set(meta, "model.family", "vit", err);
-    if (!s) s = q3r_meta_set(meta, "model.name", name ? name : "", err);
+    /* an unnamed model (q3r_vit_create) keeps a name the metadata already has */
+    if (!s && ((name && *name) || !q3r_meta_has(meta, "model.name")))
+        s = q3r_meta_set(meta, "model.name", name ? name : "", err);
     if (!s) s = q3r_meta_setf(meta, err, "model.image_size", "%d", c->image_size);
     if (!s) s = q3r_meta_setf(meta, err, "model.channels", "%d", c->channels);
     if (!s) s = q3r_meta_setf(meta, err, "model.patch", "%d", c->patch);

@@ -77,3 +77,29 @@ const char *tmp_path(const char *rel, char *buf, size_t cap) {
     snprintf(buf, cap, "%s/%s", tmpdir_, rel);
     return buf;
 }
+
+/* ---- model metadata for trainer configs ---------------------------------------------------- */
+
+enum { VIT_METAS = 16 };
+static q3r_meta vit_metas[VIT_METAS];
+static int vit_metas_used;
+
+static void free_vit_metas(void) {
+    for (int i = 0; i < vit_metas_used; i++) q3r_meta_free(&vit_metas[i]);
+}
+
+const q3r_meta *vit_meta(q3r_vit_config cfg) {
+    if (vit_metas_used == VIT_METAS) {
+        fprintf(stderr, "vit_meta: more than %d configs\n", VIT_METAS);
+        abort();
+    }
+    if (!vit_metas_used) atexit(free_vit_metas);
+    q3r_meta *m = &vit_metas[vit_metas_used++];
+    q3r_meta_init(m);
+    q3r_error err;
+    if (q3r_vit_config_to_meta(&cfg, "test", m, &err)) {
+        fprintf(stderr, "vit_meta: %s\n", err.msg);
+        abort();
+    }
+    return m;
+}

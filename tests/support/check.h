@@ -55,4 +55,8 @@ const char *test_tmpdir(const char *name);
 /* test_tmpdir()/rel; test_tmpdir must have been called. */
 const char *tmp_path(const char *rel, char *buf, size_t cap);
 
+/* A ViT config as model metadata (q3r_vit_config_to_meta, name "test") for a trainer config's
+ * `model`; the maps live until exit. */
+const q3r_meta *vit_meta(q3r_vit_config cfg);
+
 #endif

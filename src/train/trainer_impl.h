@@ -1,0 +1,68 @@
+/* The inside of the trainer, for the files that implement its two method tables:
+ *
+ *  - a weights row (src/train/weights.c) says how the targeted matrices are stored and trained:
+ *    dense (the model's own AdamW), a factor chain (LoRITa, factorized: the factors are trained
+ *    and their product is materialised into the dense weight), later an adapter;
+ *  - a regularizer row (src/train/regularizers.c) says what pulls them toward low rank: none,
+ *    Q3R decoupled (AdamQ3R), Q3R coupled, the nuclear-norm prox.
+ *
+ * One step, and where each row acts:
+ *   zero grads -> forward -> loss -> backward -> all-reduce -> clip
+ *   -> reg.before_update  (Q3R: refresh when due, then the decoupled step or the coupled gradient)
+ *   -> weights.before_update (chain: the clipped dW onto the factors, dW <- 0)
+ *   -> AdamW on the model
+ *   -> weights.after_update (chain: AdamW on the factors, then W <- their product)
+ *   -> reg.after_update   (nuclear: the prox every `period` steps)
+ * A new method is a new row (and its enum value in q3r/train.h), not an edit of the step. */
+#ifndef Q3R_TRAINER_IMPL_H
+#define Q3R_TRAINER_IMPL_H
+
+#include "q3r/train.h"
+
+typedef struct {
+    const char *name;    /* "dense", "lorita", "factorized" */
+    int owns_targets;    /* 1: the targets' dense entries are not the model AdamW's to move */
+    q3r_status (*setup)(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err); /* NULL: nothing */
+    void (*before_update)(q3r_trainer *t);
+    void (*after_update)(q3r_trainer *t, double lr);
+    q3r_status (*export_state)(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err);
+    q3r_status (*import_state)(q3r_trainer *t, const q3r_tensor_list *in, q3r_error *err);
+    /* the keys that shape the trajectory (besides q3r.mode) */
+    q3r_status (*metadata)(const q3r_train_config *c, q3r_meta *meta, q3r_error *err);
+    void (*free_state)(q3r_trainer *t);
+} q3r_weights_row;
+
+typedef enum { Q3R_LAMBDA_UNUSED = 0, Q3R_LAMBDA_AUTO = 1, Q3R_LAMBDA_EXPLICIT = 2 } q3r_lambda_rule;
+
+typedef struct {
+    const char *name;        /* "none", "decoupled", "coupled", "nuclear" */
+    q3r_lambda_rule lambda;  /* AUTO: lambda <= 0 is chosen from the pull; EXPLICIT: must be > 0 */
+    int decays_targets;      /* 1: the targets get the model AdamW's weight decay */
+    int epoch_spectra;       /* 1: refresh the set at epoch ends for the logged spectra */
+    q3r_status (*before_update)(q3r_trainer *t, double lr, double *value, q3r_error *err);
+    q3r_status (*after_update)(q3r_trainer *t, double lr, double *value, q3r_error *err);
+    q3r_status (*metadata)(const q3r_train_config *c, double lambda, q3r_meta *meta,
+                           q3r_error *err);
+} q3r_reg_row;
+
+extern const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT];
+extern const q3r_reg_row q3r_reg_rows[Q3R_REG_COUNT];
+
+struct q3r_trainer {
+    q3r_train_config cfg;
+    const q3r_weights_row *weights;
+    const q3r_reg_row *reg_row;
+    q3r_model *model;
+    q3r_adamw opt;
+    q3r_set *reg;      /* the target matrices; the regularizer rows drive it */
+    uint8_t *targeted; /* [num tensors]: 1 where a tensor holds a target matrix */
+    q3r_rng rng;       /* dropout */
+    double lambda;
+    int64_t step;
+    double lr_since_prox; /* nuclear prox: learning rate summed since the last prox */
+    /* factor chains (LoRITa, factorized) */
+    q3r_reparam *rp;
+    q3r_adamw rp_opt;
+};
+
+#endif
