@@ -556,7 +556,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
         }
         vit_block_params *bp = &m->bp[l];
         q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, par(m, bp->ln1_w),
-                              par(m, bp->ln1_b), N, D);
+                              par(m, bp->ln1_b), N, D, Q3R_LN_EPS);
         if (bp->qkv_w >= 0) {
             q3r_linear_forward(a->qkv, a->ln1, par(m, bp->qkv_w), par(m, bp->qkv_b), NULL, N, D,
                                3 * D);
@@ -566,7 +566,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
                 mat_forward(m, mx_index(l, j), a->qkv + (size_t)j * D, 3 * D, a->ln1,
                             par(m, bp->qkv_b) + (size_t)j * D, NULL, N);
         }
-        q3r_attention_forward(a->atty, a->att, a->qkv, B, T, Tq, D, H);
+        q3r_attention_forward(a->atty, a->att, a->qkv, B, T, Tq, D, H, 0);
         if (drop) {
             mat_forward(m, mx_index(l, MX_PROJ), a->x1, D, a->atty, par(m, bp->proj_b), NULL, Nq);
             q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, rng);
@@ -575,7 +575,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
             mat_forward(m, mx_index(l, MX_PROJ), a->x1, D, a->atty, par(m, bp->proj_b), xres, Nq);
         }
         q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, par(m, bp->ln2_w),
-                              par(m, bp->ln2_b), Nq, D);
+                              par(m, bp->ln2_b), Nq, D, Q3R_LN_EPS);
         mat_forward(m, mx_index(l, MX_FC1), a->h, M, a->ln2, par(m, bp->fc1_b), NULL, Nq);
         q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
         if (drop) {
@@ -590,7 +590,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
     }
     /* x: (B, D), the class token of the last block's output */
     q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, m->norm_w),
-                          par(m, m->norm_b), B, D);
+                          par(m, m->norm_b), B, D, Q3R_LN_EPS);
     mat_forward(m, m->base.nmat - 1, m->logits, c->classes, m->lnf, par(m, m->head_b), NULL, B);
     m->last_B = B;
     m->last_p = p;
@@ -653,7 +653,7 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
             dy = m->dD2;
         }
         mat_backward(m, mx_index(l, MX_PROJ), m->dD, grd(m, bp->proj_b), dy, D, a->atty, Nq, 0);
-        q3r_attention_backward(m->dqkv, m->datt, m->dD, a->qkv, a->att, B, T, Tq, D, H);
+        q3r_attention_backward(m->dqkv, m->datt, m->dD, a->qkv, a->att, B, T, Tq, D, H, 0);
         if (bp->qkv_w >= 0) {
             q3r_linear_backward(m->dD, grd(m, bp->qkv_w), grd(m, bp->qkv_b), m->dqkv, a->ln1,
                                 par(m, bp->qkv_w), N, D, 3 * D, 0);
