@@ -222,7 +222,8 @@ static void test_attention(int Tq, int causal) {
     q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H,
                            A_causal);
     char what[64];
-    snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T, causal ? ", causal" : "");
+    snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T,
+             causal ? ", causal" : "");
     fd_check(what, A_qkv, nqkv, dqkv, att_loss, 1e-2, 2e-3, 2e-3);
     /* non-query tokens get an exactly zero q gradient */
     int zero = 1;
