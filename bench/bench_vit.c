@@ -68,7 +68,8 @@ static void breakdown(const q3r_vit_config *c, int B) {
     const double lin = 2.0 * N * D;
     printf("  per-kernel, one block (N = %d rows):\n", N);
     fill(x, big), fill(y, big), fill(z, big);
-    TIME("layernorm fwd", 5, 0, q3r_layernorm_forward(y, mean, rstd, x, bias, bias, N, D));
+    TIME("layernorm fwd", 5, 0,
+         q3r_layernorm_forward(y, mean, rstd, x, bias, bias, N, D, Q3R_LN_EPS));
     fill(x, big), fill(y, big), fill(z, big);
     TIME("layernorm bwd", 5, 0, q3r_layernorm_backward(z, dw, dw + D, x, y, mean, rstd, bias, N, D));
     fill(x, big), fill(y, big), fill(z, big);
@@ -79,9 +80,9 @@ static void breakdown(const q3r_vit_config *c, int B) {
     double af = 2.0 * 2.0 * B * T * T * D;
     fill(x, big), fill(y, big), fill(z, big);
     for (size_t i = 0; i < (size_t)B * H * T * T; i++) att[i] = 1.0f / (float)T;
-    TIME("attention fwd", 5, af, q3r_attention_forward(y, att, z, B, T, T, D, H));
+    TIME("attention fwd", 5, af, q3r_attention_forward(y, att, z, B, T, T, D, H, 0));
     fill(x, big), fill(y, big), fill(z, big);
-    TIME("attention bwd", 5, 2 * af, q3r_attention_backward(x, datt, y, z, att, B, T, T, D, H));
+    TIME("attention bwd", 5, 2 * af, q3r_attention_backward(x, datt, y, z, att, B, T, T, D, H, 0));
     fill(x, big), fill(y, big), fill(z, big);
     TIME("proj fwd (+residual)", 5, lin * D, q3r_linear_forward(z, y, w, bias, x, N, D, D));
     fill(x, big), fill(y, big), fill(z, big);

@@ -130,14 +130,16 @@ static void test_linear(void) {
 
 /* ---- layer norm ------------------------------------------------------------------------------ */
 static int N_n, N_d;
+static float N_eps;
 static float *N_x, *N_g, *N_b, *N_y, *N_mean, *N_rstd, *N_proj;
 static double ln_loss(void) {
-    q3r_layernorm_forward(N_y, N_mean, N_rstd, N_x, N_g, N_b, N_n, N_d);
+    q3r_layernorm_forward(N_y, N_mean, N_rstd, N_x, N_g, N_b, N_n, N_d, N_eps);
     return dotd(N_y, N_proj, (size_t)N_n * N_d);
 }
 
-static void test_layernorm(void) {
-    N_n = 5, N_d = 11;
+/* eps: 1e-6 (timm) or 1e-5 (nanoGPT) */
+static void test_layernorm(float eps) {
+    N_n = 5, N_d = 11, N_eps = eps;
     size_t n = (size_t)N_n * N_d;
     N_x = randn(n, 2), N_g = randn(N_d, 1), N_b = randn(N_d, 1), N_y = malloc(sizeof(float) * n);
     N_mean = malloc(sizeof(float) * N_n), N_rstd = malloc(sizeof(float) * N_n);
@@ -151,10 +153,10 @@ static void test_layernorm(void) {
         for (int j = 0; j < N_d; j++) v += (N_x[i * N_d + j] - m) * (N_x[i * N_d + j] - m);
         v /= N_d;
         for (int j = 0; j < N_d; j++) {
-            double want = (N_x[i * N_d + j] - m) / sqrt(v + 1e-6) * N_g[j] + N_b[j];
+            double want = (N_x[i * N_d + j] - m) / sqrt(v + (double)eps) * N_g[j] + N_b[j];
             CHECK_CLOSE(N_y[i * N_d + j], want, 1e-5, 1e-5, "layernorm y");
         }
-        CHECK_CLOSE(N_rstd[i], 1 / sqrt(v + 1e-6), 0, 1e-5, "layernorm rstd");
+        CHECK_CLOSE(N_rstd[i], 1 / sqrt(v + (double)eps), 0, 1e-5, "layernorm rstd");
     }
     float *dx = randn(n, 1), *dx0 = malloc(sizeof(float) * n);
     float *dg = randn(N_d, 1), *dg0 = malloc(sizeof(float) * N_d);
@@ -172,28 +174,33 @@ static void test_layernorm(void) {
 }
 
 /* ---- attention ------------------------------------------------------------------------------- */
-static int A_B, A_T, A_Tq, A_D, A_H;
+static int A_B, A_T, A_Tq, A_D, A_H, A_causal;
 static float *A_qkv, *A_att, *A_out, *A_proj;
 static double att_loss(void) {
-    q3r_attention_forward(A_out, A_att, A_qkv, A_B, A_T, A_Tq, A_D, A_H);
+    q3r_attention_forward(A_out, A_att, A_qkv, A_B, A_T, A_Tq, A_D, A_H, A_causal);
     return dotd(A_out, A_proj, (size_t)A_B * A_Tq * A_D);
 }
 
-/* Tq = T: full self-attention; Tq < T: only the first Tq tokens are queries */
-static void test_attention(int Tq) {
-    A_B = 2, A_T = 5, A_Tq = Tq, A_D = 12, A_H = 3;
+/* Tq = T: full self-attention; Tq < T: only the first Tq tokens are queries; causal: query t
+ * attends to keys s <= t */
+static void test_attention(int Tq, int causal) {
+    A_B = 2, A_T = 5, A_Tq = Tq, A_D = 12, A_H = 3, A_causal = causal;
     const int Dh = A_D / A_H;
     size_t nqkv = (size_t)A_B * A_T * 3 * A_D, nout = (size_t)A_B * A_Tq * A_D;
     A_qkv = randn(nqkv, 1), A_att = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
     A_out = malloc(sizeof(float) * nout), A_proj = randn(nout, 1);
     att_loss();
-    /* forward against a double loop over the timm layout */
+    /* forward against a double loop over the timm layout, over keys u < nk (u <= t if causal) */
     double maxerr = 0;
+    int masked_zero = 1;
     for (int b = 0; b < A_B; b++)
         for (int h = 0; h < A_H; h++)
             for (int t = 0; t < A_Tq; t++) {
                 double s[16], mx = -1e30, z = 0;
-                for (int u = 0; u < A_T; u++) {
+                const int nk = causal ? t + 1 : A_T;
+                for (int u = nk; u < A_T; u++)
+                    masked_zero &= A_att[((size_t)(b * A_H + h) * A_Tq + t) * A_T + u] == 0.0f;
+                for (int u = 0; u < nk; u++) {
                     double d = 0;
                     for (int j = 0; j < Dh; j++)
                         d += (double)A_qkv[(b * A_T + t) * 3 * A_D + h * Dh + j] *
@@ -201,19 +208,23 @@ static void test_attention(int Tq) {
                     s[u] = d / sqrt((double)Dh);
                     mx = fmax(mx, s[u]);
                 }
-                for (int u = 0; u < A_T; u++) z += (s[u] = exp(s[u] - mx));
+                for (int u = 0; u < nk; u++) z += (s[u] = exp(s[u] - mx));
                 for (int j = 0; j < Dh; j++) {
                     double o = 0;
-                    for (int u = 0; u < A_T; u++)
+                    for (int u = 0; u < nk; u++)
                         o += s[u] / z * A_qkv[(b * A_T + u) * 3 * A_D + 2 * A_D + h * Dh + j];
                     maxerr = fmax(maxerr, fabs(o - A_out[(b * A_Tq + t) * A_D + h * Dh + j]));
                 }
             }
-    CHECK(maxerr < 1e-5, "attention forward max err %g", maxerr);
+    CHECK(maxerr < 1e-5, "attention forward (Tq %d, causal %d) max err %g", Tq, causal, maxerr);
+    CHECK(masked_zero, "attention (Tq %d, causal %d): masked probabilities exactly 0", Tq, causal);
     float *dqkv = randn(nqkv, 100), *datt = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
-    q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H);
-    fd_check(Tq == A_T ? "attention dqkv" : "attention dqkv (Tq < T)", A_qkv, nqkv, dqkv, att_loss,
-             1e-2, 2e-3, 2e-3);
+    q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H,
+                           A_causal);
+    char what[64];
+    snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T,
+             causal ? ", causal" : "");
+    fd_check(what, A_qkv, nqkv, dqkv, att_loss, 1e-2, 2e-3, 2e-3);
     /* non-query tokens get an exactly zero q gradient */
     int zero = 1;
     for (int b = 0; b < A_B; b++)
@@ -375,10 +386,13 @@ int main(void) {
     q3r_set_threads(2);
     test_linear();
     test_linear_forward_large();
-    test_layernorm();
-    test_attention(5);
-    test_attention(2);
-    test_attention(1);
+    test_layernorm(1e-6f);
+    test_layernorm(1e-5f);
+    test_attention(5, 0);
+    test_attention(2, 0);
+    test_attention(1, 0);
+    test_attention(5, 1);
+    test_attention(2, 1);
     test_gelu();
     test_dropout();
     test_patch_embed();

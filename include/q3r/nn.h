@@ -65,33 +65,38 @@ void q3r_linear_factored_backward(float *dx, float *da, float *dbf, float *db, f
                                   const float *a, const float *bf, int n, int in, int rank,
                                   int out, int accumulate);
 
-/* ---- layer norm over the last dimension (eps as timm ViT: 1e-6) ----------------------- */
+/* ---- layer norm over the last dimension ------------------------------------------------ */
+/* timm's eps (the ViT's); nanoGPT's is 1e-5 */
 #define Q3R_LN_EPS 1e-6f
-/* y (n, d) = (x (n, d) - mean) * rstd * gamma (d) + beta (d); saves mean (n), rstd (n).
- * y may not alias x. */
+/* y (n, d) = (x (n, d) - mean) * rstd * gamma (d) + beta (d), rstd = 1 / sqrt(var + eps) (biased
+ * variance); saves mean (n), rstd (n). y may not alias x. */
 void q3r_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
-                           const float *beta, int n, int d);
+                           const float *beta, int n, int d, float eps);
 /* dx (n, d) += input gradient (ACCUMULATES: a residual stream's gradient flows straight
- * through); dgamma (d) +=, dbeta (d) +=. dy (n, d), x (n, d), mean (n), rstd (n), gamma (d). */
+ * through); dgamma (d) +=, dbeta (d) +=. dy (n, d), x (n, d), mean (n), rstd (n), gamma (d).
+ * eps enters only through the saved rstd. */
 void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *x, const float *mean, const float *rstd,
                             const float *gamma, int n, int d);
 
 /* ---- multi-head self-attention core ------------------------------------------------------ */
-/* qkv (B, T, 3D) laid out as timm's qkv.reshape(B, T, 3, H, D/H): for token (b, t) and head h,
- * q = qkv[(b*T+t)*3D + h*Dh], k at + D, v at + 2D, each Dh long.
+/* qkv (B, T, 3D) laid out as timm's qkv.reshape(B, T, 3, H, D/H) (and nanoGPT's c_attn split
+ * and viewed (B, T, H, Dh)): for token (b, t) and head h, q = qkv[(b*T+t)*3D + h*Dh], k at + D,
+ * v at + 2D, each Dh long.
  * Only the first Tq tokens of each sequence are queries (Tq = T: full self-attention; Tq = 1:
  * just the class token, all a ViT's last block needs); every token is a key and a value.
- * att (B, H, Tq, T): softmax(q k^T / sqrt(Dh)) saved for backward;
+ * causal = 0: every query attends to every key; causal = 1: query t attends to keys s <= t only
+ * (a decoder's mask; the masked probabilities are exactly 0, so masked keys get no gradient).
+ * att (B, H, Tq, T): softmax(q k^T / sqrt(Dh)) (over the unmasked keys) saved for backward;
  * out (B, Tq, D): out[b, t, h*Dh + j] = sum_s att[b,h,t,s] v[b,s,h,j] (heads concatenated, ready
  * for the output projection). Parallel over (b, h) pairs, one sgemm per product and pair. */
 void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D,
-                           int H);
+                           int H, int causal);
 /* dqkv (B, T, 3D): WRITTEN in full (q rows of non-query tokens are zero). datt (B, H, Tq, T):
  * scratch (overwritten). dout (B, Tq, D), qkv (B, T, 3D), att (B, H, Tq, T) as saved by the
- * forward. */
+ * forward, causal as given to it. */
 void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int Tq, int D, int H);
+                            const float *att, int B, int T, int Tq, int D, int H, int causal);
 
 /* ---- exact GELU: y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default) ----------- */
 /* y (n), x (n); y may equal x. */

@@ -10,6 +10,11 @@
  * residuals for the class token alone (keys and values still for every token); for vit-bench
  * (depth 4) that removes ~18% of the step's arithmetic, with identical results.
  *
+ * The blocks, the dense-or-factored matrices and the arena helpers are the pre-norm Transformer
+ * code every model shares (transformer.h); this file holds what is ViT: patch embedding, class
+ * token and position embedding, the class-token-only last block (a block call with Tq = 1), the
+ * final norm and head, init, presets and the model interface.
+ *
  * Memory: parameters and gradients are two flat buffers with matching offsets; activations live
  * in one arena sized for max_batch, gradient scratch in another sized for one block (backward
  * walks blocks one at a time and the residual-stream gradient is updated in place).
@@ -29,40 +34,19 @@
 
 #include "model_impl.h"
 #include "q3r/nn.h"
+#include "transformer.h"
 
 /* global tensors: these four first, then the blocks, then norm and head */
 enum { P_CLS, P_POS, P_PE_W, P_PE_B, P_HEAD_FIRST };
-/* matrices of a block, in the order of the rank table (index l * MX_PER_BLOCK + j) */
-enum { MX_Q, MX_K, MX_V, MX_PROJ, MX_FC1, MX_FC2, MX_PER_BLOCK };
-/* most tensors one block can have: 12 dense, or the fused qkv weight replaced by 6 factors and
- * proj, fc1, fc2 by two factors each */
-enum { MAX_TENSORS_PER_BLOCK = 20 };
-
-typedef struct {
-    int ln1_w, ln1_b, qkv_w, qkv_b, proj_b, ln2_w, ln2_b, fc1_b, fc2_b; /* tensor indices;
-                                                  qkv_w = -1 when Q, K, V are held apart */
-} vit_block_params;
-
-typedef struct {
-    float *ln1, *ln1_mean, *ln1_rstd; /* (N, D), (N), (N) */
-    float *qkv;                       /* (N, 3D) */
-    float *att;                       /* (B, H, T, T) */
-    float *atty;                      /* (N, D) attention output before proj */
-    float *x1;                        /* (N, D) residual after attention */
-    float *ln2, *ln2_mean, *ln2_rstd; /* (N, D), (N), (N) */
-    float *h, *g;                     /* (N, M) fc1 output, GELU output (after dropout) */
-    float *x2;                        /* (N, D) block output */
-    uint8_t *m_proj, *m_mlp1, *m_mlp2; /* dropout masks (N, D), (N, M), (N, D); NULL if p = 0 */
-} vit_block_acts;
 
 struct q3r_vit {
     q3r_model base;          /* first: a q3r_vit is a q3r_model (parameter table, matrix list) */
     char name[32];           /* the preset it came from ("model.name"), "" if none */
     q3r_vit_config cfg;
     int T, P, K;             /* tokens, patches, C*p*p */
-    vit_block_params *bp;    /* (depth) */
+    q3r_tf_dims dims;        /* D, H, M of the blocks; layer-norm eps 1e-6 (timm) */
+    q3r_tf_block *bp;        /* (depth) */
     int norm_w, norm_b, head_b;
-    float **mt;              /* (nmat) factored matrix: its (rows, rank) intermediate x B^T */
 
     float *arena;         /* activations */
     uint8_t *mask_arena;  /* dropout masks, NULL when cfg.dropout == 0 */
@@ -71,14 +55,15 @@ struct q3r_vit {
     float *pe;            /* (B*P, D) */
     float *x0;            /* (N, D) */
     uint8_t *m_pos;       /* (N, D) */
-    vit_block_acts *blk;  /* depth */
+    q3r_tf_acts *blk;     /* depth */
+    float *head_t;        /* (B, rank) factored head's intermediate, NULL when dense */
     float *clsx;          /* (B, D) class-token rows of the last block's input */
     float *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
     float *logits, *probs; /* (B, classes) */
     int *labels;          /* (max_batch) */
     /* scratch views */
-    float *dres, *dD, *dD2, *dqkv, *datt, *dh, *dpe, *dclsx, *dlnf, *dlogits;
-    float *dt;            /* (N, max_rank) factored backward scratch, NULL when dense */
+    q3r_tf_scratch sc;    /* the blocks' (dres: the residual stream's gradient) */
+    float *dpe, *dclsx, *dlnf, *dlogits;
 
     /* state of the last forward */
     int last_B, have_labels;
@@ -137,69 +122,43 @@ q3r_status q3r_vit_config_check(const q3r_vit_config *c, q3r_error *err) {
 
 /* ---- parameter table ------------------------------------------------------------------------ */
 
-static const char *const mx_suffix[MX_PER_BLOCK] = {"attn.q", "attn.k", "attn.v", "attn.proj",
-                                                     "mlp.fc1", "mlp.fc2"};
+/* timm's module names inside "blocks.<l>." */
+static const q3r_tf_names vit_names = {
+    .ln1 = "norm1",
+    .ln2 = "norm2",
+    .qkv = "attn.qkv",
+    .mat = {"attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2"},
+};
 
-/* Matrix index of block l's matrix j, and of the head (last). */
-static int mx_index(int l, int j) { return l * MX_PER_BLOCK + j; }
+/* Matrix index of block l's matrix j (Q3R_TF_*); the head is last. */
+static int mx_index(int l, int j) { return l * Q3R_TF_MATRICES + j; }
 
 /* Names, kinds and shapes of the matrix list (the rank table's order). */
 static void name_matrices(q3r_vit *m) {
     const q3r_vit_config *c = &m->cfg;
-    static const q3r_matrix_kind kinds[MX_PER_BLOCK] = {Q3R_MAT_Q,    Q3R_MAT_K,   Q3R_MAT_V,
-                                                        Q3R_MAT_PROJ, Q3R_MAT_FC1, Q3R_MAT_FC2};
+    static const q3r_matrix_kind kinds[Q3R_TF_MATRICES] = {
+        Q3R_MAT_Q, Q3R_MAT_K, Q3R_MAT_V, Q3R_MAT_PROJ, Q3R_MAT_FC1, Q3R_MAT_FC2};
     for (int i = 0; i < m->base.nmat; i++) {
         q3r_model_matrix_slot *x = &m->base.mats[i];
         q3r_vit_matrix_name(c, i, x->name, sizeof x->name, &x->rows, &x->cols, NULL);
-        x->kind = i == m->base.nmat - 1 ? Q3R_MAT_HEAD : kinds[i % MX_PER_BLOCK];
+        x->kind = i == m->base.nmat - 1 ? Q3R_MAT_HEAD : kinds[i % Q3R_TF_MATRICES];
     }
 }
 
 static void build_table(q3r_vit *m) {
     const q3r_vit_config *c = &m->cfg;
     q3r_model *g = &m->base;
-    const int D = c->width, M = c->mlp_hidden;
+    const int D = c->width;
     size_t off = 0;
-    char nm[NAME_LEN];
     q3r_model_add_tensor(g, &off, "cls_token", Q3R_PARAM_EMBED, 3, 1, 1, D, 0);
     q3r_model_add_tensor(g, &off, "pos_embed", Q3R_PARAM_EMBED, 3, 1, m->T, D, 0);
     q3r_model_add_tensor(g, &off, "patch_embed.proj.weight", Q3R_PARAM_MATRIX, 4, D, c->channels,
                          c->patch, c->patch);
     q3r_model_add_tensor(g, &off, "patch_embed.proj.bias", Q3R_PARAM_BIAS, 1, D, 0, 0, 0);
     for (int l = 0; l < c->depth; l++) {
-        vit_block_params *bp = &m->bp[l];
-        q3r_model_matrix_slot *mx = &g->mats[mx_index(l, 0)];
-        const int split = mx[MX_Q].rank || mx[MX_K].rank || mx[MX_V].rank;
-#define BT(suffix, kind, ndim, a, b)                                                               \
-    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, suffix),                                           \
-     q3r_model_add_tensor(g, &off, nm, kind, ndim, a, b, 0, 0))
-#define BM(j)                                                                                      \
-    (snprintf(nm, sizeof nm, "blocks.%d.%s", l, mx_suffix[j]),                                     \
-     q3r_model_add_matrix(g, &off, mx_index(l, j), nm))
-        bp->ln1_w = BT("norm1.weight", Q3R_PARAM_NORM, 1, D, 0);
-        bp->ln1_b = BT("norm1.bias", Q3R_PARAM_NORM, 1, D, 0);
-        if (split) {
-            bp->qkv_w = -1;
-            for (int j = MX_Q; j <= MX_V; j++) BM(j);
-        } else {
-            bp->qkv_w = BT("attn.qkv.weight", Q3R_PARAM_MATRIX, 2, 3 * D, D);
-            for (int j = MX_Q; j <= MX_V; j++) {
-                mx[j].w = bp->qkv_w;
-                mx[j].row0 = (size_t)j * D;
-                mx[j].a = mx[j].b = -1;
-            }
-        }
-        bp->qkv_b = BT("attn.qkv.bias", Q3R_PARAM_BIAS, 1, 3 * D, 0);
-        BM(MX_PROJ);
-        bp->proj_b = BT("attn.proj.bias", Q3R_PARAM_BIAS, 1, D, 0);
-        bp->ln2_w = BT("norm2.weight", Q3R_PARAM_NORM, 1, D, 0);
-        bp->ln2_b = BT("norm2.bias", Q3R_PARAM_NORM, 1, D, 0);
-        BM(MX_FC1);
-        bp->fc1_b = BT("mlp.fc1.bias", Q3R_PARAM_BIAS, 1, M, 0);
-        BM(MX_FC2);
-        bp->fc2_b = BT("mlp.fc2.bias", Q3R_PARAM_BIAS, 1, D, 0);
-#undef BT
-#undef BM
+        char prefix[NAME_LEN];
+        snprintf(prefix, sizeof prefix, "blocks.%d.", l);
+        q3r_tf_block_table(g, &off, prefix, &vit_names, &m->dims, mx_index(l, 0), &m->bp[l]);
     }
     m->norm_w = q3r_model_add_tensor(g, &off, "norm.weight", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
     m->norm_b = q3r_model_add_tensor(g, &off, "norm.bias", Q3R_PARAM_NORM, 1, D, 0, 0, 0);
@@ -213,80 +172,40 @@ static float *grd(q3r_vit *m, int i) { return q3r_model_grd(&m->base, i); }
 
 /* ---- activation arena ---------------------------------------------------------------------- */
 
-/* Carve n floats (rounded to 64 bytes) from a running offset; with base == NULL only counts. */
-static float *carve(float *base, size_t *off, size_t n) {
-    float *p = base ? base + *off : NULL;
-    *off += (n + 15) & ~(size_t)15;
-    return p;
-}
-static uint8_t *carve8(uint8_t *base, size_t *off, size_t n) {
-    uint8_t *p = base ? base + *off : NULL;
-    *off += (n + 63) & ~(size_t)63;
-    return p;
-}
-
 /* Lay out (or just size, when the bases are NULL) activations, masks and scratch. */
 static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
     const q3r_vit_config *c = &m->cfg;
     const size_t B = (size_t)m->base.max_batch, T = (size_t)m->T, N = B * T, D = (size_t)c->width,
-                 M = (size_t)c->mlp_hidden, H = (size_t)c->heads, P = (size_t)m->P,
-                 K = (size_t)m->K, C = (size_t)c->classes;
+                 P = (size_t)m->P, K = (size_t)m->K, C = (size_t)c->classes;
     const int drop = c->dropout > 0.0f;
     size_t a = 0, k = 0, s = 0;
     float *A = m->arena, *S = m->scratch;
     uint8_t *MK = m->mask_arena;
-    m->patches = carve(A, &a, B * P * K);
-    m->pe = carve(A, &a, B * P * D);
-    m->x0 = carve(A, &a, N * D);
-    m->m_pos = drop ? carve8(MK, &k, N * D) : NULL;
-    for (int l = 0; l < c->depth; l++) {
-        vit_block_acts *b = m->blk ? &m->blk[l] : &(vit_block_acts){0};
-        b->ln1 = carve(A, &a, N * D);
-        b->ln1_mean = carve(A, &a, N);
-        b->ln1_rstd = carve(A, &a, N);
-        b->qkv = carve(A, &a, N * 3 * D);
-        b->att = carve(A, &a, B * H * T * T);
-        b->atty = carve(A, &a, N * D);
-        b->x1 = carve(A, &a, N * D);
-        b->ln2 = carve(A, &a, N * D);
-        b->ln2_mean = carve(A, &a, N);
-        b->ln2_rstd = carve(A, &a, N);
-        b->h = carve(A, &a, N * M);
-        b->g = carve(A, &a, N * M);
-        b->x2 = carve(A, &a, N * D);
-        b->m_proj = drop ? carve8(MK, &k, N * D) : NULL;
-        b->m_mlp1 = drop ? carve8(MK, &k, N * M) : NULL;
-        b->m_mlp2 = drop ? carve8(MK, &k, N * D) : NULL;
-        for (int j = 0; j < MX_PER_BLOCK; j++) {
-            const int r = m->base.ranks[mx_index(l, j)];
-            m->mt[mx_index(l, j)] = r ? carve(A, &a, N * (size_t)r) : NULL;
-        }
-    }
+    m->patches = q3r_tf_carve(A, &a, B * P * K);
+    m->pe = q3r_tf_carve(A, &a, B * P * D);
+    m->x0 = q3r_tf_carve(A, &a, N * D);
+    m->m_pos = drop ? q3r_tf_carve8(MK, &k, N * D) : NULL;
+    for (int l = 0; l < c->depth; l++)
+        q3r_tf_block_layout(A, &a, MK, &k, &m->base, &m->bp[l], &m->dims, B, T, drop, &m->blk[l]);
     const int rh = m->base.ranks[m->base.nmat - 1];
-    m->mt[m->base.nmat - 1] = rh ? carve(A, &a, B * (size_t)rh) : NULL;
-    m->clsx = carve(A, &a, B * D);
-    m->lnf = carve(A, &a, B * D);
-    m->lnf_mean = carve(A, &a, B);
-    m->lnf_rstd = carve(A, &a, B);
-    m->logits = carve(A, &a, B * C);
-    m->probs = carve(A, &a, B * C);
-    m->dres = carve(S, &s, N * D);
-    m->dD = carve(S, &s, N * D);
-    m->dD2 = carve(S, &s, N * D);
-    m->dqkv = carve(S, &s, N * 3 * D);
-    m->datt = carve(S, &s, B * H * T * T);
-    m->dh = carve(S, &s, N * M);
-    m->dpe = carve(S, &s, B * P * D);
-    m->dclsx = carve(S, &s, B * D);
-    m->dlnf = carve(S, &s, B * D);
-    m->dlogits = carve(S, &s, B * C);
-    m->dt = m->base.max_rank ? carve(S, &s, N * (size_t)m->base.max_rank) : NULL;
+    m->head_t = rh ? q3r_tf_carve(A, &a, B * (size_t)rh) : NULL;
+    m->clsx = q3r_tf_carve(A, &a, B * D);
+    m->lnf = q3r_tf_carve(A, &a, B * D);
+    m->lnf_mean = q3r_tf_carve(A, &a, B);
+    m->lnf_rstd = q3r_tf_carve(A, &a, B);
+    m->logits = q3r_tf_carve(A, &a, B * C);
+    m->probs = q3r_tf_carve(A, &a, B * C);
+    q3r_tf_scratch_layout(S, &s, &m->base, &m->dims, B, T, &m->sc);
+    m->dpe = q3r_tf_carve(S, &s, B * P * D);
+    m->dclsx = q3r_tf_carve(S, &s, B * D);
+    m->dlnf = q3r_tf_carve(S, &s, B * D);
+    m->dlogits = q3r_tf_carve(S, &s, B * C);
     *nact = a;
     *nmask = k;
     *nscratch = s;
 }
 
-int q3r_vit_num_matrices(const q3r_vit_config *cfg) { return cfg->depth * MX_PER_BLOCK + 1; }
+int q3r_vit_num_matrices(const q3r_vit_config *cfg) { return cfg->depth * Q3R_TF_MATRICES + 1; }
 
 q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap,
                                int *rows, int *cols, q3r_error *err) {
@@ -299,10 +218,10 @@ q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, siz
         r = cfg->classes;
         c = cfg->width;
     } else {
-        int j = i % MX_PER_BLOCK;
-        if (name) snprintf(name, cap, "blocks.%d.%s", i / MX_PER_BLOCK, mx_suffix[j]);
-        r = j == MX_FC1 ? cfg->mlp_hidden : cfg->width;
-        c = j == MX_FC2 ? cfg->mlp_hidden : cfg->width;
+        int j = i % Q3R_TF_MATRICES;
+        if (name) snprintf(name, cap, "blocks.%d.%s", i / Q3R_TF_MATRICES, vit_names.mat[j]);
+        r = j == Q3R_TF_FC1 ? cfg->mlp_hidden : cfg->width;
+        c = j == Q3R_TF_FC2 ? cfg->mlp_hidden : cfg->width;
     }
     if (rows) *rows = r;
     if (cols) *cols = c;
@@ -339,7 +258,9 @@ q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, 
     m->P = g * g;
     m->T = m->P + 1;
     m->K = cfg->channels * cfg->patch * cfg->patch;
-    const int nt = P_HEAD_FIRST + cfg->depth * MAX_TENSORS_PER_BLOCK + 5;
+    m->dims = (q3r_tf_dims){.D = cfg->width, .H = cfg->heads, .M = cfg->mlp_hidden,
+                            .ln_eps = Q3R_LN_EPS};
+    const int nt = P_HEAD_FIRST + cfg->depth * Q3R_TF_MAX_TENSORS + 5;
     if (q3r_model_base_init(&m->base, &vit_ops, nt, nmat, ranks, max_batch, "vit create", NULL))
         goto oom;
     m->base.input = (q3r_model_input){.kind = Q3R_INPUT_IMAGES, .channels = cfg->channels,
@@ -348,16 +269,12 @@ q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, 
     m->base.metric = Q3R_METRIC_ACCURACY;
     m->blk = calloc((size_t)cfg->depth, sizeof *m->blk);
     m->bp = calloc((size_t)cfg->depth, sizeof *m->bp);
-    m->mt = calloc((size_t)nmat, sizeof *m->mt);
-    if (!m->blk || !m->bp || !m->mt) goto oom;
+    if (!m->blk || !m->bp) goto oom;
     name_matrices(m);
     build_table(m);
     if (q3r_model_base_alloc(&m->base, m->base.nparams, "vit create", NULL)) goto oom;
     size_t na, nk, ns;
-    vit_block_acts *blk = m->blk;
-    m->blk = NULL; /* sizing pass */
-    layout(m, &na, &nk, &ns);
-    m->blk = blk;
+    layout(m, &na, &nk, &ns); /* sizing pass: the arenas are NULL */
     m->arena = q3r_alloc(sizeof(float) * na);
     m->scratch = q3r_alloc(sizeof(float) * ns);
     m->mask_arena = nk ? q3r_alloc(nk) : NULL;
@@ -382,7 +299,6 @@ void q3r_vit_free(q3r_vit *m) {
     free(m->labels);
     free(m->blk);
     free(m->bp);
-    free(m->mt);
     free(m);
 }
 
@@ -424,24 +340,14 @@ q3r_status q3r_vit_import(q3r_vit *m, const q3r_tensor_list *in, q3r_error *err)
     return q3r_model_import(&m->base, in, err);
 }
 
-/* multiply-adds of matrix mx applied to n rows */
-static double mat_macs(const q3r_model_matrix_slot *mx, double n) {
-    return n * (mx->rank ? (double)mx->rank * (mx->rows + mx->cols) : (double)mx->rows * mx->cols);
-}
-
 double q3r_vit_forward_flops(const q3r_vit *m, int B) {
     const q3r_vit_config *c = &m->cfg;
-    const double T = m->T, D = c->width, N = (double)B * T;
-    /* multiply-adds: a full block on N rows; the last block has B query rows (see the top) */
-    double macs = (double)B * m->P * m->K * D + mat_macs(&m->base.mats[m->base.nmat - 1], B);
-    for (int l = 0; l < c->depth; l++) {
-        const q3r_model_matrix_slot *mx = &m->base.mats[mx_index(l, 0)];
-        const int last = l == c->depth - 1;
-        const double nq = last ? (double)B : N;
-        macs += mat_macs(&mx[MX_Q], N) + mat_macs(&mx[MX_K], N) + mat_macs(&mx[MX_V], N);
-        macs += mat_macs(&mx[MX_PROJ], nq) + mat_macs(&mx[MX_FC1], nq) + mat_macs(&mx[MX_FC2], nq);
-        macs += last ? 2.0 * B * T * D : 2.0 * B * T * T * D;
-    }
+    const double T = m->T, D = c->width;
+    /* multiply-adds: a full block on B*T rows; the last block has B query rows (see the top) */
+    double macs = (double)B * m->P * m->K * D +
+                  q3r_tf_mat_macs(&m->base.mats[m->base.nmat - 1], B);
+    for (int l = 0; l < c->depth; l++)
+        macs += q3r_tf_block_macs(&m->base, &m->bp[l], &m->dims, B, T, l == c->depth - 1 ? 1 : T);
     return 2.0 * macs;
 }
 
@@ -481,37 +387,6 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed) {
 
 /* ---- forward ---------------------------------------------------------------------------------- */
 
-/* y (n rows, row stride ldy) = x (n, cols) W^T + bias (rows; may be NULL) + res (n rows, stride
- * ldy; may be NULL or y; only with ldy == rows for a dense matrix) for matrix mx. */
-static void mat_forward(q3r_vit *m, int i, float *y, int ldy, const float *x, const float *bias,
-                        const float *res, int n) {
-    const q3r_model_matrix_slot *mx = &m->base.mats[i];
-    if (mx->rank) {
-        q3r_linear_factored_forward(y, ldy, m->mt[i], x, par(m, mx->a), par(m, mx->b), bias, res,
-                                    n, mx->cols, mx->rank, mx->rows);
-    } else {
-        const float *w = par(m, mx->w) + mx->row0 * (size_t)mx->cols;
-        if (ldy == mx->rows) q3r_linear_forward(y, x, w, bias, res, n, mx->cols, mx->rows);
-        else q3r_linear_forward_ld(y, ldy, x, w, bias, n, mx->cols, mx->rows);
-    }
-}
-
-/* Backward of mat_forward: dx (n, cols) written (accumulate 0) or added to; the matrix's
- * parameter gradients and dbias (rows; may be NULL) accumulate. dy (n rows, stride lddy). */
-static void mat_backward(q3r_vit *m, int i, float *dx, float *dbias, const float *dy, int lddy,
-                         const float *x, int n, int accumulate) {
-    const q3r_model_matrix_slot *mx = &m->base.mats[i];
-    if (mx->rank) {
-        q3r_linear_factored_backward(dx, grd(m, mx->a), grd(m, mx->b), dbias, m->dt, dy, lddy, x,
-                                     m->mt[i], par(m, mx->a), par(m, mx->b), n, mx->cols, mx->rank,
-                                     mx->rows, accumulate);
-    } else {
-        const size_t o = mx->row0 * (size_t)mx->cols;
-        q3r_linear_backward_ld(dx, grd(m, mx->w) + o, dbias, dy, lddy, x, par(m, mx->w) + o, n,
-                               mx->cols, mx->rows, accumulate);
-    }
-}
-
 q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, int B,
                            float label_smoothing, int training, q3r_rng *rng, float *loss_out,
                            q3r_error *err) {
@@ -535,7 +410,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
                                 labels[b], b, c->classes);
     m->have_labels = 0;
 
-    const int T = m->T, P = m->P, D = c->width, M = c->mlp_hidden, H = c->heads, N = B * T;
+    const int T = m->T, P = m->P, D = c->width, N = B * T;
     const int drop = p > 0.0f;
     q3r_im2col_patches(m->patches, images, B, c->channels, c->image_size, c->image_size, c->patch);
     q3r_linear_forward(m->pe, m->patches, par(m, P_PE_W), par(m, P_PE_B), NULL, B * P, m->K, D);
@@ -543,55 +418,26 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
     if (drop) q3r_dropout_forward(m->x0, m->m_pos, (size_t)N * D, p, rng);
     const float *x = m->x0;
     for (int l = 0; l < c->depth; l++) {
-        vit_block_acts *a = &m->blk[l];
         /* Only the class token reaches the head, so the last block needs every token as a key
          * and value but only the class token as a query: its attention output, projection,
          * MLP and residuals run on B rows instead of B*T. */
-        const int last = l == c->depth - 1, Tq = last ? 1 : T, Nq = B * Tq;
-        const float *xres = x; /* (Nq, D) residual input */
+        const int last = l == c->depth - 1;
+        const q3r_tf_call call = {.B = B, .T = T, .Tq = last ? 1 : T, .causal = 0, .p = p,
+                                  .rng = rng};
+        const float *xres = x; /* (B*Tq, D) residual input */
         if (last) {
             for (int b = 0; b < B; b++)
                 memcpy(m->clsx + (size_t)b * D, x + (size_t)b * T * D, sizeof(float) * (size_t)D);
             xres = m->clsx;
         }
-        vit_block_params *bp = &m->bp[l];
-        q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, par(m, bp->ln1_w),
-                              par(m, bp->ln1_b), N, D);
-        if (bp->qkv_w >= 0) {
-            q3r_linear_forward(a->qkv, a->ln1, par(m, bp->qkv_w), par(m, bp->qkv_b), NULL, N, D,
-                               3 * D);
-        } else {
-            /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
-            for (int j = MX_Q; j <= MX_V; j++)
-                mat_forward(m, mx_index(l, j), a->qkv + (size_t)j * D, 3 * D, a->ln1,
-                            par(m, bp->qkv_b) + (size_t)j * D, NULL, N);
-        }
-        q3r_attention_forward(a->atty, a->att, a->qkv, B, T, Tq, D, H);
-        if (drop) {
-            mat_forward(m, mx_index(l, MX_PROJ), a->x1, D, a->atty, par(m, bp->proj_b), NULL, Nq);
-            q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, rng);
-            q3r_residual_forward(a->x1, a->x1, xres, (size_t)Nq * D);
-        } else {
-            mat_forward(m, mx_index(l, MX_PROJ), a->x1, D, a->atty, par(m, bp->proj_b), xres, Nq);
-        }
-        q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, par(m, bp->ln2_w),
-                              par(m, bp->ln2_b), Nq, D);
-        mat_forward(m, mx_index(l, MX_FC1), a->h, M, a->ln2, par(m, bp->fc1_b), NULL, Nq);
-        q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
-        if (drop) {
-            q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, rng);
-            mat_forward(m, mx_index(l, MX_FC2), a->x2, D, a->g, par(m, bp->fc2_b), NULL, Nq);
-            q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, rng);
-            q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
-        } else {
-            mat_forward(m, mx_index(l, MX_FC2), a->x2, D, a->g, par(m, bp->fc2_b), a->x1, Nq);
-        }
-        x = a->x2;
+        q3r_tf_block_forward(&m->base, &m->bp[l], &m->blk[l], &m->dims, &call, x, xres);
+        x = m->blk[l].x2;
     }
     /* x: (B, D), the class token of the last block's output */
     q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, m->norm_w),
-                          par(m, m->norm_b), B, D);
-    mat_forward(m, m->base.nmat - 1, m->logits, c->classes, m->lnf, par(m, m->head_b), NULL, B);
+                          par(m, m->norm_b), B, D, m->dims.ln_eps);
+    q3r_tf_mat_forward(&m->base, m->base.nmat - 1, m->head_t, m->logits, c->classes, m->lnf,
+                       par(m, m->head_b), NULL, B);
     m->last_B = B;
     m->last_p = p;
     if (labels) {
@@ -612,68 +458,31 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
     if (!m->have_labels)
         return q3r_fail(err, Q3R_EINVAL, "vit backward: the last forward had no labels");
     const q3r_vit_config *c = &m->cfg;
-    const int B = m->last_B, T = m->T, P = m->P, D = c->width, M = c->mlp_hidden, H = c->heads;
+    const int B = m->last_B, T = m->T, P = m->P, D = c->width;
     const int N = B * T, C = c->classes;
     const float p = m->last_p;
     const int drop = p > 0.0f;
+    float *dres = m->sc.dres; /* (N, D) gradient of the residual stream */
 
     q3r_xent_backward(m->dlogits, m->probs, m->labels, B, C, m->last_ls, 1.0f);
-    mat_backward(m, m->base.nmat - 1, m->dlnf, grd(m, m->head_b), m->dlogits, C, m->lnf, B, 0);
+    q3r_tf_mat_backward(&m->base, m->base.nmat - 1, m->head_t, m->sc.dt, m->dlnf,
+                        grd(m, m->head_b), m->dlogits, C, m->lnf, B, 0);
     memset(m->dclsx, 0, sizeof(float) * (size_t)B * D);
     const float *xlast = m->blk[c->depth - 1].x2;
     q3r_layernorm_backward(m->dclsx, grd(m, m->norm_w), grd(m, m->norm_b), m->dlnf, xlast,
                            m->lnf_mean, m->lnf_rstd, par(m, m->norm_w), B, D);
 
     for (int l = c->depth - 1; l >= 0; l--) {
-        vit_block_acts *a = &m->blk[l];
-        vit_block_params *bp = &m->bp[l];
         const float *x = l ? m->blk[l - 1].x2 : m->x0;
-        const int last = l == c->depth - 1, Tq = last ? 1 : T, Nq = B * Tq;
-        /* dr (Nq, D): gradient of the residual stream at this block's output; for the last
-         * block that is only the class rows (dclsx), otherwise the full stream (dres) */
-        float *dr = last ? m->dclsx : m->dres;
-        /* MLP branch: dr holds d x2 */
-        const float *dy = dr;
-        if (drop) {
-            memcpy(m->dD2, dr, sizeof(float) * (size_t)Nq * D);
-            q3r_dropout_backward(m->dD2, a->m_mlp2, (size_t)Nq * D, p);
-            dy = m->dD2;
-        }
-        mat_backward(m, mx_index(l, MX_FC2), m->dh, grd(m, bp->fc2_b), dy, D, a->g, Nq, 0);
-        if (drop) q3r_dropout_backward(m->dh, a->m_mlp1, (size_t)Nq * M, p);
-        q3r_gelu_backward(m->dh, m->dh, a->h, (size_t)Nq * M);
-        mat_backward(m, mx_index(l, MX_FC1), m->dD, grd(m, bp->fc1_b), m->dh, M, a->ln2, Nq, 0);
-        q3r_layernorm_backward(dr, grd(m, bp->ln2_w), grd(m, bp->ln2_b), m->dD, a->x1,
-                               a->ln2_mean, a->ln2_rstd, par(m, bp->ln2_w), Nq, D);
-        /* attention branch: dr now holds d x1 */
-        dy = dr;
-        if (drop) {
-            memcpy(m->dD2, dr, sizeof(float) * (size_t)Nq * D);
-            q3r_dropout_backward(m->dD2, a->m_proj, (size_t)Nq * D, p);
-            dy = m->dD2;
-        }
-        mat_backward(m, mx_index(l, MX_PROJ), m->dD, grd(m, bp->proj_b), dy, D, a->atty, Nq, 0);
-        q3r_attention_backward(m->dqkv, m->datt, m->dD, a->qkv, a->att, B, T, Tq, D, H);
-        if (bp->qkv_w >= 0) {
-            q3r_linear_backward(m->dD, grd(m, bp->qkv_w), grd(m, bp->qkv_b), m->dqkv, a->ln1,
-                                par(m, bp->qkv_w), N, D, 3 * D, 0);
-        } else {
-            for (int j = MX_Q; j <= MX_V; j++)
-                mat_backward(m, mx_index(l, j), m->dD, grd(m, bp->qkv_b) + (size_t)j * D,
-                             m->dqkv + (size_t)j * D, 3 * D, a->ln1, N, j > MX_Q);
-        }
-        if (last) {
-            /* the residual passes d x1 straight to the class rows of the full stream */
-            memset(m->dres, 0, sizeof(float) * (size_t)N * D);
-            for (int b = 0; b < B; b++)
-                memcpy(m->dres + (size_t)b * T * D, m->dclsx + (size_t)b * D,
-                       sizeof(float) * (size_t)D);
-        }
-        q3r_layernorm_backward(m->dres, grd(m, bp->ln1_w), grd(m, bp->ln1_b), m->dD, x,
-                               a->ln1_mean, a->ln1_rstd, par(m, bp->ln1_w), N, D);
+        const int last = l == c->depth - 1;
+        const q3r_tf_call call = {.B = B, .T = T, .Tq = last ? 1 : T, .causal = 0, .p = p};
+        /* the gradient at this block's output: for the last block only the class rows (dclsx),
+         * which the block then spreads into the full stream; otherwise the stream, in place */
+        q3r_tf_block_backward(&m->base, &m->bp[l], &m->blk[l], &m->dims, &call, &m->sc, x,
+                              last ? m->dclsx : dres, dres);
     }
-    if (drop) q3r_dropout_backward(m->dres, m->m_pos, (size_t)N * D, p);
-    q3r_tokens_backward(m->dpe, grd(m, P_CLS), grd(m, P_POS), m->dres, B, P, D);
+    if (drop) q3r_dropout_backward(dres, m->m_pos, (size_t)N * D, p);
+    q3r_tokens_backward(m->dpe, grd(m, P_CLS), grd(m, P_POS), dres, B, P, D);
     q3r_linear_backward(NULL, grd(m, P_PE_W), grd(m, P_PE_B), m->dpe, m->patches, par(m, P_PE_W),
                         B * P, m->K, D, 0);
     return Q3R_OK;

@@ -1,7 +1,11 @@
 /* Multi-head self-attention core on a fused qkv activation laid out like timm
  * (qkv.reshape(B, T, 3, H, Dh)): no transposes or copies, the per-head q, k, v are strided
  * views (leading dimension 3D) handed straight to sgemm. One (b, h) pair per loop iteration;
- * inside the OpenMP region OpenBLAS runs single-threaded. */
+ * inside the OpenMP region OpenBLAS runs single-threaded.
+ *
+ * Causal mode masks after the score sgemm: the softmax of query t runs over keys 0..t and the
+ * probabilities past t are set to 0, so the value and gradient products (full sgemms) add
+ * exact zeros for the masked keys. */
 #include "q3r/nn.h"
 
 #include <cblas.h>
@@ -40,7 +44,7 @@ static void softmax_row(float *row, int n) {
 }
 
 void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D,
-                           int H) {
+                           int H, int causal) {
     const int Dh = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
 #pragma omp parallel for schedule(static)
@@ -52,7 +56,12 @@ void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int 
         /* a (Tq, T) = scale * q (Tq, Dh) k^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, scale, q, ld, k, ld, 0.0f,
                     a, T);
-        for (int t = 0; t < Tq; t++) softmax_row(a + (size_t)t * T, T);
+        for (int t = 0; t < Tq; t++) {
+            /* keys seen by query t: all T, or 0..t (causal) */
+            const int n = causal ? t + 1 : T;
+            softmax_row(a + (size_t)t * T, n);
+            if (n < T) memset(a + (size_t)t * T + n, 0, sizeof(float) * (size_t)(T - n));
+        }
         /* out[b, :, h*Dh:(h+1)*Dh] (Tq, Dh) = a (Tq, T) v (T, Dh) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, a, T, v, ld, 0.0f,
                     out + (size_t)b * Tq * D + (size_t)h * Dh, D);
@@ -60,7 +69,7 @@ void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int 
 }
 
 void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int Tq, int D, int H) {
+                            const float *att, int B, int T, int Tq, int D, int H, int causal) {
     const int Dh = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
 #pragma omp parallel for schedule(static)
@@ -77,15 +86,18 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
                     dv, ld);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, 1.0f, dO, D, v, ld, 0.0f,
                     da, T);
-        /* softmax backward, in place: ds = a * (da - sum_j da a), times the score scale */
+        /* softmax backward, in place: ds = a * (da - sum_j da a), times the score scale; over
+         * the keys query t saw (all T, or 0..t when causal), ds = 0 for the masked ones */
         for (int t = 0; t < Tq; t++) {
             const float *ar = a + (size_t)t * T;
             float *dr = da + (size_t)t * T;
+            const int n = causal ? t + 1 : T;
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-            for (int j = 0; j < T; j++) s += dr[j] * ar[j];
+            for (int j = 0; j < n; j++) s += dr[j] * ar[j];
 #pragma omp simd
-            for (int j = 0; j < T; j++) dr[j] = scale * ar[j] * (dr[j] - s);
+            for (int j = 0; j < n; j++) dr[j] = scale * ar[j] * (dr[j] - s);
+            if (n < T) memset(dr + n, 0, sizeof(float) * (size_t)(T - n));
         }
         /* dq (Tq, Dh) = ds k ; dk (T, Dh) = ds^T q ; tokens that were no query get dq = 0 */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, da, T, k, ld, 0.0f,

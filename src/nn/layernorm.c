@@ -5,7 +5,7 @@
 #include <omp.h>
 
 void q3r_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
-                           const float *beta, int n, int d) {
+                           const float *beta, int n, int d, float eps) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * d;
@@ -17,7 +17,7 @@ void q3r_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
         float v = 0.0f; /* two passes: no cancellation when |mean| >> std */
 #pragma omp simd reduction(+ : v)
         for (int j = 0; j < d; j++) v += (xi[j] - m) * (xi[j] - m);
-        float r = 1.0f / sqrtf(v / (float)d + Q3R_LN_EPS);
+        float r = 1.0f / sqrtf(v / (float)d + eps);
 #pragma omp simd
         for (int j = 0; j < d; j++) yi[j] = (xi[j] - m) * r * gamma[j] + beta[j];
         mean[i] = m;
