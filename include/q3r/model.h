@@ -72,6 +72,14 @@ int q3r_target_group_of(q3r_matrix_kind k);   /* Q, K, V -> 0 (qkv), PROJ -> 1, 
  * (the message lists the known ones), a list that selects nothing. */
 q3r_status q3r_targets_parse(const char *targets, unsigned *kinds, q3r_error *err);
 
+/* The kind a state-dict tensor name denotes (for files from anywhere: timm, nanoGPT,
+ * HuggingFace, PyTorch's MultiheadAttention), from its last component before ".weight" or
+ * "_weight": q, q_proj, query, wq -> Q (likewise K, V); proj, o_proj, out_proj, wo -> PROJ;
+ * fc1, c_fc -> FC1; fc2 -> FC2; nanoGPT's c_proj -> FC2 under "mlp.", PROJ otherwise; head,
+ * lm_head, classifier -> HEAD. A fused Q/K/V weight (qkv, in_proj, c_attn, query_key_value)
+ * sets *fused_qkv = 1 and leaves *kind. Returns 0, or -1 when the name is none of these. */
+int q3r_matrix_kind_of_name(const char *name, q3r_matrix_kind *kind, int *fused_qkv);
+
 /* One weight matrix as the model holds it, pointing into the parameter and gradient buffers.
  * Dense (rank 0): w, dw (rows, cols; row-major with leading dimension cols: for Q/K/V of a fused
  * qkv, a row block of it); a = b = NULL. Factored (rank r): a, da (rows, r); b, db (r, cols);

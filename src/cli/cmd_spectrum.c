@@ -131,7 +131,13 @@ static void gp_block(FILE *f, const q3r_spectrum_matrix *m) {
     fputc('\n', f); /* a blank line ends one polyline; the next starts a new one */
 }
 
-static const char *const kind_order[] = {"q", "k", "v", "qkv", "proj", "fc1", "fc2", "head", "other"};
+/* Plot groups in the vocabulary's order (q, k, v, the fused qkv, proj, fc1, fc2, head), then "other". */
+enum { NGROUPS = Q3R_MAT_KINDS + 2 };
+static const char *group_kind(int g) {
+    if (g < 3) return q3r_matrix_kind_name((q3r_matrix_kind)g);
+    if (g == 3) return q3r_target_group_name(0);
+    return g < NGROUPS - 1 ? q3r_matrix_kind_name((q3r_matrix_kind)(g - 1)) : "other";
+}
 static const char *const colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
 #define NCOLORS (sizeof colors / sizeof colors[0])
@@ -165,10 +171,10 @@ static int write_plot(const char *path, const char *file, const q3r_spectrum_rep
             fputc('\n', pl.data);
         }
     } else {
-        for (size_t k = 0; k < sizeof kind_order / sizeof kind_order[0]; k++) {
+        for (int k = 0; k < NGROUPS; k++) {
             int any = 0;
             for (int i = 0; i < r->count; i++)
-                if (!strcmp(r->items[i].kind, kind_order[k])) {
+                if (!strcmp(r->items[i].kind, group_kind(k))) {
                     any++;
                     gp_block(pl.data, &r->items[i]);
                 }
@@ -185,12 +191,12 @@ static int write_plot(const char *path, const char *file, const q3r_spectrum_rep
             plot_quote(g, r->items[i].name);
         }
     } else {
-        for (size_t k = 0; k < sizeof kind_order / sizeof kind_order[0]; k++) {
+        for (int k = 0; k < NGROUPS; k++) {
             int cnt = 0;
-            for (int i = 0; i < r->count; i++) cnt += !strcmp(r->items[i].kind, kind_order[k]);
+            for (int i = 0; i < r->count; i++) cnt += !strcmp(r->items[i].kind, group_kind(k));
             if (!cnt) continue;
             char t[64];
-            snprintf(t, sizeof t, "%s (%d)", kind_order[k], cnt);
+            snprintf(t, sizeof t, "%s (%d)", group_kind(k), cnt);
             fputs(s ? ", \\\n  " : "", g);
             plot_data_ref(&pl, s);
             fprintf(g, " lw 1.5 lc rgb '%s' title ", colors[k % NCOLORS]);

@@ -9,6 +9,7 @@
 #include "args.h"
 #include "base/util.h"
 #include "commands.h"
+#include "model_open.h"
 #include "plot.h"
 
 #include <math.h>
@@ -184,30 +185,16 @@ int q3r_cmd_sweep(int argc, char **argv) {
         return 1;
     }
     q3r_set_threads(threads);
-    q3r_model *m = NULL;
-    q3r_meta meta;
-    q3r_meta_init(&meta);
-    char name[64];
-    q3r_normalize norm;
     q3r_dataset ds;
     memset(&ds, 0, sizeof ds);
     q3r_sweep_result res;
     memset(&res, 0, sizeof res);
     int status = 1;
-    if (q3r_model_load(pos[0], batch, &m, &meta, &err)) {
-        fprintf(stderr, "q3r sweep: %s\n", err.msg);
-        goto done;
-    }
-    if (q3r_metadata_normalize(&meta, &norm, &err)) {
-        fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
-        goto done;
-    }
-    if (dataset) snprintf(name, sizeof name, "%s", dataset);
-    else if (q3r_meta_get(&meta, "data.name")) snprintf(name, sizeof name, "%s", q3r_meta_get(&meta, "data.name"));
-    else {
-        fprintf(stderr, "q3r sweep: %s names no dataset; give --dataset\n", pos[0]);
-        goto done;
-    }
+    cli_model cm;
+    if (cli_model_open("sweep", pos[0], batch, dataset, &cm)) goto done;
+    q3r_model *m = cm.model;
+    const char *name = cm.dataset;
+    q3r_normalize norm = cm.norm;
     q3r_sweep_spec spec = {.targets = targets, .ps = ps, .count = nps, .norm = &norm, .limit = limit, .ds = &ds};
     /* cheap checks (targets, ranks) before the dataset is read */
     {
@@ -248,8 +235,7 @@ done:
     fflush(stdout);
     q3r_sweep_result_free(&res);
     q3r_dataset_free(&ds);
-    q3r_model_free(m);
-    q3r_meta_free(&meta);
+    cli_model_close(&cm);
     free(ps);
     return status;
 }

@@ -6,6 +6,7 @@
 #include "args.h"
 #include "base/util.h"
 #include "commands.h"
+#include "model_open.h"
 #include "progress.h"
 
 #include <math.h>
@@ -290,28 +291,13 @@ int q3r_cmd_eval(int argc, char **argv) {
     }
     q3r_set_threads(threads);
     q3r_error err;
-    q3r_model *m = NULL;
-    q3r_meta meta;
-    q3r_meta_init(&meta);
-    char name[64];
-    q3r_normalize norm;
+    cli_model cm;
+    if (cli_model_open("eval", pos[0], batch, dataset, &cm)) return 1;
+    q3r_model *m = cm.model;
+    const char *name = cm.dataset;
     q3r_dataset ds;
     memset(&ds, 0, sizeof ds);
     int status = 1;
-    if (q3r_model_load(pos[0], batch, &m, &meta, &err)) {
-        fprintf(stderr, "q3r eval: %s\n", err.msg);
-        goto done;
-    }
-    if (q3r_metadata_normalize(&meta, &norm, &err)) {
-        fprintf(stderr, "q3r eval: %s: %s\n", pos[0], err.msg);
-        goto done;
-    }
-    if (dataset) snprintf(name, sizeof name, "%s", dataset);
-    else if (q3r_meta_get(&meta, "data.name")) snprintf(name, sizeof name, "%s", q3r_meta_get(&meta, "data.name"));
-    else {
-        fprintf(stderr, "q3r eval: %s names no dataset; give --dataset\n", pos[0]);
-        goto done;
-    }
     if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
         fprintf(stderr, "q3r eval: %s\n", err.msg);
         goto done;
@@ -319,7 +305,7 @@ int q3r_cmd_eval(int argc, char **argv) {
     q3r_score score;
     progress_bar bar;
     progress_init(&bar, json);
-    q3r_status s = q3r_evaluate(m, &ds, &norm, limit, progress_update, &bar, &score, &err);
+    q3r_status s = q3r_evaluate(m, &ds, &cm.norm, limit, progress_update, &bar, &score, &err);
     progress_finish(&bar);
     if (s) {
         fprintf(stderr, "q3r eval: %s\n", err.msg);
@@ -347,7 +333,6 @@ int q3r_cmd_eval(int argc, char **argv) {
     status = 0;
 done:
     q3r_dataset_free(&ds);
-    q3r_model_free(m);
-    q3r_meta_free(&meta);
+    cli_model_close(&cm);
     return status;
 }

@@ -2,6 +2,7 @@
  * (dtype, filter, qkv split), singular values in parallel across matrices, metrics. */
 #include "q3r/spectrum.h"
 #include "q3r/linalg.h"
+#include "q3r/model.h"
 #include "base/util.h"
 
 #include <limits.h>
@@ -19,38 +20,22 @@ q3r_spectrum_options q3r_spectrum_options_default(void) {
     return o;
 }
 
-/* ---- names and kinds --------------------------------------------------------------- */
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && memcmp(s + a - b, suffix, b) == 0;
-}
+/* ---- names and kinds (the model layer's vocabulary) ------------------------------------ */
 
 const char *q3r_spectrum_kind(const char *name) {
-    if (!name) return "other";
-    size_t len = strlen(name);
-    if (ends_with(name, ".weight")) len -= 7;
-    else if (ends_with(name, "_weight")) len -= 7;
-    size_t start = len;
-    while (start > 0 && name[start - 1] != '.') start--;
-    const char *c = name + start;
-    size_t n = len - start;
-    static const struct {
-        const char *comp, *kind;
-    } map[] = {
-        {"q", "q"},         {"q_proj", "q"},     {"query", "q"},     {"wq", "q"},
-        {"k", "k"},         {"k_proj", "k"},     {"key", "k"},       {"wk", "k"},
-        {"v", "v"},         {"v_proj", "v"},     {"value", "v"},     {"wv", "v"},
-        {"qkv", "qkv"},     {"in_proj", "qkv"},  {"c_attn", "qkv"},  {"query_key_value", "qkv"},
-        {"proj", "proj"},   {"o_proj", "proj"},  {"out_proj", "proj"}, {"wo", "proj"},
-        {"fc1", "fc1"},     {"c_fc", "fc1"},     {"fc2", "fc2"},
-        {"head", "head"},   {"lm_head", "head"}, {"classifier", "head"},
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (strlen(map[i].comp) == n && memcmp(map[i].comp, c, n) == 0) return map[i].kind;
-    return "other";
+    q3r_matrix_kind k;
+    int fused;
+    if (q3r_matrix_kind_of_name(name, &k, &fused)) return "other";
+    return fused ? q3r_target_group_name(0) /* "qkv" */ : q3r_matrix_kind_name(k);
 }
 
-static const char *const kind_names[] = {"q", "k", "v", "qkv", "proj", "fc1", "fc2", "head"};
+/* A filter term that names a kind: one of the vocabulary's, or "qkv" (a fused tensor and the
+ * three parts split from it). */
+static int is_kind_name(const char *term) {
+    for (int k = 0; k < Q3R_MAT_KINDS; k++)
+        if (!strcmp(term, q3r_matrix_kind_name((q3r_matrix_kind)k))) return 1;
+    return !strcmp(term, q3r_target_group_name(0));
+}
 
 /* Does the filter select matrix (name, tensor, kind)? from_qkv: a part of a split qkv. */
 static int filter_selects(const char *filter, const char *name, const char *tensor, const char *kind,
@@ -64,10 +49,7 @@ static int filter_selects(const char *filter, const char *name, const char *tens
         if (n >= sizeof term) n = sizeof term - 1;
         memcpy(term, p, n);
         term[n] = 0;
-        int is_kind = 0;
-        for (size_t i = 0; i < sizeof kind_names / sizeof kind_names[0]; i++)
-            if (!strcmp(term, kind_names[i])) is_kind = 1;
-        if (is_kind) {
+        if (is_kind_name(term)) {
             if (!strcmp(term, kind) || (!strcmp(term, "qkv") && from_qkv)) return 1;
         } else if (n > 0 && (strstr(name, term) || strstr(tensor, term))) {
             return 1;
@@ -88,6 +70,11 @@ static q3r_status check_filter(const char *filter, q3r_error *err) {
         if (!comma) return Q3R_OK;
         p = comma + 1;
     }
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && memcmp(s + a - b, suffix, b) == 0;
 }
 
 /* A fused qkv tensor name: the prefix length of "<prefix>.qkv.weight" or

@@ -3,6 +3,8 @@
  * the fields of struct q3r_model (model_impl.h). */
 #include "model_impl.h"
 
+#include "base/util.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,13 +97,13 @@ q3r_status q3r_model_config_to_meta(const q3r_model *m, q3r_meta *meta, q3r_erro
         q3r_meta_remove(meta, "model.ranks");
         return Q3R_OK;
     }
-    size_t cap = (size_t)m->nmat * 12 + 1, len = 0;
-    char *t = malloc(cap);
-    if (!t) return q3r_fail(err, Q3R_ENOMEM, "model metadata: out of memory");
-    for (int i = 0; i < m->nmat; i++)
-        len += (size_t)snprintf(t + len, cap - len, "%s%d", i ? "," : "", m->ranks[i]);
-    s = q3r_meta_set(meta, "model.ranks", t, err);
-    free(t);
+    q3r_text t;
+    q3r_text_init(&t);
+    if (q3r_text_add_ints(&t, m->ranks, m->nmat, ","))
+        s = q3r_fail(err, Q3R_ENOMEM, "model metadata: out of memory");
+    else
+        s = q3r_meta_set(meta, "model.ranks", q3r_text_str(&t), err);
+    q3r_text_free(&t);
     return s;
 }
 
