@@ -1,16 +1,12 @@
 /* The run loop: training any model with any method, with evaluation by the model's metric,
- * metrics lines, checkpoints and exact resume. A run is a pure function of its config and seed
- * (for a given thread count): everything that changes during training (weights, Adam moments, regularizer state, data
- * position, dropout RNG, step) goes into the checkpoint, so a resumed run ends on the same
- * bits as an uninterrupted one. */
-#include "q3r/train.h"
+ * metrics lines (run_log.c), checkpoints and exact resume (checkpoint.c). A run is a pure
+ * function of its config and seed (for a given thread count and rank count). */
+#include "run_impl.h"
 
 #include "base/util.h"
-#include "q3r/io.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,73 +37,6 @@ q3r_train_config q3r_train_defaults(void) {
     return c;
 }
 
-/* ---- config as metadata ------------------------------------------------------------ */
-
-/* Every key here shapes the trajectory of the run; a resume must find them all equal. */
-static q3r_status build_metadata(const q3r_train_config *c, const q3r_trainer *t,
-                                 const q3r_normalize *norm, q3r_meta *meta, q3r_error *err) {
-    const q3r_model *m = q3r_trainer_model((q3r_trainer *)t);
-    q3r_status s = q3r_meta_setf(meta, err, "format", "q3r-%s-1", q3r_model_family_name(m));
-    if (!s) s = q3r_model_config_to_meta(m, meta, err);
-    if (!s) s = q3r_meta_set(meta, "data.name", c->dataset, err);
-    if (!s) s = q3r_meta_setf(meta, err, "data.train_limit", "%lld", (long long)c->train_limit);
-    if (!s) s = q3r_metadata_set_normalize(meta, norm, err);
-    if (!s) s = q3r_meta_setf(meta, err, "train.batch", "%d", c->batch);
-    if (!s) s = q3r_meta_setf(meta, err, "train.epochs", "%d", c->epochs);
-    if (!s) s = q3r_meta_setf(meta, err, "train.augment", "%d", c->augment);
-    if (!s) s = q3r_meta_setf(meta, err, "train.label_smoothing", "%.9g", c->label_smoothing);
-    if (!s) s = q3r_meta_set(meta, "train.lr_schedule", c->lr.kind == Q3R_LR_COSINE ? "cosine" : "constant", err);
-    if (!s) s = q3r_meta_setf(meta, err, "train.lr", "%.17g", c->lr.lr);
-    if (!s) s = q3r_meta_setf(meta, err, "train.min_lr", "%.17g", c->lr.min_lr);
-    if (!s) s = q3r_meta_setf(meta, err, "train.warmup", "%lld", (long long)c->lr.warmup_steps);
-    if (!s) s = q3r_meta_setf(meta, err, "train.weight_decay", "%.17g", c->weight_decay);
-    if (!s) s = q3r_meta_setf(meta, err, "train.clip", "%.17g", c->clip);
-    if (!s) s = q3r_meta_setf(meta, err, "train.seed", "%llu", (unsigned long long)c->seed);
-    if (!s) s = q3r_trainer_metadata(t, meta, err);
-    return s;
-}
-
-/* Every key of `want` must be in the checkpoint's metadata with the same value. */
-static q3r_status metadata_match(const q3r_meta *want, const q3r_meta *have_in, const char *path,
-                                 q3r_error *err) {
-    q3r_meta have;
-    q3r_meta_init(&have);
-    q3r_status s = q3r_meta_copy(&have, have_in, err);
-    /* checkpoints written before "model.family" existed hold a ViT */
-    if (!s && !q3r_meta_has(&have, "model.family")) s = q3r_meta_set(&have, "model.family", "vit", err);
-    const char *got = NULL, *key = s ? NULL : q3r_meta_first_difference(want, &have, &got);
-    if (key && !got)
-        s = q3r_fail(err, Q3R_EINVAL, "%s: cannot resume: the checkpoint has no '%s'", path, key);
-    else if (key)
-        s = q3r_fail(err, Q3R_EINVAL,
-                     "%s: cannot resume: the checkpoint was made with %s=%s, this run has %s", path,
-                     key, got, q3r_meta_get(want, key));
-    q3r_meta_free(&have);
-    return s;
-}
-
-/* ---- the run's state ----------------------------------------------------------------- */
-
-typedef struct {
-    const q3r_train_config *cfg;
-    q3r_dataset train_full, test_full;
-    q3r_dataset train, test; /* views limited to train_limit / test_limit */
-    q3r_normalize norm;
-    q3r_meta model_meta;     /* the preset's, when cfg->model is NULL */
-    q3r_model *model;        /* the trainer's once it exists */
-    q3r_trainer *trainer;
-    q3r_set *reg;            /* the trainer's */
-    q3r_metric metric;
-    q3r_loader loader;
-    double lambda;
-    int64_t step, total_steps, steps_per_epoch; /* step mirrors the trainer's */
-    /* the metric's sums over the current epoch (checkpointed so logs resume exactly too) */
-    q3r_score epoch;
-    q3r_meta meta;
-    char *ckpt_path, *model_path, *log_path;
-    float *x;
-    int32_t *y;
-} run_state;
 
 static void run_free(run_state *r) {
     q3r_dataset_free(&r->train_full);
@@ -179,100 +108,9 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     r->x = q3r_alloc((size_t)c->batch * img * sizeof(float));
     r->y = q3r_alloc((size_t)c->batch * sizeof(int32_t));
     if (!r->x || !r->y) return q3r_fail(err, Q3R_ENOMEM, "batch buffers: out of memory");
-    return build_metadata(c, r->trainer, &r->norm, &r->meta, err);
+    return q3r_run_build_metadata(c, r->trainer, &r->norm, &r->meta, err);
 }
 
-/* ---- checkpoints -------------------------------------------------------------------------- */
-
-static q3r_status add_i64(q3r_tensor_list *l, const char *name, int64_t v, q3r_error *err) {
-    int64_t shape[1] = {1};
-    return q3r_tensor_list_add(l, name, Q3R_I64, 1, shape, &v, err);
-}
-
-static q3r_status get_i64(const q3r_tensor_list *l, const char *name, int64_t *v, q3r_error *err) {
-    const q3r_tensor *t;
-    q3r_status s = q3r_tensor_list_get(l, name, Q3R_I64, 1, &t, err);
-    if (!s) memcpy(v, t->data, sizeof *v);
-    return s;
-}
-
-static q3r_status save_checkpoint(run_state *r, q3r_error *err) {
-    q3r_tensor_list l;
-    q3r_tensor_list_init(&l);
-    int64_t el = 0;
-    memcpy(&el, &r->epoch.loss_sum, sizeof el); /* the running loss, bit for bit */
-    q3r_status s = q3r_trainer_export(r->trainer, &l, err);
-    if (!s) s = q3r_loader_export(&r->loader, &l, err);
-    if (!s) s = add_i64(&l, "train.epoch_loss_bits", el, err);
-    if (!s) s = add_i64(&l, "train.epoch_correct", r->epoch.correct, err);
-    if (!s) s = add_i64(&l, "train.epoch_seen", r->epoch.units, err);
-    if (!s) s = q3r_safetensors_write_meta(r->ckpt_path, &l, &r->meta, err);
-    q3r_tensor_list_free(&l);
-    return s;
-}
-
-static q3r_status load_checkpoint(run_state *r, q3r_error *err) {
-    q3r_tensor_list l;
-    q3r_tensor_list_init(&l);
-    q3r_meta meta;
-    q3r_meta_init(&meta);
-    const char *path = r->ckpt_path;
-    int64_t el = 0;
-    q3r_status s = q3r_safetensors_read_meta(path, &l, &meta, err);
-    if (!s && !meta.count) s = q3r_fail(err, Q3R_EFORMAT, "%s: no metadata (not a q3r checkpoint)", path);
-    if (!s) s = metadata_match(&r->meta, &meta, path, err);
-    if (!s && (s = q3r_trainer_import(r->trainer, &l, err))) q3r_fail_context(err, "%s", path);
-    if (!s) r->step = q3r_trainer_steps(r->trainer);
-    if (!s && (s = q3r_loader_import(&r->loader, &l, err))) q3r_fail_context(err, "%s", path);
-    if (!s) s = get_i64(&l, "train.epoch_loss_bits", &el, err);
-    if (!s) memcpy(&r->epoch.loss_sum, &el, sizeof el);
-    if (!s) s = get_i64(&l, "train.epoch_correct", &r->epoch.correct, err);
-    if (!s) s = get_i64(&l, "train.epoch_seen", &r->epoch.units, err);
-    if (s && err && !strstr(err->msg, path)) q3r_fail_context(err, "%s", path);
-    q3r_tensor_list_free(&l);
-    q3r_meta_free(&meta);
-    return s;
-}
-
-/* ---- metrics ------------------------------------------------------------------------------ */
-
-static void log_matrices(q3r_jsonl *log, q3r_set *reg) {
-    int n = q3r_set_count(reg);
-    double *buf = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1) * 5);
-    if (!buf) return; /* the line is still written, without these arrays */
-    double *renv = buf, *eps = buf + n, *sr1 = buf + 2 * n, *erank = buf + 3 * n, *ratio = buf + 4 * n;
-    for (int i = 0; i < n; i++) {
-        q3r_state_info in;
-        q3r_set_info(reg, i, &in);
-        renv[i] = in.r_env;
-        eps[i] = in.eps;
-        sr1[i] = in.sigma_r1;
-        erank[i] = in.nsigma ? q3r_effective_rank(in.sigma, in.nsigma) : NAN;
-        ratio[i] = in.nsigma ? in.sigma_r1 / in.sigma[0] : NAN;
-    }
-    q3r_jsonl_add_double_array(log, "r_env", renv, (size_t)n);
-    q3r_jsonl_add_double_array(log, "eps", eps, (size_t)n);
-    q3r_jsonl_add_double_array(log, "sigma_r1", sr1, (size_t)n);
-    q3r_jsonl_add_double_array(log, "sigma_r1_over_sigma1", ratio, (size_t)n);
-    q3r_jsonl_add_double_array(log, "effective_rank", erank, (size_t)n);
-    free(buf);
-}
-
-static q3r_status log_start(q3r_jsonl *log, run_state *r, int resumed, q3r_error *err) {
-    q3r_jsonl_begin(log);
-    q3r_jsonl_add_string(log, "event", resumed ? "resume" : "start");
-    q3r_jsonl_add_int(log, "step", r->step);
-    q3r_jsonl_add_int(log, "total_steps", r->total_steps);
-        q3r_jsonl_add_double(log, "lambda", r->lambda);
-    /* The order of the per-matrix arrays in epoch lines. */
-    q3r_text names;
-    q3r_text_init(&names);
-    for (int i = 0; i < q3r_set_count(r->reg); i++)
-        q3r_text_addf(&names, "%s%s", i ? "," : "", q3r_set_name(r->reg, i));
-    q3r_jsonl_add_string(log, "matrices", q3r_text_str(&names));
-    q3r_text_free(&names);
-    return q3r_jsonl_end(log, err);
-}
 /* ---- the loop ------------------------------------------------------------------------------ */
 
 static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn progress, void *ctx,
@@ -305,7 +143,7 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     snprintf(key, sizeof key, "test_%s", q3r_metric_name(r->metric));
     q3r_jsonl_add_double(log, key, test_acc);
     q3r_jsonl_add_double(log, "elapsed_s", q3r_now() - t0);
-    log_matrices(log, r->reg);
+    q3r_run_log_matrices(log, r->reg);
     if ((s = q3r_jsonl_end(log, err))) return s;
     if (progress) {
         q3r_train_progress p = {.phase = Q3R_PHASE_EPOCH, .metric = r->metric, .step = r->step, .total_steps = r->total_steps,
@@ -364,9 +202,9 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         if (!r.ckpt_path || !r.model_path || !r.log_path) s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
     }
     if (!s) s = setup(&r, &cfg, err);
-    if (!s && resume) s = load_checkpoint(&r, err);
+    if (!s && resume) s = q3r_run_load_checkpoint(&r, err);
     if (!s) s = q3r_jsonl_open(&log, r.log_path, resume, err);
-    if (!s) s = log_start(&log, &r, resume, err);
+    if (!s) s = q3r_run_log_start(&log, &r, resume, err);
     res->lambda = r.lambda;
     double t0 = q3r_now();
     int64_t start_step = r.step;
@@ -410,7 +248,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         int stop = (cfg.stop_after > 0 && r.step - start_step >= cfg.stop_after) ||
                    (cfg.interrupt && *cfg.interrupt);
         if (epoch_end || stop || (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0))
-            if ((s = save_checkpoint(&r, err))) break;
+            if ((s = q3r_run_save_checkpoint(&r, err))) break;
         if (stop) break;
     }
     res->steps = r.step;
