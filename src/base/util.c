@@ -1,7 +1,6 @@
 /* Shared private helpers (see util.h). */
 #include "base/util.h"
 
-#include "q3r/io.h" /* q3r_json_append_string */
 
 #include <errno.h>
 #include <math.h>
@@ -69,10 +68,46 @@ int q3r_text_addf(q3r_text *t, const char *fmt, ...) {
     return rc;
 }
 
+int q3r_json_escape_append(char **buf, size_t *len, size_t *cap, const char *s) {
+    /* Worst case 6 bytes per input byte (\u00XX) plus quotes and NUL. */
+    size_t need = *len + 6 * strlen(s) + 3;
+    if (need > *cap) {
+        size_t nc = *cap ? *cap : 64;
+        while (nc < need) nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    char *o = *buf + *len;
+    *o++ = '"';
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        switch (*c) {
+        case '"': *o++ = '\\'; *o++ = '"'; break;
+        case '\\': *o++ = '\\'; *o++ = '\\'; break;
+        case '\n': *o++ = '\\'; *o++ = 'n'; break;
+        case '\r': *o++ = '\\'; *o++ = 'r'; break;
+        case '\t': *o++ = '\\'; *o++ = 't'; break;
+        default:
+            if (*c < 0x20) {
+                static const char hex[] = "0123456789abcdef";
+                *o++ = '\\'; *o++ = 'u'; *o++ = '0'; *o++ = '0';
+                *o++ = hex[*c >> 4]; *o++ = hex[*c & 15];
+            } else {
+                *o++ = (char)*c;
+            }
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    *len = (size_t)(o - *buf);
+    return 0;
+}
+
 int q3r_text_add_json_string(q3r_text *t, const char *s) {
     if (!s) return q3r_text_add(t, "null");
     if (t->failed) return -1;
-    if (q3r_json_append_string(&t->buf, &t->len, &t->cap, s)) {
+    if (q3r_json_escape_append(&t->buf, &t->len, &t->cap, s)) {
         t->failed = 1;
         return -1;
     }

@@ -32,7 +32,11 @@ void q3r_text_init(q3r_text *t);
 void q3r_text_free(q3r_text *t); /* releases buf and leaves t empty (zero) */
 int q3r_text_add(q3r_text *t, const char *s);
 int q3r_text_addf(q3r_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* s as a JSON string literal (quotes included), escaped as q3r_json_append_string does;
+/* Append s as a JSON string literal (quotes, escapes for ", \\, control characters; NUL-
+ * terminated) to the buffer *buf of *len bytes used out of *cap (grown with realloc). 0, or -1
+ * when out of memory. The one escaper: io's q3r_json_append_string is this. */
+int q3r_json_escape_append(char **buf, size_t *len, size_t *cap, const char *s);
+/* s as a JSON string literal (quotes included), escaped as q3r_json_escape_append does;
  * s == NULL adds the four bytes null. */
 int q3r_text_add_json_string(q3r_text *t, const char *s);
 /* The text so far: "" when empty, never NULL (valid until the next add or free). */

@@ -3,6 +3,8 @@
  * strings are checked to be valid UTF-8, and recursion depth is capped. */
 #include "q3r/io.h"
 
+#include "base/util.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -352,39 +354,7 @@ q3r_status q3r_json_get_string(const char *json, const char *key, char *out, siz
 }
 
 int q3r_json_append_string(char **buf, size_t *len, size_t *cap, const char *s) {
-    /* Worst case 6 bytes per input byte (\u00XX) plus quotes and NUL. */
-    size_t need = *len + 6 * strlen(s) + 3;
-    if (need > *cap) {
-        size_t nc = *cap ? *cap : 64;
-        while (nc < need) nc *= 2;
-        char *nb = realloc(*buf, nc);
-        if (!nb) return -1;
-        *buf = nb;
-        *cap = nc;
-    }
-    char *o = *buf + *len;
-    *o++ = '"';
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        switch (*c) {
-        case '"': *o++ = '\\'; *o++ = '"'; break;
-        case '\\': *o++ = '\\'; *o++ = '\\'; break;
-        case '\n': *o++ = '\\'; *o++ = 'n'; break;
-        case '\r': *o++ = '\\'; *o++ = 'r'; break;
-        case '\t': *o++ = '\\'; *o++ = 't'; break;
-        default:
-            if (*c < 0x20) {
-                static const char hex[] = "0123456789abcdef";
-                *o++ = '\\'; *o++ = 'u'; *o++ = '0'; *o++ = '0';
-                *o++ = hex[*c >> 4]; *o++ = hex[*c & 15];
-            } else {
-                *o++ = (char)*c;
-            }
-        }
-    }
-    *o++ = '"';
-    *o = '\0';
-    *len = (size_t)(o - *buf);
-    return 0;
+    return q3r_json_escape_append(buf, len, cap, s);
 }
 
 q3r_status q3r_json_set_string(char **json, const char *key, const char *value, q3r_error *err) {
