@@ -24,7 +24,6 @@
 #include <stdint.h>
 
 #include "q3r/base.h"
-#include "q3r/data.h"
 #include "q3r/io.h"
 
 #ifdef __cplusplus
