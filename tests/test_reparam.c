@@ -167,29 +167,13 @@ static void test_identity_init(void) {
     q3r_reparam_free(rp);
 }
 
-/* Q (n x k) with orthonormal columns: Gram-Schmidt (twice) of normal columns, in double. */
-static void orthonormal(double *Q, int n, int k, q3r_rng *rng) {
-    fill_normal_d(Q, (size_t)n * k, 1.0, rng);
-    for (int pass = 0; pass < 2; pass++)
-        for (int j = 0; j < k; j++) {
-            for (int p = 0; p < j; p++) {
-                double d = 0;
-                for (int i = 0; i < n; i++) d += Q[i * k + j] * Q[i * k + p];
-                for (int i = 0; i < n; i++) Q[i * k + j] -= d * Q[i * k + p];
-            }
-            double nrm = 0;
-            for (int i = 0; i < n; i++) nrm += Q[i * k + j] * Q[i * k + j];
-            for (int i = 0; i < n; i++) Q[i * k + j] /= sqrt(nrm);
-        }
-}
-
 static void test_spectral_init(void) {
     enum { M = 12, N = 7, K = 7, RK = 3 };
     q3r_rng rng;
     q3r_rng_seed(&rng, 5);
     double U[M * K], V[N * K], s[K] = {3.0, 2.2, 1.5, 0.9, 0.5, 0.2, 0.05};
-    orthonormal(U, M, K, &rng);
-    orthonormal(V, N, K, &rng);
+    random_orthonormal(U, M, K, &rng);
+    random_orthonormal(V, N, K, &rng);
     float w[M * N], dw[M * N];
     double trunc[M * N];
     for (int i = 0; i < M; i++)
