@@ -1,12 +1,32 @@
 """What the Python tests share: where the q3r program and the test tools are, a check
 counter that ends a test with the plain 'N passed, N failed' line, running the program,
-and the learning-rate schedule's closed form (the reference the optimizer tests use)."""
+the skip without the dataset, and the learning-rate schedule's closed form (the reference
+the optimizer tests use)."""
 import math
 import os
 import subprocess
+import sys
 
 BINDIR = os.environ.get("Q3R_BINARY_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build")
 Q3R = os.environ.get("Q3R_BIN") or os.path.join(BINDIR, "q3r")
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def tool_path(name):
+    """The test tool `name` (tests/tool_*.c) in the build tree, or None (with a FAIL line)
+    when it is not built."""
+    path = os.path.join(BINDIR, name)
+    if not os.path.exists(path):
+        print(f"FAIL: {path} not built")
+        return None
+    return path
+
+
+def skip_without_fashion_mnist(test):
+    """Exit 77 (skip) when the Fashion-MNIST dataset is not installed."""
+    if not os.path.isdir(FASHION_MNIST):
+        print(f"{test}: skipped (no {FASHION_MNIST})")
+        sys.exit(77)
 
 
 class Checks:

@@ -24,11 +24,9 @@ import tempfile
 
 ROOT = os.environ.get("Q3R_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Q3R, Checks  # noqa: E402
+from q3r_testing import Q3R, Checks, skip_without_fashion_mnist  # noqa: E402
 SCRIPT = os.path.join(ROOT, "scripts", "experiment.py")
-if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-    print("test_experiment: skipped (no /usr/share/datasets/fashion-mnist)")
-    sys.exit(77)
+skip_without_fashion_mnist("test_experiment")
 check = Checks()
 
 

@@ -168,11 +168,8 @@ static void test_model(float dropout) {
     q3r_vit_init(f, 5);
     q3r_rng r;
     q3r_rng_seed(&r, 3);
+    vit_perturb(f, 0.3, &r);
     float *p = q3r_vit_params(f);
-    for (int i = 0; i < q3r_vit_num_tensors(f); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(f, i);
-        for (size_t j = 0; j < numel(t); j++) p[t->offset + j] += (float)(0.3 * q3r_rng_normal(&r));
-    }
     densify(f, d);
     q3r_vit_zero_grad(f);
     q3r_vit_zero_grad(d);

@@ -5,7 +5,7 @@ The reference is written here, independently of q3r's reparam code: each target 
 row block of a fused qkv weight separately) is a product of nn.Parameters in float64
 (LoRITa: W_1 = W_0, W_2 = W_3 = I; factorized: A = U_r sqrt(S_r), B = sqrt(S_r) V_r^T from
 torch.linalg.svd of W_0, r = floor(0.4 m n / (m + n))), materialised into the dense ViT of
-test_vit_torch.py before each forward. The dense task gradient (every parameter, targets
+torch_reference.py before each forward. The dense task gradient (every parameter, targets
 included) goes through torch.nn.utils.clip_grad_norm_, as in the other modes; autograd carries
 the clipped dW of each target back through its product to the factors; one torch.optim.AdamW
 steps the factors (decay) and the other parameters (decay on the non-target matrices only), at
@@ -16,19 +16,16 @@ and the final factors (the factorized ones up to the sign of each rank-one pair,
 does not fix). Exit 77 (skip) without torch."""
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import safetensors_np  # noqa: E402
-from q3r_testing import lr_at  # noqa: E402
+from q3r_testing import tool_path  # noqa: E402
 
 try:
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    from test_vit_torch import ViT
+    from torch_reference import adamw, adamw_step, final_weights_err, max_rel_err, run_steps_tool, step_loss, step_lr
 except ImportError as e:
     print(f"test_lorita_torch: skipped, torch/numpy not available ({e})")
     sys.exit(77)
@@ -57,15 +54,7 @@ def product(factors):
 
 
 def run(mode, tool, tmp):
-    inp, outp = os.path.join(tmp, f"{mode}-in.safetensors"), os.path.join(tmp, f"{mode}-out.safetensors")
-    subprocess.run([tool, mode, inp, outp], check=True)
-    w, meta = safetensors_np.read(inp)
-    res, _ = safetensors_np.read(outp)
-    steps = int(meta["steps"])
-    batches = [(torch.from_numpy(w.pop(f"batch.{s}.images")).double(),
-                torch.from_numpy(w.pop(f"batch.{s}.labels"))) for s in range(steps)]
-    model = ViT(16, 1, 4, WIDTH, DEPTH, 2, MLP, 10).double()
-    model.load_state_dict({k: torch.from_numpy(v).double() for k, v in w.items()}, strict=True)
+    meta, res, batches, model = run_steps_tool(tool, mode, tmp)
 
     chains = {}
     for name, p, r0, rows in targets(model):
@@ -86,8 +75,7 @@ def run(mode, tool, tmp):
             continue   # materialised from the factors, never stepped itself
         is_matrix = name.endswith(".weight") and p.dim() >= 2
         (decay if is_matrix else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(meta["weight_decay"])},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1.0)
+    opt = adamw(decay, no_decay, meta)
 
     def materialise():
         prods = []
@@ -100,19 +88,17 @@ def run(mode, tool, tmp):
 
     losses, norms = [], []
     for s, (x, y) in enumerate(batches):
-        lr = lr_at(s, float(meta["lr"]), float(meta["min_lr"]), int(meta["warmup"]), steps)
+        lr = step_lr(meta, s)
         prods = materialise()
         opt.zero_grad()
         model.zero_grad()
-        loss = F.cross_entropy(model(x), y, label_smoothing=float(meta["label_smoothing"]))
+        loss = step_loss(model, x, y, meta)
         loss.backward()
         losses.append(loss.item())
         # The dense task gradient, targets' dW included, is what gets clipped, as in every mode.
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(meta["clip"]))))
         torch.autograd.backward(prods, [p.grad[r0:r0 + rows] for _, p, r0, rows in targets(model)])
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.step()
+        adamw_step(opt, lr)
     materialise()
 
     failures = 0
@@ -123,18 +109,15 @@ def run(mode, tool, tmp):
         print(f"{'ok  ' if ok else 'FAIL'} {mode}: {text}")
 
     got = res["losses"]
-    err = np.abs(got - np.array(losses)).max() / np.abs(losses).max()
+    err = max_rel_err(got, losses)
     report(err < 1e-5, f"losses q3r {np.array2string(got, precision=6)} torch "
                        f"{np.array2string(np.array(losses), precision=6)} (max rel err {err:.1e})")
     gn = res["grad_norms"]
-    err = np.abs(gn - np.array(norms)).max() / np.abs(norms).max()
+    err = max_rel_err(gn, norms)
     report(err < 1e-5 and min(norms) > float(meta["clip"]),
            f"pre-clip grad norms {np.array2string(gn, precision=4)} (max rel err {err:.1e}; all above the clip "
            f"{meta['clip']}, so clipping acted)")
-    worst = 0.0
-    for name, p in model.named_parameters():
-        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy()).max()
-        worst = max(worst, d)
+    worst = final_weights_err(model, res)
     report(worst < 2e-5, f"final collapsed weights max |q3r - torch| = {worst:.2e} (tol 2e-5; lr 2e-3)")
     worst, moved = 0.0, 0.0
     for name, fs in chains.items():
@@ -160,10 +143,8 @@ def run(mode, tool, tmp):
 
 
 def main():
-    bindir = os.environ.get("Q3R_BINARY_DIR", os.path.join(os.path.dirname(__file__), "..", "build"))
-    tool = os.path.join(bindir, "tool_reparam_steps")
-    if not os.path.exists(tool):
-        print(f"test_lorita_torch: FAIL, {tool} not built")
+    tool = tool_path("tool_reparam_steps")
+    if not tool:
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         failures = run("lorita", tool, tmp) + run("factorized", tool, tmp)

@@ -11,6 +11,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from q3r_testing import tool_path  # noqa: E402
+
 try:
     import torch
 except ImportError:
@@ -138,10 +141,8 @@ def run_case(tool, tmp, rows, cols, rank, schedule, phases, steps, lam, lr, seed
 
 
 def main():
-    bindir = os.environ.get("Q3R_BINARY_DIR", os.path.join(os.path.dirname(__file__), "..", "build"))
-    tool = os.path.join(bindir, "tool_q3r")
-    if not os.path.exists(tool):
-        print(f"FAIL: {tool} not built")
+    tool = tool_path("tool_q3r")
+    if not tool:
         return 1
     cases = [
         (7, 5, 2), (5, 7, 2), (12, 12, 4), (30, 18, 6), (16, 48, 5), (9, 4, 4), (20, 10, 1),

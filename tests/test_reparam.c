@@ -167,29 +167,13 @@ static void test_identity_init(void) {
     q3r_reparam_free(rp);
 }
 
-/* Q (n x k) with orthonormal columns: Gram-Schmidt (twice) of normal columns, in double. */
-static void orthonormal(double *Q, int n, int k, q3r_rng *rng) {
-    fill_normal_d(Q, (size_t)n * k, 1.0, rng);
-    for (int pass = 0; pass < 2; pass++)
-        for (int j = 0; j < k; j++) {
-            for (int p = 0; p < j; p++) {
-                double d = 0;
-                for (int i = 0; i < n; i++) d += Q[i * k + j] * Q[i * k + p];
-                for (int i = 0; i < n; i++) Q[i * k + j] -= d * Q[i * k + p];
-            }
-            double nrm = 0;
-            for (int i = 0; i < n; i++) nrm += Q[i * k + j] * Q[i * k + j];
-            for (int i = 0; i < n; i++) Q[i * k + j] /= sqrt(nrm);
-        }
-}
-
 static void test_spectral_init(void) {
     enum { M = 12, N = 7, K = 7, RK = 3 };
     q3r_rng rng;
     q3r_rng_seed(&rng, 5);
     double U[M * K], V[N * K], s[K] = {3.0, 2.2, 1.5, 0.9, 0.5, 0.2, 0.05};
-    orthonormal(U, M, K, &rng);
-    orthonormal(V, N, K, &rng);
+    random_orthonormal(U, M, K, &rng);
+    random_orthonormal(V, N, K, &rng);
     float w[M * N], dw[M * N];
     double trunc[M * N];
     for (int i = 0; i < M; i++)
@@ -277,15 +261,24 @@ static void train_steps(q3r_trainer *t, q3r_rng *rng, int steps) {
     }
 }
 
+/* a trainer for c after `steps` steps on batches from rng seed `seed`; NULL (a failed check)
+ * if it cannot be made */
+static q3r_trainer *trained(const q3r_train_config *c, uint64_t seed, int steps) {
+    q3r_error err;
+    q3r_trainer *t = NULL;
+    CHECK_OK(q3r_trainer_create(c, &t, &err), &err);
+    if (!t) return NULL;
+    q3r_rng rng;
+    q3r_rng_seed(&rng, seed);
+    train_steps(t, &rng, steps);
+    return t;
+}
+
 static void test_collapsed_lorita(void) {
     q3r_train_config c = tiny_config("lorita");
     q3r_error err;
-    q3r_trainer *t = NULL;
-    CHECK_OK(q3r_trainer_create(&c, &t, &err), &err);
+    q3r_trainer *t = trained(&c, 8, 4);
     if (!t) return;
-    q3r_rng rng;
-    q3r_rng_seed(&rng, 8);
-    train_steps(t, &rng, 4);
     q3r_reparam *rp = q3r_trainer_reparam(t);
     CHECK(rp && q3r_reparam_count(rp) == 12, "lorita: 12 target matrices (6 per block)");
     CHECK(q3r_reparam_num_factors(rp, 0) == 3, "lorita: 3 factors by default");
@@ -341,6 +334,7 @@ static void test_collapsed_lorita(void) {
     unlink(path);
     if (ref && saved) {
         float x[TB * IMG * IMG], lr[TB * 3];
+        q3r_rng rng;
         q3r_rng_seed(&rng, 21);
         fill_normal_f(x, TB * IMG * IMG, 1.0, &rng);
         CHECK_OK(q3r_vit_forward(ref, x, NULL, TB, 0, 0, NULL, NULL, &err), &err);
@@ -357,12 +351,8 @@ static void test_collapsed_lorita(void) {
 static void test_factorized_rank(void) {
     q3r_train_config c = tiny_config("factorized");
     q3r_error err;
-    q3r_trainer *t = NULL;
-    CHECK_OK(q3r_trainer_create(&c, &t, &err), &err);
+    q3r_trainer *t = trained(&c, 9, 3);
     if (!t) return;
-    q3r_rng rng;
-    q3r_rng_seed(&rng, 9);
-    train_steps(t, &rng, 3);
     q3r_reparam *rp = q3r_trainer_reparam(t);
     for (int i = 0; i < q3r_reparam_count(rp); i++) {
         int rows = 0, cols = 0, ld = 0, ar, r;

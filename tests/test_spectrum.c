@@ -11,23 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Q (n x k, row-major): k orthonormal columns, k <= n. */
-static void random_orthonormal(double *Q, int n, int k, q3r_rng *rng) {
-    fill_normal_d(Q, (size_t)n * k, 1.0, rng);
-    for (int pass = 0; pass < 2; pass++)
-        for (int j = 0; j < k; j++) {
-            for (int p = 0; p < j; p++) {
-                double d = 0;
-                for (int i = 0; i < n; i++) d += Q[i * k + j] * Q[i * k + p];
-                for (int i = 0; i < n; i++) Q[i * k + j] -= d * Q[i * k + p];
-            }
-            double nn = 0;
-            for (int i = 0; i < n; i++) nn += Q[i * k + j] * Q[i * k + j];
-            nn = sqrt(nn);
-            for (int i = 0; i < n; i++) Q[i * k + j] /= nn;
-        }
-}
-
 /* X (m x n, double) = U diag(s) V^T, s (min(m, n)). */
 static void make_known(double *X, int m, int n, const double *s, q3r_rng *rng) {
     int k = m < n ? m : n;

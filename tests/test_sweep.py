@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Checks, run_q3r  # noqa: E402
+from q3r_testing import Checks, run_q3r, skip_without_fashion_mnist  # noqa: E402
 try:
     import numpy as np  # noqa: F401  (safetensors_np needs it)
     import safetensors_np
@@ -30,9 +30,7 @@ except ImportError as e:
     print(f"test_sweep: skipped ({e})")
     sys.exit(77)
 
-if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-    print("test_sweep: skipped (no /usr/share/datasets/fashion-mnist)")
-    sys.exit(77)
+skip_without_fashion_mnist("test_sweep")
 check = Checks()
 
 

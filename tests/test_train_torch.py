@@ -7,19 +7,16 @@ closed form, and weight decay on the matrices that are not under Q3R.
 Compares the loss of every step and the final weights. Exit 77 (skip) without torch."""
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import safetensors_np  # noqa: E402
-from q3r_testing import lr_at  # noqa: E402
+from q3r_testing import tool_path  # noqa: E402
 
 try:
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    from test_vit_torch import ViT
+    from torch_reference import adamw, adamw_step, final_weights_err, max_rel_err, run_steps_tool, step_loss, step_lr
 except ImportError as e:
     print(f"test_train_torch: skipped, torch/numpy not available ({e})")
     sys.exit(77)
@@ -54,15 +51,7 @@ class Q3RSlice:
 
 
 def run(mode, tool, tmp):
-    inp, outp = os.path.join(tmp, f"{mode}-in.safetensors"), os.path.join(tmp, f"{mode}-out.safetensors")
-    subprocess.run([tool, mode, inp, outp], check=True)
-    w, meta = safetensors_np.read(inp)
-    res, _ = safetensors_np.read(outp)
-    steps = int(meta["steps"])
-    batches = [(torch.from_numpy(w.pop(f"batch.{s}.images")).double(),
-                torch.from_numpy(w.pop(f"batch.{s}.labels"))) for s in range(steps)]
-    model = ViT(16, 1, 4, 32, 2, 2, 64, 10).double()
-    model.load_state_dict({k: torch.from_numpy(v).double() for k, v in w.items()}, strict=True)
+    meta, res, batches, model = run_steps_tool(tool, mode, tmp)
 
     lam, period, rank = float(meta["lambda"]), int(meta["period"]), int(meta["rank"])
     q3r = mode == "adamq3r"
@@ -77,13 +66,12 @@ def run(mode, tool, tmp):
         is_matrix = name.endswith(".weight") and p.dim() >= 2
         under_q3r = q3r and name.endswith("attn.qkv.weight")
         (decay if is_matrix and not under_q3r else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(meta["weight_decay"])},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1.0)
+    opt = adamw(decay, no_decay, meta)
     losses = []
     for s, (x, y) in enumerate(batches):
-        lr = lr_at(s, float(meta["lr"]), float(meta["min_lr"]), int(meta["warmup"]), steps)
+        lr = step_lr(meta, s)
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y, label_smoothing=float(meta["label_smoothing"]))
+        loss = step_loss(model, x, y, meta)
         loss.backward()
         losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(meta["clip"]))
@@ -95,23 +83,18 @@ def run(mode, tool, tmp):
                 updates = [sl.R(sl.W()) for sl in slices]   # all from the pre-update weights
                 for sl, g in zip(slices, updates):
                     sl.W().sub_(lr * 2 * lam * g)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.step()
+        adamw_step(opt, lr)
 
     failures = 0
     got = res["losses"]
-    err = np.abs(got - np.array(losses)).max() / np.abs(losses).max()
+    err = max_rel_err(got, losses)
     ok = err < 1e-5
     failures += not ok
     print(f"{'ok  ' if ok else 'FAIL'} {mode}: losses q3r {np.array2string(got, precision=6)}")
     print(f"     {mode}: losses torch {np.array2string(np.array(losses), precision=6)} (max rel err {err:.1e})")
     # Final weights: after 5 Adam steps each weight moved by about 5 lr; fp32 against float64
     # leaves differences far below that.
-    worst = 0.0
-    for name, p in model.named_parameters():
-        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy()).max()
-        worst = max(worst, d)
+    worst = final_weights_err(model, res)
     ok = worst < 2e-5
     failures += not ok
     print(f"{'ok  ' if ok else 'FAIL'} {mode}: final weights max |q3r - torch| = {worst:.2e} (tol 2e-5; lr 2e-3)")
@@ -119,8 +102,9 @@ def run(mode, tool, tmp):
 
 
 def main():
-    bindir = os.environ.get("Q3R_BINARY_DIR", os.path.join(os.path.dirname(__file__), "..", "build"))
-    tool = os.path.join(bindir, "tool_train_steps")
+    tool = tool_path("tool_train_steps")
+    if not tool:
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
         f1, plain = run("adamw", tool, tmp)
         f2, reg = run("adamq3r", tool, tmp)

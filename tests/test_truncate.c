@@ -60,12 +60,6 @@ static const q3r_vit_config tiny = {8, 2, 4, 12, 2, 3, 16, 5, 0.0f};
 enum { BATCH = 3 };
 static float images[BATCH * 2 * 8 * 8];
 
-static size_t numel(const q3r_param_info *t) {
-    size_t n = 1;
-    for (int k = 0; k < t->ndim; k++) n *= (size_t)t->shape[k];
-    return n;
-}
-
 static q3r_vit *dense_model(const q3r_vit_config *cfg, uint64_t seed, double perturb) {
     q3r_vit *m = NULL;
     q3r_error err;
@@ -74,11 +68,7 @@ static q3r_vit *dense_model(const q3r_vit_config *cfg, uint64_t seed, double per
     q3r_vit_init(m, seed);
     q3r_rng r;
     q3r_rng_seed(&r, seed + 1);
-    float *p = q3r_vit_params(m);
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(m, i);
-        for (size_t j = 0; j < numel(t); j++) p[t->offset + j] += (float)(perturb * q3r_rng_normal(&r));
-    }
+    vit_perturb(m, perturb, &r);
     return m;
 }
 

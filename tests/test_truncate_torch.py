@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Checks, run_q3r  # noqa: E402
+from q3r_testing import Checks, run_q3r, skip_without_fashion_mnist  # noqa: E402
 try:
     import numpy as np
     import safetensors_np
@@ -31,9 +31,7 @@ try:
 except ImportError:
     torch = None
 
-if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-    print("test_truncate_torch: skipped (no /usr/share/datasets/fashion-mnist)")
-    sys.exit(77)
+skip_without_fashion_mnist("test_truncate_torch")
 check = Checks()
 
 

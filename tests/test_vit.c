@@ -36,14 +36,8 @@ static void grad_check(float dropout, float ls) {
     /* larger weights than the 0.02 init, so every nonlinearity is exercised */
     q3r_rng r;
     q3r_rng_seed(&r, 3);
+    vit_perturb(m, 0.3, &r);
     float *p = q3r_vit_params(m);
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(m, i);
-        size_t n = 1;
-        for (int k = 0; k < t->ndim; k++) n *= (size_t)t->shape[k];
-        for (size_t j = 0; j < n; j++)
-            p[t->offset + j] += (float)(0.3 * q3r_rng_normal(&r));
-    }
     q3r_vit_zero_grad(m);
     loss_at(m, ls, 1);
     CHECK_OK(q3r_vit_backward(m, &err), &err);

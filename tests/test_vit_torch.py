@@ -2,11 +2,11 @@
 
 tool_vit_dump (C) builds a small ViT, writes its weights and a batch to a safetensors file,
 runs forward + backward and writes logits, loss and every parameter gradient. Here the same
-architecture is written in plain torch (nn.Linear, nn.LayerNorm, F.gelu, a conv2d patch
-embedding; timm's layout and names; not calling q3r), loaded from those weights by name
-(strict), run in float64, and compared with fp32 tolerances. Exit 77 (skip) without torch.
+architecture is written in plain torch (torch_reference.ViT: nn.Linear, nn.LayerNorm, F.gelu,
+a conv2d patch embedding; timm's layout and names; not calling q3r), loaded from those weights
+by name (strict), run in float64, and compared with fp32 tolerances. Exit 77 (skip) without
+torch.
 """
-import math
 import os
 import subprocess
 import sys
@@ -14,89 +14,21 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
+from q3r_testing import tool_path  # noqa: E402
 
 try:
     import numpy as np
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
+    from torch_reference import ViT
 except ImportError as e:
     print(f"test_vit_torch: skipped, torch/numpy not available ({e})")
     sys.exit(77)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.heads))
-        att = att.softmax(dim=-1)
-        return self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, hidden):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, channels, dim, patch):
-        super().__init__()
-        self.proj = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class ViT(nn.Module):
-    def __init__(self, image_size, channels, patch, width, depth, heads, mlp_hidden, classes):
-        super().__init__()
-        tokens = (image_size // patch) ** 2 + 1
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, width))
-        self.patch_embed = PatchEmbed(channels, width, patch)
-        self.blocks = nn.ModuleList([Block(width, heads, mlp_hidden) for _ in range(depth)])
-        self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, img):
-        x = self.patch_embed(img)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for b in self.blocks:
-            x = b(x)
-        return self.head(self.norm(x)[:, 0])
-
-
 def main():
-    bindir = os.environ.get("Q3R_BINARY_DIR", os.path.join(os.path.dirname(__file__), "..", "build"))
-    tool = os.path.join(bindir, "tool_vit_dump")
-    if not os.path.exists(tool):
-        print(f"test_vit_torch: FAIL, {tool} not built")
+    tool = tool_path("tool_vit_dump")
+    if not tool:
         return 1
     with tempfile.TemporaryDirectory() as d:
         wpath, rpath = os.path.join(d, "w.safetensors"), os.path.join(d, "r.safetensors")

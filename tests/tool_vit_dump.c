@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "q3r/io.h"
 #include "q3r/vit.h"
 
@@ -38,13 +39,7 @@ int main(int argc, char **argv) {
     q3r_vit_init(m, 2024);
     q3r_rng rng;
     q3r_rng_seed(&rng, 77);
-    float *p = q3r_vit_params(m);
-    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
-        const q3r_param_info *t = q3r_vit_tensor(m, i);
-        size_t n = 1;
-        for (int k = 0; k < t->ndim; k++) n *= (size_t)t->shape[k];
-        for (size_t j = 0; j < n; j++) p[t->offset + j] += (float)(0.2 * q3r_rng_normal(&rng));
-    }
+    vit_perturb(m, 0.2, &rng);
     const size_t nimg = (size_t)B * cfg.channels * cfg.image_size * cfg.image_size;
     float *images = malloc(sizeof(float) * nimg);
     for (size_t i = 0; i < nimg; i++) images[i] = (float)q3r_rng_normal(&rng);

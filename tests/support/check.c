@@ -103,3 +103,30 @@ const q3r_meta *vit_meta(q3r_vit_config cfg) {
     }
     return m;
 }
+
+/* ---- random matrices and weights ----------------------------------------------------------- */
+
+void random_orthonormal(double *Q, int n, int k, q3r_rng *rng) {
+    fill_normal_d(Q, (size_t)n * k, 1.0, rng);
+    for (int pass = 0; pass < 2; pass++)
+        for (int j = 0; j < k; j++) {
+            for (int p = 0; p < j; p++) {
+                double d = 0;
+                for (int i = 0; i < n; i++) d += Q[i * k + j] * Q[i * k + p];
+                for (int i = 0; i < n; i++) Q[i * k + j] -= d * Q[i * k + p];
+            }
+            double nn = 0;
+            for (int i = 0; i < n; i++) nn += Q[i * k + j] * Q[i * k + j];
+            nn = sqrt(nn);
+            for (int i = 0; i < n; i++) Q[i * k + j] /= nn;
+        }
+}
+
+void vit_perturb(q3r_vit *m, double scale, q3r_rng *rng) {
+    float *p = q3r_vit_params(m);
+    for (int i = 0; i < q3r_vit_num_tensors(m); i++) {
+        const q3r_param_info *t = q3r_vit_tensor(m, i);
+        const size_t n = (size_t)q3r_param_numel(t);
+        for (size_t j = 0; j < n; j++) p[t->offset + j] += (float)(scale * q3r_rng_normal(rng));
+    }
+}

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stddef.h>
 #include "q3r.h"
+#include "q3r/vit.h"
 
 extern int check_failures, check_count;
 
@@ -58,5 +59,13 @@ const char *tmp_path(const char *rel, char *buf, size_t cap);
 /* A ViT config as model metadata (q3r_vit_config_to_meta, name "test") for a trainer config's
  * `model`; the maps live until exit. */
 const q3r_meta *vit_meta(q3r_vit_config cfg);
+
+/* Q (n x k, row-major): k orthonormal columns, k <= n: Gram-Schmidt (twice, in double) of
+ * N(0, 1) columns from rng. */
+void random_orthonormal(double *Q, int n, int k, q3r_rng *rng);
+
+/* Every parameter of m += scale * N(0, 1) from rng, tensor by tensor in table order: weights
+ * larger than the init, so every nonlinearity is exercised. */
+void vit_perturb(q3r_vit *m, double scale, q3r_rng *rng);
 
 #endif

@@ -1,0 +1,143 @@
+"""The PyTorch references the Python tests share (importing it needs torch and numpy):
+
+- ViT: the ViT written in plain torch (nn.Linear, nn.LayerNorm, F.gelu, a conv2d patch
+  embedding; timm's layout and names; not calling q3r), the oracle of test_vit_torch.py;
+- what the trainer-step tests (test_train_torch.py, test_lorita_torch.py) do alike: run a
+  tool_*_steps program and load what it wrote (the batches and the initial weights of its
+  small ViT, its hyperparameters, its results), torch.optim.AdamW with decay on one group of
+  parameters stepped at the closed-form learning rate, and the errors they compare."""
+import math
+import os
+import subprocess
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import safetensors_np
+from q3r_testing import lr_at
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.heads))
+        att = att.softmax(dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, channels, dim, patch):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ViT(nn.Module):
+    def __init__(self, image_size, channels, patch, width, depth, heads, mlp_hidden, classes):
+        super().__init__()
+        tokens = (image_size // patch) ** 2 + 1
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, width))
+        self.patch_embed = PatchEmbed(channels, width, patch)
+        self.blocks = nn.ModuleList([Block(width, heads, mlp_hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, img):
+        x = self.patch_embed(img)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+# ---- trainer steps -----------------------------------------------------------------------------
+
+# the ViT of tests/support/steps.c
+STEPS_VIT = dict(image_size=16, channels=1, patch=4, width=32, depth=2, heads=2, mlp_hidden=64, classes=10)
+
+
+def run_steps_tool(tool, mode, tmp):
+    """Runs `tool MODE IN OUT` in tmp; gives (meta, results, batches, model): IN's metadata,
+    OUT's tensors, the [(images, labels)] of every step and the float64 ViT loaded (strict)
+    from IN's initial weights."""
+    inp, outp = os.path.join(tmp, f"{mode}-in.safetensors"), os.path.join(tmp, f"{mode}-out.safetensors")
+    subprocess.run([tool, mode, inp, outp], check=True)
+    w, meta = safetensors_np.read(inp)
+    res, _ = safetensors_np.read(outp)
+    batches = [(torch.from_numpy(w.pop(f"batch.{s}.images")).double(),
+                torch.from_numpy(w.pop(f"batch.{s}.labels"))) for s in range(int(meta["steps"]))]
+    model = ViT(**STEPS_VIT).double()
+    model.load_state_dict({k: torch.from_numpy(v).double() for k, v in w.items()}, strict=True)
+    return meta, res, batches, model
+
+
+def adamw(decay, no_decay, meta):
+    """AdamW with meta's weight decay on `decay` and none on `no_decay`; step it with adamw_step."""
+    return torch.optim.AdamW([{"params": decay, "weight_decay": float(meta["weight_decay"])},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=1.0)
+
+
+def step_lr(meta, s):
+    """The learning rate of step s: meta's warmup+cosine schedule in closed form."""
+    return lr_at(s, float(meta["lr"]), float(meta["min_lr"]), int(meta["warmup"]), int(meta["steps"]))
+
+
+def step_loss(model, x, y, meta):
+    return F.cross_entropy(model(x), y, label_smoothing=float(meta["label_smoothing"]))
+
+
+def adamw_step(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.step()
+
+
+def max_rel_err(got, want):
+    """max |got - want| / max |want|"""
+    want = np.array(want)
+    return np.abs(got - want).max() / np.abs(want).max()
+
+
+def final_weights_err(model, res):
+    """max over the model's parameters of |res["final.<name>"] - parameter|"""
+    worst = 0.0
+    for name, p in model.named_parameters():
+        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy()).max()
+        worst = max(worst, d)
+    return worst
