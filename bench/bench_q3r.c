@@ -41,7 +41,7 @@ typedef struct {
     int rows, cols, rank, r_env, threads;
     const char *rank_text;
     double refresh_s, vg_s, gemm_s, drift_s, cold_s, old_s;
-    int method, iters, fell_back; /* the steady-state refresh's stats */
+    int method, iters, fell_back;                          /* the steady-state refresh's stats */
     double torch_refresh_s, torch_vg_s, torch_vg_shared_s; /* < 0: not measured */
 } result;
 
@@ -211,8 +211,8 @@ static int run_torch(const char *python, const char *script, result *res, int n,
     for (int i = 0; i < n; i++)
         len += snprintf(cases + len, sizeof cases - len, "%s%dx%d:%d", i ? "," : "", res[i].rows, res[i].cols,
                         res[i].r_env);
-    snprintf(cmd, sizeof cmd, "'%s' '%s' --json --threads %d --tokens %d --cases %s", python, script, threads, T,
-             cases);
+    snprintf(cmd, sizeof cmd, "'%s' '%s' --json --threads %d --tokens %d --cases %s", python, script, threads,
+             T, cases);
     FILE *f = popen(cmd, "r");
     if (!f) return 1;
     char line[2048];
@@ -239,11 +239,12 @@ static const char *method_name(int m) {
 }
 
 static void print_table(const result *res, int n, int T, int have_torch) {
-    printf("\nthreads %d (OpenBLAS core %s), layer GEMM at %d tokens; refresh = steady warm, drift = warm after "
-           "a 5%% move, cold = first refresh, old = dgesdd in double (before)\n",
-           res[0].threads, q3r_blas_core(), T);
-    printf("%-10s %4s %5s %-8s %9s %9s %9s %9s %8s %8s %8s %8s %8s", "shape", "rank", "r_env", "how", "refr_ms",
-           "drift_ms", "cold_ms", "old_ms", "vg_ms", "gemm_ms", "vg/gemm", "refr/5", "drift/5");
+    printf(
+        "\nthreads %d (OpenBLAS core %s), layer GEMM at %d tokens; refresh = steady warm, drift = warm after "
+        "a 5%% move, cold = first refresh, old = dgesdd in double (before)\n",
+        res[0].threads, q3r_blas_core(), T);
+    printf("%-10s %4s %5s %-8s %9s %9s %9s %9s %8s %8s %8s %8s %8s", "shape", "rank", "r_env", "how",
+           "refr_ms", "drift_ms", "cold_ms", "old_ms", "vg_ms", "gemm_ms", "vg/gemm", "refr/5", "drift/5");
     if (have_torch) printf(" %10s %9s %7s %7s", "t.refr_ms", "t.vg_ms", "refr_x", "vg_x");
     printf("\n");
     for (int i = 0; i < n; i++) {
@@ -252,29 +253,32 @@ static void print_table(const result *res, int n, int T, int have_torch) {
         snprintf(sh, sizeof sh, "%dx%d", r->rows, r->cols);
         if (r->method == Q3R_SVD_SUBSPACE) snprintf(how, sizeof how, "sub/%d", r->iters);
         else snprintf(how, sizeof how, "%s%s", method_name(r->method), r->fell_back ? "!" : "");
-        printf("%-10s %4d %5d %-8s %9.2f %9.2f %9.2f %9.2f %8.3f %8.1f %7.2f%% %7.2f%% %7.2f%%", sh, r->rank, r->r_env,
-               how, 1e3 * r->refresh_s, 1e3 * r->drift_s, 1e3 * r->cold_s, 1e3 * r->old_s, 1e3 * r->vg_s,
-               1e3 * r->gemm_s, 100 * r->vg_s / r->gemm_s, 100 * r->refresh_s / 5 / r->gemm_s,
+        printf("%-10s %4d %5d %-8s %9.2f %9.2f %9.2f %9.2f %8.3f %8.1f %7.2f%% %7.2f%% %7.2f%%", sh, r->rank,
+               r->r_env, how, 1e3 * r->refresh_s, 1e3 * r->drift_s, 1e3 * r->cold_s, 1e3 * r->old_s,
+               1e3 * r->vg_s, 1e3 * r->gemm_s, 100 * r->vg_s / r->gemm_s, 100 * r->refresh_s / 5 / r->gemm_s,
                100 * r->drift_s / 5 / r->gemm_s);
         if (have_torch && r->torch_vg_s > 0)
             printf(" %10.2f %9.3f %6.2fx %6.2fx", 1e3 * r->torch_refresh_s, 1e3 * r->torch_vg_s,
                    r->torch_refresh_s / r->drift_s, r->torch_vg_s / r->vg_s);
         printf("\n");
     }
-    printf("how: sub/N = truncated SVD, N iterations (steady state); f32 = sgesdd; f64 = dgesdd; ! = fell back\n"
-           "targets: vg/gemm <= 2%%, refresh/5/gemm <= 3%%%s\n",
-           have_torch ? "; refr_x = torch svd time / q3r drift time, vg_x = torch (public formula) / q3r; want >= 1"
-                      : "");
+    printf(
+        "how: sub/N = truncated SVD, N iterations (steady state); f32 = sgesdd; f64 = dgesdd; ! = fell back\n"
+        "targets: vg/gemm <= 2%%, refresh/5/gemm <= 3%%%s\n",
+        have_torch
+            ? "; refr_x = torch svd time / q3r drift time, vg_x = torch (public formula) / q3r; want >= 1"
+            : "");
 }
 
 static void print_json(const result *r, int T) {
-    printf("{\"bench\":\"q3r\",\"rows\":%d,\"cols\":%d,\"rank_rule\":\"%s\",\"rank\":%d,\"r_env\":%d,"
-           "\"threads\":%d,\"tokens\":%d,\"refresh_s\":%.6e,\"vg_s\":%.6e,\"gemm_s\":%.6e,"
-           "\"vg_over_gemm\":%.6e,\"refresh5_over_gemm\":%.6e,\"drift_s\":%.6e,\"cold_s\":%.6e,\"old_s\":%.6e,"
-           "\"method\":\"%s\",\"iters\":%d,\"fell_back\":%d",
-           r->rows, r->cols, r->rank_text, r->rank, r->r_env, r->threads, T, r->refresh_s, r->vg_s, r->gemm_s,
-           r->vg_s / r->gemm_s, r->refresh_s / 5 / r->gemm_s, r->drift_s, r->cold_s, r->old_s, method_name(r->method),
-           r->iters, r->fell_back);
+    printf(
+        "{\"bench\":\"q3r\",\"rows\":%d,\"cols\":%d,\"rank_rule\":\"%s\",\"rank\":%d,\"r_env\":%d,"
+        "\"threads\":%d,\"tokens\":%d,\"refresh_s\":%.6e,\"vg_s\":%.6e,\"gemm_s\":%.6e,"
+        "\"vg_over_gemm\":%.6e,\"refresh5_over_gemm\":%.6e,\"drift_s\":%.6e,\"cold_s\":%.6e,\"old_s\":%.6e,"
+        "\"method\":\"%s\",\"iters\":%d,\"fell_back\":%d",
+        r->rows, r->cols, r->rank_text, r->rank, r->r_env, r->threads, T, r->refresh_s, r->vg_s, r->gemm_s,
+        r->vg_s / r->gemm_s, r->refresh_s / 5 / r->gemm_s, r->drift_s, r->cold_s, r->old_s,
+        method_name(r->method), r->iters, r->fell_back);
     if (r->torch_vg_s > 0)
         printf(",\"torch_refresh_s\":%.6e,\"torch_vg_s\":%.6e,\"torch_vg_shared_s\":%.6e,"
                "\"refresh_speedup\":%.4f,\"vg_speedup\":%.4f",
@@ -284,16 +288,15 @@ static void print_json(const result *r, int T) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: bench_q3r [--threads LIST] [--tokens T] [--max-dim D] [--json] [--no-torch]\n"
-            "                 [--python PATH] [--torch-script PATH]\n"
-            "  --threads LIST   comma-separated thread counts (default 1,2)\n"
-            "  --tokens T       tokens of the layer GEMM reference (default 8192)\n"
-            "  --max-dim D      skip shapes with a side above D (default: all)\n"
-            "  --json           JSON lines instead of tables\n"
-            "  --no-torch       do not run bench_q3r_torch.py\n"
-            "  --python PATH    interpreter with torch (default /usr/bin/python3)\n"
-            "  --torch-script   path of bench_q3r_torch.py (default: next to this source)\n");
+    fprintf(f, "usage: bench_q3r [--threads LIST] [--tokens T] [--max-dim D] [--json] [--no-torch]\n"
+               "                 [--python PATH] [--torch-script PATH]\n"
+               "  --threads LIST   comma-separated thread counts (default 1,2)\n"
+               "  --tokens T       tokens of the layer GEMM reference (default 8192)\n"
+               "  --max-dim D      skip shapes with a side above D (default: all)\n"
+               "  --json           JSON lines instead of tables\n"
+               "  --no-torch       do not run bench_q3r_torch.py\n"
+               "  --python PATH    interpreter with torch (default /usr/bin/python3)\n"
+               "  --torch-script   path of bench_q3r_torch.py (default: next to this source)\n");
 }
 
 static int parse_int(const char *flag, const char *v, int lo, int hi, int *out) {
@@ -407,8 +410,7 @@ int main(int argc, char **argv) {
         }
         if (json)
             for (int i = 0; i < n; i++) print_json(&res[i], T);
-        else if (n)
-            print_table(res, n, T, have_torch);
+        else if (n) print_table(res, n, T, have_torch);
         fflush(stdout);
     }
     return 0;

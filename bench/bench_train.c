@@ -34,7 +34,8 @@ static int time_both(q3r_train_config *c, int steps, const float *x, const int32
     int ok = 0;
     for (int mode = 0; mode < 2; mode++) {
         c->reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
-        if (q3r_trainer_create(c, &t[mode], err) || q3r_trainer_step(t[mode], &(q3r_batch){.count = c->batch, .images = x, .targets = y}, &st, err))
+        if (q3r_trainer_create(c, &t[mode], err) ||
+            q3r_trainer_step(t[mode], &(q3r_batch){.count = c->batch, .images = x, .targets = y}, &st, err))
             goto out;
         out[mode] = 1e30;
         if (!mode) *one_run_mib = peak_mib(); /* one trainer alive, one step taken */
@@ -44,7 +45,9 @@ static int time_both(q3r_train_config *c, int steps, const float *x, const int32
         for (int mode = 0; mode < 2; mode++) {
             double t0 = q3r_now();
             for (int s = 0; s < window; s++)
-                if (q3r_trainer_step(t[mode], &(q3r_batch){.count = c->batch, .images = x, .targets = y}, &st, err)) goto out;
+                if (q3r_trainer_step(t[mode], &(q3r_batch){.count = c->batch, .images = x, .targets = y}, &st,
+                                     err))
+                    goto out;
             double dt = (q3r_now() - t0) / window;
             if (dt < out[mode]) out[mode] = dt;
         }
@@ -91,7 +94,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads_list = argv[++i];
         else if (!strcmp(argv[i], "--no-torch")) torch = 0;
         else {
-            fprintf(stderr, "usage: bench_train [--preset P] [--batch B] [--steps N] [--threads 1,2] [--no-torch]\n");
+            fprintf(stderr,
+                    "usage: bench_train [--preset P] [--batch B] [--steps N] [--threads 1,2] [--no-torch]\n");
             return 2;
         }
     }
@@ -100,13 +104,14 @@ int main(int argc, char **argv) {
     q3r_meta mm;
     q3r_meta_init(&mm);
     if (q3r_model_preset(preset, &mm, &err) || batch < 1 || steps < 1) {
-        fprintf(stderr, "bench_train: %s\n", batch < 1 || steps < 1 ? "batch and steps must be >= 1" : err.msg);
+        fprintf(stderr, "bench_train: %s\n",
+                batch < 1 || steps < 1 ? "batch and steps must be >= 1" : err.msg);
         return 2;
     }
     c.model = &mm;
     c.batch = batch;
-    c.lr = (q3r_lr_schedule){.kind = Q3R_LR_CONSTANT, .lr = 1e-4, .min_lr = 1e-4, .warmup_steps = 0,
-                             .total_steps = 1000};
+    c.lr = (q3r_lr_schedule){
+        .kind = Q3R_LR_CONSTANT, .lr = 1e-4, .min_lr = 1e-4, .warmup_steps = 0, .total_steps = 1000};
     c.lambda = 1.0;
     c.label_smoothing = 0.1f;
     q3r_model *probe;
@@ -124,7 +129,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < batch; i++) y[i] = (int32_t)q3r_rng_below(&rng, (uint64_t)in->classes);
 
     double gflop = 3.0 * q3r_model_forward_flops(probe, batch) / 1e9; /* forward + 2x for backward */
-    printf("bench_train: %s (%.2f M parameters), batch %d, OpenBLAS core %s; %.1f GFLOP per step as q3r runs it\n",
+    printf("bench_train: %s (%.2f M parameters), batch %d, OpenBLAS core %s; %.1f GFLOP per step as q3r runs "
+           "it\n",
            preset, (double)q3r_model_param_count(probe) / 1e6, batch, q3r_blas_core(), gflop);
     q3r_model_free(probe);
     printf("%-7s %-9s %10s %9s %9s %10s %12s %10s\n", "threads", "optimizer", "ms/step", "img/s", "GFLOP/s",

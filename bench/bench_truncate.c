@@ -89,8 +89,8 @@ int main(int argc, char **argv) {
             for (int ti = 0; ti < 2; ti++)
                 for (int k = 1; k < 5; k++) {
                     double t = time_forward(f[ti][k], x, B, reps);
-                    printf("%-8d %-7s %5.1f %6d %12.0f %9.2f %10.2f\n", th, targets[ti], ps[k],
-                           rank[ti][k], B / t, td / t, fd / q3r_vit_forward_flops(f[ti][k], B));
+                    printf("%-8d %-7s %5.1f %6d %12.0f %9.2f %10.2f\n", th, targets[ti], ps[k], rank[ti][k],
+                           B / t, td / t, fd / q3r_vit_forward_flops(f[ti][k], B));
                 }
         }
         for (int ti = 0; ti < 2; ti++)

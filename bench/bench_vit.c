@@ -22,28 +22,26 @@ static double sgemm_gflops(int m, int n, int k, int transB) {
     for (size_t i = 0; i < (size_t)m * k; i++) a[i] = (float)(i % 13) * 0.01f;
     for (size_t i = 0; i < (size_t)n * k; i++) b[i] = (float)(i % 7) * 0.01f;
     int ldb = transB ? k : n;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k, 1, a, k,
-                b, ldb, 0, c, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k, 1, a, k, b, ldb, 0,
+                c, n);
     int reps = 5;
     double t = q3r_now();
     for (int r = 0; r < reps; r++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k, 1, a,
-                    k, b, ldb, 0, c, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k, 1, a, k, b, ldb,
+                    0, c, n);
     t = (q3r_now() - t) / reps;
     q3r_free(a), q3r_free(b), q3r_free(c);
     return 2.0 * m * n * k / t / 1e9;
 }
 
-#define TIME(label, reps, flops, stmt)                                                   \
-    do {                                                                                 \
-        stmt;                                                                            \
-        double t0_ = q3r_now();                                                          \
-        for (int r_ = 0; r_ < (reps); r_++) { stmt; }                                    \
-        double ms_ = (q3r_now() - t0_) / (reps) * 1e3;                                   \
-        if ((flops) > 0)                                                                 \
-            printf("    %-34s %8.2f ms  %6.1f GFLOP/s\n", label, ms_, (flops) / ms_ / 1e6); \
-        else                                                                             \
-            printf("    %-34s %8.2f ms\n", label, ms_);                                  \
+#define TIME(label, reps, flops, stmt)                                                                   \
+    do {                                                                                                 \
+        stmt;                                                                                            \
+        double t0_ = q3r_now();                                                                          \
+        for (int r_ = 0; r_ < (reps); r_++) { stmt; }                                                    \
+        double ms_ = (q3r_now() - t0_) / (reps)*1e3;                                                     \
+        if ((flops) > 0) printf("    %-34s %8.2f ms  %6.1f GFLOP/s\n", label, ms_, (flops) / ms_ / 1e6); \
+        else printf("    %-34s %8.2f ms\n", label, ms_);                                                 \
     } while (0)
 
 /* a (n) <- values in [-2, 2): realistic activations (garbage inputs, e.g. inf or NaN, would
@@ -59,8 +57,10 @@ static void breakdown(const q3r_vit_config *c, int B) {
     size_t big = (size_t)N * (M > 3 * D ? M : 3 * D);
     float *x = q3r_calloc(sizeof(float) * big), *y = q3r_calloc(sizeof(float) * big);
     float *z = q3r_calloc(sizeof(float) * big), *w = q3r_calloc(sizeof(float) * (size_t)M * D * 3);
-    float *dw = q3r_calloc(sizeof(float) * (size_t)M * D * 3), *bias = q3r_calloc(sizeof(float) * (M + 3 * D));
-    float *att = q3r_calloc(sizeof(float) * (size_t)B * H * T * T), *datt = q3r_calloc(sizeof(float) * (size_t)B * H * T * T);
+    float *dw = q3r_calloc(sizeof(float) * (size_t)M * D * 3),
+          *bias = q3r_calloc(sizeof(float) * (M + 3 * D));
+    float *att = q3r_calloc(sizeof(float) * (size_t)B * H * T * T),
+          *datt = q3r_calloc(sizeof(float) * (size_t)B * H * T * T);
     float *mean = q3r_calloc(sizeof(float) * N), *rstd = q3r_calloc(sizeof(float) * N);
     fill(x, big), fill(y, big), fill(z, big);
     for (size_t i = 0; i < (size_t)M * D * 3; i++) w[i] = (float)((i * 31) % 100) * 1e-3f - 0.05f;
@@ -68,8 +68,7 @@ static void breakdown(const q3r_vit_config *c, int B) {
     const double lin = 2.0 * N * D;
     printf("  per-kernel, one block (N = %d rows):\n", N);
     fill(x, big), fill(y, big), fill(z, big);
-    TIME("layernorm fwd", 5, 0,
-         q3r_layernorm_forward(y, mean, rstd, x, bias, bias, N, D, Q3R_LN_EPS));
+    TIME("layernorm fwd", 5, 0, q3r_layernorm_forward(y, mean, rstd, x, bias, bias, N, D, Q3R_LN_EPS));
     fill(x, big), fill(y, big), fill(z, big);
     TIME("layernorm bwd", 5, 0, q3r_layernorm_backward(z, dw, dw + D, x, y, mean, rstd, bias, N, D));
     fill(x, big), fill(y, big), fill(z, big);
@@ -124,14 +123,15 @@ int main(int argc, char **argv) {
     const double flops = 3.0 * q3r_vit_forward_flops(m, B);
     /* what a straightforward implementation (torch) computes: every block on all tokens */
     const double Tn = T, Dn = D, Mn = cfg.mlp_hidden;
-    const double nominal = 3.0 * 2.0 *
+    const double nominal =
+        3.0 * 2.0 *
         ((double)B * (T - 1) * cfg.channels * cfg.patch * cfg.patch * Dn +
          cfg.depth * ((double)B * Tn * (4 * Dn * Dn + 2 * Dn * Mn) + 2.0 * B * Tn * Tn * Dn) +
          (double)B * Dn * cfg.classes);
-    printf("bench_vit: %s, batch %d, %d tokens, width %d, depth %d; OpenBLAS core %s\n", preset, B,
-           T, D, cfg.depth, q3r_blas_core());
-    printf("  %.1f GFLOP per forward+backward as q3r runs it (%.1f GFLOP untrimmed, as torch)\n",
-           flops / 1e9, nominal / 1e9);
+    printf("bench_vit: %s, batch %d, %d tokens, width %d, depth %d; OpenBLAS core %s\n", preset, B, T, D,
+           cfg.depth, q3r_blas_core());
+    printf("  %.1f GFLOP per forward+backward as q3r runs it (%.1f GFLOP untrimmed, as torch)\n", flops / 1e9,
+           nominal / 1e9);
     for (int th = 1; th <= 2; th++) {
         q3r_set_threads(th);
         float loss = 0;
@@ -156,8 +156,8 @@ int main(int argc, char **argv) {
         printf("threads %d: fwd+bwd %.1f ms (%.1f GFLOP/s done, %.1f torch-equivalent; best of %d), "
                "loss %.4f\n",
                th, best_fb * 1e3, flops / best_fb / 1e9, nominal / best_fb / 1e9, steps, (double)loss);
-        printf("  sgemm ceiling (OpenBLAS, %d threads): %dx%dx%d %.1f GFLOP/s, %dx%dx%d %.1f GFLOP/s\n",
-               th, B * T, 3 * D, D, ceil_qkv, B * T, cfg.mlp_hidden, D, ceil_fc1);
+        printf("  sgemm ceiling (OpenBLAS, %d threads): %dx%dx%d %.1f GFLOP/s, %dx%dx%d %.1f GFLOP/s\n", th,
+               B * T, 3 * D, D, ceil_qkv, B * T, cfg.mlp_hidden, D, ceil_fc1);
         if (getenv("BENCH_BREAKDOWN")) breakdown(&cfg, B);
     }
     free(images), free(labels);

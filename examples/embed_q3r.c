@@ -26,7 +26,7 @@ int main(void) {
     q3r_rng rng;
     q3r_rng_seed(&rng, 42);
     for (int i = 0; i < D * N; i++) X[i] = (float)q3r_rng_normal(&rng) / 7; /* inputs, D x N */
-    for (int b = 0; b < 3; b++) { /* T_b = A B, rank 4 */
+    for (int b = 0; b < 3; b++) {                                           /* T_b = A B, rank 4 */
         float A[D * RANK], B[RANK * D];
         for (int i = 0; i < D * RANK; i++) A[i] = (float)q3r_rng_normal(&rng) / 4;
         for (int i = 0; i < RANK * D; i++) B[i] = (float)q3r_rng_normal(&rng) / 4;
@@ -67,8 +67,8 @@ int main(void) {
                     for (int j = 0; j < D; j++) G[r * D + j] += e * X[j * N + n];
                 }
             if (use_q3r) {
-                if (q3r_set_maybe_refresh(reg, step, &err)) goto fail;       /* SVDs every 5 steps */
-                if (q3r_set_decoupled_step(reg, lr, NULL, &err)) goto fail;  /* W -= lr 2 lambda R(W) */
+                if (q3r_set_maybe_refresh(reg, step, &err)) goto fail;      /* SVDs every 5 steps */
+                if (q3r_set_decoupled_step(reg, lr, NULL, &err)) goto fail; /* W -= lr 2 lambda R(W) */
             }
             for (int i = 0; i < 3 * D * D; i++) W[i] -= (float)lr * G[i];
         }
@@ -84,9 +84,10 @@ int main(void) {
             dist += (W[i] - T[i]) * (W[i] - T[i]);
             tnorm += T[i] * T[i];
         }
-        printf("%-9s sigma_5/sigma_1 of q, k, v: %.4f %.4f %.4f   rel. fit error %.1e   ||W - T|| / ||T|| %.3f\n",
-               use_q3r ? "with Q3R" : "plain", tail_ratio(W), tail_ratio(W + D * D), tail_ratio(W + 2 * D * D),
-               fit / ref, sqrt(dist / tnorm));
+        printf("%-9s sigma_5/sigma_1 of q, k, v: %.4f %.4f %.4f   rel. fit error %.1e   ||W - T|| / ||T|| "
+               "%.3f\n",
+               use_q3r ? "with Q3R" : "plain", tail_ratio(W), tail_ratio(W + D * D),
+               tail_ratio(W + 2 * D * D), fit / ref, sqrt(dist / tnorm));
         q3r_set_free(reg);
     }
     return 0;

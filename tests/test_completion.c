@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-void dgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, double *a,
-             const int *lda, double *s, double *u, const int *ldu, double *vt, const int *ldvt,
-             double *work, const int *lwork, int *info);
+void dgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, double *a, const int *lda,
+             double *s, double *u, const int *ldu, double *vt, const int *ldvt, double *work,
+             const int *lwork, int *info);
 
 /* Singular values of a row-major float matrix by LAPACK's dgesvd (not the library's path). */
 static void ref_sigma(const float *X, int m, int n, double *S) {
@@ -48,7 +48,8 @@ static void check_default_problem(void) {
     q3r_completion_spec spec = q3r_completion_spec_default();
     q3r_completion_options opt = q3r_completion_options_default();
     CHECK(spec.rows == 200 && spec.cols == 300 && spec.rank == 5 && spec.observed == 0.3,
-          "default problem changed: %d x %d rank %d observed %g", spec.rows, spec.cols, spec.rank, spec.observed);
+          "default problem changed: %d x %d rank %d observed %g", spec.rows, spec.cols, spec.rank,
+          spec.observed);
     q3r_error err = {0};
     q3r_completion_problem *p = NULL;
     CHECK_OK(q3r_completion_problem_create(&spec, &p, &err), &err);
@@ -72,8 +73,8 @@ static void check_default_problem(void) {
     double e = ref_rel_error(p, X);
     printf("q3r: rank %d, rel error %.3e, s6/s1 %.2e, %d SVDs, %.3f s\n", ref_rank(S, k, 1e-3), e,
            S[5] / S[0], r.svds, r.seconds);
-    CHECK(ref_rank(S, k, 1e-3) == 5, "q3r found rank %d (sigma_6/sigma_1 = %.3g), want 5", ref_rank(S, k, 1e-3),
-          S[5] / S[0]);
+    CHECK(ref_rank(S, k, 1e-3) == 5, "q3r found rank %d (sigma_6/sigma_1 = %.3g), want 5",
+          ref_rank(S, k, 1e-3), S[5] / S[0]);
     CHECK(e < 1e-2, "q3r relative error %.3g, want < 1e-2", e);
     CHECK(r.rank_found == ref_rank(S, k, 1e-3), "reported rank %d, recomputed %d", r.rank_found,
           ref_rank(S, k, 1e-3));
@@ -122,7 +123,8 @@ static void check_errors(void) {
     q3r_completion_problem *p = NULL;
     q3r_completion_spec spec = q3r_completion_spec_default();
     spec.rank = 200;
-    CHECK(q3r_completion_problem_create(&spec, &p, &err) == Q3R_EINVAL && !p, "rank 200 of 200 x 300 accepted");
+    CHECK(q3r_completion_problem_create(&spec, &p, &err) == Q3R_EINVAL && !p,
+          "rank 200 of 200 x 300 accepted");
     CHECK(strstr(err.msg, "rank") != NULL, "message should name the rank: %s", err.msg);
     spec = q3r_completion_spec_default();
     spec.observed = 0;
@@ -134,11 +136,13 @@ static void check_errors(void) {
     q3r_completion_options opt = q3r_completion_options_default();
     q3r_completion_result r;
     opt.lr = 1.5; /* beyond 2 / (1 + 2 * 0.5) = 1 */
-    CHECK(q3r_completion_run(p, Q3R_COMPLETION_Q3R, &opt, NULL, &r, &err) == Q3R_EINVAL, "unstable lr accepted");
+    CHECK(q3r_completion_run(p, Q3R_COMPLETION_Q3R, &opt, NULL, &r, &err) == Q3R_EINVAL,
+          "unstable lr accepted");
     CHECK(strstr(err.msg, "lr") != NULL, "message should name lr: %s", err.msg);
     opt = q3r_completion_options_default();
     opt.iters = 0;
-    CHECK(q3r_completion_run(p, Q3R_COMPLETION_SVT, &opt, NULL, &r, &err) == Q3R_EINVAL, "0 iterations accepted");
+    CHECK(q3r_completion_run(p, Q3R_COMPLETION_SVT, &opt, NULL, &r, &err) == Q3R_EINVAL,
+          "0 iterations accepted");
     q3r_completion_problem_free(p);
 }
 

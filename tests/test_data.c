@@ -25,13 +25,18 @@ static void write_file(const char *path, const void *p, size_t n, int gz) {
 }
 
 static void be32(unsigned char *o, uint32_t v) {
-    o[0] = (unsigned char)(v >> 24); o[1] = (unsigned char)(v >> 16);
-    o[2] = (unsigned char)(v >> 8); o[3] = (unsigned char)v;
+    o[0] = (unsigned char)(v >> 24);
+    o[1] = (unsigned char)(v >> 16);
+    o[2] = (unsigned char)(v >> 8);
+    o[3] = (unsigned char)v;
 }
 
 /* IDX images: n x h x w with pixel (i, y, x) = 10 i + 3 y + x; labels i % 3. */
 static size_t make_idx_images(unsigned char *b, uint32_t magic, uint32_t n, uint32_t h, uint32_t w) {
-    be32(b, magic); be32(b + 4, n); be32(b + 8, h); be32(b + 12, w);
+    be32(b, magic);
+    be32(b + 4, n);
+    be32(b + 8, h);
+    be32(b + 12, w);
     size_t k = 16;
     for (uint32_t i = 0; i < n; i++)
         for (uint32_t y = 0; y < h; y++)
@@ -40,7 +45,8 @@ static size_t make_idx_images(unsigned char *b, uint32_t magic, uint32_t n, uint
 }
 
 static size_t make_idx_labels(unsigned char *b, uint32_t magic, uint32_t n) {
-    be32(b, magic); be32(b + 4, n);
+    be32(b, magic);
+    be32(b + 4, n);
     for (uint32_t i = 0; i < n; i++) b[8 + i] = (unsigned char)(i % 3);
     return 8 + n;
 }
@@ -57,15 +63,16 @@ static void test_fashion_mnist(void) {
         CHECK(0, "Fashion-MNIST not loadable: %s", err.msg);
         return;
     }
-    CHECK(tr.n == 60000 && tr.c == 1 && tr.h == 28 && tr.w == 28, "train dims %lld %d %d %d",
-          (long long)tr.n, tr.c, tr.h, tr.w);
+    CHECK(tr.n == 60000 && tr.c == 1 && tr.h == 28 && tr.w == 28, "train dims %lld %d %d %d", (long long)tr.n,
+          tr.c, tr.h, tr.w);
     CHECK(tr.num_classes == 10, "classes");
     int first[5] = {9, 0, 0, 3, 0}; /* ankle boot, T-shirt, T-shirt, dress, T-shirt */
     for (int i = 0; i < 5; i++) CHECK(tr.labels[i] == first[i], "train label %d = %d", i, tr.labels[i]);
     int64_t per[10] = {0};
     for (int64_t i = 0; i < tr.n; i++)
         if (tr.labels[i] >= 0 && tr.labels[i] < 10) per[tr.labels[i]]++;
-    for (int c = 0; c < 10; c++) CHECK(per[c] == 6000, "class %d has %lld images (want 6000)", c, (long long)per[c]);
+    for (int c = 0; c < 10; c++)
+        CHECK(per[c] == 6000, "class %d has %lld images (want 6000)", c, (long long)per[c]);
     int maxp = 0;
     for (int k = 0; k < 784; k++) maxp = tr.pixels[k] > maxp ? tr.pixels[k] : maxp;
     CHECK(maxp == 255, "first image max pixel %d", maxp);
@@ -147,7 +154,9 @@ static void test_idx_small(void) {
     s = q3r_dataset_load_idx(&ds, missing, lp2, 3, "x", &err);
     expect_fail(s, &err, "missing file", missing);
     CHECK(ds.pixels == NULL && ds.n == 0, "dataset zeroed after failure");
-    remove(ip); remove(lp); remove(lp2);
+    remove(ip);
+    remove(lp);
+    remove(lp2);
 }
 
 /* CIFAR record r of a file: label(s), then pixel k = (r * 7 + k) & 255. */
@@ -178,7 +187,8 @@ static void test_cifar(void) {
     q3r_dataset ds;
     CHECK_OK(q3r_dataset_load_cifar10(&ds, cdir, 1, &err), &err);
     CHECK(ds.n == 10 && ds.c == 3 && ds.h == 32 && ds.w == 32 && ds.num_classes == 10, "cifar10 dims");
-    CHECK(ds.labels[0] == 1 && ds.labels[1] == 8 && ds.labels[8] == 5 && ds.labels[9] == 4, "cifar10 train labels");
+    CHECK(ds.labels[0] == 1 && ds.labels[1] == 8 && ds.labels[8] == 5 && ds.labels[9] == 4,
+          "cifar10 train labels");
     /* Image 3 = record 1 of batch 2; pixel (c=2 blue, y=5, x=6) is byte 2048 + 5*32 + 6. */
     CHECK(ds.pixels[(size_t)3 * 3072 + 2048 + 166] == ((1 * 7 + 2048 + 166) & 255), "cifar10 pixel layout");
     q3r_dataset_free(&ds);
@@ -224,7 +234,11 @@ static void test_cifar(void) {
 static q3r_dataset synth(int64_t n, int c, int h, int w) {
     q3r_dataset ds = {0};
     snprintf(ds.name, sizeof ds.name, "synth");
-    ds.n = n; ds.c = c; ds.h = h; ds.w = w; ds.num_classes = (int)n;
+    ds.n = n;
+    ds.c = c;
+    ds.h = h;
+    ds.w = w;
+    ds.num_classes = (int)n;
     ds.pixels = q3r_alloc((size_t)(n * c * h * w));
     ds.labels = q3r_alloc((size_t)n * sizeof(int32_t));
     for (int64_t i = 0; i < n * c * h * w; i++) ds.pixels[i] = (uint8_t)((i * 37 + 11) % 256);
@@ -235,7 +249,10 @@ static q3r_dataset synth(int64_t n, int c, int h, int w) {
 static q3r_normalize unit_norm(int c) {
     q3r_normalize nm = {0};
     nm.c = c;
-    for (int k = 0; k < c; k++) { nm.mean[k] = 0; nm.std[k] = 1.0f / 255.0f; }
+    for (int k = 0; k < c; k++) {
+        nm.mean[k] = 0;
+        nm.std[k] = 1.0f / 255.0f;
+    }
     return nm;
 }
 
@@ -262,10 +279,10 @@ static void test_stats_and_augment(void) {
     for (int k = 0; k < 9; k++) ds.pixels[k] = (uint8_t)(k + 1);
     q3r_normalize id = unit_norm(1);
     float x[9];
-    const float want_crop[9] = {0, 0, 0, 2, 3, 0, 5, 6, 0};      /* pad 1, top 0, left 2 */
-    const float want_flip[9] = {0, 0, 0, 0, 3, 2, 0, 6, 5};      /* the same, flipped */
-    const float want_id[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};        /* pad 1, top 1, left 1 */
-    const float want_br[9] = {5, 6, 0, 8, 9, 0, 0, 0, 0};        /* pad 1, top 2, left 2 */
+    const float want_crop[9] = {0, 0, 0, 2, 3, 0, 5, 6, 0}; /* pad 1, top 0, left 2 */
+    const float want_flip[9] = {0, 0, 0, 0, 3, 2, 0, 6, 5}; /* the same, flipped */
+    const float want_id[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};   /* pad 1, top 1, left 1 */
+    const float want_br[9] = {5, 6, 0, 8, 9, 0, 0, 0, 0};   /* pad 1, top 2, left 2 */
     q3r_augment_sample(&ds, 0, 1, 0, 2, 0, &id, x);
     for (int k = 0; k < 9; k++) CHECK_CLOSE(x[k], want_crop[k], 1e-4, 0, "crop");
     q3r_augment_sample(&ds, 0, 1, 0, 2, 1, &id, x);
@@ -452,7 +469,10 @@ static void test_loader(void) {
     bad.drop_last = 1;
     bad.batch_size = 11;
     CHECK(q3r_loader_init(&L, &ds, &bad, &err) == Q3R_EINVAL, "drop_last with n < B");
-    free(la); free(lb); free(pa); free(pb);
+    free(la);
+    free(lb);
+    free(pa);
+    free(pb);
     q3r_dataset_free(&big);
     q3r_dataset_free(&ds);
 }
@@ -541,7 +561,8 @@ static void test_loader_slices(void) {
     int32_t y[B], yr[B];
     int64_t cnt, c1, c2;
     for (int b = 0; b < 13; b++) q3r_loader_next(&L, x, y, &cnt, NULL);
-    CHECK(L.epoch == 1 && L.index == 3 * B, "sliced position %lld/%lld", (long long)L.epoch, (long long)L.index);
+    CHECK(L.epoch == 1 && L.index == 3 * B, "sliced position %lld/%lld", (long long)L.epoch,
+          (long long)L.index);
     q3r_tensor_list st;
     q3r_tensor_list_init(&st);
     CHECK_OK(q3r_loader_export(&L, &st, &err), &err);
@@ -555,7 +576,8 @@ static void test_loader_slices(void) {
         q3r_loader_next(&L, x, y, &c1, NULL);
         q3r_loader_next(&R, xr, yr, &c2, NULL);
         same &= c1 == c2 && q3r_loader_global_count(&L) == q3r_loader_global_count(&R) &&
-                memcmp(y, yr, (size_t)c1 * sizeof *y) == 0 && memcmp(x, xr, (size_t)c1 * PER * sizeof *x) == 0;
+                memcmp(y, yr, (size_t)c1 * sizeof *y) == 0 &&
+                memcmp(x, xr, (size_t)c1 * PER * sizeof *x) == 0;
     }
     CHECK(same, "resumed sliced loader diverges");
     /* The position is the world-1 loader's: the exported state resumes it too. */
@@ -563,14 +585,18 @@ static void test_loader_slices(void) {
     CHECK_OK(q3r_loader_init(&W, &ds, &cfg, &err), &err);
     CHECK_OK(q3r_loader_import(&W, &st, &err), &err);
     q3r_loader_next(&W, rx[0], ry[0], &cnt, NULL);
-    CHECK(cnt == B && memcmp(ry[0], ry[13], B * sizeof(int32_t)) == 0, "whole-batch resume from sliced state");
+    CHECK(cnt == B && memcmp(ry[0], ry[13], B * sizeof(int32_t)) == 0,
+          "whole-batch resume from sliced state");
     q3r_loader_free(&W);
     q3r_tensor_list_free(&st);
     q3r_loader_free(&R);
     q3r_loader_free(&L);
 
     /* Bad rank / world, each named. */
-    struct { int rank, world; const char *field; } bad[] = {
+    struct {
+        int rank, world;
+        const char *field;
+    } bad[] = {
         {-1, 2, "rank"}, {0, -1, "world"}, {3, 3, "rank"}, {5, 3, "rank"}, {1, 1, "rank"}, {1, 0, "rank"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {

@@ -31,7 +31,8 @@ static void check_one_process(q3r_comm *c, const char *what) {
     int roots[3] = {1, -1, 7};
     for (int k = 0; k < 3; k++) {
         memset(&err, 0, sizeof err);
-        CHECK(q3r_comm_broadcast(c, b, 7, roots[k], &err) == Q3R_EINVAL, "%s: root %d accepted", what, roots[k]);
+        CHECK(q3r_comm_broadcast(c, b, 7, roots[k], &err) == Q3R_EINVAL, "%s: root %d accepted", what,
+              roots[k]);
         CHECK(strstr(err.msg, "root") != NULL, "%s: message '%s' does not name the root", what, err.msg);
     }
     CHECK(memcmp(b, b0, sizeof b) == 0, "%s: a refused broadcast changed its buffer", what);
@@ -77,8 +78,8 @@ static void test_slice(void) {
                 minlen = len < minlen ? len : minlen;
                 maxlen = len > maxlen ? len : maxlen;
             }
-            if (prev_end != count) bad++;       /* covers [0, count) */
-            if (maxlen - minlen > 1) bad++;     /* sizes differ by at most one */
+            if (prev_end != count) bad++;   /* covers [0, count) */
+            if (maxlen - minlen > 1) bad++; /* sizes differ by at most one */
             if (bad) {
                 CHECK(0, "slice of %lld over %d ranks is wrong", (long long)count, size);
                 return;

@@ -11,8 +11,7 @@
 #include "q3r/vit.h"
 
 /* C (m, n) = A (m, k) B (k, n) in double, rounded to float */
-static void matmul(float *C, const float *A, const float *B, int m, int k, int n, int transA,
-                   int transB) {
+static void matmul(float *C, const float *A, const float *B, int m, int k, int n, int transA, int transB) {
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double s = 0;
@@ -207,9 +206,9 @@ static void test_model(float dropout) {
         free(wb);
     }
     /* finite differences on a few factor entries (independent of the dense model) */
-    const char *fd_names[] = {"blocks.0.attn.q.weight_a", "blocks.0.attn.v.weight_b",
+    const char *fd_names[] = {"blocks.0.attn.q.weight_a",    "blocks.0.attn.v.weight_b",
                               "blocks.0.attn.proj.weight_a", "blocks.0.mlp.fc2.weight_b",
-                              "blocks.1.mlp.fc1.weight_a", "head.weight_b"};
+                              "blocks.1.mlp.fc1.weight_a",   "head.weight_b"};
     const float *g = q3r_vit_grads(f);
     for (size_t q = 0; q < sizeof fd_names / sizeof fd_names[0]; q++) {
         const q3r_param_info *t = q3r_vit_find(f, fd_names[q]);
@@ -239,13 +238,23 @@ static void test_table_and_flops(void) {
     CHECK_OK(q3r_vit_create_factored(&tiny, ranks, 4, &f, &err), &err);
     CHECK_OK(q3r_vit_create(&tiny, 4, &d, &err), &err);
     if (!f || !d) return;
-    const struct { const char *name; int r, c; } present[] = {
-        {"blocks.0.attn.q.weight_a", 12, 2}, {"blocks.0.attn.q.weight_b", 2, 12},
-        {"blocks.0.attn.k.weight", 12, 12},  {"blocks.0.attn.v.weight_a", 12, 3},
-        {"blocks.0.attn.qkv.bias", 36, 0},   {"blocks.0.attn.proj.weight_b", 4, 12},
-        {"blocks.0.mlp.fc1.weight", 16, 12}, {"blocks.0.mlp.fc2.weight_a", 12, 5},
-        {"blocks.0.mlp.fc2.weight_b", 5, 16}, {"blocks.1.attn.qkv.weight", 36, 12},
-        {"blocks.1.mlp.fc1.weight_a", 16, 3}, {"head.weight_a", 5, 2}, {"head.weight_b", 2, 12},
+    const struct {
+        const char *name;
+        int r, c;
+    } present[] = {
+        {"blocks.0.attn.q.weight_a", 12, 2},
+        {"blocks.0.attn.q.weight_b", 2, 12},
+        {"blocks.0.attn.k.weight", 12, 12},
+        {"blocks.0.attn.v.weight_a", 12, 3},
+        {"blocks.0.attn.qkv.bias", 36, 0},
+        {"blocks.0.attn.proj.weight_b", 4, 12},
+        {"blocks.0.mlp.fc1.weight", 16, 12},
+        {"blocks.0.mlp.fc2.weight_a", 12, 5},
+        {"blocks.0.mlp.fc2.weight_b", 5, 16},
+        {"blocks.1.attn.qkv.weight", 36, 12},
+        {"blocks.1.mlp.fc1.weight_a", 16, 3},
+        {"head.weight_a", 5, 2},
+        {"head.weight_b", 2, 12},
     };
     for (size_t i = 0; i < sizeof present / sizeof present[0]; i++) {
         const q3r_param_info *t = q3r_vit_find(f, present[i].name);
@@ -290,7 +299,8 @@ static void test_table_and_flops(void) {
     bad[4] = 13; /* blocks.0.mlp.fc1 is 16 x 12 */
     q3r_vit *x = NULL;
     CHECK(q3r_vit_create_factored(&tiny, bad, 4, &x, &err) == Q3R_EINVAL && !x &&
-              strstr(err.msg, "blocks.0.mlp.fc1"), "rank 13 on 16x12: %s", err.msg);
+              strstr(err.msg, "blocks.0.mlp.fc1"),
+          "rank 13 on 16x12: %s", err.msg);
     bad[4] = -1;
     CHECK(q3r_vit_create_factored(&tiny, bad, 4, &x, &err) == Q3R_EINVAL, "negative rank");
     memcpy(bad, ranks, sizeof bad);

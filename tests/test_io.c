@@ -11,14 +11,20 @@
 
 static void write_bytes(const char *path, const void *p, size_t n) {
     FILE *f = fopen(path, "wb");
-    if (!f) { perror(path); exit(2); }
+    if (!f) {
+        perror(path);
+        exit(2);
+    }
     if (n) fwrite(p, 1, n, f);
     fclose(f);
 }
 
 static unsigned char *read_bytes(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
-    if (!f) { *n = 0; return NULL; }
+    if (!f) {
+        *n = 0;
+        return NULL;
+    }
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -30,8 +36,7 @@ static unsigned char *read_bytes(const char *path, size_t *n) {
 }
 
 /* A file with a given (unpadded) header and data bytes; hlen overrides the length. */
-static void write_raw(const char *path, const char *header, uint64_t hlen, const void *data,
-                      size_t ndata) {
+static void write_raw(const char *path, const char *header, uint64_t hlen, const void *data, size_t ndata) {
     size_t h = strlen(header);
     unsigned char *b = malloc(8 + h + ndata + 1);
     for (int i = 0; i < 8; i++) b[i] = (unsigned char)(hlen >> (8 * i));
@@ -53,8 +58,7 @@ static void test_roundtrip(void) {
     for (int i = 0; i < 8; i++) f64[i] = 1.0 / (i + 1) - 1e300 * (i == 7);
     int64_t i64[3] = {INT64_MIN, -1, INT64_MAX};
     uint8_t u8[5] = {0, 1, 127, 128, 255};
-    int64_t s_f32[2] = {2, 3}, s_f64[4] = {2, 1, 2, 2}, s_i64[1] = {3}, s_u8[1] = {5},
-            s_empty[2] = {0, 4};
+    int64_t s_f32[2] = {2, 3}, s_f64[4] = {2, 1, 2, 2}, s_i64[1] = {3}, s_u8[1] = {5}, s_empty[2] = {0, 4};
     double scalar = 42.5;
     CHECK_OK(q3r_tensor_list_add(&a, "w.f32", Q3R_F32, 2, s_f32, f32, &err), &err);
     CHECK_OK(q3r_tensor_list_add(&a, "w.f64", Q3R_F64, 4, s_f64, f64, &err), &err);
@@ -223,22 +227,36 @@ static void test_corrupt(void) {
     free(b);
 
     static const unsigned char data[16] = {0};
-    struct { const char *hdr; size_t ndata; const char *what, *needle; } cases[] = {
-        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]", 8, "bad JSON (unterminated)", "JSON"},
-        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},}", 8, "bad JSON (trailing comma)", "JSON"},
-        {"{\"x\":{\"dtype\":\"F32\" \"shape\":[2],\"data_offsets\":[0,8]}}", 8, "bad JSON (missing comma)", "JSON"},
+    struct {
+        const char *hdr;
+        size_t ndata;
+        const char *what, *needle;
+    } cases[] = {
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]", 8, "bad JSON (unterminated)",
+         "JSON"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},}", 8, "bad JSON (trailing comma)",
+         "JSON"},
+        {"{\"x\":{\"dtype\":\"F32\" \"shape\":[2],\"data_offsets\":[0,8]}}", 8, "bad JSON (missing comma)",
+         "JSON"},
         {"[1,2]   ", 0, "header an array", "header"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-         "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 12, "overlapping offsets", "overlaps"},
+         "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         12, "overlapping offsets", "overlaps"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-         "\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]}}", 16, "hole", "unused"},
+         "\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]}}",
+         16, "hole", "unused"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-         "\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "duplicate name", "duplicate"},
-        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,16]}}", 16, "shape/bytes mismatch", "need"},
-        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, "offsets out of range", "outside"},
+         "\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+         16, "duplicate name", "duplicate"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,16]}}", 16, "shape/bytes mismatch",
+         "need"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, "offsets out of range",
+         "outside"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,4]}}", 8, "begin > end", "outside"},
-        {"{\"x\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, "unknown dtype", "F8_E4M3"},
-        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "5 dims", "dimensions"},
+        {"{\"x\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, "unknown dtype",
+         "F8_E4M3"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "5 dims",
+         "dimensions"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4, "negative dim", "shape"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", 4, "fractional dim", "shape"},
         {"{\"x\":{\"dtype\":\"U8\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,4]}}", 4,
@@ -247,7 +265,8 @@ static void test_corrupt(void) {
          "offset overflows u64", "64 bits"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, "no offsets", "data_offsets"},
         {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4, "one offset", "data_offsets"},
-        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"extra\":1}}", 4, "unknown key", "extra"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"extra\":1}}", 4, "unknown key",
+         "extra"},
         {"{\"x\":[1,2]}", 0, "entry not an object", "not an object"},
         {"{\"__metadata__\":{\"a\":1}}", 0, "metadata non-string", "not a string"},
         {"{\"__metadata__\":[\"a\"]}", 0, "metadata not an object", "not a JSON object"},
@@ -331,10 +350,32 @@ static void test_json(void) {
     CHECK(q3r_json_find(&v, "zz") == NULL, "absent key");
     q3r_json_free(&v);
 
-    const char *bad[] = {"", "{", "{\"a\"}", "{\"a\":}", "[1,]", "01", "1.", "-", "1e", ".5", "+1",
-                         "tru", "\"abc", "\"a\nb\"", "\"\\x\"", "\"\\u12\"", "\"\\ud800\"",
-                         "\"\\udc00x\"", "{} {}", "{'a':1}", "[1 2]", "\"\\u0000\"", "nul",
-                         "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "{\"a\":1,\"a\":2}"};
+    const char *bad[] = {"",
+                         "{",
+                         "{\"a\"}",
+                         "{\"a\":}",
+                         "[1,]",
+                         "01",
+                         "1.",
+                         "-",
+                         "1e",
+                         ".5",
+                         "+1",
+                         "tru",
+                         "\"abc",
+                         "\"a\nb\"",
+                         "\"\\x\"",
+                         "\"\\u12\"",
+                         "\"\\ud800\"",
+                         "\"\\udc00x\"",
+                         "{} {}",
+                         "{'a':1}",
+                         "[1 2]",
+                         "\"\\u0000\"",
+                         "nul",
+                         "\"\xc0\xaf\"",
+                         "\"\xed\xa0\x80\"",
+                         "{\"a\":1,\"a\":2}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         q3r_status s = q3r_json_parse(bad[i], strlen(bad[i]), &v, &err);
         CHECK(s == Q3R_EFORMAT, "accepted bad JSON #%zu '%s'", i, bad[i]);
@@ -439,9 +480,13 @@ static void test_jsonl(void) {
  * (F16, BF16, I32, I16, I8, BOOL) round-trip byte for byte. */
 static void test_dtypes(void) {
     q3r_error err;
-    static const struct { q3r_dtype t; int ebits, mbits; } fmt[] = {{Q3R_F16, 5, 10}, {Q3R_BF16, 8, 7}};
+    static const struct {
+        q3r_dtype t;
+        int ebits, mbits;
+    } fmt[] = {{Q3R_F16, 5, 10}, {Q3R_BF16, 8, 7}};
     for (int k = 0; k < 2; k++) {
-        int bias = (1 << (fmt[k].ebits - 1)) - 1, emax = (1 << fmt[k].ebits) - 1, bad = 0, refused = 0, inf = 0;
+        int bias = (1 << (fmt[k].ebits - 1)) - 1, emax = (1 << fmt[k].ebits) - 1, bad = 0, refused = 0,
+            inf = 0;
         for (uint32_t h = 0; h < 65536; h++) {
             uint16_t v = (uint16_t)h;
             int sgn = (int)(h >> 15), e = (int)((h >> fmt[k].mbits) & (uint32_t)emax);
@@ -458,7 +503,8 @@ static void test_dtypes(void) {
             if (st != Q3R_OK || (double)got != want || (signbit(got) != 0) != (sgn != 0)) bad++;
         }
         CHECK(bad == 0, "%s: %d of 65536 patterns decode wrongly", q3r_dtype_name(fmt[k].t), bad);
-        CHECK(refused == inf, "%s: %d of %d Inf/NaN patterns refused", q3r_dtype_name(fmt[k].t), refused, inf);
+        CHECK(refused == inf, "%s: %d of %d Inf/NaN patterns refused", q3r_dtype_name(fmt[k].t), refused,
+              inf);
     }
     double big[2] = {1.5, 1e39};
     float f2[2];
@@ -488,7 +534,8 @@ static void test_dtypes(void) {
     for (size_t i = 0; i < back.count && i < l.count; i++) {
         size_t n = 6 * q3r_dtype_size(all[i]);
         CHECK(back.items[i].dtype == all[i] && memcmp(back.items[i].data, l.items[i].data, n) == 0,
-              "%s tensor round-trips (dtype %s)", q3r_dtype_name(all[i]), q3r_dtype_name(back.items[i].dtype));
+              "%s tensor round-trips (dtype %s)", q3r_dtype_name(all[i]),
+              q3r_dtype_name(back.items[i].dtype));
     }
     q3r_tensor_list_free(&l);
     q3r_tensor_list_free(&back);

@@ -13,11 +13,9 @@
 static void householder(double *H, int n, q3r_rng *rng) {
     double *v = malloc(sizeof(double) * n), vv = 0;
     fill_normal_d(v, n, 1.0, rng);
+    for (int i = 0; i < n; i++) vv += v[i] * v[i];
     for (int i = 0; i < n; i++)
-        vv += v[i] * v[i];
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < n; j++)
-            H[i * n + j] = (i == j) - 2 * v[i] * v[j] / vv;
+        for (int j = 0; j < n; j++) H[i * n + j] = (i == j) - 2 * v[i] * v[j] / vv;
     free(v);
 }
 
@@ -43,8 +41,7 @@ static void make_known(float *X, int m, int n, int ld, double *sv_sorted, q3r_rn
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double acc = 0;
-            for (int p = 0; p < k; p++)
-                acc += H1[i * m + p] * d[p] * H2[p * n + j];
+            for (int p = 0; p < k; p++) acc += H1[i * m + p] * d[p] * H2[p * n + j];
             X[(size_t)i * ld + j] = (float)acc;
         }
     free(H1);
@@ -56,8 +53,7 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
     char what[128];
     int k = m < n ? m : n;
     float *X = malloc(sizeof(float) * m * ld);
-    for (int i = 0; i < m * ld; i++)
-        X[i] = 12345.0f; /* padding must be ignored */
+    for (int i = 0; i < m * ld; i++) X[i] = 12345.0f; /* padding must be ignored */
     double *sv = malloc(sizeof(double) * k);
     make_known(X, m, n, ld, sv, rng, 100.0);
     double *U = malloc(sizeof(double) * m * k), *S = malloc(sizeof(double) * k),
@@ -74,8 +70,7 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double acc = 0;
-            for (int p = 0; p < k; p++)
-                acc += U[i * k + p] * S[p] * VT[p * n + j];
+            for (int p = 0; p < k; p++) acc += U[i * k + p] * S[p] * VT[p * n + j];
             maxerr = fmax(maxerr, fabs(acc - X[(size_t)i * ld + j]));
         }
     CHECK(maxerr < 1e-12, "%dx%d reconstruction error %g", m, n, maxerr);
@@ -84,10 +79,8 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
     for (int a = 0; a < k; a++)
         for (int b = 0; b < k; b++) {
             double du = 0, dv = 0;
-            for (int i = 0; i < m; i++)
-                du += U[i * k + a] * U[i * k + b];
-            for (int j = 0; j < n; j++)
-                dv += VT[a * n + j] * VT[b * n + j];
+            for (int i = 0; i < m; i++) du += U[i * k + a] * U[i * k + b];
+            for (int j = 0; j < n; j++) dv += VT[a * n + j] * VT[b * n + j];
             ou = fmax(ou, fabs(du - (a == b)));
             ov = fmax(ov, fabs(dv - (a == b)));
         }
@@ -95,23 +88,20 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
     /* values only gives the same values */
     CHECK_OK(q3r_svd_thin(X, m, n, ld, NULL, S2, NULL, &err), &err);
     double dmax = 0;
-    for (int i = 0; i < k; i++)
-        dmax = fmax(dmax, fabs(S2[i] - S[i]));
+    for (int i = 0; i < k; i++) dmax = fmax(dmax, fabs(S2[i] - S[i]));
     CHECK(dmax < 1e-12 * S[0], "%dx%d values-only differs by %g", m, n, dmax);
     /* float path: sigma within 1e-6 sigma_1 of the double path, factors reconstruct */
     float *Uf = malloc(sizeof(float) * m * k), *Sf = malloc(sizeof(float) * k),
           *VTf = malloc(sizeof(float) * k * n);
     CHECK_OK(q3r_svd_thin_f32(X, m, n, ld, Uf, Sf, VTf, &err), &err);
     dmax = 0;
-    for (int i = 0; i < k; i++)
-        dmax = fmax(dmax, fabs(Sf[i] - S[i]));
+    for (int i = 0; i < k; i++) dmax = fmax(dmax, fabs(Sf[i] - S[i]));
     CHECK(dmax <= 1e-6 * S[0], "%dx%d sgesdd vs dgesdd sigma differ by %g sigma_1", m, n, dmax / S[0]);
     maxerr = 0;
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double acc = 0;
-            for (int p = 0; p < k; p++)
-                acc += (double)Uf[i * k + p] * Sf[p] * VTf[p * n + j];
+            for (int p = 0; p < k; p++) acc += (double)Uf[i * k + p] * Sf[p] * VTf[p * n + j];
             maxerr = fmax(maxerr, fabs(acc - X[(size_t)i * ld + j]));
         }
     CHECK(maxerr < 1e-5 * S[0], "%dx%d float reconstruction error %g", m, n, maxerr);
@@ -119,9 +109,9 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
     float *Sf2 = malloc(sizeof(float) * k);
     CHECK_OK(q3r_svd_thin_f32(X, m, n, ld, NULL, Sf2, NULL, &err), &err);
     dmax = 0;
-    for (int i = 0; i < k; i++)
-        dmax = fmax(dmax, fabs((double)Sf2[i] - S[i]));
-    CHECK(dmax <= 1e-6 * S[0], "%dx%d float values-only differs from dgesdd by %g sigma_1", m, n, dmax / S[0]);
+    for (int i = 0; i < k; i++) dmax = fmax(dmax, fabs((double)Sf2[i] - S[i]));
+    CHECK(dmax <= 1e-6 * S[0], "%dx%d float values-only differs from dgesdd by %g sigma_1", m, n,
+          dmax / S[0]);
     free(Sf2);
     free(Uf);
     free(Sf);
@@ -145,8 +135,7 @@ static void test_wide_spectrum(q3r_rng *rng) {
     q3r_error err = {0};
     CHECK_OK(q3r_svd_thin(X, m, n, n, NULL, S, NULL, &err), &err);
     /* X is float: its entries carry ~6e-8 relative rounding, which moves sigma by ~1e-7 sigma_1 */
-    for (int i = 0; i < k; i++)
-        CHECK_CLOSE(S[i], sv[i], 2e-7 * sv[0], 0, "wide spectrum sigma");
+    for (int i = 0; i < k; i++) CHECK_CLOSE(S[i], sv[i], 2e-7 * sv[0], 0, "wide spectrum sigma");
     free(X);
     free(sv);
     free(S);

@@ -17,8 +17,7 @@ static int contains(const char *s, const char *sub) { return s && strstr(s, sub)
 static char *set_strings(const char *const *kv, size_t n) {
     char *json = NULL;
     q3r_error err = {0};
-    for (size_t i = 0; i < n; i++)
-        CHECK_OK(q3r_json_set_string(&json, kv[2 * i], kv[2 * i + 1], &err), &err);
+    for (size_t i = 0; i < n; i++) CHECK_OK(q3r_json_set_string(&json, kv[2 * i], kv[2 * i + 1], &err), &err);
     return json;
 }
 
@@ -26,13 +25,22 @@ static void test_roundtrip_json(void) {
     q3r_error err = {0};
     /* Non-ASCII, quote, backslash, control characters (newline, tab, 0x01, 0x1f), a slash. */
     const char *kv[] = {
-        "model", "vit-tiny",
-        "lr", "0.001",
-        "note", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
-        "quote\"key", "say \"hi\"",
-        "back\\slash", "C:\\dir\\",
-        "ctl", "a\nb\tc\rd\x01" "e\x1f" "f/g",
-        "empty", "",
+        "model",
+        "vit-tiny",
+        "lr",
+        "0.001",
+        "note",
+        "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+        "quote\"key",
+        "say \"hi\"",
+        "back\\slash",
+        "C:\\dir\\",
+        "ctl",
+        "a\nb\tc\rd\x01"
+        "e\x1f"
+        "f/g",
+        "empty",
+        "",
     };
     size_t n = sizeof kv / sizeof kv[0] / 2;
     char *want = set_strings(kv, n);
@@ -43,7 +51,8 @@ static void test_roundtrip_json(void) {
     CHECK_OK(q3r_meta_parse(&m, want, &err), &err);
     CHECK(m.count == n, "parsed %zu keys, want %zu", m.count, n);
     for (size_t i = 0; i < n && i < m.count; i++) {
-        CHECK(strcmp(m.items[i].key, kv[2 * i]) == 0, "key %zu: '%s' want '%s'", i, m.items[i].key, kv[2 * i]);
+        CHECK(strcmp(m.items[i].key, kv[2 * i]) == 0, "key %zu: '%s' want '%s'", i, m.items[i].key,
+              kv[2 * i]);
         CHECK(strcmp(m.items[i].value, kv[2 * i + 1]) == 0, "value %zu of '%s' differs", i, kv[2 * i]);
     }
     char *got = NULL;
@@ -67,7 +76,8 @@ static void test_roundtrip_json(void) {
     q3r_meta u;
     q3r_meta_init(&u);
     CHECK_OK(q3r_meta_parse(&u, " { \"k\" : \"caf\\u00e9 \\/ \\ud83d\\ude00\" } ", &err), &err);
-    CHECK(contains(q3r_meta_get(&u, "k"), "caf\xc3\xa9 / \xf0\x9f\x98\x80"), "decoded: %s", q3r_meta_get(&u, "k"));
+    CHECK(contains(q3r_meta_get(&u, "k"), "caf\xc3\xa9 / \xf0\x9f\x98\x80"), "decoded: %s",
+          q3r_meta_get(&u, "k"));
     got = NULL;
     CHECK_OK(q3r_meta_to_json(&u, &got, &err), &err);
     CHECK(got && strcmp(got, "{\"k\":\"caf\xc3\xa9 / \xf0\x9f\x98\x80\"}") == 0, "re-encoded: %s", got);
@@ -91,7 +101,8 @@ static void test_roundtrip_json(void) {
     /* copy: deep, replaces what dst held. */
     CHECK_OK(q3r_meta_set(&e, "old", "gone", &err), &err);
     CHECK_OK(q3r_meta_copy(&e, &m, &err), &err);
-    CHECK(e.count == m.count && !q3r_meta_has(&e, "old"), "copy: %zu keys, old %d", e.count, q3r_meta_has(&e, "old"));
+    CHECK(e.count == m.count && !q3r_meta_has(&e, "old"), "copy: %zu keys, old %d", e.count,
+          q3r_meta_has(&e, "old"));
     CHECK(q3r_meta_get(&e, "lr") != q3r_meta_get(&m, "lr"), "copy shares strings");
     CHECK(q3r_meta_first_difference(&m, &e, NULL) == NULL && q3r_meta_first_difference(&e, &m, NULL) == NULL,
           "copy differs");
@@ -206,7 +217,8 @@ static void test_parse_errors(void) {
         err.msg[0] = '\0';
         q3r_status s = q3r_meta_parse(&m, bad[i].json, &err);
         CHECK(s == Q3R_EFORMAT, "parse %s -> %s", bad[i].json, q3r_status_name(s));
-        CHECK(contains(err.msg, bad[i].msg), "parse %s: message '%s' lacks '%s'", bad[i].json, err.msg, bad[i].msg);
+        CHECK(contains(err.msg, bad[i].msg), "parse %s: message '%s' lacks '%s'", bad[i].json, err.msg,
+              bad[i].msg);
         CHECK(m.count == 0 && m.items == NULL, "parse %s left %zu keys", bad[i].json, m.count);
     }
     /* The non-string value message names the key exactly. */
@@ -220,42 +232,79 @@ static void test_getters(void) {
     q3r_meta m;
     q3r_meta_init(&m);
     const char *kv[] = {
-        "zero", "0", "neg", "-17", "big", "9223372036854775807", "min", "-9223372036854775808",
-        "over64", "9223372036854775808", "under64", "-9223372036854775809",
-        "huge", "99999999999999999999999", "imax", "2147483647", "imin", "-2147483648",
-        "iover", "2147483648", "iunder", "-2147483649", "lead0", "007", "negzero", "-0",
-        "u64max", "18446744073709551615", "u64over", "18446744073709551616",
-        "x12", "12x", "empty", "", "exp", "1e3", "space", " 12", "tspace", "12 ", "plus", "+5",
-        "dash", "-", "frac", "1.5", "d", "-2.5e-3", "inf", "inf", "nan", "nan", "dover", "1e400",
-        "dword", "abc", "hex", "0x10", "dsp", " 1.5",
+        "zero",    "0",
+        "neg",     "-17",
+        "big",     "9223372036854775807",
+        "min",     "-9223372036854775808",
+        "over64",  "9223372036854775808",
+        "under64", "-9223372036854775809",
+        "huge",    "99999999999999999999999",
+        "imax",    "2147483647",
+        "imin",    "-2147483648",
+        "iover",   "2147483648",
+        "iunder",  "-2147483649",
+        "lead0",   "007",
+        "negzero", "-0",
+        "u64max",  "18446744073709551615",
+        "u64over", "18446744073709551616",
+        "x12",     "12x",
+        "empty",   "",
+        "exp",     "1e3",
+        "space",   " 12",
+        "tspace",  "12 ",
+        "plus",    "+5",
+        "dash",    "-",
+        "frac",    "1.5",
+        "d",       "-2.5e-3",
+        "inf",     "inf",
+        "nan",     "nan",
+        "dover",   "1e400",
+        "dword",   "abc",
+        "hex",     "0x10",
+        "dsp",     " 1.5",
     };
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i += 2)
         CHECK_OK(q3r_meta_set(&m, kv[i], kv[i + 1], &err), &err);
 
     int64_t l = 5;
-    CHECK_OK(q3r_meta_get_i64(&m, "zero", &l, &err), &err); CHECK(l == 0, "zero %lld", (long long)l);
-    CHECK_OK(q3r_meta_get_i64(&m, "neg", &l, &err), &err); CHECK(l == -17, "neg %lld", (long long)l);
-    CHECK_OK(q3r_meta_get_i64(&m, "big", &l, &err), &err); CHECK(l == INT64_MAX, "big %lld", (long long)l);
-    CHECK_OK(q3r_meta_get_i64(&m, "min", &l, &err), &err); CHECK(l == INT64_MIN, "min %lld", (long long)l);
-    CHECK_OK(q3r_meta_get_i64(&m, "lead0", &l, &err), &err); CHECK(l == 7, "lead0 %lld", (long long)l);
-    CHECK_OK(q3r_meta_get_i64(&m, "negzero", &l, &err), &err); CHECK(l == 0, "negzero %lld", (long long)l);
+    CHECK_OK(q3r_meta_get_i64(&m, "zero", &l, &err), &err);
+    CHECK(l == 0, "zero %lld", (long long)l);
+    CHECK_OK(q3r_meta_get_i64(&m, "neg", &l, &err), &err);
+    CHECK(l == -17, "neg %lld", (long long)l);
+    CHECK_OK(q3r_meta_get_i64(&m, "big", &l, &err), &err);
+    CHECK(l == INT64_MAX, "big %lld", (long long)l);
+    CHECK_OK(q3r_meta_get_i64(&m, "min", &l, &err), &err);
+    CHECK(l == INT64_MIN, "min %lld", (long long)l);
+    CHECK_OK(q3r_meta_get_i64(&m, "lead0", &l, &err), &err);
+    CHECK(l == 7, "lead0 %lld", (long long)l);
+    CHECK_OK(q3r_meta_get_i64(&m, "negzero", &l, &err), &err);
+    CHECK(l == 0, "negzero %lld", (long long)l);
 
     int v = 5;
-    CHECK_OK(q3r_meta_get_int(&m, "imax", &v, &err), &err); CHECK(v == INT_MAX, "imax %d", v);
-    CHECK_OK(q3r_meta_get_int(&m, "imin", &v, &err), &err); CHECK(v == INT_MIN, "imin %d", v);
-    CHECK_OK(q3r_meta_get_int(&m, "neg", &v, &err), &err); CHECK(v == -17, "neg %d", v);
+    CHECK_OK(q3r_meta_get_int(&m, "imax", &v, &err), &err);
+    CHECK(v == INT_MAX, "imax %d", v);
+    CHECK_OK(q3r_meta_get_int(&m, "imin", &v, &err), &err);
+    CHECK(v == INT_MIN, "imin %d", v);
+    CHECK_OK(q3r_meta_get_int(&m, "neg", &v, &err), &err);
+    CHECK(v == -17, "neg %d", v);
 
     uint64_t u = 5;
-    CHECK_OK(q3r_meta_get_u64(&m, "u64max", &u, &err), &err); CHECK(u == UINT64_MAX, "u64max %llu", (unsigned long long)u);
+    CHECK_OK(q3r_meta_get_u64(&m, "u64max", &u, &err), &err);
+    CHECK(u == UINT64_MAX, "u64max %llu", (unsigned long long)u);
     CHECK_OK(q3r_meta_get_u64(&m, "over64", &u, &err), &err);
     CHECK(u == 9223372036854775808ull, "over64 as u64 %llu", (unsigned long long)u);
-    CHECK_OK(q3r_meta_get_u64(&m, "negzero", &u, &err), &err); CHECK(u == 0, "u64 -0 %llu", (unsigned long long)u);
+    CHECK_OK(q3r_meta_get_u64(&m, "negzero", &u, &err), &err);
+    CHECK(u == 0, "u64 -0 %llu", (unsigned long long)u);
 
     double d = 5;
-    CHECK_OK(q3r_meta_get_double(&m, "frac", &d, &err), &err); CHECK(d == 1.5, "frac %g", d);
-    CHECK_OK(q3r_meta_get_double(&m, "d", &d, &err), &err); CHECK(d == -2.5e-3, "d %g", d);
-    CHECK_OK(q3r_meta_get_double(&m, "exp", &d, &err), &err); CHECK(d == 1000, "exp %g", d);
-    CHECK_OK(q3r_meta_get_double(&m, "big", &d, &err), &err); CHECK(d == 9223372036854775807.0, "big %g", d);
+    CHECK_OK(q3r_meta_get_double(&m, "frac", &d, &err), &err);
+    CHECK(d == 1.5, "frac %g", d);
+    CHECK_OK(q3r_meta_get_double(&m, "d", &d, &err), &err);
+    CHECK(d == -2.5e-3, "d %g", d);
+    CHECK_OK(q3r_meta_get_double(&m, "exp", &d, &err), &err);
+    CHECK(d == 1000, "exp %g", d);
+    CHECK_OK(q3r_meta_get_double(&m, "big", &d, &err), &err);
+    CHECK(d == 9223372036854775807.0, "big %g", d);
 
     /* Refusals: status, exact message, output untouched. */
     struct {
@@ -269,15 +318,19 @@ static void test_getters(void) {
         {"plus", "metadata 'plus' = '+5' is not an integer"},
         {"dash", "metadata 'dash' = '-' is not an integer"},
         {"frac", "metadata 'frac' = '1.5' is not an integer"},
-        {"over64", "metadata 'over64' = '9223372036854775808' is not an integer (outside the range of int64)"},
-        {"under64", "metadata 'under64' = '-9223372036854775809' is not an integer (outside the range of int64)"},
-        {"huge", "metadata 'huge' = '99999999999999999999999' is not an integer (outside the range of int64)"},
+        {"over64",
+         "metadata 'over64' = '9223372036854775808' is not an integer (outside the range of int64)"},
+        {"under64",
+         "metadata 'under64' = '-9223372036854775809' is not an integer (outside the range of int64)"},
+        {"huge",
+         "metadata 'huge' = '99999999999999999999999' is not an integer (outside the range of int64)"},
         {"absent", "metadata has no 'absent'"},
     };
     for (size_t i = 0; i < sizeof bad_i64 / sizeof bad_i64[0]; i++) {
         l = 5;
         q3r_status s = q3r_meta_get_i64(&m, bad_i64[i].key, &l, &err);
-        CHECK(s == Q3R_EFORMAT && l == 5, "get_i64 %s -> %s, %lld", bad_i64[i].key, q3r_status_name(s), (long long)l);
+        CHECK(s == Q3R_EFORMAT && l == 5, "get_i64 %s -> %s, %lld", bad_i64[i].key, q3r_status_name(s),
+              (long long)l);
         CHECK(strcmp(err.msg, bad_i64[i].want) == 0, "get_i64 %s: '%s'", bad_i64[i].key, err.msg);
     }
     const char *bad_int[] = {"x12", "empty", "exp", "iover", "iunder", "big", "min", "huge", "absent"};
@@ -285,11 +338,14 @@ static void test_getters(void) {
         v = 5;
         q3r_status s = q3r_meta_get_int(&m, bad_int[i], &v, &err);
         CHECK(s == Q3R_EFORMAT && v == 5, "get_int %s -> %s, %d", bad_int[i], q3r_status_name(s), v);
-        CHECK(contains(err.msg, bad_int[i]) && (contains(err.msg, "is not an integer") || contains(err.msg, "has no")),
+        CHECK(contains(err.msg, bad_int[i]) &&
+                  (contains(err.msg, "is not an integer") || contains(err.msg, "has no")),
               "get_int %s: '%s'", bad_int[i], err.msg);
     }
     q3r_meta_get_int(&m, "iover", &v, &err);
-    CHECK(strcmp(err.msg, "metadata 'iover' = '2147483648' is not an integer (outside the range of int)") == 0, "%s", err.msg);
+    CHECK(strcmp(err.msg, "metadata 'iover' = '2147483648' is not an integer (outside the range of int)") ==
+              0,
+          "%s", err.msg);
     q3r_meta_get_int(&m, "exp", &v, &err);
     CHECK(strcmp(err.msg, "metadata 'exp' = '1e3' is not an integer") == 0, "%s", err.msg);
     const char *bad_u64[] = {"neg", "u64over", "huge", "x12", "empty", "plus", "min", "absent"};
@@ -300,7 +356,8 @@ static void test_getters(void) {
         CHECK(contains(err.msg, bad_u64[i]), "get_u64 %s: '%s'", bad_u64[i], err.msg);
     }
     q3r_meta_get_u64(&m, "neg", &u, &err);
-    CHECK(strcmp(err.msg, "metadata 'neg' = '-17' is not an integer (outside the range of uint64)") == 0, "%s", err.msg);
+    CHECK(strcmp(err.msg, "metadata 'neg' = '-17' is not an integer (outside the range of uint64)") == 0,
+          "%s", err.msg);
     const char *bad_d[] = {"inf", "nan", "dover", "dword", "empty", "dsp", "tspace", "x12", "absent"};
     for (size_t i = 0; i < sizeof bad_d / sizeof bad_d[0]; i++) {
         d = 5;
@@ -347,15 +404,16 @@ static void test_lists(void) {
     struct {
         const char *key;
         int n;
-    } bad[] = {{"ranks", 3}, {"ranks", 5}, {"one", 2}, {"none", 1}, {"one", 0},
-               {"spaced", 2}, {"hole", 3}, {"trail", 3}, {"iover", 2}};
+    } bad[] = {{"ranks", 3},  {"ranks", 5}, {"one", 2},   {"none", 1}, {"one", 0},
+               {"spaced", 2}, {"hole", 3},  {"trail", 3}, {"iover", 2}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int o[8] = {9, 9, 9, 9, 9, 9, 9, 9};
         q3r_status s = q3r_meta_get_ints(&m, bad[i].key, o, bad[i].n, &err);
         CHECK(s == Q3R_EFORMAT, "get_ints %s/%d -> %s", bad[i].key, bad[i].n, q3r_status_name(s));
         char want[64];
         snprintf(want, sizeof want, "is not a list of %d integers", bad[i].n);
-        CHECK(contains(err.msg, want) && contains(err.msg, bad[i].key), "get_ints %s/%d: %s", bad[i].key, bad[i].n, err.msg);
+        CHECK(contains(err.msg, want) && contains(err.msg, bad[i].key), "get_ints %s/%d: %s", bad[i].key,
+              bad[i].n, err.msg);
         int same = 1;
         for (int k = 0; k < 8; k++) same &= o[k] == 9;
         CHECK(same, "get_ints %s/%d wrote its output on failure", bad[i].key, bad[i].n);
@@ -363,12 +421,14 @@ static void test_lists(void) {
     q3r_meta_get_ints(&m, "ranks", r, 3, &err);
     CHECK(strcmp(err.msg, "metadata 'ranks' = '3,0,12,-4' is not a list of 3 integers") == 0, "%s", err.msg);
     CHECK(q3r_meta_get_ints(&m, "ranks", r, -1, &err) == Q3R_EINVAL, "n < 0 accepted");
-    CHECK(q3r_meta_get_ints(&m, "absent", r, 1, &err) == Q3R_EFORMAT && strcmp(err.msg, "metadata has no 'absent'") == 0,
+    CHECK(q3r_meta_get_ints(&m, "absent", r, 1, &err) == Q3R_EFORMAT &&
+              strcmp(err.msg, "metadata has no 'absent'") == 0,
           "absent list: %s", err.msg);
 
     float f[4] = {9, 9, 9, 9};
     CHECK_OK(q3r_meta_get_floats(&m, "fl", f, 4, &err), &err);
-    CHECK(f[0] == 0.5f && f[1] == -2.0f && f[2] == 1e-3f && f[3] == 3.0f, "floats %g %g %g %g", f[0], f[1], f[2], f[3]);
+    CHECK(f[0] == 0.5f && f[1] == -2.0f && f[2] == 1e-3f && f[3] == 3.0f, "floats %g %g %g %g", f[0], f[1],
+          f[2], f[3]);
     CHECK_OK(q3r_meta_get_floats(&m, "ranks", f, 4, &err), &err); /* integers are numbers */
     CHECK(f[2] == 12.0f, "ranks as floats %g", f[2]);
     const char *fbad[] = {"finf", "fnan", "fbig", "hole", "spaced"};
@@ -389,18 +449,24 @@ static void test_prefix_difference(void) {
     q3r_meta src, dst;
     q3r_meta_init(&src);
     q3r_meta_init(&dst);
-    CHECK_OK(q3r_meta_parse(&src, "{\"model.dim\":\"64\",\"opt.lr\":\"0.1\",\"model.depth\":\"4\",\"model\":\"vit\",\"mode\":\"x\"}", &err), &err);
+    CHECK_OK(q3r_meta_parse(&src,
+                            "{\"model.dim\":\"64\",\"opt.lr\":\"0.1\",\"model.depth\":\"4\",\"model\":"
+                            "\"vit\",\"mode\":\"x\"}",
+                            &err),
+             &err);
     CHECK_OK(q3r_meta_parse(&dst, "{\"run\":\"a\",\"model.depth\":\"2\"}", &err), &err);
     CHECK_OK(q3r_meta_copy_prefix(&dst, &src, "model.", &err), &err);
     char *got = NULL;
     CHECK_OK(q3r_meta_to_json(&dst, &got, &err), &err);
     /* model.depth replaced in place; model.dim appended; "model" and "mode" not copied. */
-    CHECK(got && strcmp(got, "{\"run\":\"a\",\"model.depth\":\"4\",\"model.dim\":\"64\"}") == 0, "copy_prefix: %s", got);
+    CHECK(got && strcmp(got, "{\"run\":\"a\",\"model.depth\":\"4\",\"model.dim\":\"64\"}") == 0,
+          "copy_prefix: %s", got);
     free(got);
     q3r_meta all;
     q3r_meta_init(&all);
     CHECK_OK(q3r_meta_copy_prefix(&all, &src, "", &err), &err);
-    CHECK(all.count == src.count && q3r_meta_first_difference(&src, &all, NULL) == NULL, "prefix \"\" copies all");
+    CHECK(all.count == src.count && q3r_meta_first_difference(&src, &all, NULL) == NULL,
+          "prefix \"\" copies all");
     CHECK_OK(q3r_meta_copy_prefix(&all, &all, "model", &err), &err); /* into itself: no change */
     CHECK(all.count == src.count, "self copy_prefix: %zu", all.count);
     q3r_meta_free(&all);
@@ -415,7 +481,8 @@ static void test_prefix_difference(void) {
     CHECK(q3r_meta_first_difference(&want, &have, &hv) == NULL && hv == NULL, "same: %s", hv ? hv : "NULL");
     CHECK_OK(q3r_meta_set(&have, "b", "20", &err), &err);
     const char *k = q3r_meta_first_difference(&want, &have, &hv);
-    CHECK(k && strcmp(k, "b") == 0 && hv && strcmp(hv, "20") == 0, "b differs: %s = %s", k ? k : "NULL", hv ? hv : "NULL");
+    CHECK(k && strcmp(k, "b") == 0 && hv && strcmp(hv, "20") == 0, "b differs: %s = %s", k ? k : "NULL",
+          hv ? hv : "NULL");
     q3r_meta_remove(&have, "a");
     k = q3r_meta_first_difference(&want, &have, &hv);
     CHECK(k && strcmp(k, "a") == 0 && hv == NULL, "a absent: %s", k ? k : "NULL");
@@ -451,7 +518,8 @@ static void test_safetensors(const char *dir) {
     /* Read back as a map: same keys, values and order. */
     CHECK_OK(q3r_meta_set(&r, "stale", "x", &err), &err); /* replaced by the file's */
     CHECK_OK(q3r_safetensors_read_meta(path, &b, &r, &err), &err);
-    CHECK(b.count == 1 && q3r_tensor_list_find(&b, "w") && memcmp(q3r_tensor_list_find(&b, "w")->data, w, sizeof w) == 0,
+    CHECK(b.count == 1 && q3r_tensor_list_find(&b, "w") &&
+              memcmp(q3r_tensor_list_find(&b, "w")->data, w, sizeof w) == 0,
           "tensors read back: %zu", b.count);
     CHECK(r.count == m.count, "meta read back: %zu keys", r.count);
     for (size_t i = 0; i < m.count && i < r.count; i++)

@@ -21,8 +21,8 @@ static double dotd(const float *y, const float *proj, size_t n) {
 }
 
 /* Check analytic (n) = dL/dx against central differences, on up to 48 sampled entries. */
-static void fd_check(const char *what, float *x, size_t n, const float *analytic, loss_fn f,
-                     double h, double atol, double rtol) {
+static void fd_check(const char *what, float *x, size_t n, const float *analytic, loss_fn f, double h,
+                     double atol, double rtol) {
     size_t stride = n > 48 ? n / 48 : 1;
     for (size_t i = 0; i < n; i += stride) {
         float v = x[i];
@@ -60,13 +60,13 @@ static void test_linear_forward_large(void) {
     for (int pass = 0; pass < 3; pass++) {
         /* pass 0: bias + residual; 1: neither; 2: residual in place (r == y) */
         if (pass == 2) memcpy(y, r, sizeof(float) * n * out);
-        q3r_linear_forward(y, x, w, pass == 0 ? b : NULL, pass == 0 ? r : pass == 2 ? y : NULL, n,
-                           in, out);
+        q3r_linear_forward(y, x, w, pass == 0 ? b : NULL, pass == 0 ? r : pass == 2 ? y : NULL, n, in, out);
         double maxerr = 0;
         for (int i = 0; i < n; i++)
             for (int o = 0; o < out; o++) {
-                double s = pass == 0 ? (double)b[o] + r[(size_t)i * out + o]
-                                     : pass == 2 ? r[(size_t)i * out + o] : 0.0;
+                double s = pass == 0   ? (double)b[o] + r[(size_t)i * out + o]
+                           : pass == 2 ? r[(size_t)i * out + o]
+                                       : 0.0;
                 for (int k = 0; k < in; k++) s += (double)x[(size_t)i * in + k] * w[(size_t)o * in + k];
                 double e = fabs(s - y[(size_t)i * out + o]);
                 if (e > maxerr) maxerr = e;
@@ -219,11 +219,9 @@ static void test_attention(int Tq, int causal) {
     CHECK(maxerr < 1e-5, "attention forward (Tq %d, causal %d) max err %g", Tq, causal, maxerr);
     CHECK(masked_zero, "attention (Tq %d, causal %d): masked probabilities exactly 0", Tq, causal);
     float *dqkv = randn(nqkv, 100), *datt = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
-    q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H,
-                           A_causal);
+    q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H, A_causal);
     char what[64];
-    snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T,
-             causal ? ", causal" : "");
+    snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T, causal ? ", causal" : "");
     fd_check(what, A_qkv, nqkv, dqkv, att_loss, 1e-2, 2e-3, 2e-3);
     /* non-query tokens get an exactly zero q gradient */
     int zero = 1;
@@ -337,7 +335,8 @@ static void test_tokens(void) {
     K_x = malloc(sizeof(float) * K_B * T * K_D), K_proj = randn((size_t)K_B * T * K_D, 1);
     tok_loss();
     CHECK(K_x[0] == K_cls[0] + K_pos[0], "tokens: cls first");
-    CHECK(K_x[(1 * T + 2) * K_D + 3] == K_patch[(1 * K_P + 1) * K_D + 3] + K_pos[2 * K_D + 3], "tokens: patch rows");
+    CHECK(K_x[(1 * T + 2) * K_D + 3] == K_patch[(1 * K_P + 1) * K_D + 3] + K_pos[2 * K_D + 3],
+          "tokens: patch rows");
     float *dp = randn((size_t)K_B * K_P * K_D, 9), *dc = calloc(K_D, sizeof(float));
     float *dpos = calloc((size_t)T * K_D, sizeof(float));
     q3r_tokens_backward(dp, dc, dpos, K_proj, K_B, K_P, K_D);
@@ -352,9 +351,7 @@ static int X_B, X_K;
 static float X_ls;
 static float *X_logits, *X_probs;
 static int *X_labels;
-static double xent_loss(void) {
-    return q3r_xent_forward(X_probs, X_logits, X_labels, X_B, X_K, X_ls);
-}
+static double xent_loss(void) { return q3r_xent_forward(X_probs, X_logits, X_labels, X_B, X_K, X_ls); }
 
 static void test_xent(void) {
     X_B = 4, X_K = 7;
@@ -375,8 +372,8 @@ static void test_xent(void) {
         }
         CHECK_CLOSE(xent_loss(), want, 1e-6, 1e-6, pass ? "xent loss (ls 0.1)" : "xent loss");
         q3r_xent_backward(dl, X_probs, labels, X_B, X_K, X_ls, 1.0f);
-        fd_check(pass ? "xent dlogits (ls)" : "xent dlogits", X_logits, (size_t)X_B * X_K, dl,
-                 xent_loss, 1e-2, 2e-4, 2e-3);
+        fd_check(pass ? "xent dlogits (ls)" : "xent dlogits", X_logits, (size_t)X_B * X_K, dl, xent_loss,
+                 1e-2, 2e-4, 2e-3);
     }
     free(X_logits), free(X_probs), free(dl);
 }

@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-void dgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, double *a,
-             const int *lda, double *s, double *u, const int *ldu, double *vt, const int *ldvt,
-             double *work, const int *lwork, int *info);
+void dgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, double *a, const int *lda,
+             double *s, double *u, const int *ldu, double *vt, const int *ldvt, double *work,
+             const int *lwork, int *info);
 
 /* Reference SVD of a row-major double matrix A (m x n): U (m x k, row-major ld k),
  * S (k), VT (k x n, row-major ld n). U and VT may be NULL (values only). Returns info. */
@@ -104,8 +104,8 @@ static void check_against_reference(int m, int n, int ld, double tau_frac, int i
             maxdiff = fmax(maxdiff, fabs(out[(size_t)i * ld + j] - y));
         }
     CHECK(maxdiff <= 2e-6 * fmax(scale, 1e-30) + (want_rank == 0 ? 0 : 1e-30),
-          "%dx%d tau %.2g: prox differs from reference SVT by %.3g (scale %.3g)", m, n, tau_frac,
-          maxdiff, scale);
+          "%dx%d tau %.2g: prox differs from reference SVT by %.3g (scale %.3g)", m, n, tau_frac, maxdiff,
+          scale);
     if (want_rank == 0) CHECK(maxdiff == 0, "tau above sigma_1 must give exactly zero, got %.3g", maxdiff);
     /* Padding columns beyond n are not written. */
     for (int i = 0; i < m && ld > n; i++)
@@ -144,8 +144,7 @@ static void check_optimality(q3r_rng *rng) {
             for (int i = 0; i < m; i++)
                 for (int j = 0; j < n; j++) UtDV[a][b] += Uy[i * k + a] * D[i * n + j] * VTy[b * n + j];
     for (int a = 0; a < r; a++)
-        for (int b = 0; b < r; b++)
-            CHECK_CLOSE(UtDV[a][b], a == b ? 1.0 : 0.0, 1e-4, 0, "U^T D V = I entry");
+        for (int b = 0; b < r; b++) CHECK_CLOSE(UtDV[a][b], a == b ? 1.0 : 0.0, 1e-4, 0, "U^T D V = I entry");
     /* W = (I - UU^T) D (I - VV^T); U^T D (I - VV^T) and (I - UU^T) D V must vanish. */
     double W[m * n], PU[m * n];
     for (int i = 0; i < m; i++)
@@ -218,11 +217,11 @@ static void check_errors(void) {
 int main(void) {
     q3r_rng rng;
     q3r_rng_seed(&rng, 2024);
-    check_against_reference(40, 25, 25, 0.3, 0, &rng);   /* tall */
-    check_against_reference(17, 33, 40, 0.05, 0, &rng);  /* wide, padded ld */
-    check_against_reference(30, 30, 32, 0.2, 1, &rng);   /* in place, padded */
-    check_against_reference(20, 12, 12, 0.0, 0, &rng);   /* tau 0: X itself */
-    check_against_reference(20, 12, 12, 1.5, 0, &rng);   /* tau > sigma_1: zero */
+    check_against_reference(40, 25, 25, 0.3, 0, &rng);  /* tall */
+    check_against_reference(17, 33, 40, 0.05, 0, &rng); /* wide, padded ld */
+    check_against_reference(30, 30, 32, 0.2, 1, &rng);  /* in place, padded */
+    check_against_reference(20, 12, 12, 0.0, 0, &rng);  /* tau 0: X itself */
+    check_against_reference(20, 12, 12, 1.5, 0, &rng);  /* tau > sigma_1: zero */
     check_optimality(&rng);
     check_errors();
 

@@ -55,8 +55,8 @@ static void test_clip(void) {
     for (int64_t i = 0; i < n - 1; i++) a[i] = 0.5f;
     a[n - 1] = 1e-4f;
     double want = sqrt(10007 * 0.25 + (double)1e-4f * (double)1e-4f);
-    CHECK(fabs(q3r_grad_norm(a, n) - want) <= 1e-12 * want, "big norm %.17g want %.17g",
-          q3r_grad_norm(a, n), want);
+    CHECK(fabs(q3r_grad_norm(a, n) - want) <= 1e-12 * want, "big norm %.17g want %.17g", q3r_grad_norm(a, n),
+          want);
     /* Same bits for any thread count. */
     q3r_rng rng;
     q3r_rng_seed(&rng, 5);
@@ -114,7 +114,8 @@ static void test_adamw(void) {
     q3r_tensor_list_init(&st);
     CHECK_OK(q3r_adamw_export(&opt, &st, &err), &err);
     CHECK(q3r_tensor_list_find(&st, "optim.m") && q3r_tensor_list_find(&st, "optim.v") &&
-              q3r_tensor_list_find(&st, "optim.step"), "exported names");
+              q3r_tensor_list_find(&st, "optim.step"),
+          "exported names");
     q3r_adamw b;
     CHECK_OK(q3r_adamw_init(&b, n, &cfg, &err), &err);
     CHECK_OK(q3r_adamw_set_decay_ranges(&b, r, 2, &err), &err);
@@ -210,7 +211,8 @@ static void test_trainable(void) {
     q3r_tensor_list st;
     q3r_tensor_list_init(&st);
     CHECK_OK(q3r_adamw_export(&A, &st, &err), &err);
-    const float *em = q3r_tensor_list_find(&st, "optim.m")->data, *ev = q3r_tensor_list_find(&st, "optim.v")->data;
+    const float *em = q3r_tensor_list_find(&st, "optim.m")->data,
+                *ev = q3r_tensor_list_find(&st, "optim.v")->data;
     const float zero = 0.0f;
     int frozen_ok = 1, moments_ok = 1, train_ok = 1, moved = 0;
     for (int64_t i = 0, k = 0; i < n; i++) {
@@ -219,7 +221,8 @@ static void test_trainable(void) {
             moments_ok &= memcmp(&em[i], &zero, sizeof zero) == 0 && memcmp(&ev[i], &zero, sizeof zero) == 0;
         } else {
             /* (b) trainable: the compacted run's bits, params and moments. */
-            train_ok &= memcmp(&pa[i], &pc[k], sizeof(float)) == 0 && memcmp(&em[i], &C.m[k], sizeof(float)) == 0 &&
+            train_ok &= memcmp(&pa[i], &pc[k], sizeof(float)) == 0 &&
+                        memcmp(&em[i], &C.m[k], sizeof(float)) == 0 &&
                         memcmp(&ev[i], &C.v[k], sizeof(float)) == 0;
             moved += pa[i] != p0[i];
             k++;
@@ -250,7 +253,17 @@ static void test_trainable(void) {
     q3r_adamw_free(&N);
     q3r_adamw_free(&O);
     CHECK(A.trainable == NULL, "free clears the mask");
-    free(p0); free(g); free(tm); free(dm); free(ones); free(pc); free(gc); free(dc); free(pa); free(pn); free(p1);
+    free(p0);
+    free(g);
+    free(tm);
+    free(dm);
+    free(ones);
+    free(pc);
+    free(gc);
+    free(dc);
+    free(pa);
+    free(pn);
+    free(p1);
 }
 
 int main(void) {

@@ -17,10 +17,8 @@ static void jacobi_svd(const double *A, int m, int n, double *U, double *S, doub
     int M = tr ? n : m, N = tr ? m : n;
     double *W = malloc(sizeof(double) * M * N), *Q = calloc((size_t)N * N, sizeof(double));
     for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++)
-            W[i * N + j] = tr ? A[j * n + i] : A[i * n + j];
-    for (int j = 0; j < N; j++)
-        Q[j * N + j] = 1;
+        for (int j = 0; j < N; j++) W[i * N + j] = tr ? A[j * n + i] : A[i * n + j];
+    for (int j = 0; j < N; j++) Q[j * N + j] = 1;
     for (int sweep = 0; sweep < 60; sweep++) {
         double off = 0;
         for (int p = 0; p < N; p++)
@@ -54,8 +52,7 @@ static void jacobi_svd(const double *A, int m, int n, double *U, double *S, doub
     double *nrm = malloc(sizeof(double) * N);
     for (int j = 0; j < N; j++) {
         double s = 0;
-        for (int i = 0; i < M; i++)
-            s += W[i * N + j] * W[i * N + j];
+        for (int i = 0; i < M; i++) s += W[i * N + j] * W[i * N + j];
         nrm[j] = sqrt(s);
         ord[j] = j;
     }
@@ -71,10 +68,8 @@ static void jacobi_svd(const double *A, int m, int n, double *U, double *S, doub
     for (int a = 0; a < N; a++) {
         int j = ord[a];
         S[a] = nrm[j];
-        for (int i = 0; i < M; i++)
-            L[i * N + a] = nrm[j] > 0 ? W[i * N + j] / nrm[j] : 0;
-        for (int i = 0; i < N; i++)
-            R[i * N + a] = Q[i * N + j];
+        for (int i = 0; i < M; i++) L[i * N + a] = nrm[j] > 0 ? W[i * N + j] / nrm[j] : 0;
+        for (int i = 0; i < N; i++) R[i * N + a] = Q[i * N + j];
     }
     free(W);
     free(Q);
@@ -90,22 +85,17 @@ static void complete_basis(const double *Bk, int n, int k, double *B, q3r_rng *r
     for (int a = 0; a < n; a++) {
         for (int tries = 0; tries < 100; tries++) {
             int from_bk = a < k && tries == 0;
-            for (int i = 0; i < n; i++)
-                v[i] = from_bk ? Bk[i * k + a] : q3r_rng_normal(rng);
+            for (int i = 0; i < n; i++) v[i] = from_bk ? Bk[i * k + a] : q3r_rng_normal(rng);
             for (int pass = 0; pass < 2; pass++)
                 for (int b = 0; b < have; b++) {
                     double d = 0;
-                    for (int i = 0; i < n; i++)
-                        d += v[i] * B[i * n + b];
-                    for (int i = 0; i < n; i++)
-                        v[i] -= d * B[i * n + b];
+                    for (int i = 0; i < n; i++) d += v[i] * B[i * n + b];
+                    for (int i = 0; i < n; i++) v[i] -= d * B[i * n + b];
                 }
             double s = 0;
-            for (int i = 0; i < n; i++)
-                s += v[i] * v[i];
+            for (int i = 0; i < n; i++) s += v[i] * v[i];
             if (s > (from_bk ? 0.25 : 1e-6)) {
-                for (int i = 0; i < n; i++)
-                    B[i * n + have] = v[i] / sqrt(s);
+                for (int i = 0; i < n; i++) B[i * n + have] = v[i] / sqrt(s);
                 have++;
                 break;
             }
@@ -127,8 +117,7 @@ static void ref_init(ref_op *R, const float *Wf, int m, int n, int ld) {
     R->k = m < n ? m : n;
     double *W = malloc(sizeof(double) * m * n);
     for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-            W[i * n + j] = Wf[i * ld + j];
+        for (int j = 0; j < n; j++) W[i * n + j] = Wf[i * ld + j];
     R->U = malloc(sizeof(double) * m * R->k);
     R->S = malloc(sizeof(double) * R->k);
     R->V = malloc(sizeof(double) * n * R->k);
@@ -143,8 +132,7 @@ static void ref_set_eps(ref_op *R, double eps) {
     R->r_env = 0;
     /* sigma_{r+1} itself (eps under default) must not count: the library's eps comes from
      * LAPACK's sigma, ours from Jacobi, equal to ~1e-15 relative */
-    while (R->r_env < R->k && R->S[R->r_env] > eps * (1 + 1e-10))
-        R->r_env++;
+    while (R->r_env < R->k && R->S[R->r_env] > eps * (1 + 1e-10)) R->r_env++;
 }
 
 static void ref_free(ref_op *R) {
@@ -163,22 +151,18 @@ static void ref_apply(const ref_op *R, const double *X, double *Y) {
     for (int a = 0; a < r; a++) {
         double t = ref_t(R, a);
         for (int i = 0; i < m; i++)
-            for (int j = 0; j < m; j++)
-                P[i * m + j] += t * R->U[i * k + a] * R->U[j * k + a];
+            for (int j = 0; j < m; j++) P[i * m + j] += t * R->U[i * k + a] * R->U[j * k + a];
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < n; j++)
-                Q[i * n + j] += t * R->V[i * k + a] * R->V[j * k + a];
+            for (int j = 0; j < n; j++) Q[i * n + j] += t * R->V[i * k + a] * R->V[j * k + a];
     }
     double *PX = calloc((size_t)m * n, sizeof(double));
     for (int i = 0; i < m; i++)
         for (int p = 0; p < m; p++)
-            for (int j = 0; j < n; j++)
-                PX[i * n + j] += P[i * m + p] * X[p * n + j];
+            for (int j = 0; j < n; j++) PX[i * n + j] += P[i * m + p] * X[p * n + j];
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double y = X[i * n + j] + PX[i * n + j];
-            for (int q = 0; q < n; q++)
-                y += (X[i * n + q] + PX[i * n + q]) * Q[q * n + j];
+            for (int q = 0; q < n; q++) y += (X[i * n + q] + PX[i * n + q]) * Q[q * n + j];
             Y[i * n + j] = y;
         }
     free(P);
@@ -194,8 +178,7 @@ static double *ref_matrix(const ref_op *R) {
     for (int c = 0; c < N; c++) {
         e[c] = 1;
         ref_apply(R, e, y);
-        for (int i = 0; i < N; i++)
-            M[i * N + c] = y[i];
+        for (int i = 0; i < N; i++) M[i * N + c] = y[i];
         e[c] = 0;
     }
     free(e);
@@ -220,14 +203,12 @@ static double F_eps(const double *X, int m, int n, double eps) {
 
 static void to_double(const float *X, int m, int n, int ld, double *Y) {
     for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-            Y[i * n + j] = X[i * ld + j];
+        for (int j = 0; j < n; j++) Y[i * n + j] = X[i * ld + j];
 }
 
 static double max_abs_d(const double *a, size_t n) {
     double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs(a[i]));
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
     return m;
 }
 
@@ -252,22 +233,19 @@ static void test_operator(int m, int n, int rank, q3r_rng *rng) {
     ref_set_eps(&R, R.S[rank]);
     CHECK(info.r_env == R.r_env && info.r_env == rank, "%dx%d r_env %d, reference %d", m, n, info.r_env,
           R.r_env);
-    for (int i = 0; i < R.k; i++)
-        CHECK_CLOSE(info.sigma[i], R.S[i], 1e-12, 1e-10, "all sigma");
+    for (int i = 0; i < R.k; i++) CHECK_CLOSE(info.sigma[i], R.S[i], 1e-12, 1e-10, "all sigma");
 
     /* (1) value against x^T M x with M the explicit operator; M symmetric */
     double *Mop = ref_matrix(&R), *xd = malloc(sizeof(double) * N), *y = malloc(sizeof(double) * N);
     double asym = 0;
     for (int i = 0; i < N; i++)
-        for (int j = 0; j < N; j++)
-            asym = fmax(asym, fabs(Mop[i * N + j] - Mop[j * N + i]));
+        for (int j = 0; j < N; j++) asym = fmax(asym, fabs(Mop[i * N + j] - Mop[j * N + i]));
     CHECK(asym < 1e-12, "%dx%d operator asymmetry %g", m, n, asym);
     to_double(X, m, n, n, xd);
     double vref = 0;
     for (int i = 0; i < N; i++) {
         double acc = 0;
-        for (int j = 0; j < N; j++)
-            acc += Mop[i * N + j] * xd[j];
+        for (int j = 0; j < N; j++) acc += Mop[i * N + j] * xd[j];
         y[i] = acc;
         vref += xd[i] * acc;
     }
@@ -308,8 +286,7 @@ static void test_operator(int m, int n, int rank, q3r_rng *rng) {
         for (int b = 0; b < n; b++) {
             double z = 0;
             for (int i = 0; i < m; i++)
-                for (int j = 0; j < n; j++)
-                    z += Uf[i * m + a] * xd[i * n + j] * Vf[j * n + b];
+                for (int j = 0; j < n; j++) z += Uf[i * m + a] * xd[i * n + j] * Vf[j * n + b];
             double sa = a < R.k ? fmin(R.eps / R.S[a], 1) : 1, sb = b < R.k ? fmin(R.eps / R.S[b], 1) : 1;
             Z[a * n + b] = z * sa * sb;
         }
@@ -317,13 +294,11 @@ static void test_operator(int m, int n, int rank, q3r_rng *rng) {
         for (int j = 0; j < n; j++) {
             double acc = 0;
             for (int a = 0; a < m; a++)
-                for (int b = 0; b < n; b++)
-                    acc += Uf[i * m + a] * Z[a * n + b] * Vf[j * n + b];
+                for (int b = 0; b < n; b++) acc += Uf[i * m + a] * Z[a * n + b] * Vf[j * n + b];
             Yf[i * n + j] = acc;
         }
     double ferr = 0;
-    for (int i = 0; i < N; i++)
-        ferr = fmax(ferr, fabs(2 * lambda * Yf[i] - G[i]));
+    for (int i = 0; i < N; i++) ferr = fmax(ferr, fabs(2 * lambda * Yf[i] - G[i]));
     CHECK(ferr <= 2e-6 * gmax, "%dx%d full-basis form off by %g of %g", m, n, ferr, gmax);
 
     /* (5) closed form R(W') = U diag(eps^2/sigma) V^T + (W' - U diag(sigma) V^T) */
@@ -342,8 +317,7 @@ static void test_operator(int m, int n, int rank, q3r_rng *rng) {
     /* the value identity used by apply, checked on its own: <X, G> == value */
     CHECK_OK(q3r_state_apply(s, X, n, lambda, 1.0f, 0.0f, G, n, &v, &err), &err);
     double xg = 0;
-    for (int i = 0; i < N; i++)
-        xg += (double)X[i] * G[i];
+    for (int i = 0; i < N; i++) xg += (double)X[i] * G[i];
     CHECK_CLOSE(v, 0.5 * xg, 0, 2e-6, "value == lambda <X, R X> == <X, G>/2");
 
     free(Mop);
@@ -463,12 +437,10 @@ static void test_schedules(q3r_rng *rng) {
         ref_free(&R);
         /* random walk, sometimes shrinking the matrix so sigma_{r+1} drops */
         double scale = it % 3 == 1 ? 0.5 : 1.0;
-        for (int i = 0; i < N; i++)
-            X[i] = (float)(scale * X[i] + 0.3 * q3r_rng_normal(rng));
+        for (int i = 0; i < N; i++) X[i] = (float)(scale * X[i] + 0.3 * q3r_rng_normal(rng));
     }
     /* (7) envelope above r: singular values grow above a frozen eps */
-    for (int i = 0; i < N; i++)
-        X[i] *= 4.0f;
+    for (int i = 0; i < N; i++) X[i] *= 4.0f;
     CHECK_OK(q3r_state_refresh(s, X, n, &err), &err);
     q3r_state_get_info(s, &info);
     {
@@ -485,8 +457,7 @@ static void test_schedules(q3r_rng *rng) {
         to_double(X, m, n, n, xd);
         ref_apply(&R, xd, yd);
         double e = 0, mx = max_abs_d(yd, N);
-        for (int i = 0; i < N; i++)
-            e = fmax(e, fabs(G[i] - yd[i]));
+        for (int i = 0; i < N; i++) e = fmax(e, fabs(G[i] - yd[i]));
         CHECK(e <= 2e-6 * mx, "grown envelope R(X) off by %g of %g", e, mx);
         ref_free(&R);
     }
@@ -497,8 +468,7 @@ static void test_schedules(q3r_rng *rng) {
     o.schedule = Q3R_EPS_EXPLORATION;
     CHECK_OK(q3r_state_create(m, n, r, &o, &s, &err), &err);
     for (int it = 0; it < 4; it++) {
-        for (int i = 0; i < N; i++)
-            X[i] = (float)(q3r_rng_normal(rng) * (it % 2 ? 3 : 1));
+        for (int i = 0; i < N; i++) X[i] = (float)(q3r_rng_normal(rng) * (it % 2 ? 3 : 1));
         CHECK_OK(q3r_state_refresh(s, X, n, &err), &err);
         q3r_state_get_info(s, &info);
         ref_op R;
@@ -533,8 +503,7 @@ static void test_schedules(q3r_rng *rng) {
         double want = it >= o.geometric_steps ? o.eps_min : eps0 * pow(c, it);
         snprintf(what, sizeof what, "geometric eps after %d refreshes", it + 1);
         CHECK_CLOSE(info.eps, want, 0, 1e-10, what);
-        for (int i = 0; i < N; i++)
-            X[i] += (float)(0.1 * q3r_rng_normal(rng));
+        for (int i = 0; i < N; i++) X[i] += (float)(0.1 * q3r_rng_normal(rng));
     }
     CHECK(info.eps == o.eps_min, "geometric eps must sit exactly on its floor: %.17g", info.eps);
     q3r_state_free(s);
@@ -592,8 +561,7 @@ static void test_decoupled(q3r_rng *rng) {
     q3r_state *s = NULL;
     CHECK_OK(q3r_state_create(m, n, 4, NULL, &s, &err), &err);
     CHECK_OK(q3r_state_refresh(s, W, ld, &err), &err);
-    for (int i = 0; i < m * ld; i++)
-        X[i] += (float)(0.2 * q3r_rng_normal(rng));
+    for (int i = 0; i < m * ld; i++) X[i] += (float)(0.2 * q3r_rng_normal(rng));
     float Xref[12 * 13];
     memcpy(Xref, X, sizeof X);
     const double lambda = 0.7, lr = 0.05;

@@ -19,25 +19,20 @@ static void reflect(double *A, int m, int n, int left, q3r_rng *rng) {
     int len = left ? m : n;
     double *v = malloc(sizeof(double) * len), vv = 0;
     fill_normal_d(v, len, 1.0, rng);
-    for (int i = 0; i < len; i++)
-        vv += v[i] * v[i];
+    for (int i = 0; i < len; i++) vv += v[i] * v[i];
     if (left) {
         for (int j = 0; j < n; j++) {
             double d = 0;
-            for (int i = 0; i < m; i++)
-                d += v[i] * A[(size_t)i * n + j];
+            for (int i = 0; i < m; i++) d += v[i] * A[(size_t)i * n + j];
             d *= 2 / vv;
-            for (int i = 0; i < m; i++)
-                A[(size_t)i * n + j] -= d * v[i];
+            for (int i = 0; i < m; i++) A[(size_t)i * n + j] -= d * v[i];
         }
     } else {
         for (int i = 0; i < m; i++) {
             double d = 0;
-            for (int j = 0; j < n; j++)
-                d += A[(size_t)i * n + j] * v[j];
+            for (int j = 0; j < n; j++) d += A[(size_t)i * n + j] * v[j];
             d *= 2 / vv;
-            for (int j = 0; j < n; j++)
-                A[(size_t)i * n + j] -= d * v[j];
+            for (int j = 0; j < n; j++) A[(size_t)i * n + j] -= d * v[j];
         }
     }
     free(v);
@@ -47,14 +42,12 @@ static void reflect(double *A, int m, int n, int left, q3r_rng *rng) {
 static void make_spectrum(float *X, int m, int n, const double *d, q3r_rng *rng) {
     double *A = calloc((size_t)m * n, sizeof(double));
     int k = m < n ? m : n;
-    for (int i = 0; i < k; i++)
-        A[(size_t)i * n + i] = d[i];
+    for (int i = 0; i < k; i++) A[(size_t)i * n + i] = d[i];
     for (int r = 0; r < 3; r++) {
         reflect(A, m, n, 1, rng);
         reflect(A, m, n, 0, rng);
     }
-    for (size_t i = 0; i < (size_t)m * n; i++)
-        X[i] = (float)A[i];
+    for (size_t i = 0; i < (size_t)m * n; i++) X[i] = (float)A[i];
     free(A);
 }
 
@@ -66,11 +59,11 @@ static void spectrum(double *d, int k, int kind, int r, q3r_rng *rng) {
         case FLAT: /* quarter-circle-like: the singular values of a square Gaussian matrix */
             d[i] = 2.0 * sqrt(1.0 - (double)i / k) * (1 + 0.01 * q3r_rng_uniform(rng));
             break;
-        case DECAY:
-            d[i] = pow(0.93, i);
-            break;
+        case DECAY: d[i] = pow(0.93, i); break;
         case CLUSTER: /* 2r values within +-1% of 0.5 around index r, the rest far above/below */
-            d[i] = i < r / 2 ? 2.0 - 0.01 * i : i < 2 * r ? 0.5 * (1 + 0.01 * (r - i) / r) : 0.1 * pow(0.97, i);
+            d[i] = i < r / 2   ? 2.0 - 0.01 * i
+                   : i < 2 * r ? 0.5 * (1 + 0.01 * (r - i) / r)
+                               : 0.1 * pow(0.97, i);
             break;
         }
     }
@@ -93,7 +86,8 @@ static void test_topk(int m, int n, int kind, int kwant, q3r_rng *rng) {
     float *U = malloc(sizeof(float) * m * kwant), *V = malloc(sizeof(float) * n * b),
           *V2 = malloc(sizeof(float) * n * b);
     double *St = malloc(sizeof(double) * b);
-    q3r_topk_options o = {.k = kwant, .block = b, .seed = 11, .tol_rel = 1e-4, .tol_abs = 1e-6, .max_iter = 300};
+    q3r_topk_options o = {
+        .k = kwant, .block = b, .seed = 11, .tol_rel = 1e-4, .tol_abs = 1e-6, .max_iter = 300};
     q3r_topk_result res;
     for (int warm = 0; warm < 2; warm++) {
         if (warm) { /* perturb by ~1% and restart from the previous block */
@@ -116,8 +110,7 @@ static void test_topk(int m, int n, int kind, int kwant, q3r_rng *rng) {
         for (int j = 0; j < kwant; j++)
             for (int i = 0; i < m; i++) {
                 double acc = 0;
-                for (int c = 0; c < n; c++)
-                    acc += (double)X[(size_t)i * n + c] * V[(size_t)j * n + c];
+                for (int c = 0; c < n; c++) acc += (double)X[(size_t)i * n + c] * V[(size_t)j * n + c];
                 rmax = fmax(rmax, fabs(acc - St[j] * U[(size_t)j * m + i]));
             }
         /* the residual of a triplet is ~ sqrt(value error * gap) */
@@ -150,8 +143,8 @@ static void compare_states(q3r_state *fast, q3r_state *ex, const float *X, const
     q3r_state_get_info(ex, &ei);
     const double s1 = ei.sigma[0];
     CHECK(fi.r_env == ei.r_env, "%s: r_env %d, exact %d", what, fi.r_env, ei.r_env);
-    CHECK(fi.nsigma > fi.r_env || fi.nsigma == ei.nsigma, "%s: nsigma %d must exceed r_env %d", what, fi.nsigma,
-          fi.r_env);
+    CHECK(fi.nsigma > fi.r_env || fi.nsigma == ei.nsigma, "%s: nsigma %d must exceed r_env %d", what,
+          fi.nsigma, fi.r_env);
     CHECK(fabs(fi.eps - ei.eps) <= fmax(2e-4 * ei.eps, 2e-6 * s1), "%s: eps %.9g, exact %.9g", what, fi.eps,
           ei.eps);
     CHECK(fabs(fi.sigma_r1 - ei.sigma_r1) <= fmax(2e-4 * ei.sigma_r1, 2e-6 * s1), "%s: sigma_r1 %.9g vs %.9g",
@@ -159,12 +152,15 @@ static void compare_states(q3r_state *fast, q3r_state *ex, const float *X, const
     double worst = 0;
     for (int i = 0; i < fi.nsigma; i++)
         worst = fmax(worst, fabs(fi.sigma[i] - ei.sigma[i]) / fmax(2e-4 * ei.sigma[i], 2e-6 * s1));
-    { q3r_refresh_stats rs; q3r_state_get_refresh_stats(fast, &rs);
-      CHECK(worst <= 1, "%s: sigma error %.2f of the tolerance (iters %d, block %d)", what, worst, rs.iters, rs.block); }
+    {
+        q3r_refresh_stats rs;
+        q3r_state_get_refresh_stats(fast, &rs);
+        CHECK(worst <= 1, "%s: sigma error %.2f of the tolerance (iters %d, block %d)", what, worst, rs.iters,
+              rs.block);
+    }
     /* every sigma_i > eps is in the envelope */
     int want = 0;
-    while (want < ei.nsigma && ei.sigma[want] > fi.eps * (1 + 1e-3))
-        want++;
+    while (want < ei.nsigma && ei.sigma[want] > fi.eps * (1 + 1e-3)) want++;
     CHECK(fi.r_env >= want, "%s: r_env %d misses exact values above eps (%d)", what, fi.r_env, want);
 
     applied a = {0, malloc(sizeof(float) * m * n)}, b = {0, malloc(sizeof(float) * m * n)};
@@ -201,8 +197,7 @@ static void test_state(int m, int n, int rank, int kind, const q3r_eps_options *
             for (int i = 0; i < m * n; i++)
                 X[i] += (float)(0.005 * d[0] / sqrt((double)k) * q3r_rng_normal(rng));
         memcpy(Y, X, sizeof(float) * m * n); /* the gradient at W itself, plus a direction */
-        for (int i = 0; i < m * n; i++)
-            Y[i] += (float)(0.3 * d[0] / sqrt((double)k) * q3r_rng_normal(rng));
+        for (int i = 0; i < m * n; i++) Y[i] += (float)(0.3 * d[0] / sqrt((double)k) * q3r_rng_normal(rng));
         snprintf(what, sizeof what, "state %dx%d r%d kind %d eps %s method %d refresh %d", m, n, rank, kind,
                  q3r_eps_name(eo->schedule), (int)method, step);
         compare_states(fast, ex, X, Y, m, n, what);
@@ -228,7 +223,8 @@ static int same_export(const q3r_state *a, const q3r_state *b) {
                la.count == lb.count;
     for (size_t i = 0; same && i < la.count; i++) {
         const q3r_tensor *ta = &la.items[i], *tb = &lb.items[i];
-        same = !strcmp(ta->name, tb->name) && ta->dtype == tb->dtype && q3r_tensor_numel(ta) == q3r_tensor_numel(tb) &&
+        same = !strcmp(ta->name, tb->name) && ta->dtype == tb->dtype &&
+               q3r_tensor_numel(ta) == q3r_tensor_numel(tb) &&
                !memcmp(ta->data, tb->data, (size_t)q3r_tensor_numel(ta) * q3r_dtype_size(ta->dtype));
     }
     q3r_tensor_list_free(&la), q3r_tensor_list_free(&lb);
@@ -253,8 +249,7 @@ static void test_lifecycle(q3r_rng *rng) {
         CHECK_OK(q3r_state_refresh(a, X, n, &err), &err);
         CHECK_OK(q3r_state_refresh(b, X, n, &err), &err);
         CHECK(same_export(a, b), "refresh %d: two states, same inputs, different bits", it);
-        for (int i = 0; i < m * n; i++)
-            X[i] += (float)(1e-3 * q3r_rng_normal(rng));
+        for (int i = 0; i < m * n; i++) X[i] += (float)(1e-3 * q3r_rng_normal(rng));
     }
     /* export/import carries the warm block: the next refresh is bit-identical */
     q3r_tensor_list l;
@@ -282,8 +277,7 @@ static void test_lifecycle(q3r_rng *rng) {
 /* max_i |Sf_i - S_i| / S_0 */
 static double sv_err(const float *Sf, const double *S, int k) {
     double worst = 0;
-    for (int i = 0; i < k; i++)
-        worst = fmax(worst, fabs(Sf[i] - S[i]) / S[0]);
+    for (int i = 0; i < k; i++) worst = fmax(worst, fabs(Sf[i] - S[i]) / S[0]);
     return worst;
 }
 
@@ -316,27 +310,23 @@ static void test_f32_accuracy(q3r_rng *rng) {
         CHECK_OK(q3r_svd_thin(X, m, n, n, NULL, S, NULL, &err), &err);
         CHECK_OK(q3r_svd_thin_f32(X, m, n, n, NULL, Sf, NULL, &err), &err);
         double worst = sv_err(Sf, S, k);
-        CHECK(worst <= bound, "sgesdd vs dgesdd (kind %d): %.2e of sigma_1, bound %.2e", kind, worst,
-              bound);
-        printf("sgesdd vs dgesdd, %dx%d kind %d: max |error| %.2e sigma_1 (bound %.2e, %.2f of it)\n",
-               m, n, kind, worst, bound, worst / bound);
+        CHECK(worst <= bound, "sgesdd vs dgesdd (kind %d): %.2e of sigma_1, bound %.2e", kind, worst, bound);
+        printf("sgesdd vs dgesdd, %dx%d kind %d: max |error| %.2e sigma_1 (bound %.2e, %.2f of it)\n", m, n,
+               kind, worst, bound, worst / bound);
 
         /* controls: a wrong SVD must fail the same check */
-        for (int i = 0; i < k; i++)
-            Sw[i] = (float)(S[i] * (1 + 1e-4));
+        for (int i = 0; i < k; i++) Sw[i] = (float)(S[i] * (1 + 1e-4));
         double wrong = sv_err(Sw, S, k);
-        CHECK(wrong > bound, "control (kind %d): 1e-4 relative error %.2e passes bound %.2e", kind,
-              wrong, bound);
-        for (int i = 0; i < m * n; i++)
-            Xp[i] = X[i] + (float)(1e-4 * S[0] * q3r_rng_normal(&crng));
+        CHECK(wrong > bound, "control (kind %d): 1e-4 relative error %.2e passes bound %.2e", kind, wrong,
+              bound);
+        for (int i = 0; i < m * n; i++) Xp[i] = X[i] + (float)(1e-4 * S[0] * q3r_rng_normal(&crng));
         CHECK_OK(q3r_svd_thin(Xp, m, n, n, NULL, Sp, NULL, &err), &err);
-        for (int i = 0; i < k; i++)
-            Sw[i] = (float)Sp[i];
+        for (int i = 0; i < k; i++) Sw[i] = (float)Sp[i];
         double pert = sv_err(Sw, S, k);
-        CHECK(pert > bound, "control (kind %d): perturbed matrix's values %.2e pass bound %.2e", kind,
-              pert, bound);
-        printf("  controls: 1e-4 relative %.2e, perturbed matrix %.2e sigma_1 (must exceed bound)\n",
-               wrong, pert);
+        CHECK(pert > bound, "control (kind %d): perturbed matrix's values %.2e pass bound %.2e", kind, pert,
+              bound);
+        printf("  controls: 1e-4 relative %.2e, perturbed matrix %.2e sigma_1 (must exceed bound)\n", wrong,
+               pert);
     }
     free(X), free(Xp);
 }

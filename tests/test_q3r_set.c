@@ -34,8 +34,7 @@ static void test_slices(q3r_rng *rng) {
     float *W = malloc(sizeof(float) * N), *W0 = malloc(sizeof(float) * N), *grad = malloc(sizeof(float) * N);
     fill_normal_f(W, N, 1.0, rng);
     memcpy(W0, W, sizeof(float) * N);
-    for (int i = 0; i < N; i++)
-        grad[i] = 100.0f + (float)i; /* sentinel */
+    for (int i = 0; i < N; i++) grad[i] = 100.0f + (float)i; /* sentinel */
     q3r_set_options o = q3r_set_options_default();
     o.lambda = 0.2;
     q3r_set *set = NULL;
@@ -52,8 +51,7 @@ static void test_slices(q3r_rng *rng) {
     CHECK_OK(q3r_set_maybe_refresh(set, 3, &err), &err); /* not due */
     q3r_set_info(set, 0, &info);
     CHECK(info.refreshes == 1, "refresh at step 3 with period 5");
-    for (int i = 0; i < N; i++)
-        W[i] += (float)(0.1 * q3r_rng_normal(rng));
+    for (int i = 0; i < N; i++) W[i] += (float)(0.1 * q3r_rng_normal(rng));
 
     double value = 0, vq = 0, vv = 0;
     CHECK_OK(q3r_set_add_grad(set, &value, &err), &err);
@@ -127,8 +125,7 @@ static void test_refresh_atomic(q3r_rng *rng) {
     q3r_set_info(set, 0, &ia);
     double eps_a = ia.eps;
     B[7] = NAN;
-    for (int i = 0; i < 48; i++)
-        A[i] *= 0.5f;
+    for (int i = 0; i < 48; i++) A[i] *= 0.5f;
     CHECK(q3r_set_refresh(set, &err) == Q3R_ENUMERIC && strstr(err.msg, "'b'"), "NaN in b: %s", err.msg);
     q3r_set_info(set, 0, &ia);
     q3r_set_info(set, 1, &ib);
@@ -166,8 +163,7 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     for (long step = 0; step < 5; step++) {
         CHECK_OK(q3r_set_maybe_refresh(s1, step, &err), &err);
         CHECK_OK(q3r_set_decoupled_step(s1, 0.05, NULL, &err), &err);
-        for (int i = 0; i < n1; i++)
-            A[i] += (float)(0.05 * q3r_rng_normal(rng));
+        for (int i = 0; i < n1; i++) A[i] += (float)(0.05 * q3r_rng_normal(rng));
     }
     q3r_tensor_list saved;
     q3r_tensor_list_init(&saved);
@@ -350,8 +346,7 @@ int main(void) {
     q3r_rng_seed(&rng, 7);
     test_slices(&rng);
     test_refresh_atomic(&rng);
-    for (int s = 0; s < 4; s++)
-        test_roundtrip((q3r_eps_schedule)s, &rng);
+    for (int s = 0; s < 4; s++) test_roundtrip((q3r_eps_schedule)s, &rng);
     test_rank_rules();
     test_set_bad_input();
     test_metrics();

@@ -32,7 +32,8 @@ static void chain_product(double **F, const int *dims, int nf, double *out) {
         for (int i = 0; i < rows; i++)
             for (int p = 0; p < dims[k]; p++) {
                 double a = P[(size_t)i * dims[k] + p];
-                for (int j = 0; j < dims[k + 1]; j++) Q[(size_t)i * dims[k + 1] + j] += a * F[k][(size_t)p * dims[k + 1] + j];
+                for (int j = 0; j < dims[k + 1]; j++)
+                    Q[(size_t)i * dims[k + 1] + j] += a * F[k][(size_t)p * dims[k + 1] + j];
             }
         free(P);
         P = Q;
@@ -79,7 +80,8 @@ static void test_chain(int rows, int cols, int nf, const int *inner, q3r_reparam
     }
     CHECK(dims[0] == rows && dims[nf] == cols, "%s: factor shapes", what);
     q3r_reparam_materialize(rp);
-    double *W = malloc(sizeof(double) * (size_t)rows * cols), *G = malloc(sizeof(double) * (size_t)rows * cols);
+    double *W = malloc(sizeof(double) * (size_t)rows * cols),
+           *G = malloc(sizeof(double) * (size_t)rows * cols);
     chain_product(F, dims, nf, W);
     double e = 0, scale = 0;
     int gaps = 1;
@@ -98,7 +100,8 @@ static void test_chain(int rows, int cols, int nf, const int *inner, q3r_reparam
     /* dW = G + W at the materialised W */
     fill_normal_d(G, (size_t)rows * cols, 1.0, &rng);
     for (int i = 0; i < rows; i++)
-        for (int j = 0; j < cols; j++) dw[(size_t)i * ldg + j] = (float)(G[(size_t)i * cols + j] + W[(size_t)i * cols + j]);
+        for (int j = 0; j < cols; j++)
+            dw[(size_t)i * ldg + j] = (float)(G[(size_t)i * cols + j] + W[(size_t)i * cols + j]);
     q3r_reparam_backward(rp, 1);
     int zeroed = 1;
     for (int i = 0; i < rows; i++)
@@ -125,8 +128,8 @@ static void test_chain(int rows, int cols, int nf, const int *inner, q3r_reparam
             worst = fmax(worst, fabs(fd - g[i]));
             gmax = fmax(gmax, fabs(fd));
         }
-        CHECK(worst <= 2e-4 * gmax, "%s: factor %d gradient off the finite differences by %g (max %g)", what, k,
-              worst, gmax);
+        CHECK(worst <= 2e-4 * gmax, "%s: factor %d gradient off the finite differences by %g (max %g)", what,
+              k, worst, gmax);
     }
     for (int k = 0; k < nf; k++) free(F[k]);
     free(W);
@@ -197,7 +200,8 @@ static void test_spectral_init(void) {
     for (int i = 0; i < M * N; i++) e = fmax(e, fabs(w[i] - trunc[i]));
     CHECK(e < 2e-6, "spectral init: A B off the rank-%d truncation by %g", RK, e);
     int ar, ac_, br, bc;
-    float *A = q3r_reparam_factor(rp, 0, 0, &ar, &ac_, NULL), *B = q3r_reparam_factor(rp, 0, 1, &br, &bc, NULL);
+    float *A = q3r_reparam_factor(rp, 0, 0, &ar, &ac_, NULL),
+          *B = q3r_reparam_factor(rp, 0, 1, &br, &bc, NULL);
     CHECK(ar == M && ac_ == RK && br == RK && bc == N, "spectral init: shapes %dx%d, %dx%d", ar, ac_, br, bc);
     double eb = 0;
     for (int p = 0; p < RK; p++)
@@ -217,14 +221,20 @@ enum { TB = 6, IMG = 8 };
 
 static q3r_train_config tiny_config(const char *method) {
     q3r_train_config c = q3r_train_defaults();
-    c.model = vit_meta((q3r_vit_config){.image_size = IMG, .channels = 1, .patch = 4, .width = 8, .depth = 2,
-                               .heads = 2, .mlp_hidden = 12, .classes = 3});
+    c.model = vit_meta((q3r_vit_config){.image_size = IMG,
+                                        .channels = 1,
+                                        .patch = 4,
+                                        .width = 8,
+                                        .depth = 2,
+                                        .heads = 2,
+                                        .mlp_hidden = 12,
+                                        .classes = 3});
     c.batch = TB;
     q3r_train_set_method(&c, method, NULL);
     c.targets = "all";
     c.rank = "3";
-    c.lr = (q3r_lr_schedule){.kind = Q3R_LR_COSINE, .lr = 1e-2, .min_lr = 1e-3, .warmup_steps = 1,
-                             .total_steps = 10};
+    c.lr = (q3r_lr_schedule){
+        .kind = Q3R_LR_COSINE, .lr = 1e-2, .min_lr = 1e-3, .warmup_steps = 1, .total_steps = 10};
     c.weight_decay = 0.1;
     c.clip = 1.0;
     c.seed = 4;
@@ -319,7 +329,8 @@ static void test_collapsed_lorita(void) {
         }
         int rows, cols, ld;
         float *w = matrix_of(refm, q3r_reparam_name(rp, i), &rows, &cols, &ld);
-        CHECK(w && rows == dims[0] && cols == dims[nf], "lorita: matrix %s in the model", q3r_reparam_name(rp, i));
+        CHECK(w && rows == dims[0] && cols == dims[nf], "lorita: matrix %s in the model",
+              q3r_reparam_name(rp, i));
         double *P = malloc(sizeof(double) * (size_t)dims[0] * dims[nf]);
         chain_product(F, dims, nf, P);
         if (w)
@@ -384,7 +395,8 @@ static void test_resume(const char *reg) {
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
     CHECK_OK(q3r_trainer_export(a, &l, &err), &err);
-    CHECK(q3r_tensor_list_find(&l, "reparam.optim.m") && q3r_tensor_list_find(&l, "reparam.blocks.1.mlp.fc2.1"),
+    CHECK(q3r_tensor_list_find(&l, "reparam.optim.m") &&
+              q3r_tensor_list_find(&l, "reparam.blocks.1.mlp.fc2.1"),
           "export holds reparam.* tensors");
     CHECK_OK(q3r_trainer_import(b, &l, &err), &err);
     q3r_rng r2 = rng;
@@ -445,12 +457,12 @@ static void test_errors(void) {
 int main(void) {
     test_tmpdir("test_reparam");
     const int sq[4] = {4, 4, 4, 4}, r6[4] = {6, 6, 6, 6};
-    test_chain(5, 4, 3, sq, Q3R_REPARAM_IDENTITY, 1);  /* LoRITa, m > n */
-    test_chain(3, 6, 3, r6, Q3R_REPARAM_IDENTITY, 2);  /* LoRITa, m < n */
-    test_chain(4, 4, 5, sq, Q3R_REPARAM_IDENTITY, 3);  /* five factors */
-    test_chain(6, 4, 2, sq, Q3R_REPARAM_IDENTITY, 4);  /* two */
+    test_chain(5, 4, 3, sq, Q3R_REPARAM_IDENTITY, 1); /* LoRITa, m > n */
+    test_chain(3, 6, 3, r6, Q3R_REPARAM_IDENTITY, 2); /* LoRITa, m < n */
+    test_chain(4, 4, 5, sq, Q3R_REPARAM_IDENTITY, 3); /* five factors */
+    test_chain(6, 4, 2, sq, Q3R_REPARAM_IDENTITY, 4); /* two */
     const int r2[1] = {2};
-    test_chain(7, 5, 2, r2, Q3R_REPARAM_SPECTRAL, 5);  /* factorized, r = 2 */
+    test_chain(7, 5, 2, r2, Q3R_REPARAM_SPECTRAL, 5); /* factorized, r = 2 */
     test_identity_init();
     test_spectral_init();
     test_collapsed_lorita();

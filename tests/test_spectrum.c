@@ -83,8 +83,8 @@ static void test_geometric(q3r_rng *rng) {
     q3r_spectrum_report r;
     q3r_spectrum_options o = q3r_spectrum_options_default();
     CHECK_OK(q3r_spectrum_compute(&l, &o, &r, &err), &err);
-    CHECK(r.count == 1 && r.tensors_2d == 1 && r.tensors_skipped == 1, "count %d, 2-D %d, skipped %d", r.count,
-          r.tensors_2d, r.tensors_skipped);
+    CHECK(r.count == 1 && r.tensors_2d == 1 && r.tensors_skipped == 1, "count %d, 2-D %d, skipped %d",
+          r.count, r.tensors_2d, r.tensors_skipped);
     const q3r_spectrum_matrix *mm = find(&r, "blocks.0.mlp.fc1.weight");
     check_sigma(mm, s, n, "geometric 40x24");
     if (mm) {
@@ -156,8 +156,8 @@ static void test_closed_forms(q3r_rng *rng) {
 
     q3r_spectrum_report r;
     CHECK_OK(q3r_spectrum_compute(&l, NULL, &r, &err), &err);
-    CHECK(r.count == 4 && r.tensors_2d == 5 && r.tensors_skipped == 2, "count %d, 2-D %d, skipped %d", r.count,
-          r.tensors_2d, r.tensors_skipped);
+    CHECK(r.count == 4 && r.tensors_2d == 5 && r.tensors_skipped == 2, "count %d, 2-D %d, skipped %d",
+          r.count, r.tensors_2d, r.tensors_skipped);
     const q3r_spectrum_matrix *a = find(&r, "enc.layers.3.out_proj.weight");
     check_sigma(a, s1, 12, "wide flat 12x30");
     if (a) {
@@ -220,9 +220,13 @@ static void test_qkv(q3r_rng *rng) {
     q3r_spectrum_options o = q3r_spectrum_options_default();
     CHECK_OK(q3r_spectrum_compute(&l, &o, &r, &err), &err);
     CHECK(r.count == 8, "split: %d matrices, want 8", r.count);
-    static const char *order[8] = {"blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v",
-                                   "blocks.0.attn.proj.weight", "blocks.1.attn.qkv.weight",
-                                   "layers.0.self_attn.in_proj.q", "layers.0.self_attn.in_proj.k",
+    static const char *order[8] = {"blocks.0.attn.q",
+                                   "blocks.0.attn.k",
+                                   "blocks.0.attn.v",
+                                   "blocks.0.attn.proj.weight",
+                                   "blocks.1.attn.qkv.weight",
+                                   "layers.0.self_attn.in_proj.q",
+                                   "layers.0.self_attn.in_proj.k",
                                    "layers.0.self_attn.in_proj.v"};
     for (int i = 0; i < 8 && i < r.count; i++)
         CHECK(!strcmp(r.items[i].name, order[i]), "matrix %d is %s, want %s", i, r.items[i].name, order[i]);
@@ -233,7 +237,8 @@ static void test_qkv(q3r_rng *rng) {
     check_sigma(find(&r, "blocks.0.attn.proj.weight"), sp, d, "proj");
     const q3r_spectrum_matrix *v = find(&r, "blocks.0.attn.v");
     if (v) {
-        CHECK(!strcmp(v->kind, "v") && v->row_offset == 2 * d && !strcmp(v->tensor, "blocks.0.attn.qkv.weight"),
+        CHECK(!strcmp(v->kind, "v") && v->row_offset == 2 * d &&
+                  !strcmp(v->tensor, "blocks.0.attn.qkv.weight"),
               "v: kind %s offset %d tensor %s", v->kind, v->row_offset, v->tensor);
         CHECK(v->rank90 == 4, "v r90 %d", v->rank90); /* 4 values of 2 hold > 99.9% */
         CHECK_CLOSE(v->effective_rank, ref_effective_rank(sv, d), 1e-4, 0, "v effective rank");
@@ -247,8 +252,15 @@ static void test_qkv(q3r_rng *rng) {
         const char *filter;
         int count;
     } cases[] = {
-        {"q", 2}, {"qkv", 7}, {"k,v", 4}, {"proj", 1}, {"blocks.0", 4}, {"attn.qkv.weight", 4},
-        {"self_attn", 3}, {"in_proj.k,blocks.0.attn.v", 2}, {"q,proj,layers", 5},
+        {"q", 2},
+        {"qkv", 7},
+        {"k,v", 4},
+        {"proj", 1},
+        {"blocks.0", 4},
+        {"attn.qkv.weight", 4},
+        {"self_attn", 3},
+        {"in_proj.k,blocks.0.attn.v", 2},
+        {"q,proj,layers", 5},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         o.filter = cases[i].filter;
@@ -315,7 +327,8 @@ static void test_errors(void) {
     float x[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
     x[6] = NAN;
     CHECK_OK(q3r_tensor_list_add(&l, "blocks.2.mlp.fc2.weight", Q3R_F32, 2, s2, x, &err), &err);
-    CHECK(q3r_spectrum_compute(&l, NULL, &r, &err) == Q3R_ENUMERIC && strstr(err.msg, "blocks.2.mlp.fc2.weight"),
+    CHECK(q3r_spectrum_compute(&l, NULL, &r, &err) == Q3R_ENUMERIC &&
+              strstr(err.msg, "blocks.2.mlp.fc2.weight"),
           "NaN: %s", err.msg);
     double big[12] = {1e300};
     CHECK_OK(q3r_tensor_list_add(&l, "f64.big", Q3R_F64, 2, s2, big, &err), &err);
@@ -338,12 +351,18 @@ static void test_helpers(void) {
     static const struct {
         const char *name, *kind;
     } k[] = {
-        {"blocks.3.attn.qkv.weight", "qkv"}, {"blocks.3.attn.proj.weight", "proj"},
-        {"blocks.3.mlp.fc1.weight", "fc1"},  {"blocks.3.mlp.fc2.weight", "fc2"},
-        {"head.weight", "head"},             {"model.layers.0.self_attn.q_proj.weight", "q"},
-        {"bert.attention.self.key.weight", "k"}, {"x.in_proj_weight", "qkv"},
-        {"pos_embed", "other"},              {"blocks.0.norm1.weight", "other"},
-        {"fc1", "fc1"},                      {"", "other"},
+        {"blocks.3.attn.qkv.weight", "qkv"},
+        {"blocks.3.attn.proj.weight", "proj"},
+        {"blocks.3.mlp.fc1.weight", "fc1"},
+        {"blocks.3.mlp.fc2.weight", "fc2"},
+        {"head.weight", "head"},
+        {"model.layers.0.self_attn.q_proj.weight", "q"},
+        {"bert.attention.self.key.weight", "k"},
+        {"x.in_proj_weight", "qkv"},
+        {"pos_embed", "other"},
+        {"blocks.0.norm1.weight", "other"},
+        {"fc1", "fc1"},
+        {"", "other"},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         CHECK(!strcmp(q3r_spectrum_kind(k[i].name), k[i].kind), "kind of '%s': %s, want %s", k[i].name,

@@ -101,27 +101,36 @@ static void check_row(q3r_vit *in, const q3r_sweep_row *row, const q3r_sweep_row
         }
         const int r = p < 1 ? (int)floor(p * rows * cols / (rows + cols)) : 0;
         CHECK(row->kind_count[k] == DEPTH && row->rank_min[k] == r && row->rank_max[k] == r,
-              "%s: kind %s ranks %d-%d (count %d), want %d", what, q3r_matrix_kind_name((q3r_matrix_kind)k), row->rank_min[k],
-              row->rank_max[k], row->kind_count[k], r);
+              "%s: kind %s ranks %d-%d (count %d), want %d", what, q3r_matrix_kind_name((q3r_matrix_kind)k),
+              row->rank_min[k], row->rank_max[k], row->kind_count[k], r);
         tdense += (int64_t)DEPTH * rows * cols;
         tkept += (int64_t)DEPTH * (r ? (int64_t)r * (rows + cols) : (int64_t)rows * cols);
     }
     CHECK(row->kind_count[6] == 0, "%s: head counted", what);
     const int64_t dense = numel_all(in);
-    CHECK(row->targeted_dense == tdense && row->targeted_params == tkept, "%s: targeted %lld/%lld, want %lld/%lld",
-          what, (long long)row->targeted_params, (long long)row->targeted_dense, (long long)tkept, (long long)tdense);
+    CHECK(row->targeted_dense == tdense && row->targeted_params == tkept,
+          "%s: targeted %lld/%lld, want %lld/%lld", what, (long long)row->targeted_params,
+          (long long)row->targeted_dense, (long long)tkept, (long long)tdense);
     CHECK_CLOSE(row->targeted_kept, (double)tkept / tdense, 1e-15, 0, what);
-    CHECK(row->total_dense == dense && row->total_params == dense - tdense + tkept, "%s: total %lld of %lld", what,
-          (long long)row->total_params, (long long)row->total_dense);
-    if (m) CHECK(numel_all(m) == row->total_params, "%s: truncated model holds %lld", what, (long long)numel_all(m));
+    CHECK(row->total_dense == dense && row->total_params == dense - tdense + tkept, "%s: total %lld of %lld",
+          what, (long long)row->total_params, (long long)row->total_dense);
+    if (m)
+        CHECK(numel_all(m) == row->total_params, "%s: truncated model holds %lld", what,
+              (long long)numel_all(m));
     CHECK_CLOSE(row->total_kept, (double)(dense - tdense + tkept) / dense, 1e-15, 0, what);
     q3r_vit_free(m);
 }
 
 int main(void) {
     q3r_error err;
-    q3r_vit_config cfg = {.image_size = IMG, .channels = 1, .patch = 4, .width = WIDTH, .depth = DEPTH,
-                          .heads = 2, .mlp_hidden = MLP, .classes = CLASSES};
+    q3r_vit_config cfg = {.image_size = IMG,
+                          .channels = 1,
+                          .patch = 4,
+                          .width = WIDTH,
+                          .depth = DEPTH,
+                          .heads = 2,
+                          .mlp_hidden = MLP,
+                          .classes = CLASSES};
     q3r_vit *m = NULL;
     CHECK_OK(q3r_vit_create(&cfg, NIMG, &m, &err), &err);
     if (!m) return check_report("test_sweep");
@@ -151,10 +160,12 @@ int main(void) {
         q3r_sweep_result res;
         row_log log = {0, 0};
         CHECK_OK(q3r_sweep(q3r_vit_model(m), &spec, on_row, &log, &res, &err), &err);
-        CHECK(log.calls == 6 && !log.bad_order, "%s: on_row %d calls, order %d", tlist[t], log.calls, log.bad_order);
+        CHECK(log.calls == 6 && !log.bad_order, "%s: on_row %d calls, order %d", tlist[t], log.calls,
+              log.bad_order);
         if (res.count != 5) continue;
         check_row(m, &res.base, &res.base, 1.0, tlist[t], &ds, &norm);
-        CHECK(!res.base.truncated && !res.rows[0].truncated && res.rows[0].acc == res.base.acc, "%s: p = 1 row", tlist[t]);
+        CHECK(!res.base.truncated && !res.rows[0].truncated && res.rows[0].acc == res.base.acc,
+              "%s: p = 1 row", tlist[t]);
         for (int j = 0; j < 5; j++) check_row(m, &res.rows[j], &res.base, ps[j], tlist[t], &ds, &norm);
         int changed = 0;
         for (int j = 1; j < 5; j++) changed |= res.rows[j].acc != res.base.acc;
@@ -174,14 +185,15 @@ int main(void) {
         if (f && res.count == 2) {
             CHECK(res.base.rank_min[0] == 4 && !res.rows[0].truncated && res.rows[0].rank_max[0] == 4 &&
                       res.rows[0].acc == res.base.acc && res.rows[0].targeted_kept == 4.0 * 32 / 256,
-                  "factored p = 0.75: truncated %d rank %d kept %g", res.rows[0].truncated, res.rows[0].rank_max[0],
-                  res.rows[0].targeted_kept);
+                  "factored p = 0.75: truncated %d rank %d kept %g", res.rows[0].truncated,
+                  res.rows[0].rank_max[0], res.rows[0].targeted_kept);
             ts.rank.value = 0.25;
             CHECK_OK(truncate_vit(f, &ts, NIMG, &f2, NULL, &err), &err);
             double acc, loss;
             reference_score(f2, &ds, &norm, &acc, &loss);
             CHECK(res.rows[1].truncated && res.rows[1].rank_min[0] == 2 && res.rows[1].acc == acc,
-                  "factored p = 0.25: rank %d acc %g, want 2 %g", res.rows[1].rank_min[0], res.rows[1].acc, acc);
+                  "factored p = 0.25: rank %d acc %g, want 2 %g", res.rows[1].rank_min[0], res.rows[1].acc,
+                  acc);
         }
         q3r_sweep_result_free(&res);
         q3r_vit_free(f);
@@ -195,7 +207,8 @@ int main(void) {
         CHECK_OK(q3r_sweep_parse_ps("1,0.5,40%", &v, &n, &err), &err);
         CHECK(n == 3 && v && v[0] == 1.0 && v[1] == 0.5 && v[2] == 0.4, "parse: %d values", n);
         free(v);
-        const char *bad[] = {"", "0", "1.01", "-0.5", "abc", "0.5,", ",0.5", "0.5,,0.2", "nan", "0.5x", "150%"};
+        const char *bad[] = {"",     "0",        "1.01", "-0.5", "abc", "0.5,",
+                             ",0.5", "0.5,,0.2", "nan",  "0.5x", "150%"};
         for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
             v = NULL;
             CHECK(q3r_sweep_parse_ps(bad[i], &v, &n, &err) == Q3R_EINVAL && !v && strstr(err.msg, "ps"),
@@ -207,10 +220,12 @@ int main(void) {
         const double ok[] = {0.5}, zero_rank[] = {0.5, 0.05}, out[] = {1.5};
         q3r_sweep_spec spec = {.targets = "qkvx", .ps = ok, .count = 1, .ds = &ds, .norm = &norm};
         q3r_sweep_result res;
-        CHECK(q3r_sweep(q3r_vit_model(m), &spec, NULL, NULL, &res, &err) == Q3R_EINVAL && strstr(err.msg, "qkvx") && !res.rows,
+        CHECK(q3r_sweep(q3r_vit_model(m), &spec, NULL, NULL, &res, &err) == Q3R_EINVAL &&
+                  strstr(err.msg, "qkvx") && !res.rows,
               "unknown target: %s", err.msg);
         spec.targets = "";
-        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL, "empty targets: %s", err.msg);
+        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL, "empty targets: %s",
+              err.msg);
         spec.targets = "qkv";
         spec.ps = zero_rank;
         spec.count = 2;
@@ -219,7 +234,8 @@ int main(void) {
               "rank 0: %s", err.msg);
         spec.ps = out;
         spec.count = 1;
-        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL && strstr(err.msg, "1.5"), "p > 1: %s", err.msg);
+        CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL && strstr(err.msg, "1.5"),
+              "p > 1: %s", err.msg);
         spec.count = 0;
         CHECK(q3r_sweep_check(q3r_vit_model_const(m), &spec, &err) == Q3R_EINVAL, "no p: %s", err.msg);
         /* the model takes 8x8 images; a 4x4 dataset fails in the untruncated evaluation */
@@ -228,7 +244,8 @@ int main(void) {
         spec.ps = ok;
         spec.count = 1;
         spec.ds = &small;
-        CHECK(q3r_sweep(q3r_vit_model(m), &spec, NULL, NULL, &res, &err) != Q3R_OK && strstr(err.msg, "untruncated") && !res.rows,
+        CHECK(q3r_sweep(q3r_vit_model(m), &spec, NULL, NULL, &res, &err) != Q3R_OK &&
+                  strstr(err.msg, "untruncated") && !res.rows,
               "wrong image size: %s", err.msg);
     }
     q3r_dataset_free(&ds);

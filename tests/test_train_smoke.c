@@ -37,8 +37,14 @@ static double mean_tail_ratio(q3r_trainer *t, int rank) {
 static int run(q3r_reg_mode mode, const q3r_dataset *ds, const q3r_normalize *norm, double *loss0,
                double *loss1, double *ratio0, double *ratio1) {
     q3r_train_config c = q3r_train_defaults();
-    c.model = vit_meta((q3r_vit_config){.image_size = 28, .channels = 1, .patch = 7, .width = 32, .depth = 2,
-                               .heads = 2, .mlp_hidden = 64, .classes = 10});
+    c.model = vit_meta((q3r_vit_config){.image_size = 28,
+                                        .channels = 1,
+                                        .patch = 7,
+                                        .width = 32,
+                                        .depth = 2,
+                                        .heads = 2,
+                                        .mlp_hidden = 64,
+                                        .classes = 10});
     c.batch = 64;
     c.reg = mode;
     c.rank = "4";
@@ -62,7 +68,8 @@ static int run(q3r_reg_mode mode, const q3r_dataset *ds, const q3r_normalize *no
         int64_t count;
         q3r_step_stats st;
         q3r_loader_next(&L, x, y, &count, NULL);
-        q3r_status rc = q3r_trainer_step(t, &(q3r_batch){.count = count, .images = x, .targets = y}, &st, &err);
+        q3r_status rc =
+            q3r_trainer_step(t, &(q3r_batch){.count = count, .images = x, .targets = y}, &st, &err);
         CHECK(rc == Q3R_OK, "step %d: %s", s, err.msg);
         if (rc) break;
         if (s < 20) first += st.loss / 20;

@@ -77,8 +77,8 @@ static void forward(q3r_vit *m) {
     CHECK_OK(q3r_vit_forward(m, images, NULL, BATCH, 0, 0, NULL, NULL, &err), &err);
 }
 
-static q3r_status do_trunc(q3r_vit *in, const char *targets, const char *rank, double energy,
-                        q3r_vit **out, q3r_truncate_report *rep, q3r_error *err) {
+static q3r_status do_trunc(q3r_vit *in, const char *targets, const char *rank, double energy, q3r_vit **out,
+                           q3r_truncate_report *rep, q3r_error *err) {
     q3r_truncate_spec spec = {.targets = targets, .energy = energy};
     if (rank) {
         q3r_status s = q3r_rank_parse(rank, &spec.rank, err);
@@ -214,7 +214,8 @@ static void test_accounting(void) {
     CHECK(rep.total_dense == total && rep.total_before == total, "total dense %lld, want %lld",
           (long long)rep.total_dense, (long long)total);
     const int64_t after = total - 18 * (D * D - r * 2 * D);
-    CHECK(rep.total_after == after, "total after %lld, want %lld", (long long)rep.total_after, (long long)after);
+    CHECK(rep.total_after == after, "total after %lld, want %lld", (long long)rep.total_after,
+          (long long)after);
     CHECK_CLOSE(rep.total_kept, (double)after / (double)total, 0, 1e-15, "total kept");
     /* FLOPs at batch 1 drop by exactly the closed form */
     double want = q3r_vit_forward_flops(d, 1) - 2.0 * T * 18 * (double)(D * D - r * 2 * D);
@@ -253,11 +254,12 @@ static void test_file_round_trip(void) {
     q3r_rank_parse("0.5", &spec.rank, &err);
     CHECK_OK(truncate_vit(d, &spec, BATCH, &f, &rep, &err), &err);
     if (!f) return;
-    const char *in_meta = "{\"model.name\": \"tiny\", \"model.image_size\": \"8\", \"model.channels\": \"2\", "
-                          "\"model.patch\": \"4\", \"model.width\": \"12\", \"model.depth\": \"2\", "
-                          "\"model.heads\": \"3\", \"model.mlp_hidden\": \"16\", \"model.classes\": \"5\", "
-                          "\"model.dropout\": \"0\", \"data.name\": \"fashion-mnist\", \"data.mean\": \"0.1,0.2\", "
-                          "\"data.std\": \"0.3,0.4\", \"data.train_limit\": \"7\", \"train.lr\": \"1\"}";
+    const char *in_meta =
+        "{\"model.name\": \"tiny\", \"model.image_size\": \"8\", \"model.channels\": \"2\", "
+        "\"model.patch\": \"4\", \"model.width\": \"12\", \"model.depth\": \"2\", "
+        "\"model.heads\": \"3\", \"model.mlp_hidden\": \"16\", \"model.classes\": \"5\", "
+        "\"model.dropout\": \"0\", \"data.name\": \"fashion-mnist\", \"data.mean\": \"0.1,0.2\", "
+        "\"data.std\": \"0.3,0.4\", \"data.train_limit\": \"7\", \"train.lr\": \"1\"}";
     char *meta = NULL, *back = NULL;
     CHECK_OK(truncate_metadata_json(in_meta, f, &spec, &rep, &meta, &err), &err);
     CHECK_OK(save_json(path, f, meta, &err), &err);
@@ -269,21 +271,31 @@ static void test_file_round_trip(void) {
         CHECK(!memcmp(q3r_vit_logits(f), q3r_vit_logits(g), sizeof(float) * BATCH * 5),
               "loaded factored model gives identical logits");
         char buf[128];
-        CHECK(!q3r_json_get_string(back, "data.mean", buf, sizeof buf, &err) && !strcmp(buf, "0.1,0.2"), "data.mean");
-        CHECK(!q3r_json_get_string(back, "model.name", buf, sizeof buf, &err) && !strcmp(buf, "tiny"), "model.name");
+        CHECK(!q3r_json_get_string(back, "data.mean", buf, sizeof buf, &err) && !strcmp(buf, "0.1,0.2"),
+              "data.mean");
+        CHECK(!q3r_json_get_string(back, "model.name", buf, sizeof buf, &err) && !strcmp(buf, "tiny"),
+              "model.name");
         CHECK(!q3r_json_get_string(back, "model.ranks", buf, sizeof buf, &err) &&
-                  !strcmp(buf, "3,3,3,0,0,3,3,3,3,0,0,3,1"), "model.ranks = %s", buf);
+                  !strcmp(buf, "3,3,3,0,0,3,3,3,3,0,0,3,1"),
+              "model.ranks = %s", buf);
         CHECK(q3r_json_get_string(back, "data.train_limit", buf, sizeof buf, NULL) &&
-                  q3r_json_get_string(back, "train.lr", buf, sizeof buf, NULL), "other keys dropped");
-        CHECK(!q3r_json_get_string(back, "truncate.targets", buf, sizeof buf, &err) && !strcmp(buf, "qkv,fc2,head"),
+                  q3r_json_get_string(back, "train.lr", buf, sizeof buf, NULL),
+              "other keys dropped");
+        CHECK(!q3r_json_get_string(back, "truncate.targets", buf, sizeof buf, &err) &&
+                  !strcmp(buf, "qkv,fc2,head"),
               "truncate.targets");
     }
     q3r_vit_free(g);
     g = NULL;
     /* a broken or mismatched rank table, a file of another model, no metadata */
-    const struct { const char *ranks; const char *want; } cases[] = {
-        {"3,3,3", "model.ranks"}, {"3,3,3,0,0,3,3,3,3,0,0,3,x", "model.ranks"},
-        {"4,3,3,0,0,3,3,3,3,0,0,3,1", "blocks.0.attn.q.weight_a"}, {"0,0,0,0,0,0,0,0,0,0,0,0,0", "qkv.weight"},
+    const struct {
+        const char *ranks;
+        const char *want;
+    } cases[] = {
+        {"3,3,3", "model.ranks"},
+        {"3,3,3,0,0,3,3,3,3,0,0,3,x", "model.ranks"},
+        {"4,3,3,0,0,3,3,3,3,0,0,3,1", "blocks.0.attn.q.weight_a"},
+        {"0,0,0,0,0,0,0,0,0,0,0,0,0", "qkv.weight"},
         {"13,3,3,0,0,3,3,3,3,0,0,3,1", "blocks.0.attn.q"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -295,11 +307,11 @@ static void test_file_round_trip(void) {
         CHECK_OK(q3r_safetensors_write(bad, &l, m2, &err), &err);
         q3r_tensor_list_free(&l);
         q3r_status s = load_json(bad, 1, &g, NULL, &err);
-        CHECK(s != Q3R_OK && !g && strstr(err.msg, bad) && strstr(err.msg, cases[i].want),
-              "ranks '%s': %s", cases[i].ranks, err.msg);
+        CHECK(s != Q3R_OK && !g && strstr(err.msg, bad) && strstr(err.msg, cases[i].want), "ranks '%s': %s",
+              cases[i].ranks, err.msg);
         free(m2);
     }
-    {   /* metadata of a wider model over these tensors */
+    { /* metadata of a wider model over these tensors */
         char *m2 = strdup(meta);
         q3r_json_set_string(&m2, "model.width", "24", &err);
         q3r_tensor_list l;
@@ -331,12 +343,16 @@ static void test_file_round_trip(void) {
 static void test_bad_specs(void) {
     q3r_vit *d = dense_model(&tiny, 6, 0.1), *x = NULL;
     q3r_error err;
-    struct { const char *targets, *rank; double energy; const char *want; } cases[] = {
+    struct {
+        const char *targets, *rank;
+        double energy;
+        const char *want;
+    } cases[] = {
         {"qkv,foo", "2", 0, "foo"},
         {"", "2", 0, "select no matrix"},
         {"qkv", "13", 0, "blocks.0.attn.q"},   /* above min(12, 12) */
-        {"head", "6", 0, "head"},               /* head is 5 x 12 */
-        {"qkv", "0.01", 0, "blocks.0.attn.q"},  /* floor(0.01 * 6) = 0 */
+        {"head", "6", 0, "head"},              /* head is 5 x 12 */
+        {"qkv", "0.01", 0, "blocks.0.attn.q"}, /* floor(0.01 * 6) = 0 */
         {"qkv", NULL, 1.5, "energy"},
         {"qkv", NULL, -0.5, "energy"},
         {"qkv", NULL, NAN, "energy"},

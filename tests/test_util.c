@@ -112,7 +112,8 @@ static void test_text(void) {
     CHECK(q3r_text_add_ints(&t, v, 0, ",") == 0 && t.len == 0 && q3r_text_str(&t)[0] == 0, "no ints");
     CHECK(q3r_text_add_ints(&t, NULL, 0, ",") == 0 && t.len == 0, "no ints, NULL array");
     const char *const names[] = {"q", "k", "v", "fc1"};
-    CHECK(q3r_text_add(&t, "[") == 0 && q3r_text_add_names(&t, names, 4, ", ") == 0 && q3r_text_add(&t, "]") == 0,
+    CHECK(q3r_text_add(&t, "[") == 0 && q3r_text_add_names(&t, names, 4, ", ") == 0 &&
+              q3r_text_add(&t, "]") == 0,
           "names");
     CHECK(strcmp(q3r_text_str(&t), "[q, k, v, fc1]") == 0, "names: %s", q3r_text_str(&t));
     q3r_text_free(&t);
@@ -129,7 +130,8 @@ static void test_text(void) {
     CHECK(q3r_text_add_ints(&t, v, 2, ",") == -1, "ints after failure");
     CHECK(q3r_text_add_names(&t, names, 2, ",") == -1, "names after failure");
     CHECK(q3r_text_add_ints(&t, v, 0, ",") == -1, "no ints after failure still reports it");
-    CHECK(strcmp(q3r_text_str(&t), "kept") == 0 && t.failed == 1, "unchanged after failure: %s", q3r_text_str(&t));
+    CHECK(strcmp(q3r_text_str(&t), "kept") == 0 && t.failed == 1, "unchanged after failure: %s",
+          q3r_text_str(&t));
     q3r_text_free(&t);
     CHECK(!t.failed, "free clears failed");
     free(want);
@@ -174,7 +176,8 @@ static void test_json_string(void) {
         q3r_json v;
         const char *lit = q3r_text_str(&t) + 2;
         CHECK_OK(q3r_json_parse(lit, strlen(lit), &v, &err), &err);
-        CHECK(v.type == Q3R_JSON_STRING && v.text && strcmp(v.text, cases[i]) == 0, "case %zu parses back", i);
+        CHECK(v.type == Q3R_JSON_STRING && v.text && strcmp(v.text, cases[i]) == 0, "case %zu parses back",
+              i);
         q3r_json_free(&v);
         free(b);
         q3r_text_free(&t);
@@ -194,7 +197,8 @@ static void test_json_string(void) {
     q3r_json_free(&arr);
     CHECK(strlen(q3r_text_str(&all)) == all.len, "no NUL inside");
     q3r_text_free(&all);
-    CHECK(q3r_text_add_json_string(&all, NULL) == 0 && strcmp(q3r_text_str(&all), "null") == 0, "NULL -> null");
+    CHECK(q3r_text_add_json_string(&all, NULL) == 0 && strcmp(q3r_text_str(&all), "null") == 0,
+          "NULL -> null");
     q3r_text_free(&all);
 }
 
@@ -211,7 +215,8 @@ static void test_atomic(void) {
     char *got = read_all(path, &n);
     CHECK(got && n == sizeof msg1 - 1 && !memcmp(got, msg1, n), "content: %s", got ? got : "(none)");
     free(got);
-    CHECK(dir_entries(only, sizeof only) == 1 && !strcmp(only, "out.txt"), "only the file is left (%s)", only);
+    CHECK(dir_entries(only, sizeof only) == 1 && !strcmp(only, "out.txt"), "only the file is left (%s)",
+          only);
 
     /* streamed write over it, 100 KB with binary bytes */
     q3r_atomic_file a;
@@ -271,7 +276,8 @@ static void test_atomic(void) {
     CHECK(strstr(err.msg, strerror(ENOENT)) != NULL, "open error gives strerror: %s", err.msg);
     CHECK(a.f == NULL && a.path == NULL && a.tmp == NULL, "failed open zeroes the struct");
     q3r_atomic_abort(&a);
-    CHECK(q3r_write_file_atomic(nodir, "x", 1, &err) == Q3R_EIO && strstr(err.msg, nodir), "write: %s", err.msg);
+    CHECK(q3r_write_file_atomic(nodir, "x", 1, &err) == Q3R_EIO && strstr(err.msg, nodir), "write: %s",
+          err.msg);
 
     /* path is a directory: the rename fails, the directory and its content stay */
     char sub[4200], inner[4300];
@@ -280,7 +286,8 @@ static void test_atomic(void) {
     snprintf(inner, sizeof inner, "%s/keep", sub);
     CHECK_OK(q3r_write_file_atomic(inner, "k", 1, &err), &err);
     err.msg[0] = 0;
-    CHECK(q3r_write_file_atomic(sub, msg1, sizeof msg1 - 1, &err) == Q3R_EIO, "rename over a directory fails");
+    CHECK(q3r_write_file_atomic(sub, msg1, sizeof msg1 - 1, &err) == Q3R_EIO,
+          "rename over a directory fails");
     CHECK(strstr(err.msg, sub) != NULL, "rename error names the path: %s", err.msg);
     struct stat st;
     CHECK(stat(sub, &st) == 0 && S_ISDIR(st.st_mode), "directory untouched");

@@ -58,8 +58,8 @@ static void grad_check(float dropout, float ls) {
             p[j] = v;
             double fd = (fp - fm) / (2 * h);
             char what[160];
-            snprintf(what, sizeof what, "d loss / d %s[%zu] (dropout %g, ls %g)", t->name,
-                     j - t->offset, (double)dropout, (double)ls);
+            snprintf(what, sizeof what, "d loss / d %s[%zu] (dropout %g, ls %g)", t->name, j - t->offset,
+                     (double)dropout, (double)ls);
             CHECK_CLOSE(g[j], fd, 2e-3, 3e-2, what);
             checked++;
         }
@@ -189,7 +189,8 @@ static void test_table_and_init(void) {
 static void test_config_errors(void) {
     q3r_error err;
     q3r_vit_config c;
-    CHECK(q3r_vit_preset("vit-huge", &c, &err) == Q3R_EINVAL && strstr(err.msg, "vit-huge"), "unknown preset");
+    CHECK(q3r_vit_preset("vit-huge", &c, &err) == Q3R_EINVAL && strstr(err.msg, "vit-huge"),
+          "unknown preset");
     const char *names[] = {"vit-tiny", "vit-fmnist", "vit-bench"};
     for (int i = 0; i < 3; i++) {
         CHECK_OK(q3r_vit_preset(names[i], &c, &err), &err);
@@ -218,10 +219,12 @@ static void test_config_errors(void) {
     if (!m) return;
     q3r_vit_init(m, 1);
     CHECK(q3r_vit_forward(m, images, labels, 3, 0, 0, NULL, NULL, &err) == Q3R_EINVAL &&
-          strstr(err.msg, "max_batch"), "batch over max: %s", err.msg);
+              strstr(err.msg, "max_batch"),
+          "batch over max: %s", err.msg);
     int bad[2] = {1, 5};
     CHECK(q3r_vit_forward(m, images, bad, 2, 0, 0, NULL, NULL, &err) == Q3R_EINVAL &&
-          strstr(err.msg, "label 5"), "label range: %s", err.msg);
+              strstr(err.msg, "label 5"),
+          "label range: %s", err.msg);
     q3r_vit_free(m);
 }
 
@@ -277,7 +280,8 @@ static void test_learns(void) {
     int correct = 0;
     for (int b = 0; b < EB; b++) {
         int best = 0;
-        for (int k = 1; k < tiny.classes; k++) best = z[b * tiny.classes + k] > z[b * tiny.classes + best] ? k : best;
+        for (int k = 1; k < tiny.classes; k++)
+            best = z[b * tiny.classes + k] > z[b * tiny.classes + best] ? k : best;
         correct += best == lab[b];
     }
     printf("toy task: loss %.3f -> %.3f, held-out accuracy %d / %d\n", first, loss, correct, EB);

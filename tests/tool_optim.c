@@ -65,11 +65,15 @@ static int run_adamw(const char *in, const char *out, const char *state_path) {
                      *tr = q3r_tensor_list_find(&l, "ranges"), *tt = q3r_tensor_list_find(&l, "trainable");
     if (!tp || !tg || !tr || tg->ndim != 2 || tr->ndim != 2 || tr->shape[1] != 3 ||
         (tt && (tt->dtype != Q3R_U8 || q3r_tensor_numel(tt) != q3r_tensor_numel(tp)))) {
-        fprintf(stderr, "tool_optim: %s needs params [n], grads [T, n], ranges [k, 3] (and trainable U8 [n])\n", in);
+        fprintf(stderr,
+                "tool_optim: %s needs params [n], grads [T, n], ranges [k, 3] (and trainable U8 [n])\n", in);
         return 1;
     }
     int64_t n = q3r_tensor_numel(tp), T = tg->shape[0];
-    if (tg->shape[1] != n) { fprintf(stderr, "tool_optim: grads are not [T, %lld]\n", (long long)n); return 1; }
+    if (tg->shape[1] != n) {
+        fprintf(stderr, "tool_optim: grads are not [T, %lld]\n", (long long)n);
+        return 1;
+    }
     int k = (int)tr->shape[0];
     q3r_decay_range *ranges = calloc((size_t)k + 1, sizeof *ranges);
     const int64_t *rd = tr->data;
@@ -79,7 +83,8 @@ static int run_adamw(const char *in, const char *out, const char *state_path) {
     q3r_adamw opt;
     const uint8_t *trainable = tt ? tt->data : NULL;
     if (q3r_lr_check(&sched, &err) || q3r_adamw_init(&opt, n, &cfg, &err) ||
-        q3r_adamw_set_decay_ranges(&opt, ranges, k, &err) || q3r_adamw_set_trainable_mask(&opt, trainable, &err))
+        q3r_adamw_set_decay_ranges(&opt, ranges, k, &err) ||
+        q3r_adamw_set_trainable_mask(&opt, trainable, &err))
         return die(&err);
     float *p = malloc((size_t)n * sizeof *p), *g = malloc((size_t)n * sizeof *g),
           *traj = malloc((size_t)(T * n) * sizeof *traj);
@@ -96,7 +101,8 @@ static int run_adamw(const char *in, const char *out, const char *state_path) {
                 q3r_safetensors_read(state_path, &back, NULL, &err) ||
                 q3r_adamw_init(&fresh, n, &cfg, &err) ||
                 q3r_adamw_set_decay_ranges(&fresh, ranges, k, &err) ||
-                q3r_adamw_set_trainable_mask(&fresh, trainable, &err) || q3r_adamw_import(&fresh, &back, &err))
+                q3r_adamw_set_trainable_mask(&fresh, trainable, &err) ||
+                q3r_adamw_import(&fresh, &back, &err))
                 return die(&err);
             q3r_adamw_free(&opt);
             opt = fresh;

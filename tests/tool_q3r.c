@@ -64,8 +64,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s: short perturbation %d\n", argv[1], p);
             return 1;
         }
-        for (size_t i = 0; i < N; i++)
-            X[i] += P[i];
+        for (size_t i = 0; i < N; i++) X[i] += P[i];
         if (q3r_state_refresh(s, X, n, &err)) {
             fprintf(stderr, "%s\n", err.msg);
             return 1;

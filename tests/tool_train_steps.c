@@ -35,7 +35,8 @@ int main(int argc, char **argv) {
     steps_make_batches(&b, &in);
     char meta[512];
     snprintf(meta, sizeof meta,
-             "{\"lambda\": \"%.17g\", \"period\": \"%d\", \"rank\": \"4\", \"lr\": \"%.17g\", \"min_lr\": \"%.17g\", "
+             "{\"lambda\": \"%.17g\", \"period\": \"%d\", \"rank\": \"4\", \"lr\": \"%.17g\", \"min_lr\": "
+             "\"%.17g\", "
              "\"warmup\": \"1\", \"steps\": \"%d\", \"weight_decay\": \"%.17g\", \"clip\": \"%.17g\", "
              "\"label_smoothing\": \"0.1\"}",
              c.lambda, c.period, c.lr.lr, c.lr.min_lr, STEPS_N, c.weight_decay, c.clip);

@@ -16,12 +16,12 @@
 #include "q3r/io.h"
 #include "q3r/vit.h"
 
-#define FAIL(s, err)                                   \
-    do {                                               \
-        if (s) {                                       \
+#define FAIL(s, err)                                           \
+    do {                                                       \
+        if (s) {                                               \
             fprintf(stderr, "tool_vit_dump: %s\n", (err).msg); \
-            return 1;                                  \
-        }                                              \
+            return 1;                                          \
+        }                                                      \
     } while (0)
 
 int main(int argc, char **argv) {
@@ -61,8 +61,8 @@ int main(int argc, char **argv) {
              "{\"image_size\":\"%d\",\"channels\":\"%d\",\"patch\":\"%d\",\"width\":\"%d\","
              "\"depth\":\"%d\",\"heads\":\"%d\",\"mlp_hidden\":\"%d\",\"classes\":\"%d\","
              "\"label_smoothing\":\"%g\"}",
-             cfg.image_size, cfg.channels, cfg.patch, cfg.width, cfg.depth, cfg.heads,
-             cfg.mlp_hidden, cfg.classes, (double)ls);
+             cfg.image_size, cfg.channels, cfg.patch, cfg.width, cfg.depth, cfg.heads, cfg.mlp_hidden,
+             cfg.classes, (double)ls);
     s = q3r_safetensors_write(argv[1], &w, meta, &err);
     FAIL(s, err);
 

@@ -52,9 +52,9 @@ typedef struct {
 
 void q3r_rng_seed(q3r_rng *rng, uint64_t seed);
 uint64_t q3r_rng_u64(q3r_rng *rng);
-double q3r_rng_uniform(q3r_rng *rng);          /* [0, 1) with 53 random bits */
+double q3r_rng_uniform(q3r_rng *rng);             /* [0, 1) with 53 random bits */
 uint64_t q3r_rng_below(q3r_rng *rng, uint64_t n); /* uniform in [0, n), unbiased */
-double q3r_rng_normal(q3r_rng *rng);           /* standard normal (Box-Muller, no cache) */
+double q3r_rng_normal(q3r_rng *rng);              /* standard normal (Box-Muller, no cache) */
 /* Normal(0, std) truncated to [lo, hi] in absolute units, as torch.nn.init.trunc_normal_. */
 double q3r_rng_trunc_normal(q3r_rng *rng, double std, double lo, double hi);
 /* An independent stream derived from this one (for per-thread or per-purpose RNGs). */
@@ -91,8 +91,8 @@ const char *q3r_blas_wanted_core(void);
  * failed (the program then goes on with the defaults; not fatal). */
 void q3r_startup(char **argv);
 
-const char *q3r_blas_core(void);      /* the core OpenBLAS runs, e.g. "Haswell" */
-const char *q3r_blas_config(void);    /* OpenBLAS build string */
+const char *q3r_blas_core(void);   /* the core OpenBLAS runs, e.g. "Haswell" */
+const char *q3r_blas_config(void); /* OpenBLAS build string */
 int q3r_cpu_has_avx512(void);
 
 /* One knob for both OpenMP loops and OpenBLAS. n <= 0 keeps the current count. */
@@ -111,8 +111,16 @@ double q3r_now(void);
  * for some state); the others come from files exported elsewhere (PyTorch's half and
  * bfloat16 weights, int32 ids, bool masks) and are read as they are. */
 typedef enum {
-    Q3R_F32 = 0, Q3R_F64 = 1, Q3R_I64 = 2, Q3R_U8 = 3,
-    Q3R_F16 = 4, Q3R_BF16 = 5, Q3R_I32 = 6, Q3R_I16 = 7, Q3R_I8 = 8, Q3R_BOOL = 9
+    Q3R_F32 = 0,
+    Q3R_F64 = 1,
+    Q3R_I64 = 2,
+    Q3R_U8 = 3,
+    Q3R_F16 = 4,
+    Q3R_BF16 = 5,
+    Q3R_I32 = 6,
+    Q3R_I16 = 7,
+    Q3R_I8 = 8,
+    Q3R_BOOL = 9
 } q3r_dtype;
 #define Q3R_DTYPE_COUNT 10
 
@@ -138,7 +146,8 @@ int q3r_dtype_parse(const char *name, q3r_dtype *out);
 int q3r_dtype_is_float(q3r_dtype t);
 /* Convert count floating-point values of dtype t to float. Non-finite values and F64 values
  * beyond float range are refused with an error naming the first one's index. */
-q3r_status q3r_convert_to_f32(const void *src, q3r_dtype t, size_t count, float *dst, q3r_error *err);
+q3r_status q3r_convert_to_f32(const void *src, q3r_dtype t, size_t count, float *dst,
+                              q3r_error *err);
 int64_t q3r_tensor_numel(const q3r_tensor *t);
 
 void q3r_tensor_list_init(q3r_tensor_list *l);

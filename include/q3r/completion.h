@@ -35,11 +35,11 @@ q3r_completion_spec q3r_completion_spec_default(void); /* 200 x 300, rank 5, 30%
 
 typedef struct {
     int rows, cols, rank;
-    float *M;             /* rows x cols, row-major: the ground truth */
-    unsigned char *mask;  /* rows x cols: 1 where observed */
+    float *M;            /* rows x cols, row-major: the ground truth */
+    unsigned char *mask; /* rows x cols: 1 where observed */
     long nobserved;
-    double norm_m;        /* ||M||_F */
-    double norm_m_obs;    /* ||P_Omega M||_F */
+    double norm_m;     /* ||M||_F */
+    double norm_m_obs; /* ||P_Omega M||_F */
 } q3r_completion_problem;
 
 /* Draw the problem; errors name the bad field (rows, cols, rank, observed). */
@@ -56,16 +56,16 @@ typedef enum {
 const char *q3r_completion_method_name(q3r_completion_method m); /* "q3r", "svt", "ridge" */
 
 typedef struct {
-    int iters;           /* iterations (gradient or proximal steps) for every method */
+    int iters; /* iterations (gradient or proximal steps) for every method */
     /* q3r and ridge */
-    double lambda;       /* regularization strength */
-    double lr;           /* step size; 0 = 1.8 / (1 + 2 lambda), 90% of the stable limit */
-    int period;          /* q3r: refresh every `period` steps (T) */
-    int target_rank;     /* q3r: r; 0 = the problem's true rank */
+    double lambda;   /* regularization strength */
+    double lr;       /* step size; 0 = 1.8 / (1 + 2 lambda), 90% of the stable limit */
+    int period;      /* q3r: refresh every `period` steps (T) */
+    int target_rank; /* q3r: r; 0 = the problem's true rank */
     /* svt */
     double tau0_frac, tau_decay, tau_min_frac;
     /* reporting */
-    double rank_tol;     /* numerical rank: sigma_i > rank_tol * sigma_1 */
+    double rank_tol; /* numerical rank: sigma_i > rank_tol * sigma_1 */
 } q3r_completion_options;
 
 /* iters 200, lambda 0.5, lr 0 (auto: 0.9), period 5, target_rank 0 (true rank),
@@ -75,14 +75,14 @@ q3r_completion_options q3r_completion_options_default(void);
 typedef struct {
     q3r_completion_method method;
     int iters;
-    int rank_found;         /* #{sigma_i(X) > rank_tol sigma_1(X)} */
-    double rel_error;       /* ||X - M||_F / ||M||_F over all entries */
-    double rel_error_obs;   /* the same over the observed entries */
-    double sigma_1;         /* of the result */
-    double sigma_next;      /* sigma_{rank+1} / sigma_1 of the result (the leak past the true rank) */
-    double seconds;         /* wall time of the iterations (setup and final SVD excluded) */
-    int svds;               /* full SVDs the method computed */
-    double lr;              /* the step size used (q3r, ridge) */
+    int rank_found;       /* #{sigma_i(X) > rank_tol sigma_1(X)} */
+    double rel_error;     /* ||X - M||_F / ||M||_F over all entries */
+    double rel_error_obs; /* the same over the observed entries */
+    double sigma_1;       /* of the result */
+    double sigma_next;    /* sigma_{rank+1} / sigma_1 of the result (the leak past the true rank) */
+    double seconds;       /* wall time of the iterations (setup and final SVD excluded) */
+    int svds;             /* full SVDs the method computed */
+    double lr;            /* the step size used (q3r, ridge) */
 } q3r_completion_result;
 
 /* Run one method. X (rows x cols, row-major, may be NULL) receives the result. */

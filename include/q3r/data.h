@@ -76,10 +76,10 @@ q3r_status q3r_dataset_channel_stats(const q3r_dataset *ds, q3r_normalize *out, 
  * import) does not depend on rank or world. */
 typedef struct {
     int64_t batch_size; /* the global batch size (all ranks together) */
-    int shuffle;      /* 0: dataset order */
-    int drop_last;    /* 1: skip a final partial batch */
-    int crop_pad;     /* 0: no random crop */
-    int hflip;        /* 0: no flips */
+    int shuffle;        /* 0: dataset order */
+    int drop_last;      /* 1: skip a final partial batch */
+    int crop_pad;       /* 0: no random crop */
+    int hflip;          /* 0: no flips */
     uint64_t seed;
     q3r_normalize norm; /* norm.c must equal the dataset's channel count */
     int rank, world;    /* this process's slice of each global batch; world 0 or 1: the whole
@@ -89,11 +89,11 @@ typedef struct {
 typedef struct {
     const q3r_dataset *ds; /* borrowed; must outlive the loader */
     q3r_loader_config cfg;
-    int64_t epoch;         /* current epoch, from 0 */
-    int64_t index;         /* samples of this epoch already delivered */
-    int64_t *perm;         /* [ds->n]: order of the epoch perm_epoch */
-    int64_t perm_epoch;    /* -1: perm not built yet */
-    int64_t last_global;   /* samples in the global batch last delivered (0 before the first) */
+    int64_t epoch;       /* current epoch, from 0 */
+    int64_t index;       /* samples of this epoch already delivered */
+    int64_t *perm;       /* [ds->n]: order of the epoch perm_epoch */
+    int64_t perm_epoch;  /* -1: perm not built yet */
+    int64_t last_global; /* samples in the global batch last delivered (0 before the first) */
 } q3r_loader;
 
 q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loader_config *cfg,
@@ -111,8 +111,8 @@ int64_t q3r_loader_batches_per_epoch(const q3r_loader *L);
  * 1 when this batch was the epoch's last. With world > 1 only this rank's slice is filled
  * (from x[0], y[0]) and *count is its length, possibly 0; buffers of batch_size samples
  * still suffice. */
-void q3r_loader_next(q3r_loader *L, float *x /* [batch_size, c, h, w] */, int32_t *y /* [batch_size] */,
-                     int64_t *count, int *epoch_end);
+void q3r_loader_next(q3r_loader *L, float *x /* [batch_size, c, h, w] */,
+                     int32_t *y /* [batch_size] */, int64_t *count, int *epoch_end);
 
 /* Samples in the global batch the last q3r_loader_next delivered: the sum of every rank's
  * *count, and what a data-parallel trainer divides its summed loss and gradients by (each rank

@@ -79,8 +79,7 @@ typedef struct q3r_json {
 /* Parse text[0..len) as one JSON value (surrounding whitespace allowed). On failure the
  * message gives the byte offset and what was expected; *out is then empty. Duplicate keys
  * in an object are an error. */
-q3r_status q3r_json_parse(const char *text /* [len] */, size_t len, q3r_json *out,
-                          q3r_error *err);
+q3r_status q3r_json_parse(const char *text /* [len] */, size_t len, q3r_json *out, q3r_error *err);
 void q3r_json_free(q3r_json *v);
 
 /* The member of an object named key, or NULL (also NULL when obj is not an object). */
@@ -93,14 +92,13 @@ q3r_status q3r_json_as_u64(const q3r_json *v, uint64_t *out, q3r_error *err);
 /* Read the string value of key from a JSON object text (a metadata object). Errors:
  * Q3R_EFORMAT if json is not an object, key is absent or its value is not a string;
  * Q3R_EINVAL if the value (plus NUL) does not fit in cap bytes. */
-q3r_status q3r_json_get_string(const char *json, const char *key, char *out /* [cap] */,
-                               size_t cap, q3r_error *err);
+q3r_status q3r_json_get_string(const char *json, const char *key, char *out /* [cap] */, size_t cap,
+                               q3r_error *err);
 
 /* Set key to a string value in the JSON object text *json (malloc'd; *json == NULL starts
  * an empty object). An existing key is replaced in place, a new one appended. *json is
  * reallocated; on failure it is left unchanged. */
-q3r_status q3r_json_set_string(char **json, const char *key, const char *value,
-                               q3r_error *err);
+q3r_status q3r_json_set_string(char **json, const char *key, const char *value, q3r_error *err);
 
 /* ---- metadata: an ordered map of string keys to string values ----------------------
  * The form of a safetensors file's "__metadata__" (every value a string). Parsed once from
@@ -121,10 +119,11 @@ typedef struct q3r_meta {
 
 /* An empty map (no allocation). */
 void q3r_meta_init(q3r_meta *m);
-void q3r_meta_free(q3r_meta *m);            /* safe on an initialised or zeroed map; leaves it empty */
+void q3r_meta_free(q3r_meta *m); /* safe on an initialised or zeroed map; leaves it empty */
 /* dst (initialised by the caller) becomes a deep copy of src; what it held is freed. On failure
  * dst is unchanged. dst == src is allowed (no-op). */
-q3r_status q3r_meta_copy(q3r_meta *dst, const q3r_meta *src, q3r_error *err); /* dst initialised by the caller; replaced */
+q3r_status q3r_meta_copy(q3r_meta *dst, const q3r_meta *src,
+                         q3r_error *err); /* dst initialised by the caller; replaced */
 /* Parse a JSON object whose values are all strings (NULL or "" text: an empty map). Errors
  * (Q3R_EFORMAT, map left empty): not JSON, not an object, a duplicate key, a value that is not a string
  * (the message names the key). Appends to m (init'd by caller) — m must be empty
@@ -140,12 +139,13 @@ q3r_status q3r_meta_to_json(const q3r_meta *m, char **json, q3r_error *err);
 q3r_status q3r_meta_set(q3r_meta *m, const char *key, const char *value, q3r_error *err);
 /* q3r_meta_set with a printf-formatted value; Q3R_EINVAL if the format fails (m unchanged). */
 q3r_status q3r_meta_setf(q3r_meta *m, q3r_error *err, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));   /* value of any length (vsnprintf twice, no fixed buffer) */
+    __attribute__((format(printf, 4,
+                          5))); /* value of any length (vsnprintf twice, no fixed buffer) */
 /* Remove key, keeping the order of the others. */
-int q3r_meta_remove(q3r_meta *m, const char *key);         /* 1 if it was there */
+int q3r_meta_remove(q3r_meta *m, const char *key); /* 1 if it was there */
 /* key's value (owned by m, valid until the key is set, removed or m freed). */
 const char *q3r_meta_get(const q3r_meta *m, const char *key); /* NULL when absent */
-int q3r_meta_has(const q3r_meta *m, const char *key);      /* 1 when present, else 0 */
+int q3r_meta_has(const q3r_meta *m, const char *key);         /* 1 when present, else 0 */
 /* Typed getters. Absent key: Q3R_EFORMAT "metadata has no '<key>'". Malformed value:
  * Q3R_EFORMAT "metadata '<key>' = '<value>' is not an integer" (a number / a list of N ...).
  * Integers: optional '-', decimal digits only, no spaces, within int64 (get_int: within int).
@@ -157,23 +157,27 @@ q3r_status q3r_meta_get_int(const q3r_meta *m, const char *key, int *out, q3r_er
 q3r_status q3r_meta_get_u64(const q3r_meta *m, const char *key, uint64_t *out, q3r_error *err);
 /* strtod over the whole string (no leading space), the result finite ("inf", "nan" and
  * overflow are refused): "is not a finite number". */
-q3r_status q3r_meta_get_double(const q3r_meta *m, const char *key, double *out, q3r_error *err); /* strtod, whole string, finite */
+q3r_status q3r_meta_get_double(const q3r_meta *m, const char *key, double *out,
+                               q3r_error *err); /* strtod, whole string, finite */
 /* A comma list of exactly n integers ("3,0,12"): each as get_int; n < 0 means "any count" is NOT supported.
  * (n < 0: Q3R_EINVAL; n == 0 matches only ""). Another count, or a term that is not an int:
  * "metadata '<key>' = '<value>' is not a list of <n> integers". out: [n]. */
 q3r_status q3r_meta_get_ints(const q3r_meta *m, const char *key, int *out, int n, q3r_error *err);
 /* Comma list of exactly n numbers, each as get_double and finite as a float:
  * "is not a list of <n> numbers". out: [n]. */
-q3r_status q3r_meta_get_floats(const q3r_meta *m, const char *key, float *out, int n, q3r_error *err); /* comma list of exactly n */
+q3r_status q3r_meta_get_floats(const q3r_meta *m, const char *key, float *out, int n,
+                               q3r_error *err); /* comma list of exactly n */
 /* Count of comma-separated terms of a key's value (0 when absent or empty). */
 int q3r_meta_list_count(const q3r_meta *m, const char *key);
 /* Copy every entry whose key starts with prefix from src into dst (set, so existing keys are replaced in place).
  * New keys are appended in src's order; "" copies everything. On failure dst is unchanged. */
-q3r_status q3r_meta_copy_prefix(q3r_meta *dst, const q3r_meta *src, const char *prefix, q3r_error *err);
+q3r_status q3r_meta_copy_prefix(q3r_meta *dst, const q3r_meta *src, const char *prefix,
+                                q3r_error *err);
 /* Compare: the first key of want that is absent from have or has another value; NULL when every key of want
  * is in have with the same value. (*have_value gets have's value or NULL.) have_value may be NULL.
  * Keys of have that want lacks are not differences. The pointers are owned by want and have. */
-const char *q3r_meta_first_difference(const q3r_meta *want, const q3r_meta *have, const char **have_value);
+const char *q3r_meta_first_difference(const q3r_meta *want, const q3r_meta *have,
+                                      const char **have_value);
 
 /* ---- JSON-lines metrics ------------------------------------------------------------
  * One JSON object per line, written and flushed at q3r_jsonl_end, so a crash loses at
@@ -194,9 +198,9 @@ typedef struct {
     char path[256]; /* for messages (truncated if longer) */
     char *buf;      /* the line being built, [cap] */
     size_t len, cap;
-    int fields;     /* fields in the current line */
-    int open_line;  /* between begin and end */
-    int failed;     /* an allocation failed while building the line */
+    int fields;    /* fields in the current line */
+    int open_line; /* between begin and end */
+    int failed;    /* an allocation failed while building the line */
 } q3r_jsonl;
 
 /* append != 0 keeps existing lines, 0 truncates the file. */
@@ -206,8 +210,7 @@ void q3r_jsonl_begin(q3r_jsonl *j);
 void q3r_jsonl_add_int(q3r_jsonl *j, const char *key, int64_t v);
 void q3r_jsonl_add_double(q3r_jsonl *j, const char *key, double v);
 void q3r_jsonl_add_string(q3r_jsonl *j, const char *key, const char *v);
-void q3r_jsonl_add_double_array(q3r_jsonl *j, const char *key, const double *v /* [n] */,
-                                size_t n);
+void q3r_jsonl_add_double_array(q3r_jsonl *j, const char *key, const double *v /* [n] */, size_t n);
 q3r_status q3r_jsonl_end(q3r_jsonl *j, q3r_error *err);
 
 /* Append a JSON string literal for s (quotes and escapes) to the buffer *buf of *len bytes

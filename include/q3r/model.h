@@ -40,7 +40,7 @@ typedef struct {
     size_t offset;    /* in floats, into q3r_model_params() / q3r_model_grads(); 64-byte aligned */
     int ndim;
     int64_t shape[4];
-    int kind;         /* Q3R_PARAM_* */
+    int kind; /* Q3R_PARAM_* */
 } q3r_param_info;
 
 int64_t q3r_param_numel(const q3r_param_info *p); /* elements of one parameter tensor */
@@ -84,10 +84,10 @@ int q3r_matrix_kind_of_name(const char *name, q3r_matrix_kind *kind, int *fused_
  * qkv, a row block of it); a = b = NULL. Factored (rank r): a, da (rows, r); b, db (r, cols);
  * w = dw = NULL. rows = out features, cols = in features, as nn.Linear. */
 typedef struct {
-    const char *name;      /* "blocks.3.attn.q", "head", ...: the names targets and files use */
+    const char *name; /* "blocks.3.attn.q", "head", ...: the names targets and files use */
     q3r_matrix_kind kind;
     int rows, cols, rank;
-    int tensor;            /* dense: the parameter tensor holding w (the fused qkv for Q/K/V) */
+    int tensor; /* dense: the parameter tensor holding w (the fused qkv for Q/K/V) */
     float *w, *dw;
     float *a, *da, *b, *db;
 } q3r_matrix;
@@ -168,17 +168,18 @@ void q3r_model_init(q3r_model *m, uint64_t seed);
  * rng is required if the model has dropout). loss (may be NULL; needs targets) gets the mean
  * loss with label smoothing (classifiers; language models take 0). A non-finite loss is
  * Q3R_ENUMERIC. */
-q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoothing,
-                             int training, q3r_rng *rng, float *loss, q3r_error *err);
+q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoothing, int training,
+                             q3r_rng *rng, float *loss, q3r_error *err);
 /* After a forward with targets: ACCUMULATES d(mean loss)/d(params) into q3r_model_grads(). */
 q3r_status q3r_model_backward(q3r_model *m, q3r_error *err);
 /* Add the last forward's statistics on b (the same batch, with targets; loss as returned) to s. */
 void q3r_model_score(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s);
 void q3r_model_zero_grad(q3r_model *m);
 
-float *q3r_model_params(q3r_model *m);          /* (q3r_model_num_params) */
-float *q3r_model_grads(q3r_model *m);           /* matching gradients */
-size_t q3r_model_num_params(const q3r_model *m); /* buffer length in floats (incl. alignment gaps) */
+float *q3r_model_params(q3r_model *m); /* (q3r_model_num_params) */
+float *q3r_model_grads(q3r_model *m);  /* matching gradients */
+size_t
+q3r_model_num_params(const q3r_model *m); /* buffer length in floats (incl. alignment gaps) */
 int64_t q3r_model_param_count(const q3r_model *m); /* parameters stored (no gaps) */
 int q3r_model_num_tensors(const q3r_model *m);
 const q3r_param_info *q3r_model_tensor(const q3r_model *m, int i);          /* NULL out of range */

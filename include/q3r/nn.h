@@ -39,12 +39,11 @@ void q3r_linear_backward(float *dx, float *dw, float *db, const float *dy, const
 /* The same with a row stride: y (n rows, row stride ldy >= out; columns [0, out) written) =
  * x (n, in) . w (out, in)^T + b (out; may be NULL). Writes a column slice of a wider activation
  * (a Q, K or V block of the fused (n, 3D) qkv). */
-void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, const float *b,
-                           int n, int in, int out);
+void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, const float *b, int n,
+                           int in, int out);
 /* q3r_linear_backward with dy (n rows, row stride lddy >= out; columns [0, out) read). */
 void q3r_linear_backward_ld(float *dx, float *dw, float *db, const float *dy, int lddy,
-                            const float *x, const float *w, int n, int in, int out,
-                            int accumulate);
+                            const float *x, const float *w, int n, int in, int out, int accumulate);
 
 /* ---- factored linear: y = (x B^T) A^T + b (+ r), W = A B of rank <= `rank` --------------- */
 /* Two thin GEMMs instead of one: 2 n rank (in + out) flops against 2 n in out.
@@ -62,8 +61,8 @@ void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, co
  * dx (n, in): WRITTEN (accumulate = 0) or ACCUMULATED (1) with dt . bf = dy . (A B); may be NULL. */
 void q3r_linear_factored_backward(float *dx, float *da, float *dbf, float *db, float *dt,
                                   const float *dy, int lddy, const float *x, const float *t,
-                                  const float *a, const float *bf, int n, int in, int rank,
-                                  int out, int accumulate);
+                                  const float *a, const float *bf, int n, int in, int rank, int out,
+                                  int accumulate);
 
 /* ---- layer norm over the last dimension ------------------------------------------------ */
 /* timm's eps (the ViT's); nanoGPT's is 1e-5 */
@@ -75,9 +74,8 @@ void q3r_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
 /* dx (n, d) += input gradient (ACCUMULATES: a residual stream's gradient flows straight
  * through); dgamma (d) +=, dbeta (d) +=. dy (n, d), x (n, d), mean (n), rstd (n), gamma (d).
  * eps enters only through the saved rstd. */
-void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                            const float *x, const float *mean, const float *rstd,
-                            const float *gamma, int n, int d);
+void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *gamma, int n, int d);
 
 /* ---- multi-head self-attention core ------------------------------------------------------ */
 /* qkv (B, T, 3D) laid out as timm's qkv.reshape(B, T, 3, H, D/H) (and nanoGPT's c_attn split

@@ -34,11 +34,11 @@ typedef struct {
 } q3r_decay_range;
 
 typedef struct {
-    int64_t n;             /* parameters */
-    int64_t step;          /* steps taken */
-    float *m, *v;          /* first and second moments, [n] each, q3r_alloc'd */
-    uint8_t *decay;        /* [n]: 1 where weight decay applies */
-    uint8_t *trainable;    /* [n] or NULL (every element trainable): 0 marks a frozen element */
+    int64_t n;          /* parameters */
+    int64_t step;       /* steps taken */
+    float *m, *v;       /* first and second moments, [n] each, q3r_alloc'd */
+    uint8_t *decay;     /* [n]: 1 where weight decay applies */
+    uint8_t *trainable; /* [n] or NULL (every element trainable): 0 marks a frozen element */
     q3r_adamw_config cfg;
 } q3r_adamw;
 
@@ -63,7 +63,8 @@ void q3r_adamw_set_decay_mask(q3r_adamw *opt, const uint8_t *mask /* [n] */);
  * trainable elements step exactly as an optimizer over just them would. The mask is not part of
  * the exported state (the caller sets it again after import, as it does the decay mask).
  * Q3R_ENOMEM when the copy cannot be allocated (the previous mask then stays). */
-q3r_status q3r_adamw_set_trainable_mask(q3r_adamw *opt, const uint8_t *mask /* [n] */, q3r_error *err);
+q3r_status q3r_adamw_set_trainable_mask(q3r_adamw *opt, const uint8_t *mask /* [n] */,
+                                        q3r_error *err);
 
 /* One step at learning rate lr: params[n] updated in place from grads[n]. */
 void q3r_adamw_step(q3r_adamw *opt, float *params /* [n] */, const float *grads /* [n] */,

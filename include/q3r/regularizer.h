@@ -39,17 +39,18 @@ q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r
 
 /* ---- eps schedules ------------------------------------------------------------ */
 typedef enum {
-    Q3R_EPS_DEFAULT = 0,     /* eps <- min(eps, sigma_{r+1}) */
-    Q3R_EPS_GEOMETRIC = 1,   /* public code's "linear": eps_0 sigma_{r+1}, x c per refresh, floor eps_min */
+    Q3R_EPS_DEFAULT = 0, /* eps <- min(eps, sigma_{r+1}) */
+    Q3R_EPS_GEOMETRIC =
+        1, /* public code's "linear": eps_0 sigma_{r+1}, x c per refresh, floor eps_min */
     Q3R_EPS_CONSTANT = 2,    /* eps <- eps_const */
     Q3R_EPS_EXPLORATION = 3, /* eps <- sigma_{r+1} at every refresh */
 } q3r_eps_schedule;
 
 typedef struct {
     q3r_eps_schedule schedule;
-    double eps_const;     /* constant schedule; must be > 0 */
-    double eps_min;       /* geometric floor; default 1e-5 */
-    int geometric_steps;  /* N: refreshes to reach eps_min in the geometric schedule */
+    double eps_const;    /* constant schedule; must be > 0 */
+    double eps_min;      /* geometric floor; default 1e-5 */
+    int geometric_steps; /* N: refreshes to reach eps_min in the geometric schedule */
 } q3r_eps_options;
 
 /* Defaults: schedule default, eps_min 1e-5, geometric_steps 100. */
@@ -89,10 +90,10 @@ q3r_status q3r_state_refresh(q3r_state *s, const float *X, int ld, q3r_error *er
  * here; it may run concurrently for different states); commit installs it and cannot
  * fail; discard drops it. refresh == compute + commit. */
 typedef struct q3r_refresh q3r_refresh;
-q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
-                                     q3r_refresh **out, q3r_error *err);
+q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld, q3r_refresh **out,
+                                     q3r_error *err);
 void q3r_state_refresh_commit(q3r_state *s, q3r_refresh *pending); /* consumes pending */
-void q3r_refresh_discard(q3r_refresh *pending);                     /* NULL is fine */
+void q3r_refresh_discard(q3r_refresh *pending);                    /* NULL is fine */
 
 /* value = lambda <X, R X>. If G != NULL: G (rows x cols, leading dim ldg) is updated as
  *     G <- beta * G + alpha * 2 lambda R(X)
@@ -122,12 +123,12 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
 
 typedef struct {
     int rows, cols;
-    int rank;          /* target r */
-    int r_env;         /* #{sigma_i > eps} at the last refresh */
-    double eps;        /* current eps (+inf before the first refresh and for rank >= min dim) */
-    double sigma_r1;   /* sigma_{r+1} at the last refresh (0 if rank >= min dim; NaN before) */
-    int refreshes;     /* number of successful refreshes */
-    int nsigma;        /* min(rows, cols) once refreshed, else 0 */
+    int rank;            /* target r */
+    int r_env;           /* #{sigma_i > eps} at the last refresh */
+    double eps;          /* current eps (+inf before the first refresh and for rank >= min dim) */
+    double sigma_r1;     /* sigma_{r+1} at the last refresh (0 if rank >= min dim; NaN before) */
+    int refreshes;       /* number of successful refreshes */
+    int nsigma;          /* min(rows, cols) once refreshed, else 0 */
     const double *sigma; /* all singular values at the last refresh, descending (nsigma) */
 } q3r_state_info;
 
@@ -178,8 +179,8 @@ void q3r_state_get_refresh_stats(const q3r_state *s, q3r_refresh_stats *out);
 
 /* ---- many matrices ------------------------------------------------------------------ */
 typedef struct {
-    double lambda;        /* strength; value and gradient are sums over matrices */
-    int period;           /* refresh every `period` optimizer steps (T, default 5) */
+    double lambda; /* strength; value and gradient are sums over matrices */
+    int period;    /* refresh every `period` optimizer steps (T, default 5) */
     q3r_eps_options eps;
 } q3r_set_options;
 

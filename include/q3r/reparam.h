@@ -63,7 +63,7 @@ q3r_status q3r_reparam_build(q3r_reparam *rp, q3r_error *err);
 
 int q3r_reparam_count(const q3r_reparam *rp);
 const char *q3r_reparam_name(const q3r_reparam *rp, int i); /* NULL out of range */
-int q3r_reparam_num_factors(const q3r_reparam *rp, int i);   /* 0 out of range */
+int q3r_reparam_num_factors(const q3r_reparam *rp, int i);  /* 0 out of range */
 /* Factor k of matrix i (row-major, leading dimension *cols) and its gradient; NULL when out of
  * range or before build. rows, cols, grad may be NULL. */
 float *q3r_reparam_factor(q3r_reparam *rp, int i, int k, int *rows, int *cols, float **grad);

@@ -39,25 +39,25 @@ typedef struct {
 q3r_spectrum_options q3r_spectrum_options_default(void);
 
 typedef struct {
-    char *name;          /* matrix name: the tensor name, or "<prefix>.q" etc. for qkv parts */
-    char *tensor;        /* the tensor it comes from */
-    char kind[8];        /* q, k, v, qkv, proj, fc1, fc2, head, or "other" */
-    int rows, cols;      /* its shape */
-    int row_offset;      /* first row within the tensor (qkv parts), else 0 */
-    int n;               /* min(rows, cols): number of singular values */
-    double *sigma;       /* [n], descending */
+    char *name;            /* matrix name: the tensor name, or "<prefix>.q" etc. for qkv parts */
+    char *tensor;          /* the tensor it comes from */
+    char kind[8];          /* q, k, v, qkv, proj, fc1, fc2, head, or "other" */
+    int rows, cols;        /* its shape */
+    int row_offset;        /* first row within the tensor (qkv parts), else 0 */
+    int n;                 /* min(rows, cols): number of singular values */
+    double *sigma;         /* [n], descending */
     double effective_rank; /* exp(entropy of sigma / sum sigma) (q3r_effective_rank) */
-    int rank;            /* target r from the rule (>= 1; may exceed n) */
-    int rank_clamped;    /* 1 when the rule gave r < 1 and r = 1 was used */
+    int rank;              /* target r from the rule (>= 1; may exceed n) */
+    int rank_clamped;      /* 1 when the rule gave r < 1 and r = 1 was used */
     double energy_at_rank; /* sum_{i<=r} sigma_i^2 / sum sigma_i^2 (q3r_energy_at) */
-    double sigma_ratio;  /* sigma_{r+1} / sigma_1; 0 when r >= n or the matrix is 0 */
-    int rank90, rank99;  /* smallest r with energy >= 0.90 / 0.99 (0 for a zero matrix) */
+    double sigma_ratio;    /* sigma_{r+1} / sigma_1; 0 when r >= n or the matrix is 0 */
+    int rank90, rank99;    /* smallest r with energy >= 0.90 / 0.99 (0 for a zero matrix) */
 } q3r_spectrum_matrix;
 
 typedef struct {
     q3r_spectrum_matrix *items; /* in the order of the tensor list (q, k, v in that order) */
     int count;
-    int tensors_2d;      /* 2-D floating-point (F32, F64, F16, BF16) tensors in the list (before the filter) */
+    int tensors_2d; /* 2-D floating-point (F32, F64, F16, BF16) tensors in the list (before the filter) */
     int tensors_skipped; /* tensors that are not 2-D floating-point (biases, norms, conv kernels, ...) */
 } q3r_spectrum_report;
 

@@ -28,8 +28,8 @@ extern "C" {
 #define Q3R_SWEEP_KINDS Q3R_MAT_KINDS
 
 typedef struct {
-    double p;                         /* the kept fraction asked for; 1: untruncated */
-    int truncated;                    /* 1 if some matrix was cut for this row */
+    double p;      /* the kept fraction asked for; 1: untruncated */
+    int truncated; /* 1 if some matrix was cut for this row */
     /* per kind, over the targeted matrices of that kind: smallest and largest rank
      * (0 = dense); a kind not targeted has count 0 */
     int kind_count[Q3R_SWEEP_KINDS];
@@ -44,18 +44,18 @@ typedef struct {
 } q3r_sweep_row;
 
 typedef struct {
-    const char *targets;           /* comma list of qkv, proj, fc1, fc2, all, head */
-    const double *ps;              /* [count] kept fractions, each in (0, 1] */
+    const char *targets; /* comma list of qkv, proj, fc1, fc2, all, head */
+    const double *ps;    /* [count] kept fractions, each in (0, 1] */
     int count;
-    const q3r_dataset *ds;         /* scored on the first `limit` images (0: all) */
+    const q3r_dataset *ds; /* scored on the first `limit` images (0: all) */
     const q3r_normalize *norm;
-    int64_t limit;                 /* evaluation runs in batches of the input model's max batch */
+    int64_t limit; /* evaluation runs in batches of the input model's max batch */
 } q3r_sweep_spec;
 
 typedef struct {
-    q3r_sweep_row base;            /* the untruncated model (p = 1) */
+    q3r_sweep_row base; /* the untruncated model (p = 1) */
     int count;
-    q3r_sweep_row *rows;           /* [count], in the order of spec->ps */
+    q3r_sweep_row *rows; /* [count], in the order of spec->ps */
 } q3r_sweep_result;
 
 /* Called after the untruncated model (index -1) and after each p (index 0..count-1). */

@@ -36,7 +36,8 @@ typedef enum {
     Q3R_REG_NONE = 0,      /* nothing (plain AdamW; weight decay on the targets too) */
     Q3R_REG_DECOUPLED = 1, /* AdamQ3R: W -= lr * 2 lambda R(W) beside the Adam step */
     Q3R_REG_COUPLED = 2,   /* 2 lambda R(W) added to the gradient before Adam */
-    Q3R_REG_NUCLEAR = 3,   /* baseline: every `period` steps, W <- prox of lambda (sum of lr) ||W||_* */
+    Q3R_REG_NUCLEAR =
+        3, /* baseline: every `period` steps, W <- prox of lambda (sum of lr) ||W||_* */
     Q3R_REG_COUNT
 } q3r_reg_mode;
 
@@ -51,40 +52,40 @@ typedef enum {
 
 typedef struct {
     /* model */
-    const q3r_meta *model;     /* its config ("model.*" keys: q3r_model_preset, then overrides);
+    const q3r_meta *model; /* its config ("model.*" keys: q3r_model_preset, then overrides);
                                   borrowed, must outlive the run; NULL: the vit-fmnist preset */
     /* data */
-    const char *dataset;       /* "fashion-mnist", "mnist", "cifar10", "cifar100" */
-    const char *data_dir;      /* NULL or "" = /usr/share/datasets/<dataset> */
-    int64_t train_limit;       /* 0 = all training images, else the first N */
-    int64_t test_limit;        /* 0 = all test images */
-    int batch;                 /* the global batch (over every rank of comm) */
+    const char *dataset;  /* "fashion-mnist", "mnist", "cifar10", "cifar100" */
+    const char *data_dir; /* NULL or "" = /usr/share/datasets/<dataset> */
+    int64_t train_limit;  /* 0 = all training images, else the first N */
+    int64_t test_limit;   /* 0 = all test images */
+    int batch;            /* the global batch (over every rank of comm) */
     int epochs;
-    int augment;               /* random crop (pad 4 for 32x32, 2 otherwise) + flip for RGB */
+    int augment; /* random crop (pad 4 for 32x32, 2 otherwise) + flip for RGB */
     float label_smoothing;
     /* optimizer */
-    q3r_lr_schedule lr;        /* total_steps 0: from epochs; warmup_steps < 0: 5% of the run, <= 200 */
-    double weight_decay;       /* AdamW decay on matrices not under a regularizer, and on the
+    q3r_lr_schedule lr;  /* total_steps 0: from epochs; warmup_steps < 0: 5% of the run, <= 200 */
+    double weight_decay; /* AdamW decay on matrices not under a regularizer, and on the
                                   factors of the LORITA and FACTORIZED weights */
-    double clip;               /* global grad-norm clip, 0 = off */
+    double clip;         /* global grad-norm clip, 0 = off */
     /* method */
     q3r_weights_mode weights;
     q3r_reg_mode reg;
-    const char *targets;       /* comma list of qkv, proj, fc1, fc2, head, all */
-    const char *rank;          /* rank rule text (q3r_rank_parse) */
-    double lambda;             /* <= 0: chosen from pull */
-    double pull;               /* target 2 lambda sum_t lr_t when lambda is automatic */
-    int period;                /* refresh every `period` steps */
+    const char *targets; /* comma list of qkv, proj, fc1, fc2, head, all */
+    const char *rank;    /* rank rule text (q3r_rank_parse) */
+    double lambda;       /* <= 0: chosen from pull */
+    double pull;         /* target 2 lambda sum_t lr_t when lambda is automatic */
+    int period;          /* refresh every `period` steps */
     q3r_eps_options eps;
-    int lorita_factors;        /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
+    int lorita_factors; /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
     /* run */
     uint64_t seed;
-    const char *out_dir;       /* borrowed strings, like the ones above */
-    int64_t checkpoint_every;  /* steps between checkpoints (0: only at epoch ends) */
-    int64_t stop_after;        /* stop (with a checkpoint) after this many steps; 0 = never */
-    int log_every;             /* steps between metrics lines */
-    volatile int *interrupt;   /* set non-zero (e.g. by SIGINT) to checkpoint and stop */
-    q3r_comm *comm;            /* data-parallel communicator; NULL: one process */
+    const char *out_dir;      /* borrowed strings, like the ones above */
+    int64_t checkpoint_every; /* steps between checkpoints (0: only at epoch ends) */
+    int64_t stop_after;       /* stop (with a checkpoint) after this many steps; 0 = never */
+    int log_every;            /* steps between metrics lines */
+    volatile int *interrupt;  /* set non-zero (e.g. by SIGINT) to checkpoint and stop */
+    q3r_comm *comm;           /* data-parallel communicator; NULL: one process */
 } q3r_train_config;
 
 /* The command line's methods: "none", "decoupled", "coupled", "nuclear" (dense weights with
@@ -102,14 +103,14 @@ typedef enum { Q3R_PHASE_TRAIN = 0, Q3R_PHASE_EVAL = 1, Q3R_PHASE_EPOCH = 2 } q3
 
 typedef struct {
     q3r_train_phase phase;
-    q3r_metric metric;             /* what acc and test_acc hold: accuracy, or bits per byte */
-    int64_t step, total_steps;     /* optimizer steps done / planned */
-    int epoch, epochs;             /* current epoch from 0 */
-    int64_t done, todo;            /* within the phase: samples done / in the epoch or eval */
-    double loss, acc;              /* running mean over the epoch so far (train) or eval */
+    q3r_metric metric;         /* what acc and test_acc hold: accuracy, or bits per byte */
+    int64_t step, total_steps; /* optimizer steps done / planned */
+    int epoch, epochs;         /* current epoch from 0 */
+    int64_t done, todo;        /* within the phase: samples done / in the epoch or eval */
+    double loss, acc;          /* running mean over the epoch so far (train) or eval */
     double lr, q3r_value, images_per_s, elapsed_s;
-    double eta_s;                  /* training time left at the pace so far */
-    double test_acc, test_loss;    /* at PHASE_EPOCH */
+    double eta_s;               /* training time left at the pace so far */
+    double test_acc, test_loss; /* at PHASE_EPOCH */
 } q3r_train_progress;
 
 typedef void (*q3r_progress_fn)(const q3r_train_progress *p, void *ctx);
@@ -117,11 +118,11 @@ typedef void (*q3r_progress_fn)(const q3r_train_progress *p, void *ctx);
 typedef struct {
     int64_t steps;
     int epochs_done;
-    int finished;                  /* 0 if stopped early (stop_after, interrupt) */
-    double lambda;                 /* the lambda used */
-    q3r_metric metric;             /* what train_acc and test_acc hold */
-    double train_loss, train_acc;  /* last epoch */
-    double test_acc, test_loss;    /* final evaluation */
+    int finished;                 /* 0 if stopped early (stop_after, interrupt) */
+    double lambda;                /* the lambda used */
+    q3r_metric metric;            /* what train_acc and test_acc hold */
+    double train_loss, train_acc; /* last epoch */
+    double test_acc, test_loss;   /* final evaluation */
     int64_t test_n;
     double seconds;
 } q3r_train_result;

@@ -35,27 +35,27 @@ typedef struct {
 } q3r_truncate_spec;
 
 typedef struct {
-    char name[48];       /* "blocks.3.attn.q", ..., "head" */
+    char name[48]; /* "blocks.3.attn.q", ..., "head" */
     int rows, cols;
-    int rank_before;     /* 0: was dense */
-    int rank;            /* kept rank r */
-    double kept;         /* r (rows + cols) / (rows cols) */
-    double energy;       /* sum_{i<r} sigma_i^2 / sum sigma_i^2 (1 for a zero matrix) */
-    double error_fro;    /* ||W - A B||_F, computed = sqrt(sum_{i >= r} sigma_i^2) */
-    double norm_fro;     /* ||W||_F */
+    int rank_before;  /* 0: was dense */
+    int rank;         /* kept rank r */
+    double kept;      /* r (rows + cols) / (rows cols) */
+    double energy;    /* sum_{i<r} sigma_i^2 / sum sigma_i^2 (1 for a zero matrix) */
+    double error_fro; /* ||W - A B||_F, computed = sqrt(sum_{i >= r} sigma_i^2) */
+    double norm_fro;  /* ||W||_F */
     double sigma_first, sigma_kept_last; /* sigma_1 and sigma_r */
 } q3r_truncate_matrix;
 
 typedef struct {
-    int count;                   /* targeted matrices */
-    q3r_truncate_matrix *mats;   /* [count], in rank-table order */
-    int64_t targeted_dense;      /* sum m n over the targeted matrices */
-    int64_t targeted_before;     /* their stored parameters in the input */
-    int64_t targeted_after;      /* ... and in the output: sum r (m + n) */
-    int64_t total_dense;         /* parameters of the dense model (all tensors, no padding) */
+    int count;                 /* targeted matrices */
+    q3r_truncate_matrix *mats; /* [count], in rank-table order */
+    int64_t targeted_dense;    /* sum m n over the targeted matrices */
+    int64_t targeted_before;   /* their stored parameters in the input */
+    int64_t targeted_after;    /* ... and in the output: sum r (m + n) */
+    int64_t total_dense;       /* parameters of the dense model (all tensors, no padding) */
     int64_t total_before, total_after;
-    double targeted_kept;        /* targeted_after / targeted_dense */
-    double total_kept;           /* total_after / total_dense */
+    double targeted_kept; /* targeted_after / targeted_dense */
+    double total_kept;    /* total_after / total_dense */
 } q3r_truncate_report;
 
 /* Truncate `in` (dense or factored; not modified) per spec into a new factored model *out with

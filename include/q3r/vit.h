@@ -33,13 +33,13 @@ extern "C" {
 typedef struct {
     int image_size; /* square images, image_size x image_size */
     int channels;
-    int patch;      /* patch side; divides image_size */
-    int width;      /* embedding dimension D; heads divide it */
-    int depth;      /* number of transformer blocks */
+    int patch; /* patch side; divides image_size */
+    int width; /* embedding dimension D; heads divide it */
+    int depth; /* number of transformer blocks */
     int heads;
     int mlp_hidden; /* MLP hidden width */
     int classes;
-    float dropout;  /* rate in [0, 1): after pos_embed, attn proj, GELU and fc2 (timm's pos_drop,
+    float dropout; /* rate in [0, 1): after pos_embed, attn proj, GELU and fc2 (timm's pos_drop,
                        proj_drop and Mlp drops); 0 disables. No attention-prob dropout. */
 } q3r_vit_config;
 
@@ -79,8 +79,8 @@ q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, 
 int q3r_vit_num_matrices(const q3r_vit_config *cfg);
 /* Matrix i's name ("blocks.3.attn.q", ..., "head"; the names Q3R targets use) into name (cap;
  * may be NULL) and its shape (rows = out, cols = in; each may be NULL). Error: i out of range. */
-q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap,
-                               int *rows, int *cols, q3r_error *err);
+q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap, int *rows,
+                               int *cols, q3r_error *err);
 void q3r_vit_free(q3r_vit *m);
 
 /* timm's default ("timm" mode) initialisation, from seed (factors A, B of a factored matrix:
@@ -95,12 +95,12 @@ void q3r_vit_free(q3r_vit *m);
  * Gradients are zeroed too. */
 void q3r_vit_init(q3r_vit *m, uint64_t seed);
 
-float *q3r_vit_params(q3r_vit *m);          /* (q3r_vit_num_params) flat parameter buffer */
-float *q3r_vit_grads(q3r_vit *m);           /* (q3r_vit_num_params) matching gradients */
-size_t q3r_vit_num_params(const q3r_vit *m); /* buffer length in floats (incl. alignment gaps) */
-int64_t q3r_vit_param_count(const q3r_vit *m);    /* parameters stored (no alignment gaps) */
+float *q3r_vit_params(q3r_vit *m);             /* (q3r_vit_num_params) flat parameter buffer */
+float *q3r_vit_grads(q3r_vit *m);              /* (q3r_vit_num_params) matching gradients */
+size_t q3r_vit_num_params(const q3r_vit *m);   /* buffer length in floats (incl. alignment gaps) */
+int64_t q3r_vit_param_count(const q3r_vit *m); /* parameters stored (no alignment gaps) */
 int q3r_vit_num_tensors(const q3r_vit *m);
-const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i); /* NULL if out of range */
+const q3r_param_info *q3r_vit_tensor(const q3r_vit *m, int i);          /* NULL if out of range */
 const q3r_param_info *q3r_vit_find(const q3r_vit *m, const char *name); /* NULL if absent */
 const q3r_vit_config *q3r_vit_get_config(const q3r_vit *m);
 int q3r_vit_max_batch(const q3r_vit *m);

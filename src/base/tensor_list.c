@@ -9,10 +9,16 @@
 
 size_t q3r_dtype_size(q3r_dtype t) {
     switch (t) {
-    case Q3R_F64: case Q3R_I64: return 8;
-    case Q3R_F32: case Q3R_I32: return 4;
-    case Q3R_F16: case Q3R_BF16: case Q3R_I16: return 2;
-    case Q3R_U8: case Q3R_I8: case Q3R_BOOL: return 1;
+    case Q3R_F64:
+    case Q3R_I64: return 8;
+    case Q3R_F32:
+    case Q3R_I32: return 4;
+    case Q3R_F16:
+    case Q3R_BF16:
+    case Q3R_I16: return 2;
+    case Q3R_U8:
+    case Q3R_I8:
+    case Q3R_BOOL: return 1;
     }
     return 0;
 }
@@ -62,7 +68,8 @@ static float half_to_float(uint16_t h) {
 
 q3r_status q3r_convert_to_f32(const void *src, q3r_dtype t, size_t count, float *dst, q3r_error *err) {
     if (!q3r_dtype_is_float(t))
-        return q3r_fail(err, Q3R_EINVAL, "cannot convert %s to F32: not a floating-point dtype", q3r_dtype_name(t));
+        return q3r_fail(err, Q3R_EINVAL, "cannot convert %s to F32: not a floating-point dtype",
+                        q3r_dtype_name(t));
     const unsigned char *b = src;
     for (size_t i = 0; i < count; i++) {
         float v;
@@ -118,8 +125,7 @@ q3r_status q3r_tensor_list_add(q3r_tensor_list *l, const char *name, q3r_dtype d
     if (ndim < 0 || ndim > Q3R_TENSOR_MAXDIM)
         return q3r_fail(err, Q3R_EINVAL, "tensor '%s': %d dimensions (at most %d)", name, ndim,
                         Q3R_TENSOR_MAXDIM);
-    if (q3r_tensor_list_find(l, name))
-        return q3r_fail(err, Q3R_EINVAL, "tensor '%s' added twice", name);
+    if (q3r_tensor_list_find(l, name)) return q3r_fail(err, Q3R_EINVAL, "tensor '%s' added twice", name);
     if (l->count == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 16;
         q3r_tensor *items = realloc(l->items, cap * sizeof *items);
@@ -147,13 +153,13 @@ q3r_status q3r_tensor_list_add(q3r_tensor_list *l, const char *name, q3r_dtype d
     return Q3R_OK;
 }
 
-q3r_status q3r_tensor_list_get(const q3r_tensor_list *l, const char *name, q3r_dtype dtype,
-                               int64_t numel, const q3r_tensor **out, q3r_error *err) {
+q3r_status q3r_tensor_list_get(const q3r_tensor_list *l, const char *name, q3r_dtype dtype, int64_t numel,
+                               const q3r_tensor **out, q3r_error *err) {
     const q3r_tensor *t = q3r_tensor_list_find(l, name);
     if (!t) return q3r_fail(err, Q3R_EFORMAT, "tensor '%s' missing", name);
     if (t->dtype != dtype)
-        return q3r_fail(err, Q3R_EFORMAT, "tensor '%s' is %s, expected %s", name,
-                        q3r_dtype_name(t->dtype), q3r_dtype_name(dtype));
+        return q3r_fail(err, Q3R_EFORMAT, "tensor '%s' is %s, expected %s", name, q3r_dtype_name(t->dtype),
+                        q3r_dtype_name(dtype));
     if (numel >= 0 && q3r_tensor_numel(t) != numel)
         return q3r_fail(err, Q3R_EFORMAT, "tensor '%s' has %lld elements, expected %lld", name,
                         (long long)q3r_tensor_numel(t), (long long)numel);

@@ -83,16 +83,35 @@ int q3r_json_escape_append(char **buf, size_t *len, size_t *cap, const char *s) 
     *o++ = '"';
     for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
         switch (*c) {
-        case '"': *o++ = '\\'; *o++ = '"'; break;
-        case '\\': *o++ = '\\'; *o++ = '\\'; break;
-        case '\n': *o++ = '\\'; *o++ = 'n'; break;
-        case '\r': *o++ = '\\'; *o++ = 'r'; break;
-        case '\t': *o++ = '\\'; *o++ = 't'; break;
+        case '"':
+            *o++ = '\\';
+            *o++ = '"';
+            break;
+        case '\\':
+            *o++ = '\\';
+            *o++ = '\\';
+            break;
+        case '\n':
+            *o++ = '\\';
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = '\\';
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = '\\';
+            *o++ = 't';
+            break;
         default:
             if (*c < 0x20) {
                 static const char hex[] = "0123456789abcdef";
-                *o++ = '\\'; *o++ = 'u'; *o++ = '0'; *o++ = '0';
-                *o++ = hex[*c >> 4]; *o++ = hex[*c & 15];
+                *o++ = '\\';
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex[*c >> 4];
+                *o++ = hex[*c & 15];
             } else {
                 *o++ = (char)*c;
             }
@@ -145,8 +164,8 @@ q3r_status q3r_atomic_open(q3r_atomic_file *a, const char *path, q3r_error *err)
     a->f = fopen(a->tmp, "wb");
     if (!a->f) {
         const int e = errno;
-        q3r_status s = q3r_fail(err, Q3R_EIO, "%s: cannot create the temporary file %s: %s", path, a->tmp,
-                                strerror(e));
+        q3r_status s =
+            q3r_fail(err, Q3R_EIO, "%s: cannot create the temporary file %s: %s", path, a->tmp, strerror(e));
         free(a->path);
         free(a->tmp);
         memset(a, 0, sizeof *a);
@@ -171,10 +190,22 @@ q3r_status q3r_atomic_commit(q3r_atomic_file *a, q3r_error *err) {
     const char *what = NULL;
     int e = 0;
     if (ferror(f)) what = "write failed";
-    if (fflush(f) && !what) { what = "write failed"; e = errno; }
-    if (fsync(fileno(f)) && !what) { what = "fsync failed"; e = errno; }
-    if (fclose(f) && !what) { what = "close failed"; e = errno; }
-    if (!what && rename(a->tmp, a->path)) { what = "cannot rename the temporary file over it"; e = errno; }
+    if (fflush(f) && !what) {
+        what = "write failed";
+        e = errno;
+    }
+    if (fsync(fileno(f)) && !what) {
+        what = "fsync failed";
+        e = errno;
+    }
+    if (fclose(f) && !what) {
+        what = "close failed";
+        e = errno;
+    }
+    if (!what && rename(a->tmp, a->path)) {
+        what = "cannot rename the temporary file over it";
+        e = errno;
+    }
     if (!what) {
         release(a);
         return Q3R_OK;

@@ -75,10 +75,11 @@ void args_print_help(const char *cmd, const char *summary, const arg_spec *specs
     printf("usage: q3r %s [options]\n\n%s\n\noptions:\n", cmd, summary);
     for (const arg_spec *s = specs; s->name; s++) {
         char left[64];
-        const char *mv = s->metavar ? s->metavar
-                         : s->type == ARG_INT ? "N"
+        const char *mv = s->metavar              ? s->metavar
+                         : s->type == ARG_INT    ? "N"
                          : s->type == ARG_DOUBLE ? "X"
-                         : s->type == ARG_CHOICE ? s->choices : "S";
+                         : s->type == ARG_CHOICE ? s->choices
+                                                 : "S";
         if (s->type == ARG_FLAG) snprintf(left, sizeof left, "--%s", s->name);
         else snprintf(left, sizeof left, "--%s %s", s->name, mv);
         printf("  %-28s %s", left, s->help);
@@ -106,8 +107,8 @@ void args_print_help(const char *cmd, const char *summary, const arg_spec *specs
     printf("  %-28s %s\n", "--help", "show this help");
 }
 
-int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv,
-               int first, const char **positional, int max_positional, int *npositional) {
+int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv, int first,
+               const char **positional, int max_positional, int *npositional) {
     given_specs = specs;
     memset(given, 0, sizeof given);
     int np = 0;
@@ -136,7 +137,8 @@ int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int 
                 break;
             }
         if (!s) {
-            fprintf(stderr, "q3r %s: unknown option '--%.*s' (see q3r %s --help)\n", cmd, (int)nlen, name, cmd);
+            fprintf(stderr, "q3r %s: unknown option '--%.*s' (see q3r %s --help)\n", cmd, (int)nlen, name,
+                    cmd);
             return 2;
         }
         const char *value = NULL;

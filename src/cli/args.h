@@ -11,9 +11,9 @@
 typedef enum { ARG_FLAG, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_CHOICE } arg_type;
 
 typedef struct {
-    const char *name;    /* long name without dashes, e.g. "lr" */
+    const char *name; /* long name without dashes, e.g. "lr" */
     arg_type type;
-    void *dest;          /* int* (FLAG, INT, CHOICE index), double*, const char** */
+    void *dest; /* int* (FLAG, INT, CHOICE index), double*, const char** */
     const char *help;
     double min, max;     /* for INT and DOUBLE; ignored when min > max */
     const char *choices; /* for CHOICE: "a|b|c"; dest receives the index */
@@ -24,8 +24,8 @@ typedef struct {
  * arguments (not starting with "--") go to positional[] up to max_positional.
  * Returns 0 on success, 1 if --help was printed, 2 on error (message printed to
  * stderr as "q3r <cmd>: ..."). */
-int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv,
-               int first, const char **positional, int max_positional, int *npositional);
+int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv, int first,
+               const char **positional, int max_positional, int *npositional);
 
 void args_print_help(const char *cmd, const char *summary, const arg_spec *specs);
 

@@ -24,13 +24,16 @@ int q3r_cmd_demo(int argc, char **argv) {
         {"rows", ARG_INT, &spec.rows, "rows of the matrix", 2, 16384, NULL, NULL},
         {"cols", ARG_INT, &spec.cols, "columns of the matrix", 2, 16384, NULL, NULL},
         {"rank", ARG_INT, &spec.rank, "rank of the ground truth", 1, 16383, NULL, NULL},
-        {"observed", ARG_DOUBLE, &spec.observed, "fraction of entries observed, in (0, 1]", 1e-9, 1, NULL, NULL},
+        {"observed", ARG_DOUBLE, &spec.observed, "fraction of entries observed, in (0, 1]", 1e-9, 1, NULL,
+         NULL},
         {"iters", ARG_INT, &opt.iters, "iterations for every method", 1, 1000000, NULL, NULL},
         {"lambda", ARG_DOUBLE, &opt.lambda, "Q3R and ridge strength", 0, 1e6, NULL, NULL},
         {"lr", ARG_DOUBLE, &opt.lr, "Q3R and ridge step size; 0 = 1.8 / (1 + 2 lambda)", 0, 2, NULL, NULL},
         {"period", ARG_INT, &opt.period, "Q3R refresh period T (steps)", 1, 1000000, NULL, NULL},
-        {"target-rank", ARG_INT, &opt.target_rank, "Q3R target rank r; 0 = the true rank", 0, 16383, NULL, NULL},
-        {"rank-tol", ARG_DOUBLE, &opt.rank_tol, "numerical rank: sigma_i > tol * sigma_1", 1e-12, 0.5, NULL, NULL},
+        {"target-rank", ARG_INT, &opt.target_rank, "Q3R target rank r; 0 = the true rank", 0, 16383, NULL,
+         NULL},
+        {"rank-tol", ARG_DOUBLE, &opt.rank_tol, "numerical rank: sigma_i > tol * sigma_1", 1e-12, 0.5, NULL,
+         NULL},
         {"threads", ARG_INT, &threads, "threads for BLAS and OpenMP; 0 = keep", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print one JSON object per method instead of the table", 0, -1, NULL, NULL},
         {0},
@@ -64,10 +67,10 @@ int q3r_cmd_demo(int argc, char **argv) {
                    "\"nobserved\":%ld,\"seed\":%d,\"iters\":%d,\"threads\":%d,\"rank_tol\":%.17g,"
                    "\"rank_found\":%d,\"rel_error\":%.9g,\"rel_error_observed\":%.9g,"
                    "\"sigma_1\":%.9g,\"sigma_next_rel\":%.9g,\"svds\":%d,\"seconds\":%.6f}\n",
-                   q3r_completion_method_name(res[i].method), spec.rows, spec.cols, spec.rank,
-                   spec.observed, p->nobserved, seed, res[i].iters, q3r_get_threads(), opt.rank_tol,
-                   res[i].rank_found, res[i].rel_error, res[i].rel_error_obs, res[i].sigma_1,
-                   res[i].sigma_next, res[i].svds, res[i].seconds);
+                   q3r_completion_method_name(res[i].method), spec.rows, spec.cols, spec.rank, spec.observed,
+                   p->nobserved, seed, res[i].iters, q3r_get_threads(), opt.rank_tol, res[i].rank_found,
+                   res[i].rel_error, res[i].rel_error_obs, res[i].sigma_1, res[i].sigma_next, res[i].svds,
+                   res[i].seconds);
     } else {
         printf("rank-%d completion of a %d x %d matrix from %.3g%% of its entries (%ld observed),\n"
                "seed %d, %d iterations per method, %d thread%s\n\n",

@@ -37,7 +37,8 @@ static void json_num(FILE *f, double v) {
     else fputs("null", f);
 }
 
-static void print_json(FILE *f, const char *path, const char *rank_text, int split, const q3r_spectrum_report *r) {
+static void print_json(FILE *f, const char *path, const char *rank_text, int split,
+                       const q3r_spectrum_report *r) {
     fputs("{\"file\": ", f);
     json_str(f, path);
     fputs(", \"rank_rule\": ", f);
@@ -50,8 +51,9 @@ static void print_json(FILE *f, const char *path, const char *rank_text, int spl
         json_str(f, m->name);
         fputs(", \"tensor\": ", f);
         json_str(f, m->tensor);
-        fprintf(f, ", \"kind\": \"%s\", \"rows\": %d, \"cols\": %d, \"row_offset\": %d, \"rank\": %d, "
-                   "\"rank_clamped\": %s, \"effective_rank\": ",
+        fprintf(f,
+                ", \"kind\": \"%s\", \"rows\": %d, \"cols\": %d, \"row_offset\": %d, \"rank\": %d, "
+                "\"rank_clamped\": %s, \"effective_rank\": ",
                 m->kind, m->rows, m->cols, m->row_offset, m->rank, m->rank_clamped ? "true" : "false");
         json_num(f, m->effective_rank);
         fputs(", \"energy_at_rank\": ", f);
@@ -75,8 +77,8 @@ static void print_table(const char *path, const char *rank_text, const q3r_spect
         if (l > w) w = l;
     }
     if (w > 60) w = 60;
-    printf("%s: %d matri%s from %d 2-D tensor%s (%d other tensor%s skipped); target rank r from '%s'\n\n", path,
-           r->count, r->count == 1 ? "x" : "ces", r->tensors_2d, r->tensors_2d == 1 ? "" : "s",
+    printf("%s: %d matri%s from %d 2-D tensor%s (%d other tensor%s skipped); target rank r from '%s'\n\n",
+           path, r->count, r->count == 1 ? "x" : "ces", r->tensors_2d, r->tensors_2d == 1 ? "" : "s",
            r->tensors_skipped, r->tensors_skipped == 1 ? "" : "s", rank_text);
     printf("%-*s %-5s %11s %9s %6s %9s %10s %6s %6s %11s\n", w, "matrix", "kind", "shape", "eff.rank", "r",
            "energy@r", "s_r+1/s_1", "r90%", "r99%", "sigma_1");
@@ -116,9 +118,9 @@ static int write_csv(const char *path, const q3r_spectrum_report *r) {
             }
             fputs("\",", f);
         }
-        fprintf(f, "%s,%d,%d,%d,%d,%.9g,%.9g,%.9g,%d,%d,%.9g,%.9g\n", m->kind, m->rows, m->cols, m->row_offset,
-                m->rank, m->effective_rank, m->energy_at_rank, m->sigma_ratio, m->rank90, m->rank99,
-                m->sigma[0], m->sigma[m->n - 1]);
+        fprintf(f, "%s,%d,%d,%d,%d,%.9g,%.9g,%.9g,%d,%d,%.9g,%.9g\n", m->kind, m->rows, m->cols,
+                m->row_offset, m->rank, m->effective_rank, m->energy_at_rank, m->sigma_ratio, m->rank90,
+                m->rank99, m->sigma[0], m->sigma[m->n - 1]);
     }
     return q3r_atomic_commit(&a, NULL) ? -1 : 0;
 }
@@ -159,10 +161,12 @@ static int write_plot(const char *path, const char *file, const q3r_spectrum_rep
                  r->count, r->count == 1 ? "x" : "ces", grouped ? ", grouped by kind" : "");
         plot_quote(g, title);
     }
-    fprintf(g, "\nset logscale y\nset format y '1e%%L'\n"
-               "set xlabel 'index i'\nset ylabel 'sigma_i / sigma_1 (log scale)'\n"
-               "set grid xtics ytics mytics lc rgb '#dddddd'\nset key outside right top box opaque\n"
-               "set xrange [1:%d]\n", maxn > 1 ? maxn : 2);
+    fprintf(g,
+            "\nset logscale y\nset format y '1e%%L'\n"
+            "set xlabel 'index i'\nset ylabel 'sigma_i / sigma_1 (log scale)'\n"
+            "set grid xtics ytics mytics lc rgb '#dddddd'\nset key outside right top box opaque\n"
+            "set xrange [1:%d]\n",
+            maxn > 1 ? maxn : 2);
     /* Series (data file index k): one per matrix, or one per kind (its matrices as separate
      * polylines); two blank lines end a series. */
     if (!grouped) {
@@ -212,12 +216,15 @@ int q3r_cmd_spectrum(int argc, char **argv) {
     const char *filter = NULL, *rank_text = "0.4", *csv = NULL, *plot = NULL;
     int no_split = 0, json = 0, threads = 0;
     const arg_spec specs[] = {
-        {"filter", ARG_STRING, &filter, "only these matrices: comma list of kinds or name substrings", 0, 0, NULL, "LIST"},
-        {"rank", ARG_STRING, &rank_text, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
+        {"filter", ARG_STRING, &filter, "only these matrices: comma list of kinds or name substrings", 0, 0,
+         NULL, "LIST"},
+        {"rank", ARG_STRING, &rank_text, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P",
+         0, 0, NULL, "R"},
         {"no-split-qkv", ARG_FLAG, &no_split, "keep a fused qkv weight as one matrix", 0, 0, NULL, NULL},
         {"json", ARG_FLAG, &json, "print JSON (every singular value) instead of the table", 0, 0, NULL, NULL},
         {"csv", ARG_STRING, &csv, "also write the per-matrix summary as CSV", 0, 0, NULL, "FILE"},
-        {"plot", ARG_STRING, &plot, "also plot sigma_i/sigma_1 of every matrix to a PNG (gnuplot)", 0, 0, NULL, "FILE.png"},
+        {"plot", ARG_STRING, &plot, "also plot sigma_i/sigma_1 of every matrix to a PNG (gnuplot)", 0, 0,
+         NULL, "FILE.png"},
         {"threads", ARG_INT, &threads, "threads for OpenMP and BLAS (0: all cores)", 0, 1024, NULL, NULL},
         {0},
     };

@@ -39,7 +39,8 @@ static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
         while (j + 1 < Q3R_SWEEP_KINDS && r->kind_count[j + 1] && r->rank_min[j + 1] == r->rank_min[k] &&
                r->rank_max[j + 1] == r->rank_max[k]) {
             j++;
-            nl += (size_t)snprintf(names + nl, sizeof names - nl, "/%s", q3r_matrix_kind_name((q3r_matrix_kind)j));
+            nl += (size_t)snprintf(names + nl, sizeof names - nl, "/%s",
+                                   q3r_matrix_kind_name((q3r_matrix_kind)j));
         }
         char val[48];
         if (r->rank_min[k] == r->rank_max[k]) {
@@ -81,13 +82,14 @@ static void json_row(FILE *f, const q3r_sweep_row *r) {
     int first = 1;
     for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
         if (!r->kind_count[k]) continue;
-        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ", q3r_matrix_kind_name((q3r_matrix_kind)k),
-                r->kind_count[k], r->rank_min[k], r->rank_max[k]);
+        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ",
+                q3r_matrix_kind_name((q3r_matrix_kind)k), r->kind_count[k], r->rank_min[k], r->rank_max[k]);
         first = 0;
     }
-    fprintf(f, "}, \"targeted_dense\": %lld, \"targeted_params\": %lld, \"targeted_kept\": %.9g, "
-               "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, "
-               "\"acc\": %.9g, \"acc_err95\": %.9g, \"loss\": %.9g, \"n\": %lld, \"drop_points\": %.9g}",
+    fprintf(f,
+            "}, \"targeted_dense\": %lld, \"targeted_params\": %lld, \"targeted_kept\": %.9g, "
+            "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, "
+            "\"acc\": %.9g, \"acc_err95\": %.9g, \"loss\": %.9g, \"n\": %lld, \"drop_points\": %.9g}",
             (long long)r->targeted_dense, (long long)r->targeted_params, r->targeted_kept,
             (long long)r->total_dense, (long long)r->total_params, r->total_kept, r->acc, r->acc_err95,
             isfinite(r->loss) ? r->loss : -1.0, (long long)r->n, r->drop_points);
@@ -153,15 +155,19 @@ int q3r_cmd_sweep(int argc, char **argv) {
     const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL;
     int limit = 0, batch = 256, threads = 0;
     const arg_spec specs[] = {
-        {"targets", ARG_STRING, &targets, "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
-        {"ps", ARG_STRING, &ps_text, "kept fractions p, comma list in (0, 1] (1 = untruncated)", 0, 0, NULL, "LIST"},
-        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL, "NAME"},
+        {"targets", ARG_STRING, &targets,
+         "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
+        {"ps", ARG_STRING, &ps_text, "kept fractions p, comma list in (0, 1] (1 = untruncated)", 0, 0, NULL,
+         "LIST"},
+        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
+         "NAME"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
         {"split", ARG_STRING, &split, "train or test", 0, 0, NULL, "SPLIT"},
         {"limit", ARG_INT, &limit, "score only the first N images (0: all)", 0, 1e9, NULL, NULL},
         {"batch", ARG_INT, &batch, "evaluation batch size", 1, 65536, NULL, NULL},
         {"json", ARG_STRING, &json, "also write the table as JSON", 0, 0, NULL, "FILE.json"},
-        {"plot", ARG_STRING, &plot_path, "also plot accuracy against the kept fraction to a PNG (gnuplot)", 0, 0, NULL, "FILE.png"},
+        {"plot", ARG_STRING, &plot_path, "also plot accuracy against the kept fraction to a PNG (gnuplot)", 0,
+         0, NULL, "FILE.png"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {0},
     };
@@ -195,7 +201,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
     q3r_model *m = cm.model;
     const char *name = cm.dataset;
     q3r_normalize norm = cm.norm;
-    q3r_sweep_spec spec = {.targets = targets, .ps = ps, .count = nps, .norm = &norm, .limit = limit, .ds = &ds};
+    q3r_sweep_spec spec = {
+        .targets = targets, .ps = ps, .count = nps, .norm = &norm, .limit = limit, .ds = &ds};
     /* cheap checks (targets, ranks) before the dataset is read */
     {
         q3r_dataset probe;

@@ -41,14 +41,17 @@ static void preset_choices(char *buf, size_t cap) {
         len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "|" : "", q3r_model_preset_name(i));
 }
 
-static const char *metric_label(q3r_metric m) { return m == Q3R_METRIC_ACCURACY ? "accuracy" : "bits per byte"; }
+static const char *metric_label(q3r_metric m) {
+    return m == Q3R_METRIC_ACCURACY ? "accuracy" : "bits per byte";
+}
 
 int q3r_cmd_train(int argc, char **argv) {
     q3r_train_config c = q3r_train_defaults();
     int model = 0, width = 0, depth = 0, heads = 0, patch = 0, mlp = 0, threads = 0;
     char presets[256];
     preset_choices(presets, sizeof presets);
-    int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, overwrite = 0, json = 0, quiet = 0, augment = 0;
+    int dataset = 0, schedule = 1, reg = 1, eps = 0, resume = 0, overwrite = 0, json = 0, quiet = 0,
+        augment = 0;
     int epochs = c.epochs, batch = c.batch, period = c.period, log_every = c.log_every, warmup = 0;
     int seed = (int)c.seed, eps_steps = c.eps.geometric_steps, train_limit = 0, test_limit = 0;
     int checkpoint_every = 0, stop_after = 0, lorita_factors = c.lorita_factors;
@@ -64,37 +67,58 @@ int q3r_cmd_train(int argc, char **argv) {
         {"mlp", ARG_INT, &mlp, "override the preset's MLP hidden width", 0, 65536, NULL, NULL},
         {"dropout", ARG_DOUBLE, &dropout, "dropout rate", 0, 0.99, NULL, NULL},
         {"dataset", ARG_CHOICE, &dataset, "dataset", 0, 0, "fashion-mnist|mnist|cifar10|cifar100", NULL},
-        {"data-dir", ARG_STRING, &data_dir, "dataset directory (default /usr/share/datasets/<dataset>)", 0, 0, NULL, "DIR"},
-        {"train-limit", ARG_INT, &train_limit, "use only the first N training images (0: all)", 0, 1e9, NULL, NULL},
-        {"test-limit", ARG_INT, &test_limit, "evaluate on the first N test images (0: all)", 0, 1e9, NULL, NULL},
+        {"data-dir", ARG_STRING, &data_dir, "dataset directory (default /usr/share/datasets/<dataset>)", 0, 0,
+         NULL, "DIR"},
+        {"train-limit", ARG_INT, &train_limit, "use only the first N training images (0: all)", 0, 1e9, NULL,
+         NULL},
+        {"test-limit", ARG_INT, &test_limit, "evaluate on the first N test images (0: all)", 0, 1e9, NULL,
+         NULL},
         {"augment", ARG_FLAG, &augment, "random crop (+ horizontal flip for RGB)", 0, 0, NULL, NULL},
         {"epochs", ARG_INT, &epochs, "epochs", 1, 100000, NULL, NULL},
         {"batch", ARG_INT, &batch, "batch size", 1, 65536, NULL, NULL},
         {"lr", ARG_DOUBLE, &lr, "peak learning rate", 0, 10, NULL, NULL},
         {"min-lr", ARG_DOUBLE, &min_lr, "final learning rate of the cosine schedule", 0, 10, NULL, NULL},
-        {"warmup", ARG_INT, &warmup, "linear warmup steps (default: 5% of the run, at most 200)", 0, 1e9, NULL, NULL},
+        {"warmup", ARG_INT, &warmup, "linear warmup steps (default: 5% of the run, at most 200)", 0, 1e9,
+         NULL, NULL},
         {"schedule", ARG_CHOICE, &schedule, "learning-rate schedule", 0, 0, "constant|cosine", NULL},
-        {"weight-decay", ARG_DOUBLE, &wd, "AdamW decay on matrices not under Q3R (lorita, factorized: also on the factors)", 0, 10, NULL, NULL},
+        {"weight-decay", ARG_DOUBLE, &wd,
+         "AdamW decay on matrices not under Q3R (lorita, factorized: also on the factors)", 0, 10, NULL,
+         NULL},
         {"clip", ARG_DOUBLE, &clip, "global gradient-norm clip (0: off)", 0, 1e9, NULL, NULL},
         {"label-smoothing", ARG_DOUBLE, &ls, "label smoothing", 0, 0.99, NULL, NULL},
-        {"reg", ARG_CHOICE, &reg, "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal nuclear-norm baseline (needs --lambda); lorita = each target a product of --lorita-factors matrices, weight decay on them; factorized = each target A B at --rank from the start", 0, 0, "none|decoupled|coupled|nuclear|lorita|factorized", NULL},
-        {"lorita-factors", ARG_INT, &lorita_factors, "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2, Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
-        {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all", 0, 0, NULL, "LIST"},
-        {"rank", ARG_STRING, &rank, "target rank (Q3R; the fixed rank of --reg factorized): integer, parameter fraction (0.4 or 40%), or maxdim:P", 0, 0, NULL, "R"},
+        {"reg", ARG_CHOICE, &reg,
+         "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal "
+         "nuclear-norm baseline (needs --lambda); lorita = each target a product of --lorita-factors "
+         "matrices, weight decay on them; factorized = each target A B at --rank from the start",
+         0, 0, "none|decoupled|coupled|nuclear|lorita|factorized", NULL},
+        {"lorita-factors", ARG_INT, &lorita_factors,
+         "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2,
+         Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
+        {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all",
+         0, 0, NULL, "LIST"},
+        {"rank", ARG_STRING, &rank,
+         "target rank (Q3R; the fixed rank of --reg factorized): integer, parameter fraction (0.4 or 40%), "
+         "or maxdim:P",
+         0, 0, NULL, "R"},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
-        {"pull", ARG_DOUBLE, &pull, "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9)", 1e-6, 1e6, NULL, NULL},
+        {"pull", ARG_DOUBLE, &pull,
+         "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9)", 1e-6, 1e6, NULL, NULL},
         {"period", ARG_INT, &period, "refresh the SVDs every N steps", 1, 1000000, NULL, NULL},
         {"eps", ARG_CHOICE, &eps, "eps schedule", 0, 0, "default|geometric|constant|exploration", NULL},
         {"eps-value", ARG_DOUBLE, &eps_value, "eps of the constant schedule", 0, 1e30, NULL, NULL},
         {"eps-min", ARG_DOUBLE, &eps_min, "floor of the geometric schedule", 0, 1e30, NULL, NULL},
-        {"eps-steps", ARG_INT, &eps_steps, "refreshes for the geometric schedule to reach its floor", 1, 1e9, NULL, NULL},
+        {"eps-steps", ARG_INT, &eps_steps, "refreshes for the geometric schedule to reach its floor", 1, 1e9,
+         NULL, NULL},
         {"seed", ARG_INT, &seed, "random seed (init, shuffling, dropout)", 0, 2147483647, NULL, NULL},
         {"threads", ARG_INT, &threads, "threads for OpenMP and BLAS (0: all cores)", 0, 1024, NULL, NULL},
         {"out", ARG_STRING, &out, "run directory: checkpoint, model, metrics.jsonl", 0, 0, NULL, "DIR"},
         {"resume", ARG_FLAG, &resume, "continue from DIR/checkpoint.safetensors", 0, 0, NULL, NULL},
-        {"overwrite", ARG_FLAG, &overwrite, "start over in a DIR that already holds a run, replacing its files", 0, 0, NULL, NULL},
-        {"checkpoint-every", ARG_INT, &checkpoint_every, "steps between checkpoints (epoch ends always)", 0, 1e9, NULL, NULL},
-        {"stop-after", ARG_INT, &stop_after, "stop with a checkpoint after N steps of this invocation", 0, 1e9, NULL, NULL},
+        {"overwrite", ARG_FLAG, &overwrite,
+         "start over in a DIR that already holds a run, replacing its files", 0, 0, NULL, NULL},
+        {"checkpoint-every", ARG_INT, &checkpoint_every, "steps between checkpoints (epoch ends always)", 0,
+         1e9, NULL, NULL},
+        {"stop-after", ARG_INT, &stop_after, "stop with a checkpoint after N steps of this invocation", 0,
+         1e9, NULL, NULL},
         {"log-every", ARG_INT, &log_every, "steps between metrics lines", 1, 1e9, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the final summary as JSON on stdout", 0, 0, NULL, NULL},
         {"quiet", ARG_FLAG, &quiet, "no progress bar", 0, 0, NULL, NULL},
@@ -155,17 +179,19 @@ int q3r_cmd_train(int argc, char **argv) {
     }
     if (!resume && !overwrite) {
         /* a run's files are never replaced by accident: an earlier result may be all someone has */
-        static const char *const run_files[] = {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"};
+        static const char *const run_files[] = {"checkpoint.safetensors", "model.safetensors",
+                                                "metrics.jsonl"};
         for (size_t i = 0; i < sizeof run_files / sizeof *run_files; i++) {
             q3r_text path;
             q3r_text_init(&path);
             q3r_text_addf(&path, "%s/%s", c.out_dir, run_files[i]);
             int exists = access(q3r_text_str(&path), F_OK) == 0;
             if (exists)
-                fprintf(stderr,
-                        "q3r train: --out %s already holds a run (%s); pass --resume to continue it (a finished "
-                        "run is scored again), --overwrite to start it over, or another --out\n",
-                        c.out_dir, q3r_text_str(&path));
+                fprintf(
+                    stderr,
+                    "q3r train: --out %s already holds a run (%s); pass --resume to continue it (a finished "
+                    "run is scored again), --overwrite to start it over, or another --out\n",
+                    c.out_dir, q3r_text_str(&path));
             q3r_text_free(&path);
             if (exists) return 2;
         }
@@ -189,7 +215,8 @@ int q3r_cmd_train(int argc, char **argv) {
     }
     int bad = override(&mm, "model.width", width) || override(&mm, "model.depth", depth) ||
               override(&mm, "model.heads", heads) || override(&mm, "model.patch", patch) ||
-              override(&mm, "model.mlp_hidden", mlp) || override(&mm, "model.classes", dataset == 3 ? 100 : 0);
+              override(&mm, "model.mlp_hidden", mlp) ||
+              override(&mm, "model.classes", dataset == 3 ? 100 : 0);
     if (!bad && q3r_meta_setf(&mm, &err, "model.dropout", "%.9g", (float)dropout)) {
         fprintf(stderr, "q3r train: %s\n", err.msg);
         bad = 1;
@@ -211,20 +238,23 @@ int q3r_cmd_train(int argc, char **argv) {
         fprintf(stderr, "q3r train: %s (%s; %.2f M parameters) on %s, %d epochs of batch %d, %d threads\n",
                 preset, desc, (double)nparams / 1e6, c.dataset, c.epochs, c.batch, q3r_get_threads());
         if (c.weights == Q3R_WEIGHTS_LORITA)
-            fprintf(stderr, "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
+            fprintf(stderr,
+                    "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
                     c.targets, c.lorita_factors, c.weight_decay);
         else if (c.weights == Q3R_WEIGHTS_FACTORIZED)
-            fprintf(stderr, "q3r train: factorized training (W = A B) on %s at rank %s, weight decay %g on the factors\n",
-                    c.targets, c.rank, c.weight_decay);
+            fprintf(
+                stderr,
+                "q3r train: factorized training (W = A B) on %s at rank %s, weight decay %g on the factors\n",
+                c.targets, c.rank, c.weight_decay);
         else if (c.reg == Q3R_REG_NUCLEAR)
-            fprintf(stderr, "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",
+            fprintf(stderr,
+                    "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",
                     c.targets, c.lambda, c.period);
         else if (c.reg != Q3R_REG_NONE)
             fprintf(stderr, "q3r train: %s Q3R on %s, rank %s, %s lambda, refresh every %d steps, %s eps\n",
                     c.reg == Q3R_REG_DECOUPLED ? "decoupled (AdamQ3R)" : "coupled", c.targets, c.rank,
                     lambda > 0 ? "given" : "automatic", c.period, q3r_eps_name(c.eps.schedule));
-        else
-            fprintf(stderr, "q3r train: AdamW, no rank regularizer\n");
+        else fprintf(stderr, "q3r train: AdamW, no rank regularizer\n");
     }
     progress_bar bar;
     progress_init(&bar, quiet);
@@ -251,7 +281,8 @@ int q3r_cmd_train(int argc, char **argv) {
                (long long)res.test_n, res.seconds, q3r_text_str(&out_json));
         q3r_text_free(&out_json);
     } else if (res.finished && acc) {
-        printf("test accuracy %.2f%% +- %.2f (95%%, n = %lld), test loss %.4f; %lld steps in %.0f s; lambda %.4g\n",
+        printf("test accuracy %.2f%% +- %.2f (95%%, n = %lld), test loss %.4f; %lld steps in %.0f s; lambda "
+               "%.4g\n",
                100 * res.test_acc, 100 * e, (long long)res.test_n, res.test_loss, (long long)res.steps,
                res.seconds, res.lambda);
         printf("model: %s/model.safetensors  metrics: %s/metrics.jsonl\n", c.out_dir, c.out_dir);
@@ -261,8 +292,8 @@ int q3r_cmd_train(int argc, char **argv) {
                (long long)res.steps, res.seconds, res.lambda);
         printf("model: %s/model.safetensors  metrics: %s/metrics.jsonl\n", c.out_dir, c.out_dir);
     } else {
-        printf("stopped after step %lld; resume with: q3r train ... --out %s --resume\n", (long long)res.steps,
-               c.out_dir);
+        printf("stopped after step %lld; resume with: q3r train ... --out %s --resume\n",
+               (long long)res.steps, c.out_dir);
     }
     return 0;
 }
@@ -271,7 +302,8 @@ int q3r_cmd_eval(int argc, char **argv) {
     const char *dataset = NULL, *data_dir = NULL, *split = "test";
     int limit = 0, batch = 256, threads = 0, json = 0;
     const arg_spec specs[] = {
-        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL, "NAME"},
+        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
+         "NAME"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
         {"split", ARG_STRING, &split, "train or test", 0, 0, NULL, "SPLIT"},
         {"limit", ARG_INT, &limit, "score only the first N images (0: all)", 0, 1e9, NULL, NULL},
@@ -318,14 +350,16 @@ int q3r_cmd_eval(int argc, char **argv) {
         double e = q3r_binomial_err95(value, n);
         if (json)
             printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"split\": \"%s\", \"n\": %lld, \"acc\": %.6f, "
-                   "\"acc_err95\": %.6f, \"loss\": %.6f}\n", pos[0], name, split, (long long)n, value, e, loss);
+                   "\"acc_err95\": %.6f, \"loss\": %.6f}\n",
+                   pos[0], name, split, (long long)n, value, e, loss);
         else
             printf("%s on %s %s (n = %lld): accuracy %.2f%% +- %.2f (95%%), loss %.4f\n", pos[0], name, split,
                    (long long)n, 100 * value, 100 * e, loss);
     } else {
         if (json)
             printf("{\"model\": \"%s\", \"dataset\": \"%s\", \"split\": \"%s\", \"n\": %lld, \"%s\": %.6f, "
-                   "\"loss\": %.6f}\n", pos[0], name, split, (long long)n, q3r_metric_name(metric), value, loss);
+                   "\"loss\": %.6f}\n",
+                   pos[0], name, split, (long long)n, q3r_metric_name(metric), value, loss);
         else
             printf("%s on %s %s (n = %lld): %s %.4f, loss %.4f\n", pos[0], name, split, (long long)n,
                    metric_label(metric), value, loss);

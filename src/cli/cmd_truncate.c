@@ -35,13 +35,12 @@ static void print_json(const char *in, const char *out, const char *targets, con
            "\"targeted_kept\": %.9g, \"total_dense\": %lld, \"total_before\": %lld, \"total_after\": %lld, "
            "\"total_kept\": %.9g}\n",
            (long long)r->targeted_dense, (long long)r->targeted_before, (long long)r->targeted_after,
-           r->targeted_kept, (long long)r->total_dense, (long long)r->total_before,
-           (long long)r->total_after, r->total_kept);
+           r->targeted_kept, (long long)r->total_dense, (long long)r->total_before, (long long)r->total_after,
+           r->total_kept);
 }
 
 static void print_table(const char *out, const char *rule, const q3r_truncate_report *r) {
-    printf("%-22s %11s %6s %6s %7s %8s %9s\n", "matrix", "shape", "was", "rank", "kept", "energy",
-           "rel.err");
+    printf("%-22s %11s %6s %6s %7s %8s %9s\n", "matrix", "shape", "was", "rank", "kept", "energy", "rel.err");
     for (int i = 0; i < r->count; i++) {
         const q3r_truncate_matrix *t = &r->mats[i];
         char shape[32], was[16];
@@ -63,9 +62,13 @@ int q3r_cmd_truncate(int argc, char **argv) {
     double energy = 0;
     int json = 0, threads = 0;
     const arg_spec specs[] = {
-        {"targets", ARG_STRING, &targets, "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
-        {"rank", ARG_STRING, &rank, "rank: integer r, or kept-parameter fraction p (0.4 or 40%: r = floor(p m n / (m + n)))", 0, 0, NULL, "R"},
-        {"energy", ARG_DOUBLE, &energy, "smallest rank keeping this fraction of sum sigma^2, in (0, 1]", 0, 1, NULL, NULL},
+        {"targets", ARG_STRING, &targets,
+         "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
+        {"rank", ARG_STRING, &rank,
+         "rank: integer r, or kept-parameter fraction p (0.4 or 40%: r = floor(p m n / (m + n)))", 0, 0, NULL,
+         "R"},
+        {"energy", ARG_DOUBLE, &energy, "smallest rank keeping this fraction of sum sigma^2, in (0, 1]", 0, 1,
+         NULL, NULL},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the accounting as JSON", 0, 0, NULL, NULL},
         {0},
@@ -73,7 +76,8 @@ int q3r_cmd_truncate(int argc, char **argv) {
     const char *pos[2];
     int np = 0;
     int rc = args_parse("truncate",
-                        "Replace targeted matrices by their best rank-r factors: q3r truncate [options] IN.safetensors OUT.safetensors",
+                        "Replace targeted matrices by their best rank-r factors: q3r truncate [options] "
+                        "IN.safetensors OUT.safetensors",
                         specs, argc, argv, 2, pos, 2, &np);
     if (rc) return rc == 1 ? 0 : 2;
     if (np != 2) {

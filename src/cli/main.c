@@ -17,9 +17,12 @@ static const command commands[] = {
     {"train", q3r_cmd_train, "train a ViT with AdamW or AdamQ3R; checkpoints, resume, metrics"},
     {"eval", q3r_cmd_eval, "score a model or checkpoint on a dataset split"},
     {"demo", q3r_cmd_demo, "low-rank matrix completion: Q3R against nuclear norm and weight decay"},
-    {"spectrum", q3r_cmd_spectrum, "singular values, effective rank, energy and a plot of the weights in a safetensors file"},
-    {"truncate", q3r_cmd_truncate, "replace chosen weight matrices by their best rank-r factors; parameter accounting"},
-    {"sweep", q3r_cmd_sweep, "accuracy of a model truncated at a series of kept fractions; table, JSON, plot"},
+    {"spectrum", q3r_cmd_spectrum,
+     "singular values, effective rank, energy and a plot of the weights in a safetensors file"},
+    {"truncate", q3r_cmd_truncate,
+     "replace chosen weight matrices by their best rank-r factors; parameter accounting"},
+    {"sweep", q3r_cmd_sweep,
+     "accuracy of a model truncated at a series of kept fractions; table, JSON, plot"},
     {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
@@ -37,10 +40,15 @@ int q3r_cmd_version(int argc, char **argv) {
     (void)argv;
     printf("q3r %s\n", Q3R_VERSION);
     printf("blas: OpenBLAS, core %s (%s)%s\n", q3r_blas_core(), q3r_blas_config(),
-           getenv("Q3R_STARTUP_REEXEC") && !strcmp(getenv("Q3R_STARTUP_REEXEC"), "core") ? ", core selected by q3r" : "");
+           getenv("Q3R_STARTUP_REEXEC") && !strcmp(getenv("Q3R_STARTUP_REEXEC"), "core")
+               ? ", core selected by q3r"
+               : "");
     printf("cpu: AVX-512 %s\n", q3r_cpu_has_avx512() ? "yes" : "no");
     const char *wait = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
-    printf("threads: %d (OpenMP wait: %s%s)\n", q3r_get_threads(), wait ? wait : "spin count ", wait ? "" : spin ? spin : "default");
+    printf("threads: %d (OpenMP wait: %s%s)\n", q3r_get_threads(), wait ? wait : "spin count ",
+           wait   ? ""
+           : spin ? spin
+                  : "default");
     return 0;
 }
 

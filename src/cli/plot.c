@@ -25,8 +25,10 @@ int plot_gnuplot_found(void) {
 
 int plot_check(const char *cmd) {
     if (plot_gnuplot_found()) return 0;
-    fprintf(stderr, "q3r %s: --plot needs gnuplot, which is not on PATH; install it with\n"
-                    "    sudo apt-get install gnuplot-nox\n", cmd);
+    fprintf(stderr,
+            "q3r %s: --plot needs gnuplot, which is not on PATH; install it with\n"
+            "    sudo apt-get install gnuplot-nox\n",
+            cmd);
     return -1;
 }
 
@@ -78,7 +80,8 @@ int plot_begin(plot *p, const char *cmd, const char *png_path, int width, int he
         plot_abort(p);
         return -1;
     }
-    fprintf(p->script, "set terminal pngcairo size %d,%d font 'sans,11' noenhanced\nset output ", width, height);
+    fprintf(p->script, "set terminal pngcairo size %d,%d font 'sans,11' noenhanced\nset output ", width,
+            height);
     plot_quote(p->script, p->png_tmp);
     fputc('\n', p->script);
     return 0;

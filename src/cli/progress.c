@@ -24,7 +24,8 @@ void progress_update(const q3r_train_progress *p, void *ctx) {
         if (b->drawn) fputc('\n', stderr);
         b->drawn = 0;
         fprintf(stderr, "epoch %d/%d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f s\n",
-                p->epoch + 1, p->epochs, p->loss, 100 * p->acc, p->test_loss, 100 * p->test_acc, p->elapsed_s);
+                p->epoch + 1, p->epochs, p->loss, 100 * p->acc, p->test_loss, 100 * p->test_acc,
+                p->elapsed_s);
         return;
     }
     int last = p->done == p->todo;
@@ -39,7 +40,8 @@ void progress_update(const q3r_train_progress *p, void *ctx) {
     fmt_time(p->elapsed_s, el, sizeof el);
     if (p->phase == Q3R_PHASE_TRAIN) {
         fmt_time(p->eta_s, eta, sizeof eta);
-        fprintf(stderr, "%sepoch %d/%d [%s] %lld/%lld loss %.4f acc %.2f%% lr %.2e q3r %.3g | %.0f img/s %s<%s",
+        fprintf(stderr,
+                "%sepoch %d/%d [%s] %lld/%lld loss %.4f acc %.2f%% lr %.2e q3r %.3g | %.0f img/s %s<%s",
                 b->tty ? "\r" : "", p->epoch + 1, p->epochs, bar, (long long)p->done, (long long)p->todo,
                 p->loss, 100 * p->acc, p->lr, p->q3r_value, p->images_per_s, el, eta);
     } else {

@@ -66,7 +66,8 @@ static q3r_status check_filter(const char *filter, q3r_error *err) {
         const char *comma = strchr(p, ',');
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
         if (n == 0) return q3r_fail(err, Q3R_EINVAL, "filter '%s': empty term", filter);
-        if (n >= 256) return q3r_fail(err, Q3R_EINVAL, "filter '%s': a term is longer than 255 bytes", filter);
+        if (n >= 256)
+            return q3r_fail(err, Q3R_EINVAL, "filter '%s': a term is longer than 255 bytes", filter);
         if (!comma) return Q3R_OK;
         p = comma + 1;
     }
@@ -244,7 +245,8 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
         for (int i = before; i < r.count && !s; i++) src[i] = (int)ti;
     }
     if (!s && r.tensors_2d == 0)
-        s = q3r_fail(err, Q3R_EINVAL, "no 2-D floating-point tensor among the %zu tensors (nothing to analyse)",
+        s = q3r_fail(err, Q3R_EINVAL,
+                     "no 2-D floating-point tensor among the %zu tensors (nothing to analyse)",
                      tensors->count);
     if (!s && r.count == 0) {
         if (o.filter && *o.filter) {
@@ -262,9 +264,7 @@ q3r_status q3r_spectrum_compute(const q3r_tensor_list *tensors, const q3r_spectr
             }
             s = q3r_fail(err, Q3R_EINVAL, "filter '%s' matches none of the %d 2-D tensors (%s%s)", o.filter,
                          r.tensors_2d, some, listed < r.tensors_2d ? ", ..." : "");
-        }
-        else
-            s = q3r_fail(err, Q3R_EINVAL, "every 2-D tensor is empty (nothing to analyse)");
+        } else s = q3r_fail(err, Q3R_EINVAL, "every 2-D tensor is empty (nothing to analyse)");
     }
     for (int i = 0; i < r.count && !s; i++) {
         q3r_spectrum_matrix *m = &r.items[i];

@@ -24,8 +24,7 @@ static void count_params(q3r_model *m, int64_t *stored, int64_t *dense) {
     for (int i = 0; i < nm; i++) {
         q3r_matrix mx;
         q3r_model_matrix(m, i, &mx, NULL);
-        if (mx.rank)
-            d += (int64_t)mx.rows * mx.cols - (int64_t)mx.rank * (mx.rows + mx.cols);
+        if (mx.rank) d += (int64_t)mx.rows * mx.cols - (int64_t)mx.rank * (mx.rows + mx.cols);
     }
     *stored = s;
     *dense = d;
@@ -59,8 +58,8 @@ static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
     else snprintf(buf, cap, "maxdim:%.9g", spec->rank.value);
 }
 
-q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch,
-                        q3r_model **out, q3r_truncate_report *rep, q3r_error *err) {
+q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch, q3r_model **out,
+                        q3r_truncate_report *rep, q3r_error *err) {
     if (!in || !spec || !out) return q3r_fail(err, Q3R_EINVAL, "truncate: NULL argument");
     *out = NULL;
     if (rep) memset(rep, 0, sizeof *rep);
@@ -120,15 +119,14 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
                 break;
             }
             if (r > k) {
-                s = q3r_fail(err, Q3R_EINVAL,
-                             "truncate %s (%d x %d): rank %d is above min(rows, cols) = %d", mx.name,
-                             rows, cols, r, k);
+                s = q3r_fail(err, Q3R_EINVAL, "truncate %s (%d x %d): rank %d is above min(rows, cols) = %d",
+                             mx.name, rows, cols, r, k);
                 break;
             }
             if (mx.rank && r > mx.rank) {
                 s = q3r_fail(err, Q3R_EINVAL,
-                             "truncate %s: already factored at rank %d, cannot grow to rank %d",
-                             mx.name, mx.rank, r);
+                             "truncate %s: already factored at rank %d, cannot grow to rank %d", mx.name,
+                             mx.rank, r);
                 break;
             }
         }
@@ -177,8 +175,7 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
             break;
         }
         for (int a = 0; a < rows; a++)
-            for (int j = 0; j < r; j++)
-                fa[i][(size_t)a * r + j] = (float)(U[(size_t)a * k + j] * sqrt(S[j]));
+            for (int j = 0; j < r; j++) fa[i][(size_t)a * r + j] = (float)(U[(size_t)a * k + j] * sqrt(S[j]));
         for (int j = 0; j < r; j++)
             for (int b = 0; b < cols; b++)
                 fb[i][(size_t)j * cols + b] = (float)(sqrt(S[j]) * VT[(size_t)j * cols + b]);
@@ -198,7 +195,8 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
             same &= u->shape[d] == t->shape[d];
             n *= (size_t)t->shape[d];
         }
-        if (same) memcpy(q3r_model_params(m) + t->offset, q3r_model_params(in) + u->offset, sizeof(float) * n);
+        if (same)
+            memcpy(q3r_model_params(m) + t->offset, q3r_model_params(in) + u->offset, sizeof(float) * n);
     }
     for (int i = 0; i < nm; i++) {
         q3r_matrix src, dst;
@@ -222,8 +220,8 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         for (int j = 0; j < count; j++) {
             const q3r_truncate_matrix *t = &rep->mats[j];
             rep->targeted_dense += (int64_t)t->rows * t->cols;
-            rep->targeted_before += t->rank_before ? (int64_t)t->rank_before * (t->rows + t->cols)
-                                                   : (int64_t)t->rows * t->cols;
+            rep->targeted_before +=
+                t->rank_before ? (int64_t)t->rank_before * (t->rows + t->cols) : (int64_t)t->rows * t->cols;
             rep->targeted_after += (int64_t)t->rank * (t->rows + t->cols);
         }
         int64_t dense_in, dense_out;
@@ -253,9 +251,8 @@ done:
     return s;
 }
 
-q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m,
-                                 const q3r_truncate_spec *spec, const q3r_truncate_report *rep,
-                                 q3r_meta *out, q3r_error *err) {
+q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m, const q3r_truncate_spec *spec,
+                                 const q3r_truncate_report *rep, q3r_meta *out, q3r_error *err) {
     q3r_meta meta;
     q3r_meta_init(&meta);
     q3r_status s = Q3R_OK;

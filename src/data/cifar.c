@@ -87,8 +87,7 @@ q3r_status q3r_dataset_load_cifar10(q3r_dataset *ds, const char *dir, int train,
     return load_files(ds, dir, train ? tr : te, train ? 5 : 1, 1, 0, 10, "cifar10", err);
 }
 
-q3r_status q3r_dataset_load_cifar100(q3r_dataset *ds, const char *dir, int train, int fine,
-                                     q3r_error *err) {
+q3r_status q3r_dataset_load_cifar100(q3r_dataset *ds, const char *dir, int train, int fine, q3r_error *err) {
     static const char *const tr[] = {"train.bin"}, *const te[] = {"test.bin"};
     return load_files(ds, dir, train ? tr : te, 1, 2, fine ? 1 : 0, fine ? 100 : 20,
                       fine ? "cifar100" : "cifar100-coarse", err);

@@ -18,8 +18,8 @@ static void idx_path(const char *dir, const char *base, char *out, size_t cap) {
     if (access(out, F_OK) != 0) snprintf(out, cap, "%s/%s", dir, base);
 }
 
-q3r_status q3r_dataset_load_named(q3r_dataset *ds, const char *name, const char *dir,
-                                  const char *split, q3r_error *err) {
+q3r_status q3r_dataset_load_named(q3r_dataset *ds, const char *name, const char *dir, const char *split,
+                                  q3r_error *err) {
     memset(ds, 0, sizeof *ds);
     if (!name || !split) return q3r_fail(err, Q3R_EINVAL, "dataset: name and split required");
     int train;

@@ -24,7 +24,8 @@ static q3r_status gz_read_exact(gzFile g, void *buf, size_t n, const char *path,
             return q3r_fail(err, Q3R_EIO, "%s: read error in %s: %s", path, what, msg);
         }
         if (r == 0)
-            return q3r_fail(err, Q3R_EFORMAT, "%s: file ends after %zu of %zu bytes of %s", path, got, n, what);
+            return q3r_fail(err, Q3R_EFORMAT, "%s: file ends after %zu of %zu bytes of %s", path, got, n,
+                            what);
         got += (size_t)r;
     }
     return Q3R_OK;
@@ -45,12 +46,13 @@ static q3r_status idx_open(const char *path, uint32_t magic, int ndim, uint32_t 
         if (i == 0 && v[0] != magic)
             s = q3r_fail(err, Q3R_EFORMAT, "%s: IDX magic %u, expected %u (%s)", path, v[0], magic,
                          magic == IDX_IMAGES_MAGIC ? "an images file" : "a labels file");
-        else if (i == 0)
-            s = gz_read_exact(g, hdr + 4, 4 * (size_t)ndim, path, "the IDX dimensions", err);
-        else
-            dims[i - 1] = v[i];
+        else if (i == 0) s = gz_read_exact(g, hdr + 4, 4 * (size_t)ndim, path, "the IDX dimensions", err);
+        else dims[i - 1] = v[i];
     }
-    if (s) { gzclose(g); return s; }
+    if (s) {
+        gzclose(g);
+        return s;
+    }
     *out = g;
     return Q3R_OK;
 }
@@ -58,7 +60,8 @@ static q3r_status idx_open(const char *path, uint32_t magic, int ndim, uint32_t 
 static q3r_status expect_eof(gzFile g, const char *path, q3r_error *err) {
     unsigned char extra;
     int r = gzread(g, &extra, 1);
-    if (r > 0) return q3r_fail(err, Q3R_EFORMAT, "%s: trailing bytes after the data its header describes", path);
+    if (r > 0)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: trailing bytes after the data its header describes", path);
     if (r < 0) {
         int zerr;
         return q3r_fail(err, Q3R_EIO, "%s: read error: %s", path, gzerror(g, &zerr));

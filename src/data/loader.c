@@ -29,11 +29,14 @@ static q3r_rng keyed_rng(uint64_t seed, uint64_t purpose, uint64_t epoch, uint64
 q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loader_config *cfg,
                            q3r_error *err) {
     memset(L, 0, sizeof *L);
-    if (cfg->batch_size < 1) return q3r_fail(err, Q3R_EINVAL, "loader: batch size %lld < 1", (long long)cfg->batch_size);
+    if (cfg->batch_size < 1)
+        return q3r_fail(err, Q3R_EINVAL, "loader: batch size %lld < 1", (long long)cfg->batch_size);
     if (ds->n < 1) return q3r_fail(err, Q3R_EINVAL, "loader: dataset %s is empty", ds->name);
     if (cfg->drop_last && ds->n < cfg->batch_size)
-        return q3r_fail(err, Q3R_EINVAL, "loader: dataset %s has %lld samples, fewer than one batch of %lld "
-                        "with drop_last", ds->name, (long long)ds->n, (long long)cfg->batch_size);
+        return q3r_fail(err, Q3R_EINVAL,
+                        "loader: dataset %s has %lld samples, fewer than one batch of %lld "
+                        "with drop_last",
+                        ds->name, (long long)ds->n, (long long)cfg->batch_size);
     if (cfg->crop_pad < 0 || cfg->crop_pad > ds->h || cfg->crop_pad > ds->w)
         return q3r_fail(err, Q3R_EINVAL, "loader: crop padding %d outside [0, %d]", cfg->crop_pad,
                         ds->h < ds->w ? ds->h : ds->w);
@@ -47,9 +50,11 @@ q3r_status q3r_loader_init(q3r_loader *L, const q3r_dataset *ds, const q3r_loade
                         cfg->norm.c, ds->name, ds->c);
     for (int c = 0; c < ds->c; c++)
         if (!(cfg->norm.std[c] > 0))
-            return q3r_fail(err, Q3R_EINVAL, "loader: normalisation std[%d] = %g is not > 0", c, cfg->norm.std[c]);
+            return q3r_fail(err, Q3R_EINVAL, "loader: normalisation std[%d] = %g is not > 0", c,
+                            cfg->norm.std[c]);
     L->perm = q3r_alloc((size_t)ds->n * sizeof *L->perm);
-    if (!L->perm) return q3r_fail(err, Q3R_ENOMEM, "loader: out of memory for %lld indices", (long long)ds->n);
+    if (!L->perm)
+        return q3r_fail(err, Q3R_ENOMEM, "loader: out of memory for %lld indices", (long long)ds->n);
     L->ds = ds;
     L->cfg = *cfg;
     L->perm_epoch = -1;
@@ -171,8 +176,9 @@ q3r_status q3r_loader_import(q3r_loader *L, const q3r_tensor_list *in, q3r_error
         return q3r_fail_context(err, "loader import");
     int64_t epoch = scalar_i64(te), index = scalar_i64(ti), n = scalar_i64(tn), seed_bits = scalar_i64(ts);
     if (n != L->ds->n)
-        return q3r_fail(err, Q3R_EFORMAT, "loader import: tensor 'data.n' says %lld samples, dataset %s has %lld",
-                        (long long)n, L->ds->name, (long long)L->ds->n);
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "loader import: tensor 'data.n' says %lld samples, dataset %s has %lld", (long long)n,
+                        L->ds->name, (long long)L->ds->n);
     if (epoch < 0 || index < 0 || index > q3r_loader_epoch_samples(L))
         return q3r_fail(err, Q3R_EFORMAT, "loader import: position epoch %lld index %lld out of range",
                         (long long)epoch, (long long)index);

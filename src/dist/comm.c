@@ -5,8 +5,14 @@
 #include <stdlib.h>
 
 /* ---- single: rank 0 of 1 ---------------------------------------------------------- */
-static int single_rank(const q3r_comm *c) { (void)c; return 0; }
-static int single_size(const q3r_comm *c) { (void)c; return 1; }
+static int single_rank(const q3r_comm *c) {
+    (void)c;
+    return 0;
+}
+static int single_size(const q3r_comm *c) {
+    (void)c;
+    return 1;
+}
 
 static q3r_status single_sum_f32(q3r_comm *c, float *buf, size_t n, q3r_error *err) {
     (void)c, (void)buf, (void)n, (void)err;
@@ -32,8 +38,8 @@ static q3r_status single_barrier(q3r_comm *c, q3r_error *err) {
 static void single_destroy(q3r_comm *c) { free(c); }
 
 static const q3r_comm_ops single_ops = {
-    "single", single_rank, single_size, single_sum_f32, single_sum_f64, single_broadcast, single_barrier,
-    single_destroy,
+    "single",       single_rank,      single_size,    single_sum_f32,
+    single_sum_f64, single_broadcast, single_barrier, single_destroy,
 };
 
 q3r_status q3r_comm_single(q3r_comm **out, q3r_error *err) {
@@ -87,8 +93,14 @@ q3r_status q3r_comm_barrier(q3r_comm *c, q3r_error *err) { return c ? c->ops->ba
 void q3r_comm_slice(int64_t count, int rank, int size, int64_t *begin, int64_t *end) {
     if (size < 1) size = 1;
     if (count < 0) count = 0;
-    if (rank < 0) { *begin = *end = 0; return; }
-    if (rank >= size) { *begin = *end = count; return; }
+    if (rank < 0) {
+        *begin = *end = 0;
+        return;
+    }
+    if (rank >= size) {
+        *begin = *end = count;
+        return;
+    }
     int64_t base = count / size, extra = count % size;
     *begin = (int64_t)rank * base + (rank < extra ? rank : extra);
     *end = *begin + base + (rank < extra ? 1 : 0);

@@ -46,8 +46,8 @@ const char *q3r_completion_method_name(q3r_completion_method m) {
 
 /* ---- the problem ------------------------------------------------------------ */
 
-q3r_status q3r_completion_problem_create(const q3r_completion_spec *spec,
-                                         q3r_completion_problem **out, q3r_error *err) {
+q3r_status q3r_completion_problem_create(const q3r_completion_spec *spec, q3r_completion_problem **out,
+                                         q3r_error *err) {
     if (!spec || !out) return q3r_fail(err, Q3R_EINVAL, "completion: NULL spec or output");
     *out = NULL;
     const int m = spec->rows, n = spec->cols, k = spec->rank;
@@ -57,7 +57,8 @@ q3r_status q3r_completion_problem_create(const q3r_completion_spec *spec,
         return q3r_fail(err, Q3R_EINVAL, "completion: %d x %d is too large (at most 2^26 entries)", m, n);
     const int kmax = m < n ? m : n;
     if (k < 1 || k >= kmax)
-        return q3r_fail(err, Q3R_EINVAL, "completion: rank = %d (needs 1..%d for %d x %d)", k, kmax - 1, m, n);
+        return q3r_fail(err, Q3R_EINVAL, "completion: rank = %d (needs 1..%d for %d x %d)", k, kmax - 1, m,
+                        n);
     if (!(spec->observed > 0 && spec->observed <= 1))
         return q3r_fail(err, Q3R_EINVAL, "completion: observed = %g (needs a fraction in (0, 1])",
                         spec->observed);
@@ -137,7 +138,8 @@ static q3r_status check_options(const q3r_completion_problem *p, const q3r_compl
         return q3r_fail(err, Q3R_EINVAL, "completion: target rank = %d (needs >= 0; 0 = true rank %d)",
                         o->target_rank, p->rank);
     if (!(o->tau0_frac > 0) || !(o->tau_min_frac > 0) || !(o->tau_min_frac <= o->tau0_frac))
-        return q3r_fail(err, Q3R_EINVAL, "completion: svt tau fractions %g (start), %g (floor) need 0 < floor <= start",
+        return q3r_fail(err, Q3R_EINVAL,
+                        "completion: svt tau fractions %g (start), %g (floor) need 0 < floor <= start",
                         o->tau0_frac, o->tau_min_frac);
     if (!(o->tau_decay > 0 && o->tau_decay <= 1))
         return q3r_fail(err, Q3R_EINVAL, "completion: svt tau decay = %g (needs (0, 1])", o->tau_decay);
@@ -205,8 +207,7 @@ static q3r_status run_svt(const q3r_completion_problem *p, const q3r_completion_
     return Q3R_OK;
 }
 
-static void run_ridge(const q3r_completion_problem *p, const q3r_completion_options *o, double lr,
-                      float *X) {
+static void run_ridge(const q3r_completion_problem *p, const q3r_completion_options *o, double lr, float *X) {
     const size_t N = (size_t)p->rows * p->cols;
     const float a = (float)lr, wd = (float)(2.0 * o->lambda);
     for (size_t i = 0; i < N; i++) X[i] = p->mask[i] ? p->M[i] : 0.0f;
@@ -226,7 +227,8 @@ static q3r_status evaluate(const q3r_completion_problem *p, const q3r_completion
     q3r_status st = q3r_svd_thin(X, m, n, n, NULL, S, NULL, err);
     if (st) {
         q3r_free(S);
-        return q3r_fail_context(err, "completion %s: spectrum of the result", q3r_completion_method_name(res->method));
+        return q3r_fail_context(err, "completion %s: spectrum of the result",
+                                q3r_completion_method_name(res->method));
     }
     res->sigma_1 = S[0];
     res->rank_found = 0;
@@ -247,8 +249,8 @@ static q3r_status evaluate(const q3r_completion_problem *p, const q3r_completion
 }
 
 q3r_status q3r_completion_run(const q3r_completion_problem *p, q3r_completion_method method,
-                              const q3r_completion_options *opt, float *X_out,
-                              q3r_completion_result *res, q3r_error *err) {
+                              const q3r_completion_options *opt, float *X_out, q3r_completion_result *res,
+                              q3r_error *err) {
     if (!p || !opt || !res) return q3r_fail(err, Q3R_EINVAL, "completion: NULL problem, options or result");
     if (method != Q3R_COMPLETION_Q3R && method != Q3R_COMPLETION_SVT && method != Q3R_COMPLETION_RIDGE)
         return q3r_fail(err, Q3R_EINVAL, "completion: unknown method %d", (int)method);

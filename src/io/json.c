@@ -71,7 +71,10 @@ static int read_hex4(parser *p, unsigned *out) {
 }
 
 static size_t utf8_encode(unsigned cp, char *o) {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
     if (cp < 0x800) {
         o[0] = (char)(0xC0 | (cp >> 6));
         o[1] = (char)(0x80 | (cp & 0x3F));
@@ -97,10 +100,16 @@ static size_t utf8_valid(const unsigned char *s, size_t n) {
     size_t k;
     unsigned cp;
     if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) { k = 2; cp = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { k = 3; cp = c & 0x0F; }
-    else if (c >= 0xF0 && c <= 0xF4) { k = 4; cp = c & 0x07; }
-    else return 0;
+    if (c >= 0xC2 && c <= 0xDF) {
+        k = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        k = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        k = 4;
+        cp = c & 0x07;
+    } else return 0;
     if (n < k) return 0;
     for (size_t i = 1; i < k; i++) {
         if ((s[i] & 0xC0) != 0x80) return 0;
@@ -116,13 +125,25 @@ static q3r_status parse_string(parser *p, char **out) {
     sbuf b = {0};
     p->pos++; /* opening quote */
     for (;;) {
-        if (p->pos >= p->len) { free(b.b); return perr(p, "unterminated string"); }
+        if (p->pos >= p->len) {
+            free(b.b);
+            return perr(p, "unterminated string");
+        }
         unsigned char c = (unsigned char)p->s[p->pos];
-        if (c == '"') { p->pos++; break; }
-        if (c < 0x20) { free(b.b); return perr(p, "control character in string"); }
+        if (c == '"') {
+            p->pos++;
+            break;
+        }
+        if (c < 0x20) {
+            free(b.b);
+            return perr(p, "control character in string");
+        }
         if (c == '\\') {
             p->pos++;
-            if (p->pos >= p->len) { free(b.b); return perr(p, "unterminated escape"); }
+            if (p->pos >= p->len) {
+                free(b.b);
+                return perr(p, "unterminated escape");
+            }
             char e = p->s[p->pos++], o[4];
             size_t on = 1;
             switch (e) {
@@ -136,7 +157,10 @@ static q3r_status parse_string(parser *p, char **out) {
             case 't': o[0] = '\t'; break;
             case 'u': {
                 unsigned cp, lo;
-                if (read_hex4(p, &cp)) { free(b.b); return perr(p, "bad \\u escape"); }
+                if (read_hex4(p, &cp)) {
+                    free(b.b);
+                    return perr(p, "bad \\u escape");
+                }
                 if (cp >= 0xD800 && cp <= 0xDBFF) {
                     if (p->len - p->pos < 2 || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u') {
                         free(b.b);
@@ -152,18 +176,30 @@ static q3r_status parse_string(parser *p, char **out) {
                     free(b.b);
                     return perr(p, "unpaired surrogate in \\u escape");
                 }
-                if (cp == 0) { free(b.b); return perr(p, "\\u0000 in string not supported"); }
+                if (cp == 0) {
+                    free(b.b);
+                    return perr(p, "\\u0000 in string not supported");
+                }
                 on = utf8_encode(cp, o);
                 break;
             }
             default: free(b.b); return perr(p, "unknown escape in string");
             }
-            if (sbuf_put(&b, o, on)) { free(b.b); return q3r_fail(p->err, Q3R_ENOMEM, "JSON: out of memory"); }
+            if (sbuf_put(&b, o, on)) {
+                free(b.b);
+                return q3r_fail(p->err, Q3R_ENOMEM, "JSON: out of memory");
+            }
             continue;
         }
         size_t k = utf8_valid((const unsigned char *)p->s + p->pos, p->len - p->pos);
-        if (!k) { free(b.b); return perr(p, "invalid UTF-8 in string"); }
-        if (sbuf_put(&b, p->s + p->pos, k)) { free(b.b); return q3r_fail(p->err, Q3R_ENOMEM, "JSON: out of memory"); }
+        if (!k) {
+            free(b.b);
+            return perr(p, "invalid UTF-8 in string");
+        }
+        if (sbuf_put(&b, p->s + p->pos, k)) {
+            free(b.b);
+            return q3r_fail(p->err, Q3R_ENOMEM, "JSON: out of memory");
+        }
         p->pos += k;
     }
     if (!b.b && sbuf_put(&b, "", 0)) return q3r_fail(p->err, Q3R_ENOMEM, "JSON: out of memory");
@@ -180,17 +216,27 @@ static q3r_status parse_number(parser *p, q3r_json *v) {
     size_t i = p->pos;
     if (AT(i) == '-') i++;
     if (AT(i) == '0') i++;
-    else if (is_digit(AT(i))) { while (is_digit(AT(i))) i++; }
-    else { p->pos = i; return perr(p, "bad number"); }
+    else if (is_digit(AT(i))) {
+        while (is_digit(AT(i))) i++;
+    } else {
+        p->pos = i;
+        return perr(p, "bad number");
+    }
     if (AT(i) == '.') {
         i++;
-        if (!is_digit(AT(i))) { p->pos = i; return perr(p, "bad number: digit expected after '.'"); }
+        if (!is_digit(AT(i))) {
+            p->pos = i;
+            return perr(p, "bad number: digit expected after '.'");
+        }
         while (is_digit(AT(i))) i++;
     }
     if (AT(i) == 'e' || AT(i) == 'E') {
         i++;
         if (AT(i) == '+' || AT(i) == '-') i++;
-        if (!is_digit(AT(i))) { p->pos = i; return perr(p, "bad number: digit expected in exponent"); }
+        if (!is_digit(AT(i))) {
+            p->pos = i;
+            return perr(p, "bad number: digit expected in exponent");
+        }
         while (is_digit(AT(i))) i++;
     }
 #undef AT
@@ -234,7 +280,10 @@ static q3r_status parse_container(parser *p, q3r_json *v, int depth, int is_obje
     size_t cap = 0;
     p->pos++; /* '{' or '[' */
     skip_ws(p);
-    if (p->pos < p->len && p->s[p->pos] == close) { p->pos++; return Q3R_OK; }
+    if (p->pos < p->len && p->s[p->pos] == close) {
+        p->pos++;
+        return Q3R_OK;
+    }
     for (;;) {
         q3r_json *item = NULL;
         q3r_status s;
@@ -249,17 +298,26 @@ static q3r_status parse_container(parser *p, q3r_json *v, int depth, int is_obje
                     return perr(p, "duplicate key in object");
                 }
             skip_ws(p);
-            if (p->pos >= p->len || p->s[p->pos] != ':') { free(key); return perr(p, "expected ':'"); }
+            if (p->pos >= p->len || p->s[p->pos] != ':') {
+                free(key);
+                return perr(p, "expected ':'");
+            }
             p->pos++;
         }
-        if ((s = push_item(p, v, &cap, &item))) { free(key); return s; }
+        if ((s = push_item(p, v, &cap, &item))) {
+            free(key);
+            return s;
+        }
         item->key = key;
         if ((s = parse_value(p, item, depth + 1))) return s;
         skip_ws(p);
         if (p->pos >= p->len) return perr(p, is_object ? "unterminated object" : "unterminated array");
         char c = p->s[p->pos++];
         if (c == close) return Q3R_OK;
-        if (c != ',') { p->pos--; return perr(p, is_object ? "expected ',' or '}'" : "expected ',' or ']'"); }
+        if (c != ',') {
+            p->pos--;
+            return perr(p, is_object ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
     }
 }
 
@@ -272,13 +330,24 @@ static q3r_status parse_value(parser *p, q3r_json *v, int depth) {
     case '[': return parse_container(p, v, depth, 0);
     case '"': v->type = Q3R_JSON_STRING; return parse_string(p, &v->text);
     case 't':
-        if (match_lit(p, "true")) { v->type = Q3R_JSON_BOOL; v->boolean = 1; return Q3R_OK; }
+        if (match_lit(p, "true")) {
+            v->type = Q3R_JSON_BOOL;
+            v->boolean = 1;
+            return Q3R_OK;
+        }
         break;
     case 'f':
-        if (match_lit(p, "false")) { v->type = Q3R_JSON_BOOL; v->boolean = 0; return Q3R_OK; }
+        if (match_lit(p, "false")) {
+            v->type = Q3R_JSON_BOOL;
+            v->boolean = 0;
+            return Q3R_OK;
+        }
         break;
     case 'n':
-        if (match_lit(p, "null")) { v->type = Q3R_JSON_NULL; return Q3R_OK; }
+        if (match_lit(p, "null")) {
+            v->type = Q3R_JSON_NULL;
+            return Q3R_OK;
+        }
         break;
     default:
         if (c == '-' || is_digit(c)) return parse_number(p, v);
@@ -335,8 +404,7 @@ q3r_status q3r_json_as_u64(const q3r_json *v, uint64_t *out, q3r_error *err) {
     return Q3R_OK;
 }
 
-q3r_status q3r_json_get_string(const char *json, const char *key, char *out, size_t cap,
-                               q3r_error *err) {
+q3r_status q3r_json_get_string(const char *json, const char *key, char *out, size_t cap, q3r_error *err) {
     if (!json) return q3r_fail(err, Q3R_EFORMAT, "no JSON object to read '%s' from", key);
     q3r_json root;
     q3r_status s = q3r_json_parse(json, strlen(json), &root, err);
@@ -346,8 +414,8 @@ q3r_status q3r_json_get_string(const char *json, const char *key, char *out, siz
     else if (!v) s = q3r_fail(err, Q3R_EFORMAT, "key '%s' not found", key);
     else if (v->type != Q3R_JSON_STRING) s = q3r_fail(err, Q3R_EFORMAT, "value of '%s' is not a string", key);
     else if (strlen(v->text) + 1 > cap)
-        s = q3r_fail(err, Q3R_EINVAL, "value of '%s' (%zu bytes) does not fit in %zu", key,
-                     strlen(v->text), cap);
+        s = q3r_fail(err, Q3R_EINVAL, "value of '%s' (%zu bytes) does not fit in %zu", key, strlen(v->text),
+                     cap);
     else memcpy(out, v->text, strlen(v->text) + 1);
     q3r_json_free(&root);
     return s;
@@ -373,33 +441,44 @@ q3r_status q3r_json_set_string(char **json, const char *key, const char *value, 
     size_t len = 0, cap = 0;
     int replaced = 0, fail = 0;
     const char *sep = "";
-#define PUT(str)                                                                     \
-    do {                                                                             \
-        const char *put_ = (str);                                                    \
-        size_t n_ = strlen(put_);                                                    \
-        if (len + n_ + 1 > cap) {                                                    \
-            size_t nc_ = cap ? cap : 64;                                             \
-            while (nc_ < len + n_ + 1) nc_ *= 2;                                     \
-            char *nb_ = realloc(buf, nc_);                                           \
-            if (!nb_) { fail = 1; break; }                                           \
-            buf = nb_;                                                               \
-            cap = nc_;                                                               \
-        }                                                                            \
-        memcpy(buf + len, put_, n_ + 1);                                             \
-        len += n_;                                                                   \
+#define PUT(str)                                 \
+    do {                                         \
+        const char *put_ = (str);                \
+        size_t n_ = strlen(put_);                \
+        if (len + n_ + 1 > cap) {                \
+            size_t nc_ = cap ? cap : 64;         \
+            while (nc_ < len + n_ + 1) nc_ *= 2; \
+            char *nb_ = realloc(buf, nc_);       \
+            if (!nb_) {                          \
+                fail = 1;                        \
+                break;                           \
+            }                                    \
+            buf = nb_;                           \
+            cap = nc_;                           \
+        }                                        \
+        memcpy(buf + len, put_, n_ + 1);         \
+        len += n_;                               \
     } while (0)
     PUT("{");
     for (size_t i = 0; i < root.count && !fail; i++) {
         const q3r_json *m = &root.items[i];
         PUT(sep);
         sep = ",";
-        if (fail || q3r_json_append_string(&buf, &len, &cap, m->key)) { fail = 1; break; }
+        if (fail || q3r_json_append_string(&buf, &len, &cap, m->key)) {
+            fail = 1;
+            break;
+        }
         PUT(":");
         const char *v = NULL;
-        if (strcmp(m->key, key) == 0) { v = value; replaced = 1; }
-        else if (m->type == Q3R_JSON_STRING) v = m->text;
+        if (strcmp(m->key, key) == 0) {
+            v = value;
+            replaced = 1;
+        } else if (m->type == Q3R_JSON_STRING) v = m->text;
         if (v) {
-            if (fail || q3r_json_append_string(&buf, &len, &cap, v)) { fail = 1; break; }
+            if (fail || q3r_json_append_string(&buf, &len, &cap, v)) {
+                fail = 1;
+                break;
+            }
         } else if (m->type == Q3R_JSON_NUMBER) {
             PUT(m->text);
         } else if (m->type == Q3R_JSON_BOOL) {

@@ -62,7 +62,10 @@ static void put_key(q3r_jsonl *j, const char *key) {
 /* Shortest of %.15g / %.17g that reads back exactly: tidy for most values, exact always. */
 static void put_double(q3r_jsonl *j, double v) {
     char num[40];
-    if (!isfinite(v)) { put(j, "null"); return; }
+    if (!isfinite(v)) {
+        put(j, "null");
+        return;
+    }
     snprintf(num, sizeof num, "%.15g", v);
     if (strtod(num, NULL) != v) snprintf(num, sizeof num, "%.17g", v);
     put(j, num);
@@ -90,7 +93,10 @@ void q3r_jsonl_add_double(q3r_jsonl *j, const char *key, double v) {
 
 void q3r_jsonl_add_string(q3r_jsonl *j, const char *key, const char *v) {
     put_key(j, key);
-    if (!v) { put(j, "null"); return; }
+    if (!v) {
+        put(j, "null");
+        return;
+    }
     put_json_string(j, v);
 }
 

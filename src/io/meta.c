@@ -101,7 +101,8 @@ q3r_status q3r_meta_copy(q3r_meta *dst, const q3r_meta *src, q3r_error *err) {
 
 q3r_status q3r_meta_parse(q3r_meta *m, const char *json, q3r_error *err) {
     if (!m) return q3r_fail(err, Q3R_EINVAL, "metadata parse: NULL map");
-    if (m->count) return q3r_fail(err, Q3R_EINVAL, "metadata parse: the map is not empty (%zu keys)", m->count);
+    if (m->count)
+        return q3r_fail(err, Q3R_EINVAL, "metadata parse: the map is not empty (%zu keys)", m->count);
     if (!json || !json[0]) return Q3R_OK;
     q3r_json root;
     q3r_status s = q3r_json_parse(json, strlen(json), &root, err);
@@ -162,8 +163,7 @@ q3r_status q3r_meta_to_json(const q3r_meta *m, char **json, q3r_error *err) {
     int fail = put_raw(&buf, &len, &cap, "{");
     for (size_t i = 0; i < m->count && !fail; i++) {
         fail = (i && put_raw(&buf, &len, &cap, ",")) ||
-               q3r_json_append_string(&buf, &len, &cap, m->items[i].key) ||
-               put_raw(&buf, &len, &cap, ":") ||
+               q3r_json_append_string(&buf, &len, &cap, m->items[i].key) || put_raw(&buf, &len, &cap, ":") ||
                q3r_json_append_string(&buf, &len, &cap, m->items[i].value);
     }
     if (!fail) fail = put_raw(&buf, &len, &cap, "}");
@@ -257,7 +257,10 @@ static q3r_status bad_value(q3r_error *err, const char *key, const char *v, cons
 static int scan_integer(const char *s, size_t n, int *neg, uint64_t *mag) {
     size_t i = 0;
     *neg = 0;
-    if (i < n && s[i] == '-') { *neg = 1; i++; }
+    if (i < n && s[i] == '-') {
+        *neg = 1;
+        i++;
+    }
     if (i == n) return -1;
     uint64_t x = 0;
     int over = 0;
@@ -320,8 +323,7 @@ q3r_status q3r_meta_get_u64(const q3r_meta *m, const char *key, uint64_t *out, q
     uint64_t mag;
     int r = scan_integer(v, strlen(v), &neg, &mag);
     if (r == -1) return bad_value(err, key, v, "an integer");
-    if (r == -2 || (neg && mag))
-        return bad_value(err, key, v, "an integer (outside the range of uint64)");
+    if (r == -2 || (neg && mag)) return bad_value(err, key, v, "an integer (outside the range of uint64)");
     *out = mag;
     return Q3R_OK;
 }
@@ -455,8 +457,7 @@ const char *q3r_meta_first_difference(const q3r_meta *want, const q3r_meta *have
 
 /* ---- safetensors with a map ---------------------------------------------------------- */
 
-q3r_status q3r_safetensors_read_meta(const char *path, q3r_tensor_list *out, q3r_meta *meta,
-                                     q3r_error *err) {
+q3r_status q3r_safetensors_read_meta(const char *path, q3r_tensor_list *out, q3r_meta *meta, q3r_error *err) {
     if (!path || !out || !meta) return q3r_fail(err, Q3R_EINVAL, "safetensors read: NULL argument");
     size_t count0 = out->count;
     char *json = NULL;
@@ -481,8 +482,8 @@ q3r_status q3r_safetensors_read_meta(const char *path, q3r_tensor_list *out, q3r
     return Q3R_OK;
 }
 
-q3r_status q3r_safetensors_write_meta(const char *path, const q3r_tensor_list *tensors,
-                                      const q3r_meta *meta, q3r_error *err) {
+q3r_status q3r_safetensors_write_meta(const char *path, const q3r_tensor_list *tensors, const q3r_meta *meta,
+                                      q3r_error *err) {
     if (!meta || !meta->count) return q3r_safetensors_write(path, tensors, NULL, err);
     char *json = NULL;
     q3r_status s = q3r_meta_to_json(meta, &json, err);

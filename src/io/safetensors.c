@@ -35,12 +35,10 @@ static void tput_string_object(q3r_text *t, const q3r_json *obj) {
 }
 
 static q3r_status check_string_object(const q3r_json *obj, q3r_error *err) {
-    if (obj->type != Q3R_JSON_OBJECT)
-        return q3r_fail(err, Q3R_EFORMAT, "metadata is not a JSON object");
+    if (obj->type != Q3R_JSON_OBJECT) return q3r_fail(err, Q3R_EFORMAT, "metadata is not a JSON object");
     for (size_t i = 0; i < obj->count; i++)
         if (obj->items[i].type != Q3R_JSON_STRING)
-            return q3r_fail(err, Q3R_EFORMAT, "metadata value of '%s' is not a string",
-                            obj->items[i].key);
+            return q3r_fail(err, Q3R_EFORMAT, "metadata value of '%s' is not a string", obj->items[i].key);
     return Q3R_OK;
 }
 
@@ -60,8 +58,8 @@ static void fsync_parent_dir(const char *path) {
     }
 }
 
-static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
-                               const char *metadata_json, q3r_text *h, q3r_error *err) {
+static q3r_status build_header(const char *path, const q3r_tensor_list *tensors, const char *metadata_json,
+                               q3r_text *h, q3r_error *err) {
     q3r_status s;
     q3r_text_add(h, "{");
     int first = 1;
@@ -82,19 +80,19 @@ static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
     for (size_t i = 0; i < tensors->count; i++) {
         const q3r_tensor *t = &tensors->items[i];
         if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
-            return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor %zu has an invalid name '%s'",
-                            path, i, t->name ? t->name : "(null)");
+            return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor %zu has an invalid name '%s'", path, i,
+                            t->name ? t->name : "(null)");
         if ((int)t->dtype < 0 || (int)t->dtype >= Q3R_DTYPE_COUNT)
-            return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has unknown dtype %d", path,
-                            t->name, (int)t->dtype);
+            return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has unknown dtype %d", path, t->name,
+                            (int)t->dtype);
         if (t->ndim < 0 || t->ndim > Q3R_TENSOR_MAXDIM)
-            return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has %d dimensions", path,
-                            t->name, t->ndim);
+            return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has %d dimensions", path, t->name,
+                            t->ndim);
         uint64_t numel = 1;
         for (int d = 0; d < t->ndim; d++) {
             if (t->shape[d] < 0)
-                return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has a negative dimension",
-                                path, t->name);
+                return q3r_fail(err, Q3R_EINVAL, "writing %s: tensor '%s' has a negative dimension", path,
+                                t->name);
             numel *= (uint64_t)t->shape[d];
         }
         uint64_t bytes = numel * q3r_dtype_size(t->dtype);
@@ -127,16 +125,22 @@ static q3r_status build_header(const char *path, const q3r_tensor_list *tensors,
     return Q3R_OK;
 }
 
-q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensors,
-                                 const char *metadata_json, q3r_error *err) {
+q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensors, const char *metadata_json,
+                                 q3r_error *err) {
     if (!path || !tensors) return q3r_fail(err, Q3R_EINVAL, "safetensors write: NULL argument");
     q3r_text h = {0};
     q3r_status s = build_header(path, tensors, metadata_json, &h, err);
-    if (s) { q3r_text_free(&h); return s; }
+    if (s) {
+        q3r_text_free(&h);
+        return s;
+    }
 
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
-    if (!tmp) { q3r_text_free(&h); return q3r_fail(err, Q3R_ENOMEM, "writing %s: out of memory", path); }
+    if (!tmp) {
+        q3r_text_free(&h);
+        return q3r_fail(err, Q3R_ENOMEM, "writing %s: out of memory", path);
+    }
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
 
@@ -185,33 +189,35 @@ typedef struct {
 } st_entry;
 
 /* Validate one header entry {dtype, shape, data_offsets} against the data size. */
-static q3r_status parse_entry(const char *path, const q3r_json *e, uint64_t data_len,
-                              st_entry *out, q3r_error *err) {
+static q3r_status parse_entry(const char *path, const q3r_json *e, uint64_t data_len, st_entry *out,
+                              q3r_error *err) {
     const char *name = e->key;
     if (e->type != Q3R_JSON_OBJECT)
         return q3r_fail(err, Q3R_EFORMAT, "%s: header entry '%s' is not an object", path, name);
     for (size_t i = 0; i < e->count; i++) {
         const char *k = e->items[i].key;
         if (strcmp(k, "dtype") && strcmp(k, "shape") && strcmp(k, "data_offsets"))
-            return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' has unexpected key '%s'", path,
-                            name, k);
+            return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' has unexpected key '%s'", path, name, k);
     }
     const q3r_json *dt = q3r_json_find(e, "dtype"), *sh = q3r_json_find(e, "shape"),
                    *off = q3r_json_find(e, "data_offsets");
     if (!dt || !sh || !off)
         return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' lacks %s", path, name,
-                        !dt ? "\"dtype\"" : !sh ? "\"shape\"" : "\"data_offsets\"");
+                        !dt   ? "\"dtype\""
+                        : !sh ? "\"shape\""
+                              : "\"data_offsets\"");
     if (dt->type != Q3R_JSON_STRING)
         return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': dtype is not a string", path, name);
     if (q3r_dtype_parse(dt->text, &out->dtype))
-        return q3r_fail(err, Q3R_EFORMAT,
-                        "%s: tensor '%s': unsupported dtype '%s' (F32, F64, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
-                        path, name, dt->text);
+        return q3r_fail(
+            err, Q3R_EFORMAT,
+            "%s: tensor '%s': unsupported dtype '%s' (F32, F64, F16, BF16, I64, I32, I16, I8, U8, BOOL)",
+            path, name, dt->text);
     if (sh->type != Q3R_JSON_ARRAY)
         return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': shape is not an array", path, name);
     if (sh->count > Q3R_TENSOR_MAXDIM)
-        return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' has %zu dimensions (at most %d)", path,
-                        name, sh->count, Q3R_TENSOR_MAXDIM);
+        return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' has %zu dimensions (at most %d)", path, name,
+                        sh->count, Q3R_TENSOR_MAXDIM);
     out->ndim = (int)sh->count;
     uint64_t numel = 1;
     int overflow = 0;
@@ -228,21 +234,17 @@ static q3r_status parse_entry(const char *path, const q3r_json *e, uint64_t data
     if (overflow || numel > UINT64_MAX / esz)
         return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': shape too large", path, name);
     if (off->type != Q3R_JSON_ARRAY || off->count != 2)
-        return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': data_offsets is not [begin, end]",
-                        path, name);
-    if (q3r_json_as_u64(&off->items[0], &out->begin, err) ||
-        q3r_json_as_u64(&off->items[1], &out->end, err))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s': data_offsets is not [begin, end]", path, name);
+    if (q3r_json_as_u64(&off->items[0], &out->begin, err) || q3r_json_as_u64(&off->items[1], &out->end, err))
         return q3r_fail_context(err, "%s: tensor '%s': data_offsets", path, name);
     if (out->begin > out->end || out->end > data_len)
-        return q3r_fail(err, Q3R_EFORMAT,
-                        "%s: tensor '%s': data_offsets [%llu, %llu] outside the %llu data bytes",
-                        path, name, (unsigned long long)out->begin, (unsigned long long)out->end,
-                        (unsigned long long)data_len);
+        return q3r_fail(
+            err, Q3R_EFORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] outside the %llu data bytes", path,
+            name, (unsigned long long)out->begin, (unsigned long long)out->end, (unsigned long long)data_len);
     if (out->end - out->begin != numel * esz)
-        return q3r_fail(err, Q3R_EFORMAT,
-                        "%s: tensor '%s': %llu bytes at data_offsets but shape and %s need %llu",
-                        path, name, (unsigned long long)(out->end - out->begin), dt->text,
-                        (unsigned long long)(numel * esz));
+        return q3r_fail(
+            err, Q3R_EFORMAT, "%s: tensor '%s': %llu bytes at data_offsets but shape and %s need %llu", path,
+            name, (unsigned long long)(out->end - out->begin), dt->text, (unsigned long long)(numel * esz));
     out->entry = e;
     return Q3R_OK;
 }
@@ -282,25 +284,28 @@ q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **m
     uint64_t fsize = (uint64_t)st.st_size;
     unsigned char len8[8];
     if (fsize < 8 || fread(len8, 1, 8, f) != 8) {
-        s = q3r_fail(err, Q3R_EFORMAT, "%s: file is %llu bytes, too short for the 8-byte header length",
-                     path, (unsigned long long)fsize);
+        s = q3r_fail(err, Q3R_EFORMAT, "%s: file is %llu bytes, too short for the 8-byte header length", path,
+                     (unsigned long long)fsize);
         goto done;
     }
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | len8[i];
     if (hlen > fsize - 8) {
-        s = q3r_fail(err, Q3R_EFORMAT, "%s: header length %llu exceeds the %llu bytes after it "
-                     "(truncated or not a safetensors file)", path, (unsigned long long)hlen,
-                     (unsigned long long)(fsize - 8));
+        s = q3r_fail(err, Q3R_EFORMAT,
+                     "%s: header length %llu exceeds the %llu bytes after it "
+                     "(truncated or not a safetensors file)",
+                     path, (unsigned long long)hlen, (unsigned long long)(fsize - 8));
         goto done;
     }
     if (hlen < 2 || hlen > ST_MAX_HEADER) {
-        s = q3r_fail(err, Q3R_EFORMAT, "%s: implausible header length %llu", path,
-                     (unsigned long long)hlen);
+        s = q3r_fail(err, Q3R_EFORMAT, "%s: implausible header length %llu", path, (unsigned long long)hlen);
         goto done;
     }
     header = malloc(hlen);
-    if (!header) { s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory for the header", path); goto done; }
+    if (!header) {
+        s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory for the header", path);
+        goto done;
+    }
     if (fread(header, 1, hlen, f) != hlen) {
         s = q3r_fail(err, Q3R_EIO, "%s: short read in the header", path);
         goto done;
@@ -320,7 +325,10 @@ q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **m
     uint64_t data_len = fsize - 8 - hlen;
     entries = calloc(root.count ? root.count : 1, sizeof *entries);
     order = calloc(root.count ? root.count : 1, sizeof *order);
-    if (!entries || !order) { s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path); goto done; }
+    if (!entries || !order) {
+        s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path);
+        goto done;
+    }
     size_t ntensors = 0;
     for (size_t i = 0; i < root.count; i++) {
         const q3r_json *e = &root.items[i];
@@ -350,8 +358,8 @@ q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **m
     uint64_t pos = 0;
     for (size_t i = 0; i < ntensors; i++) {
         if (order[i]->begin < pos) {
-            s = q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' (bytes %llu..%llu) overlaps tensor '%s'",
-                         path, order[i]->entry->key, (unsigned long long)order[i]->begin,
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' (bytes %llu..%llu) overlaps tensor '%s'", path,
+                         order[i]->entry->key, (unsigned long long)order[i]->begin,
                          (unsigned long long)order[i]->end, order[i - 1]->entry->key);
             goto done;
         }
@@ -363,9 +371,11 @@ q3r_status q3r_safetensors_read(const char *path, q3r_tensor_list *out, char **m
         pos = order[i]->end;
     }
     if (pos != data_len) {
-        s = q3r_fail(err, Q3R_EFORMAT, "%s: %llu data bytes after the last tensor "
-                     "(tensors cover %llu of %llu)", path, (unsigned long long)(data_len - pos),
-                     (unsigned long long)pos, (unsigned long long)data_len);
+        s = q3r_fail(err, Q3R_EFORMAT,
+                     "%s: %llu data bytes after the last tensor "
+                     "(tensors cover %llu of %llu)",
+                     path, (unsigned long long)(data_len - pos), (unsigned long long)pos,
+                     (unsigned long long)data_len);
         goto done;
     }
     /* Read in file order (sequential I/O) but append in header order. */

@@ -35,10 +35,8 @@ static q3r_status check_args(const float *X, int m, int n, int ld, q3r_error *er
 /* One LAPACK call in either precision: the two drivers take the same arguments. */
 static void gesdd(int f64, char jobz, int m, int n, void *a, int lda, void *s, void *u, int ldu, void *vt,
                   int ldvt, void *work, int lwork, int *iwork, int *info) {
-    if (f64)
-        dgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
-    else
-        sgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
+    if (f64) dgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
+    else sgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
 }
 
 /* Thin SVD in double (f64: dgesdd, double buffers) or float (sgesdd, float buffers). */
@@ -67,19 +65,21 @@ static q3r_status svd_thin(int f64, const float *X, int m, int n, int ld, void *
         const float *x = X + (size_t)i * ld;
         if (f64)
             for (int j = 0; j < n; j++) ((double *)A)[(size_t)i * n + j] = x[j];
-        else
-            memcpy((float *)A + (size_t)i * n, x, (size_t)n * sizeof(float));
+        else memcpy((float *)A + (size_t)i * n, x, (size_t)n * sizeof(float));
     }
 
     int info = 0;
-    union { double d; float f; } wq = {0}, dummy = {0}; /* one element of either precision */
+    union {
+        double d;
+        float f;
+    } wq = {0}, dummy = {0}; /* one element of either precision */
     /* Roles swapped (see the file comment): LAPACK's U' is our VT, its VT' our U. */
     void *u_lap = U ? VT : (void *)&dummy, *vt_lap = U ? U : (void *)&dummy;
     const int ldu = U ? lm : 1, ldvt = U ? k : 1;
     gesdd(f64, jobz, lm, ln, A, lm, S, u_lap, ldu, vt_lap, ldvt, &wq, -1, iwork, &info);
     if (info != 0) {
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd: %s workspace query failed (info %d) for %d x %d", name, info, m,
-                      n);
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd: %s workspace query failed (info %d) for %d x %d", name, info,
+                      m, n);
         goto done;
     }
     /* the size comes back as a float in sgesdd's case, and a float-rounded size may undershoot */
@@ -94,7 +94,8 @@ static q3r_status svd_thin(int f64, const float *X, int m, int n, int ld, void *
         st = q3r_fail(err, Q3R_ENUMERIC, "svd: %s did not converge (info %d) on a %d x %d matrix", name, info,
                       m, n);
     else if (info < 0)
-        st = q3r_fail(err, Q3R_EINVAL, "svd: %s rejected argument %d for a %d x %d matrix", name, -info, m, n);
+        st =
+            q3r_fail(err, Q3R_EINVAL, "svd: %s rejected argument %d for a %d x %d matrix", name, -info, m, n);
 done:
     q3r_free(A);
     q3r_free(iwork);
@@ -115,8 +116,8 @@ q3r_status q3r_svd_thin_f32(const float *X, int m, int n, int ld, float *U, floa
 /* ---- truncated SVD by block subspace iteration -------------------------------------- */
 void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float *tau, float *work, const int *lwork,
              int *info);
-void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau, float *work,
-             const int *lwork, int *info);
+void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau,
+             float *work, const int *lwork, int *info);
 
 /* Householder QR of A (rows x b, column-major, ld rows) in place: A <- Q; R (upper, b x b)
  * is copied out first when R != NULL (double, column-major, ld b, transposed: R^T). */
@@ -141,8 +142,8 @@ q3r_status q3r_svd_topk(const float *X, int m, int n, int ld, const q3r_topk_opt
     if (k < 1 || b < k || b > kmin || o->nv0 < 0 || o->nv0 > b || (o->nv0 > 0 && !o->V0) || o->max_iter < 1 ||
         !(o->tol_rel >= 0) || !(o->tol_abs >= 0))
         return q3r_fail(err, Q3R_EINVAL,
-                        "svd topk: bad options for a %d x %d matrix (k %d, block %d, warm %d, max_iter %d)", m, n,
-                        k, b, o->nv0, o->max_iter);
+                        "svd topk: bad options for a %d x %d matrix (k %d, block %d, warm %d, max_iter %d)",
+                        m, n, k, b, o->nv0, o->max_iter);
     res->iters = 0;
     res->converged = 0;
 
@@ -167,7 +168,8 @@ q3r_status q3r_svd_topk(const float *X, int m, int n, int ld, const q3r_topk_opt
     const char jobz = 'S';
     if (!info) dgesdd_(&jobz, &b, &b, M, &b, S, Ur, &b, VrT, &b, &dq, &ldw, iwork, &info);
     if (info) {
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd topk: workspace query failed (info %d) for %d x %d", info, m, n);
+        st =
+            q3r_fail(err, Q3R_ENUMERIC, "svd topk: workspace query failed (info %d) for %d x %d", info, m, n);
         goto done;
     }
     lwork = (int)((wq > wq2 ? wq : wq2) * (1.0f + 1e-6f)) + 1;
@@ -186,8 +188,7 @@ q3r_status q3r_svd_topk(const float *X, int m, int n, int ld, const q3r_topk_opt
     q3r_rng rng;
     q3r_rng_seed(&rng, o->seed);
     for (int j = o->nv0; j < b; j++)
-        for (int i = 0; i < n; i++)
-            Vb[(size_t)j * n + i] = (float)q3r_rng_normal(&rng);
+        for (int i = 0; i < n; i++) Vb[(size_t)j * n + i] = (float)q3r_rng_normal(&rng);
 
     for (int it = 1; it <= o->max_iter; it++) {
         res->iters = it;
@@ -201,8 +202,7 @@ q3r_status q3r_svd_topk(const float *X, int m, int n, int ld, const q3r_topk_opt
         dgesdd_(&jobz, &b, &b, M, &b, S, Ur, &b, VrT, &b, dwork, &ldw, iwork, &info);
         if (info) break;
         /* V <- Qz Vr = Qz VrT^T */
-        for (size_t i = 0; i < (size_t)b * b; i++)
-            Wf[i] = (float)VrT[i];
+        for (size_t i = 0; i < (size_t)b * b; i++) Wf[i] = (float)VrT[i];
         cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, n, b, b, 1.0f, Z, n, Wf, b, 0.0f, Vb, n);
 
         int done_all = 0, hopeless = 0;
@@ -217,7 +217,8 @@ q3r_status q3r_svd_topk(const float *X, int m, int n, int ld, const q3r_topk_opt
                 const double noise = 3e-7 * S[0];
                 double rho_b = S[i] > 0 ? (S[b - 1] / S[i]) * (S[b - 1] / S[i]) : 0, rho = rho_b;
                 const double delta = fabs(S[i] - Sprev[i]);
-                if (it > 2 && Dprev[i] > noise && delta > noise && delta / Dprev[i] > rho) rho = delta / Dprev[i];
+                if (it > 2 && Dprev[i] > noise && delta > noise && delta / Dprev[i] > rho)
+                    rho = delta / Dprev[i];
                 if (rho > 0.9999) rho = 0.9999;
                 if (rho_b > 0.9999) rho_b = 0.9999;
                 Dprev[i] = delta;
@@ -237,16 +238,16 @@ q3r_status q3r_svd_topk(const float *X, int m, int n, int ld, const q3r_topk_opt
             res->converged = done_all;
             if (done_all) {
                 /* U = Q Ur[:, :k] */
-                for (size_t i = 0; i < (size_t)b * k; i++)
-                    Wf[i] = (float)Ur[i];
-                cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, k, b, 1.0f, Y, m, Wf, b, 0.0f, U, m);
+                for (size_t i = 0; i < (size_t)b * k; i++) Wf[i] = (float)Ur[i];
+                cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, k, b, 1.0f, Y, m, Wf, b, 0.0f, U,
+                            m);
             }
             break;
         }
     }
     if (info)
-        st = q3r_fail(err, Q3R_ENUMERIC, "svd topk: LAPACK failed (info %d) on a %d x %d matrix, block %d", info,
-                      m, n, b);
+        st = q3r_fail(err, Q3R_ENUMERIC, "svd topk: LAPACK failed (info %d) on a %d x %d matrix, block %d",
+                      info, m, n, b);
 done:
     q3r_free(Y);
     q3r_free(Z);

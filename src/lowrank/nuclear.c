@@ -12,8 +12,7 @@
 static q3r_status check_shape(const char *what, int m, int n, int ld, q3r_error *err) {
     if (m < 1 || n < 1)
         return q3r_fail(err, Q3R_EINVAL, "%s: matrix is %d x %d (needs >= 1 x 1)", what, m, n);
-    if (ld < n)
-        return q3r_fail(err, Q3R_EINVAL, "%s: leading dimension %d < columns %d", what, ld, n);
+    if (ld < n) return q3r_fail(err, Q3R_EINVAL, "%s: leading dimension %d < columns %d", what, ld, n);
     return Q3R_OK;
 }
 
@@ -69,8 +68,7 @@ q3r_status q3r_nuclear_prox(const float *X, int m, int n, int ldx, double tau, f
     for (int i = 0; i < m; i++)
         for (int j = 0; j < r; j++) U[(size_t)i * k + j] *= S[j] - tau;
 
-    if (r > 0)
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, 1.0, U, k, VT, n, 0.0, P, n);
+    if (r > 0) cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, 1.0, U, k, VT, n, 0.0, P, n);
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) Y[(size_t)i * ldy + j] = r > 0 ? (float)P[(size_t)i * n + j] : 0.0f;
     if (rank_out) *rank_out = r;

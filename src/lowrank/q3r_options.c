@@ -34,8 +34,7 @@ static q3r_status parse_fraction(const char *text, const char *body, double *out
 
 q3r_status q3r_rank_parse(const char *text, q3r_rank_rule *out, q3r_error *err) {
     if (!text || !out) return q3r_fail(err, Q3R_EINVAL, "rank: no text");
-    while (isspace((unsigned char)*text))
-        text++;
+    while (isspace((unsigned char)*text)) text++;
     if (strncmp(text, "maxdim:", 7) == 0) {
         out->kind = Q3R_RANK_COMPAT_MAXDIM;
         return parse_fraction(text, text + 7, &out->value, err);
@@ -77,8 +76,7 @@ q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r
             return q3r_fail(err, Q3R_EINVAL, "rank maxdim fraction %g outside (0, 1]", rule.value);
         r = rule.value * (double)(m > n ? m : n);
         break;
-    default:
-        return q3r_fail(err, Q3R_EINVAL, "rank rule kind %d unknown", (int)rule.kind);
+    default: return q3r_fail(err, Q3R_EINVAL, "rank rule kind %d unknown", (int)rule.kind);
     }
     /* floor, forgiving the last bits of decimal fractions (0.4 * 100 / 20 must give 2) */
     double f = floor(r * (1 + 1e-12));
@@ -111,14 +109,10 @@ q3r_status q3r_eps_parse(const char *text, q3r_eps_schedule *out, q3r_error *err
 
 const char *q3r_eps_name(q3r_eps_schedule s) {
     switch (s) {
-    case Q3R_EPS_DEFAULT:
-        return "default";
-    case Q3R_EPS_GEOMETRIC:
-        return "geometric";
-    case Q3R_EPS_CONSTANT:
-        return "constant";
-    case Q3R_EPS_EXPLORATION:
-        return "exploration";
+    case Q3R_EPS_DEFAULT: return "default";
+    case Q3R_EPS_GEOMETRIC: return "geometric";
+    case Q3R_EPS_CONSTANT: return "constant";
+    case Q3R_EPS_EXPLORATION: return "exploration";
     }
     return "unknown";
 }

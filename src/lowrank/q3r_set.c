@@ -173,10 +173,8 @@ q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err) {
             st = q3r_fail(err, sts[i], "q3r refresh of matrix '%s': %s", set->e[i].name, errs[i].msg);
         }
     for (int i = 0; i < n; i++) {
-        if (st)
-            q3r_refresh_discard(pend[i]);
-        else
-            q3r_state_refresh_commit(set->e[i].st, pend[i]);
+        if (st) q3r_refresh_discard(pend[i]);
+        else q3r_state_refresh_commit(set->e[i].st, pend[i]);
     }
     free(pend);
     free(errs);

@@ -51,8 +51,7 @@ q3r_eps_options q3r_eps_options_default(void) {
 static q3r_status check_eps_options(const q3r_eps_options *o, q3r_error *err) {
     switch (o->schedule) {
     case Q3R_EPS_DEFAULT:
-    case Q3R_EPS_EXPLORATION:
-        return Q3R_OK;
+    case Q3R_EPS_EXPLORATION: return Q3R_OK;
     case Q3R_EPS_CONSTANT:
         if (!(o->eps_const > 0) || !isfinite(o->eps_const))
             return q3r_fail(err, Q3R_EINVAL, "eps schedule constant: eps %g must be > 0 and finite",
@@ -153,9 +152,7 @@ static void next_eps(const q3r_state *s, double s1, q3r_refresh *p) {
     case Q3R_EPS_EXPLORATION:
         if (s1 > 0) p->eps = s1;
         break;
-    case Q3R_EPS_CONSTANT:
-        p->eps = s->opt.eps_const;
-        break;
+    case Q3R_EPS_CONSTANT: p->eps = s->opt.eps_const; break;
     case Q3R_EPS_GEOMETRIC:
         if (isnan(p->eps0)) { /* first refresh */
             p->eps0 = fmax(s1, s->opt.eps_min);
@@ -177,7 +174,7 @@ static void next_eps(const q3r_state *s, double s1, q3r_refresh *p) {
 typedef struct {
     const void *U, *V; /* element (i, j) of U at U[i * urs + j * ucs]; likewise V */
     size_t urs, ucs, vrs, vcs;
-    int dbl; /* 1: double, 0: float */
+    int dbl;  /* 1: double, 0: float */
     int nvec; /* leading triplets available */
 } vecs;
 
@@ -193,8 +190,7 @@ static q3r_status finish(const q3r_state *s, q3r_refresh *p, const vecs *v, int 
     p->sigma_r1 = p->sigma_all[s->rank];
     next_eps(s, p->sigma_r1, p);
     int r = 0;
-    while (r < p->nsigma && p->sigma_all[r] > p->eps)
-        r++;
+    while (r < p->nsigma && p->sigma_all[r] > p->eps) r++;
     if (r >= v->nvec && r < s->k) { /* the last known value is still above eps */
         *grow = 1;
         return Q3R_OK;
@@ -209,15 +205,15 @@ static q3r_status finish(const q3r_state *s, q3r_refresh *p, const vecs *v, int 
     p->C = q3r_alloc((size_t)r * r * sizeof(float));
     p->Ut = q3r_alloc((size_t)m * r * sizeof(float));
     if (!p->U || !p->V || !p->t || !p->A || !p->B || !p->C || !p->Ut)
-        return q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for envelope rank %d of %d x %d", r, m, n);
+        return q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for envelope rank %d of %d x %d", r, m,
+                        n);
     for (int i = 0; i < m; i++)
         for (int j = 0; j < r; j++)
             p->U[(size_t)i * r + j] = vget(v->U, v->dbl, (size_t)i * v->urs + (size_t)j * v->ucs);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < r; j++)
             p->V[(size_t)i * r + j] = vget(v->V, v->dbl, (size_t)i * v->vrs + (size_t)j * v->vcs);
-    for (int j = 0; j < r; j++)
-        p->t[j] = (float)(p->eps / p->sigma_all[j] - 1.0);
+    for (int j = 0; j < r; j++) p->t[j] = (float)(p->eps / p->sigma_all[j] - 1.0);
     return Q3R_OK;
 }
 
@@ -231,7 +227,9 @@ static int block_for(int need, int k) {
 /* Predicted seconds (1 thread, OpenBLAS Zen3; only ratios matter) of sgesdd with vectors and
  * of one subspace iteration with block b: calibrated on 2048x2048 and 768x3072. */
 static double cost_exact(int m, int n, int k) { return 1.7e-10 * m * (double)n * k; }
-static double cost_iter(int m, int n, int b) { return 5e-11 * m * (double)n * b + 2.35e-10 * (m + n) * (double)b * b; }
+static double cost_iter(int m, int n, int b) {
+    return 5e-11 * m * (double)n * b + 2.35e-10 * (m + n) * (double)b * b;
+}
 
 static int subspace_eligible(const q3r_state *s, int need) {
     if (s->rank >= s->k || need > s->k / 3) return 0;
@@ -241,7 +239,8 @@ static int subspace_eligible(const q3r_state *s, int need) {
 }
 
 /* Warm block from an exact SVD's right vectors, for the next refresh (cols x b column-major). */
-static void keep_warm_from(const q3r_state *s, q3r_refresh *p, const void *V, int dbl, size_t vrs, size_t vcs) {
+static void keep_warm_from(const q3r_state *s, q3r_refresh *p, const void *V, int dbl, size_t vrs,
+                           size_t vcs) {
     const int need = (p->r_env > s->rank ? p->r_env : s->rank) + 1;
     if (need > s->k) return;
     const int b = block_for(need, s->k), n = s->cols;
@@ -272,11 +271,11 @@ static q3r_status refresh_exact(const q3r_state *s, const float *X, int ld, int 
         st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for the SVD of %d x %d", m, n);
         goto done;
     }
-    st = use64 ? q3r_svd_thin(X, m, n, ld, U, p->sigma_all, VT, err) : q3r_svd_thin_f32(X, m, n, ld, U, Sf, VT, err);
+    st = use64 ? q3r_svd_thin(X, m, n, ld, U, p->sigma_all, VT, err)
+               : q3r_svd_thin_f32(X, m, n, ld, U, Sf, VT, err);
     if (st) goto done;
     if (!use64)
-        for (int i = 0; i < k; i++)
-            p->sigma_all[i] = Sf[i];
+        for (int i = 0; i < k; i++) p->sigma_all[i] = Sf[i];
     p->nsigma = k;
     p->stats.method = use64 ? Q3R_SVD_EXACT64 : Q3R_SVD_EXACT32;
     if (!full) {
@@ -324,7 +323,8 @@ static q3r_status refresh_subspace(const q3r_state *s, const float *X, int ld, i
         Vb = q3r_alloc((size_t)n * b * sizeof(float));
         S = q3r_alloc((size_t)b * sizeof(double));
         if (!U || !Vb || !S) {
-            st = q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for a block of %d of %d x %d", b, m, n);
+            st =
+                q3r_fail(err, Q3R_ENOMEM, "q3r refresh: out of memory for a block of %d of %d x %d", b, m, n);
             break;
         }
         q3r_topk_options o = {.k = need,
@@ -407,8 +407,9 @@ q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld,
         else method = Q3R_SVD_EXACT32;
     }
     /* a warm block is worth keeping where the truncated path can run */
-    const int want_warm = full && (s->method == Q3R_SVD_SUBSPACE ||
-                                   (s->method == Q3R_SVD_AUTO && (m >= 1024 || n >= 1024) && (long)m * n > 8192));
+    const int want_warm =
+        full && (s->method == Q3R_SVD_SUBSPACE ||
+                 (s->method == Q3R_SVD_AUTO && (m >= 1024 || n >= 1024) && (long)m * n > 8192));
     if (method == Q3R_SVD_SUBSPACE && full) {
         int fallback = 0;
         st = refresh_subspace(s, X, ld, s->method == Q3R_SVD_SUBSPACE, p, &fallback, err);
@@ -487,13 +488,11 @@ static double frob2(const float *X, int m, int n, int ld, double *rowsum) {
     for (int i = 0; i < m; i++) {
         const float *x = X + (size_t)i * ld;
         double acc = 0;
-        for (int j = 0; j < n; j++)
-            acc += (double)x[j] * x[j];
+        for (int j = 0; j < n; j++) acc += (double)x[j] * x[j];
         rowsum[i] = acc;
     }
     double total = 0;
-    for (int i = 0; i < m; i++)
-        total += rowsum[i];
+    for (int i = 0; i < m; i++) total += rowsum[i];
     return total;
 }
 
@@ -523,8 +522,7 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
         double ta = 0, tb = 0, tc = 0;
         for (int i = 0; i < r; i++) {
             double a = 0;
-            for (int j = 0; j < n; j++)
-                a += (double)s->A[(size_t)i * n + j] * s->A[(size_t)i * n + j];
+            for (int j = 0; j < n; j++) a += (double)s->A[(size_t)i * n + j] * s->A[(size_t)i * n + j];
             ta += s->t[i] * a;
         }
         if (r > 0) {
@@ -537,8 +535,7 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
                 }
                 s->rowsum[i] = acc;
             }
-            for (int i = 0; i < m; i++)
-                tb += s->rowsum[i];
+            for (int i = 0; i < m; i++) tb += s->rowsum[i];
         }
         for (int i = 0; i < r; i++)
             for (int j = 0; j < r; j++) {
@@ -556,17 +553,14 @@ q3r_status q3r_state_apply(q3r_state *s, const float *X, int ld, double lambda, 
         float *g = G + (size_t)i * ldg;
         const float *x = X + (size_t)i * ld;
         if (beta == 0.0f)
-            for (int j = 0; j < n; j++)
-                g[j] = a2 * x[j];
+            for (int j = 0; j < n; j++) g[j] = a2 * x[j];
         else
-            for (int j = 0; j < n; j++)
-                g[j] = beta * g[j] + a2 * x[j];
+            for (int j = 0; j < n; j++) g[j] = beta * g[j] + a2 * x[j];
     }
     if (r == 0) return Q3R_OK;
     /* A <- A + (C diag t) V^T, C scaled in place */
     for (int i = 0; i < r; i++)
-        for (int j = 0; j < r; j++)
-            s->C[(size_t)i * r + j] *= s->t[j];
+        for (int j = 0; j < r; j++) s->C[(size_t)i * r + j] *= s->t[j];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, n, r, 1.0f, s->C, r, s->V, r, 1.0f, s->A, n);
     /* Ut = U diag t, B <- B diag t */
     for (int i = 0; i < m; i++)
@@ -729,8 +723,8 @@ q3r_status q3r_state_import(q3r_state *s, const char *prefix, const q3r_tensor_l
         bw = tw->ndim == 2 ? tw->shape[0] : -1;
         if (tw->dtype != Q3R_F32 || tw->ndim != 2 || tw->shape[1] != s->cols || bw < 1 || bw > s->k ||
             !all_finite_f(tw->data, bw * s->cols))
-            return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': Vwarm must be finite F32 [b <= %d, %d]", P, s->k,
-                            s->cols);
+            return q3r_fail(err, Q3R_EFORMAT, "q3r import '%s': Vwarm must be finite F32 [b <= %d, %d]", P,
+                            s->k, s->cols);
     }
 
     /* Everything checked: build the buffers, then swap. */

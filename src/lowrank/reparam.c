@@ -30,10 +30,10 @@ struct q3r_reparam {
     rp_matrix *mats;
     int count, cap;
     int built;
-    int64_t n;          /* flat buffer length */
+    int64_t n; /* flat buffer length */
     float *params, *grads;
-    float *prefix;      /* cached prefix products */
-    float *work;        /* two ping-pong buffers for E_k */
+    float *prefix; /* cached prefix products */
+    float *work;   /* two ping-pong buffers for E_k */
     int64_t work_half;
 };
 
@@ -56,19 +56,19 @@ void q3r_reparam_free(q3r_reparam *rp) {
     free(rp);
 }
 
-q3r_status q3r_reparam_add(q3r_reparam *rp, const char *name, float *w, int rows, int cols, int ld,
-                           float *dw, int ldg, int nf, const int *inner, q3r_reparam_init init,
-                           q3r_error *err) {
+q3r_status q3r_reparam_add(q3r_reparam *rp, const char *name, float *w, int rows, int cols, int ld, float *dw,
+                           int ldg, int nf, const int *inner, q3r_reparam_init init, q3r_error *err) {
     if (rp->built) return q3r_fail(err, Q3R_EINVAL, "reparam %s: added after build", name);
     if (!w || !dw || rows < 1 || cols < 1 || ld < cols || ldg < cols)
-        return q3r_fail(err, Q3R_EINVAL, "reparam %s: bad matrix (%d x %d, ld %d, ldg %d)", name, rows,
-                        cols, ld, ldg);
+        return q3r_fail(err, Q3R_EINVAL, "reparam %s: bad matrix (%d x %d, ld %d, ldg %d)", name, rows, cols,
+                        ld, ldg);
     if (nf < 2 || nf > Q3R_REPARAM_MAX_FACTORS)
         return q3r_fail(err, Q3R_EINVAL, "reparam %s: %d factors (2..%d)", name, nf, Q3R_REPARAM_MAX_FACTORS);
     if (strlen(name) >= sizeof rp->mats[0].name)
         return q3r_fail(err, Q3R_EINVAL, "reparam: matrix name '%s' too long", name);
     for (int k = 0; k < nf - 1; k++)
-        if (inner[k] < 1) return q3r_fail(err, Q3R_EINVAL, "reparam %s: inner dimension %d is %d", name, k, inner[k]);
+        if (inner[k] < 1)
+            return q3r_fail(err, Q3R_EINVAL, "reparam %s: inner dimension %d is %d", name, k, inner[k]);
     if (init == Q3R_REPARAM_IDENTITY) {
         for (int k = 0; k < nf - 1; k++)
             if (inner[k] != cols)
@@ -78,9 +78,10 @@ q3r_status q3r_reparam_add(q3r_reparam *rp, const char *name, float *w, int rows
     } else if (init == Q3R_REPARAM_SPECTRAL) {
         int k = rows < cols ? rows : cols;
         if (nf != 2 || inner[0] > k)
-            return q3r_fail(err, Q3R_EINVAL,
-                            "reparam %s: spectral init needs 2 factors and a rank <= %d (got %d factors, rank %d)",
-                            name, k, nf, inner[0]);
+            return q3r_fail(
+                err, Q3R_EINVAL,
+                "reparam %s: spectral init needs 2 factors and a rank <= %d (got %d factors, rank %d)", name,
+                k, nf, inner[0]);
     } else {
         return q3r_fail(err, Q3R_EINVAL, "reparam %s: unknown init %d", name, (int)init);
     }
@@ -182,7 +183,9 @@ int q3r_reparam_count(const q3r_reparam *rp) { return rp->count; }
 const char *q3r_reparam_name(const q3r_reparam *rp, int i) {
     return i >= 0 && i < rp->count ? rp->mats[i].name : NULL;
 }
-int q3r_reparam_num_factors(const q3r_reparam *rp, int i) { return i >= 0 && i < rp->count ? rp->mats[i].nf : 0; }
+int q3r_reparam_num_factors(const q3r_reparam *rp, int i) {
+    return i >= 0 && i < rp->count ? rp->mats[i].nf : 0;
+}
 
 float *q3r_reparam_factor(q3r_reparam *rp, int i, int k, int *rows, int *cols, float **grad) {
     if (!rp->built || i < 0 || i >= rp->count || k < 0 || k >= rp->mats[i].nf) return NULL;
@@ -200,8 +203,8 @@ float *q3r_reparam_grads(q3r_reparam *rp) { return rp->grads; }
 /* C (m x n, ldc) = op(A) op(B) */
 static void gemm(int ta, int tb, int m, int n, int k, const float *A, int lda, const float *B, int ldb,
                  float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k,
-                1.0f, A, lda, B, ldb, 0.0f, C, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
+                A, lda, B, ldb, 0.0f, C, ldc);
 }
 
 void q3r_reparam_materialize(q3r_reparam *rp) {
@@ -240,7 +243,8 @@ void q3r_reparam_backward(q3r_reparam *rp, int zero_dense) {
             lde = m->dims[k];
         }
         if (zero_dense)
-            for (int r = 0; r < m->rows; r++) memset(m->dw + (size_t)r * m->ldg, 0, sizeof(float) * (size_t)m->cols);
+            for (int r = 0; r < m->rows; r++)
+                memset(m->dw + (size_t)r * m->ldg, 0, sizeof(float) * (size_t)m->cols);
     }
 }
 
@@ -279,7 +283,8 @@ q3r_status q3r_reparam_import(q3r_reparam *rp, const char *prefix, const q3r_ten
             factor_name(name, sizeof name, prefix, m, k);
             s = q3r_tensor_list_get(in, name, Q3R_F32, (int64_t)m->dims[k] * m->dims[k + 1], &t, err);
             if (!s && (t->ndim != 2 || t->shape[0] != m->dims[k] || t->shape[1] != m->dims[k + 1]))
-                s = q3r_fail(err, Q3R_EFORMAT, "tensor '%s' is not %d x %d", name, m->dims[k], m->dims[k + 1]);
+                s = q3r_fail(err, Q3R_EFORMAT, "tensor '%s' is not %d x %d", name, m->dims[k],
+                             m->dims[k + 1]);
         }
     }
     if (s) return s;

@@ -44,8 +44,7 @@ static const q3r_model_family *family_of(const q3r_meta *meta, q3r_error *err) {
     return NULL;
 }
 
-q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **out,
-                               q3r_error *err) {
+q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **out, q3r_error *err) {
     if (!meta || !out) return q3r_fail(err, Q3R_EINVAL, "model: NULL argument");
     *out = NULL;
     const q3r_model_family *fam = family_of(meta, err);
@@ -69,8 +68,8 @@ q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **
             if (ranks[i] < 0) {
                 free(ranks);
                 return q3r_fail(err, Q3R_EFORMAT,
-                                "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)",
-                                i, ranks[i]);
+                                "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)", i,
+                                ranks[i]);
             }
     }
     q3r_status s = fam->from_meta(meta, ranks, max_batch, out, err);
@@ -79,8 +78,8 @@ q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **
     return s;
 }
 
-q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch,
-                                q3r_model **out, q3r_error *err) {
+q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch, q3r_model **out,
+                                q3r_error *err) {
     return m->ops->with_ranks(m, ranks, max_batch, out, err);
 }
 
@@ -101,8 +100,7 @@ q3r_status q3r_model_config_to_meta(const q3r_model *m, q3r_meta *meta, q3r_erro
     q3r_text_init(&t);
     if (q3r_text_add_ints(&t, m->ranks, m->nmat, ","))
         s = q3r_fail(err, Q3R_ENOMEM, "model metadata: out of memory");
-    else
-        s = q3r_meta_set(meta, "model.ranks", q3r_text_str(&t), err);
+    else s = q3r_meta_set(meta, "model.ranks", q3r_text_str(&t), err);
     q3r_text_free(&t);
     return s;
 }
@@ -116,8 +114,8 @@ double q3r_model_forward_flops(const q3r_model *m, int B) { return m->ops->forwa
 
 /* ---- forward, backward, metrics ----------------------------------------------------------- */
 
-q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoothing,
-                             int training, q3r_rng *rng, float *loss, q3r_error *err) {
+q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoothing, int training,
+                             q3r_rng *rng, float *loss, q3r_error *err) {
     if (!b) return q3r_fail(err, Q3R_EINVAL, "%s forward: batch is NULL", m->ops->family);
     return m->ops->forward(m, b, label_smoothing, training, rng, loss, err);
 }
@@ -151,9 +149,7 @@ double q3r_score_value(q3r_metric m, const q3r_score *s) {
     return (double)s->correct / (double)s->units;
 }
 
-double q3r_score_loss(const q3r_score *s) {
-    return s->units > 0 ? s->loss_sum / (double)s->units : NAN;
-}
+double q3r_score_loss(const q3r_score *s) { return s->units > 0 ? s->loss_sum / (double)s->units : NAN; }
 
 void q3r_model_zero_grad(q3r_model *m) { memset(m->grads, 0, sizeof(float) * m->nparams); }
 
@@ -201,11 +197,10 @@ int q3r_model_num_matrices(const q3r_model *m) { return m->nmat; }
 const int *q3r_model_ranks(const q3r_model *m) { return m->ranks; }
 int q3r_model_is_factored(const q3r_model *m) { return m->factored; }
 
-q3r_status q3r_model_matrix_shape(const q3r_model *m, int i, const char **name,
-                                  q3r_matrix_kind *kind, int *rows, int *cols, q3r_error *err) {
+q3r_status q3r_model_matrix_shape(const q3r_model *m, int i, const char **name, q3r_matrix_kind *kind,
+                                  int *rows, int *cols, q3r_error *err) {
     if (i < 0 || i >= m->nmat)
-        return q3r_fail(err, Q3R_EINVAL, "%s: matrix index %d not in [0, %d)", m->ops->family, i,
-                        m->nmat);
+        return q3r_fail(err, Q3R_EINVAL, "%s: matrix index %d not in [0, %d)", m->ops->family, i, m->nmat);
     const q3r_model_matrix_slot *x = &m->mats[i];
     if (name) *name = x->name;
     if (kind) *kind = x->kind;
@@ -237,8 +232,7 @@ q3r_status q3r_model_matrix(q3r_model *m, int i, q3r_matrix *out, q3r_error *err
     return Q3R_OK;
 }
 
-q3r_status q3r_model_select(const q3r_model *m, const char *targets, uint8_t *selected,
-                            q3r_error *err) {
+q3r_status q3r_model_select(const q3r_model *m, const char *targets, uint8_t *selected, q3r_error *err) {
     unsigned kinds;
     q3r_status s = q3r_targets_parse(targets, &kinds, err);
     if (s) return s;
@@ -248,8 +242,8 @@ q3r_status q3r_model_select(const q3r_model *m, const char *targets, uint8_t *se
         any |= selected[i];
     }
     if (!any)
-        return q3r_fail(err, Q3R_EINVAL, "targets '%s' select none of this %s model's matrices",
-                        targets, m->ops->family);
+        return q3r_fail(err, Q3R_EINVAL, "targets '%s' select none of this %s model's matrices", targets,
+                        m->ops->family);
     return Q3R_OK;
 }
 
@@ -258,8 +252,8 @@ q3r_status q3r_model_select(const q3r_model *m, const char *targets, uint8_t *se
 q3r_status q3r_model_export(const q3r_model *m, q3r_tensor_list *out, q3r_error *err) {
     for (int i = 0; i < m->ntensors; i++) {
         const q3r_param_info *t = &m->info[i];
-        q3r_status s = q3r_tensor_list_add(out, t->name, Q3R_F32, t->ndim, t->shape,
-                                           m->params + t->offset, err);
+        q3r_status s =
+            q3r_tensor_list_add(out, t->name, Q3R_F32, t->ndim, t->shape, m->params + t->offset, err);
         if (s) return q3r_fail_context(err, "%s export", m->ops->family);
     }
     return Q3R_OK;
@@ -286,8 +280,8 @@ q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *
                 char want[96], got[96];
                 shape_text(want, sizeof want, "F32", t->ndim, t->shape);
                 shape_text(got, sizeof got, q3r_dtype_name(src->dtype), src->ndim, src->shape);
-                return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' is %s, model wants %s",
-                                fam, t->name, got, want);
+                return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' is %s, model wants %s", fam,
+                                t->name, got, want);
             }
             if (pass == 1)
                 memcpy(m->params + t->offset, src->data, sizeof(float) * (size_t)q3r_param_numel(t));
@@ -330,8 +324,8 @@ void q3r_model_base_free(q3r_model *m) {
     free(m->ranks);
 }
 
-int q3r_model_add_tensor(q3r_model *m, size_t *off, const char *name, int kind, int ndim,
-                         int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+int q3r_model_add_tensor(q3r_model *m, size_t *off, const char *name, int kind, int ndim, int64_t d0,
+                         int64_t d1, int64_t d2, int64_t d3) {
     int i = m->ntensors++;
     q3r_param_info *t = &m->info[i];
     char *nm = m->names + (size_t)i * Q3R_MODEL_NAME_LEN;

@@ -15,16 +15,16 @@
 
 typedef struct {
     const char *family; /* "vit" */
-    q3r_status (*forward)(q3r_model *m, const q3r_batch *b, float label_smoothing, int training,
-                          q3r_rng *rng, float *loss, q3r_error *err);
+    q3r_status (*forward)(q3r_model *m, const q3r_batch *b, float label_smoothing, int training, q3r_rng *rng,
+                          float *loss, q3r_error *err);
     q3r_status (*backward)(q3r_model *m, q3r_error *err);
     /* add the last forward's statistics (see q3r_model_score) */
     void (*score)(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s);
     void (*init)(q3r_model *m, uint64_t seed);
     /* the family's "model.*" keys (model.family, model.name and the config; not model.ranks) */
     q3r_status (*config_to_meta)(const q3r_model *m, q3r_meta *meta, q3r_error *err);
-    q3r_status (*with_ranks)(const q3r_model *m, const int *ranks, int max_batch,
-                             q3r_model **out, q3r_error *err);
+    q3r_status (*with_ranks)(const q3r_model *m, const int *ranks, int max_batch, q3r_model **out,
+                             q3r_error *err);
     void (*describe)(const q3r_model *m, char *buf, size_t cap);
     double (*forward_flops)(const q3r_model *m, int B);
     void (*destroy)(q3r_model *m); /* frees the family's struct (and what q3r_model_base_free frees) */
@@ -36,9 +36,9 @@ typedef struct {
     char name[48];
     q3r_matrix_kind kind;
     int rows, cols, rank;
-    int w, a, b;     /* tensor indices; -1 where not used */
+    int w, a, b; /* tensor indices; -1 where not used */
     size_t row0;
-    int targetable;  /* 0: never selected by a target list (a tied head) */
+    int targetable; /* 0: never selected by a target list (a tied head) */
 } q3r_model_matrix_slot;
 
 #define Q3R_MODEL_NAME_LEN 64
@@ -69,20 +69,16 @@ q3r_status q3r_model_base_init(q3r_model *m, const q3r_model_ops *ops, int max_t
 /* Free what q3r_model_base_init and q3r_model_base_alloc allocated (not m itself). */
 void q3r_model_base_free(q3r_model *m);
 /* Append a tensor to the table at the running offset *off (64-byte aligned); returns its index. */
-int q3r_model_add_tensor(q3r_model *m, size_t *off, const char *name, int kind, int ndim,
-                         int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+int q3r_model_add_tensor(q3r_model *m, size_t *off, const char *name, int kind, int ndim, int64_t d0,
+                         int64_t d1, int64_t d2, int64_t d3);
 /* Add matrix slot `i` (its rows, cols, rank, kind and name already set) as tensors named
  * "<base>.weight" (dense) or "<base>.weight_a" (rows, rank) and "<base>.weight_b" (rank, cols). */
 void q3r_model_add_matrix(q3r_model *m, size_t *off, int i, const char *base);
 /* Allocate the parameter and gradient buffers (zero) once the table is complete (off = its end). */
 q3r_status q3r_model_base_alloc(q3r_model *m, size_t off, const char *what, q3r_error *err);
 
-static inline float *q3r_model_par(q3r_model *m, int tensor) {
-    return m->params + m->info[tensor].offset;
-}
-static inline float *q3r_model_grd(q3r_model *m, int tensor) {
-    return m->grads + m->info[tensor].offset;
-}
+static inline float *q3r_model_par(q3r_model *m, int tensor) { return m->params + m->info[tensor].offset; }
+static inline float *q3r_model_grd(q3r_model *m, int tensor) { return m->grads + m->info[tensor].offset; }
 
 /* Classifier scoring: argmax hits of logits (count, classes) against b->targets. */
 void q3r_model_score_classifier(const q3r_batch *b, const float *logits, int classes, float loss,

@@ -24,12 +24,12 @@ uint8_t *q3r_tf_carve8(uint8_t *base, size_t *off, size_t n) {
 
 /* ---- dense or factored matrix ---------------------------------------------------------------- */
 
-void q3r_tf_mat_forward(q3r_model *m, int i, float *t, float *y, int ldy, const float *x,
-                        const float *bias, const float *res, int n) {
+void q3r_tf_mat_forward(q3r_model *m, int i, float *t, float *y, int ldy, const float *x, const float *bias,
+                        const float *res, int n) {
     const q3r_model_matrix_slot *mx = &m->mats[i];
     if (mx->rank) {
-        q3r_linear_factored_forward(y, ldy, t, x, q3r_model_par(m, mx->a), q3r_model_par(m, mx->b),
-                                    bias, res, n, mx->cols, mx->rank, mx->rows);
+        q3r_linear_factored_forward(y, ldy, t, x, q3r_model_par(m, mx->a), q3r_model_par(m, mx->b), bias, res,
+                                    n, mx->cols, mx->rank, mx->rows);
     } else {
         const float *w = q3r_model_par(m, mx->w) + mx->row0 * (size_t)mx->cols;
         if (ldy == mx->rows) q3r_linear_forward(y, x, w, bias, res, n, mx->cols, mx->rows);
@@ -41,10 +41,9 @@ void q3r_tf_mat_backward(q3r_model *m, int i, const float *t, float *dt, float *
                          const float *dy, int lddy, const float *x, int n, int accumulate) {
     const q3r_model_matrix_slot *mx = &m->mats[i];
     if (mx->rank) {
-        q3r_linear_factored_backward(dx, q3r_model_grd(m, mx->a), q3r_model_grd(m, mx->b), dbias,
-                                     dt, dy, lddy, x, t, q3r_model_par(m, mx->a),
-                                     q3r_model_par(m, mx->b), n, mx->cols, mx->rank, mx->rows,
-                                     accumulate);
+        q3r_linear_factored_backward(dx, q3r_model_grd(m, mx->a), q3r_model_grd(m, mx->b), dbias, dt, dy,
+                                     lddy, x, t, q3r_model_par(m, mx->a), q3r_model_par(m, mx->b), n,
+                                     mx->cols, mx->rank, mx->rows, accumulate);
     } else {
         const size_t o = mx->row0 * (size_t)mx->cols;
         q3r_linear_backward_ld(dx, q3r_model_grd(m, mx->w) + o, dbias, dy, lddy, x,
@@ -59,8 +58,8 @@ double q3r_tf_mat_macs(const q3r_model_matrix_slot *mx, double n) {
 /* ---- the block: parameter table -------------------------------------------------------------- */
 
 /* Append tensor "<prefix><module><suffix>" of shape (d0) or (d0, d1) (ndim 1 or 2). */
-static int add_tensor(q3r_model *m, size_t *off, const char *prefix, const char *module,
-                      const char *suffix, int kind, int ndim, int64_t d0, int64_t d1) {
+static int add_tensor(q3r_model *m, size_t *off, const char *prefix, const char *module, const char *suffix,
+                      int kind, int ndim, int64_t d0, int64_t d1) {
     char nm[Q3R_MODEL_NAME_LEN];
     snprintf(nm, sizeof nm, "%s%s%s", prefix, module, suffix);
     return q3r_model_add_tensor(m, off, nm, kind, ndim, d0, d1, 0, 0);
@@ -106,8 +105,8 @@ void q3r_tf_block_table(q3r_model *m, size_t *off, const char *prefix, const q3r
 /* ---- the block: activations ------------------------------------------------------------------ */
 
 void q3r_tf_block_layout(float *A, size_t *a, uint8_t *MK, size_t *k, const q3r_model *m,
-                         const q3r_tf_block *bp, const q3r_tf_dims *d, size_t B, size_t T,
-                         int drop, q3r_tf_acts *out) {
+                         const q3r_tf_block *bp, const q3r_tf_dims *d, size_t B, size_t T, int drop,
+                         q3r_tf_acts *out) {
     const size_t N = B * T, D = (size_t)d->D, M = (size_t)d->M, H = (size_t)d->H;
     out->ln1 = q3r_tf_carve(A, a, N * D);
     out->ln1_mean = q3r_tf_carve(A, a, N);
@@ -131,8 +130,8 @@ void q3r_tf_block_layout(float *A, size_t *a, uint8_t *MK, size_t *k, const q3r_
     }
 }
 
-void q3r_tf_scratch_layout(float *S, size_t *s, const q3r_model *m, const q3r_tf_dims *d,
-                           size_t B, size_t T, q3r_tf_scratch *out) {
+void q3r_tf_scratch_layout(float *S, size_t *s, const q3r_model *m, const q3r_tf_dims *d, size_t B, size_t T,
+                           q3r_tf_scratch *out) {
     const size_t N = B * T, D = (size_t)d->D, M = (size_t)d->M, H = (size_t)d->H;
     out->dres = q3r_tf_carve(S, s, N * D);
     out->dD = q3r_tf_carve(S, s, N * D);
@@ -145,9 +144,8 @@ void q3r_tf_scratch_layout(float *S, size_t *s, const q3r_model *m, const q3r_tf
 
 /* ---- the block: forward and backward --------------------------------------------------------- */
 
-void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a,
-                          const q3r_tf_dims *d, const q3r_tf_call *c, const float *x,
-                          const float *xres) {
+void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a, const q3r_tf_dims *d,
+                          const q3r_tf_call *c, const float *x, const float *xres) {
     const int D = d->D, M = d->M, B = c->B, T = c->T, N = B * T, Nq = B * c->Tq;
     const float p = c->p;
     const int drop = p > 0.0f;
@@ -155,8 +153,7 @@ void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a,
     q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, q3r_model_par(m, bp->ln1_w),
                           q3r_model_par(m, bp->ln1_b), N, D, d->ln_eps);
     if (bp->qkv_w >= 0) {
-        q3r_linear_forward(a->qkv, a->ln1, q3r_model_par(m, bp->qkv_w), bqkv, NULL, N, D,
-                           3 * D);
+        q3r_linear_forward(a->qkv, a->ln1, q3r_model_par(m, bp->qkv_w), bqkv, NULL, N, D, 3 * D);
     } else {
         /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
         for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++)
@@ -166,34 +163,31 @@ void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a,
     q3r_attention_forward(a->atty, a->att, a->qkv, B, T, c->Tq, D, d->H, c->causal);
     const int proj = bp->mat[Q3R_TF_PROJ], fc1 = bp->mat[Q3R_TF_FC1], fc2 = bp->mat[Q3R_TF_FC2];
     if (drop) {
-        q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty,
-                           q3r_model_par(m, bp->proj_b), NULL, Nq);
+        q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty, q3r_model_par(m, bp->proj_b), NULL,
+                           Nq);
         q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, c->rng);
         q3r_residual_forward(a->x1, a->x1, xres, (size_t)Nq * D);
     } else {
-        q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty,
-                           q3r_model_par(m, bp->proj_b), xres, Nq);
+        q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty, q3r_model_par(m, bp->proj_b), xres,
+                           Nq);
     }
     q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, q3r_model_par(m, bp->ln2_w),
                           q3r_model_par(m, bp->ln2_b), Nq, D, d->ln_eps);
-    q3r_tf_mat_forward(m, fc1, a->t[Q3R_TF_FC1], a->h, M, a->ln2, q3r_model_par(m, bp->fc1_b),
-                       NULL, Nq);
+    q3r_tf_mat_forward(m, fc1, a->t[Q3R_TF_FC1], a->h, M, a->ln2, q3r_model_par(m, bp->fc1_b), NULL, Nq);
     q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
     if (drop) {
         q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, c->rng);
-        q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b),
-                           NULL, Nq);
+        q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b), NULL, Nq);
         q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, c->rng);
         q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
     } else {
-        q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b),
-                           a->x1, Nq);
+        q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b), a->x1, Nq);
     }
 }
 
-void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_acts *a,
-                           const q3r_tf_dims *d, const q3r_tf_call *c, const q3r_tf_scratch *s,
-                           const float *x, float *dr, float *dx) {
+void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_acts *a, const q3r_tf_dims *d,
+                           const q3r_tf_call *c, const q3r_tf_scratch *s, const float *x, float *dr,
+                           float *dx) {
     const int D = d->D, M = d->M, B = c->B, T = c->T, Tq = c->Tq, N = B * T, Nq = B * Tq;
     const float p = c->p;
     const int drop = p > 0.0f;
@@ -205,14 +199,14 @@ void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_ac
         q3r_dropout_backward(s->dD2, a->m_mlp2, (size_t)Nq * D, p);
         dy = s->dD2;
     }
-    q3r_tf_mat_backward(m, fc2, a->t[Q3R_TF_FC2], s->dt, s->dh, q3r_model_grd(m, bp->fc2_b), dy,
-                        D, a->g, Nq, 0);
+    q3r_tf_mat_backward(m, fc2, a->t[Q3R_TF_FC2], s->dt, s->dh, q3r_model_grd(m, bp->fc2_b), dy, D, a->g, Nq,
+                        0);
     if (drop) q3r_dropout_backward(s->dh, a->m_mlp1, (size_t)Nq * M, p);
     q3r_gelu_backward(s->dh, s->dh, a->h, (size_t)Nq * M);
-    q3r_tf_mat_backward(m, fc1, a->t[Q3R_TF_FC1], s->dt, s->dD, q3r_model_grd(m, bp->fc1_b),
-                        s->dh, M, a->ln2, Nq, 0);
-    q3r_layernorm_backward(dr, q3r_model_grd(m, bp->ln2_w), q3r_model_grd(m, bp->ln2_b), s->dD,
-                           a->x1, a->ln2_mean, a->ln2_rstd, q3r_model_par(m, bp->ln2_w), Nq, D);
+    q3r_tf_mat_backward(m, fc1, a->t[Q3R_TF_FC1], s->dt, s->dD, q3r_model_grd(m, bp->fc1_b), s->dh, M, a->ln2,
+                        Nq, 0);
+    q3r_layernorm_backward(dr, q3r_model_grd(m, bp->ln2_w), q3r_model_grd(m, bp->ln2_b), s->dD, a->x1,
+                           a->ln2_mean, a->ln2_rstd, q3r_model_par(m, bp->ln2_w), Nq, D);
     /* attention branch: dr now holds d x1 */
     dy = dr;
     if (drop) {
@@ -220,8 +214,8 @@ void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_ac
         q3r_dropout_backward(s->dD2, a->m_proj, (size_t)Nq * D, p);
         dy = s->dD2;
     }
-    q3r_tf_mat_backward(m, proj, a->t[Q3R_TF_PROJ], s->dt, s->dD, q3r_model_grd(m, bp->proj_b),
-                        dy, D, a->atty, Nq, 0);
+    q3r_tf_mat_backward(m, proj, a->t[Q3R_TF_PROJ], s->dt, s->dD, q3r_model_grd(m, bp->proj_b), dy, D,
+                        a->atty, Nq, 0);
     q3r_attention_backward(s->dqkv, s->datt, s->dD, a->qkv, a->att, B, T, Tq, D, d->H, c->causal);
     float *dqkv_b = q3r_model_grd(m, bp->qkv_b);
     if (bp->qkv_w >= 0) {
@@ -242,8 +236,8 @@ void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_ac
                            a->ln1_mean, a->ln1_rstd, q3r_model_par(m, bp->ln1_w), N, D);
 }
 
-double q3r_tf_block_macs(const q3r_model *m, const q3r_tf_block *bp, const q3r_tf_dims *d,
-                         double B, double T, double Tq) {
+double q3r_tf_block_macs(const q3r_model *m, const q3r_tf_block *bp, const q3r_tf_dims *d, double B, double T,
+                         double Tq) {
     const q3r_model_matrix_slot *mx = m->mats;
     const double N = B * T, Nq = B * Tq;
     double macs = 0;

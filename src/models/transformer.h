@@ -33,8 +33,8 @@ uint8_t *q3r_tf_carve8(uint8_t *base, size_t *off, size_t n);
  * ldy; may be NULL or y; only with ldy == rows for a dense matrix) for matrix slot i of m.
  * Dense: the rows of tensor w from row0 on; factored: W = A B with t (n, rank) WRITTEN with the
  * intermediate x B^T, kept for backward (unused when dense, may be NULL). */
-void q3r_tf_mat_forward(q3r_model *m, int i, float *t, float *y, int ldy, const float *x,
-                        const float *bias, const float *res, int n);
+void q3r_tf_mat_forward(q3r_model *m, int i, float *t, float *y, int ldy, const float *x, const float *bias,
+                        const float *res, int n);
 /* Backward of q3r_tf_mat_forward: dx (n, cols) written (accumulate 0) or added to (1); may be
  * NULL. The matrix's parameter gradients and dbias (rows; may be NULL) accumulate.
  * dy (n rows, stride lddy), x (n, cols) and t (n, rank) as in the forward; dt (n, max rank):
@@ -78,35 +78,35 @@ typedef struct {
 
 /* A block's activations, for B*T = N rows (queries use the first Nq = B*Tq rows of each). */
 typedef struct {
-    float *ln1, *ln1_mean, *ln1_rstd; /* (N, D), (N), (N) */
-    float *qkv;                       /* (N, 3D) */
-    float *att;                       /* (B, H, T, T) */
-    float *atty;                      /* (N, D) attention output before proj */
-    float *x1;                        /* (N, D) residual after attention */
-    float *ln2, *ln2_mean, *ln2_rstd; /* (N, D), (N), (N) */
-    float *h, *g;                     /* (N, M) fc1 output, GELU output (after dropout) */
-    float *x2;                        /* (N, D) block output */
+    float *ln1, *ln1_mean, *ln1_rstd;  /* (N, D), (N), (N) */
+    float *qkv;                        /* (N, 3D) */
+    float *att;                        /* (B, H, T, T) */
+    float *atty;                       /* (N, D) attention output before proj */
+    float *x1;                         /* (N, D) residual after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;  /* (N, D), (N), (N) */
+    float *h, *g;                      /* (N, M) fc1 output, GELU output (after dropout) */
+    float *x2;                         /* (N, D) block output */
     uint8_t *m_proj, *m_mlp1, *m_mlp2; /* dropout masks (N, D), (N, M), (N, D); NULL if p = 0 */
-    float *t[Q3R_TF_MATRICES];        /* (N, rank) factored matrix's intermediate; NULL if dense */
+    float *t[Q3R_TF_MATRICES];         /* (N, rank) factored matrix's intermediate; NULL if dense */
 } q3r_tf_acts;
 
 /* Backward scratch shared by all blocks (backward walks them one at a time). */
 typedef struct {
-    float *dres;      /* (N, D) gradient of the residual stream, updated in place */
-    float *dD, *dD2;  /* (N, D) */
-    float *dqkv;      /* (N, 3D) */
-    float *datt;      /* (B, H, T, T) */
-    float *dh;        /* (N, M) */
-    float *dt;        /* (N, max rank) factored backward scratch; NULL when the model is dense */
+    float *dres;     /* (N, D) gradient of the residual stream, updated in place */
+    float *dD, *dD2; /* (N, D) */
+    float *dqkv;     /* (N, 3D) */
+    float *datt;     /* (B, H, T, T) */
+    float *dh;       /* (N, M) */
+    float *dt;       /* (N, max rank) factored backward scratch; NULL when the model is dense */
 } q3r_tf_scratch;
 
 /* One forward or backward of a block. */
 typedef struct {
-    int B, T;      /* sequences, tokens per sequence */
-    int Tq;        /* query tokens per sequence (the first Tq): T, or 1 (the ViT's last block) */
-    int causal;    /* attention: 0 full (ViT), 1 causal (GPT) */
-    float p;       /* dropout probability; 0: none */
-    q3r_rng *rng;  /* draws the dropout masks (forward, p > 0) */
+    int B, T;     /* sequences, tokens per sequence */
+    int Tq;       /* query tokens per sequence (the first Tq): T, or 1 (the ViT's last block) */
+    int causal;   /* attention: 0 full (ViT), 1 causal (GPT) */
+    float p;      /* dropout probability; 0: none */
+    q3r_rng *rng; /* draws the dropout masks (forward, p > 0) */
 } q3r_tf_call;
 
 /* Append block tensors to m's table at the running offset *off, in the state dict's order (ln1,
@@ -121,30 +121,29 @@ void q3r_tf_block_table(q3r_model *m, size_t *off, const char *prefix, const q3r
  * from the running offsets *a into A (floats) and *k into MK (masks, only with drop); each
  * factored matrix of bp (rank from m's rank table) gets its (B*T, rank) intermediate. */
 void q3r_tf_block_layout(float *A, size_t *a, uint8_t *MK, size_t *k, const q3r_model *m,
-                         const q3r_tf_block *bp, const q3r_tf_dims *d, size_t B, size_t T,
-                         int drop, q3r_tf_acts *out);
+                         const q3r_tf_block *bp, const q3r_tf_dims *d, size_t B, size_t T, int drop,
+                         q3r_tf_acts *out);
 /* Lay out (or size, when S is NULL) the backward scratch from the running offset *s into S, for
  * B sequences of T tokens and m's largest rank. */
-void q3r_tf_scratch_layout(float *S, size_t *s, const q3r_model *m, const q3r_tf_dims *d,
-                           size_t B, size_t T, q3r_tf_scratch *out);
+void q3r_tf_scratch_layout(float *S, size_t *s, const q3r_model *m, const q3r_tf_dims *d, size_t B, size_t T,
+                           q3r_tf_scratch *out);
 
 /* Forward of one block: x (B*T, D) input; xres (B*Tq, D) the residual input, the first Tq tokens
  * of each sequence of x (x itself when Tq == T; a gathered copy otherwise). Writes a's
  * activations, the output in a->x2 (B*Tq, D), and draws a's dropout masks from c->rng. */
-void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a,
-                          const q3r_tf_dims *d, const q3r_tf_call *c, const float *x,
-                          const float *xres);
+void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a, const q3r_tf_dims *d,
+                          const q3r_tf_call *c, const float *x, const float *xres);
 /* Backward of one block after its forward with the same call c; parameter gradients accumulate.
  * dr (B*Tq, D): d loss / d x2 on entry, overwritten (scratch). dx (B*T, D): gets d loss / d x;
  * with Tq == T it may be dr (in place: the residual stream's gradient), otherwise it is WRITTEN
  * (the first Tq rows of each sequence take the residual's share). x (B*T, D): the forward's
  * input. */
-void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_acts *a,
-                           const q3r_tf_dims *d, const q3r_tf_call *c, const q3r_tf_scratch *s,
-                           const float *x, float *dr, float *dx);
+void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_acts *a, const q3r_tf_dims *d,
+                           const q3r_tf_call *c, const q3r_tf_scratch *s, const float *x, float *dr,
+                           float *dx);
 /* Multiply-adds of one block's forward for call c's shapes (attention counted as its two
  * sgemms, B*Tq*T*D each, causal or not). */
-double q3r_tf_block_macs(const q3r_model *m, const q3r_tf_block *bp, const q3r_tf_dims *d,
-                         double B, double T, double Tq);
+double q3r_tf_block_macs(const q3r_model *m, const q3r_tf_block *bp, const q3r_tf_dims *d, double B, double T,
+                         double Tq);
 
 #endif

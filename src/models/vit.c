@@ -40,29 +40,29 @@
 enum { P_CLS, P_POS, P_PE_W, P_PE_B, P_HEAD_FIRST };
 
 struct q3r_vit {
-    q3r_model base;          /* first: a q3r_vit is a q3r_model (parameter table, matrix list) */
-    char name[32];           /* the preset it came from ("model.name"), "" if none */
+    q3r_model base; /* first: a q3r_vit is a q3r_model (parameter table, matrix list) */
+    char name[32];  /* the preset it came from ("model.name"), "" if none */
     q3r_vit_config cfg;
-    int T, P, K;             /* tokens, patches, C*p*p */
-    q3r_tf_dims dims;        /* D, H, M of the blocks; layer-norm eps 1e-6 (timm) */
-    q3r_tf_block *bp;        /* (depth) */
+    int T, P, K;      /* tokens, patches, C*p*p */
+    q3r_tf_dims dims; /* D, H, M of the blocks; layer-norm eps 1e-6 (timm) */
+    q3r_tf_block *bp; /* (depth) */
     int norm_w, norm_b, head_b;
 
-    float *arena;         /* activations */
-    uint8_t *mask_arena;  /* dropout masks, NULL when cfg.dropout == 0 */
-    float *scratch;       /* backward scratch */
-    float *patches;       /* (B*P, K) */
-    float *pe;            /* (B*P, D) */
-    float *x0;            /* (N, D) */
-    uint8_t *m_pos;       /* (N, D) */
-    q3r_tf_acts *blk;     /* depth */
-    float *head_t;        /* (B, rank) factored head's intermediate, NULL when dense */
-    float *clsx;          /* (B, D) class-token rows of the last block's input */
+    float *arena;                     /* activations */
+    uint8_t *mask_arena;              /* dropout masks, NULL when cfg.dropout == 0 */
+    float *scratch;                   /* backward scratch */
+    float *patches;                   /* (B*P, K) */
+    float *pe;                        /* (B*P, D) */
+    float *x0;                        /* (N, D) */
+    uint8_t *m_pos;                   /* (N, D) */
+    q3r_tf_acts *blk;                 /* depth */
+    float *head_t;                    /* (B, rank) factored head's intermediate, NULL when dense */
+    float *clsx;                      /* (B, D) class-token rows of the last block's input */
     float *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
-    float *logits, *probs; /* (B, classes) */
-    int *labels;          /* (max_batch) */
+    float *logits, *probs;            /* (B, classes) */
+    int *labels;                      /* (max_batch) */
     /* scratch views */
-    q3r_tf_scratch sc;    /* the blocks' (dres: the residual stream's gradient) */
+    q3r_tf_scratch sc; /* the blocks' (dres: the residual stream's gradient) */
     float *dpe, *dclsx, *dlnf, *dlogits;
 
     /* state of the last forward */
@@ -86,8 +86,8 @@ q3r_status q3r_vit_preset(const char *name, q3r_vit_config *cfg, q3r_error *err)
     } else if (strcmp(name, "vit-bench") == 0) {
         c = (q3r_vit_config){32, 1, 4, 192, 4, 3, 768, 10, 0.0f};
     } else {
-        return q3r_fail(err, Q3R_EINVAL,
-                        "vit preset '%s' unknown (known: vit-tiny, vit-fmnist, vit-bench)", name);
+        return q3r_fail(err, Q3R_EINVAL, "vit preset '%s' unknown (known: vit-tiny, vit-fmnist, vit-bench)",
+                        name);
     }
     *cfg = c;
     return Q3R_OK;
@@ -95,24 +95,25 @@ q3r_status q3r_vit_preset(const char *name, q3r_vit_config *cfg, q3r_error *err)
 
 q3r_status q3r_vit_config_check(const q3r_vit_config *c, q3r_error *err) {
     if (!c) return q3r_fail(err, Q3R_EINVAL, "vit config: NULL");
-    const struct { const char *name; int v; } f[] = {
+    const struct {
+        const char *name;
+        int v;
+    } f[] = {
         {"image_size", c->image_size}, {"channels", c->channels}, {"patch", c->patch},
         {"width", c->width},           {"depth", c->depth},       {"heads", c->heads},
         {"mlp_hidden", c->mlp_hidden}, {"classes", c->classes},
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (f[i].v <= 0)
-            return q3r_fail(err, Q3R_EINVAL, "vit config: %s = %d must be positive", f[i].name,
-                            f[i].v);
+            return q3r_fail(err, Q3R_EINVAL, "vit config: %s = %d must be positive", f[i].name, f[i].v);
     if (c->image_size % c->patch)
-        return q3r_fail(err, Q3R_EINVAL, "vit config: patch = %d does not divide image_size = %d",
-                        c->patch, c->image_size);
+        return q3r_fail(err, Q3R_EINVAL, "vit config: patch = %d does not divide image_size = %d", c->patch,
+                        c->image_size);
     if (c->width % c->heads)
-        return q3r_fail(err, Q3R_EINVAL, "vit config: heads = %d does not divide width = %d",
-                        c->heads, c->width);
+        return q3r_fail(err, Q3R_EINVAL, "vit config: heads = %d does not divide width = %d", c->heads,
+                        c->width);
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
-        return q3r_fail(err, Q3R_EINVAL, "vit config: dropout = %g must be in [0, 1)",
-                        (double)c->dropout);
+        return q3r_fail(err, Q3R_EINVAL, "vit config: dropout = %g must be in [0, 1)", (double)c->dropout);
     /* keep every buffer index inside an int-sized row count times a dimension */
     double tokens = (double)(c->image_size / c->patch) * (c->image_size / c->patch) + 1;
     if (tokens * c->width > 1e9 || (double)c->width * c->mlp_hidden > 1e9)
@@ -136,8 +137,8 @@ static int mx_index(int l, int j) { return l * Q3R_TF_MATRICES + j; }
 /* Names, kinds and shapes of the matrix list (the rank table's order). */
 static void name_matrices(q3r_vit *m) {
     const q3r_vit_config *c = &m->cfg;
-    static const q3r_matrix_kind kinds[Q3R_TF_MATRICES] = {
-        Q3R_MAT_Q, Q3R_MAT_K, Q3R_MAT_V, Q3R_MAT_PROJ, Q3R_MAT_FC1, Q3R_MAT_FC2};
+    static const q3r_matrix_kind kinds[Q3R_TF_MATRICES] = {Q3R_MAT_Q,    Q3R_MAT_K,   Q3R_MAT_V,
+                                                           Q3R_MAT_PROJ, Q3R_MAT_FC1, Q3R_MAT_FC2};
     for (int i = 0; i < m->base.nmat; i++) {
         q3r_model_matrix_slot *x = &m->base.mats[i];
         q3r_vit_matrix_name(c, i, x->name, sizeof x->name, &x->rows, &x->cols, NULL);
@@ -152,8 +153,8 @@ static void build_table(q3r_vit *m) {
     size_t off = 0;
     q3r_model_add_tensor(g, &off, "cls_token", Q3R_PARAM_EMBED, 3, 1, 1, D, 0);
     q3r_model_add_tensor(g, &off, "pos_embed", Q3R_PARAM_EMBED, 3, 1, m->T, D, 0);
-    q3r_model_add_tensor(g, &off, "patch_embed.proj.weight", Q3R_PARAM_MATRIX, 4, D, c->channels,
-                         c->patch, c->patch);
+    q3r_model_add_tensor(g, &off, "patch_embed.proj.weight", Q3R_PARAM_MATRIX, 4, D, c->channels, c->patch,
+                         c->patch);
     q3r_model_add_tensor(g, &off, "patch_embed.proj.bias", Q3R_PARAM_BIAS, 1, D, 0, 0, 0);
     for (int l = 0; l < c->depth; l++) {
         char prefix[NAME_LEN];
@@ -207,11 +208,10 @@ static void layout(q3r_vit *m, size_t *nact, size_t *nmask, size_t *nscratch) {
 
 int q3r_vit_num_matrices(const q3r_vit_config *cfg) { return cfg->depth * Q3R_TF_MATRICES + 1; }
 
-q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap,
-                               int *rows, int *cols, q3r_error *err) {
+q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, size_t cap, int *rows, int *cols,
+                               q3r_error *err) {
     const int n = q3r_vit_num_matrices(cfg);
-    if (i < 0 || i >= n)
-        return q3r_fail(err, Q3R_EINVAL, "vit: matrix index %d not in [0, %d)", i, n);
+    if (i < 0 || i >= n) return q3r_fail(err, Q3R_EINVAL, "vit: matrix index %d not in [0, %d)", i, n);
     int r, c;
     if (i == n - 1) {
         if (name) snprintf(name, cap, "head");
@@ -228,13 +228,12 @@ q3r_status q3r_vit_matrix_name(const q3r_vit_config *cfg, int i, char *name, siz
     return Q3R_OK;
 }
 
-q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **out,
-                          q3r_error *err) {
+q3r_status q3r_vit_create(const q3r_vit_config *cfg, int max_batch, q3r_vit **out, q3r_error *err) {
     return q3r_vit_create_factored(cfg, NULL, max_batch, out, err);
 }
 
-q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, int max_batch,
-                                   q3r_vit **out, q3r_error *err) {
+q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, int max_batch, q3r_vit **out,
+                                   q3r_error *err) {
     if (!out) return q3r_fail(err, Q3R_EINVAL, "vit create: out is NULL");
     *out = NULL;
     q3r_status s = q3r_vit_config_check(cfg, err);
@@ -258,13 +257,13 @@ q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, 
     m->P = g * g;
     m->T = m->P + 1;
     m->K = cfg->channels * cfg->patch * cfg->patch;
-    m->dims = (q3r_tf_dims){.D = cfg->width, .H = cfg->heads, .M = cfg->mlp_hidden,
-                            .ln_eps = Q3R_LN_EPS};
+    m->dims = (q3r_tf_dims){.D = cfg->width, .H = cfg->heads, .M = cfg->mlp_hidden, .ln_eps = Q3R_LN_EPS};
     const int nt = P_HEAD_FIRST + cfg->depth * Q3R_TF_MAX_TENSORS + 5;
-    if (q3r_model_base_init(&m->base, &vit_ops, nt, nmat, ranks, max_batch, "vit create", NULL))
-        goto oom;
-    m->base.input = (q3r_model_input){.kind = Q3R_INPUT_IMAGES, .channels = cfg->channels,
-                                      .height = cfg->image_size, .width = cfg->image_size,
+    if (q3r_model_base_init(&m->base, &vit_ops, nt, nmat, ranks, max_batch, "vit create", NULL)) goto oom;
+    m->base.input = (q3r_model_input){.kind = Q3R_INPUT_IMAGES,
+                                      .channels = cfg->channels,
+                                      .height = cfg->image_size,
+                                      .width = cfg->image_size,
                                       .classes = cfg->classes};
     m->base.metric = Q3R_METRIC_ACCURACY;
     m->blk = calloc((size_t)cfg->depth, sizeof *m->blk);
@@ -286,8 +285,7 @@ q3r_status q3r_vit_create_factored(const q3r_vit_config *cfg, const int *ranks, 
 oom:
     q3r_vit_free(m);
     return q3r_fail(err, Q3R_ENOMEM,
-                    "vit create: out of memory for activations (max_batch %d; lower the batch)",
-                    max_batch);
+                    "vit create: out of memory for activations (max_batch %d; lower the batch)", max_batch);
 }
 
 void q3r_vit_free(q3r_vit *m) {
@@ -306,9 +304,7 @@ void q3r_vit_free(q3r_vit *m) {
 
 q3r_model *q3r_vit_model(q3r_vit *m) { return m ? &m->base : NULL; }
 const q3r_model *q3r_vit_model_const(const q3r_vit *m) { return m ? &m->base : NULL; }
-q3r_vit *q3r_vit_from_model(q3r_model *m) {
-    return m && m->ops == &vit_ops ? (q3r_vit *)(void *)m : NULL;
-}
+q3r_vit *q3r_vit_from_model(q3r_model *m) { return m && m->ops == &vit_ops ? (q3r_vit *)(void *)m : NULL; }
 static const q3r_vit *vit_of(const q3r_model *m) { return (const q3r_vit *)(const void *)m; }
 static q3r_vit *vit_mut(q3r_model *m) { return (q3r_vit *)(void *)m; }
 
@@ -344,8 +340,7 @@ double q3r_vit_forward_flops(const q3r_vit *m, int B) {
     const q3r_vit_config *c = &m->cfg;
     const double T = m->T, D = c->width;
     /* multiply-adds: a full block on B*T rows; the last block has B query rows (see the top) */
-    double macs = (double)B * m->P * m->K * D +
-                  q3r_tf_mat_macs(&m->base.mats[m->base.nmat - 1], B);
+    double macs = (double)B * m->P * m->K * D + q3r_tf_mat_macs(&m->base.mats[m->base.nmat - 1], B);
     for (int l = 0; l < c->depth; l++)
         macs += q3r_tf_block_macs(&m->base, &m->bp[l], &m->dims, B, T, l == c->depth - 1 ? 1 : T);
     return 2.0 * macs;
@@ -387,9 +382,8 @@ void q3r_vit_init(q3r_vit *m, uint64_t seed) {
 
 /* ---- forward ---------------------------------------------------------------------------------- */
 
-q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, int B,
-                           float label_smoothing, int training, q3r_rng *rng, float *loss_out,
-                           q3r_error *err) {
+q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, int B, float label_smoothing,
+                           int training, q3r_rng *rng, float *loss_out, q3r_error *err) {
     const q3r_vit_config *c = &m->cfg;
     if (B <= 0 || B > m->base.max_batch)
         return q3r_fail(err, Q3R_EINVAL, "vit forward: batch %d not in [1, max_batch = %d]", B,
@@ -398,11 +392,9 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
     if (!(label_smoothing >= 0.0f && label_smoothing < 1.0f))
         return q3r_fail(err, Q3R_EINVAL, "vit forward: label_smoothing = %g not in [0, 1)",
                         (double)label_smoothing);
-    if (loss_out && !labels)
-        return q3r_fail(err, Q3R_EINVAL, "vit forward: a loss needs labels");
+    if (loss_out && !labels) return q3r_fail(err, Q3R_EINVAL, "vit forward: a loss needs labels");
     const float p = training ? c->dropout : 0.0f;
-    if (p > 0.0f && !rng)
-        return q3r_fail(err, Q3R_EINVAL, "vit forward: dropout %g needs an rng", (double)p);
+    if (p > 0.0f && !rng) return q3r_fail(err, Q3R_EINVAL, "vit forward: dropout %g needs an rng", (double)p);
     if (labels)
         for (int b = 0; b < B; b++)
             if (labels[b] < 0 || labels[b] >= c->classes)
@@ -422,8 +414,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
          * and value but only the class token as a query: its attention output, projection,
          * MLP and residuals run on B rows instead of B*T. */
         const int last = l == c->depth - 1;
-        const q3r_tf_call call = {.B = B, .T = T, .Tq = last ? 1 : T, .causal = 0, .p = p,
-                                  .rng = rng};
+        const q3r_tf_call call = {.B = B, .T = T, .Tq = last ? 1 : T, .causal = 0, .p = p, .rng = rng};
         const float *xres = x; /* (B*Tq, D) residual input */
         if (last) {
             for (int b = 0; b < B; b++)
@@ -434,8 +425,8 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
         x = m->blk[l].x2;
     }
     /* x: (B, D), the class token of the last block's output */
-    q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, m->norm_w),
-                          par(m, m->norm_b), B, D, m->dims.ln_eps);
+    q3r_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, x, par(m, m->norm_w), par(m, m->norm_b), B, D,
+                          m->dims.ln_eps);
     q3r_tf_mat_forward(&m->base, m->base.nmat - 1, m->head_t, m->logits, c->classes, m->lnf,
                        par(m, m->head_b), NULL, B);
     m->last_B = B;
@@ -446,8 +437,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
         m->last_ls = label_smoothing;
         m->have_labels = 1;
         if (loss_out) *loss_out = loss;
-        if (!isfinite(loss))
-            return q3r_fail(err, Q3R_ENUMERIC, "vit forward: loss is %g", (double)loss);
+        if (!isfinite(loss)) return q3r_fail(err, Q3R_ENUMERIC, "vit forward: loss is %g", (double)loss);
     }
     return Q3R_OK;
 }
@@ -455,8 +445,7 @@ q3r_status q3r_vit_forward(q3r_vit *m, const float *images, const int *labels, i
 /* ---- backward --------------------------------------------------------------------------------- */
 
 q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
-    if (!m->have_labels)
-        return q3r_fail(err, Q3R_EINVAL, "vit backward: the last forward had no labels");
+    if (!m->have_labels) return q3r_fail(err, Q3R_EINVAL, "vit backward: the last forward had no labels");
     const q3r_vit_config *c = &m->cfg;
     const int B = m->last_B, T = m->T, P = m->P, D = c->width;
     const int N = B * T, C = c->classes;
@@ -465,12 +454,12 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
     float *dres = m->sc.dres; /* (N, D) gradient of the residual stream */
 
     q3r_xent_backward(m->dlogits, m->probs, m->labels, B, C, m->last_ls, 1.0f);
-    q3r_tf_mat_backward(&m->base, m->base.nmat - 1, m->head_t, m->sc.dt, m->dlnf,
-                        grd(m, m->head_b), m->dlogits, C, m->lnf, B, 0);
+    q3r_tf_mat_backward(&m->base, m->base.nmat - 1, m->head_t, m->sc.dt, m->dlnf, grd(m, m->head_b),
+                        m->dlogits, C, m->lnf, B, 0);
     memset(m->dclsx, 0, sizeof(float) * (size_t)B * D);
     const float *xlast = m->blk[c->depth - 1].x2;
-    q3r_layernorm_backward(m->dclsx, grd(m, m->norm_w), grd(m, m->norm_b), m->dlnf, xlast,
-                           m->lnf_mean, m->lnf_rstd, par(m, m->norm_w), B, D);
+    q3r_layernorm_backward(m->dclsx, grd(m, m->norm_w), grd(m, m->norm_b), m->dlnf, xlast, m->lnf_mean,
+                           m->lnf_rstd, par(m, m->norm_w), B, D);
 
     for (int l = c->depth - 1; l >= 0; l--) {
         const float *x = l ? m->blk[l - 1].x2 : m->x0;
@@ -483,8 +472,8 @@ q3r_status q3r_vit_backward(q3r_vit *m, q3r_error *err) {
     }
     if (drop) q3r_dropout_backward(dres, m->m_pos, (size_t)N * D, p);
     q3r_tokens_backward(m->dpe, grd(m, P_CLS), grd(m, P_POS), dres, B, P, D);
-    q3r_linear_backward(NULL, grd(m, P_PE_W), grd(m, P_PE_B), m->dpe, m->patches, par(m, P_PE_W),
-                        B * P, m->K, D, 0);
+    q3r_linear_backward(NULL, grd(m, P_PE_W), grd(m, P_PE_B), m->dpe, m->patches, par(m, P_PE_W), B * P, m->K,
+                        D, 0);
     return Q3R_OK;
 }
 
@@ -495,8 +484,7 @@ static q3r_status op_forward(q3r_model *g, const q3r_batch *b, float ls, int tra
     if (b->count < 1 || b->count > g->max_batch)
         return q3r_fail(err, Q3R_EINVAL, "vit forward: batch %lld not in [1, max_batch = %d]",
                         (long long)b->count, g->max_batch);
-    return q3r_vit_forward(vit_mut(g), b->images, b->targets, (int)b->count, ls, training, rng,
-                           loss, err);
+    return q3r_vit_forward(vit_mut(g), b->images, b->targets, (int)b->count, ls, training, rng, loss, err);
 }
 
 static q3r_status op_backward(q3r_model *g, q3r_error *err) { return q3r_vit_backward(vit_mut(g), err); }
@@ -526,8 +514,8 @@ static q3r_status op_with_ranks(const q3r_model *g, const int *ranks, int max_ba
 
 static void op_describe(const q3r_model *g, char *buf, size_t cap) {
     const q3r_vit_config *c = &vit_of(g)->cfg;
-    snprintf(buf, cap, "width %d, depth %d, heads %d, patch %d, MLP %d", c->width, c->depth,
-             c->heads, c->patch, c->mlp_hidden);
+    snprintf(buf, cap, "width %d, depth %d, heads %d, patch %d, MLP %d", c->width, c->depth, c->heads,
+             c->patch, c->mlp_hidden);
 }
 
 static double op_flops(const q3r_model *g, int B) { return q3r_vit_forward_flops(vit_of(g), B); }
@@ -549,8 +537,7 @@ static const q3r_model_ops vit_ops = {
 
 /* ---- config as metadata, and the registry row ------------------------------------------------ */
 
-q3r_status q3r_vit_config_to_meta(const q3r_vit_config *c, const char *name, q3r_meta *meta,
-                                  q3r_error *err) {
+q3r_status q3r_vit_config_to_meta(const q3r_vit_config *c, const char *name, q3r_meta *meta, q3r_error *err) {
     q3r_status s = q3r_meta_set(meta, "model.family", "vit", err);
     /* an unnamed model (q3r_vit_create) keeps a name the metadata already has */
     if (!s && ((name && *name) || !q3r_meta_has(meta, "model.name")))
@@ -574,9 +561,8 @@ q3r_status q3r_vit_config_from_meta(const q3r_meta *meta, q3r_vit_config *cfg, q
         const char *key;
         int *dst;
     } ints[] = {
-        {"model.image_size", &c.image_size}, {"model.channels", &c.channels},
-        {"model.patch", &c.patch},           {"model.width", &c.width},
-        {"model.depth", &c.depth},           {"model.heads", &c.heads},
+        {"model.image_size", &c.image_size}, {"model.channels", &c.channels}, {"model.patch", &c.patch},
+        {"model.width", &c.width},           {"model.depth", &c.depth},       {"model.heads", &c.heads},
         {"model.mlp_hidden", &c.mlp_hidden}, {"model.classes", &c.classes},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
@@ -603,8 +589,8 @@ static q3r_status family_preset(const char *name, q3r_meta *meta, q3r_error *err
     return s ? s : q3r_vit_config_to_meta(&c, name, meta, err);
 }
 
-static q3r_status family_from_meta(const q3r_meta *meta, const int *ranks, int max_batch,
-                                   q3r_model **out, q3r_error *err) {
+static q3r_status family_from_meta(const q3r_meta *meta, const int *ranks, int max_batch, q3r_model **out,
+                                   q3r_error *err) {
     q3r_vit_config c;
     q3r_status s = q3r_vit_config_from_meta(meta, &c, err);
     if (s) return s;

@@ -12,9 +12,7 @@ const char *q3r_matrix_kind_name(q3r_matrix_kind k) {
     return (int)k >= 0 && k < Q3R_MAT_KINDS ? kind_names[k] : NULL;
 }
 
-const char *q3r_target_group_name(int g) {
-    return g >= 0 && g < Q3R_TARGET_GROUPS ? group_names[g] : NULL;
-}
+const char *q3r_target_group_name(int g) { return g >= 0 && g < Q3R_TARGET_GROUPS ? group_names[g] : NULL; }
 
 int q3r_target_group_of(q3r_matrix_kind k) { return k <= Q3R_MAT_V ? 0 : (int)k - 2; }
 
@@ -77,13 +75,32 @@ int q3r_matrix_kind_of_name(const char *name, q3r_matrix_kind *kind, int *fused_
         const char *comp;
         int kind;
     } map[] = {
-        {"q", Q3R_MAT_Q},       {"q_proj", Q3R_MAT_Q},      {"query", Q3R_MAT_Q},       {"wq", Q3R_MAT_Q},
-        {"k", Q3R_MAT_K},       {"k_proj", Q3R_MAT_K},      {"key", Q3R_MAT_K},         {"wk", Q3R_MAT_K},
-        {"v", Q3R_MAT_V},       {"v_proj", Q3R_MAT_V},      {"value", Q3R_MAT_V},       {"wv", Q3R_MAT_V},
-        {"qkv", FUSED},         {"in_proj", FUSED},         {"c_attn", FUSED},          {"query_key_value", FUSED},
-        {"proj", Q3R_MAT_PROJ}, {"o_proj", Q3R_MAT_PROJ},   {"out_proj", Q3R_MAT_PROJ}, {"wo", Q3R_MAT_PROJ},
-        {"fc1", Q3R_MAT_FC1},   {"c_fc", Q3R_MAT_FC1},      {"fc2", Q3R_MAT_FC2},
-        {"head", Q3R_MAT_HEAD}, {"lm_head", Q3R_MAT_HEAD},  {"classifier", Q3R_MAT_HEAD},
+        {"q", Q3R_MAT_Q},
+        {"q_proj", Q3R_MAT_Q},
+        {"query", Q3R_MAT_Q},
+        {"wq", Q3R_MAT_Q},
+        {"k", Q3R_MAT_K},
+        {"k_proj", Q3R_MAT_K},
+        {"key", Q3R_MAT_K},
+        {"wk", Q3R_MAT_K},
+        {"v", Q3R_MAT_V},
+        {"v_proj", Q3R_MAT_V},
+        {"value", Q3R_MAT_V},
+        {"wv", Q3R_MAT_V},
+        {"qkv", FUSED},
+        {"in_proj", FUSED},
+        {"c_attn", FUSED},
+        {"query_key_value", FUSED},
+        {"proj", Q3R_MAT_PROJ},
+        {"o_proj", Q3R_MAT_PROJ},
+        {"out_proj", Q3R_MAT_PROJ},
+        {"wo", Q3R_MAT_PROJ},
+        {"fc1", Q3R_MAT_FC1},
+        {"c_fc", Q3R_MAT_FC1},
+        {"fc2", Q3R_MAT_FC2},
+        {"head", Q3R_MAT_HEAD},
+        {"lm_head", Q3R_MAT_HEAD},
+        {"classifier", Q3R_MAT_HEAD},
     };
     int k = NONE;
     if (n == 6 && !memcmp(c, "c_proj", 6)) k = in_mlp ? Q3R_MAT_FC2 : Q3R_MAT_PROJ;

@@ -26,7 +26,7 @@ static void softmax_row(float *row, int n) {
     float mx = row[0];
 #pragma omp simd reduction(max : mx)
     for (int j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
-    /* clamp and exponentiate in separate loops: a branch next to a libm call keeps GCC from
+        /* clamp and exponentiate in separate loops: a branch next to a libm call keeps GCC from
      * vectorising either */
 #pragma omp simd
     for (int j = 0; j < n; j++) {
@@ -43,8 +43,8 @@ static void softmax_row(float *row, int n) {
     for (int j = 0; j < n; j++) row[j] *= inv;
 }
 
-void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D,
-                           int H, int causal) {
+void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D, int H,
+                           int causal) {
     const int Dh = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
 #pragma omp parallel for schedule(static)
@@ -54,8 +54,7 @@ void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int 
         const float *k = q + D, *v = q + 2 * D;
         float *a = att + (size_t)bh * Tq * T;
         /* a (Tq, T) = scale * q (Tq, Dh) k^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, scale, q, ld, k, ld, 0.0f,
-                    a, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, scale, q, ld, k, ld, 0.0f, a, T);
         for (int t = 0; t < Tq; t++) {
             /* keys seen by query t: all T, or 0..t (causal) */
             const int n = causal ? t + 1 : T;
@@ -68,8 +67,8 @@ void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int 
     }
 }
 
-void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                            const float *att, int B, int T, int Tq, int D, int H, int causal) {
+void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                            int B, int T, int Tq, int D, int H, int causal) {
     const int Dh = D / H, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
 #pragma omp parallel for schedule(static)
@@ -82,10 +81,8 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
         float *da = datt + (size_t)bh * Tq * T;
         const float *dO = dout + (size_t)b * Tq * D + (size_t)h * Dh;
         /* dv (T, Dh) = a^T do ; da (Tq, T) = do v^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, a, T, dO, D, 0.0f,
-                    dv, ld);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, 1.0f, dO, D, v, ld, 0.0f,
-                    da, T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, a, T, dO, D, 0.0f, dv, ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, 1.0f, dO, D, v, ld, 0.0f, da, T);
         /* softmax backward, in place: ds = a * (da - sum_j da a), times the score scale; over
          * the keys query t saw (all T, or 0..t when causal), ds = 0 for the masked ones */
         for (int t = 0; t < Tq; t++) {
@@ -100,10 +97,8 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
             if (n < T) memset(dr + n, 0, sizeof(float) * (size_t)(T - n));
         }
         /* dq (Tq, Dh) = ds k ; dk (T, Dh) = ds^T q ; tokens that were no query get dq = 0 */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, da, T, k, ld, 0.0f,
-                    dq, ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, da, T, q, ld, 0.0f,
-                    dk, ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, da, T, k, ld, 0.0f, dq, ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, da, T, q, ld, 0.0f, dk, ld);
         for (int t = Tq; t < T; t++) memset(dq + (size_t)t * ld, 0, sizeof(float) * (size_t)Dh);
     }
 }

@@ -12,15 +12,14 @@ void q3r_im2col_patches(float *cols, const float *img, int B, int C, int H, int 
         float *row = cols + (size_t)bp * K;
         for (int c = 0; c < C; c++)
             for (int ky = 0; ky < p; ky++) {
-                const float *src = img + (((size_t)b * C + c) * H + (size_t)py * p + ky) * W +
-                                   (size_t)px * p;
+                const float *src = img + (((size_t)b * C + c) * H + (size_t)py * p + ky) * W + (size_t)px * p;
                 memcpy(row + (c * p + ky) * p, src, sizeof(float) * (size_t)p);
             }
     }
 }
 
-void q3r_tokens_forward(float *x, const float *patches, const float *cls, const float *pos, int B,
-                        int P, int D) {
+void q3r_tokens_forward(float *x, const float *patches, const float *cls, const float *pos, int B, int P,
+                        int D) {
     const int T = P + 1;
 #pragma omp parallel for schedule(static)
     for (int bt = 0; bt < B * T; bt++) {
@@ -33,14 +32,12 @@ void q3r_tokens_forward(float *x, const float *patches, const float *cls, const 
     }
 }
 
-void q3r_tokens_backward(float *dpatches, float *dcls, float *dpos, const float *dx, int B, int P,
-                         int D) {
+void q3r_tokens_backward(float *dpatches, float *dcls, float *dpos, const float *dx, int B, int P, int D) {
     const int T = P + 1;
     if (dpatches) {
 #pragma omp parallel for schedule(static)
         for (int b = 0; b < B; b++)
-            memcpy(dpatches + (size_t)b * P * D, dx + ((size_t)b * T + 1) * D,
-                   sizeof(float) * (size_t)P * D);
+            memcpy(dpatches + (size_t)b * P * D, dx + ((size_t)b * T + 1) * D, sizeof(float) * (size_t)P * D);
     }
     /* dpos[t] += sum_b dx[b, t]: parallel over t, each a fixed-order sum over b. */
 #pragma omp parallel for schedule(static)

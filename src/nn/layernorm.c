@@ -25,9 +25,8 @@ void q3r_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
     }
 }
 
-void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                            const float *x, const float *mean, const float *rstd,
-                            const float *gamma, int n, int d) {
+void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *gamma, int n, int d) {
     /* Input gradient, row by row:
      *   dx += rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma. */
 #pragma omp parallel for schedule(static)

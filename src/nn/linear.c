@@ -14,8 +14,8 @@
 /* C (m, n) = alpha * op(A) op(B) + beta * C, with the m rows of C (and of op(A)) split across
  * threads. transA: A is stored (k, m) and the block starts at column i0; otherwise A is (m, k)
  * and the block starts at row i0. B: (n, k) if transB else (k, n). */
-static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha, const float *A,
-                       int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc) {
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     if (nt > 1 && m >= 64 * nt && (size_t)m * n * k >= ((size_t)1 << 21)) {
 #pragma omp parallel num_threads(nt)
@@ -28,14 +28,13 @@ static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha,
             if (i1 > i0) {
                 const float *Ab = transA ? A + i0 : A + (size_t)i0 * lda;
                 cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-                            transB ? CblasTrans : CblasNoTrans, i1 - i0, n, k, alpha, Ab, lda, B,
-                            ldb, beta, C + (size_t)i0 * ldc, ldc);
+                            transB ? CblasTrans : CblasNoTrans, i1 - i0, n, k, alpha, Ab, lda, B, ldb, beta,
+                            C + (size_t)i0 * ldc, ldc);
             }
         }
     } else {
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-                    transB ? CblasTrans : CblasNoTrans, m, n, k, alpha, A, lda, B, ldb, beta, C,
-                    ldc);
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m,
+                    n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
 }
 
@@ -63,21 +62,20 @@ static float seed_output(float *y, int ldy, const float *b, const float *r, int 
     return (r == y && r) ? 1.0f : 0.0f;
 }
 
-void q3r_linear_forward(float *y, const float *x, const float *w, const float *b, const float *r,
-                        int n, int in, int out) {
+void q3r_linear_forward(float *y, const float *x, const float *w, const float *b, const float *r, int n,
+                        int in, int out) {
     float beta = seed_output(y, out, b, r, n, out);
     sgemm_rows(0, 1, n, out, in, 1.0f, x, in, w, in, beta, y, out);
 }
 
-void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, const float *b,
-                           int n, int in, int out) {
+void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, const float *b, int n, int in,
+                           int out) {
     float beta = seed_output(y, ldy, b, NULL, n, out);
     sgemm_rows(0, 1, n, out, in, 1.0f, x, in, w, in, beta, y, ldy);
 }
 
-void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a,
-                                 const float *bf, const float *b, const float *r, int n, int in,
-                                 int rank, int out) {
+void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a, const float *bf,
+                                 const float *b, const float *r, int n, int in, int rank, int out) {
     /* t = x B^T first: the thin intermediate (n, rank) is what makes the layer cheap */
     sgemm_rows(0, 1, n, rank, in, 1.0f, x, in, bf, in, 0.0f, t, rank);
     float beta = seed_output(y, ldy, b, r, n, out);
@@ -101,24 +99,22 @@ static void bias_grad(float *db, const float *dy, int ld, int n, int out) {
     }
 }
 
-void q3r_linear_backward_ld(float *dx, float *dw, float *db, const float *dy, int lddy,
-                            const float *x, const float *w, int n, int in, int out,
-                            int accumulate) {
+void q3r_linear_backward_ld(float *dx, float *dw, float *db, const float *dy, int lddy, const float *x,
+                            const float *w, int n, int in, int out, int accumulate) {
     if (dx) sgemm_rows(0, 0, n, in, out, 1.0f, dy, lddy, w, in, accumulate ? 1.0f : 0.0f, dx, in);
     /* dw rows = output features; split those (the long k = n dimension stays whole). */
     if (dw) sgemm_rows(1, 0, out, in, n, 1.0f, dy, lddy, x, in, 1.0f, dw, in);
     if (db) bias_grad(db, dy, lddy, n, out);
 }
 
-void q3r_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                         const float *w, int n, int in, int out, int accumulate) {
+void q3r_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                         int n, int in, int out, int accumulate) {
     q3r_linear_backward_ld(dx, dw, db, dy, out, x, w, n, in, out, accumulate);
 }
 
-void q3r_linear_factored_backward(float *dx, float *da, float *dbf, float *db, float *dt,
-                                  const float *dy, int lddy, const float *x, const float *t,
-                                  const float *a, const float *bf, int n, int in, int rank,
-                                  int out, int accumulate) {
+void q3r_linear_factored_backward(float *dx, float *da, float *dbf, float *db, float *dt, const float *dy,
+                                  int lddy, const float *x, const float *t, const float *a, const float *bf,
+                                  int n, int in, int rank, int out, int accumulate) {
     /* dt (n, rank) = dy A: the gradient at the thin intermediate */
     sgemm_rows(0, 0, n, rank, out, 1.0f, dy, lddy, a, rank, 0.0f, dt, rank);
     if (da) sgemm_rows(1, 0, out, rank, n, 1.0f, dy, lddy, t, rank, 1.0f, da, rank);

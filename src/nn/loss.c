@@ -32,6 +32,7 @@ void q3r_xent_backward(float *dlogits, const float *probs, const int *labels, in
     for (int b = 0; b < B; b++) {
         const float *pr = probs + (size_t)b * K;
         float *d = dlogits + (size_t)b * K;
-        for (int k = 0; k < K; k++) d[k] = s * (pr[k] - off - (k == labels[b] ? 1.0f - label_smoothing : 0.0f));
+        for (int k = 0; k < K; k++)
+            d[k] = s * (pr[k] - off - (k == labels[b] ? 1.0f - label_smoothing : 0.0f));
     }
 }

@@ -43,8 +43,9 @@ q3r_status q3r_adamw_set_decay_ranges(q3r_adamw *opt, const q3r_decay_range *ran
     for (int i = 0; i < nranges; i++) {
         const q3r_decay_range *r = &ranges[i];
         if (r->offset < 0 || r->count < 0 || r->offset > opt->n - r->count)
-            return q3r_fail(err, Q3R_EINVAL, "adamw: decay range %d [%lld, +%lld) outside the %lld parameters",
-                            i, (long long)r->offset, (long long)r->count, (long long)opt->n);
+            return q3r_fail(err, Q3R_EINVAL,
+                            "adamw: decay range %d [%lld, +%lld) outside the %lld parameters", i,
+                            (long long)r->offset, (long long)r->count, (long long)opt->n);
         for (int j = 0; j < i; j++) {
             const q3r_decay_range *o = &ranges[j];
             if (r->count && o->count && r->offset < o->offset + o->count && o->offset < r->offset + r->count)
@@ -67,8 +68,9 @@ q3r_status q3r_adamw_set_trainable_mask(q3r_adamw *opt, const uint8_t *mask, q3r
         return Q3R_OK;
     }
     uint8_t *t = opt->trainable ? opt->trainable : q3r_alloc((size_t)opt->n);
-    if (!t) return q3r_fail(err, Q3R_ENOMEM, "adamw: out of memory for a trainable mask of %lld parameters",
-                            (long long)opt->n);
+    if (!t)
+        return q3r_fail(err, Q3R_ENOMEM, "adamw: out of memory for a trainable mask of %lld parameters",
+                        (long long)opt->n);
     for (int64_t i = 0; i < opt->n; i++) {
         t[i] = mask[i] ? 1 : 0;
         if (!t[i]) opt->m[i] = opt->v[i] = 0;
@@ -93,16 +95,16 @@ void q3r_adamw_step(q3r_adamw *opt, float *params, const float *grads, double lr
     const int64_t n = opt->n;
     /* The element update, shared by both loops so a trainable element gets the same bits
      * with or without a trainable mask. */
-#define Q3R_ADAMW_ELEMENT(i)                                                                   \
-    do {                                                                                      \
-        float p = params[i], g = grads[i];                                                    \
-        if (dmask[i]) p *= decay_mul;                                                         \
-        float mi = m[i] * b1 + one_b1 * g;                                                    \
-        float vi = v[i] * b2 + one_b2 * (g * g);                                              \
-        float denom = sqrtf(vi) / bc2_sqrt + eps;                                             \
-        m[i] = mi;                                                                            \
-        v[i] = vi;                                                                            \
-        params[i] = p + neg_step_size * (mi / denom);                                         \
+#define Q3R_ADAMW_ELEMENT(i)                          \
+    do {                                              \
+        float p = params[i], g = grads[i];            \
+        if (dmask[i]) p *= decay_mul;                 \
+        float mi = m[i] * b1 + one_b1 * g;            \
+        float vi = v[i] * b2 + one_b2 * (g * g);      \
+        float denom = sqrtf(vi) / bc2_sqrt + eps;     \
+        m[i] = mi;                                    \
+        v[i] = vi;                                    \
+        params[i] = p + neg_step_size * (mi / denom); \
     } while (0)
     if (!tmask) {
 #pragma omp parallel for schedule(static)
@@ -134,8 +136,9 @@ q3r_status q3r_adamw_import(q3r_adamw *opt, const q3r_tensor_list *in, q3r_error
         return q3r_fail_context(err, "adamw import");
     int64_t step;
     memcpy(&step, st->data, sizeof step);
-    if (step < 0) return q3r_fail(err, Q3R_EFORMAT, "adamw import: tensor 'optim.step' is negative (%lld)",
-                                  (long long)step);
+    if (step < 0)
+        return q3r_fail(err, Q3R_EFORMAT, "adamw import: tensor 'optim.step' is negative (%lld)",
+                        (long long)step);
     const float *vd = v->data;
     for (int64_t i = 0; i < opt->n; i++)
         if (!(vd[i] >= 0))

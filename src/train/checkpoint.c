@@ -6,8 +6,8 @@
 #include <string.h>
 
 /* Every key here shapes the trajectory of the run; a resume must find them all equal. */
-q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t,
-                                  const q3r_normalize *norm, q3r_meta *meta, q3r_error *err) {
+q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t, const q3r_normalize *norm,
+                                  q3r_meta *meta, q3r_error *err) {
     const q3r_model *m = q3r_trainer_model((q3r_trainer *)t);
     q3r_status s = q3r_meta_setf(meta, err, "format", "q3r-%s-1", q3r_model_family_name(m));
     if (!s) s = q3r_model_config_to_meta(m, meta, err);
@@ -18,7 +18,8 @@ q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *
     if (!s) s = q3r_meta_setf(meta, err, "train.epochs", "%d", c->epochs);
     if (!s) s = q3r_meta_setf(meta, err, "train.augment", "%d", c->augment);
     if (!s) s = q3r_meta_setf(meta, err, "train.label_smoothing", "%.9g", c->label_smoothing);
-    if (!s) s = q3r_meta_set(meta, "train.lr_schedule", c->lr.kind == Q3R_LR_COSINE ? "cosine" : "constant", err);
+    if (!s)
+        s = q3r_meta_set(meta, "train.lr_schedule", c->lr.kind == Q3R_LR_COSINE ? "cosine" : "constant", err);
     if (!s) s = q3r_meta_setf(meta, err, "train.lr", "%.17g", c->lr.lr);
     if (!s) s = q3r_meta_setf(meta, err, "train.min_lr", "%.17g", c->lr.min_lr);
     if (!s) s = q3r_meta_setf(meta, err, "train.warmup", "%lld", (long long)c->lr.warmup_steps);
@@ -42,8 +43,8 @@ static q3r_status metadata_match(const q3r_meta *want, const q3r_meta *have_in, 
         s = q3r_fail(err, Q3R_EINVAL, "%s: cannot resume: the checkpoint has no '%s'", path, key);
     else if (key)
         s = q3r_fail(err, Q3R_EINVAL,
-                     "%s: cannot resume: the checkpoint was made with %s=%s, this run has %s", path,
-                     key, got, q3r_meta_get(want, key));
+                     "%s: cannot resume: the checkpoint was made with %s=%s, this run has %s", path, key, got,
+                     q3r_meta_get(want, key));
     q3r_meta_free(&have);
     return s;
 }

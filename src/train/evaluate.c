@@ -17,9 +17,8 @@ q3r_status q3r_check_dataset(const q3r_model *m, const q3r_dataset *ds, q3r_erro
     return Q3R_OK;
 }
 
-q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm,
-                        int64_t limit, q3r_progress_fn progress, void *ctx, q3r_score *score,
-                        q3r_error *err) {
+q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm, int64_t limit,
+                        q3r_progress_fn progress, void *ctx, q3r_score *score, q3r_error *err) {
     q3r_status s = q3r_check_dataset(m, ds, err);
     if (s) return s;
     int64_t n = (limit > 0 && limit < ds->n) ? limit : ds->n;
@@ -49,8 +48,12 @@ q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize
         q3r_model_score(m, &b, l, &sc);
         done += count;
         if (progress) {
-            q3r_train_progress p = {.phase = Q3R_PHASE_EVAL, .metric = metric, .done = done, .todo = n,
-                                    .acc = q3r_score_value(metric, &sc), .loss = q3r_score_loss(&sc),
+            q3r_train_progress p = {.phase = Q3R_PHASE_EVAL,
+                                    .metric = metric,
+                                    .done = done,
+                                    .todo = n,
+                                    .acc = q3r_score_value(metric, &sc),
+                                    .loss = q3r_score_loss(&sc),
                                     .elapsed_s = q3r_now() - t0};
             p.images_per_s = (double)done / fmax(p.elapsed_s, 1e-9);
             progress(&p, ctx);

@@ -8,8 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-q3r_status q3r_model_save(const char *path, const q3r_model *m, const q3r_meta *meta,
-                          q3r_error *err) {
+q3r_status q3r_model_save(const char *path, const q3r_model *m, const q3r_meta *meta, q3r_error *err) {
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
     q3r_meta all;

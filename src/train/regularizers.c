@@ -65,8 +65,7 @@ static q3r_status nuclear_after(q3r_trainer *t, double lr, double *value, q3r_er
     return s;
 }
 
-static q3r_status q3r_metadata(const q3r_train_config *c, double lambda, q3r_meta *meta,
-                               q3r_error *err) {
+static q3r_status q3r_metadata(const q3r_train_config *c, double lambda, q3r_meta *meta, q3r_error *err) {
     q3r_status s = q3r_meta_set(meta, "q3r.targets", c->targets, err);
     if (!s) s = q3r_meta_set(meta, "q3r.rank", c->rank, err);
     if (!s) s = q3r_meta_setf(meta, err, "q3r.lambda", "%.17g", lambda);
@@ -79,12 +78,17 @@ static q3r_status q3r_metadata(const q3r_train_config *c, double lambda, q3r_met
 }
 
 const q3r_reg_row q3r_reg_rows[Q3R_REG_COUNT] = {
-    [Q3R_REG_NONE] = {.name = "none", .lambda = Q3R_LAMBDA_UNUSED, .decays_targets = 1,
-                      .epoch_spectra = 1},
-    [Q3R_REG_DECOUPLED] = {.name = "decoupled", .lambda = Q3R_LAMBDA_AUTO,
-                           .before_update = decoupled_before, .metadata = q3r_metadata},
-    [Q3R_REG_COUPLED] = {.name = "coupled", .lambda = Q3R_LAMBDA_AUTO,
-                         .before_update = coupled_before, .metadata = q3r_metadata},
-    [Q3R_REG_NUCLEAR] = {.name = "nuclear", .lambda = Q3R_LAMBDA_EXPLICIT,
-                         .after_update = nuclear_after, .metadata = q3r_metadata},
+    [Q3R_REG_NONE] = {.name = "none", .lambda = Q3R_LAMBDA_UNUSED, .decays_targets = 1, .epoch_spectra = 1},
+    [Q3R_REG_DECOUPLED] = {.name = "decoupled",
+                           .lambda = Q3R_LAMBDA_AUTO,
+                           .before_update = decoupled_before,
+                           .metadata = q3r_metadata},
+    [Q3R_REG_COUPLED] = {.name = "coupled",
+                         .lambda = Q3R_LAMBDA_AUTO,
+                         .before_update = coupled_before,
+                         .metadata = q3r_metadata},
+    [Q3R_REG_NUCLEAR] = {.name = "nuclear",
+                         .lambda = Q3R_LAMBDA_EXPLICIT,
+                         .after_update = nuclear_after,
+                         .metadata = q3r_metadata},
 };

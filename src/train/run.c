@@ -146,9 +146,16 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     q3r_run_log_matrices(log, r->reg);
     if ((s = q3r_jsonl_end(log, err))) return s;
     if (progress) {
-        q3r_train_progress p = {.phase = Q3R_PHASE_EPOCH, .metric = r->metric, .step = r->step, .total_steps = r->total_steps,
-                                .epoch = epoch, .epochs = c->epochs, .loss = res->train_loss,
-                                .acc = res->train_acc, .test_acc = test_acc, .test_loss = test_loss,
+        q3r_train_progress p = {.phase = Q3R_PHASE_EPOCH,
+                                .metric = r->metric,
+                                .step = r->step,
+                                .total_steps = r->total_steps,
+                                .epoch = epoch,
+                                .epochs = c->epochs,
+                                .loss = res->train_loss,
+                                .acc = res->train_acc,
+                                .test_acc = test_acc,
+                                .test_loss = test_loss,
                                 .elapsed_s = q3r_now() - t0};
         progress(&p, ctx);
     }
@@ -185,8 +192,8 @@ static char *join(const char *dir, const char *file) {
     return t.buf;
 }
 
-q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progress_fn progress,
-                         void *ctx, q3r_train_result *res, q3r_error *err) {
+q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progress_fn progress, void *ctx,
+                         q3r_train_result *res, q3r_error *err) {
     q3r_train_config cfg = *cfg_in;
     run_state r;
     memset(&r, 0, sizeof r);
@@ -233,13 +240,19 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         if (progress) {
             double now = q3r_now();
             int64_t in_epoch = r.step % r.steps_per_epoch ? r.step % r.steps_per_epoch : r.steps_per_epoch;
-            q3r_train_progress p = {.phase = Q3R_PHASE_TRAIN, .metric = r.metric, .step = r.step,
+            q3r_train_progress p = {.phase = Q3R_PHASE_TRAIN,
+                                    .metric = r.metric,
+                                    .step = r.step,
                                     .total_steps = r.total_steps,
-                                    .epoch = (int)((r.step - 1) / r.steps_per_epoch), .epochs = cfg.epochs,
-                                    .done = in_epoch, .todo = r.steps_per_epoch,
+                                    .epoch = (int)((r.step - 1) / r.steps_per_epoch),
+                                    .epochs = cfg.epochs,
+                                    .done = in_epoch,
+                                    .todo = r.steps_per_epoch,
                                     .loss = q3r_score_loss(&r.epoch),
-                                    .acc = q3r_score_value(r.metric, &r.epoch), .lr = lr,
-                                    .q3r_value = qv, .elapsed_s = now - t0};
+                                    .acc = q3r_score_value(r.metric, &r.epoch),
+                                    .lr = lr,
+                                    .q3r_value = qv,
+                                    .elapsed_s = now - t0};
             p.images_per_s = (double)(r.step - start_step) * cfg.batch / fmax(now - t0, 1e-9);
             p.eta_s = (double)(r.total_steps - r.step) * (now - t0) / (double)(r.step - start_step);
             progress(&p, ctx);

@@ -12,10 +12,10 @@ typedef struct {
     q3r_dataset train_full, test_full;
     q3r_dataset train, test; /* views limited to train_limit / test_limit */
     q3r_normalize norm;
-    q3r_meta model_meta;     /* the preset's, when cfg->model is NULL */
-    q3r_model *model;        /* the trainer's once it exists */
+    q3r_meta model_meta; /* the preset's, when cfg->model is NULL */
+    q3r_model *model;    /* the trainer's once it exists */
     q3r_trainer *trainer;
-    q3r_set *reg;            /* the trainer's */
+    q3r_set *reg; /* the trainer's */
     q3r_metric metric;
     q3r_loader loader;
     double lambda;
@@ -29,8 +29,8 @@ typedef struct {
 } run_state;
 
 /* The run's metadata: every key that shapes its trajectory (a resume must find them all equal). */
-q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t,
-                                  const q3r_normalize *norm, q3r_meta *meta, q3r_error *err);
+q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t, const q3r_normalize *norm,
+                                  q3r_meta *meta, q3r_error *err);
 /* Checkpoint: the trainer's state, the data position and the epoch's running sums, with the
  * run's metadata; load checks that metadata against the file's first. */
 q3r_status q3r_run_save_checkpoint(run_state *r, q3r_error *err);

@@ -34,7 +34,7 @@ q3r_status q3r_run_log_start(q3r_jsonl *log, run_state *r, int resumed, q3r_erro
     q3r_jsonl_add_string(log, "event", resumed ? "resume" : "start");
     q3r_jsonl_add_int(log, "step", r->step);
     q3r_jsonl_add_int(log, "total_steps", r->total_steps);
-        q3r_jsonl_add_double(log, "lambda", r->lambda);
+    q3r_jsonl_add_double(log, "lambda", r->lambda);
     /* The order of the per-matrix arrays in epoch lines. */
     q3r_text names;
     q3r_text_init(&names);

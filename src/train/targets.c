@@ -6,8 +6,8 @@
 
 #include <stdlib.h>
 
-q3r_status q3r_train_add_targets(q3r_set *set, q3r_model *m, const char *targets,
-                                 q3r_rank_rule rank, uint8_t *selected, q3r_error *err) {
+q3r_status q3r_train_add_targets(q3r_set *set, q3r_model *m, const char *targets, q3r_rank_rule rank,
+                                 uint8_t *selected, q3r_error *err) {
     const int n = q3r_model_num_matrices(m);
     uint8_t *pick = calloc((size_t)n, 1);
     if (!pick) return q3r_fail(err, Q3R_ENOMEM, "targets: out of memory");

@@ -89,8 +89,9 @@ static q3r_status choose_lambda(q3r_trainer *t, q3r_error *err) {
     const q3r_reg_row *r = t->reg_row;
     t->lambda = r->lambda == Q3R_LAMBDA_UNUSED ? 0 : c->lambda;
     if (r->lambda == Q3R_LAMBDA_EXPLICIT && !(t->lambda > 0))
-        return q3r_fail(err, Q3R_EINVAL, "the nuclear-norm baseline needs an explicit lambda > 0 "
-                                         "(its threshold per unit of learning rate)");
+        return q3r_fail(err, Q3R_EINVAL,
+                        "the nuclear-norm baseline needs an explicit lambda > 0 "
+                        "(its threshold per unit of learning rate)");
     if (r->lambda == Q3R_LAMBDA_AUTO && t->lambda <= 0) {
         double sum = lr_sum(&c->lr);
         if (!(c->pull > 0)) return q3r_fail(err, Q3R_EINVAL, "automatic lambda needs a pull > 0");
@@ -109,15 +110,15 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     if (c->lr.total_steps <= 0 || c->lr.warmup_steps < 0)
         return q3r_fail(err, Q3R_EINVAL, "trainer: the learning-rate schedule is not resolved");
     if ((unsigned)c->weights >= Q3R_WEIGHTS_COUNT || (unsigned)c->reg >= Q3R_REG_COUNT)
-        return q3r_fail(err, Q3R_EINVAL, "trainer: weights mode %d / regularizer %d unknown",
-                        (int)c->weights, (int)c->reg);
+        return q3r_fail(err, Q3R_EINVAL, "trainer: weights mode %d / regularizer %d unknown", (int)c->weights,
+                        (int)c->reg);
     t->weights = &q3r_weights_rows[c->weights];
     t->reg_row = &q3r_reg_rows[c->reg];
     q3r_rng_seed(&t->rng, c->seed ^ 0x5eedd0d0ULL);
     if (c->weights == Q3R_WEIGHTS_LORITA &&
         (c->lorita_factors < 2 || c->lorita_factors > Q3R_REPARAM_MAX_FACTORS))
-        return q3r_fail(err, Q3R_EINVAL, "--lorita-factors %d: LoRITa needs 2..%d factors",
-                        c->lorita_factors, Q3R_REPARAM_MAX_FACTORS);
+        return q3r_fail(err, Q3R_EINVAL, "--lorita-factors %d: LoRITa needs 2..%d factors", c->lorita_factors,
+                        Q3R_REPARAM_MAX_FACTORS);
     q3r_status s = choose_lambda(t, err);
     if (s) return s;
     q3r_set_options so = q3r_set_options_default();
@@ -134,8 +135,8 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     return build_optimizer(t, err);
 }
 
-q3r_status q3r_trainer_create_from_model(const q3r_train_config *cfg, q3r_model *model,
-                                         q3r_trainer **out, q3r_error *err) {
+q3r_status q3r_trainer_create_from_model(const q3r_train_config *cfg, q3r_model *model, q3r_trainer **out,
+                                         q3r_error *err) {
     q3r_trainer *t = calloc(1, sizeof *t);
     if (!t) {
         q3r_model_free(model);
@@ -204,8 +205,8 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *
         return q3r_fail_context(err, "gradient all-reduce at step %lld", (long long)t->step);
     double gnorm = c->clip > 0 ? q3r_clip_grad_norm(g, n, c->clip) : q3r_grad_norm(g, n);
     if (!isfinite(gnorm))
-        return q3r_fail(err, Q3R_ENUMERIC, "gradient norm is %g at step %lld: training diverged",
-                        gnorm, (long long)t->step);
+        return q3r_fail(err, Q3R_ENUMERIC, "gradient norm is %g at step %lld: training diverged", gnorm,
+                        (long long)t->step);
     double lr = q3r_lr_at(&c->lr, t->step), qv = 0;
     if (t->reg_row->before_update && (s = t->reg_row->before_update(t, lr, &qv, err))) return s;
     if (t->weights->before_update) t->weights->before_update(t);
@@ -214,7 +215,8 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *
     if (t->reg_row->after_update && (s = t->reg_row->after_update(t, lr, &qv, err))) return s;
     t->rng = rng;
     t->step++;
-    if (st) *st = (q3r_step_stats){.loss = loss, .lr = lr, .q3r_value = qv, .grad_norm = gnorm, .score = score};
+    if (st)
+        *st = (q3r_step_stats){.loss = loss, .lr = lr, .q3r_value = qv, .grad_norm = gnorm, .score = score};
     return Q3R_OK;
 }
 

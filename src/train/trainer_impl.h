@@ -20,8 +20,8 @@
 #include "q3r/train.h"
 
 typedef struct {
-    const char *name;    /* "dense", "lorita", "factorized" */
-    int owns_targets;    /* 1: the targets' dense entries are not the model AdamW's to move */
+    const char *name; /* "dense", "lorita", "factorized" */
+    int owns_targets; /* 1: the targets' dense entries are not the model AdamW's to move */
     q3r_status (*setup)(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err); /* NULL: nothing */
     void (*before_update)(q3r_trainer *t);
     void (*after_update)(q3r_trainer *t, double lr);
@@ -35,14 +35,13 @@ typedef struct {
 typedef enum { Q3R_LAMBDA_UNUSED = 0, Q3R_LAMBDA_AUTO = 1, Q3R_LAMBDA_EXPLICIT = 2 } q3r_lambda_rule;
 
 typedef struct {
-    const char *name;        /* "none", "decoupled", "coupled", "nuclear" */
-    q3r_lambda_rule lambda;  /* AUTO: lambda <= 0 is chosen from the pull; EXPLICIT: must be > 0 */
-    int decays_targets;      /* 1: the targets get the model AdamW's weight decay */
-    int epoch_spectra;       /* 1: refresh the set at epoch ends for the logged spectra */
+    const char *name;       /* "none", "decoupled", "coupled", "nuclear" */
+    q3r_lambda_rule lambda; /* AUTO: lambda <= 0 is chosen from the pull; EXPLICIT: must be > 0 */
+    int decays_targets;     /* 1: the targets get the model AdamW's weight decay */
+    int epoch_spectra;      /* 1: refresh the set at epoch ends for the logged spectra */
     q3r_status (*before_update)(q3r_trainer *t, double lr, double *value, q3r_error *err);
     q3r_status (*after_update)(q3r_trainer *t, double lr, double *value, q3r_error *err);
-    q3r_status (*metadata)(const q3r_train_config *c, double lambda, q3r_meta *meta,
-                           q3r_error *err);
+    q3r_status (*metadata)(const q3r_train_config *c, double lambda, q3r_meta *meta, q3r_error *err);
 } q3r_reg_row;
 
 extern const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT];

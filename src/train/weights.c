@@ -30,8 +30,8 @@ static q3r_status chain_setup(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err
         const char *name = q3r_set_name(t->reg, i);
         if (c->weights == Q3R_WEIGHTS_LORITA) {
             for (int k = 0; k < c->lorita_factors - 1; k++) inner[k] = cols;
-            s = q3r_reparam_add(t->rp, name, w, rows, cols, ld, g0 + (w - w0), ld, c->lorita_factors,
-                                inner, Q3R_REPARAM_IDENTITY, err);
+            s = q3r_reparam_add(t->rp, name, w, rows, cols, ld, g0 + (w - w0), ld, c->lorita_factors, inner,
+                                Q3R_REPARAM_IDENTITY, err);
         } else {
             if ((s = q3r_rank_resolve(rule, rows, cols, &inner[0], err))) {
                 q3r_fail_context(err, "--rank for %s", name);
@@ -113,12 +113,22 @@ static void chain_free(q3r_trainer *t) {
 
 const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT] = {
     [Q3R_WEIGHTS_DENSE] = {.name = "dense"},
-    [Q3R_WEIGHTS_LORITA] = {.name = "lorita", .owns_targets = 1, .setup = chain_setup,
-                            .before_update = chain_before, .after_update = chain_after,
-                            .export_state = chain_export, .import_state = chain_import,
-                            .metadata = lorita_metadata, .free_state = chain_free},
-    [Q3R_WEIGHTS_FACTORIZED] = {.name = "factorized", .owns_targets = 1, .setup = chain_setup,
-                                .before_update = chain_before, .after_update = chain_after,
-                                .export_state = chain_export, .import_state = chain_import,
-                                .metadata = factorized_metadata, .free_state = chain_free},
+    [Q3R_WEIGHTS_LORITA] = {.name = "lorita",
+                            .owns_targets = 1,
+                            .setup = chain_setup,
+                            .before_update = chain_before,
+                            .after_update = chain_after,
+                            .export_state = chain_export,
+                            .import_state = chain_import,
+                            .metadata = lorita_metadata,
+                            .free_state = chain_free},
+    [Q3R_WEIGHTS_FACTORIZED] = {.name = "factorized",
+                                .owns_targets = 1,
+                                .setup = chain_setup,
+                                .before_update = chain_before,
+                                .after_update = chain_after,
+                                .export_state = chain_export,
+                                .import_state = chain_import,
+                                .metadata = factorized_metadata,
+                                .free_state = chain_free},
 };

@@ -29,8 +29,7 @@ double rel_max_err_f(const float *a, const float *b, size_t n) {
     return num / den;
 }
 
-static const char *env_path(const char *var, const char *fallback, const char *rel, char *buf,
-                            size_t cap) {
+static const char *env_path(const char *var, const char *fallback, const char *rel, char *buf, size_t cap) {
     const char *root = getenv(var);
     snprintf(buf, cap, "%s/%s", root ? root : fallback, rel);
     return buf;

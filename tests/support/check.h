@@ -10,29 +10,28 @@
 
 extern int check_failures, check_count;
 
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        check_count++;                                                          \
-        if (!(cond)) {                                                          \
-            check_failures++;                                                   \
+#define CHECK(cond, ...)                                                             \
+    do {                                                                             \
+        check_count++;                                                               \
+        if (!(cond)) {                                                               \
+            check_failures++;                                                        \
             fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fputc('\n', stderr);                                                \
-        }                                                                       \
+            fprintf(stderr, __VA_ARGS__);                                            \
+            fputc('\n', stderr);                                                     \
+        }                                                                            \
     } while (0)
 
 /* |a - b| <= atol + rtol * |b| */
-#define CHECK_CLOSE(a, b, atol, rtol, what)                                     \
-    do {                                                                        \
-        double check_a_ = (double)(a), check_b_ = (double)(b);                  \
-        CHECK(fabs(check_a_ - check_b_) <= (atol) + (rtol) * fabs(check_b_),   \
-              "%s: got %.9g, want %.9g (diff %.3g)", what, check_a_, check_b_,  \
-              fabs(check_a_ - check_b_));                                       \
+#define CHECK_CLOSE(a, b, atol, rtol, what)                                                                \
+    do {                                                                                                   \
+        double check_a_ = (double)(a), check_b_ = (double)(b);                                             \
+        CHECK(fabs(check_a_ - check_b_) <= (atol) + (rtol)*fabs(check_b_),                                 \
+              "%s: got %.9g, want %.9g (diff %.3g)", what, check_a_, check_b_, fabs(check_a_ - check_b_)); \
     } while (0)
 
-#define CHECK_OK(expr, err)                                                     \
-    do {                                                                        \
-        q3r_status check_s_ = (expr);                                           \
+#define CHECK_OK(expr, err)                                                                      \
+    do {                                                                                         \
+        q3r_status check_s_ = (expr);                                                            \
         CHECK(check_s_ == Q3R_OK, "%s -> %s: %s", #expr, q3r_status_name(check_s_), (err)->msg); \
     } while (0)
 

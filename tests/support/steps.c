@@ -11,11 +11,17 @@ _Noreturn void steps_die(const char *what, const q3r_error *err) {
 
 q3r_train_config steps_config(void) {
     q3r_train_config c = q3r_train_defaults();
-    c.model = vit_meta((q3r_vit_config){.image_size = 16, .channels = 1, .patch = 4, .width = 32, .depth = 2,
-                                        .heads = 2, .mlp_hidden = 64, .classes = 10});
+    c.model = vit_meta((q3r_vit_config){.image_size = 16,
+                                        .channels = 1,
+                                        .patch = 4,
+                                        .width = 32,
+                                        .depth = 2,
+                                        .heads = 2,
+                                        .mlp_hidden = 64,
+                                        .classes = 10});
     c.batch = STEPS_B;
-    c.lr = (q3r_lr_schedule){.kind = Q3R_LR_COSINE, .lr = 2e-3, .min_lr = 1e-4, .warmup_steps = 1,
-                             .total_steps = STEPS_N};
+    c.lr = (q3r_lr_schedule){
+        .kind = Q3R_LR_COSINE, .lr = 2e-3, .min_lr = 1e-4, .warmup_steps = 1, .total_steps = STEPS_N};
     c.clip = 0.5;
     c.label_smoothing = 0.1f;
     c.seed = 11;
@@ -62,7 +68,8 @@ void steps_run(q3r_trainer *t, const steps_batches *b, int grad_norms, q3r_tenso
     for (size_t i = 0; i < fin.count; i++) {
         char name[160];
         snprintf(name, sizeof name, "final.%s", fin.items[i].name);
-        if (q3r_tensor_list_add(out, name, Q3R_F32, fin.items[i].ndim, fin.items[i].shape, fin.items[i].data, &err))
+        if (q3r_tensor_list_add(out, name, Q3R_F32, fin.items[i].ndim, fin.items[i].shape, fin.items[i].data,
+                                &err))
             steps_die("add", &err);
     }
     q3r_tensor_list_free(&fin);
