@@ -6,14 +6,12 @@
 #include <string.h>
 
 /* Every key here shapes the trajectory of the run; a resume must find them all equal. */
-q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t, const q3r_normalize *norm,
+q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t, const run_data *d,
                                   q3r_meta *meta, q3r_error *err) {
     const q3r_model *m = q3r_trainer_model((q3r_trainer *)t);
     q3r_status s = q3r_meta_setf(meta, err, "format", "q3r-%s-1", q3r_model_family_name(m));
     if (!s) s = q3r_model_config_to_meta(m, meta, err);
-    if (!s) s = q3r_meta_set(meta, "data.name", c->dataset, err);
-    if (!s) s = q3r_meta_setf(meta, err, "data.train_limit", "%lld", (long long)c->train_limit);
-    if (!s) s = q3r_metadata_set_normalize(meta, norm, err);
+    if (!s) s = d->ops->metadata(d, meta, err);
     if (!s) s = q3r_meta_setf(meta, err, "train.batch", "%d", c->batch);
     if (!s) s = q3r_meta_setf(meta, err, "train.epochs", "%d", c->epochs);
     if (!s) s = q3r_meta_setf(meta, err, "train.augment", "%d", c->augment);
@@ -69,7 +67,7 @@ q3r_status q3r_run_save_checkpoint(run_state *r, q3r_error *err) {
     int64_t el = 0;
     memcpy(&el, &r->epoch.loss_sum, sizeof el); /* the running loss, bit for bit */
     q3r_status s = q3r_trainer_export(r->trainer, &l, err);
-    if (!s) s = q3r_loader_export(&r->loader, &l, err);
+    if (!s) s = r->data->ops->export_state(r->data, &l, err);
     if (!s) s = add_i64(&l, "train.epoch_loss_bits", el, err);
     if (!s) s = add_i64(&l, "train.epoch_correct", r->epoch.correct, err);
     if (!s) s = add_i64(&l, "train.epoch_seen", r->epoch.units, err);
@@ -90,7 +88,7 @@ q3r_status q3r_run_load_checkpoint(run_state *r, q3r_error *err) {
     if (!s) s = metadata_match(&r->meta, &meta, path, err);
     if (!s && (s = q3r_trainer_import(r->trainer, &l, err))) q3r_fail_context(err, "%s", path);
     if (!s) r->step = q3r_trainer_steps(r->trainer);
-    if (!s && (s = q3r_loader_import(&r->loader, &l, err))) q3r_fail_context(err, "%s", path);
+    if (!s && (s = r->data->ops->import_state(r->data, &l, err))) q3r_fail_context(err, "%s", path);
     if (!s) s = get_i64(&l, "train.epoch_loss_bits", &el, err);
     if (!s) memcpy(&r->epoch.loss_sum, &el, sizeof el);
     if (!s) s = get_i64(&l, "train.epoch_correct", &r->epoch.correct, err);

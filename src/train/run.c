@@ -39,37 +39,14 @@ q3r_train_config q3r_train_defaults(void) {
 
 
 static void run_free(run_state *r) {
-    q3r_dataset_free(&r->train_full);
-    q3r_dataset_free(&r->test_full);
+    if (r->data) r->data->ops->close(r->data);
     if (r->trainer) q3r_trainer_free(r->trainer);
     else q3r_model_free(r->model);
-    q3r_loader_free(&r->loader);
     q3r_meta_free(&r->meta);
     q3r_meta_free(&r->model_meta);
     free(r->ckpt_path);
     free(r->model_path);
     free(r->log_path);
-    q3r_free(r->x);
-    q3r_free(r->y);
-}
-
-static q3r_dataset limited(const q3r_dataset *ds, int64_t limit) {
-    q3r_dataset v = *ds; /* a view: shares the pixels, never freed itself */
-    if (limit > 0 && limit < v.n) v.n = limit;
-    return v;
-}
-
-static q3r_status load_data(run_state *r, q3r_error *err) {
-    const q3r_train_config *c = r->cfg;
-    const char *dir = c->data_dir && c->data_dir[0] ? c->data_dir : NULL;
-    q3r_status s = q3r_dataset_load_named(&r->train_full, c->dataset, dir, "train", err);
-    if (!s) s = q3r_dataset_load_named(&r->test_full, c->dataset, dir, "test", err);
-    if (s) return s;
-    r->train = limited(&r->train_full, c->train_limit);
-    r->test = limited(&r->test_full, c->test_limit);
-    if ((s = q3r_check_dataset(r->model, &r->train, err))) return s;
-    /* Normalisation statistics from the full training split, as is customary. */
-    return q3r_dataset_channel_stats(&r->train_full, &r->norm, err);
 }
 
 static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
@@ -84,16 +61,9 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     r->metric = q3r_model_metric(r->model);
     q3r_rank_rule rule;
     if ((s = q3r_rank_parse(c->rank, &rule, err))) return q3r_fail_context(err, "--rank");
-    if ((s = load_data(r, err))) return s;
-
-    const q3r_model_input *in = q3r_model_input_spec(r->model);
-    q3r_loader_config lc = {.batch_size = c->batch, .shuffle = 1, .seed = c->seed, .norm = r->norm};
-    if (c->augment) {
-        lc.crop_pad = in->height >= 32 ? 4 : 2;
-        lc.hflip = in->channels == 3; /* flipping garments and digits is not label-safe */
-    }
-    if ((s = q3r_loader_init(&r->loader, &r->train, &lc, err))) return s;
-    r->steps_per_epoch = q3r_loader_batches_per_epoch(&r->loader);
+    if ((s = q3r_run_data_for(r->model, &r->data, err))) return s;
+    if ((s = r->data->ops->open(r->data, c, r->model, err))) return s;
+    r->steps_per_epoch = r->data->ops->steps_per_epoch(r->data);
     r->total_steps = r->steps_per_epoch * c->epochs;
     if ((s = q3r_train_resolve_schedule(c, r->total_steps, err))) return s;
     q3r_model_init(r->model, c->seed);
@@ -103,12 +73,7 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     r->model = q3r_trainer_model(r->trainer);
     r->reg = q3r_trainer_regularizer(r->trainer);
     r->lambda = q3r_trainer_lambda(r->trainer);
-
-    size_t img = (size_t)in->channels * in->height * in->width;
-    r->x = q3r_alloc((size_t)c->batch * img * sizeof(float));
-    r->y = q3r_alloc((size_t)c->batch * sizeof(int32_t));
-    if (!r->x || !r->y) return q3r_fail(err, Q3R_ENOMEM, "batch buffers: out of memory");
-    return q3r_run_build_metadata(c, r->trainer, &r->norm, &r->meta, err);
+    return q3r_run_build_metadata(c, r->trainer, r->data, &r->meta, err);
 }
 
 /* ---- the loop ------------------------------------------------------------------------------ */
@@ -118,7 +83,8 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     const q3r_train_config *c = r->cfg;
     int epoch = (int)(r->step / r->steps_per_epoch) - 1;
     q3r_score score;
-    q3r_status s = q3r_evaluate(r->model, &r->test, &r->norm, 0, progress, ctx, &score, err);
+    int64_t n;
+    q3r_status s = r->data->ops->evaluate(r->data, r->model, progress, ctx, &score, &n, err);
     if (s) return s;
     const double test_acc = q3r_score_value(r->metric, &score), test_loss = q3r_score_loss(&score);
     /* Baselines without Q3R still get spectrum metrics: a refresh that drives nothing (for
@@ -129,7 +95,7 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     res->train_acc = q3r_score_value(r->metric, &r->epoch);
     res->test_acc = test_acc;
     res->test_loss = test_loss;
-    res->test_n = r->test.n;
+    res->test_n = n;
     res->epochs_done = epoch + 1;
     q3r_jsonl_begin(log);
     q3r_jsonl_add_string(log, "event", "epoch");
@@ -216,10 +182,9 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     double t0 = q3r_now();
     int64_t start_step = r.step;
     while (!s && r.step < r.total_steps) {
-        int64_t count;
         q3r_step_stats st;
-        q3r_loader_next(&r.loader, r.x, r.y, &count, NULL);
-        const q3r_batch b = {.count = count, .images = r.x, .targets = r.y};
+        q3r_batch b;
+        r.data->ops->next(r.data, &b);
         if ((s = q3r_trainer_step(r.trainer, &b, &st, err))) break;
         r.step = q3r_trainer_steps(r.trainer);
         r.epoch.correct += st.score.correct;

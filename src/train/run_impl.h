@@ -7,29 +7,55 @@
 #include "q3r/io.h"
 #include "q3r/train.h"
 
+/* ---- a run's data: where its batches and its evaluation come from ------------------------
+ * One implementation per kind of model input: images (run_images.c: a labelled dataset, the
+ * shuffling loader, the test split). A run picks the one for its model's input kind
+ * (q3r_run_data_for). */
+typedef struct run_data run_data;
+typedef struct {
+    const char *name; /* "images" */
+    /* read the data for model m per c (the model's input is checked against it) */
+    q3r_status (*open)(run_data *d, const q3r_train_config *c, const q3r_model *m, q3r_error *err);
+    int64_t (*steps_per_epoch)(const run_data *d);
+    /* the next training batch, in the source's own buffers (valid until the next call) */
+    void (*next)(run_data *d, q3r_batch *b);
+    /* the model's metric over the evaluation set; *n gets the samples scored */
+    q3r_status (*evaluate)(run_data *d, q3r_model *m, q3r_progress_fn progress, void *ctx, q3r_score *s,
+                           int64_t *n, q3r_error *err);
+    /* the position ("data.*" tensors), and back */
+    q3r_status (*export_state)(const run_data *d, q3r_tensor_list *out, q3r_error *err);
+    q3r_status (*import_state)(run_data *d, const q3r_tensor_list *in, q3r_error *err);
+    /* the "data.*" metadata keys a model file needs (name, normalisation) and a resume checks */
+    q3r_status (*metadata)(const run_data *d, q3r_meta *meta, q3r_error *err);
+    void (*close)(run_data *d); /* frees d */
+} run_data_ops;
+
+struct run_data {
+    const run_data_ops *ops;
+};
+
+/* A source for model m's input kind, not yet opened (*out freed by its close). */
+q3r_status q3r_run_data_for(const q3r_model *m, run_data **out, q3r_error *err);
+q3r_status q3r_run_images_create(run_data **out, q3r_error *err);
+
 typedef struct {
     const q3r_train_config *cfg;
-    q3r_dataset train_full, test_full;
-    q3r_dataset train, test; /* views limited to train_limit / test_limit */
-    q3r_normalize norm;
+    run_data *data;
     q3r_meta model_meta; /* the preset's, when cfg->model is NULL */
     q3r_model *model;    /* the trainer's once it exists */
     q3r_trainer *trainer;
     q3r_set *reg; /* the trainer's */
     q3r_metric metric;
-    q3r_loader loader;
     double lambda;
     int64_t step, total_steps, steps_per_epoch; /* step mirrors the trainer's */
     /* the metric's sums over the current epoch (checkpointed so logs resume exactly too) */
     q3r_score epoch;
     q3r_meta meta;
     char *ckpt_path, *model_path, *log_path;
-    float *x;
-    int32_t *y;
 } run_state;
 
 /* The run's metadata: every key that shapes its trajectory (a resume must find them all equal). */
-q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t, const q3r_normalize *norm,
+q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *t, const run_data *d,
                                   q3r_meta *meta, q3r_error *err);
 /* Checkpoint: the trainer's state, the data position and the epoch's running sums, with the
  * run's metadata; load checks that metadata against the file's first. */
