@@ -105,13 +105,17 @@ typedef struct {
 } q3r_model_input;
 
 /* A batch of `count` samples. IMAGES: images (count, C, H, W), already normalised; targets the
- * labels (count). TOKENS: tokens (count, context); targets the next tokens (count, context).
- * targets NULL: inference only (no loss, no backward). */
+ * labels (count). TOKENS: tokens (count, seq), seq = seq_len (0: the model's context; at most
+ * it); targets the next tokens (count, seq). targets NULL: inference only (no loss, no
+ * backward). global_count: the samples of the whole batch over every rank of a data-parallel
+ * run (0: count), so each rank's mean loss can be weighted count / global_count. */
 typedef struct {
     int64_t count;
     const float *images;
     const int32_t *tokens;
     const int32_t *targets;
+    int seq_len;
+    int64_t global_count;
 } q3r_batch;
 
 typedef enum { Q3R_METRIC_ACCURACY = 0, Q3R_METRIC_BITS_PER_BYTE = 1 } q3r_metric;
@@ -172,6 +176,9 @@ q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoot
                              q3r_rng *rng, float *loss, q3r_error *err);
 /* After a forward with targets: ACCUMULATES d(mean loss)/d(params) into q3r_model_grads(). */
 q3r_status q3r_model_backward(q3r_model *m, q3r_error *err);
+/* The output of the last forward: (count, classes) logits for a classifier, (count, seq, vocab)
+ * next-token logits for a language model; valid until the next forward. */
+const float *q3r_model_logits(const q3r_model *m);
 /* Add the last forward's statistics on b (the same batch, with targets; loss as returned) to s. */
 void q3r_model_score(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s);
 void q3r_model_zero_grad(q3r_model *m);

@@ -122,6 +122,8 @@ q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoot
 
 q3r_status q3r_model_backward(q3r_model *m, q3r_error *err) { return m->ops->backward(m, err); }
 
+const float *q3r_model_logits(const q3r_model *m) { return m->ops->logits(m); }
+
 void q3r_model_score(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s) {
     m->ops->score(m, b, loss, s);
 }

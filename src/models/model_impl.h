@@ -20,6 +20,7 @@ typedef struct {
     q3r_status (*backward)(q3r_model *m, q3r_error *err);
     /* add the last forward's statistics (see q3r_model_score) */
     void (*score)(const q3r_model *m, const q3r_batch *b, float loss, q3r_score *s);
+    const float *(*logits)(const q3r_model *m); /* the last forward's output */
     void (*init)(q3r_model *m, uint64_t seed);
     /* the family's "model.*" keys (model.family, model.name and the config; not model.ranks) */
     q3r_status (*config_to_meta)(const q3r_model *m, q3r_meta *meta, q3r_error *err);

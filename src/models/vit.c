@@ -494,6 +494,8 @@ static void op_score(const q3r_model *g, const q3r_batch *b, float loss, q3r_sco
     q3r_model_score_classifier(b, m->logits, m->cfg.classes, loss, s);
 }
 
+static const float *op_logits(const q3r_model *g) { return vit_of(g)->logits; }
+
 static void op_init(q3r_model *g, uint64_t seed) { q3r_vit_init(vit_mut(g), seed); }
 
 static q3r_status op_config_to_meta(const q3r_model *g, q3r_meta *meta, q3r_error *err) {
@@ -527,6 +529,7 @@ static const q3r_model_ops vit_ops = {
     .forward = op_forward,
     .backward = op_backward,
     .score = op_score,
+    .logits = op_logits,
     .init = op_init,
     .config_to_meta = op_config_to_meta,
     .with_ranks = op_with_ranks,
