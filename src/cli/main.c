@@ -23,6 +23,8 @@ static const command commands[] = {
      "replace chosen weight matrices by their best rank-r factors; parameter accounting"},
     {"sweep", q3r_cmd_sweep,
      "accuracy of a model truncated at a series of kept fractions; table, JSON, plot"},
+    {"adapter", q3r_cmd_adapter,
+     "LoRA adapters in PEFT's format: merge one into a model, extract one from a fine-tune"},
     {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];

@@ -1,0 +1,587 @@
+/* LoRA adapters in PEFT's format: the in-memory adapter, its directory (config JSON and
+ * safetensors), merging into a model and extracting from a fine-tune (see q3r/adapter.h). */
+#include "q3r/adapter.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/util.h"
+#include "q3r/io.h"
+#include "q3r/linalg.h"
+
+static const char *const PREFIX = "base_model.model.";
+
+/* ---- the adapter in memory ----------------------------------------------------------------- */
+
+void q3r_adapter_init(q3r_adapter *a) { memset(a, 0, sizeof *a); }
+
+static void lora_free(q3r_lora *l) {
+    free(l->module);
+    q3r_free(l->A);
+    q3r_free(l->B);
+}
+
+void q3r_adapter_free(q3r_adapter *a) {
+    for (int i = 0; i < a->count; i++) lora_free(&a->items[i]);
+    free(a->items);
+    free(a->base_model);
+    free(a->task_type);
+    memset(a, 0, sizeof *a);
+}
+
+const q3r_lora *q3r_adapter_find(const q3r_adapter *a, const char *module) {
+    for (int i = 0; module && i < a->count; i++)
+        if (!strcmp(a->items[i].module, module)) return &a->items[i];
+    return NULL;
+}
+
+double q3r_lora_scale(const q3r_adapter *a, const q3r_lora *l) {
+    return a->use_rslora ? l->alpha / sqrt((double)l->rank) : l->alpha / (double)l->rank;
+}
+
+q3r_status q3r_adapter_add(q3r_adapter *a, const char *module, int rows, int cols, int rank, double alpha,
+                           const float *A, const float *B, q3r_error *err) {
+    if (!module || !*module) return q3r_fail(err, Q3R_EINVAL, "adapter: a module without a name");
+    if (rows < 1 || cols < 1 || rank < 1)
+        return q3r_fail(err, Q3R_EINVAL, "adapter module %s: %d x %d at rank %d", module, rows, cols, rank);
+    if (!isfinite(alpha) || alpha <= 0)
+        return q3r_fail(err, Q3R_EINVAL, "adapter module %s: lora_alpha %g must be > 0", module, alpha);
+    if (q3r_adapter_find(a, module)) return q3r_fail(err, Q3R_EINVAL, "adapter: module %s twice", module);
+    if (a->count == a->cap) {
+        int cap = a->cap ? 2 * a->cap : 16;
+        q3r_lora *grown = realloc(a->items, sizeof *grown * (size_t)cap);
+        if (!grown) return q3r_fail(err, Q3R_ENOMEM, "adapter: out of memory");
+        a->items = grown;
+        a->cap = cap;
+    }
+    q3r_lora l = {.rows = rows, .cols = cols, .rank = rank, .alpha = alpha};
+    l.module = strdup(module);
+    l.A = q3r_alloc(sizeof(float) * (size_t)rank * cols);
+    l.B = q3r_alloc(sizeof(float) * (size_t)rows * rank);
+    if (!l.module || !l.A || !l.B) {
+        lora_free(&l);
+        return q3r_fail(err, Q3R_ENOMEM, "adapter module %s: out of memory", module);
+    }
+    if (A) memcpy(l.A, A, sizeof(float) * (size_t)rank * cols);
+    else memset(l.A, 0, sizeof(float) * (size_t)rank * cols);
+    if (B) memcpy(l.B, B, sizeof(float) * (size_t)rows * rank);
+    else memset(l.B, 0, sizeof(float) * (size_t)rows * rank);
+    a->items[a->count++] = l;
+    return Q3R_OK;
+}
+
+/* ---- writing --------------------------------------------------------------------------------- */
+
+static q3r_status make_dir(const char *dir, q3r_error *err) {
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return q3r_fail(err, Q3R_EIO, "cannot create directory %s: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return q3r_fail(err, Q3R_EIO, "%s is not a directory", dir);
+    return Q3R_OK;
+}
+
+static char *join(const char *dir, const char *file) {
+    q3r_text t;
+    q3r_text_init(&t);
+    if (q3r_text_addf(&t, "%s/%s", dir, file)) {
+        q3r_text_free(&t);
+        return NULL;
+    }
+    return t.buf;
+}
+
+/* A regex matching exactly this name (dots escaped), for rank_pattern / alpha_pattern. */
+static void add_pattern_key(q3r_text *t, const char *module) {
+    q3r_text q;
+    q3r_text_init(&q);
+    for (const char *c = module; *c; c++) {
+        if (strchr(".^$*+?()[]{}|\\", *c)) q3r_text_add(&q, "\\");
+        q3r_text_addf(&q, "%c", *c);
+    }
+    q3r_text_add_json_string(t, q3r_text_str(&q));
+    q3r_text_free(&q);
+}
+
+static void add_number(q3r_text *t, double v) {
+    if (v == floor(v) && fabs(v) < 1e15) q3r_text_addf(t, "%.0f", v);
+    else q3r_text_addf(t, "%.17g", v);
+}
+
+static char *config_json(const q3r_adapter *a) {
+    /* r and lora_alpha: the first module's; the others differ through the patterns */
+    const int r = a->items[0].rank;
+    const double alpha = a->items[0].alpha;
+    q3r_text t;
+    q3r_text_init(&t);
+    q3r_text_add(&t, "{\n  \"peft_type\": \"LORA\",\n  \"r\": ");
+    q3r_text_addf(&t, "%d", r);
+    q3r_text_add(&t, ",\n  \"lora_alpha\": ");
+    add_number(&t, alpha);
+    q3r_text_add(&t, ",\n  \"target_modules\": [");
+    for (int i = 0; i < a->count; i++) {
+        q3r_text_add(&t, i ? ", " : "");
+        q3r_text_add_json_string(&t, a->items[i].module);
+    }
+    q3r_text_add(&t, "],\n  \"rank_pattern\": {");
+    int n = 0;
+    for (int i = 0; i < a->count; i++)
+        if (a->items[i].rank != r) {
+            q3r_text_add(&t, n++ ? ", " : "");
+            add_pattern_key(&t, a->items[i].module);
+            q3r_text_addf(&t, ": %d", a->items[i].rank);
+        }
+    q3r_text_add(&t, "},\n  \"alpha_pattern\": {");
+    n = 0;
+    for (int i = 0; i < a->count; i++)
+        if (a->items[i].alpha != alpha) {
+            q3r_text_add(&t, n++ ? ", " : "");
+            add_pattern_key(&t, a->items[i].module);
+            q3r_text_add(&t, ": ");
+            add_number(&t, a->items[i].alpha);
+        }
+    q3r_text_add(&t, "},\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": ");
+    q3r_text_add(&t, a->use_rslora ? "true" : "false");
+    q3r_text_add(&t, ",\n  \"lora_dropout\": 0.0,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,"
+                     "\n  \"modules_to_save\": null,\n  \"base_model_name_or_path\": ");
+    if (a->base_model) q3r_text_add_json_string(&t, a->base_model);
+    else q3r_text_add(&t, "null");
+    q3r_text_add(&t, ",\n  \"task_type\": ");
+    if (a->task_type) q3r_text_add_json_string(&t, a->task_type);
+    else q3r_text_add(&t, "null");
+    q3r_text_add(&t, ",\n  \"revision\": null\n}\n");
+    if (t.failed) {
+        q3r_text_free(&t);
+        return NULL;
+    }
+    return t.buf;
+}
+
+q3r_status q3r_adapter_write(const char *dir, const q3r_adapter *a, q3r_error *err) {
+    if (!a->count) return q3r_fail(err, Q3R_EINVAL, "adapter %s: no modules to write", dir);
+    q3r_status s = make_dir(dir, err);
+    if (s) return s;
+    char *cfg_path = join(dir, "adapter_config.json"), *st_path = join(dir, "adapter_model.safetensors");
+    char *json = config_json(a);
+    q3r_tensor_list l;
+    q3r_tensor_list_init(&l);
+    if (!cfg_path || !st_path || !json) s = q3r_fail(err, Q3R_ENOMEM, "adapter %s: out of memory", dir);
+    for (int i = 0; i < a->count && !s; i++) {
+        const q3r_lora *x = &a->items[i];
+        char *na = NULL, *nb = NULL;
+        q3r_text t;
+        q3r_text_init(&t);
+        q3r_text_addf(&t, "%s%s.lora_A.weight", PREFIX, x->module);
+        na = t.buf;
+        q3r_text_init(&t);
+        q3r_text_addf(&t, "%s%s.lora_B.weight", PREFIX, x->module);
+        nb = t.buf;
+        const int64_t sa[2] = {x->rank, x->cols}, sb[2] = {x->rows, x->rank};
+        if (!na || !nb) s = q3r_fail(err, Q3R_ENOMEM, "adapter %s: out of memory", dir);
+        if (!s) s = q3r_tensor_list_add(&l, na, Q3R_F32, 2, sa, x->A, err);
+        if (!s) s = q3r_tensor_list_add(&l, nb, Q3R_F32, 2, sb, x->B, err);
+        free(na);
+        free(nb);
+    }
+    /* the weights first, the config last: a directory with a config is complete */
+    if (!s) s = q3r_safetensors_write(st_path, &l, NULL, err);
+    if (!s) s = q3r_write_file_atomic(cfg_path, json, strlen(json), err);
+    q3r_tensor_list_free(&l);
+    free(json);
+    free(cfg_path);
+    free(st_path);
+    return s;
+}
+
+/* ---- reading --------------------------------------------------------------------------------- */
+
+/* PEFT's LoRA config keys: the ones q3r reads, and the ones it accepts only at their default
+ * (a value that changes what the adapter means is refused). Anything else is not PEFT's. */
+static const char *const READ_KEYS[] = {"peft_type", "r", "lora_alpha", "target_modules", "rank_pattern",
+                                        "alpha_pattern", "use_rslora", "base_model_name_or_path", "task_type"};
+static const char *const FREE_KEYS[] = {/* informational or training-only: any value */
+                                        "lora_dropout", "inference_mode", "revision", "init_lora_weights",
+                                        "peft_version", "auto_mapping", "exclude_modules", "megatron_core",
+                                        "qalora_group_size", "runtime_config", "ensure_weight_tying"};
+/* at their default only: false, "none", null, {} or [] */
+static const char *const DEFAULT_KEYS[] = {
+    "bias",          "fan_in_fan_out",    "use_dora",         "modules_to_save",
+    "layers_to_transform", "layers_pattern", "megatron_config", "loftq_config",
+    "eva_config",    "corda_config",      "lora_ga_config",   "velora_config",
+    "monteclora_config", "layer_replication", "lora_bias",    "target_parameters",
+    "trainable_token_indices", "alora_invocation_tokens", "use_qalora", "use_bdlora",
+    "arrow_config"};
+
+static int in_list(const char *key, const char *const *list, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(key, list[i])) return 1;
+    return 0;
+}
+
+static int is_default(const q3r_json *v) {
+    switch (v->type) {
+    case Q3R_JSON_NULL: return 1;
+    case Q3R_JSON_BOOL: return !v->boolean;
+    case Q3R_JSON_STRING: return !strcmp(v->text, "none");
+    case Q3R_JSON_OBJECT:
+    case Q3R_JSON_ARRAY: return v->count == 0;
+    default: return 0;
+    }
+}
+
+/* PEFT's pattern match: the key as a regex matching the whole name or a dotted suffix of it. */
+static int pattern_matches(const char *pattern, const char *name) {
+    q3r_text re;
+    q3r_text_init(&re);
+    q3r_text_addf(&re, "^(.*\\.)?(%s)$", pattern);
+    regex_t rx;
+    int ok = !re.failed && !regcomp(&rx, q3r_text_str(&re), REG_EXTENDED | REG_NOSUB);
+    int hit = ok && !regexec(&rx, name, 0, NULL, 0);
+    if (ok) regfree(&rx);
+    q3r_text_free(&re);
+    return hit;
+}
+
+/* target_modules: a list of names (a module matches one that it equals or ends in "." + it) or
+ * one regex (full match). */
+static int target_matches(const q3r_json *targets, const char *module) {
+    if (targets->type == Q3R_JSON_STRING) {
+        q3r_text re;
+        q3r_text_init(&re);
+        q3r_text_addf(&re, "^(%s)$", targets->text);
+        regex_t rx;
+        int ok = !re.failed && !regcomp(&rx, q3r_text_str(&re), REG_EXTENDED | REG_NOSUB);
+        int hit = ok && !regexec(&rx, module, 0, NULL, 0);
+        if (ok) regfree(&rx);
+        q3r_text_free(&re);
+        return hit;
+    }
+    const size_t n = strlen(module);
+    for (size_t i = 0; i < targets->count; i++) {
+        const char *key = targets->items[i].text;
+        const size_t k = strlen(key);
+        if (!strcmp(module, key) || (n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, key))) return 1;
+    }
+    return 0;
+}
+
+/* The number under the first pattern key of obj that matches module, or dflt. */
+static double pattern_value(const q3r_json *obj, const char *module, double dflt) {
+    for (size_t i = 0; obj && i < obj->count; i++)
+        if (pattern_matches(obj->items[i].key, module)) return obj->items[i].number;
+    return dflt;
+}
+
+static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *err) {
+    if (c->type != Q3R_JSON_OBJECT) return q3r_fail(err, Q3R_EFORMAT, "%s: not a JSON object", path);
+    for (size_t i = 0; i < c->count; i++) {
+        const q3r_json *v = &c->items[i];
+        if (in_list(v->key, READ_KEYS, sizeof READ_KEYS / sizeof *READ_KEYS) ||
+            in_list(v->key, FREE_KEYS, sizeof FREE_KEYS / sizeof *FREE_KEYS))
+            continue;
+        if (in_list(v->key, DEFAULT_KEYS, sizeof DEFAULT_KEYS / sizeof *DEFAULT_KEYS)) {
+            if (!is_default(v))
+                return q3r_fail(err, Q3R_EFORMAT,
+                                "%s: '%s' is set; q3r reads plain LoRA adapters only (it must be false, "
+                                "\"none\", null or empty)",
+                                path, v->key);
+            continue;
+        }
+        return q3r_fail(err, Q3R_EFORMAT, "%s: unknown key '%s' (not a PEFT LoRA config key)", path, v->key);
+    }
+    const q3r_json *t = q3r_json_find(c, "peft_type");
+    if (!t || t->type != Q3R_JSON_STRING)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'peft_type' missing or not a string", path);
+    if (strcmp(t->text, "LORA"))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: peft_type '%s' is not LORA", path, t->text);
+    const q3r_json *r = q3r_json_find(c, "r"), *al = q3r_json_find(c, "lora_alpha");
+    if (!r || r->type != Q3R_JSON_NUMBER || !(r->number >= 1) || r->number != floor(r->number))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'r' missing or not a positive integer", path);
+    if (!al || al->type != Q3R_JSON_NUMBER || !(al->number > 0))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'lora_alpha' missing or not a positive number", path);
+    const q3r_json *tm = q3r_json_find(c, "target_modules");
+    int ok = tm && (tm->type == Q3R_JSON_STRING || tm->type == Q3R_JSON_ARRAY);
+    for (size_t i = 0; ok && tm->type == Q3R_JSON_ARRAY && i < tm->count; i++)
+        ok = tm->items[i].type == Q3R_JSON_STRING;
+    if (!ok) return q3r_fail(err, Q3R_EFORMAT, "%s: key 'target_modules' missing or not a list of names", path);
+    static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};
+    for (int p = 0; p < 2; p++) {
+        const q3r_json *o = q3r_json_find(c, patterns[p]);
+        if (!o || o->type == Q3R_JSON_NULL) continue;
+        if (o->type != Q3R_JSON_OBJECT)
+            return q3r_fail(err, Q3R_EFORMAT, "%s: key '%s' is not an object", path, patterns[p]);
+        for (size_t i = 0; i < o->count; i++)
+            if (o->items[i].type != Q3R_JSON_NUMBER || !(o->items[i].number > 0))
+                return q3r_fail(err, Q3R_EFORMAT, "%s: %s['%s'] is not a positive number", path, patterns[p],
+                                o->items[i].key);
+    }
+    const q3r_json *rs = q3r_json_find(c, "use_rslora");
+    if (rs && rs->type != Q3R_JSON_BOOL && rs->type != Q3R_JSON_NULL)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'use_rslora' is not true or false", path);
+    return Q3R_OK;
+}
+
+static char *read_text_file(const char *path, q3r_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        q3r_fail(err, Q3R_EIO, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    q3r_text t;
+    q3r_text_init(&t);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf - 1, f)) > 0) {
+        buf[n] = 0;
+        if (memchr(buf, 0, n)) {
+            fclose(f);
+            q3r_text_free(&t);
+            q3r_fail(err, Q3R_EFORMAT, "%s: not a text file", path);
+            return NULL;
+        }
+        q3r_text_add(&t, buf);
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || t.failed) {
+        q3r_text_free(&t);
+        q3r_fail(err, Q3R_EIO, "cannot read %s", path);
+        return NULL;
+    }
+    return t.buf ? t.buf : strdup("");
+}
+
+/* "base_model.model.<module>.lora_X.weight" -> module (malloc'd) and X; NULL for other names. */
+static char *module_of(const char *name, char *which) {
+    const size_t p = strlen(PREFIX), n = strlen(name), s = strlen(".lora_A.weight");
+    if (n <= p + s || strncmp(name, PREFIX, p)) return NULL;
+    const char *tail = name + n - s;
+    if (strcmp(tail, ".lora_A.weight") && strcmp(tail, ".lora_B.weight")) return NULL;
+    *which = tail[6];
+    char *m = malloc(n - p - s + 1);
+    if (m) {
+        memcpy(m, name + p, n - p - s);
+        m[n - p - s] = 0;
+    }
+    return m;
+}
+
+q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
+    q3r_adapter_init(a);
+    char *cfg_path = join(dir, "adapter_config.json"), *st_path = join(dir, "adapter_model.safetensors");
+    char *text = NULL;
+    q3r_json c = {0};
+    q3r_tensor_list l;
+    q3r_tensor_list_init(&l);
+    q3r_status s = Q3R_OK;
+    if (!cfg_path || !st_path) s = q3r_fail(err, Q3R_ENOMEM, "adapter %s: out of memory", dir);
+    if (!s && !(text = read_text_file(cfg_path, err))) s = err ? err->code : Q3R_EIO;
+    if (!s && (s = q3r_json_parse(text, strlen(text), &c, err))) q3r_fail_context(err, "%s", cfg_path);
+    if (!s) s = check_config(&c, cfg_path, err);
+    if (!s) s = q3r_safetensors_read(st_path, &l, NULL, err);
+    const q3r_json *tm = s ? NULL : q3r_json_find(&c, "target_modules");
+    const q3r_json *rp = s ? NULL : q3r_json_find(&c, "rank_pattern"), *ap = s ? NULL : q3r_json_find(&c, "alpha_pattern");
+    if (!s) {
+        const q3r_json *rs = q3r_json_find(&c, "use_rslora"), *bm = q3r_json_find(&c, "base_model_name_or_path"),
+                       *tt = q3r_json_find(&c, "task_type");
+        a->use_rslora = rs && rs->type == Q3R_JSON_BOOL && rs->boolean;
+        if (bm && bm->type == Q3R_JSON_STRING) a->base_model = strdup(bm->text);
+        if (tt && tt->type == Q3R_JSON_STRING) a->task_type = strdup(tt->text);
+    }
+    const double r0 = s ? 0 : q3r_json_find(&c, "r")->number, a0 = s ? 0 : q3r_json_find(&c, "lora_alpha")->number;
+    /* every lora_A with its lora_B, shapes as the config says */
+    for (size_t i = 0; i < l.count && !s; i++) {
+        char which;
+        char *module = module_of(l.items[i].name, &which);
+        if (!module) {
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' is not a LoRA factor (%s<module>.lora_A/B.weight)",
+                         st_path, l.items[i].name, PREFIX);
+            break;
+        }
+        if (which == 'B') { /* checked with its A */
+            free(module);
+            continue;
+        }
+        q3r_text nb;
+        q3r_text_init(&nb);
+        q3r_text_addf(&nb, "%s%s.lora_B.weight", PREFIX, module);
+        const q3r_tensor *A = &l.items[i], *B = q3r_tensor_list_find(&l, q3r_text_str(&nb));
+        const int rank = (int)pattern_value(rp, module, r0);
+        const double alpha = pattern_value(ap, module, a0);
+        if (!B)
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: '%s' has no '%s'", st_path, A->name, q3r_text_str(&nb));
+        else if (A->dtype != Q3R_F32 || B->dtype != Q3R_F32 || A->ndim != 2 || B->ndim != 2)
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: the factors of %s must be 2-D F32", st_path, module);
+        else if (A->shape[0] != rank || B->shape[1] != rank)
+            s = q3r_fail(err, Q3R_EFORMAT,
+                         "%s: module %s has rank %lld in its tensors, its config says %d (r / rank_pattern)",
+                         cfg_path, module, (long long)A->shape[0], rank);
+        else if (!target_matches(tm, module))
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: module %s has factors but is not in target_modules", cfg_path,
+                         module);
+        else
+            s = q3r_adapter_add(a, module, (int)B->shape[0], (int)A->shape[1], rank, alpha, A->data, B->data, err);
+        if (s && err && !strstr(err->msg, dir)) q3r_fail_context(err, "%s", dir);
+        q3r_text_free(&nb);
+        free(module);
+    }
+    /* every lora_B has its lora_A */
+    for (size_t i = 0; i < l.count && !s; i++) {
+        char which;
+        char *module = module_of(l.items[i].name, &which);
+        if (module && which == 'B' && !q3r_adapter_find(a, module))
+            s = q3r_fail(err, Q3R_EFORMAT, "%s: '%s' has no lora_A", st_path, l.items[i].name);
+        free(module);
+    }
+    if (!s && !a->count) s = q3r_fail(err, Q3R_EFORMAT, "%s: no LoRA factors", st_path);
+    q3r_tensor_list_free(&l);
+    q3r_json_free(&c);
+    free(text);
+    free(cfg_path);
+    free(st_path);
+    if (s) q3r_adapter_free(a);
+    return s;
+}
+
+/* ---- a model's modules ---------------------------------------------------------------------- */
+
+/* The module (tensor name without ".weight") that holds dense matrix i, its row offset in that
+ * tensor and the tensor's shape. 0, or -1 when the matrix is factored. */
+static int matrix_module(q3r_model *m, int i, q3r_matrix *mx, char *module, size_t cap, int *row0,
+                         int *rows, int *cols) {
+    if (q3r_model_matrix(m, i, mx, NULL) || !mx->w) return -1;
+    const q3r_param_info *t = q3r_model_tensor(m, mx->tensor);
+    const size_t len = strlen(t->name);
+    const size_t keep = len > 7 && !strcmp(t->name + len - 7, ".weight") ? len - 7 : len;
+    snprintf(module, cap, "%.*s", (int)keep, t->name);
+    *row0 = (int)((mx->w - (q3r_model_params(m) + t->offset)) / mx->cols);
+    *rows = (int)t->shape[0];
+    *cols = (int)t->shape[1];
+    return 0;
+}
+
+q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err) {
+    const int nm = q3r_model_num_matrices(m);
+    char module[256];
+    /* check: every module is the weight of some dense matrices of the model, of its shape */
+    for (int k = 0; k < a->count; k++) {
+        const q3r_lora *l = &a->items[k];
+        int found = 0;
+        for (int i = 0; i < nm; i++) {
+            q3r_matrix mx;
+            int row0, rows, cols;
+            if (matrix_module(m, i, &mx, module, sizeof module, &row0, &rows, &cols) || strcmp(module, l->module))
+                continue;
+            if (rows != l->rows || cols != l->cols)
+                return q3r_fail(err, Q3R_EINVAL, "adapter module %s is %d x %d, the model's weight is %d x %d",
+                                l->module, l->rows, l->cols, rows, cols);
+            found = 1;
+        }
+        if (!found)
+            return q3r_fail(err, Q3R_EINVAL,
+                            "adapter module %s names no dense weight matrix of this %s model (a target module is "
+                            "the weight of a matrix, e.g. blocks.0.attn.qkv)",
+                            l->module, q3r_model_family_name(m));
+    }
+    /* W[row0 + j, :] += s B[row0 + j, :] A for each matrix's rows of its module */
+    for (int k = 0; k < a->count; k++) {
+        const q3r_lora *l = &a->items[k];
+        const float s = (float)q3r_lora_scale(a, l);
+        for (int i = 0; i < nm; i++) {
+            q3r_matrix mx;
+            int row0, rows, cols;
+            if (matrix_module(m, i, &mx, module, sizeof module, &row0, &rows, &cols) || strcmp(module, l->module))
+                continue;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mx.rows, mx.cols, l->rank, s,
+                        l->B + (size_t)row0 * l->rank, l->rank, l->A, l->cols, 1.0f, mx.w, mx.cols);
+        }
+    }
+    return Q3R_OK;
+}
+
+/* ---- extraction ------------------------------------------------------------------------------ */
+
+q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *targets, int rank, double alpha,
+                               int use_rslora, q3r_adapter *out, q3r_error *err) {
+    q3r_adapter_init(out);
+    out->use_rslora = use_rslora;
+    if (rank < 1) return q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d < 1", rank);
+    if (!(alpha > 0)) return q3r_fail(err, Q3R_EINVAL, "adapter extract: alpha %g must be > 0", alpha);
+    const int nm = q3r_model_num_matrices(base);
+    if (strcmp(q3r_model_family_name(base), q3r_model_family_name(tuned)) || q3r_model_num_matrices(tuned) != nm ||
+        q3r_model_num_params(base) != q3r_model_num_params(tuned))
+        return q3r_fail(err, Q3R_EINVAL, "adapter extract: the fine-tuned model is not the base's architecture");
+    uint8_t *sel = calloc((size_t)nm, 1);
+    if (!sel) return q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
+    q3r_status s = q3r_model_select(base, targets, sel, err);
+    const double scale = use_rslora ? alpha / sqrt((double)rank) : alpha / (double)rank;
+    const double root = sqrt(scale);
+    char module[256];
+    /* modules in matrix order; each gets every selected matrix that lives in it */
+    for (int i = 0; i < nm && !s; i++) {
+        q3r_matrix mb, mt;
+        int row0, rows, cols;
+        if (!sel[i]) continue;
+        if (matrix_module(base, i, &mb, module, sizeof module, &row0, &rows, &cols) ||
+            q3r_model_matrix(tuned, i, &mt, NULL) || !mt.w) {
+            s = q3r_fail(err, Q3R_EINVAL, "adapter extract: matrix %s is factored; both models must be dense",
+                         mb.name);
+            break;
+        }
+        if (q3r_adapter_find(out, module)) continue; /* filled with an earlier block */
+        /* the selected blocks of this module */
+        int blocks[8], nb = 0;
+        for (int j = i; j < nm && nb < 8; j++) {
+            q3r_matrix x;
+            char mj[256];
+            int r0, rr, cc;
+            if (sel[j] && !matrix_module(base, j, &x, mj, sizeof mj, &r0, &rr, &cc) && !strcmp(mj, module))
+                blocks[nb++] = j;
+        }
+        const int R = nb * rank;
+        float *A = q3r_calloc(sizeof(float) * (size_t)R * cols), *B = q3r_calloc(sizeof(float) * (size_t)rows * R);
+        if (!A || !B) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
+        for (int b = 0; b < nb && !s; b++) {
+            q3r_matrix xb, xt;
+            int r0, rr, cc;
+            matrix_module(base, blocks[b], &xb, module, sizeof module, &r0, &rr, &cc);
+            q3r_model_matrix(tuned, blocks[b], &xt, NULL);
+            const int m = xb.rows, n = xb.cols, k = m < n ? m : n;
+            if (rank > k) {
+                s = q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d is above min(rows, cols) = %d of %s", rank,
+                             k, xb.name);
+                break;
+            }
+            float *D = malloc(sizeof(float) * (size_t)m * n);
+            double *U = malloc(sizeof(double) * (size_t)m * k), *S = malloc(sizeof(double) * (size_t)k),
+                   *VT = malloc(sizeof(double) * (size_t)k * n);
+            if (!D || !U || !S || !VT) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
+            for (size_t e = 0; !s && e < (size_t)m * n; e++) D[e] = xt.w[e] - xb.w[e];
+            if (!s && (s = q3r_svd_thin(D, m, n, n, U, S, VT, err))) q3r_fail_context(err, "adapter extract %s", xb.name);
+            for (int j = 0; !s && j < rank; j++) {
+                const double sq = sqrt(S[j]) / root;
+                for (int r = 0; r < m; r++)
+                    B[(size_t)(r0 + r) * R + (size_t)b * rank + j] = (float)(U[(size_t)r * k + j] * sq);
+                for (int c = 0; c < n; c++)
+                    A[(size_t)(b * rank + j) * cols + c] = (float)(sq * VT[(size_t)j * n + c]);
+            }
+            free(D);
+            free(U);
+            free(S);
+            free(VT);
+        }
+        /* one module of rank nb r with the blocks' own scale: alpha' / (nb r) = alpha / r */
+        const double am = use_rslora ? scale * sqrt((double)R) : scale * R;
+        if (!s) s = q3r_adapter_add(out, module, rows, cols, R, am, A, B, err);
+        q3r_free(A);
+        q3r_free(B);
+    }
+    free(sel);
+    if (s) q3r_adapter_free(out);
+    return s;
+}

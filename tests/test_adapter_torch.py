@@ -1,0 +1,230 @@
+"""q3r adapter merge / extract against PEFT's LoRA semantics, written here in torch and numpy
+(PEFT itself is not packaged): a LoRA module adds s (x A^T) B^T to its base nn.Linear, s =
+lora_alpha / r (or / sqrt(r) with use_rslora); r and alpha per module come from rank_pattern /
+alpha_pattern (a key matches a module name or a dotted suffix of it) else r / lora_alpha; the
+tensors are base_model.model.<module>.lora_A.weight (r, in) and .lora_B.weight (out, r).
+
+- extract: q3r's adapter of (tuned - base) equals the best rank-r factors of each Q, K, V block
+  and matrix by numpy's SVD, and a fused qkv module is packed exactly (A stacked, B
+  block-diagonal, alpha such that s is the blocks' scale);
+- merge: an adapter written here (suffix target_modules, a rank_pattern, an alpha_pattern,
+  rsLoRA) merged by q3r equals W0 + s B A, and the merged model's logits equal those of the base
+  with PEFT-style LoRA layers in the forward;
+- bad adapters: a clear message naming the file and key, a non-zero exit, no output.
+"""
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from q3r_testing import Checks, run_q3r  # noqa: E402
+
+try:
+    import numpy as np
+    import torch
+except ImportError:
+    print("test_adapter_torch: skipped (no numpy/torch)")
+    sys.exit(77)
+
+import safetensors_np as st  # noqa: E402
+from torch_reference import ViT  # noqa: E402
+
+check = Checks()
+CFG = dict(image_size=8, channels=1, patch=4, width=12, depth=2, heads=3, mlp_hidden=16, classes=5)
+META = {"model.family": "vit", "model.name": "tiny", "model.dropout": "0", "data.name": "fashion-mnist",
+        "data.mean": "0.5", "data.std": "0.25", **{f"model.{k}": str(v) for k, v in CFG.items()}}
+PREFIX = "base_model.model."
+
+
+def weights(model):
+    return {k: v.detach().numpy().astype(np.float32).copy() for k, v in model.state_dict().items()}
+
+
+def write_model(path, w):
+    st.write(path, w, META)
+
+
+def peft_rank_alpha(cfg, module):
+    """PEFT's lookup: the first pattern key matching (.*\\.)?(key)$, else r / lora_alpha."""
+    r, a = cfg["r"], cfg["lora_alpha"]
+    for key, v in (cfg.get("rank_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            r = v
+            break
+    for key, v in (cfg.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            a = v
+            break
+    return r, a
+
+
+def scale(cfg, r, a):
+    return a / math.sqrt(r) if cfg.get("use_rslora") else a / r
+
+
+def read_adapter(d):
+    with open(os.path.join(d, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    t, _ = st.read(os.path.join(d, "adapter_model.safetensors"))
+    mods = {}
+    for k, v in t.items():
+        m = re.fullmatch(re.escape(PREFIX) + r"(.*)\.lora_([AB])\.weight", k)
+        check(m is not None, f"adapter tensor name {k} is PEFT's")
+        if m:
+            mods.setdefault(m.group(1), {})[m.group(2)] = v.astype(np.float64)
+    return cfg, mods
+
+
+def best_rank(D, r):
+    U, S, VT = np.linalg.svd(D.astype(np.float64), full_matrices=False)
+    return (U[:, :r] * S[:r]) @ VT[:r]
+
+
+def main():
+    torch.manual_seed(3)
+    base = ViT(**CFG)
+    w0 = weights(base)
+    D = CFG["width"]
+    rng = np.random.default_rng(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpath, tpath = os.path.join(tmp, "base.safetensors"), os.path.join(tmp, "tuned.safetensors")
+        write_model(bpath, w0)
+        # a fine-tune: every block matrix moved by a random update (full rank, decaying spectrum)
+        w1 = {k: v.copy() for k, v in w0.items()}
+        for k, v in w1.items():
+            if k.startswith("blocks.") and k.endswith(".weight") and v.ndim == 2:
+                U = rng.standard_normal((v.shape[0], v.shape[0]))
+                V = rng.standard_normal((v.shape[1], v.shape[1]))
+                k_ = min(v.shape)
+                spec = 0.1 * 0.5 ** np.arange(k_)
+                w1[k] = (v + (U[:, :k_] * spec) @ V[:, :k_].T / 4).astype(np.float32)
+        write_model(tpath, w1)
+
+        # ---- extract -------------------------------------------------------------------------
+        out = os.path.join(tmp, "extracted")
+        R, ALPHA = 2, 4.0
+        p = run_q3r(["adapter", "extract", bpath, tpath, out, "--rank", str(R), "--alpha", str(ALPHA),
+                     "--targets", "all", "--threads", "1"], expect_ok=True)
+        check(p.returncode == 0, "adapter extract runs")
+        cfg, mods = read_adapter(out)
+        check(cfg["peft_type"] == "LORA" and cfg["bias"] == "none" and cfg["fan_in_fan_out"] is False,
+              f"config: {cfg}")
+        want = {f"blocks.{l}.{m}" for l in range(CFG["depth"]) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+        check(set(mods) == want and set(cfg["target_modules"]) == want, f"modules {sorted(mods)}")
+        worst = 0.0
+        for mod, f in mods.items():
+            r, a = peft_rank_alpha(cfg, mod)
+            s = scale(cfg, r, a)
+            A, B = f["A"], f["B"]
+            delta = (w1[mod + ".weight"].astype(np.float64) - w0[mod + ".weight"])
+            if mod.endswith("qkv"):
+                check(r == 3 * R and A.shape == (3 * R, D) and B.shape == (3 * D, 3 * R), f"{mod}: rank {r}")
+                check(abs(s - ALPHA / R) < 1e-12, f"{mod}: packed scale {s} is the blocks' {ALPHA / R}")
+                for j in range(3):
+                    off = np.delete(B[j * D:(j + 1) * D], np.s_[j * R:(j + 1) * R], axis=1)
+                    check(np.all(off == 0), f"{mod}: B is block-diagonal (block {j})")
+                    got = s * B[j * D:(j + 1) * D, j * R:(j + 1) * R] @ A[j * R:(j + 1) * R]
+                    ref = best_rank(delta[j * D:(j + 1) * D], R)
+                    worst = max(worst, np.abs(got - ref).max() / np.abs(ref).max())
+            else:
+                check(r == R and A.shape[0] == R and B.shape[1] == R, f"{mod}: rank {r}")
+                ref = best_rank(delta, R)
+                worst = max(worst, np.abs(s * B @ A - ref).max() / np.abs(ref).max())
+        check(worst < 1e-5, f"extract: s B A against numpy's best rank-{R} update: max rel err {worst:.3g}")
+        print(f"extract vs numpy SVD: max rel err {worst:.3g}")
+
+        # ---- merge an adapter written here, PEFT's way ----------------------------------------
+        ad = os.path.join(tmp, "reference_adapter")
+        os.makedirs(ad)
+        cfg = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["qkv", "fc1"],
+               "rank_pattern": {"blocks.1.mlp.fc1": 2}, "alpha_pattern": {"blocks\\.0\\.attn\\.qkv": 3},
+               "use_rslora": True, "bias": "none", "fan_in_fan_out": False, "lora_dropout": 0.1,
+               "modules_to_save": None, "init_lora_weights": True, "inference_mode": False, "use_dora": False,
+               "base_model_name_or_path": "tiny", "task_type": None, "layers_to_transform": None,
+               "layers_pattern": None, "revision": None, "megatron_config": None, "megatron_core": "megatron.core",
+               "loftq_config": {}}
+        tensors = {}
+        lora = {}
+        for l in range(CFG["depth"]):
+            for mod, (rows, cols) in ((f"blocks.{l}.attn.qkv", (3 * D, D)), (f"blocks.{l}.mlp.fc1", (CFG["mlp_hidden"], D))):
+                r, a = peft_rank_alpha(cfg, mod)
+                A = rng.standard_normal((r, cols)).astype(np.float32) / 4
+                B = rng.standard_normal((rows, r)).astype(np.float32) / 4
+                tensors[f"{PREFIX}{mod}.lora_A.weight"] = A
+                tensors[f"{PREFIX}{mod}.lora_B.weight"] = B
+                lora[mod] = (A, B, scale(cfg, r, a))
+        st.write(os.path.join(ad, "adapter_model.safetensors"), tensors)
+        with open(os.path.join(ad, "adapter_config.json"), "w") as f:
+            json.dump(cfg, f)
+        merged = os.path.join(tmp, "merged.safetensors")
+        p = run_q3r(["adapter", "merge", bpath, ad, merged, "--threads", "1"], expect_ok=True)
+        check(p.returncode == 0, "adapter merge runs")
+        wm, mmeta = st.read(merged)
+        worst = 0.0
+        for k, v in w0.items():
+            mod = k[: -len(".weight")]
+            if mod in lora:
+                A, B, s = lora[mod]
+                ref = v.astype(np.float64) + s * B.astype(np.float64) @ A.astype(np.float64)
+                worst = max(worst, np.abs(wm[k] - ref).max() / np.abs(ref).max())
+            else:
+                check(np.array_equal(wm[k], v), f"merge left {k} alone")
+        check(worst < 1e-6, f"merge: W0 + s B A, max rel err {worst:.3g}")
+        check(mmeta.get("model.name") == "tiny" and "adapter.merged" in mmeta, f"merged metadata {mmeta}")
+
+        # the merged model's logits against the base with PEFT-style LoRA layers in the forward
+        x = torch.randn(4, CFG["channels"], CFG["image_size"], CFG["image_size"])
+        ref = ViT(**CFG)
+        ref.load_state_dict({k: torch.from_numpy(v) for k, v in w0.items()})
+        for mod, (A, B, s) in lora.items():
+            lin = ref.get_submodule(mod)
+            At, Bt = torch.from_numpy(A), torch.from_numpy(B)
+            lin.forward = (lambda lin_, At_, Bt_, s_: lambda inp: torch.nn.functional.linear(inp, lin_.weight, lin_.bias)
+                           + s_ * (inp @ At_.T) @ Bt_.T)(lin, At, Bt, s)
+        mm = ViT(**CFG)
+        mm.load_state_dict({k: torch.from_numpy(v) for k, v in wm.items()})
+        with torch.no_grad():
+            a_, b_ = ref(x), mm(x)
+        e = (a_ - b_).abs().max().item() / a_.abs().max().item()
+        check(e < 1e-5, f"merged logits against the LoRA forward: rel err {e:.3g}")
+
+        # ---- bad adapters ---------------------------------------------------------------------
+        def bad(mutate, want, what, files=None):
+            d = os.path.join(tmp, "bad")
+            os.makedirs(d, exist_ok=True)
+            c = json.loads(json.dumps(cfg))
+            t = dict(tensors)
+            mutate(c, t)
+            st.write(os.path.join(d, "adapter_model.safetensors"), t)
+            with open(os.path.join(d, "adapter_config.json"), "w") as f:
+                json.dump(c, f)
+            o = os.path.join(tmp, "bad_out.safetensors")
+            p = run_q3r(["adapter", "merge", bpath, d, o])
+            check(p.returncode != 0 and want in p.stderr and not os.path.exists(o),
+                  f"{what}: exit {p.returncode}, stderr {p.stderr.strip()}")
+
+        bad(lambda c, t: c.pop("r"), "'r'", "no r")
+        bad(lambda c, t: c.update(foo=1), "'foo'", "unknown key")
+        bad(lambda c, t: c.update(peft_type="IA3"), "IA3", "other peft_type")
+        bad(lambda c, t: c.update(use_dora=True), "use_dora", "DoRA")
+        bad(lambda c, t: c.update(r=5), "rank", "ranks disagree with the tensors")
+        bad(lambda c, t: c.update(target_modules=["fc1"]), "target_modules", "a module outside target_modules")
+
+        def no_module(c, t):
+            t[f"{PREFIX}blocks.7.attn.qkv.lora_A.weight"] = np.zeros((4, D), np.float32)
+            t[f"{PREFIX}blocks.7.attn.qkv.lora_B.weight"] = np.zeros((3 * D, 4), np.float32)
+        bad(no_module, "blocks.7.attn.qkv", "a module that names nothing in the base")
+
+        def wrong_shape(c, t):
+            t[f"{PREFIX}blocks.0.mlp.fc1.lora_A.weight"] = np.zeros((4, D + 1), np.float32)
+        bad(wrong_shape, "blocks.0.mlp.fc1", "a module of another shape")
+        p = run_q3r(["adapter", "extract", bpath, tpath, os.path.join(tmp, "x"), "--rank", "13"])
+        check(p.returncode != 0 and "rank 13" in p.stderr, f"rank above the matrix: {p.stderr.strip()}")
+    return check.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
