@@ -142,6 +142,96 @@ static void test_chain(int rows, int cols, int nf, const int *inner, q3r_reparam
 
 /* ---- initialisations ---------------------------------------------------------------------- */
 
+/* LoRA: W = W_0 + s B A. After build W is W_0 bit for bit, B = 0 and A in +-1/sqrt(cols); with
+ * random factors W equals W_0 + s B A computed here in double, and the factor gradients match
+ * central differences of L(W_0 + s B A). */
+static void test_lora_chain(int rows, int cols, int r, double scale, uint64_t seed) {
+    char what[64];
+    snprintf(what, sizeof what, "lora %dx%d rank %d scale %g", rows, cols, r, scale);
+    q3r_rng rng;
+    q3r_rng_seed(&rng, seed);
+    const int ld = cols + 2;
+    float *w = malloc(sizeof(float) * (size_t)rows * ld), *dw = malloc(sizeof(float) * (size_t)rows * ld),
+          *w0 = malloc(sizeof(float) * (size_t)rows * ld);
+    fill_normal_f(w, (size_t)rows * ld, 0.5, &rng);
+    memcpy(w0, w, sizeof(float) * (size_t)rows * ld);
+    q3r_error err;
+    q3r_reparam *rp = NULL;
+    CHECK_OK(q3r_reparam_create(&rp, &err), &err);
+    int inner[1] = {r};
+    CHECK_OK(q3r_reparam_add(rp, "m", w, rows, cols, ld, dw, ld, 2, inner, Q3R_REPARAM_LORA, &err), &err);
+    CHECK_OK(q3r_reparam_set_lora(rp, 0, scale, seed, &err), &err);
+    CHECK_OK(q3r_reparam_build(rp, &err), &err);
+    CHECK(!memcmp(w, w0, sizeof(float) * (size_t)rows * ld), "%s: W after build is not W_0 bit for bit",
+          what);
+    float *B = q3r_reparam_factor(rp, 0, 0, NULL, NULL, NULL),
+          *A = q3r_reparam_factor(rp, 0, 1, NULL, NULL, NULL);
+    int bzero = 1, ain = 1, aspread = 0;
+    for (int i = 0; i < rows * r; i++) bzero &= B[i] == 0.0f;
+    for (int i = 0; i < r * cols; i++) {
+        ain &= fabsf(A[i]) <= 1.0f / sqrtf((float)cols);
+        aspread |= fabsf(A[i]) > 0.5f / sqrtf((float)cols);
+    }
+    CHECK(bzero && ain && aspread, "%s: init B = 0, A uniform in +-1/sqrt(cols)", what);
+    fill_normal_f(B, (size_t)rows * r, 0.7, &rng);
+    fill_normal_f(A, (size_t)r * cols, 0.7, &rng);
+    q3r_reparam_materialize(rp);
+    double *F[2] = {malloc(sizeof(double) * (size_t)rows * r), malloc(sizeof(double) * (size_t)r * cols)};
+    for (int i = 0; i < rows * r; i++) F[0][i] = B[i];
+    for (int i = 0; i < r * cols; i++) F[1][i] = A[i];
+    const int dims[3] = {rows, r, cols};
+    double *P = malloc(sizeof(double) * (size_t)rows * cols),
+           *G = malloc(sizeof(double) * (size_t)rows * cols),
+           *Wd = malloc(sizeof(double) * (size_t)rows * cols);
+    chain_product(F, dims, 2, P);
+    double e = 0, mx = 0;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            const double want = w0[(size_t)i * ld + j] + scale * P[(size_t)i * cols + j];
+            Wd[(size_t)i * cols + j] = want;
+            e = fmax(e, fabs(w[(size_t)i * ld + j] - want));
+            mx = fmax(mx, fabs(want));
+        }
+    CHECK(e <= 1e-5 * mx, "%s: W off W_0 + s B A by %g (scale %g)", what, e, mx);
+    fill_normal_d(G, (size_t)rows * cols, 1.0, &rng);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++)
+            dw[(size_t)i * ld + j] = (float)(G[(size_t)i * cols + j] + Wd[(size_t)i * cols + j]);
+    q3r_reparam_backward(rp, 1);
+    const double h = 1e-4;
+    for (int k = 0; k < 2; k++) {
+        float *g;
+        q3r_reparam_factor(rp, 0, k, NULL, NULL, &g);
+        double worst = 0, gmax = 1e-30;
+        for (int i = 0; i < dims[k] * dims[k + 1]; i++) {
+            double keep = F[k][i], l[2];
+            for (int side = 0; side < 2; side++) {
+                F[k][i] = keep + (side ? -h : h);
+                chain_product(F, dims, 2, P);
+                for (int a = 0; a < rows; a++)
+                    for (int b = 0; b < cols; b++)
+                        P[(size_t)a * cols + b] = w0[(size_t)a * ld + b] + scale * P[(size_t)a * cols + b];
+                l[side] = loss_of(P, G, rows * cols);
+            }
+            F[k][i] = keep;
+            const double fd = (l[0] - l[1]) / (2 * h);
+            worst = fmax(worst, fabs(fd - g[i]));
+            gmax = fmax(gmax, fabs(fd));
+        }
+        CHECK(worst <= 2e-4 * gmax, "%s: factor %d gradient off the finite differences by %g (max %g)", what,
+              k, worst, gmax);
+    }
+    free(F[0]);
+    free(F[1]);
+    free(P);
+    free(G);
+    free(Wd);
+    free(w);
+    free(w0);
+    free(dw);
+    q3r_reparam_free(rp);
+}
+
 static void test_identity_init(void) {
     enum { R = 9, C = 6 };
     q3r_rng rng;
@@ -359,6 +449,63 @@ static void test_collapsed_lorita(void) {
     q3r_trainer_free(t);
 }
 
+/* LoRA training: the model's own parameters never move except the targets, which are always
+ * W_0 + s B A; no model optimizer state exists. */
+static void test_lora_frozen(void) {
+    q3r_train_config c = tiny_config("lora");
+    c.rank = "2";
+    c.lora_alpha = 4;
+    q3r_error err;
+    q3r_trainer *t0 = trained(&c, 7, 0), *t = trained(&c, 7, 5);
+    if (!t0 || !t) return;
+    q3r_model *m0 = q3r_trainer_model(t0), *m = q3r_trainer_model(t);
+    q3r_reparam *rp = q3r_trainer_reparam(t);
+    const float *p0 = q3r_model_params(m0), *p = q3r_model_params(m);
+    int frozen = 1, moved = 0;
+    for (int i = 0; i < q3r_model_num_tensors(m); i++) {
+        const q3r_param_info *ti = q3r_model_tensor(m, i);
+        const size_t n = (size_t)q3r_param_numel(ti);
+        const int target = strstr(ti->name, "attn.qkv.weight") || strstr(ti->name, "attn.proj.weight") ||
+                           strstr(ti->name, "mlp.fc1.weight") || strstr(ti->name, "mlp.fc2.weight");
+        const int same = !memcmp(p0 + ti->offset, p + ti->offset, sizeof(float) * n);
+        if (target) moved |= !same;
+        else frozen &= same;
+        if (!target && !same) CHECK(0, "lora: frozen tensor %s changed", ti->name);
+    }
+    CHECK(frozen && moved, "lora: only the targets move (frozen %d, moved %d)", frozen, moved);
+    /* every target = its frozen base + (alpha / r) B A, in double */
+    double worst = 0;
+    for (int i = 0; i < q3r_reparam_count(rp); i++) {
+        int rows = 0, cols = 0, ld = 0, r = 0;
+        float *w = matrix_of(m, q3r_reparam_name(rp, i), &rows, &cols, &ld);
+        const float *base = q3r_reparam_base(rp, i);
+        float *B = q3r_reparam_factor(rp, i, 0, NULL, &r, NULL),
+              *A = q3r_reparam_factor(rp, i, 1, NULL, NULL, NULL);
+        float *w_init = matrix_of(m0, q3r_reparam_name(rp, i), &rows, &cols, &ld);
+        CHECK(w && base && w_init && !memcmp(base, w_init, sizeof(float) * (size_t)rows * cols),
+              "lora %s: the kept base is the initial weight", q3r_reparam_name(rp, i));
+        for (int a = 0; w && a < rows; a++)
+            for (int b = 0; b < cols; b++) {
+                double acc = 0;
+                for (int k = 0; k < r; k++) acc += (double)B[(size_t)a * r + k] * A[(size_t)k * cols + b];
+                worst = fmax(worst, fabs(w[(size_t)a * ld + b] - (base[(size_t)a * cols + b] + 2.0 * acc)));
+            }
+    }
+    CHECK(worst < 1e-6, "lora: targets off W_0 + s B A by %g", worst);
+    q3r_tensor_list l;
+    q3r_tensor_list_init(&l);
+    CHECK_OK(q3r_trainer_export(t, &l, &err), &err);
+    CHECK(!q3r_tensor_list_find(&l, "optim.m") && q3r_tensor_list_find(&l, "reparam.optim.m"),
+          "lora: no model optimizer state, the factors' only");
+    q3r_tensor_list_free(&l);
+    c.rank = "0.4";
+    q3r_trainer *bad = NULL;
+    CHECK(q3r_trainer_create(&c, &bad, &err) != Q3R_OK && strstr(err.msg, "integer"), "lora --rank 0.4: %s",
+          err.msg);
+    q3r_trainer_free(t0);
+    q3r_trainer_free(t);
+}
+
 static void test_factorized_rank(void) {
     q3r_train_config c = tiny_config("factorized");
     q3r_error err;
@@ -463,12 +610,16 @@ int main(void) {
     test_chain(6, 4, 2, sq, Q3R_REPARAM_IDENTITY, 4); /* two */
     const int r2[1] = {2};
     test_chain(7, 5, 2, r2, Q3R_REPARAM_SPECTRAL, 5); /* factorized, r = 2 */
+    test_lora_chain(6, 5, 2, 2.0, 11);
+    test_lora_chain(4, 7, 3, 0.5, 12);
     test_identity_init();
     test_spectral_init();
     test_collapsed_lorita();
     test_factorized_rank();
     test_resume("lorita");
     test_resume("factorized");
+    test_resume("lora");
+    test_lora_frozen();
     test_errors();
     return check_report("test_reparam");
 }

@@ -46,16 +46,16 @@ typedef struct {
 typedef struct {
     q3r_lora *items;
     int count, cap;
-    int use_rslora;    /* s = alpha / sqrt(r) instead of alpha / r */
-    char *base_model;  /* base_model_name_or_path (may be NULL) */
-    char *task_type;   /* PEFT's task_type (may be NULL) */
+    int use_rslora;   /* s = alpha / sqrt(r) instead of alpha / r */
+    char *base_model; /* base_model_name_or_path (may be NULL) */
+    char *task_type;  /* PEFT's task_type (may be NULL) */
 } q3r_adapter;
 
 void q3r_adapter_init(q3r_adapter *a);
 void q3r_adapter_free(q3r_adapter *a); /* leaves it empty */
 /* Append a copy of module's factors. Errors: a duplicate module, sizes < 1. */
-q3r_status q3r_adapter_add(q3r_adapter *a, const char *module, int rows, int cols, int rank, double alpha,
-                           const float *A, const float *B, q3r_error *err);
+q3r_status q3r_adapter_add(q3r_adapter *a, const char *module, int rows, int cols, int rank,
+                           double alpha, const float *A, const float *B, q3r_error *err);
 const q3r_lora *q3r_adapter_find(const q3r_adapter *a, const char *module); /* NULL if absent */
 /* s of one module: alpha / r, or alpha / sqrt(r) with use_rslora. */
 double q3r_lora_scale(const q3r_adapter *a, const q3r_lora *l);
@@ -76,8 +76,8 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
  * sqrt(S_r) / sqrt(s), A = sqrt(S_r) V_r^T / sqrt(s) with s the scale of (rank, alpha), packed per
  * module (Q, K, V of a fused qkv into one module of rank 3r). rank above a matrix's min(rows,
  * cols) is an error naming the matrix. */
-q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *targets, int rank, double alpha,
-                               int use_rslora, q3r_adapter *out, q3r_error *err);
+q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *targets, int rank,
+                               double alpha, int use_rslora, q3r_adapter *out, q3r_error *err);
 
 #ifdef __cplusplus
 }

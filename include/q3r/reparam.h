@@ -24,6 +24,10 @@
  *   IDENTITY  W_1 = W_0, the other factors identity (needs every inner dimension = n). The
  *             product is W_0 exactly (bit for bit: each entry is one product by 1 plus exact
  *             zeros), so a LoRITa run starts from the same dense init as every other mode.
+ *   LORA      N = 2 over a frozen base: W = W_0 + s F_0 F_1 with F_0 = B (m x r) = 0 and F_1 = A
+ *             (r x n) uniform in +-1/sqrt(n) (PEFT's kaiming_uniform(a = sqrt 5) on lora_A), W_0
+ *             the matrix's value at build, kept; the product starts at W_0 exactly. Set with
+ *             q3r_reparam_set_lora (scale s, the seed of A's draw) after q3r_reparam_add.
  *   SPECTRAL  N = 2: A = U_r sqrt(S_r), B = sqrt(S_r) V_r^T from a double-precision thin SVD of
  *             W_0 (q3r_svd_thin): the product is the best rank-r approximation of W_0 and the two
  *             factors are balanced (A^T A = B B^T = S_r).
@@ -39,7 +43,11 @@
 extern "C" {
 #endif
 
-typedef enum { Q3R_REPARAM_IDENTITY = 0, Q3R_REPARAM_SPECTRAL = 1 } q3r_reparam_init;
+typedef enum {
+    Q3R_REPARAM_IDENTITY = 0,
+    Q3R_REPARAM_SPECTRAL = 1,
+    Q3R_REPARAM_LORA = 2
+} q3r_reparam_init;
 
 #define Q3R_REPARAM_MAX_FACTORS 16
 
@@ -56,6 +64,12 @@ void q3r_reparam_free(q3r_reparam *rp);
 q3r_status q3r_reparam_add(q3r_reparam *rp, const char *name, float *w, int rows, int cols, int ld,
                            float *dw, int ldg, int nf, const int *inner, q3r_reparam_init init,
                            q3r_error *err);
+
+/* Matrix i (added with init LORA) gets W = W_0 + scale F_0 F_1, A drawn from seed. Before build. */
+q3r_status q3r_reparam_set_lora(q3r_reparam *rp, int i, double scale, uint64_t seed,
+                                q3r_error *err);
+/* The frozen base W_0 of a LORA matrix (rows x cols, leading dimension cols); NULL otherwise. */
+const float *q3r_reparam_base(const q3r_reparam *rp, int i);
 
 /* Allocate the factors, initialise each chain from its matrix's current value, and
  * materialise. Once. */

@@ -47,6 +47,9 @@ typedef enum {
     Q3R_WEIGHTS_DENSE = 0,      /* the model's dense weights */
     Q3R_WEIGHTS_LORITA = 1,     /* LoRITa: W = W_1 ... W_N, N = lorita_factors; W_1 = W_0, rest I */
     Q3R_WEIGHTS_FACTORIZED = 2, /* W = A B at the rank rule `rank`, spectral init from W_0 */
+    Q3R_WEIGHTS_LORA = 3, /* fine-tuning: W = W_0 + s B A at rank `rank` (an integer), B = 0 and A
+                                   PEFT's init, s = lora_alpha / r (lora_rslora: / sqrt(r)); the rest of
+                                   the model frozen (no update, no optimizer moments) */
     Q3R_WEIGHTS_COUNT
 } q3r_weights_mode;
 
@@ -78,6 +81,8 @@ typedef struct {
     int period;          /* refresh every `period` steps */
     q3r_eps_options eps;
     int lorita_factors; /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
+    double lora_alpha;  /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
+    int lora_rslora;    /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
     /* run */
     uint64_t seed;
     const char *out_dir;      /* borrowed strings, like the ones above */
@@ -89,7 +94,7 @@ typedef struct {
 } q3r_train_config;
 
 /* The command line's methods: "none", "decoupled", "coupled", "nuclear" (dense weights with
- * that regularizer), "lorita", "factorized" (those weights, no regularizer). Error: another name
+ * that regularizer), "lorita", "factorized", "lora" (those weights, no regularizer). Error: another name
  * (the message lists them). */
 q3r_status q3r_train_set_method(q3r_train_config *cfg, const char *method, q3r_error *err);
 /* The method's name as q3r_train_set_method takes it (the "q3r.mode" metadata). */

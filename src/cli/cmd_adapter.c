@@ -60,7 +60,8 @@ static int merge(int argc, char **argv) {
         fprintf(stderr, "q3r adapter merge: %s\n", err.msg);
         goto done;
     }
-    printf("merged %d module%s of %s into %s: %s\n", a.count, a.count == 1 ? "" : "s", pos[1], pos[0], pos[2]);
+    printf("merged %d module%s of %s into %s: %s\n", a.count, a.count == 1 ? "" : "s", pos[1], pos[0],
+           pos[2]);
     status = 0;
 done:
     q3r_adapter_free(&a);
@@ -74,11 +75,12 @@ static int extract(int argc, char **argv) {
     double alpha = 0;
     const char *targets = "all";
     const arg_spec specs[] = {
-        {"rank", ARG_INT, &rank, "rank of each matrix's update (a fused qkv module gets 3x)", 1, 1 << 20, NULL, "R"},
+        {"rank", ARG_INT, &rank, "rank of each matrix's update (a fused qkv module gets 3x)", 1, 1 << 20,
+         NULL, "R"},
         {"alpha", ARG_DOUBLE, &alpha, "lora_alpha (0: the rank, s = 1)", 0, 1e9, NULL, NULL},
         {"rslora", ARG_FLAG, &rslora, "rank-stabilised scaling s = alpha / sqrt(r)", 0, 0, NULL, NULL},
-        {"targets", ARG_STRING, &targets, "matrices: comma list of qkv, proj, fc1, fc2, head, all", 0, 0, NULL,
-         "LIST"},
+        {"targets", ARG_STRING, &targets, "matrices: comma list of qkv, proj, fc1, fc2, head, all", 0, 0,
+         NULL, "LIST"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {0},
     };
@@ -115,9 +117,10 @@ static int extract(int argc, char **argv) {
         goto done;
     }
     int64_t params = 0;
-    for (int i = 0; i < a.count; i++) params += (int64_t)a.items[i].rank * (a.items[i].rows + a.items[i].cols);
-    printf("extracted %d module%s at rank %d (%lld adapter parameters): %s\n", a.count, a.count == 1 ? "" : "s",
-           rank, (long long)params, pos[2]);
+    for (int i = 0; i < a.count; i++)
+        params += (int64_t)a.items[i].rank * (a.items[i].rows + a.items[i].cols);
+    printf("extracted %d module%s at rank %d (%lld adapter parameters): %s\n", a.count,
+           a.count == 1 ? "" : "s", rank, (long long)params, pos[2]);
     status = 0;
 done:
     q3r_adapter_free(&a);

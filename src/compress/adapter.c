@@ -147,8 +147,9 @@ static char *config_json(const q3r_adapter *a) {
         }
     q3r_text_add(&t, "},\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": ");
     q3r_text_add(&t, a->use_rslora ? "true" : "false");
-    q3r_text_add(&t, ",\n  \"lora_dropout\": 0.0,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,"
-                     "\n  \"modules_to_save\": null,\n  \"base_model_name_or_path\": ");
+    q3r_text_add(&t,
+                 ",\n  \"lora_dropout\": 0.0,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,"
+                 "\n  \"modules_to_save\": null,\n  \"base_model_name_or_path\": ");
     if (a->base_model) q3r_text_add_json_string(&t, a->base_model);
     else q3r_text_add(&t, "null");
     q3r_text_add(&t, ",\n  \"task_type\": ");
@@ -202,20 +203,38 @@ q3r_status q3r_adapter_write(const char *dir, const q3r_adapter *a, q3r_error *e
 
 /* PEFT's LoRA config keys: the ones q3r reads, and the ones it accepts only at their default
  * (a value that changes what the adapter means is refused). Anything else is not PEFT's. */
-static const char *const READ_KEYS[] = {"peft_type", "r", "lora_alpha", "target_modules", "rank_pattern",
-                                        "alpha_pattern", "use_rslora", "base_model_name_or_path", "task_type"};
+static const char *const READ_KEYS[] = {"peft_type",    "r",
+                                        "lora_alpha",   "target_modules",
+                                        "rank_pattern", "alpha_pattern",
+                                        "use_rslora",   "base_model_name_or_path",
+                                        "task_type"};
 static const char *const FREE_KEYS[] = {/* informational or training-only: any value */
-                                        "lora_dropout", "inference_mode", "revision", "init_lora_weights",
-                                        "peft_version", "auto_mapping", "exclude_modules", "megatron_core",
-                                        "qalora_group_size", "runtime_config", "ensure_weight_tying"};
+                                        "lora_dropout",      "inference_mode",     "revision",
+                                        "init_lora_weights", "peft_version",       "auto_mapping",
+                                        "exclude_modules",   "megatron_core",      "qalora_group_size",
+                                        "runtime_config",    "ensure_weight_tying"};
 /* at their default only: false, "none", null, {} or [] */
-static const char *const DEFAULT_KEYS[] = {
-    "bias",          "fan_in_fan_out",    "use_dora",         "modules_to_save",
-    "layers_to_transform", "layers_pattern", "megatron_config", "loftq_config",
-    "eva_config",    "corda_config",      "lora_ga_config",   "velora_config",
-    "monteclora_config", "layer_replication", "lora_bias",    "target_parameters",
-    "trainable_token_indices", "alora_invocation_tokens", "use_qalora", "use_bdlora",
-    "arrow_config"};
+static const char *const DEFAULT_KEYS[] = {"bias",
+                                           "fan_in_fan_out",
+                                           "use_dora",
+                                           "modules_to_save",
+                                           "layers_to_transform",
+                                           "layers_pattern",
+                                           "megatron_config",
+                                           "loftq_config",
+                                           "eva_config",
+                                           "corda_config",
+                                           "lora_ga_config",
+                                           "velora_config",
+                                           "monteclora_config",
+                                           "layer_replication",
+                                           "lora_bias",
+                                           "target_parameters",
+                                           "trainable_token_indices",
+                                           "alora_invocation_tokens",
+                                           "use_qalora",
+                                           "use_bdlora",
+                                           "arrow_config"};
 
 static int in_list(const char *key, const char *const *list, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -265,7 +284,8 @@ static int target_matches(const q3r_json *targets, const char *module) {
     for (size_t i = 0; i < targets->count; i++) {
         const char *key = targets->items[i].text;
         const size_t k = strlen(key);
-        if (!strcmp(module, key) || (n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, key))) return 1;
+        if (!strcmp(module, key) || (n > k && module[n - k - 1] == '.' && !strcmp(module + n - k, key)))
+            return 1;
     }
     return 0;
 }
@@ -308,7 +328,8 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
     int ok = tm && (tm->type == Q3R_JSON_STRING || tm->type == Q3R_JSON_ARRAY);
     for (size_t i = 0; ok && tm->type == Q3R_JSON_ARRAY && i < tm->count; i++)
         ok = tm->items[i].type == Q3R_JSON_STRING;
-    if (!ok) return q3r_fail(err, Q3R_EFORMAT, "%s: key 'target_modules' missing or not a list of names", path);
+    if (!ok)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'target_modules' missing or not a list of names", path);
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};
     for (int p = 0; p < 2; p++) {
         const q3r_json *o = q3r_json_find(c, patterns[p]);
@@ -385,22 +406,26 @@ q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
     if (!s) s = check_config(&c, cfg_path, err);
     if (!s) s = q3r_safetensors_read(st_path, &l, NULL, err);
     const q3r_json *tm = s ? NULL : q3r_json_find(&c, "target_modules");
-    const q3r_json *rp = s ? NULL : q3r_json_find(&c, "rank_pattern"), *ap = s ? NULL : q3r_json_find(&c, "alpha_pattern");
+    const q3r_json *rp = s ? NULL : q3r_json_find(&c, "rank_pattern"),
+                   *ap = s ? NULL : q3r_json_find(&c, "alpha_pattern");
     if (!s) {
-        const q3r_json *rs = q3r_json_find(&c, "use_rslora"), *bm = q3r_json_find(&c, "base_model_name_or_path"),
+        const q3r_json *rs = q3r_json_find(&c, "use_rslora"),
+                       *bm = q3r_json_find(&c, "base_model_name_or_path"),
                        *tt = q3r_json_find(&c, "task_type");
         a->use_rslora = rs && rs->type == Q3R_JSON_BOOL && rs->boolean;
         if (bm && bm->type == Q3R_JSON_STRING) a->base_model = strdup(bm->text);
         if (tt && tt->type == Q3R_JSON_STRING) a->task_type = strdup(tt->text);
     }
-    const double r0 = s ? 0 : q3r_json_find(&c, "r")->number, a0 = s ? 0 : q3r_json_find(&c, "lora_alpha")->number;
+    const double r0 = s ? 0 : q3r_json_find(&c, "r")->number,
+                 a0 = s ? 0 : q3r_json_find(&c, "lora_alpha")->number;
     /* every lora_A with its lora_B, shapes as the config says */
     for (size_t i = 0; i < l.count && !s; i++) {
         char which;
         char *module = module_of(l.items[i].name, &which);
         if (!module) {
-            s = q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' is not a LoRA factor (%s<module>.lora_A/B.weight)",
-                         st_path, l.items[i].name, PREFIX);
+            s = q3r_fail(err, Q3R_EFORMAT,
+                         "%s: tensor '%s' is not a LoRA factor (%s<module>.lora_A/B.weight)", st_path,
+                         l.items[i].name, PREFIX);
             break;
         }
         if (which == 'B') { /* checked with its A */
@@ -413,8 +438,7 @@ q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
         const q3r_tensor *A = &l.items[i], *B = q3r_tensor_list_find(&l, q3r_text_str(&nb));
         const int rank = (int)pattern_value(rp, module, r0);
         const double alpha = pattern_value(ap, module, a0);
-        if (!B)
-            s = q3r_fail(err, Q3R_EFORMAT, "%s: '%s' has no '%s'", st_path, A->name, q3r_text_str(&nb));
+        if (!B) s = q3r_fail(err, Q3R_EFORMAT, "%s: '%s' has no '%s'", st_path, A->name, q3r_text_str(&nb));
         else if (A->dtype != Q3R_F32 || B->dtype != Q3R_F32 || A->ndim != 2 || B->ndim != 2)
             s = q3r_fail(err, Q3R_EFORMAT, "%s: the factors of %s must be 2-D F32", st_path, module);
         else if (A->shape[0] != rank || B->shape[1] != rank)
@@ -425,7 +449,8 @@ q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
             s = q3r_fail(err, Q3R_EFORMAT, "%s: module %s has factors but is not in target_modules", cfg_path,
                          module);
         else
-            s = q3r_adapter_add(a, module, (int)B->shape[0], (int)A->shape[1], rank, alpha, A->data, B->data, err);
+            s = q3r_adapter_add(a, module, (int)B->shape[0], (int)A->shape[1], rank, alpha, A->data, B->data,
+                                err);
         if (s && err && !strstr(err->msg, dir)) q3r_fail_context(err, "%s", dir);
         q3r_text_free(&nb);
         free(module);
@@ -452,8 +477,8 @@ q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
 
 /* The module (tensor name without ".weight") that holds dense matrix i, its row offset in that
  * tensor and the tensor's shape. 0, or -1 when the matrix is factored. */
-static int matrix_module(q3r_model *m, int i, q3r_matrix *mx, char *module, size_t cap, int *row0,
-                         int *rows, int *cols) {
+static int matrix_module(q3r_model *m, int i, q3r_matrix *mx, char *module, size_t cap, int *row0, int *rows,
+                         int *cols) {
     if (q3r_model_matrix(m, i, mx, NULL) || !mx->w) return -1;
     const q3r_param_info *t = q3r_model_tensor(m, mx->tensor);
     const size_t len = strlen(t->name);
@@ -475,18 +500,21 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
         for (int i = 0; i < nm; i++) {
             q3r_matrix mx;
             int row0, rows, cols;
-            if (matrix_module(m, i, &mx, module, sizeof module, &row0, &rows, &cols) || strcmp(module, l->module))
+            if (matrix_module(m, i, &mx, module, sizeof module, &row0, &rows, &cols) ||
+                strcmp(module, l->module))
                 continue;
             if (rows != l->rows || cols != l->cols)
-                return q3r_fail(err, Q3R_EINVAL, "adapter module %s is %d x %d, the model's weight is %d x %d",
-                                l->module, l->rows, l->cols, rows, cols);
+                return q3r_fail(err, Q3R_EINVAL,
+                                "adapter module %s is %d x %d, the model's weight is %d x %d", l->module,
+                                l->rows, l->cols, rows, cols);
             found = 1;
         }
         if (!found)
-            return q3r_fail(err, Q3R_EINVAL,
-                            "adapter module %s names no dense weight matrix of this %s model (a target module is "
-                            "the weight of a matrix, e.g. blocks.0.attn.qkv)",
-                            l->module, q3r_model_family_name(m));
+            return q3r_fail(
+                err, Q3R_EINVAL,
+                "adapter module %s names no dense weight matrix of this %s model (a target module is "
+                "the weight of a matrix, e.g. blocks.0.attn.qkv)",
+                l->module, q3r_model_family_name(m));
     }
     /* W[row0 + j, :] += s B[row0 + j, :] A for each matrix's rows of its module */
     for (int k = 0; k < a->count; k++) {
@@ -495,7 +523,8 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
         for (int i = 0; i < nm; i++) {
             q3r_matrix mx;
             int row0, rows, cols;
-            if (matrix_module(m, i, &mx, module, sizeof module, &row0, &rows, &cols) || strcmp(module, l->module))
+            if (matrix_module(m, i, &mx, module, sizeof module, &row0, &rows, &cols) ||
+                strcmp(module, l->module))
                 continue;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mx.rows, mx.cols, l->rank, s,
                         l->B + (size_t)row0 * l->rank, l->rank, l->A, l->cols, 1.0f, mx.w, mx.cols);
@@ -513,9 +542,10 @@ q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *ta
     if (rank < 1) return q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d < 1", rank);
     if (!(alpha > 0)) return q3r_fail(err, Q3R_EINVAL, "adapter extract: alpha %g must be > 0", alpha);
     const int nm = q3r_model_num_matrices(base);
-    if (strcmp(q3r_model_family_name(base), q3r_model_family_name(tuned)) || q3r_model_num_matrices(tuned) != nm ||
-        q3r_model_num_params(base) != q3r_model_num_params(tuned))
-        return q3r_fail(err, Q3R_EINVAL, "adapter extract: the fine-tuned model is not the base's architecture");
+    if (strcmp(q3r_model_family_name(base), q3r_model_family_name(tuned)) ||
+        q3r_model_num_matrices(tuned) != nm || q3r_model_num_params(base) != q3r_model_num_params(tuned))
+        return q3r_fail(err, Q3R_EINVAL,
+                        "adapter extract: the fine-tuned model is not the base's architecture");
     uint8_t *sel = calloc((size_t)nm, 1);
     if (!sel) return q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
     q3r_status s = q3r_model_select(base, targets, sel, err);
@@ -544,7 +574,8 @@ q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *ta
                 blocks[nb++] = j;
         }
         const int R = nb * rank;
-        float *A = q3r_calloc(sizeof(float) * (size_t)R * cols), *B = q3r_calloc(sizeof(float) * (size_t)rows * R);
+        float *A = q3r_calloc(sizeof(float) * (size_t)R * cols),
+              *B = q3r_calloc(sizeof(float) * (size_t)rows * R);
         if (!A || !B) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
         for (int b = 0; b < nb && !s; b++) {
             q3r_matrix xb, xt;
@@ -553,8 +584,8 @@ q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *ta
             q3r_model_matrix(tuned, blocks[b], &xt, NULL);
             const int m = xb.rows, n = xb.cols, k = m < n ? m : n;
             if (rank > k) {
-                s = q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d is above min(rows, cols) = %d of %s", rank,
-                             k, xb.name);
+                s = q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d is above min(rows, cols) = %d of %s",
+                             rank, k, xb.name);
                 break;
             }
             float *D = malloc(sizeof(float) * (size_t)m * n);
@@ -562,7 +593,8 @@ q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *ta
                    *VT = malloc(sizeof(double) * (size_t)k * n);
             if (!D || !U || !S || !VT) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
             for (size_t e = 0; !s && e < (size_t)m * n; e++) D[e] = xt.w[e] - xb.w[e];
-            if (!s && (s = q3r_svd_thin(D, m, n, n, U, S, VT, err))) q3r_fail_context(err, "adapter extract %s", xb.name);
+            if (!s && (s = q3r_svd_thin(D, m, n, n, U, S, VT, err)))
+                q3r_fail_context(err, "adapter extract %s", xb.name);
             for (int j = 0; !s && j < rank; j++) {
                 const double sq = sqrt(S[j]) / root;
                 for (int r = 0; r < m; r++)

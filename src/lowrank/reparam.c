@@ -23,6 +23,9 @@ typedef struct {
     int dims[Q3R_REPARAM_MAX_FACTORS + 1];
     q3r_reparam_init init;
     int64_t off[Q3R_REPARAM_MAX_FACTORS];  /* factor k in the flat buffers */
+    double scale;                          /* LORA: W = base + scale F_0 F_1 */
+    uint64_t seed;                         /* LORA: A's draw */
+    float *base;                           /* LORA: W_0 (rows x cols), owned */
     int64_t poff[Q3R_REPARAM_MAX_FACTORS]; /* P_k (2 <= k < nf) in the prefix cache */
 } rp_matrix;
 
@@ -48,6 +51,7 @@ q3r_status q3r_reparam_create(q3r_reparam **out, q3r_error *err) {
 
 void q3r_reparam_free(q3r_reparam *rp) {
     if (!rp) return;
+    for (int i = 0; i < rp->count; i++) q3r_free(rp->mats[i].base);
     free(rp->mats);
     q3r_free(rp->params);
     q3r_free(rp->grads);
@@ -75,6 +79,11 @@ q3r_status q3r_reparam_add(q3r_reparam *rp, const char *name, float *w, int rows
                 return q3r_fail(err, Q3R_EINVAL,
                                 "reparam %s: identity init needs every inner dimension = %d columns (got %d)",
                                 name, cols, inner[k]);
+    } else if (init == Q3R_REPARAM_LORA) {
+        if (nf != 2 || inner[0] > (rows < cols ? rows : cols))
+            return q3r_fail(err, Q3R_EINVAL,
+                            "reparam %s: LoRA needs 2 factors and a rank <= %d (got %d, rank %d)", name,
+                            rows < cols ? rows : cols, nf, inner[0]);
     } else if (init == Q3R_REPARAM_SPECTRAL) {
         int k = rows < cols ? rows : cols;
         if (nf != 2 || inner[0] > k)
@@ -166,6 +175,21 @@ q3r_status q3r_reparam_build(q3r_reparam *rp, q3r_error *err) {
             if (s) return s;
             continue;
         }
+        if (m->init == Q3R_REPARAM_LORA) {
+            /* W_0 kept; B = 0; A uniform in +-1/sqrt(cols) */
+            m->base = q3r_alloc(sizeof(float) * (size_t)m->rows * m->cols);
+            if (!m->base) return q3r_fail(err, Q3R_ENOMEM, "reparam %s: out of memory for the base", m->name);
+            for (int r = 0; r < m->rows; r++)
+                memcpy(m->base + (size_t)r * m->cols, m->w + (size_t)r * m->ld,
+                       sizeof(float) * (size_t)m->cols);
+            q3r_rng rng;
+            q3r_rng_seed(&rng, m->seed);
+            const double bound = 1.0 / sqrt((double)m->cols);
+            float *A = rp->params + m->off[1];
+            for (int64_t j = 0; j < (int64_t)m->dims[1] * m->cols; j++)
+                A[j] = (float)(bound * (2.0 * q3r_rng_uniform(&rng) - 1.0));
+            continue;
+        }
         float *F0 = rp->params + m->off[0];
         for (int r = 0; r < m->rows; r++)
             memcpy(F0 + (size_t)r * m->cols, m->w + (size_t)r * m->ld, sizeof(float) * (size_t)m->cols);
@@ -177,6 +201,21 @@ q3r_status q3r_reparam_build(q3r_reparam *rp, q3r_error *err) {
     rp->built = 1;
     q3r_reparam_materialize(rp);
     return Q3R_OK;
+}
+
+q3r_status q3r_reparam_set_lora(q3r_reparam *rp, int i, double scale, uint64_t seed, q3r_error *err) {
+    if (rp->built || i < 0 || i >= rp->count || rp->mats[i].init != Q3R_REPARAM_LORA)
+        return q3r_fail(err, Q3R_EINVAL, "reparam: set_lora on matrix %d (not a LoRA chain, or after build)",
+                        i);
+    if (!isfinite(scale))
+        return q3r_fail(err, Q3R_EINVAL, "reparam %s: LoRA scale %g", rp->mats[i].name, scale);
+    rp->mats[i].scale = scale;
+    rp->mats[i].seed = seed;
+    return Q3R_OK;
+}
+
+const float *q3r_reparam_base(const q3r_reparam *rp, int i) {
+    return i >= 0 && i < rp->count ? rp->mats[i].base : NULL;
 }
 
 int q3r_reparam_count(const q3r_reparam *rp) { return rp->count; }
@@ -213,6 +252,14 @@ void q3r_reparam_materialize(q3r_reparam *rp) {
         const rp_matrix *m = &rp->mats[i];
         const float *P = rp->params + m->off[0]; /* P_1 = F_0 */
         int ldp = m->dims[1];
+        if (m->base) { /* LoRA: W = W_0 + scale B A */
+            for (int r = 0; r < m->rows; r++)
+                memcpy(m->w + (size_t)r * m->ld, m->base + (size_t)r * m->cols,
+                       sizeof(float) * (size_t)m->cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m->rows, m->cols, m->dims[1],
+                        (float)m->scale, P, ldp, rp->params + m->off[1], m->cols, 1.0f, m->w, m->ld);
+            continue;
+        }
         for (int k = 1; k < m->nf; k++) {
             const int last = k == m->nf - 1;
             float *out = last ? m->w : rp->prefix + m->poff[k + 1];
@@ -241,6 +288,13 @@ void q3r_reparam_backward(q3r_reparam *rp, int zero_dense) {
                  next, m->dims[k]);
             E = next;
             lde = m->dims[k];
+        }
+        if (m->base) { /* LoRA: d(scale B A) = scale (dW A^T, B^T dW) */
+            const float sc = (float)m->scale;
+            for (int k = 0; k < 2; k++) {
+                float *g = rp->grads + m->off[k];
+                for (int64_t j = 0; j < (int64_t)m->dims[k] * m->dims[k + 1]; j++) g[j] *= sc;
+            }
         }
         if (zero_dense)
             for (int r = 0; r < m->rows; r++)

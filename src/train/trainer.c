@@ -66,6 +66,7 @@ static double lr_sum(const q3r_lr_schedule *s) {
  * with decay (none of them under a regularizer: Q3R's R already decays their non-dominant
  * directions; a factor chain's entries are not the model optimizer's). */
 static q3r_status build_optimizer(q3r_trainer *t, q3r_error *err) {
+    if (t->weights->freezes_model) return Q3R_OK; /* nothing of the model moves: no moments at all */
     q3r_adamw_config ac = q3r_adamw_defaults();
     ac.weight_decay = t->cfg.weight_decay;
     const size_t n = q3r_model_num_params(t->model);
@@ -203,14 +204,20 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *
     /* data parallel: every rank's gradient summed in rank order (nothing for one process) */
     if ((s = q3r_comm_allreduce_sum_f32(c->comm, g, (size_t)n, err)))
         return q3r_fail_context(err, "gradient all-reduce at step %lld", (long long)t->step);
-    double gnorm = c->clip > 0 ? q3r_clip_grad_norm(g, n, c->clip) : q3r_grad_norm(g, n);
+    /* the trained parameters' gradient is clipped: the model's, or (a frozen model: LoRA) the
+     * factors' after the chain rule, as torch clips only what its optimizer holds */
+    const int frozen = t->weights->freezes_model;
+    if (frozen && t->weights->before_update) t->weights->before_update(t);
+    float *cg = frozen ? q3r_reparam_grads(t->rp) : g;
+    const int64_t cn = frozen ? q3r_reparam_num_params(t->rp) : n;
+    double gnorm = c->clip > 0 ? q3r_clip_grad_norm(cg, cn, c->clip) : q3r_grad_norm(cg, cn);
     if (!isfinite(gnorm))
         return q3r_fail(err, Q3R_ENUMERIC, "gradient norm is %g at step %lld: training diverged", gnorm,
                         (long long)t->step);
     double lr = q3r_lr_at(&c->lr, t->step), qv = 0;
     if (t->reg_row->before_update && (s = t->reg_row->before_update(t, lr, &qv, err))) return s;
-    if (t->weights->before_update) t->weights->before_update(t);
-    q3r_adamw_step(&t->opt, w, g, lr);
+    if (!frozen && t->weights->before_update) t->weights->before_update(t);
+    if (!frozen) q3r_adamw_step(&t->opt, w, g, lr);
     if (t->weights->after_update) t->weights->after_update(t, lr);
     if (t->reg_row->after_update && (s = t->reg_row->after_update(t, lr, &qv, err))) return s;
     t->rng = rng;
@@ -232,7 +239,7 @@ int q3r_trainer_epoch_spectra(const q3r_trainer *t) { return t->reg_row->epoch_s
 q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err) {
     int64_t one[1] = {1}, four[1] = {4};
     q3r_status s = q3r_model_export(t->model, out, err);
-    if (!s) s = q3r_adamw_export(&t->opt, out, err);
+    if (!s && !t->weights->freezes_model) s = q3r_adamw_export(&t->opt, out, err);
     if (!s) s = q3r_set_export(t->reg, "q3r.", out, err);
     if (!s && t->weights->export_state) s = t->weights->export_state(t, out, err);
     if (!s) s = q3r_tensor_list_add(out, "train.step", Q3R_I64, 1, one, &t->step, err);
@@ -247,7 +254,7 @@ q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_err
     if (!s) s = q3r_tensor_list_get(in, "train.rng", Q3R_I64, 4, &rng, err);
     if (!s) s = q3r_tensor_list_get(in, "train.lr_since_prox", Q3R_F64, 1, &since, err);
     if (!s) s = q3r_model_import(t->model, in, err);
-    if (!s) s = q3r_adamw_import(&t->opt, in, err);
+    if (!s && !t->weights->freezes_model) s = q3r_adamw_import(&t->opt, in, err);
     if (!s) s = q3r_set_import(t->reg, "q3r.", in, err);
     /* after the model: a factor chain's product overwrites the targets (with the same bits) */
     if (!s && t->weights->import_state) s = t->weights->import_state(t, in, err);

@@ -20,8 +20,10 @@
 #include "q3r/train.h"
 
 typedef struct {
-    const char *name; /* "dense", "lorita", "factorized" */
-    int owns_targets; /* 1: the targets' dense entries are not the model AdamW's to move */
+    const char *name;  /* "dense", "lorita", "factorized" */
+    int owns_targets;  /* 1: the targets' dense entries are not the model AdamW's to move */
+    int freezes_model; /* 1: nothing of the model itself is trained (no model AdamW at all); the
+                          gradient clipped is then the rows\' own (before_update runs first) */
     q3r_status (*setup)(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err); /* NULL: nothing */
     void (*before_update)(q3r_trainer *t);
     void (*after_update)(q3r_trainer *t, double lr);

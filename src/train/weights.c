@@ -5,6 +5,10 @@
  *   lorita      each target a chain W = W_1 ... W_N (N = lorita_factors), W_1 (m x n) = W_0 and
  *               the others (n x n) identity, so training starts from the same dense init
  *   factorized  each target W = A (m x r) B (r x n), r by the rank rule, from the SVD of W_0
+ *   lora        fine-tuning: each target W = W_0 + s B A, B (m x r) = 0, A (r x n) uniform in
+ *               +-1/sqrt(n) (PEFT's init), r = --rank (an integer), s = lora_alpha / r (or
+ *               / sqrt(r)); W_0 and everything else of the model frozen: no model optimizer,
+ *               and the gradient clipped is the factors' (as torch clips what it trains)
  *
  * The chains (q3r/reparam.h) are materialised into the model's dense weights at creation, after
  * every factor update and after an import, so the forward, the backward, evaluation and the
@@ -15,7 +19,9 @@
  * and the chains' optimizer as "reparam.optim.m", ".v", ".step". */
 #include "trainer_impl.h"
 
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const PREFIX = "reparam.";
@@ -32,6 +38,19 @@ static q3r_status chain_setup(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err
             for (int k = 0; k < c->lorita_factors - 1; k++) inner[k] = cols;
             s = q3r_reparam_add(t->rp, name, w, rows, cols, ld, g0 + (w - w0), ld, c->lorita_factors, inner,
                                 Q3R_REPARAM_IDENTITY, err);
+        } else if (c->weights == Q3R_WEIGHTS_LORA) {
+            if (rule.kind != Q3R_RANK_INT) {
+                s = q3r_fail(err, Q3R_EINVAL, "--rank %s: LoRA takes an integer rank", c->rank);
+                break;
+            }
+            inner[0] = (int)rule.value;
+            const double alpha = c->lora_alpha > 0 ? c->lora_alpha : inner[0];
+            const double scale = c->lora_rslora ? alpha / sqrt((double)inner[0]) : alpha / inner[0];
+            s = q3r_reparam_add(t->rp, name, w, rows, cols, ld, g0 + (w - w0), ld, 2, inner, Q3R_REPARAM_LORA,
+                                err);
+            if (s) q3r_fail_context(err, "--rank for %s", name);
+            /* A's draw: one stream per matrix from the run's seed */
+            else s = q3r_reparam_set_lora(t->rp, i, scale, c->seed ^ (0x10ba0000ULL + (uint64_t)i), err);
         } else {
             if ((s = q3r_rank_resolve(rule, rows, cols, &inner[0], err))) {
                 q3r_fail_context(err, "--rank for %s", name);
@@ -105,6 +124,15 @@ static q3r_status factorized_metadata(const q3r_train_config *c, q3r_meta *meta,
     return s ? s : q3r_meta_set(meta, "q3r.rank", c->rank, err);
 }
 
+static q3r_status lora_metadata(const q3r_train_config *c, q3r_meta *meta, q3r_error *err) {
+    q3r_status s = factorized_metadata(c, meta, err);
+    if (!s)
+        s = q3r_meta_setf(meta, err, "q3r.lora_alpha", "%.17g",
+                          c->lora_alpha > 0 ? c->lora_alpha : atof(c->rank));
+    if (!s) s = q3r_meta_setf(meta, err, "q3r.lora_rslora", "%d", c->lora_rslora ? 1 : 0);
+    return s;
+}
+
 static void chain_free(q3r_trainer *t) {
     q3r_reparam_free(t->rp);
     q3r_adamw_free(&t->rp_opt);
@@ -131,4 +159,14 @@ const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT] = {
                                 .import_state = chain_import,
                                 .metadata = factorized_metadata,
                                 .free_state = chain_free},
+    [Q3R_WEIGHTS_LORA] = {.name = "lora",
+                          .owns_targets = 1,
+                          .freezes_model = 1,
+                          .setup = chain_setup,
+                          .before_update = chain_before,
+                          .after_update = chain_after,
+                          .export_state = chain_export,
+                          .import_state = chain_import,
+                          .metadata = lora_metadata,
+                          .free_state = chain_free},
 };
