@@ -28,7 +28,8 @@ static q3r_model *make(q3r_gpt_config cfg, const int *ranks, int max_batch, uint
     float *p = q3r_model_params(m);
     for (int i = 0; i < q3r_model_num_tensors(m); i++) {
         const q3r_param_info *t = q3r_model_tensor(m, i);
-        for (int64_t j = 0; j < q3r_param_numel(t); j++) p[t->offset + j] += (float)(perturb * q3r_rng_normal(&r));
+        for (int64_t j = 0; j < q3r_param_numel(t); j++)
+            p[t->offset + j] += (float)(perturb * q3r_rng_normal(&r));
     }
     return m;
 }
@@ -119,8 +120,8 @@ static void test_causal(void) {
     CHECK_OK(q3r_model_forward(m, &b, 0, 0, NULL, NULL, &err), &err);
     double worst = 0;
     for (int i = 0; i < BATCH; i++)
-        worst = fmax(worst, rel_max_err_f(q3r_model_logits(m) + (size_t)i * 4 * V, before + (size_t)i * CTX * V,
-                                          (size_t)4 * V));
+        worst = fmax(worst, rel_max_err_f(q3r_model_logits(m) + (size_t)i * 4 * V,
+                                          before + (size_t)i * CTX * V, (size_t)4 * V));
     CHECK(worst < 1e-5, "seq_len 4 = the first 4 positions of the full context (rel err %g)", worst);
     b.seq_len = CTX + 1;
     CHECK(q3r_model_forward(m, &b, 0, 0, NULL, NULL, &err) == Q3R_EINVAL && strstr(err.msg, "context"),
@@ -169,7 +170,8 @@ static void test_score_and_table(void) {
               mx.w == q3r_model_params(m) + q3r_model_find(m, "transformer.wte.weight")->offset,
           "the tied head is the embedding");
     CHECK_OK(q3r_model_matrix(m, 3, &mx, &err), &err);
-    CHECK(!strcmp(mx.name, "transformer.h.0.attn.c_proj") && mx.kind == Q3R_MAT_PROJ, "matrix 3: %s", mx.name);
+    CHECK(!strcmp(mx.name, "transformer.h.0.attn.c_proj") && mx.kind == Q3R_MAT_PROJ, "matrix 3: %s",
+          mx.name);
     /* export: both names, the same values; import reads the embedding */
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
@@ -230,8 +232,9 @@ static void test_presets(void) {
 static void densify(q3r_model *f, q3r_model *d) {
     for (int i = 0; i < q3r_model_num_tensors(d); i++) {
         const q3r_param_info *t = q3r_model_tensor(d, i), *u = q3r_model_find(f, t->name);
-        if (u) memcpy(q3r_model_params(d) + t->offset, q3r_model_params(f) + u->offset,
-                      sizeof(float) * (size_t)q3r_param_numel(t));
+        if (u)
+            memcpy(q3r_model_params(d) + t->offset, q3r_model_params(f) + u->offset,
+                   sizeof(float) * (size_t)q3r_param_numel(t));
     }
     q3r_error err;
     for (int i = 0; i < q3r_model_num_matrices(f); i++) {
@@ -261,8 +264,8 @@ static void truncate_case(q3r_gpt_config cfg, const char *targets, int expect_co
         q3r_model_free(m);
         return;
     }
-    CHECK(rep.count == expect_count && q3r_model_is_factored(t), "%s: %d matrices truncated (want %d)", targets,
-          rep.count, expect_count);
+    CHECK(rep.count == expect_count && q3r_model_is_factored(t), "%s: %d matrices truncated (want %d)",
+          targets, rep.count, expect_count);
     char path[512];
     tmp_path("trunc.safetensors", path, sizeof path);
     CHECK_OK(q3r_model_save(path, t, NULL, &err), &err);
@@ -280,8 +283,9 @@ static void truncate_case(q3r_gpt_config cfg, const char *targets, int expect_co
         CHECK_OK(q3r_model_forward(l, &b, 0, 0, NULL, NULL, &err), &err);
         CHECK(!memcmp(zt, q3r_model_logits(l), sizeof(float) * n), "%s: the file round-trips bit for bit",
               targets);
-        CHECK(!memcmp(q3r_model_ranks(l), q3r_model_ranks(t), sizeof(int) * (size_t)q3r_model_num_matrices(t)),
-              "%s: rank table restored", targets);
+        CHECK(
+            !memcmp(q3r_model_ranks(l), q3r_model_ranks(t), sizeof(int) * (size_t)q3r_model_num_matrices(t)),
+            "%s: rank table restored", targets);
         CHECK_OK(q3r_model_forward(d, &b, 0, 0, NULL, NULL, &err), &err);
         const double e = rel_max_err_f(zt, q3r_model_logits(d), n);
         CHECK(e < 1e-5, "%s: logits of the factored model = the dense product's (rel err %g)", targets, e);
@@ -360,7 +364,8 @@ static void test_config_errors(void) {
     CHECK(c.mlp_hidden == 32 && c.vocab == 256 && c.tie_head == 1 && c.dropout == 0.0f, "defaults");
     q3r_meta_free(&meta);
     q3r_gpt_config p;
-    CHECK(q3r_gpt_preset("gpt-huge", &p, &err) == Q3R_EINVAL && strstr(err.msg, "gpt-huge"), "unknown preset");
+    CHECK(q3r_gpt_preset("gpt-huge", &p, &err) == Q3R_EINVAL && strstr(err.msg, "gpt-huge"),
+          "unknown preset");
     /* bad batches */
     q3r_model *m = make(tiny, NULL, 2, 1, 0.0);
     int32_t bad[2 * CTX];
