@@ -42,7 +42,8 @@ int main(int argc, char **argv) {
     float *p = q3r_model_params(m);
     for (int i = 0; i < q3r_model_num_tensors(m); i++) {
         const q3r_param_info *t = q3r_model_tensor(m, i);
-        for (int64_t j = 0; j < q3r_param_numel(t); j++) p[t->offset + j] += (float)(0.2 * q3r_rng_normal(&rng));
+        for (int64_t j = 0; j < q3r_param_numel(t); j++)
+            p[t->offset + j] += (float)(0.2 * q3r_rng_normal(&rng));
     }
     int32_t tok[B * T], tgt[B * T];
     int64_t tok64[B * T], tgt64[B * T];

@@ -218,10 +218,13 @@ def max_rel_err(got, want):
     return np.abs(got - want).max() / np.abs(want).max()
 
 
-def final_weights_err(model, res):
-    """max over the model's parameters of |res["final.<name>"] - parameter|"""
+def final_weights_err(model, res, where=None):
+    """max over the model's parameters of |res["final.<name>"] - parameter|; where: {name: a
+    boolean mask of the entries to compare} (None: all)"""
     worst = 0.0
     for name, p in model.named_parameters():
-        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy()).max()
-        worst = max(worst, d)
+        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy())
+        if where is not None:
+            d = d[where[name]]
+        worst = max(worst, d.max(initial=0.0))
     return worst
