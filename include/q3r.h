@@ -17,6 +17,7 @@
 #include "q3r/io.h"          /* safetensors, JSON, typed metadata, metrics logs */
 #include "q3r/model.h"       /* the model interface, its registry and the matrix vocabulary */
 #include "q3r/vit.h"         /* the Vision Transformer */
+#include "q3r/gpt.h"         /* the byte-level GPT (nanoGPT) */
 #include "q3r/train.h"       /* training loop, evaluation, model files */
 #include "q3r/truncate.h"    /* SVD truncation to factored models, parameter accounting */
 #include "q3r/sweep.h"       /* accuracy of a model truncated at a list of kept fractions */

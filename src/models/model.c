@@ -12,7 +12,7 @@
 
 /* ---- registry ----------------------------------------------------------------------------- */
 
-static const q3r_model_family *const families[] = {&q3r_vit_family};
+static const q3r_model_family *const families[] = {&q3r_vit_family, &q3r_gpt_family};
 enum { NFAMILIES = sizeof families / sizeof families[0] };
 
 const char *q3r_model_preset_name(int i) {
@@ -238,11 +238,18 @@ q3r_status q3r_model_select(const q3r_model *m, const char *targets, uint8_t *se
     unsigned kinds;
     q3r_status s = q3r_targets_parse(targets, &kinds, err);
     if (s) return s;
-    int any = 0;
+    int any = 0, tied = -1;
     for (int i = 0; i < m->nmat; i++) {
-        selected[i] = m->mats[i].targetable && (kinds >> m->mats[i].kind & 1u);
+        const int kind = kinds >> m->mats[i].kind & 1u;
+        selected[i] = m->mats[i].targetable && kind;
+        if (kind && !m->mats[i].targetable) tied = i;
         any |= selected[i];
     }
+    if (!any && tied >= 0)
+        return q3r_fail(err, Q3R_EINVAL,
+                        "targets '%s' select none of this %s model's matrices ('%s' is tied to an "
+                        "embedding and is never a target)",
+                        targets, m->ops->family, m->mats[tied].name);
     if (!any)
         return q3r_fail(err, Q3R_EINVAL, "targets '%s' select none of this %s model's matrices", targets,
                         m->ops->family);
@@ -256,6 +263,12 @@ q3r_status q3r_model_export(const q3r_model *m, q3r_tensor_list *out, q3r_error 
         const q3r_param_info *t = &m->info[i];
         q3r_status s =
             q3r_tensor_list_add(out, t->name, Q3R_F32, t->ndim, t->shape, m->params + t->offset, err);
+        if (s) return q3r_fail_context(err, "%s export", m->ops->family);
+    }
+    if (m->alias_tensor >= 0) {
+        const q3r_param_info *t = &m->info[m->alias_tensor];
+        q3r_status s =
+            q3r_tensor_list_add(out, m->alias_name, Q3R_F32, t->ndim, t->shape, m->params + t->offset, err);
         if (s) return q3r_fail_context(err, "%s export", m->ops->family);
     }
     return Q3R_OK;
@@ -298,6 +311,7 @@ q3r_status q3r_model_base_init(q3r_model *m, const q3r_model_ops *ops, int max_t
                                const int *ranks, int max_batch, const char *what, q3r_error *err) {
     m->ops = ops;
     m->max_batch = max_batch;
+    m->alias_tensor = -1;
     m->tensor_cap = max_tensors;
     m->info = calloc((size_t)max_tensors, sizeof *m->info);
     m->names = calloc((size_t)max_tensors, Q3R_MODEL_NAME_LEN);

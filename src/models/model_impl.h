@@ -61,6 +61,11 @@ struct q3r_model {
     int *ranks;   /* (nmat) */
     int factored; /* any rank > 0 */
     int max_rank;
+    /* a second name under which q3r_model_export also writes tensor alias_tensor (a tied
+     * weight: the GPT's "lm_head.weight" for "transformer.wte.weight"); import never reads it.
+     * -1: none. */
+    int alias_tensor;
+    char alias_name[Q3R_MODEL_NAME_LEN];
 };
 
 /* Set up the base: table capacity for max_tensors tensors and nmat matrices (ranks copied from
@@ -97,5 +102,6 @@ typedef struct {
 } q3r_model_family;
 
 extern const q3r_model_family q3r_vit_family;
+extern const q3r_model_family q3r_gpt_family;
 
 #endif

@@ -122,7 +122,7 @@ void q3r_tf_block_layout(float *A, size_t *a, uint8_t *MK, size_t *k, const q3r_
     out->g = q3r_tf_carve(A, a, N * M);
     out->x2 = q3r_tf_carve(A, a, N * D);
     out->m_proj = drop ? q3r_tf_carve8(MK, k, N * D) : NULL;
-    out->m_mlp1 = drop ? q3r_tf_carve8(MK, k, N * M) : NULL;
+    out->m_mlp1 = drop && !d->no_hidden_drop ? q3r_tf_carve8(MK, k, N * M) : NULL;
     out->m_mlp2 = drop ? q3r_tf_carve8(MK, k, N * D) : NULL;
     for (int j = 0; j < Q3R_TF_MATRICES; j++) {
         const int r = m->ranks[bp->mat[j]];
@@ -176,7 +176,7 @@ void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a, 
     q3r_tf_mat_forward(m, fc1, a->t[Q3R_TF_FC1], a->h, M, a->ln2, q3r_model_par(m, bp->fc1_b), NULL, Nq);
     q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
     if (drop) {
-        q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, c->rng);
+        if (!d->no_hidden_drop) q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, c->rng);
         q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b), NULL, Nq);
         q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, c->rng);
         q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
@@ -201,7 +201,7 @@ void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_ac
     }
     q3r_tf_mat_backward(m, fc2, a->t[Q3R_TF_FC2], s->dt, s->dh, q3r_model_grd(m, bp->fc2_b), dy, D, a->g, Nq,
                         0);
-    if (drop) q3r_dropout_backward(s->dh, a->m_mlp1, (size_t)Nq * M, p);
+    if (drop && !d->no_hidden_drop) q3r_dropout_backward(s->dh, a->m_mlp1, (size_t)Nq * M, p);
     q3r_gelu_backward(s->dh, s->dh, a->h, (size_t)Nq * M);
     q3r_tf_mat_backward(m, fc1, a->t[Q3R_TF_FC1], s->dt, s->dD, q3r_model_grd(m, bp->fc1_b), s->dh, M, a->ln2,
                         Nq, 0);

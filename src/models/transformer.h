@@ -2,7 +2,7 @@
  * helpers, the dense-or-factored matrix of a q3r_model, and the pre-norm block
  *
  *   x1 = x  + drop(proj(attention(qkv(ln1(x)))))
- *   x2 = x1 + drop(fc2(drop(gelu(fc1(ln2(x1))))))
+ *   x2 = x1 + drop(fc2(drop(gelu(fc1(ln2(x1))))))   (the inner drop optional: no_hidden_drop)
  *
  * with its parameter table, activations, forward and backward. A family (vit.c, gpt.c) keeps
  * its embeddings, final norm and head, and walks its blocks through these calls.
@@ -54,8 +54,10 @@ enum { Q3R_TF_MAX_TENSORS = 20 };
 
 /* Sizes of a model's blocks. */
 typedef struct {
-    int D, H, M;  /* width, heads (H divides D), MLP hidden */
-    float ln_eps; /* layer-norm eps: 1e-6 timm (Q3R_LN_EPS), 1e-5 nanoGPT */
+    int D, H, M;        /* width, heads (H divides D), MLP hidden */
+    float ln_eps;       /* layer-norm eps: 1e-6 timm (Q3R_LN_EPS), 1e-5 nanoGPT */
+    int no_hidden_drop; /* 1: no dropout after the GELU (nanoGPT's MLP drops only after its
+                           c_proj); 0: timm's Mlp, which drops after the GELU too */
 } q3r_tf_dims;
 
 /* Module names of a block inside its tensor-name prefix ("blocks.3." timm, "transformer.h.3."
