@@ -223,6 +223,12 @@ q3r_status q3r_model_load(const char *path, int max_batch, q3r_model **out, q3r_
                           q3r_error *err);
 /* The normalisation stored in a model file's metadata ("data.mean", "data.std", one per channel). */
 q3r_status q3r_metadata_normalize(const q3r_meta *meta, q3r_normalize *norm, q3r_error *err);
+/* The validation windows a text run's model file names: reads the file in "data.path" (or path,
+ * when not NULL) split by "data.val_fraction" into windows of "data.context" bytes, and
+ * *val_windows gets "data.val_windows" (the count the run scored). Errors: metadata that is
+ * not a text run's ("data.kind" = "text"), and those of q3r_corpus_load. */
+q3r_status q3r_metadata_text(const q3r_meta *meta, const char *path, q3r_corpus *text,
+                             int64_t *val_windows, q3r_error *err);
 /* ... and set into metadata. */
 q3r_status q3r_metadata_set_normalize(q3r_meta *meta, const q3r_normalize *norm, q3r_error *err);
 

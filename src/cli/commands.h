@@ -9,5 +9,6 @@ int q3r_cmd_eval(int argc, char **argv);
 int q3r_cmd_spectrum(int argc, char **argv);
 int q3r_cmd_truncate(int argc, char **argv);
 int q3r_cmd_sweep(int argc, char **argv);
+int q3r_cmd_sample(int argc, char **argv);
 
 #endif
