@@ -1,5 +1,8 @@
 """The PyTorch references the Python tests share (importing it needs torch and numpy):
 
+- GPT: nanoGPT's GPT (bias=True) written here in plain torch with nanoGPT's parameter names
+  (transformer.wte/wpe/h.{l}.ln_1/attn.c_attn/attn.c_proj/ln_2/mlp.c_fc/mlp.c_proj/ln_f,
+  lm_head; the head tied to wte by default), the oracle of test_gpt_torch.py;
 - ViT: the ViT written in plain torch (nn.Linear, nn.LayerNorm, F.gelu, a conv2d patch
   embedding; timm's layout and names; not calling q3r), the oracle of test_vit_torch.py;
 - what the trainer-step tests (test_train_torch.py, test_lorita_torch.py) do alike: run a
@@ -86,23 +89,103 @@ class ViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.c_attn = nn.Linear(dim, 3 * dim)
+        self.c_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // self.heads))
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return self.c_proj((att @ v).transpose(1, 2).contiguous().view(B, T, C))
+
+
+class GPTMLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.c_fc = nn.Linear(dim, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = GPTMLP(dim, hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """nanoGPT's GPT without dropout (bias=True, LayerNorm eps 1e-5); tie_head=1 ties lm_head to
+    wte as nanoGPT does (state_dict() then holds both names on one tensor)."""
+
+    def __init__(self, width, depth, heads, context, mlp_hidden=None, vocab=256, tie_head=1, **_):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab, width),
+            wpe=nn.Embedding(context, width),
+            h=nn.ModuleList([GPTBlock(width, heads, mlp_hidden or 4 * width) for _ in range(depth)]),
+            ln_f=nn.LayerNorm(width),
+        ))
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        if tie_head:
+            self.transformer.wte.weight = self.lm_head.weight
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T))
+        for b in self.transformer.h:
+            x = b(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+def gpt_config(meta):
+    """GPT(**gpt_config(meta)) from a q3r model file's "model.*" metadata."""
+    keys = ("width", "depth", "heads", "context", "mlp_hidden", "vocab", "tie_head")
+    return {k: int(meta["model." + k]) for k in keys}
+
+
 # ---- trainer steps -----------------------------------------------------------------------------
 
 # the ViT of tests/support/steps.c
 STEPS_VIT = dict(image_size=16, channels=1, patch=4, width=32, depth=2, heads=2, mlp_hidden=64, classes=10)
 
 
-def run_steps_tool(tool, mode, tmp):
-    """Runs `tool MODE IN OUT` in tmp; gives (meta, results, batches, model): IN's metadata,
-    OUT's tensors, the [(images, labels)] of every step and the float64 ViT loaded (strict)
-    from IN's initial weights."""
-    inp, outp = os.path.join(tmp, f"{mode}-in.safetensors"), os.path.join(tmp, f"{mode}-out.safetensors")
-    subprocess.run([tool, mode, inp, outp], check=True)
+# the GPT of tests/support/steps.c (tool_train_steps ... gpt)
+STEPS_GPT = dict(width=32, depth=2, heads=2, context=16, mlp_hidden=128, tie_head=1)
+
+
+def run_steps_tool(tool, mode, tmp, family="vit"):
+    """Runs `tool MODE IN OUT [gpt]` in tmp; gives (meta, results, batches, model): IN's
+    metadata, OUT's tensors, the [(inputs, targets)] of every step (images and labels, or
+    bytes and next bytes) and the float64 ViT or GPT loaded (strict) from IN's initial
+    weights."""
+    inp = os.path.join(tmp, f"{family}-{mode}-in.safetensors")
+    outp = os.path.join(tmp, f"{family}-{mode}-out.safetensors")
+    subprocess.run([tool, mode, inp, outp] + ([family] if family != "vit" else []), check=True)
     w, meta = safetensors_np.read(inp)
     res, _ = safetensors_np.read(outp)
-    batches = [(torch.from_numpy(w.pop(f"batch.{s}.images")).double(),
-                torch.from_numpy(w.pop(f"batch.{s}.labels"))) for s in range(int(meta["steps"]))]
-    model = ViT(**STEPS_VIT).double()
+    x, y = ("tokens", "targets") if family == "gpt" else ("images", "labels")
+    batches = [(torch.from_numpy(w.pop(f"batch.{s}.{x}")), torch.from_numpy(w.pop(f"batch.{s}.{y}")))
+               for s in range(int(meta["steps"]))]
+    if family == "vit":
+        batches = [(a.double(), b) for a, b in batches]
+    model = (GPT(**STEPS_GPT) if family == "gpt" else ViT(**STEPS_VIT)).double()
     model.load_state_dict({k: torch.from_numpy(v).double() for k, v in w.items()}, strict=True)
     return meta, res, batches, model
 
@@ -119,7 +202,8 @@ def step_lr(meta, s):
 
 
 def step_loss(model, x, y, meta):
-    return F.cross_entropy(model(x), y, label_smoothing=float(meta["label_smoothing"]))
+    z = model(x)
+    return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), label_smoothing=float(meta["label_smoothing"]))
 
 
 def adamw_step(opt, lr):
@@ -134,10 +218,13 @@ def max_rel_err(got, want):
     return np.abs(got - want).max() / np.abs(want).max()
 
 
-def final_weights_err(model, res):
-    """max over the model's parameters of |res["final.<name>"] - parameter|"""
+def final_weights_err(model, res, where=None):
+    """max over the model's parameters of |res["final.<name>"] - parameter|; where: {name: a
+    boolean mask of the entries to compare} (None: all)"""
     worst = 0.0
     for name, p in model.named_parameters():
-        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy()).max()
-        worst = max(worst, d)
+        d = np.abs(res["final." + name].astype(np.float64) - p.detach().numpy())
+        if where is not None:
+            d = d[where[name]]
+        worst = max(worst, d.max(initial=0.0))
     return worst

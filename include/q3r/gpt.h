@@ -86,8 +86,8 @@ const q3r_gpt_config *q3r_gpt_get_config(const q3r_model *m);
 int q3r_gpt_num_matrices(const q3r_gpt_config *cfg); /* 6 depth + 1 */
 /* Matrix i's name ("transformer.h.3.attn.q", ..., "lm_head") into name (cap; may be NULL) and
  * its shape (rows = out, cols = in; each may be NULL). Error: i out of range. */
-q3r_status q3r_gpt_matrix_name(const q3r_gpt_config *cfg, int i, char *name, size_t cap,
-                               int *rows, int *cols, q3r_error *err);
+q3r_status q3r_gpt_matrix_name(const q3r_gpt_config *cfg, int i, char *name, size_t cap, int *rows,
+                               int *cols, q3r_error *err);
 
 /* q3r_model_init of a GPT: nanoGPT's _init_weights, from seed: every nn.Linear and nn.Embedding
  * weight normal(0, 0.02), biases 0, layer norms 1 / 0, and every c_proj.weight (attention and

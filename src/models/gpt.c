@@ -80,9 +80,11 @@ q3r_status q3r_gpt_config_check(const q3r_gpt_config *c, q3r_error *err) {
     if (c->tie_head != 0 && c->tie_head != 1)
         return q3r_fail(err, Q3R_EINVAL, "gpt config: model.tie_head = %d must be 0 or 1", c->tie_head);
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
-        return q3r_fail(err, Q3R_EINVAL, "gpt config: model.dropout = %g must be in [0, 1)", (double)c->dropout);
+        return q3r_fail(err, Q3R_EINVAL, "gpt config: model.dropout = %g must be in [0, 1)",
+                        (double)c->dropout);
     if ((double)c->context * c->width > 1e8 || (double)c->width * c->mlp_hidden > 1e9 || c->context > 65536)
-        return q3r_fail(err, Q3R_EINVAL, "gpt config: model.context / model.width / model.mlp_hidden too large");
+        return q3r_fail(err, Q3R_EINVAL,
+                        "gpt config: model.context / model.width / model.mlp_hidden too large");
     return Q3R_OK;
 }
 
@@ -121,9 +123,10 @@ static void build_table(q3r_gpt *m) {
         x->kind = i == g->nmat - 1 ? Q3R_MAT_HEAD : kinds[i % Q3R_TF_MATRICES];
     }
     size_t off = 0;
-    m->wte = q3r_model_add_tensor(g, &off, "transformer.wte.weight", Q3R_PARAM_EMBED, 2, c->vocab, c->width, 0, 0);
-    m->wpe = q3r_model_add_tensor(g, &off, "transformer.wpe.weight", Q3R_PARAM_EMBED, 2, c->context, c->width, 0,
-                                  0);
+    m->wte =
+        q3r_model_add_tensor(g, &off, "transformer.wte.weight", Q3R_PARAM_EMBED, 2, c->vocab, c->width, 0, 0);
+    m->wpe = q3r_model_add_tensor(g, &off, "transformer.wpe.weight", Q3R_PARAM_EMBED, 2, c->context, c->width,
+                                  0, 0);
     for (int l = 0; l < c->depth; l++) {
         char prefix[Q3R_MODEL_NAME_LEN];
         snprintf(prefix, sizeof prefix, "transformer.h.%d.", l);
@@ -204,13 +207,14 @@ q3r_status q3r_gpt_create(const q3r_gpt_config *cfg, const int *ranks, int max_b
         q3r_gpt_matrix_name(cfg, i, nm, sizeof nm, &r, &c, NULL);
         if (ranks[i] < 0 || ranks[i] > (r < c ? r : c))
             return q3r_fail(err, Q3R_EINVAL,
-                            "gpt create: rank %d of matrix '%s' (%d x %d) not in [0, %d] (0 = dense)", ranks[i],
-                            nm, r, c, r < c ? r : c);
+                            "gpt create: rank %d of matrix '%s' (%d x %d) not in [0, %d] (0 = dense)",
+                            ranks[i], nm, r, c, r < c ? r : c);
         if (i == nmat - 1 && ranks[i] && cfg->tie_head)
-            return q3r_fail(err, Q3R_EINVAL,
-                            "gpt create: matrix 'lm_head' is tied to transformer.wte.weight (model.tie_head = "
-                            "1) and cannot be factored (rank %d)",
-                            ranks[i]);
+            return q3r_fail(
+                err, Q3R_EINVAL,
+                "gpt create: matrix 'lm_head' is tied to transformer.wte.weight (model.tie_head = "
+                "1) and cannot be factored (rank %d)",
+                ranks[i]);
     }
     q3r_gpt *m = calloc(1, sizeof *m);
     if (!m) return q3r_fail(err, Q3R_ENOMEM, "gpt create: out of memory");
@@ -240,8 +244,8 @@ q3r_status q3r_gpt_create(const q3r_gpt_config *cfg, const int *ranks, int max_b
     return Q3R_OK;
 oom:
     gpt_free(m);
-    return q3r_fail(err, Q3R_ENOMEM, "gpt create: out of memory for activations (max_batch %d; lower the batch)",
-                    max_batch);
+    return q3r_fail(err, Q3R_ENOMEM,
+                    "gpt create: out of memory for activations (max_batch %d; lower the batch)", max_batch);
 }
 
 static const q3r_gpt *gpt_of(const q3r_model *m) { return (const q3r_gpt *)(const void *)m; }
@@ -287,8 +291,8 @@ static q3r_status op_forward(q3r_model *g, const q3r_batch *b, float ls, int tra
     q3r_gpt *m = gpt_mut(g);
     const q3r_gpt_config *c = &m->cfg;
     if (b->count < 1 || b->count > g->max_batch)
-        return q3r_fail(err, Q3R_EINVAL, "gpt forward: batch %lld not in [1, max_batch = %d]", (long long)b->count,
-                        g->max_batch);
+        return q3r_fail(err, Q3R_EINVAL, "gpt forward: batch %lld not in [1, max_batch = %d]",
+                        (long long)b->count, g->max_batch);
     if (!b->tokens) return q3r_fail(err, Q3R_EINVAL, "gpt forward: the batch has no tokens");
     const int T = b->seq_len ? b->seq_len : c->context;
     if (T < 1 || T > c->context)
@@ -302,7 +306,8 @@ static q3r_status op_forward(q3r_model *g, const q3r_batch *b, float ls, int tra
     const int B = (int)b->count, N = B * T, D = c->width, V = c->vocab;
     for (int i = 0; i < N; i++) {
         if (b->tokens[i] < 0 || b->tokens[i] >= V)
-            return q3r_fail(err, Q3R_EINVAL, "gpt forward: token %d at position %d of sequence %d not in [0, %d)",
+            return q3r_fail(err, Q3R_EINVAL,
+                            "gpt forward: token %d at position %d of sequence %d not in [0, %d)",
                             (int)b->tokens[i], i % T, i / T, V);
         if (b->targets && (b->targets[i] < 0 || b->targets[i] >= V))
             return q3r_fail(err, Q3R_EINVAL,

@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include "q3r/gpt.h"
+
 const char *steps_tool = "steps";
 
 _Noreturn void steps_die(const char *what, const q3r_error *err) {
@@ -28,7 +30,45 @@ q3r_train_config steps_config(void) {
     return c;
 }
 
+q3r_train_config steps_config_gpt(void) {
+    static q3r_meta meta;
+    static int made;
+    if (!made) {
+        q3r_error err;
+        const q3r_gpt_config g = {32, 2, 2, STEPS_T, 128, 256, 1, 0.0f};
+        q3r_meta_init(&meta);
+        if (q3r_gpt_config_to_meta(&g, "test", &meta, &err)) steps_die("gpt config", &err);
+        made = 1;
+    }
+    q3r_train_config c = steps_config();
+    c.model = &meta;
+    c.label_smoothing = 0.0f;
+    return c;
+}
+
+static void make_gpt_batches(steps_batches *b, q3r_tensor_list *in) {
+    q3r_error err;
+    q3r_rng rng;
+    q3r_rng_seed(&rng, 99);
+    for (int s = 0; s < STEPS_N; s++) {
+        int64_t tok[STEPS_B * STEPS_T], next[STEPS_B * STEPS_T];
+        for (int i = 0; i < STEPS_B * STEPS_T; i++) tok[i] = b->tok[s][i] = (int32_t)q3r_rng_below(&rng, 256);
+        for (int i = 0; i < STEPS_B * STEPS_T; i++)
+            next[i] = b->next[s][i] = (int32_t)q3r_rng_below(&rng, 256);
+        char name[64];
+        int64_t shape[2] = {STEPS_B, STEPS_T};
+        snprintf(name, sizeof name, "batch.%d.tokens", s);
+        if (q3r_tensor_list_add(in, name, Q3R_I64, 2, shape, tok, &err)) steps_die("add", &err);
+        snprintf(name, sizeof name, "batch.%d.targets", s);
+        if (q3r_tensor_list_add(in, name, Q3R_I64, 2, shape, next, &err)) steps_die("add", &err);
+    }
+}
+
 void steps_make_batches(steps_batches *b, q3r_tensor_list *in) {
+    if (b->gpt) {
+        make_gpt_batches(b, in);
+        return;
+    }
     q3r_error err;
     q3r_rng rng;
     q3r_rng_seed(&rng, 99);
@@ -52,6 +92,7 @@ void steps_run(q3r_trainer *t, const steps_batches *b, int grad_norms, q3r_tenso
     for (int s = 0; s < STEPS_N; s++) {
         q3r_step_stats st;
         q3r_batch batch = {.count = STEPS_B, .images = b->x[s], .targets = b->y[s]};
+        if (b->gpt) batch = (q3r_batch){.count = STEPS_B, .tokens = b->tok[s], .targets = b->next[s]};
         if (q3r_trainer_step(t, &batch, &st, &err)) steps_die("step", &err);
         losses[s] = st.loss;
         lrs[s] = st.lr;
