@@ -6,7 +6,9 @@
 #include "check.h"
 #include "q3r/data.h"
 #include "q3r/dist.h"
+#include "q3r/train.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -193,6 +195,57 @@ static void test_bad_inputs(void) {
     expect_fail(q3r_corpus_load(&t, p, 0.1, 0, &err), &err, "context 0", "context 0");
 }
 
+/* q3r_evaluate_text on a small GPT: bits per byte = the mean over every predicted byte of the
+ * validation windows of -log softmax(logits)[target], / ln 2, computed here window by window. */
+static void test_evaluate(const char *path) {
+    q3r_error err = {0};
+    q3r_meta meta;
+    q3r_meta_init(&meta);
+    CHECK_OK(q3r_model_preset("gpt-tiny", &meta, &err), &err);
+    q3r_meta_set(&meta, "model.width", "16", &err);
+    q3r_meta_set(&meta, "model.heads", "2", &err);
+    q3r_meta_set(&meta, "model.depth", "1", &err);
+    q3r_meta_set(&meta, "model.mlp_hidden", "32", &err);
+    q3r_meta_set(&meta, "model.context", "16", &err);
+    q3r_model *m = NULL, *one = NULL;
+    CHECK_OK(q3r_model_from_meta(&meta, 4, &m, &err), &err); /* batches of 4: a short last batch */
+    CHECK_OK(q3r_model_from_meta(&meta, 1, &one, &err), &err);
+    if (!m || !one) return;
+    q3r_model_init(m, 3);
+    q3r_model_init(one, 3);
+    q3r_corpus t;
+    CHECK_OK(q3r_corpus_load(&t, path, 0.1, C, &err), &err);
+    q3r_score sc;
+    int64_t windows = 0;
+    CHECK_OK(q3r_evaluate_text(m, &t, 7, NULL, NULL, &sc, &windows, &err), &err);
+    CHECK(windows == 7 && sc.units == 7 * C, "7 windows, %lld bytes", (long long)sc.units);
+    double nats = 0;
+    int32_t x[C], y[C];
+    for (int64_t k = 0; k < 7; k++) {
+        q3r_corpus_val_window(&t, k, x, y);
+        q3r_batch b = {.count = 1, .tokens = x, .seq_len = C};
+        CHECK_OK(q3r_model_forward(one, &b, 0, 0, NULL, NULL, &err), &err);
+        const float *lg = q3r_model_logits(one);
+        for (int i = 0; i < C; i++) {
+            double mx = -INFINITY, z = 0;
+            for (int v = 0; v < 256; v++) mx = fmax(mx, lg[i * 256 + v]);
+            for (int v = 0; v < 256; v++) z += exp(lg[i * 256 + v] - mx);
+            nats += -(lg[i * 256 + y[i]] - mx - log(z));
+        }
+    }
+    CHECK_CLOSE(q3r_score_value(Q3R_METRIC_BITS_PER_BYTE, &sc), nats / (7.0 * C) / log(2.0), 1e-5, 1e-5,
+                "bits per byte over the windows");
+    q3r_corpus t2;
+    CHECK_OK(q3r_corpus_load(&t2, path, 0.1, 32, &err), &err);
+    expect_fail(q3r_evaluate_text(m, &t2, 0, NULL, NULL, &sc, NULL, &err), &err, "windows beyond the context",
+                "longer than the model's context");
+    q3r_corpus_free(&t2);
+    q3r_corpus_free(&t);
+    q3r_model_free(m);
+    q3r_model_free(one);
+    q3r_meta_free(&meta);
+}
+
 int main(void) {
     test_tmpdir("test_text");
     uint8_t *bytes = malloc(N);
@@ -205,6 +258,7 @@ int main(void) {
     test_split_and_validation(path, bytes);
     test_stream(path);
     test_bad_inputs();
+    test_evaluate(path);
     free(bytes);
     return check_report("test_text");
 }
