@@ -33,7 +33,10 @@ static q3r_status open_text(run_data *d, const q3r_train_config *c, const q3r_mo
                         q3r_model_family_name(m));
     q3r_status s = q3r_corpus_load(&t->text, c->text_path, c->val_fraction, in->context, err);
     if (!s) s = q3r_check_text(m, &t->text, err);
-    q3r_corpus_loader_config lc = {.batch_size = c->batch, .seed = c->seed};
+    q3r_corpus_loader_config lc = {.batch_size = c->batch,
+                                   .seed = c->seed,
+                                   .rank = q3r_comm_rank(c->comm),
+                                   .world = q3r_comm_size(c->comm)};
     if (!s) s = q3r_corpus_loader_init(&t->loader, &t->text, &lc, err);
     if (s) return s;
     t->abs_path = realpath(c->text_path, NULL);
