@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages q3r needs are present: installs them with apt-get when
 # running as root, otherwise prints the exact command to run.
-#   scripts/deps.sh build   compiler, CMake, OpenBLAS (OpenMP build), zlib, Fashion-MNIST, gnuplot
+#   scripts/deps.sh build   compiler, CMake, OpenBLAS (OpenMP build), zlib, Fashion-MNIST, gnuplot,
+#                           the King James Bible (bible-kjv: the text of scripts/text-data.sh)
 #   scripts/deps.sh test    the above plus Debian's torch and numpy (reference tests)
 set -euo pipefail
-want=(build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist gnuplot-nox)
+want=(build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist gnuplot-nox bible-kjv)
 if [ "${1:-build}" = test ]; then
   want+=(python3-numpy python3-torch)
 fi

@@ -1,6 +1,8 @@
 /* q3r data: image classification datasets (IDX for MNIST/Fashion-MNIST, CIFAR-10/100
  * binary batches), per-channel normalisation, and a deterministic, resumable batch loader
- * with shuffling and augmentation. Knows nothing of models. */
+ * with shuffling and augmentation; text files read as bytes, split into training and
+ * validation, with a resumable stream of random context windows and a fixed set of validation
+ * windows. Knows nothing of models. */
 #ifndef Q3R_DATA_H
 #define Q3R_DATA_H
 
@@ -131,6 +133,72 @@ q3r_status q3r_loader_import(q3r_loader *L, const q3r_tensor_list *in, q3r_error
  * callers building their own batches). top, left in [0, 2 * pad]; pad 0 means no crop. */
 void q3r_augment_sample(const q3r_dataset *ds, int64_t i, int pad, int top, int left, int flip,
                         const q3r_normalize *norm, float *x /* [c, h, w] */);
+
+/* ---- text -------------------------------------------------------------------------------
+ * Any file read as bytes (token ids 0..255), split by position: the first train_n bytes train,
+ * the last val_n = floor(n * val_fraction) bytes validate (train_n = n - val_n).
+ *
+ * A window at byte offset o holds `context` input bytes x[i] = b[o + i] and as many targets,
+ * the next bytes y[i] = b[o + i + 1] (context + 1 bytes of the file in all).
+ *
+ * Validation windows, a fixed set: window k (from 0) starts at train_n + k * context, so the
+ * windows tile the validation split from its start without overlap and every validation byte
+ * after the first is predicted exactly once, up to the last whole window; there are
+ * floor((val_n - 1) / context) of them, or the first max_windows when that is fewer. */
+typedef struct {
+    char *path;      /* malloc'd copy of the path given */
+    uint8_t *bytes;  /* [n], q3r_alloc'd */
+    int64_t n;       /* bytes in the file */
+    int64_t train_n; /* [0, train_n): training split */
+    int64_t val_n;   /* [train_n, n): validation split */
+    int context;     /* window length */
+    double val_fraction;
+} q3r_corpus;
+
+/* Read path whole and split it. Errors name the file: missing or unreadable, a directory, empty,
+ * shorter than one window (context + 1 bytes), a training split shorter than one window, a
+ * validation split that holds no window; val_fraction outside (0, 1) and context < 1 too. */
+q3r_status q3r_corpus_load(q3r_corpus *t, const char *path, double val_fraction, int context,
+                           q3r_error *err);
+void q3r_corpus_free(q3r_corpus *t);
+
+/* Validation windows available (at most max_windows when max_windows > 0). */
+int64_t q3r_corpus_val_windows(const q3r_corpus *t, int64_t max_windows);
+/* Fill tokens[context], targets[context] with validation window k (see above). */
+void q3r_corpus_val_window(const q3r_corpus *t, int64_t k, int32_t *tokens, int32_t *targets);
+
+/* Training batches: a global batch of batch_size windows per step; window j of step s starts at
+ * an offset drawn uniformly from [0, train_n - context - 1] by an RNG keyed by (seed, s, j), so
+ * batches depend on neither the thread count nor the rank count and the stream's whole position
+ * is the step. Data parallel: as the image loader (rank r of world gets its contiguous slice
+ * q3r_comm_slice(batch_size, r, world) of every global batch; the slices concatenate, bit for
+ * bit, to the world-1 batch). */
+typedef struct {
+    int64_t batch_size; /* the global batch size (all ranks together) */
+    uint64_t seed;
+    int rank, world; /* world 0 or 1: the whole batch */
+} q3r_corpus_loader_config;
+
+typedef struct {
+    const q3r_corpus *text; /* borrowed; must outlive the loader */
+    q3r_corpus_loader_config cfg;
+    int64_t step;        /* global batches delivered */
+    int64_t last_global; /* windows in the global batch last delivered (0 before the first) */
+} q3r_corpus_loader;
+
+q3r_status q3r_corpus_loader_init(q3r_corpus_loader *L, const q3r_corpus *t,
+                                  const q3r_corpus_loader_config *cfg, q3r_error *err);
+/* The next batch: this rank's windows, tokens and targets [count, context]; buffers of
+ * batch_size windows suffice. */
+void q3r_corpus_loader_next(q3r_corpus_loader *L, int32_t *tokens, int32_t *targets,
+                            int64_t *count);
+int64_t q3r_corpus_loader_global_count(const q3r_corpus_loader *L);
+/* Position as I64 scalars "data.step", "data.seed" and "data.train_bytes" (checked on import);
+ * import changes nothing on failure. */
+q3r_status q3r_corpus_loader_export(const q3r_corpus_loader *L, q3r_tensor_list *out,
+                                    q3r_error *err);
+q3r_status q3r_corpus_loader_import(q3r_corpus_loader *L, const q3r_tensor_list *in,
+                                    q3r_error *err);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,8 @@
  *
  * For each p the targeted matrices are cut by q3r_truncate with the fraction rule
  * (r = floor(p m n / (m + n)) per m x n matrix) and the truncated model is scored with
- * q3r_evaluate, exactly as `q3r truncate --rank p` followed by `q3r eval` would. The input model
+ * q3r_evaluate (q3r_evaluate_text for a language model, on a text file's validation windows),
+ * exactly as `q3r truncate --rank p` followed by `q3r eval` would. The input model
  * itself (untruncated) is scored first; it is the reference every drop is measured from.
  *
  * p = 1 means "no truncation": the untruncated model's row (the fraction rule at p = 1 would give
@@ -39,17 +40,20 @@ typedef struct {
     double targeted_kept, total_kept;        /* the two ratios */
     double acc, acc_err95, loss;             /* acc: the model's metric (accuracy for a classifier);
                                                 acc_err95 = 1.96 sqrt(acc (1 - acc) / n) for accuracy */
-    int64_t n;                               /* images scored */
-    double drop_points;                      /* 100 (untruncated acc - acc) */
+    int64_t n;          /* images scored, or bytes predicted (language models) */
+    double drop_points; /* how much worse than untruncated: accuracy: 100 (untruncated acc - acc)
+                           points; bits per byte: acc - untruncated acc, the increase in bits */
 } q3r_sweep_row;
 
 typedef struct {
     const char *targets; /* comma list of qkv, proj, fc1, fc2, all, head */
     const double *ps;    /* [count] kept fractions, each in (0, 1] */
     int count;
-    const q3r_dataset *ds; /* scored on the first `limit` images (0: all) */
+    const q3r_dataset *ds; /* image models: scored on the first `limit` images (0: all) */
     const q3r_normalize *norm;
-    int64_t limit; /* evaluation runs in batches of the input model's max batch */
+    int64_t limit;          /* evaluation runs in batches of the input model's max batch */
+    const q3r_corpus *text; /* language models (instead of ds, norm): its validation windows, */
+    int64_t windows;        /* the first `windows` of them (0: all) */
 } q3r_sweep_spec;
 
 typedef struct {

@@ -62,7 +62,12 @@ typedef struct {
     const char *data_dir; /* NULL or "" = /usr/share/datasets/<dataset> */
     int64_t train_limit;  /* 0 = all training images, else the first N */
     int64_t test_limit;   /* 0 = all test images */
-    int batch;            /* the global batch (over every rank of comm) */
+    /* data of token models (language models): a text file read as bytes (q3r/data.h) */
+    const char *text_path; /* the file; NULL or "": an error naming the missing flag */
+    double val_fraction;   /* the last fraction of the file validates (default 0.1) */
+    int64_t val_windows;   /* validation windows scored (0: all of the split) */
+    int64_t epoch_steps;   /* steps per epoch; 0: ceil(train bytes / (batch x context)) */
+    int batch;             /* the global batch (over every rank of comm) */
     int epochs;
     int augment; /* random crop (pad 4 for 32x32, 2 otherwise) + flip for RGB */
     float label_smoothing;
@@ -197,6 +202,16 @@ q3r_status q3r_train_add_targets(q3r_set *set, q3r_model *m, const char *targets
 q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm,
                         int64_t limit, q3r_progress_fn progress, void *ctx, q3r_score *score,
                         q3r_error *err);
+/* Score m on the fixed validation windows of t (q3r/data.h: the first max_windows, 0: all) in
+ * batches of the model's max batch, with the model's metric: bits per byte = the mean
+ * cross-entropy over every predicted byte of those windows / ln 2. *windows (may be NULL) gets
+ * the windows scored (score->units counts the bytes predicted). progress sees PHASE_EVAL in
+ * windows. Errors: a model that does not take bytes, windows longer than its context. */
+q3r_status q3r_evaluate_text(q3r_model *m, const q3r_corpus *t, int64_t max_windows,
+                             q3r_progress_fn progress, void *ctx, q3r_score *score,
+                             int64_t *windows, q3r_error *err);
+/* Whether text windows fit the model's input (tokens, vocabulary of 256 or more, context). */
+q3r_status q3r_check_text(const q3r_model *m, const q3r_corpus *t, q3r_error *err);
 /* Whether a dataset's images and labels fit the model's input (the message names both). */
 q3r_status q3r_check_dataset(const q3r_model *m, const q3r_dataset *ds, q3r_error *err);
 
@@ -213,6 +228,12 @@ q3r_status q3r_model_load(const char *path, int max_batch, q3r_model **out, q3r_
                           q3r_error *err);
 /* The normalisation stored in a model file's metadata ("data.mean", "data.std", one per channel). */
 q3r_status q3r_metadata_normalize(const q3r_meta *meta, q3r_normalize *norm, q3r_error *err);
+/* The validation windows a text run's model file names: reads the file in "data.path" (or path,
+ * when not NULL) split by "data.val_fraction" into windows of "data.context" bytes, and
+ * *val_windows gets "data.val_windows" (the count the run scored). Errors: metadata that is
+ * not a text run's ("data.kind" = "text"), and those of q3r_corpus_load. */
+q3r_status q3r_metadata_text(const q3r_meta *meta, const char *path, q3r_corpus *text,
+                             int64_t *val_windows, q3r_error *err);
 /* ... and set into metadata. */
 q3r_status q3r_metadata_set_normalize(q3r_meta *meta, const q3r_normalize *norm, q3r_error *err);
 

@@ -70,7 +70,8 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
 void q3r_truncate_report_free(q3r_truncate_report *rep);
 
 /* Metadata for the truncated model's file: the keys "model.*", "data.name", "data.mean" and
- * "data.std" of in_meta (may be NULL), plus "model.ranks" of m and a record of the truncation
+ * "data.std" of in_meta (may be NULL), those of a text run's data (data.kind, .path, .bytes,
+ * .val_fraction, .train_bytes, .val_bytes, .context, .val_windows), plus "model.ranks" of m and a record of the truncation
  * ("truncate.targets", "truncate.rule", "truncate.kept_targeted", "truncate.kept_total").
  * out (initialised by the caller) is replaced. */
 q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m,

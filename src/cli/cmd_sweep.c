@@ -18,14 +18,18 @@
 #include <string.h>
 
 static const char *summary =
-    "Accuracy of a model truncated at a series of kept-parameter fractions:\n"
+    "Accuracy (image models) or bits per byte (language models) of a model truncated at a series of\n"
+    "kept-parameter fractions:\n"
     "  q3r sweep [options] MODEL.safetensors\n"
     "Scores the model as it is, then for each p the model with its targeted matrices cut to their\n"
     "best rank-r factors, r = floor(p m n / (m + n)) (as 'q3r truncate --rank p' then 'q3r eval').\n"
     "p = 1 is the untruncated model. Per p: ranks per matrix kind (min-max where they differ),\n"
     "kept fraction of the targeted parameters and of the whole model (against the dense model),\n"
     "accuracy with its 95% binomial error 1.96 sqrt(a (1 - a) / n), and the drop from the\n"
-    "untruncated accuracy in points.";
+    "untruncated accuracy in points; for a language model, bits per byte on its run's validation\n"
+    "windows and the increase over the untruncated model in bits per byte (JSON: bpb_increase).";
+
+static int is_bpb = 0; /* the model's metric is bits per byte */
 
 /* "q/k/v 25 proj 25 fc1 51" : kinds with equal ranges merged. */
 static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
@@ -59,8 +63,12 @@ static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
 static void print_row(const q3r_sweep_row *r, const char *label) {
     char ranks[160];
     ranks_text(r, ranks, sizeof ranks);
-    printf("%6s  %-30s %8.4f %8.4f %8.2f%% +- %5.2f %7.2f\n", label, ranks, r->targeted_kept, r->total_kept,
-           100 * r->acc, 100 * r->acc_err95, r->drop_points);
+    if (is_bpb)
+        printf("%6s  %-30s %8.4f %8.4f %17.4f %+8.4f\n", label, ranks, r->targeted_kept, r->total_kept,
+               r->acc, r->drop_points);
+    else
+        printf("%6s  %-30s %8.4f %8.4f %8.2f%% +- %5.2f %7.2f\n", label, ranks, r->targeted_kept,
+               r->total_kept, 100 * r->acc, 100 * r->acc_err95, r->drop_points);
     fflush(stdout);
 }
 
@@ -69,7 +77,12 @@ static void on_row(const q3r_sweep_row *r, int index, int count, void *ctx) {
     (void)ctx;
     char label[32];
     if (index < 0) {
-        printf("%6s  %-30s %8s %8s %17s %7s\n", "p", "ranks", "kept.t", "kept.all", "accuracy (95%)", "drop");
+        if (is_bpb)
+            printf("%6s  %-30s %8s %8s %17s %8s\n", "p", "ranks", "kept.t", "kept.all", "bits per byte",
+                   "+bpb");
+        else
+            printf("%6s  %-30s %8s %8s %17s %7s\n", "p", "ranks", "kept.t", "kept.all", "accuracy (95%)",
+                   "drop");
         snprintf(label, sizeof label, "model");
     } else {
         snprintf(label, sizeof label, "%.4g", r->p);
@@ -95,6 +108,25 @@ static void json_row(FILE *f, const q3r_sweep_row *r) {
             isfinite(r->loss) ? r->loss : -1.0, (long long)r->n, r->drop_points);
 }
 
+/* A language model's row: its metric named as such, the increase in bits per byte. */
+static void json_row_bpb(FILE *f, const q3r_sweep_row *r) {
+    fprintf(f, "{\"p\": %.9g, \"truncated\": %s, \"ranks\": {", r->p, r->truncated ? "true" : "false");
+    int first = 1;
+    for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
+        if (!r->kind_count[k]) continue;
+        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ",
+                q3r_matrix_kind_name((q3r_matrix_kind)k), r->kind_count[k], r->rank_min[k], r->rank_max[k]);
+        first = 0;
+    }
+    fprintf(f,
+            "}, \"targeted_dense\": %lld, \"targeted_params\": %lld, \"targeted_kept\": %.9g, "
+            "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, "
+            "\"bpb\": %.9g, \"loss\": %.9g, \"n\": %lld, \"bpb_increase\": %.9g}",
+            (long long)r->targeted_dense, (long long)r->targeted_params, r->targeted_kept,
+            (long long)r->total_dense, (long long)r->total_params, r->total_kept, r->acc,
+            isfinite(r->loss) ? r->loss : -1.0, (long long)r->n, r->drop_points);
+}
+
 static void json_str(FILE *f, const char *s) {
     q3r_text t = {0};
     fputs(q3r_text_add_json_string(&t, s) == 0 ? q3r_text_str(&t) : "\"\"", f);
@@ -115,11 +147,11 @@ static int write_json(const char *path, const char *model, const char *dataset, 
     fputs(", \"targets\": ", f);
     json_str(f, targets);
     fputs(",\n \"untruncated\": ", f);
-    json_row(f, &res->base);
+    (is_bpb ? json_row_bpb : json_row)(f, &res->base);
     fputs(",\n \"rows\": [", f);
     for (int i = 0; i < res->count; i++) {
         fputs(i ? ",\n  " : "\n  ", f);
-        json_row(f, &res->rows[i]);
+        (is_bpb ? json_row_bpb : json_row)(f, &res->rows[i]);
     }
     fputs("\n]}\n", f);
     return q3r_atomic_commit(&a, NULL) ? -1 : 0;
@@ -132,17 +164,25 @@ static int write_plot(const char *path, const char *model, const char *targets, 
     /* index 0: the truncated rows by kept fraction; index 1: the untruncated accuracy */
     for (int i = 0; i < res->count; i++) {
         const q3r_sweep_row *r = &res->rows[i];
-        fprintf(pl.data, "%.9g %.9g %.9g\n", r->targeted_kept, 100 * r->acc, 100 * r->acc_err95);
+        const double scale = is_bpb ? 1 : 100;
+        fprintf(pl.data, "%.9g %.9g %.9g\n", r->targeted_kept, scale * r->acc, scale * r->acc_err95);
     }
-    fprintf(pl.data, "\n\n0 %.9g\n1 %.9g\n", 100 * res->base.acc, 100 * res->base.acc);
+    const double scale = is_bpb ? 1 : 100;
+    fprintf(pl.data, "\n\n0 %.9g\n1 %.9g\n", scale * res->base.acc, scale * res->base.acc);
     const char *base = strrchr(model, '/');
     char title[4400];
-    snprintf(title, sizeof title, "Accuracy of %s truncated on %s (n = %lld, 95%% error bars)",
-             base ? base + 1 : model, targets, (long long)res->base.n);
+    if (is_bpb)
+        snprintf(title, sizeof title, "Validation bits per byte of %s truncated on %s (n = %lld bytes)",
+                 base ? base + 1 : model, targets, (long long)res->base.n);
+    else
+        snprintf(title, sizeof title, "Accuracy of %s truncated on %s (n = %lld, 95%% error bars)",
+                 base ? base + 1 : model, targets, (long long)res->base.n);
     fprintf(g, "set title ");
     plot_quote(g, title);
-    fprintf(g, "\nset xlabel 'kept fraction of the targeted parameters'\nset ylabel 'accuracy (%%)'\n"
-               "set xrange [0:1.02]\nset grid lc rgb '#dddddd'\nset key bottom right box opaque\nplot ");
+    fprintf(g,
+            "\nset xlabel 'kept fraction of the targeted parameters'\nset ylabel '%s'\n"
+            "set xrange [0:1.02]\nset grid lc rgb '#dddddd'\nset key %s right box opaque\nplot ",
+            is_bpb ? "bits per byte (lower is better)" : "accuracy (%)", is_bpb ? "top" : "bottom");
     plot_data_ref(&pl, 0);
     fprintf(g, " using 1:2:3 with yerrorlines lw 2 pt 7 lc rgb '#1f77b4' title 'truncated', \\\n  ");
     plot_data_ref(&pl, 1);
@@ -152,7 +192,8 @@ static int write_plot(const char *path, const char *model, const char *targets, 
 
 int q3r_cmd_sweep(int argc, char **argv) {
     const char *targets = "qkv", *ps_text = "1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1";
-    const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL;
+    const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL,
+               *text = NULL;
     int limit = 0, batch = 256, threads = 0;
     const arg_spec specs[] = {
         {"targets", ARG_STRING, &targets,
@@ -162,12 +203,16 @@ int q3r_cmd_sweep(int argc, char **argv) {
         {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
          "NAME"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
-        {"split", ARG_STRING, &split, "train or test", 0, 0, NULL, "SPLIT"},
-        {"limit", ARG_INT, &limit, "score only the first N images (0: all)", 0, 1e9, NULL, NULL},
+        {"split", ARG_STRING, &split, "image models: train or test", 0, 0, NULL, "SPLIT"},
+        {"data", ARG_STRING, &text,
+         "language models: the text file (default: the one in the model's metadata)", 0, 0, NULL, "FILE"},
+        {"limit", ARG_INT, &limit,
+         "score only the first N images, or N validation windows (0: all images; the run's windows)", 0, 1e9,
+         NULL, NULL},
         {"batch", ARG_INT, &batch, "evaluation batch size", 1, 65536, NULL, NULL},
         {"json", ARG_STRING, &json, "also write the table as JSON", 0, 0, NULL, "FILE.json"},
-        {"plot", ARG_STRING, &plot_path, "also plot accuracy against the kept fraction to a PNG (gnuplot)", 0,
-         0, NULL, "FILE.png"},
+        {"plot", ARG_STRING, &plot_path, "also plot the metric against the kept fraction to a PNG (gnuplot)",
+         0, 0, NULL, "FILE.png"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {0},
     };
@@ -197,30 +242,42 @@ int q3r_cmd_sweep(int argc, char **argv) {
     memset(&res, 0, sizeof res);
     int status = 1;
     cli_model cm;
-    if (cli_model_open("sweep", pos[0], batch, dataset, &cm)) goto done;
+    if (cli_model_open("sweep", pos[0], batch, dataset, text, &cm)) goto done;
     q3r_model *m = cm.model;
     const char *name = cm.dataset;
     q3r_normalize norm = cm.norm;
+    is_bpb = q3r_model_metric(m) == Q3R_METRIC_BITS_PER_BYTE;
     q3r_sweep_spec spec = {
         .targets = targets, .ps = ps, .count = nps, .norm = &norm, .limit = limit, .ds = &ds};
+    if (cm.text) {
+        spec.text = &cm.corpus;
+        spec.windows = limit > 0 ? limit : cm.val_windows;
+    }
     /* cheap checks (targets, ranks) before the dataset is read */
     {
         q3r_dataset probe;
         memset(&probe, 0, sizeof probe);
         q3r_sweep_spec s0 = spec;
-        s0.ds = &probe;
+        if (!cm.text) s0.ds = &probe;
         if (q3r_sweep_check(m, &s0, &err)) {
             fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
             status = 2;
             goto done;
         }
     }
-    if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
-        fprintf(stderr, "q3r sweep: %s\n", err.msg);
-        goto done;
+    if (cm.text) {
+        name = cm.corpus.path;
+        split = "validation";
+        printf("%s on %s validation (%lld windows of %d bytes), targets %s\n", pos[0], name,
+               (long long)q3r_corpus_val_windows(&cm.corpus, spec.windows), cm.corpus.context, targets);
+    } else {
+        if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
+            fprintf(stderr, "q3r sweep: %s\n", err.msg);
+            goto done;
+        }
+        const int64_t n = limit > 0 && limit < ds.n ? limit : ds.n;
+        printf("%s on %s %s (n = %lld), targets %s\n", pos[0], name, split, (long long)n, targets);
     }
-    const int64_t n = limit > 0 && limit < ds.n ? limit : ds.n;
-    printf("%s on %s %s (n = %lld), targets %s\n", pos[0], name, split, (long long)n, targets);
     if (q3r_sweep(m, &spec, on_row, NULL, &res, &err)) {
         fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
         goto done;

@@ -22,9 +22,13 @@ static void on_sigint(int sig) {
     interrupted = 1;
 }
 
-/* Set "model.<key>" to v when the flag was given (v > 0). */
-static int override(q3r_meta *meta, const char *key, int v) {
+/* Set "model.<key>" to v when the flag was given (v > 0); a model without that key refuses it. */
+static int override(q3r_meta *meta, const char *key, int v, const char *flag, const char *preset) {
     if (v <= 0) return 0;
+    if (!q3r_meta_has(meta, key)) {
+        fprintf(stderr, "q3r train: --%s: the %s model has no such setting ('%s')\n", flag, preset, key);
+        return -1;
+    }
     q3r_error err;
     if (q3r_meta_setf(meta, &err, key, "%d", v)) {
         fprintf(stderr, "q3r train: %s\n", err.msg);
@@ -58,6 +62,9 @@ int q3r_cmd_train(int argc, char **argv) {
     double lr = c.lr.lr, min_lr = c.lr.min_lr, wd = c.weight_decay, clip = c.clip, ls = 0, dropout = 0;
     double lambda = 0, pull = c.pull, eps_value = 0, eps_min = c.eps.eps_min;
     const char *data_dir = NULL, *targets = c.targets, *rank = c.rank, *out = c.out_dir;
+    const char *text = Q3R_DEFAULT_TEXT;
+    double val_fraction = c.val_fraction;
+    int val_windows = 0, epoch_steps = 0, context = 0;
     const arg_spec specs[] = {
         {"model", ARG_CHOICE, &model, "model preset", 0, 0, presets, NULL},
         {"width", ARG_INT, &width, "override the preset's width (0 keeps it)", 0, 8192, NULL, NULL},
@@ -65,7 +72,25 @@ int q3r_cmd_train(int argc, char **argv) {
         {"heads", ARG_INT, &heads, "override the preset's heads", 0, 256, NULL, NULL},
         {"patch", ARG_INT, &patch, "override the preset's patch size", 0, 256, NULL, NULL},
         {"mlp", ARG_INT, &mlp, "override the preset's MLP hidden width", 0, 65536, NULL, NULL},
+        {"context", ARG_INT, &context,
+         "override the language model's context (bytes per window; 0 keeps the preset's)", 0, 65536, NULL,
+         NULL},
         {"dropout", ARG_DOUBLE, &dropout, "dropout rate", 0, 0.99, NULL, NULL},
+        {"data", ARG_STRING, &text,
+         "language models: the text file, read as bytes (default " Q3R_DEFAULT_TEXT
+         ", made by scripts/text-data.sh)",
+         0, 0, NULL, "FILE"},
+        {"val-fraction", ARG_DOUBLE, &val_fraction,
+         "language models: the last fraction of the file held out for validation", 1e-6, 0.999999, NULL,
+         NULL},
+        {"val-windows", ARG_INT, &val_windows,
+         "language models: score at most N validation windows (non-overlapping, from the split's start; 0: "
+         "all)",
+         0, 1e9, NULL, "N"},
+        {"epoch-steps", ARG_INT, &epoch_steps,
+         "language models: steps per epoch (0: ceil(training bytes / (batch x context)), one pass's worth of "
+         "predicted bytes)",
+         0, 1e9, NULL, "N"},
         {"dataset", ARG_CHOICE, &dataset, "dataset", 0, 0, "fashion-mnist|mnist|cifar10|cifar100", NULL},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory (default /usr/share/datasets/<dataset>)", 0, 0,
          NULL, "DIR"},
@@ -124,14 +149,24 @@ int q3r_cmd_train(int argc, char **argv) {
         {"quiet", ARG_FLAG, &quiet, "no progress bar", 0, 0, NULL, NULL},
         {0},
     };
-    int rc = args_parse("train", "Train a Vision Transformer with AdamW or AdamQ3R (Q3R on chosen matrices).",
-                        specs, argc, argv, 2, NULL, 0, NULL);
+    int rc =
+        args_parse("train",
+                   "Train a model with AdamW or AdamQ3R (Q3R on chosen matrices): a ViT on an image "
+                   "dataset, or a byte-level GPT (gpt-tiny, gpt-small) on a text file. For a GPT an epoch "
+                   "is --epoch-steps steps of --batch random windows of the model's context (default: "
+                   "training bytes / (batch x context) steps), followed by bits per byte on the "
+                   "validation windows.",
+                   specs, argc, argv, 2, NULL, 0, NULL);
     if (rc) return rc == 1 ? 0 : 2;
 
     q3r_error err;
     static const char *const datasets[] = {"fashion-mnist", "mnist", "cifar10", "cifar100"};
     c.dataset = datasets[dataset];
     c.data_dir = data_dir;
+    c.text_path = text;
+    c.val_fraction = val_fraction;
+    c.val_windows = val_windows;
+    c.epoch_steps = epoch_steps;
     c.train_limit = train_limit;
     c.test_limit = test_limit;
     c.augment = augment;
@@ -213,30 +248,68 @@ int q3r_cmd_train(int argc, char **argv) {
         fprintf(stderr, "q3r train: --model: %s\n", err.msg);
         return 2;
     }
-    int bad = override(&mm, "model.width", width) || override(&mm, "model.depth", depth) ||
-              override(&mm, "model.heads", heads) || override(&mm, "model.patch", patch) ||
-              override(&mm, "model.mlp_hidden", mlp) ||
-              override(&mm, "model.classes", dataset == 3 ? 100 : 0);
+    int bad = override(&mm, "model.width", width, "width", preset) ||
+              override(&mm, "model.depth", depth, "depth", preset) ||
+              override(&mm, "model.heads", heads, "heads", preset) ||
+              override(&mm, "model.patch", patch, "patch", preset) ||
+              override(&mm, "model.mlp_hidden", mlp, "mlp", preset) ||
+              override(&mm, "model.context", context, "context", preset) ||
+              override(&mm, "model.classes", dataset == 3 ? 100 : 0, "dataset", preset);
     if (!bad && q3r_meta_setf(&mm, &err, "model.dropout", "%.9g", (float)dropout)) {
         fprintf(stderr, "q3r train: %s\n", err.msg);
         bad = 1;
     }
+    /* the flags of the other kind of data are refused, not ignored */
+    q3r_model *probe = NULL; /* a bad config is reported by the run */
+    int tokens = 0;
+    if (!bad && !q3r_model_from_meta(&mm, 1, &probe, NULL))
+        tokens = q3r_model_input_spec(probe)->kind == Q3R_INPUT_TOKENS;
+    static const char *const image_flags[] = {"dataset", "data-dir", "train-limit", "test-limit", "augment"};
+    static const char *const text_flags[] = {"data", "val-fraction", "val-windows", "epoch-steps"};
+    for (size_t i = 0; !bad && i < (tokens ? 5 : 4); i++) {
+        const char *f = tokens ? image_flags[i] : text_flags[i];
+        if (args_given(specs, f)) {
+            fprintf(stderr, "q3r train: --%s applies to %s; the %s model takes %s\n", f,
+                    tokens ? "image models" : "language models", preset,
+                    tokens ? "text (--data FILE)" : "images (--dataset)");
+            bad = 1;
+        }
+    }
+    if (!bad && tokens) {
+        /* the text file is checked before anything is written to --out */
+        if (!args_given(specs, "data") && access(text, F_OK) != 0) {
+            fprintf(
+                stderr,
+                "q3r train: the default text file %s is missing; make it with scripts/text-data.sh (the King "
+                "James Bible from Debian's bible-kjv package), or give --data FILE\n",
+                text);
+            bad = 1;
+        } else {
+            q3r_corpus probe_text;
+            if (q3r_corpus_load(&probe_text, text, val_fraction, q3r_model_input_spec(probe)->context,
+                                &err)) {
+                fprintf(stderr, "q3r train: --data: %s\n", err.msg);
+                bad = 1;
+            }
+            q3r_corpus_free(&probe_text);
+        }
+    }
     if (bad) {
+        q3r_model_free(probe);
         q3r_meta_free(&mm);
         return 2;
     }
     c.model = &mm;
     if (!quiet) {
-        q3r_model *probe = NULL; /* for the description; a bad config is reported by the run */
         char desc[256] = "";
         int64_t nparams = 0;
-        if (!q3r_model_from_meta(&mm, 1, &probe, NULL)) {
+        if (probe) {
             nparams = q3r_model_param_count(probe);
             q3r_model_describe(probe, desc, sizeof desc);
         }
-        q3r_model_free(probe);
         fprintf(stderr, "q3r train: %s (%s; %.2f M parameters) on %s, %d epochs of batch %d, %d threads\n",
-                preset, desc, (double)nparams / 1e6, c.dataset, c.epochs, c.batch, q3r_get_threads());
+                preset, desc, (double)nparams / 1e6, tokens ? text : c.dataset, c.epochs, c.batch,
+                q3r_get_threads());
         if (c.weights == Q3R_WEIGHTS_LORITA)
             fprintf(stderr,
                     "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
@@ -256,6 +329,7 @@ int q3r_cmd_train(int argc, char **argv) {
                     lambda > 0 ? "given" : "automatic", c.period, q3r_eps_name(c.eps.schedule));
         else fprintf(stderr, "q3r train: AdamW, no rank regularizer\n");
     }
+    q3r_model_free(probe);
     progress_bar bar;
     progress_init(&bar, quiet);
     q3r_train_result res;
@@ -298,15 +372,57 @@ int q3r_cmd_train(int argc, char **argv) {
     return 0;
 }
 
+/* q3r eval on a language model: bits per byte on its run's validation windows. */
+static int eval_text(const char *path, cli_model *cm, int limit, int json) {
+    q3r_error err;
+    q3r_score score;
+    int64_t windows = 0, max = limit > 0 ? limit : cm->val_windows;
+    progress_bar bar;
+    progress_init(&bar, json);
+    q3r_status s =
+        q3r_evaluate_text(cm->model, &cm->corpus, max, progress_update, &bar, &score, &windows, &err);
+    progress_finish(&bar);
+    if (s) {
+        fprintf(stderr, "q3r eval: %s\n", err.msg);
+        return 1;
+    }
+    const q3r_metric metric = q3r_model_metric(cm->model);
+    const double value = q3r_score_value(metric, &score), loss = q3r_score_loss(&score);
+    if (json) {
+        q3r_text a, b;
+        q3r_text_init(&a);
+        q3r_text_init(&b);
+        q3r_text_add_json_string(&a, path);
+        q3r_text_add_json_string(&b, cm->corpus.path);
+        printf("{\"model\": %s, \"data\": %s, \"split\": \"validation\", \"windows\": %lld, \"context\": %d, "
+               "\"n\": %lld, \"%s\": %.6f, \"loss\": %.6f}\n",
+               q3r_text_str(&a), q3r_text_str(&b), (long long)windows, cm->corpus.context,
+               (long long)score.units, q3r_metric_name(metric), value, loss);
+        q3r_text_free(&a);
+        q3r_text_free(&b);
+    } else {
+        printf("%s on %s validation (%lld windows of %d bytes, n = %lld bytes): %s %.4f, loss %.4f\n", path,
+               cm->corpus.path, (long long)windows, cm->corpus.context, (long long)score.units,
+               metric_label(metric), value, loss);
+    }
+    return 0;
+}
+
 int q3r_cmd_eval(int argc, char **argv) {
-    const char *dataset = NULL, *data_dir = NULL, *split = "test";
+    const char *dataset = NULL, *data_dir = NULL, *split = "test", *text = NULL;
     int limit = 0, batch = 256, threads = 0, json = 0;
     const arg_spec specs[] = {
-        {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
-         "NAME"},
-        {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
-        {"split", ARG_STRING, &split, "train or test", 0, 0, NULL, "SPLIT"},
-        {"limit", ARG_INT, &limit, "score only the first N images (0: all)", 0, 1e9, NULL, NULL},
+        {"dataset", ARG_STRING, &dataset, "image models: dataset (default: the one in the model's metadata)",
+         0, 0, NULL, "NAME"},
+        {"data-dir", ARG_STRING, &data_dir, "image models: dataset directory", 0, 0, NULL, "DIR"},
+        {"split", ARG_STRING, &split, "image models: train or test", 0, 0, NULL, "SPLIT"},
+        {"data", ARG_STRING, &text,
+         "language models: the text file (default: the one in the model's metadata; split and windows as "
+         "its run had them)",
+         0, 0, NULL, "FILE"},
+        {"limit", ARG_INT, &limit,
+         "score only the first N images, or N validation windows (0: all images; the run's windows)", 0, 1e9,
+         NULL, NULL},
         {"batch", ARG_INT, &batch, "batch size", 1, 65536, NULL, NULL},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the result as JSON", 0, 0, NULL, NULL},
@@ -314,7 +430,10 @@ int q3r_cmd_eval(int argc, char **argv) {
     };
     const char *pos[1];
     int np = 0;
-    int rc = args_parse("eval", "Score a model or checkpoint file: q3r eval [options] MODEL.safetensors",
+    int rc = args_parse("eval",
+                        "Score a model or checkpoint file: q3r eval [options] MODEL.safetensors\n"
+                        "Image models: accuracy on a dataset split. Language models: bits per byte on the "
+                        "validation windows of their run's text file.",
                         specs, argc, argv, 2, pos, 1, &np);
     if (rc) return rc == 1 ? 0 : 2;
     if (np != 1) {
@@ -324,7 +443,12 @@ int q3r_cmd_eval(int argc, char **argv) {
     q3r_set_threads(threads);
     q3r_error err;
     cli_model cm;
-    if (cli_model_open("eval", pos[0], batch, dataset, &cm)) return 1;
+    if (cli_model_open("eval", pos[0], batch, dataset, text, &cm)) return 1;
+    if (cm.text) {
+        int st = eval_text(pos[0], &cm, limit, json);
+        cli_model_close(&cm);
+        return st;
+    }
     q3r_model *m = cm.model;
     const char *name = cm.dataset;
     q3r_dataset ds;

@@ -10,5 +10,6 @@ int q3r_cmd_spectrum(int argc, char **argv);
 int q3r_cmd_truncate(int argc, char **argv);
 int q3r_cmd_sweep(int argc, char **argv);
 int q3r_cmd_adapter(int argc, char **argv);
+int q3r_cmd_sample(int argc, char **argv);
 
 #endif

@@ -14,15 +14,17 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"train", q3r_cmd_train, "train a ViT with AdamW or AdamQ3R; checkpoints, resume, metrics"},
-    {"eval", q3r_cmd_eval, "score a model or checkpoint on a dataset split"},
+    {"train", q3r_cmd_train,
+     "train a ViT (images) or a GPT (text) with AdamW or AdamQ3R; checkpoints, resume, metrics"},
+    {"eval", q3r_cmd_eval, "score a model or checkpoint: accuracy on a dataset split, or bits per byte"},
+    {"sample", q3r_cmd_sample, "generate text from a language model file (dense or truncated)"},
     {"demo", q3r_cmd_demo, "low-rank matrix completion: Q3R against nuclear norm and weight decay"},
     {"spectrum", q3r_cmd_spectrum,
      "singular values, effective rank, energy and a plot of the weights in a safetensors file"},
     {"truncate", q3r_cmd_truncate,
      "replace chosen weight matrices by their best rank-r factors; parameter accounting"},
     {"sweep", q3r_cmd_sweep,
-     "accuracy of a model truncated at a series of kept fractions; table, JSON, plot"},
+     "accuracy (or bits per byte) of a model truncated at a series of kept fractions; table, JSON, plot"},
     {"adapter", q3r_cmd_adapter,
      "LoRA adapters in PEFT's format: merge one into a model, extract one from a fine-tune"},
     {"version", q3r_cmd_version, "print the version, the BLAS library and core, and threads"},

@@ -4,12 +4,36 @@
 #include <stdio.h>
 #include <string.h>
 
-int cli_model_open(const char *cmd, const char *path, int batch, const char *dataset, cli_model *m) {
+int cli_model_open(const char *cmd, const char *path, int batch, const char *dataset, const char *text,
+                   cli_model *m) {
     q3r_error err;
     memset(m, 0, sizeof *m);
     q3r_meta_init(&m->meta);
     if (q3r_model_load(path, batch, &m->model, &m->meta, &err)) {
         fprintf(stderr, "q3r %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    if (q3r_model_input_spec(m->model)->kind == Q3R_INPUT_TOKENS) {
+        if (dataset) {
+            fprintf(stderr, "q3r %s: --dataset: %s is a %s model (text); give --data FILE instead\n", cmd,
+                    path, q3r_model_family_name(m->model));
+            cli_model_close(m);
+            return 1;
+        }
+        m->text = 1;
+        if (q3r_metadata_text(&m->meta, text, &m->corpus, &m->val_windows, &err) ||
+            q3r_check_text(m->model, &m->corpus, &err)) {
+            fprintf(stderr, "q3r %s: %s: %s\n", cmd, path, err.msg);
+            cli_model_close(m);
+            return 1;
+        }
+        snprintf(m->dataset, sizeof m->dataset, "%s", "text");
+        return 0;
+    }
+    if (text) {
+        fprintf(stderr, "q3r %s: --data: %s is a %s model (images); give --dataset instead\n", cmd, path,
+                q3r_model_family_name(m->model));
+        cli_model_close(m);
         return 1;
     }
     if (q3r_metadata_normalize(&m->meta, &m->norm, &err)) {
@@ -28,6 +52,7 @@ int cli_model_open(const char *cmd, const char *path, int batch, const char *dat
 }
 
 void cli_model_close(cli_model *m) {
+    q3r_corpus_free(&m->corpus);
     q3r_model_free(m->model);
     q3r_meta_free(&m->meta);
     memset(m, 0, sizeof *m);

@@ -1,6 +1,7 @@
-/* Opening a model file for scoring (q3r eval, q3r sweep): the model, its metadata, the
- * normalisation it was trained with and the dataset it names. Errors are printed as
- * "q3r <cmd>: ..." naming the file. */
+/* Opening a model file for scoring (q3r eval, q3r sweep): the model, its metadata, and what it
+ * is scored on: for an image model the normalisation it was trained with and the dataset it
+ * names; for a language model the text file and validation windows of its run
+ * (q3r_metadata_text). Errors are printed as "q3r <cmd>: ..." naming the file. */
 #ifndef Q3R_CLI_MODEL_OPEN_H
 #define Q3R_CLI_MODEL_OPEN_H
 
@@ -10,12 +11,17 @@ typedef struct {
     q3r_model *model;
     q3r_meta meta;
     q3r_normalize norm;
-    char dataset[64]; /* --dataset, else the file's "data.name" */
+    char dataset[64];  /* --dataset, else the file's "data.name" */
+    int text;          /* 1: a language model, scored on corpus */
+    q3r_corpus corpus; /* its run's validation windows */
+    int64_t val_windows;
 } cli_model;
 
-/* Load path with activations for batch samples; dataset NULL: the one in the metadata.
- * Returns 0, or 1 after printing the error (m is then empty, safe to free). */
-int cli_model_open(const char *cmd, const char *path, int batch, const char *dataset, cli_model *m);
+/* Load path with activations for batch samples; dataset NULL: the one in the metadata; text
+ * NULL: the text file in the metadata (language models). Returns 0, or 1 after printing the
+ * error (m is then empty, safe to free). */
+int cli_model_open(const char *cmd, const char *path, int batch, const char *dataset, const char *text,
+                   cli_model *m);
 void cli_model_close(cli_model *m);
 
 #endif

@@ -16,6 +16,12 @@ static void fmt_time(double s, char *buf, size_t cap) {
     else snprintf(buf, cap, "%d:%02d", t / 60, t % 60);
 }
 
+/* "acc 87.93%" or "bpb 2.1043": the metric as its kind reads. */
+static void fmt_metric(q3r_metric m, double v, char *buf, size_t cap) {
+    if (m == Q3R_METRIC_ACCURACY) snprintf(buf, cap, "acc %.2f%%", 100 * v);
+    else snprintf(buf, cap, "%s %.4f", q3r_metric_name(m), v);
+}
+
 void progress_update(const q3r_train_progress *p, void *ctx) {
     progress_bar *b = ctx;
     if (b->quiet) return;
@@ -23,9 +29,11 @@ void progress_update(const q3r_train_progress *p, void *ctx) {
     if (p->phase == Q3R_PHASE_EPOCH) {
         if (b->drawn) fputc('\n', stderr);
         b->drawn = 0;
-        fprintf(stderr, "epoch %d/%d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f s\n",
-                p->epoch + 1, p->epochs, p->loss, 100 * p->acc, p->test_loss, 100 * p->test_acc,
-                p->elapsed_s);
+        char a[32], t[32];
+        fmt_metric(p->metric, p->acc, a, sizeof a);
+        fmt_metric(p->metric, p->test_acc, t, sizeof t);
+        fprintf(stderr, "epoch %d/%d: train loss %.4f %s | test loss %.4f %s | %.0f s\n", p->epoch + 1,
+                p->epochs, p->loss, a, p->test_loss, t, p->elapsed_s);
         return;
     }
     int last = p->done == p->todo;
@@ -36,17 +44,18 @@ void progress_update(const q3r_train_progress *p, void *ctx) {
     int fill = (int)(frac * 30);
     for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
     bar[30] = 0;
-    char el[16], eta[16];
+    char el[16], eta[16], met[32];
+    fmt_metric(p->metric, p->acc, met, sizeof met);
+    const char *unit = p->metric == Q3R_METRIC_ACCURACY ? "img/s" : "seq/s";
     fmt_time(p->elapsed_s, el, sizeof el);
     if (p->phase == Q3R_PHASE_TRAIN) {
         fmt_time(p->eta_s, eta, sizeof eta);
-        fprintf(stderr,
-                "%sepoch %d/%d [%s] %lld/%lld loss %.4f acc %.2f%% lr %.2e q3r %.3g | %.0f img/s %s<%s",
+        fprintf(stderr, "%sepoch %d/%d [%s] %lld/%lld loss %.4f %s lr %.2e q3r %.3g | %.0f %s %s<%s",
                 b->tty ? "\r" : "", p->epoch + 1, p->epochs, bar, (long long)p->done, (long long)p->todo,
-                p->loss, 100 * p->acc, p->lr, p->q3r_value, p->images_per_s, el, eta);
+                p->loss, met, p->lr, p->q3r_value, p->images_per_s, unit, el, eta);
     } else {
-        fprintf(stderr, "%seval [%s] %lld/%lld acc %.2f%% | %.0f img/s %s", b->tty ? "\r" : "", bar,
-                (long long)p->done, (long long)p->todo, 100 * p->acc, p->images_per_s, el);
+        fprintf(stderr, "%seval [%s] %lld/%lld %s | %.0f %s %s", b->tty ? "\r" : "", bar, (long long)p->done,
+                (long long)p->todo, met, p->images_per_s, unit, el);
     }
     if (b->tty) {
         fputs("\033[K", stderr);

@@ -251,6 +251,18 @@ done:
     return s;
 }
 
+/* The "data.*" keys that say what a model is scored on: an image dataset and its normalisation,
+ * or a text file, its split and its validation windows (q3r_metadata_text). */
+static int scoring_key(const char *key) {
+    static const char *const keys[] = {"data.name",         "data.mean",        "data.std",
+                                       "data.kind",         "data.path",        "data.bytes",
+                                       "data.val_fraction", "data.train_bytes", "data.val_bytes",
+                                       "data.context",      "data.val_windows"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (!strcmp(key, keys[i])) return 1;
+    return 0;
+}
+
 q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m, const q3r_truncate_spec *spec,
                                  const q3r_truncate_report *rep, q3r_meta *out, q3r_error *err) {
     q3r_meta meta;
@@ -258,9 +270,7 @@ q3r_status q3r_truncate_metadata(const q3r_meta *in_meta, const q3r_model *m, co
     q3r_status s = Q3R_OK;
     for (size_t i = 0; in_meta && i < in_meta->count && !s; i++) {
         const q3r_meta_entry *e = &in_meta->items[i];
-        int keep = (!strncmp(e->key, "model.", 6) && strcmp(e->key, "model.ranks")) ||
-                   !strcmp(e->key, "data.name") || !strcmp(e->key, "data.mean") ||
-                   !strcmp(e->key, "data.std");
+        int keep = (!strncmp(e->key, "model.", 6) && strcmp(e->key, "model.ranks")) || scoring_key(e->key);
         if (keep) s = q3r_meta_set(&meta, e->key, e->value, err);
     }
     char buf[96];

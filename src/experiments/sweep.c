@@ -66,7 +66,7 @@ q3r_status q3r_sweep_parse_ps(const char *text, double **ps, int *count, q3r_err
 }
 
 q3r_status q3r_sweep_check(const q3r_model *in, const q3r_sweep_spec *spec, q3r_error *err) {
-    if (!in || !spec || !spec->ds || !spec->norm || (spec->count > 0 && !spec->ps))
+    if (!in || !spec || (!spec->text && (!spec->ds || !spec->norm)) || (spec->count > 0 && !spec->ps))
         return q3r_fail(err, Q3R_EINVAL, "sweep: NULL argument");
     if (spec->count < 1) return q3r_fail(err, Q3R_EINVAL, "sweep: no kept fractions given");
     const int nm = q3r_model_num_matrices(in);
@@ -136,9 +136,12 @@ static void account(const q3r_model *m, const uint8_t *sel, q3r_sweep_row *row) 
 
 static q3r_status score(q3r_model *m, const q3r_sweep_spec *spec, q3r_sweep_row *row, q3r_error *err) {
     q3r_score sc;
-    q3r_status s = q3r_evaluate(m, spec->ds, spec->norm, spec->limit, NULL, NULL, &sc, err);
+    q3r_status s = spec->text ? q3r_evaluate_text(m, spec->text, spec->windows, NULL, NULL, &sc, NULL, err)
+                              : q3r_evaluate(m, spec->ds, spec->norm, spec->limit, NULL, NULL, &sc, err);
     if (s) return s;
-    const int64_t n = spec->limit > 0 && spec->limit < spec->ds->n ? spec->limit : spec->ds->n;
+    const int64_t n = spec->text                                     ? sc.units
+                      : spec->limit > 0 && spec->limit < spec->ds->n ? spec->limit
+                                                                     : spec->ds->n;
     row->acc = q3r_score_value(q3r_model_metric(m), &sc);
     row->loss = q3r_score_loss(&sc);
     row->n = n;
@@ -248,7 +251,8 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
                 break;
             }
         }
-        row->drop_points = 100.0 * (base.acc - row->acc);
+        row->drop_points =
+            q3r_model_metric(in) == Q3R_METRIC_ACCURACY ? 100.0 * (base.acc - row->acc) : row->acc - base.acc;
         if (on_row) on_row(row, j, spec->count, ctx);
     }
     free(sel);

@@ -74,3 +74,24 @@ q3r_status q3r_metadata_set_normalize(q3r_meta *meta, const q3r_normalize *norm,
     q3r_status s = q3r_meta_set(meta, "data.mean", mean, err);
     return s ? s : q3r_meta_set(meta, "data.std", std, err);
 }
+
+q3r_status q3r_metadata_text(const q3r_meta *meta, const char *path, q3r_corpus *text, int64_t *val_windows,
+                             q3r_error *err) {
+    memset(text, 0, sizeof *text);
+    const char *kind = q3r_meta_get(meta, "data.kind");
+    if (!kind || strcmp(kind, "text"))
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "metadata: 'data.kind' is %s%s%s, not 'text' (not a text run's file)",
+                        kind ? "'" : "", kind ? kind : "absent", kind ? "'" : "");
+    const char *file = path ? path : q3r_meta_get(meta, "data.path");
+    if (!file) return q3r_fail(err, Q3R_EFORMAT, "metadata: no 'data.path'");
+    double frac = 0, windows = 0;
+    int context = 0;
+    q3r_status s = q3r_meta_get_double(meta, "data.val_fraction", &frac, err);
+    if (!s) s = q3r_meta_get_int(meta, "data.context", &context, err);
+    if (!s) s = q3r_meta_get_double(meta, "data.val_windows", &windows, err);
+    if (s) return q3r_fail_context(err, "text data in metadata");
+    if ((s = q3r_corpus_load(text, file, frac, context, err))) return s;
+    *val_windows = (int64_t)windows;
+    return Q3R_OK;
+}

@@ -34,6 +34,7 @@ q3r_train_config q3r_train_defaults(void) {
     c.seed = 1;
     c.out_dir = "runs/default";
     c.log_every = 10;
+    c.val_fraction = 0.1;
     return c;
 }
 

@@ -117,6 +117,7 @@ q3r_status q3r_run_images_create(run_data **out, q3r_error *err) {
 q3r_status q3r_run_data_for(const q3r_model *m, run_data **out, q3r_error *err) {
     switch (q3r_model_input_spec(m)->kind) {
     case Q3R_INPUT_IMAGES: return q3r_run_images_create(out, err);
+    case Q3R_INPUT_TOKENS: return q3r_run_text_create(out, err);
     default:
         return q3r_fail(err, Q3R_EINVAL, "training a %s model: no data source for its input yet",
                         q3r_model_family_name(m));

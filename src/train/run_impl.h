@@ -9,11 +9,12 @@
 
 /* ---- a run's data: where its batches and its evaluation come from ------------------------
  * One implementation per kind of model input: images (run_images.c: a labelled dataset, the
- * shuffling loader, the test split). A run picks the one for its model's input kind
+ * shuffling loader, the test split) and tokens (run_text.c: a text file as bytes, random
+ * windows, the fixed validation windows). A run picks the one for its model's input kind
  * (q3r_run_data_for). */
 typedef struct run_data run_data;
 typedef struct {
-    const char *name; /* "images" */
+    const char *name; /* "images", "text" */
     /* read the data for model m per c (the model's input is checked against it) */
     q3r_status (*open)(run_data *d, const q3r_train_config *c, const q3r_model *m, q3r_error *err);
     int64_t (*steps_per_epoch)(const run_data *d);
@@ -37,6 +38,7 @@ struct run_data {
 /* A source for model m's input kind, not yet opened (*out freed by its close). */
 q3r_status q3r_run_data_for(const q3r_model *m, run_data **out, q3r_error *err);
 q3r_status q3r_run_images_create(run_data **out, q3r_error *err);
+q3r_status q3r_run_text_create(run_data **out, q3r_error *err);
 
 typedef struct {
     const q3r_train_config *cfg;
