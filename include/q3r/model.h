@@ -154,6 +154,10 @@ q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **
 q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch,
                                 q3r_model **out, q3r_error *err);
 void q3r_model_free(q3r_model *m); /* NULL is fine */
+/* The same model with its classifier head replaced by a fresh one (the family's init from seed)
+ * for `classes` outputs; every other tensor copied. Error for a model without a classifier head. */
+q3r_status q3r_model_new_head(const q3r_model *m, int classes, uint64_t seed, int max_batch,
+                              q3r_model **out, q3r_error *err);
 
 const char *q3r_model_family_name(const q3r_model *m); /* "vit" */
 /* The config as "model.*" metadata (set into meta, replacing keys already there), with

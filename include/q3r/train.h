@@ -76,6 +76,11 @@ typedef struct {
     double weight_decay; /* AdamW decay on matrices not under a regularizer, and on the
                                   factors of the LORITA and FACTORIZED weights */
     double clip;         /* global grad-norm clip, 0 = off */
+    /* fine-tuning */
+    const char *init; /* a model file to start from (its weights, not the seed's init);
+                                  NULL or "": cfg->model from the seed */
+    int new_head;     /* > 0: the classifier head replaced by a fresh one for this many
+                                  classes (trained, also when the weights are LORA) */
     /* method */
     q3r_weights_mode weights;
     q3r_reg_mode reg;

@@ -66,10 +66,10 @@ q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **
         }
         for (int i = 0; i < n; i++)
             if (ranks[i] < 0) {
+                const int bad = ranks[i];
                 free(ranks);
                 return q3r_fail(err, Q3R_EFORMAT,
-                                "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)", i,
-                                ranks[i]);
+                                "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)", i, bad);
             }
     }
     q3r_status s = fam->from_meta(meta, ranks, max_batch, out, err);
@@ -81,6 +81,14 @@ q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **
 q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch, q3r_model **out,
                                 q3r_error *err) {
     return m->ops->with_ranks(m, ranks, max_batch, out, err);
+}
+
+q3r_status q3r_model_new_head(const q3r_model *m, int classes, uint64_t seed, int max_batch, q3r_model **out,
+                              q3r_error *err) {
+    if (!m->ops->new_head)
+        return q3r_fail(err, Q3R_EINVAL, "a %s model has no classifier head to replace", m->ops->family);
+    if (classes < 1) return q3r_fail(err, Q3R_EINVAL, "new head: %d classes", classes);
+    return m->ops->new_head(m, classes, seed, max_batch, out, err);
 }
 
 void q3r_model_free(q3r_model *m) {

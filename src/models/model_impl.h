@@ -27,6 +27,9 @@ typedef struct {
     q3r_status (*with_ranks)(const q3r_model *m, const int *ranks, int max_batch, q3r_model **out,
                              q3r_error *err);
     void (*describe)(const q3r_model *m, char *buf, size_t cap);
+    /* NULL: no classifier head */
+    q3r_status (*new_head)(const q3r_model *m, int classes, uint64_t seed, int max_batch, q3r_model **out,
+                           q3r_error *err);
     double (*forward_flops)(const q3r_model *m, int B);
     void (*destroy)(q3r_model *m); /* frees the family's struct (and what q3r_model_base_free frees) */
 } q3r_model_ops;

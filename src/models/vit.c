@@ -514,6 +514,34 @@ static q3r_status op_with_ranks(const q3r_model *g, const int *ranks, int max_ba
     return Q3R_OK;
 }
 
+/* A fresh head (the init's draw for a model of `classes` outputs from seed), the rest copied. */
+static q3r_status op_new_head(const q3r_model *g, int classes, uint64_t seed, int max_batch, q3r_model **out,
+                              q3r_error *err) {
+    const q3r_vit *m = vit_of(g);
+    q3r_vit_config c = m->cfg;
+    c.classes = classes;
+    int *ranks = malloc(sizeof(int) * (size_t)g->nmat);
+    if (!ranks) return q3r_fail(err, Q3R_ENOMEM, "new head: out of memory");
+    memcpy(ranks, g->ranks, sizeof(int) * (size_t)g->nmat);
+    ranks[g->nmat - 1] = 0; /* the fresh head is dense */
+    q3r_vit *v;
+    q3r_status s = q3r_vit_create_factored(&c, ranks, max_batch, &v, err);
+    free(ranks);
+    if (s) return s;
+    q3r_vit_init(v, seed);
+    q3r_vit_set_name(v, m->name);
+    for (int i = 0; i < v->base.ntensors; i++) {
+        const q3r_param_info *t = &v->base.info[i];
+        if (!strncmp(t->name, "head.", 5)) continue;
+        const q3r_param_info *u = q3r_model_find(g, t->name);
+        if (u && u->ndim == t->ndim && q3r_param_numel(u) == q3r_param_numel(t))
+            memcpy(v->base.params + t->offset, g->params + u->offset,
+                   sizeof(float) * (size_t)q3r_param_numel(t));
+    }
+    *out = &v->base;
+    return Q3R_OK;
+}
+
 static void op_describe(const q3r_model *g, char *buf, size_t cap) {
     const q3r_vit_config *c = &vit_of(g)->cfg;
     snprintf(buf, cap, "width %d, depth %d, heads %d, patch %d, MLP %d", c->width, c->depth, c->heads,
@@ -534,6 +562,7 @@ static const q3r_model_ops vit_ops = {
     .config_to_meta = op_config_to_meta,
     .with_ranks = op_with_ranks,
     .describe = op_describe,
+    .new_head = op_new_head,
     .forward_flops = op_flops,
     .destroy = op_destroy,
 };

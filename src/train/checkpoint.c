@@ -24,6 +24,8 @@ q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *
     if (!s) s = q3r_meta_setf(meta, err, "train.weight_decay", "%.17g", c->weight_decay);
     if (!s) s = q3r_meta_setf(meta, err, "train.clip", "%.17g", c->clip);
     if (!s) s = q3r_meta_setf(meta, err, "train.seed", "%llu", (unsigned long long)c->seed);
+    if (!s && c->init && *c->init) s = q3r_meta_set(meta, "train.init", c->init, err);
+    if (!s && c->new_head > 0) s = q3r_meta_setf(meta, err, "train.new_head", "%d", c->new_head);
     if (!s) s = q3r_trainer_metadata(t, meta, err);
     return s;
 }

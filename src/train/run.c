@@ -57,8 +57,24 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     if (s) return s;
     if (c->batch < 1) return q3r_fail(err, Q3R_EINVAL, "batch size %d < 1", c->batch);
     if (c->epochs < 1) return q3r_fail(err, Q3R_EINVAL, "epochs %d < 1", c->epochs);
-    /* the model first: its config is checked before any data is read */
-    if ((s = q3r_model_from_meta(mm, c->batch, &r->model, err))) return s;
+    /* the model first: its config is checked before any data is read; fine-tuning starts from
+     * a model file (and maybe a fresh head) instead of the seed's init */
+    const int from_file = c->init && *c->init;
+    if (!from_file && c->new_head > 0)
+        return q3r_fail(err, Q3R_EINVAL, "--new-head replaces the head of an --init model; give --init");
+    if (from_file) {
+        if ((s = q3r_model_load(c->init, c->batch, &r->model, NULL, err)))
+            return q3r_fail_context(err, "--init");
+        if (c->new_head > 0) {
+            q3r_model *nh = NULL;
+            s = q3r_model_new_head(r->model, c->new_head, c->seed, c->batch, &nh, err);
+            q3r_model_free(r->model);
+            r->model = nh;
+            if (s) return q3r_fail_context(err, "--new-head");
+        }
+    } else if ((s = q3r_model_from_meta(mm, c->batch, &r->model, err))) {
+        return s;
+    }
     r->metric = q3r_model_metric(r->model);
     q3r_rank_rule rule;
     if ((s = q3r_rank_parse(c->rank, &rule, err))) return q3r_fail_context(err, "--rank");
@@ -67,7 +83,7 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     r->steps_per_epoch = r->data->ops->steps_per_epoch(r->data);
     r->total_steps = r->steps_per_epoch * c->epochs;
     if ((s = q3r_train_resolve_schedule(c, r->total_steps, err))) return s;
-    q3r_model_init(r->model, c->seed);
+    if (!from_file) q3r_model_init(r->model, c->seed);
     q3r_model *m = r->model;
     r->model = NULL; /* the trainer owns it from here, whatever happens */
     if ((s = q3r_trainer_create_from_model(c, m, &r->trainer, err))) return s;

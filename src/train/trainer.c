@@ -66,7 +66,10 @@ static double lr_sum(const q3r_lr_schedule *s) {
  * with decay (none of them under a regularizer: Q3R's R already decays their non-dominant
  * directions; a factor chain's entries are not the model optimizer's). */
 static q3r_status build_optimizer(q3r_trainer *t, q3r_error *err) {
-    if (t->weights->freezes_model) return Q3R_OK; /* nothing of the model moves: no moments at all */
+    /* a frozen model: nothing of it moves (no moments at all), but a fresh head */
+    const int head_only = t->weights->freezes_model && t->cfg.new_head > 0;
+    if (t->weights->freezes_model && !head_only) return Q3R_OK;
+    t->model_trained = 1;
     q3r_adamw_config ac = q3r_adamw_defaults();
     ac.weight_decay = t->cfg.weight_decay;
     const size_t n = q3r_model_num_params(t->model);
@@ -81,8 +84,26 @@ static q3r_status build_optimizer(q3r_trainer *t, q3r_error *err) {
         memset(mask + p->offset, 1, (size_t)q3r_param_numel(p));
     }
     q3r_adamw_set_decay_mask(&t->opt, mask);
+    q3r_status s2 = Q3R_OK;
+    if (head_only) { /* the head's tensors ("<head matrix>." ...) are the only trainable ones */
+        memset(mask, 0, n);
+        const char *head = NULL;
+        for (int i = 0; i < q3r_model_num_matrices(t->model); i++) {
+            q3r_matrix_kind k;
+            const char *nm;
+            q3r_model_matrix_shape(t->model, i, &nm, &k, NULL, NULL, NULL);
+            if (k == Q3R_MAT_HEAD) head = nm;
+        }
+        const size_t hl = head ? strlen(head) : 0;
+        for (int i = 0; head && i < q3r_model_num_tensors(t->model); i++) {
+            const q3r_param_info *p = q3r_model_tensor(t->model, i);
+            if (!strncmp(p->name, head, hl) && p->name[hl] == '.')
+                memset(mask + p->offset, 1, (size_t)q3r_param_numel(p));
+        }
+        s2 = q3r_adamw_set_trainable_mask(&t->opt, mask, err);
+    }
     q3r_free(mask);
-    return Q3R_OK;
+    return s2;
 }
 
 static q3r_status choose_lambda(q3r_trainer *t, q3r_error *err) {
@@ -207,17 +228,35 @@ q3r_status q3r_trainer_step(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *
     /* the trained parameters' gradient is clipped: the model's, or (a frozen model: LoRA) the
      * factors' after the chain rule, as torch clips only what its optimizer holds */
     const int frozen = t->weights->freezes_model;
-    if (frozen && t->weights->before_update) t->weights->before_update(t);
-    float *cg = frozen ? q3r_reparam_grads(t->rp) : g;
-    const int64_t cn = frozen ? q3r_reparam_num_params(t->rp) : n;
-    double gnorm = c->clip > 0 ? q3r_clip_grad_norm(cg, cn, c->clip) : q3r_grad_norm(cg, cn);
+    double gnorm;
+    if (!frozen) {
+        gnorm = c->clip > 0 ? q3r_clip_grad_norm(g, n, c->clip) : q3r_grad_norm(g, n);
+    } else {
+        if (t->weights->before_update) t->weights->before_update(t);
+        float *fg = q3r_reparam_grads(t->rp);
+        const int64_t fn = q3r_reparam_num_params(t->rp);
+        if (!t->model_trained) {
+            gnorm = c->clip > 0 ? q3r_clip_grad_norm(fg, fn, c->clip) : q3r_grad_norm(fg, fn);
+        } else { /* the factors and the fresh head, clipped together */
+            const uint8_t *tm = t->opt.trainable;
+            for (int64_t i = 0; i < n; i++)
+                if (!tm[i]) g[i] = 0;
+            const double a = q3r_grad_norm(fg, fn), b = q3r_grad_norm(g, n);
+            gnorm = sqrt(a * a + b * b);
+            const double coef = c->clip > 0 && isfinite(gnorm) ? c->clip / (gnorm + 1e-6) : 1.0;
+            if (coef < 1.0) {
+                for (int64_t i = 0; i < fn; i++) fg[i] *= (float)coef;
+                for (int64_t i = 0; i < n; i++) g[i] *= (float)coef;
+            }
+        }
+    }
     if (!isfinite(gnorm))
         return q3r_fail(err, Q3R_ENUMERIC, "gradient norm is %g at step %lld: training diverged", gnorm,
                         (long long)t->step);
     double lr = q3r_lr_at(&c->lr, t->step), qv = 0;
     if (t->reg_row->before_update && (s = t->reg_row->before_update(t, lr, &qv, err))) return s;
     if (!frozen && t->weights->before_update) t->weights->before_update(t);
-    if (!frozen) q3r_adamw_step(&t->opt, w, g, lr);
+    if (t->model_trained) q3r_adamw_step(&t->opt, w, g, lr);
     if (t->weights->after_update) t->weights->after_update(t, lr);
     if (t->reg_row->after_update && (s = t->reg_row->after_update(t, lr, &qv, err))) return s;
     t->rng = rng;
@@ -239,7 +278,7 @@ int q3r_trainer_epoch_spectra(const q3r_trainer *t) { return t->reg_row->epoch_s
 q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err) {
     int64_t one[1] = {1}, four[1] = {4};
     q3r_status s = q3r_model_export(t->model, out, err);
-    if (!s && !t->weights->freezes_model) s = q3r_adamw_export(&t->opt, out, err);
+    if (!s && t->model_trained) s = q3r_adamw_export(&t->opt, out, err);
     if (!s) s = q3r_set_export(t->reg, "q3r.", out, err);
     if (!s && t->weights->export_state) s = t->weights->export_state(t, out, err);
     if (!s) s = q3r_tensor_list_add(out, "train.step", Q3R_I64, 1, one, &t->step, err);
@@ -254,7 +293,7 @@ q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_err
     if (!s) s = q3r_tensor_list_get(in, "train.rng", Q3R_I64, 4, &rng, err);
     if (!s) s = q3r_tensor_list_get(in, "train.lr_since_prox", Q3R_F64, 1, &since, err);
     if (!s) s = q3r_model_import(t->model, in, err);
-    if (!s && !t->weights->freezes_model) s = q3r_adamw_import(&t->opt, in, err);
+    if (!s && t->model_trained) s = q3r_adamw_import(&t->opt, in, err);
     if (!s) s = q3r_set_import(t->reg, "q3r.", in, err);
     /* after the model: a factor chain's product overwrites the targets (with the same bits) */
     if (!s && t->weights->import_state) s = t->weights->import_state(t, in, err);

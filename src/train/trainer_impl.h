@@ -55,6 +55,7 @@ struct q3r_trainer {
     const q3r_reg_row *reg_row;
     q3r_model *model;
     q3r_adamw opt;
+    int model_trained; /* the model AdamW exists (a frozen model with a new head: the head only) */
     q3r_set *reg;      /* the target matrices; the regularizer rows drive it */
     uint8_t *targeted; /* [num tensors]: 1 where a tensor holds a target matrix */
     q3r_rng rng;       /* dropout */
