@@ -5,7 +5,7 @@
 #define Q3R_H
 
 #include "q3r/base.h"        /* status codes, RNG, aligned memory, named tensors, BLAS start-up */
-#include "q3r/dist.h"        /* the communicator seam (one process now, MPI later), batch slices */
+#include "q3r/dist.h"        /* the communicator seam (one process or MPI), batch slices */
 #include "q3r/linalg.h"      /* thin SVD */
 #include "q3r/regularizer.h" /* Q3R: per-matrix state and sets of matrices */
 #include "q3r/nuclear.h"     /* singular value thresholding (nuclear-norm prox) */

@@ -6,14 +6,10 @@
  * through the q3r_comm_* wrappers, so code written against this header runs unchanged in one
  * process.
  *
- * Where MPI goes: a second file (src/dist/comm_mpi.c, built only when MPI is found) defines its
- * own q3r_comm_ops with name "mpi" and a constructor such as
- *     q3r_status q3r_comm_mpi(q3r_comm **out, void *mpi_comm, q3r_error *err);
- * keeping MPI_Comm in impl. Its allreduce must keep the order contract below (sum in rank
- * order 0, 1, ..., size-1, e.g. a gather to rank 0 then a broadcast, or a fixed-order reduction
- * tree that is the same on every run), never MPI_Allreduce with an unspecified order, so the
- * same inputs give the same bits. Nothing else in the library changes: callers hold a
- * q3r_comm * and call the wrappers.
+ * The second, "mpi" (src/dist/comm_mpi.c; MPI calls only with the CMake option Q3R_MPI),
+ * keeps MPI_Comm in impl. Its allreduce keeps the order contract below (sum in rank order 0, 1,
+ * ..., size-1, the same on every run), never MPI_Allreduce with an unspecified order, so the
+ * same inputs give the same bits. Callers hold a q3r_comm * and call the wrappers.
  *
  * The wrappers check their arguments (buf NULL with n > 0, root outside [0, size)) before they
  * dispatch, so an implementation sees only valid calls. q3r_comm_slice is plain arithmetic
@@ -52,6 +48,24 @@ struct q3r_comm {
 /* One process: rank 0 of 1; the collectives return at once (sum of one = itself). */
 q3r_status q3r_comm_single(q3r_comm **out, q3r_error *err);
 void q3r_comm_free(q3r_comm *c); /* NULL is fine */
+
+/* MPI (src/dist/comm_mpi.c): every process of MPI_COMM_WORLD (duplicated), initialising MPI
+ * (MPI_THREAD_FUNNELED) if nobody has; q3r_comm_free then frees it and finalises MPI if this
+ * call initialised it. Collectives must be called by every rank in the same order, from the
+ * thread that created the communicator. The all-reduce sums in rank order (alltoall of chunks,
+ * each rank sums its chunk over ranks 0..size-1, allgather), never MPI_Allreduce. Declared
+ * always: without MPI in the build it fails with a message saying so. */
+q3r_status q3r_comm_mpi(q3r_comm **out, q3r_error *err);
+int q3r_comm_mpi_available(void); /* 1 when the build has MPI */
+/* MPI_Abort of the whole job when c is an MPI communicator (a rank that failed alone would
+ * otherwise leave the others waiting in a collective); nothing otherwise. */
+void q3r_comm_abort(q3r_comm *c, int code);
+/* The process count an MPI launcher (mpirun, mpiexec, srun) announced in the environment
+ * (OMPI_COMM_WORLD_SIZE, PMI_SIZE, MV2_COMM_WORLD_SIZE; 1 for a bare PMIX_RANK/PMI_RANK), 0
+ * when not launched by one; and the processes on this machine (0: unknown). Plain getenv: no
+ * MPI call, so a program can decide whether to initialise MPI at all. */
+int q3r_comm_launched_size(void);
+int q3r_comm_launched_local_size(void);
 
 /* NULL-safe wrappers: a NULL communicator is one process (rank 0, size 1, no-ops). Each checks
  * buf (NULL only with n == 0) and root (in [0, size), so root != 0 on one process is

@@ -14,6 +14,7 @@
 #define Q3R_REGULARIZER_H
 
 #include "q3r/base.h"
+#include "q3r/dist.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -208,6 +209,36 @@ float *q3r_set_matrix(const q3r_set *set, int i, int *rows, int *cols, int *ld);
 q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err);
 /* Refresh when step % period == 0 (step counts optimizer steps from 0). */
 q3r_status q3r_set_maybe_refresh(q3r_set *set, long step, q3r_error *err);
+
+/* Refresh only the matrices with mask[i] != 0 ([count]), all-or-nothing over them; the others
+ * keep their state. Each selected matrix gets the bits q3r_set_refresh would give it. */
+q3r_status q3r_set_refresh_selected(q3r_set *set, const uint8_t *mask, q3r_error *err);
+
+/* ---- data parallel: the refresh split across ranks ----
+ * q3r_set_assign: owner[i] ([count]) in [0, size) for each matrix: by SVD cost
+ * rows * cols * min(rows, cols), longest first (q3r_order_longest_first), each to the least
+ * loaded rank (the lowest on ties). A pure function of the shapes and size, so every rank
+ * computes the same table.
+ * q3r_set_state_pack: the state of the matrices with mask[i] != 0 (NULL: all), as the named
+ * tensors q3r_state_export gives, in one malloc'd byte string (native byte order: for the
+ * processes of one run, not for files); unpack imports every matrix found in such bytes into
+ * this set (the same matrices by name, shape and rank), bit-exact, and leaves the rest.
+ * q3r_set_refresh_comm: every rank of comm refreshes its own share (q3r_set_assign), the
+ * ranks agree that all shares succeeded (one 8-byte all-reduce), then each rank's packed
+ * states are broadcast from it (an 8-byte length and the bytes), so every rank ends with the
+ * same state, bit for bit the one q3r_set_refresh gives in one process (same SVD bits: each
+ * share runs inside the same OpenMP region as a one-process refresh). SVD work per rank falls
+ * as 1/size (as far as the matrices balance); communication per refresh is the packed states
+ * of all matrices, about 4 (rows + cols + 1) k bytes per matrix with k its envelope or subspace
+ * block width, plus 2 size small messages. Every rank must call it at the same point. On
+ * failure every rank gets an error (the failing one its own message). NULL comm or size 1:
+ * q3r_set_refresh. Needs no MPI: only the q3r_comm collectives. */
+void q3r_set_assign(const q3r_set *set, int size, int *owner);
+q3r_status q3r_set_state_pack(const q3r_set *set, const uint8_t *mask, void **bytes, size_t *len,
+                              q3r_error *err);
+q3r_status q3r_set_state_unpack(q3r_set *set, const void *bytes, size_t len, q3r_error *err);
+q3r_status q3r_set_refresh_comm(q3r_set *set, q3r_comm *comm, q3r_error *err);
+q3r_status q3r_set_maybe_refresh_comm(q3r_set *set, long step, q3r_comm *comm, q3r_error *err);
 
 /* Sum of lambda <X, R X> over the matrices. */
 q3r_status q3r_set_value(q3r_set *set, double *value, q3r_error *err);

@@ -163,7 +163,10 @@ q3r_status q3r_trainer_create(const q3r_train_config *cfg, q3r_trainer **out, q3
 q3r_status q3r_trainer_create_from_model(const q3r_train_config *cfg, q3r_model *model,
                                          q3r_trainer **out, q3r_error *err);
 void q3r_trainer_free(q3r_trainer *t);
-/* One step on a batch (count <= cfg->batch): forward, backward, all-reduce, clip, the
+/* One step on a batch (count <= cfg->batch; data parallel, cfg->comm of size > 1: this rank's
+ * slice, count >= 0, with global_count the whole batch's samples; its mean-loss gradient is
+ * weighted count / global_count before the all-reduce, and stats hold the global batch's loss
+ * and score): forward, backward, all-reduce, clip, the
  * regularizer (Q3R refresh when due, its step) and AdamW. LORITA / FACTORIZED: the clipped
  * dense gradient of each target goes to its factors by the chain rule, AdamW steps the
  * factors, and their product is materialised into the model again. A non-finite loss is an
@@ -217,6 +220,14 @@ q3r_status q3r_evaluate_text(q3r_model *m, const q3r_corpus *t, int64_t max_wind
                              int64_t *windows, q3r_error *err);
 /* Whether text windows fit the model's input (tokens, vocabulary of 256 or more, context). */
 q3r_status q3r_check_text(const q3r_model *m, const q3r_corpus *t, q3r_error *err);
+/* The same split over the ranks of comm (NULL or size 1: q3r_evaluate): each rank scores its
+ * contiguous slice (q3r_comm_slice) of the first `limit` images, the scores are summed in rank
+ * order (one all-reduce of 4 doubles), and every rank gets the whole split's score (equal to a
+ * one-process evaluation in units and correct, loss_sum to rounding). Only rank 0 calls
+ * progress (with its own slice's counts). Every rank must call it. */
+q3r_status q3r_evaluate_comm(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm,
+                             int64_t limit, q3r_comm *comm, q3r_progress_fn progress, void *ctx,
+                             q3r_score *score, q3r_error *err);
 /* Whether a dataset's images and labels fit the model's input (the message names both). */
 q3r_status q3r_check_dataset(const q3r_model *m, const q3r_dataset *ds, q3r_error *err);
 

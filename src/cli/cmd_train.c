@@ -45,11 +45,55 @@ static void preset_choices(char *buf, size_t cap) {
         len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "|" : "", q3r_model_preset_name(i));
 }
 
+/* Data parallel: under an MPI launcher (mpirun, mpiexec, srun: its environment variables,
+ * q3r_comm_launched_size) the program joins MPI_COMM_WORLD and trains one model with every
+ * process; without one it never initialises MPI and runs as one process, exactly as a build
+ * without MPI does. *comm is NULL for one process. Returns 0, or 2 after a message. */
+static int join_mpi(q3r_comm **comm) {
+    *comm = NULL;
+    const int launched = q3r_comm_launched_size();
+    if (launched < 1) return 0;
+    q3r_error err;
+    if (!q3r_comm_mpi_available()) {
+        if (launched == 1) return 0;
+        fprintf(stderr,
+                "q3r train: started by an MPI launcher as one of %d processes, but this q3r was built "
+                "without MPI: each would train alone (rebuild with libopenmpi-dev installed, -DQ3R_MPI=ON)\n",
+                launched);
+        return 2;
+    }
+    if (q3r_comm_mpi(comm, &err)) {
+        fprintf(stderr, "q3r train: %s\n", err.msg);
+        return 2;
+    }
+    return 0;
+}
+
+static q3r_comm *cli_comm; /* the run's communicator (NULL: one process) */
+
 static const char *metric_label(q3r_metric m) {
     return m == Q3R_METRIC_ACCURACY ? "accuracy" : "bits per byte";
 }
 
+static int train_cmd(int argc, char **argv);
+
 int q3r_cmd_train(int argc, char **argv) {
+    int rc = join_mpi(&cli_comm);
+    if (rc) return rc;
+    rc = train_cmd(argc, argv);
+    if (rc == 1 && q3r_comm_size(cli_comm) > 1) {
+        /* the other processes may be waiting in a collective: end the whole job (a usage
+         * error, exit 2, is the same on every rank: they all return) */
+        fprintf(stderr, "q3r train: rank %d of %d failed (exit %d); aborting the MPI job\n",
+                q3r_comm_rank(cli_comm), q3r_comm_size(cli_comm), rc);
+        q3r_comm_abort(cli_comm, rc);
+    }
+    q3r_comm_free(cli_comm);
+    cli_comm = NULL;
+    return rc;
+}
+
+static int train_cmd(int argc, char **argv) {
     q3r_train_config c = q3r_train_defaults();
     int model = 0, width = 0, depth = 0, heads = 0, patch = 0, mlp = 0, threads = 0;
     char presets[256];
@@ -160,6 +204,15 @@ int q3r_cmd_train(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : 2;
 
     q3r_error err;
+    const int rank0 = q3r_comm_rank(cli_comm) == 0;
+    c.comm = cli_comm;
+    if (!rank0) quiet = 1; /* rank 0 alone reports */
+    if (threads == 0 && q3r_comm_size(cli_comm) > 1) {
+        /* --threads 0 under MPI: this machine's cores shared among its processes */
+        const int local = q3r_comm_launched_local_size();
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        if (local > 1) threads = cores > local ? (int)(cores / local) : 1;
+    }
     static const char *const datasets[] = {"fashion-mnist", "mnist", "cifar10", "cifar100"};
     c.dataset = datasets[dataset];
     c.data_dir = data_dir;
@@ -221,13 +274,18 @@ int q3r_cmd_train(int argc, char **argv) {
             q3r_text_init(&path);
             q3r_text_addf(&path, "%s/%s", c.out_dir, run_files[i]);
             int exists = access(q3r_text_str(&path), F_OK) == 0;
-            if (exists)
+            if (exists && rank0)
                 fprintf(
                     stderr,
                     "q3r train: --out %s already holds a run (%s); pass --resume to continue it (a finished "
                     "run is scored again), --overwrite to start it over, or another --out\n",
                     c.out_dir, q3r_text_str(&path));
             q3r_text_free(&path);
+            /* rank 0's verdict for all: it may already be writing when another rank looks */
+            if (q3r_comm_broadcast(cli_comm, &exists, sizeof exists, 0, &err)) {
+                fprintf(stderr, "q3r train: %s\n", err.msg);
+                return 1;
+            }
             if (exists) return 2;
         }
     }
@@ -307,6 +365,10 @@ int q3r_cmd_train(int argc, char **argv) {
             nparams = q3r_model_param_count(probe);
             q3r_model_describe(probe, desc, sizeof desc);
         }
+        if (q3r_comm_size(cli_comm) > 1)
+            fprintf(stderr,
+                    "q3r train: data parallel over %d MPI processes (the global batch split among them)\n",
+                    q3r_comm_size(cli_comm));
         fprintf(stderr, "q3r train: %s (%s; %.2f M parameters) on %s, %d epochs of batch %d, %d threads\n",
                 preset, desc, (double)nparams / 1e6, tokens ? text : c.dataset, c.epochs, c.batch,
                 q3r_get_threads());
@@ -337,9 +399,12 @@ int q3r_cmd_train(int argc, char **argv) {
     progress_finish(&bar);
     q3r_meta_free(&mm);
     if (s) {
-        fprintf(stderr, "q3r train: %s\n", err.msg);
+        if (q3r_comm_size(cli_comm) > 1)
+            fprintf(stderr, "q3r train: rank %d: %s\n", q3r_comm_rank(cli_comm), err.msg);
+        else fprintf(stderr, "q3r train: %s\n", err.msg);
         return 1;
     }
+    if (!rank0) return 0;
     const int acc = res.metric == Q3R_METRIC_ACCURACY;
     const char *mname = q3r_metric_name(res.metric);
     double e = acc ? q3r_binomial_err95(res.test_acc, res.test_n) : 0;

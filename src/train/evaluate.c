@@ -130,3 +130,33 @@ q3r_status q3r_evaluate_text(q3r_model *m, const q3r_corpus *t, int64_t max_wind
     if (!s && windows) *windows = n;
     return s;
 }
+
+q3r_status q3r_evaluate_comm(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm, int64_t limit,
+                             q3r_comm *comm, q3r_progress_fn progress, void *ctx, q3r_score *score,
+                             q3r_error *err) {
+    const int size = q3r_comm_size(comm), rank = q3r_comm_rank(comm);
+    if (size <= 1) return q3r_evaluate(m, ds, norm, limit, progress, ctx, score, err);
+    /* this rank's contiguous slice of the first n images, as a view (shares the pixels) */
+    const int64_t n = (limit > 0 && limit < ds->n) ? limit : ds->n;
+    int64_t b, e;
+    q3r_comm_slice(n, rank, size, &b, &e);
+    q3r_dataset view = *ds;
+    const size_t img = (size_t)ds->c * ds->h * ds->w;
+    view.pixels = ds->pixels + (size_t)b * img;
+    view.labels = ds->labels + b;
+    view.n = e - b;
+    q3r_score sc = {0};
+    q3r_error mine;
+    q3r_status s = e > b ? q3r_evaluate(m, &view, norm, 0, rank == 0 ? progress : NULL, ctx, &sc, &mine)
+                         : q3r_check_dataset(m, ds, &mine);
+    double red[4] = {(double)sc.units, (double)sc.correct, sc.loss_sum, s ? 1.0 : 0.0};
+    q3r_status cs = q3r_comm_allreduce_sum_f64(comm, red, 4, err);
+    if (cs) return q3r_fail_context(err, "evaluation all-reduce");
+    if (s) {
+        if (err) *err = mine;
+        return s;
+    }
+    if (red[3] > 0) return q3r_fail(err, Q3R_EIO, "evaluation failed on another rank (its message says why)");
+    *score = (q3r_score){.units = (int64_t)red[0], .correct = (int64_t)red[1], .loss_sum = red[2]};
+    return Q3R_OK;
+}

@@ -12,10 +12,11 @@
 
 #include "q3r/nuclear.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static q3r_status q3r_before(q3r_trainer *t, double lr, double *value, int coupled, q3r_error *err) {
-    q3r_status s = q3r_set_maybe_refresh(t->reg, t->step, err);
+    q3r_status s = q3r_set_maybe_refresh_comm(t->reg, t->step, t->cfg.comm, err);
     if (s) return s;
     return coupled ? q3r_set_add_grad(t->reg, value, err) : q3r_set_decoupled_step(t->reg, lr, value, err);
 }
@@ -57,10 +58,68 @@ static q3r_status nuclear_prox_all(q3r_set *set, double tau, double *nuclear, q3
     return Q3R_OK;
 }
 
+/* Data parallel: each rank proxes its share of the matrices (q3r_set_assign), the ranks agree
+ * that all succeeded and sum the norms (one all-reduce of count + 1 doubles; each norm comes
+ * from its owner alone, so the sum is exact), then each matrix is broadcast from its owner
+ * (rows x cols floats: the whole targeted weight set once per prox). Same bits as one process:
+ * the loop is the same OpenMP region, skipping the matrices of other ranks. */
+static q3r_status nuclear_prox_split(q3r_set *set, q3r_comm *comm, double tau, double *nuclear,
+                                     q3r_error *err) {
+    const int n = q3r_set_count(set), rank = q3r_comm_rank(comm);
+    int *owner = malloc((size_t)n * sizeof *owner);
+    double *norms = calloc((size_t)n + 1, sizeof *norms);
+    if (!owner || !norms) {
+        free(owner);
+        free(norms);
+        return q3r_fail(err, Q3R_ENOMEM, "nuclear-norm prox: out of memory");
+    }
+    q3r_set_assign(set, q3r_comm_size(comm), owner);
+    int failed = -1;
+    q3r_error first;
+#pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < n; i++) {
+        if (owner[i] != rank) continue;
+        int rows, cols, ld;
+        float *X = q3r_set_matrix(set, i, &rows, &cols, &ld);
+        q3r_error e;
+        if (q3r_nuclear_prox(X, rows, cols, ld, tau, X, ld, NULL, &norms[i], &e)) {
+#pragma omp critical
+            if (failed < 0 || i < failed) {
+                failed = i;
+                first = e;
+            }
+        }
+    }
+    norms[n] = failed >= 0;
+    q3r_status s = q3r_comm_allreduce_sum_f64(comm, norms, (size_t)n + 1, err);
+    if (!s && failed >= 0) {
+        if (err) *err = first;
+        s = q3r_fail_context(err, "nuclear-norm prox of %s", q3r_set_name(set, failed));
+    } else if (!s && norms[n] > 0) {
+        s = q3r_fail(err, Q3R_ENUMERIC, "nuclear-norm prox failed on another rank (its message says why)");
+    }
+    double total = 0;
+    for (int i = 0; i < n && !s; i++) {
+        int rows, cols, ld;
+        float *X = q3r_set_matrix(set, i, &rows, &cols, &ld);
+        if (ld == cols) s = q3r_comm_broadcast(comm, X, (size_t)rows * cols * sizeof *X, owner[i], err);
+        else
+            for (int r = 0; r < rows && !s; r++)
+                s = q3r_comm_broadcast(comm, X + (size_t)r * ld, (size_t)cols * sizeof *X, owner[i], err);
+        total += norms[i];
+    }
+    free(owner);
+    free(norms);
+    if (!s) *nuclear = total;
+    return s;
+}
+
 static q3r_status nuclear_after(q3r_trainer *t, double lr, double *value, q3r_error *err) {
     t->lr_since_prox += lr;
     if ((t->step + 1) % t->cfg.period) return Q3R_OK;
-    q3r_status s = nuclear_prox_all(t->reg, t->lambda * t->lr_since_prox, value, err);
+    const double tau = t->lambda * t->lr_since_prox;
+    q3r_status s = q3r_comm_size(t->cfg.comm) > 1 ? nuclear_prox_split(t->reg, t->cfg.comm, tau, value, err)
+                                                  : nuclear_prox_all(t->reg, tau, value, err);
     if (!s) t->lr_since_prox = 0;
     return s;
 }

@@ -106,7 +106,7 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     const double test_acc = q3r_score_value(r->metric, &score), test_loss = q3r_score_loss(&score);
     /* Baselines without Q3R still get spectrum metrics: a refresh that drives nothing (for
      * LoRITa and factorized, of the collapsed products). */
-    if (q3r_trainer_epoch_spectra(r->trainer) && (s = q3r_set_refresh(r->reg, err))) return s;
+    if (q3r_trainer_epoch_spectra(r->trainer) && (s = q3r_set_refresh_comm(r->reg, c->comm, err))) return s;
     res->metric = r->metric;
     res->train_loss = q3r_score_loss(&r->epoch);
     res->train_acc = q3r_score_value(r->metric, &r->epoch);
@@ -184,7 +184,11 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     memset(res, 0, sizeof *res);
     q3r_jsonl log;
     memset(&log, 0, sizeof log);
-    q3r_status s = make_dir(cfg.out_dir, err);
+    /* data parallel: rank 0 alone writes (metrics, checkpoints, the model) and reports progress;
+     * every rank reads a checkpoint to resume (a shared out_dir, or a copy on every machine) */
+    const int writer = q3r_comm_rank(cfg.comm) == 0;
+    if (!writer) progress = NULL;
+    q3r_status s = writer ? make_dir(cfg.out_dir, err) : Q3R_OK;
     if (!s) {
         r.ckpt_path = join(cfg.out_dir, "checkpoint.safetensors");
         r.model_path = join(cfg.out_dir, "model.safetensors");
@@ -193,7 +197,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     }
     if (!s) s = setup(&r, &cfg, err);
     if (!s && resume) s = q3r_run_load_checkpoint(&r, err);
-    if (!s) s = q3r_jsonl_open(&log, r.log_path, resume, err);
+    if (!s) s = q3r_jsonl_open(&log, writer ? r.log_path : "/dev/null", resume, err);
     if (!s) s = q3r_run_log_start(&log, &r, resume, err);
     res->lambda = r.lambda;
     double t0 = q3r_now();
@@ -202,6 +206,11 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         q3r_step_stats st;
         q3r_batch b;
         r.data->ops->next(r.data, &b);
+        if (q3r_comm_size(cfg.comm) > 1 && b.global_count < 1) {
+            s = q3r_fail(err, Q3R_EINVAL, "data source '%s' gave no global count for a data-parallel batch",
+                         r.data->ops->name);
+            break;
+        }
         if ((s = q3r_trainer_step(r.trainer, &b, &st, err))) break;
         r.step = q3r_trainer_steps(r.trainer);
         r.epoch.correct += st.score.correct;
@@ -243,13 +252,13 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         int stop = (cfg.stop_after > 0 && r.step - start_step >= cfg.stop_after) ||
                    (cfg.interrupt && *cfg.interrupt);
         if (epoch_end || stop || (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0))
-            if ((s = q3r_run_save_checkpoint(&r, err))) break;
+            if (writer && (s = q3r_run_save_checkpoint(&r, err))) break;
         if (stop) break;
     }
     res->steps = r.step;
     res->finished = !s && r.step >= r.total_steps;
     res->seconds = q3r_now() - t0;
-    if (res->finished) s = q3r_model_save(r.model_path, r.model, &r.meta, err);
+    if (res->finished && writer) s = q3r_model_save(r.model_path, r.model, &r.meta, err);
     q3r_error cerr;
     if (q3r_jsonl_close(&log, &cerr) && !s) {
         *err = cerr;

@@ -39,7 +39,13 @@ static q3r_status open_images(run_data *d, const q3r_train_config *c, const q3r_
     /* Normalisation statistics from the full training split, as is customary. */
     if ((s = q3r_dataset_channel_stats(&im->train_full, &im->norm, err))) return s;
     const q3r_model_input *in = q3r_model_input_spec(m);
-    q3r_loader_config lc = {.batch_size = c->batch, .shuffle = 1, .seed = c->seed, .norm = im->norm};
+    /* data parallel: this rank's slice of every global batch (a pure function of the position) */
+    q3r_loader_config lc = {.batch_size = c->batch,
+                            .shuffle = 1,
+                            .seed = c->seed,
+                            .norm = im->norm,
+                            .rank = q3r_comm_rank(c->comm),
+                            .world = q3r_comm_size(c->comm)};
     if (c->augment) {
         lc.crop_pad = in->height >= 32 ? 4 : 2;
         lc.hflip = in->channels == 3; /* flipping garments and digits is not label-safe */
@@ -58,14 +64,17 @@ static void next(run_data *d, q3r_batch *b) {
     images *im = of(d);
     int64_t count;
     q3r_loader_next(&im->loader, im->x, im->y, &count, NULL);
-    *b = (q3r_batch){.count = count, .images = im->x, .targets = im->y};
+    *b = (q3r_batch){.count = count,
+                     .images = im->x,
+                     .targets = im->y,
+                     .global_count = q3r_loader_global_count(&im->loader)};
 }
 
 static q3r_status evaluate(run_data *d, q3r_model *m, q3r_progress_fn progress, void *ctx, q3r_score *s,
                            int64_t *n, q3r_error *err) {
     images *im = of(d);
     *n = im->test.n;
-    return q3r_evaluate(m, &im->test, &im->norm, 0, progress, ctx, s, err);
+    return q3r_evaluate_comm(m, &im->test, &im->norm, 0, im->cfg->comm, progress, ctx, s, err);
 }
 
 static q3r_status export_state(const run_data *d, q3r_tensor_list *out, q3r_error *err) {

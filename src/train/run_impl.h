@@ -18,9 +18,13 @@ typedef struct {
     /* read the data for model m per c (the model's input is checked against it) */
     q3r_status (*open)(run_data *d, const q3r_train_config *c, const q3r_model *m, q3r_error *err);
     int64_t (*steps_per_epoch)(const run_data *d);
-    /* the next training batch, in the source's own buffers (valid until the next call) */
+    /* the next training batch, in the source's own buffers (valid until the next call). Data
+     * parallel (c->comm of size > 1): this rank's slice of the global batch (count may be 0)
+     * with global_count set to the whole batch's samples; every rank advances by the whole
+     * batch, so the position stays global */
     void (*next)(run_data *d, q3r_batch *b);
-    /* the model's metric over the evaluation set; *n gets the samples scored */
+    /* the model's metric over the evaluation set; *n gets the samples scored. Data parallel:
+     * split over the ranks, the score summed (q3r_evaluate_comm), every rank gets the total */
     q3r_status (*evaluate)(run_data *d, q3r_model *m, q3r_progress_fn progress, void *ctx, q3r_score *s,
                            int64_t *n, q3r_error *err);
     /* the position ("data.*" tensors), and back */

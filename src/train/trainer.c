@@ -202,27 +202,92 @@ void q3r_trainer_free(q3r_trainer *t) {
 
 /* ---- the step -------------------------------------------------------------------------------- */
 
+static q3r_status trainer_step_body(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *st, q3r_error *err);
+
+/* Data parallel (comm of size > 1): this rank's forward and backward on its slice (possibly
+ * empty), its mean-loss gradient weighted count / global_count, and the step's score summed
+ * over ranks (rank order), so that the all-reduced gradient is the global batch's mean
+ * gradient and the stats are the global batch's. A failure on any rank fails every rank at the
+ * same point (one flag in the score's all-reduce), so none is left waiting in a collective.
+ * Dropout draws from a stream per rank seeded by one draw of the trainer's RNG, so that RNG
+ * advances the same on every rank and for every rank count (dropout masks then depend on the
+ * rank count; without dropout nothing does but rounding). */
+static q3r_status dp_forward_backward(q3r_trainer *t, const q3r_batch *b, q3r_rng *rng, float *g, int64_t n,
+                                      double *loss_out, q3r_score *score, q3r_error *err) {
+    const q3r_train_config *c = &t->cfg;
+    const int rank = q3r_comm_rank(c->comm);
+    const int64_t global = b->global_count;
+    if (global < b->count || global < 1)
+        return q3r_fail(err, Q3R_EINVAL, "trainer: data-parallel batch with global count %lld (slice %lld)",
+                        (long long)global, (long long)b->count);
+    q3r_rng drng;
+    q3r_rng_seed(&drng, q3r_rng_u64(rng) ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(rank + 1)));
+    q3r_error mine;
+    q3r_status s = Q3R_OK;
+    float loss = 0;
+    *score = (q3r_score){0};
+    if (b->count > 0) {
+        s = q3r_model_forward(t->model, b, c->label_smoothing, 1, &drng, &loss, &mine);
+        if (!s && !isfinite(loss))
+            s = q3r_fail(&mine, Q3R_ENUMERIC,
+                         "loss is %g (NaN or Inf) at step %lld on rank %d: training diverged", (double)loss,
+                         (long long)t->step, rank);
+        if (!s) s = q3r_model_backward(t->model, &mine);
+        if (!s) q3r_model_score(t->model, b, loss, score);
+    }
+    double red[4] = {(double)score->units, (double)score->correct, score->loss_sum, s ? 1.0 : 0.0};
+    q3r_status cs = q3r_comm_allreduce_sum_f64(c->comm, red, 4, err);
+    if (cs) return q3r_fail_context(err, "score all-reduce at step %lld", (long long)t->step);
+    if (s) {
+        if (err) *err = mine;
+        return s;
+    }
+    if (red[3] > 0)
+        return q3r_fail(err, Q3R_ENUMERIC, "step %lld failed on another rank (its message says why)",
+                        (long long)t->step);
+    *score = (q3r_score){.units = (int64_t)red[0], .correct = (int64_t)red[1], .loss_sum = red[2]};
+    *loss_out = score->units > 0 ? score->loss_sum / (double)score->units : 0;
+    if (b->count > 0 && b->count < global) {
+        const float wgt = (float)((double)b->count / (double)global);
+        for (int64_t i = 0; i < n; i++) g[i] *= wgt;
+    }
+    return Q3R_OK;
+}
+
 q3r_status q3r_trainer_step(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *st, q3r_error *err) {
     const q3r_train_config *c = &t->cfg;
+    const int dp = q3r_comm_size(c->comm) > 1;
+    if (dp && b && b->count == 0 && b->targets) return trainer_step_body(t, b, st, err);
     if (!b || b->count < 1 || b->count > c->batch)
         return q3r_fail(err, Q3R_EINVAL, "trainer: batch of %lld (1..%d)", b ? (long long)b->count : 0LL,
                         c->batch);
     if (!b->targets) return q3r_fail(err, Q3R_EINVAL, "trainer: the batch has no targets");
+    return trainer_step_body(t, b, st, err);
+}
+
+static q3r_status trainer_step_body(q3r_trainer *t, const q3r_batch *b, q3r_step_stats *st, q3r_error *err) {
+    const q3r_train_config *c = &t->cfg;
     q3r_model_zero_grad(t->model);
     q3r_rng rng = t->rng; /* committed only if the step succeeds */
-    float loss;
-    q3r_status s = q3r_model_forward(t->model, b, c->label_smoothing, 1, &rng, &loss, err);
-    if (s) return s;
-    if (!isfinite(loss))
-        return q3r_fail(err, Q3R_ENUMERIC, "loss is %g (NaN or Inf) at step %lld: training diverged",
-                        (double)loss, (long long)t->step);
-    if ((s = q3r_model_backward(t->model, err))) return s;
-    q3r_score score = {0};
-    q3r_model_score(t->model, b, loss, &score);
-
     int64_t n = (int64_t)q3r_model_num_params(t->model);
     float *g = q3r_model_grads(t->model), *w = q3r_model_params(t->model);
-    /* data parallel: every rank's gradient summed in rank order (nothing for one process) */
+    double loss = 0;
+    q3r_score score = {0};
+    q3r_status s;
+    if (q3r_comm_size(c->comm) > 1) {
+        if ((s = dp_forward_backward(t, b, &rng, g, n, &loss, &score, err))) return s;
+    } else {
+        float l;
+        if ((s = q3r_model_forward(t->model, b, c->label_smoothing, 1, &rng, &l, err))) return s;
+        if (!isfinite(l))
+            return q3r_fail(err, Q3R_ENUMERIC, "loss is %g (NaN or Inf) at step %lld: training diverged",
+                            (double)l, (long long)t->step);
+        if ((s = q3r_model_backward(t->model, err))) return s;
+        q3r_model_score(t->model, b, l, &score);
+        loss = l;
+    }
+    /* data parallel: every rank's weighted gradient summed in rank order (nothing for one
+     * process) */
     if ((s = q3r_comm_allreduce_sum_f32(c->comm, g, (size_t)n, err)))
         return q3r_fail_context(err, "gradient all-reduce at step %lld", (long long)t->step);
     /* the trained parameters' gradient is clipped: the model's, or (a frozen model: LoRA) the
