@@ -109,6 +109,9 @@ static int train_cmd(int argc, char **argv) {
     const char *text = Q3R_DEFAULT_TEXT;
     double val_fraction = c.val_fraction;
     int val_windows = 0, epoch_steps = 0, context = 0;
+    const char *init = NULL;
+    int new_head = 0, rslora = 0;
+    double lora_alpha = 0;
     const arg_spec specs[] = {
         {"model", ARG_CHOICE, &model, "model preset", 0, 0, presets, NULL},
         {"width", ARG_INT, &width, "override the preset's width (0 keeps it)", 0, 8192, NULL, NULL},
@@ -158,8 +161,19 @@ static int train_cmd(int argc, char **argv) {
         {"reg", ARG_CHOICE, &reg,
          "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal "
          "nuclear-norm baseline (needs --lambda); lorita = each target a product of --lorita-factors "
-         "matrices, weight decay on them; factorized = each target A B at --rank from the start",
-         0, 0, "none|decoupled|coupled|nuclear|lorita|factorized", NULL},
+         "matrices, weight decay on them; factorized = each target A B at --rank from the start; lora = "
+         "fine-tuning adapters W_0 + (alpha/r) B A at the integer --rank, the rest of the model frozen",
+         0, 0, "none|decoupled|coupled|nuclear|lorita|factorized|lora", NULL},
+        {"init", ARG_STRING, &init,
+         "fine-tune: start from this model file (its weights and config, not the seed's init; no --model)", 0,
+         0, NULL, "FILE"},
+        {"new-head", ARG_INT, &new_head,
+         "with --init: replace the classifier head by a fresh one for N classes (trained also under --reg "
+         "lora)",
+         0, 1000000, NULL, "N"},
+        {"lora-alpha", ARG_DOUBLE, &lora_alpha, "--reg lora: alpha of the scale alpha / r (0: the rank)", 0,
+         1e9, NULL, NULL},
+        {"rslora", ARG_FLAG, &rslora, "--reg lora: rank-stabilised scale alpha / sqrt(r)", 0, 0, NULL, NULL},
         {"lorita-factors", ARG_INT, &lorita_factors,
          "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2,
          Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
@@ -232,7 +246,8 @@ static int train_cmd(int argc, char **argv) {
     c.weight_decay = wd;
     c.clip = clip;
     c.label_smoothing = (float)ls;
-    static const char *const methods[] = {"none", "decoupled", "coupled", "nuclear", "lorita", "factorized"};
+    static const char *const methods[] = {"none",   "decoupled",  "coupled", "nuclear",
+                                          "lorita", "factorized", "lora"};
     if (q3r_train_set_method(&c, methods[reg], &err)) {
         fprintf(stderr, "q3r train: --reg: %s\n", err.msg);
         return 2;
@@ -242,6 +257,28 @@ static int train_cmd(int argc, char **argv) {
         return 2;
     }
     c.lorita_factors = lorita_factors;
+    if ((args_given(specs, "lora-alpha") || rslora) && c.weights != Q3R_WEIGHTS_LORA) {
+        fprintf(stderr, "q3r train: --lora-alpha and --rslora apply only to --reg lora\n");
+        return 2;
+    }
+    c.lora_alpha = lora_alpha;
+    c.lora_rslora = rslora;
+    if (new_head && !init) {
+        fprintf(stderr, "q3r train: --new-head replaces the head of an --init model; give --init FILE\n");
+        return 2;
+    }
+    if (init) {
+        static const char *const model_flags[] = {"model", "width", "depth",  "heads",
+                                                  "patch", "mlp",   "context"};
+        for (size_t i = 0; i < sizeof model_flags / sizeof *model_flags; i++)
+            if (args_given(specs, model_flags[i])) {
+                fprintf(stderr, "q3r train: --%s and --init contradict each other: the model is %s's\n",
+                        model_flags[i], init);
+                return 2;
+            }
+    }
+    c.init = init;
+    c.new_head = new_head;
     c.targets = targets;
     c.rank = rank;
     c.lambda = lambda;
@@ -320,8 +357,17 @@ static int train_cmd(int argc, char **argv) {
     /* the flags of the other kind of data are refused, not ignored */
     q3r_model *probe = NULL; /* a bad config is reported by the run */
     int tokens = 0;
-    if (!bad && !q3r_model_from_meta(&mm, 1, &probe, NULL))
-        tokens = q3r_model_input_spec(probe)->kind == Q3R_INPUT_TOKENS;
+    if (!bad && init) {
+        if (q3r_model_load(init, 1, &probe, NULL, &err)) {
+            fprintf(stderr, "q3r train: --init: %s\n", err.msg);
+            bad = 1;
+        } else {
+            preset = init;
+        }
+    } else if (!bad) {
+        q3r_model_from_meta(&mm, 1, &probe, NULL);
+    }
+    if (probe) tokens = q3r_model_input_spec(probe)->kind == Q3R_INPUT_TOKENS;
     static const char *const image_flags[] = {"dataset", "data-dir", "train-limit", "test-limit", "augment"};
     static const char *const text_flags[] = {"data", "val-fraction", "val-windows", "epoch-steps"};
     for (size_t i = 0; !bad && i < (tokens ? 5 : 4); i++) {
@@ -372,7 +418,14 @@ static int train_cmd(int argc, char **argv) {
         fprintf(stderr, "q3r train: %s (%s; %.2f M parameters) on %s, %d epochs of batch %d, %d threads\n",
                 preset, desc, (double)nparams / 1e6, tokens ? text : c.dataset, c.epochs, c.batch,
                 q3r_get_threads());
-        if (c.weights == Q3R_WEIGHTS_LORITA)
+        if (init)
+            fprintf(stderr, "q3r train: fine-tuning from %s%s\n", init,
+                    new_head ? " with a fresh classifier head" : "");
+        if (c.weights == Q3R_WEIGHTS_LORA)
+            fprintf(stderr, "q3r train: LoRA on %s at rank %s, alpha %g%s; the rest of the model frozen%s\n",
+                    c.targets, c.rank, lora_alpha > 0 ? lora_alpha : atof(c.rank),
+                    rslora ? " (rsLoRA: alpha / sqrt(r))" : "", new_head ? " but the new head" : "");
+        else if (c.weights == Q3R_WEIGHTS_LORITA)
             fprintf(stderr,
                     "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
                     c.targets, c.lorita_factors, c.weight_decay);
