@@ -8,6 +8,7 @@
   batch of an epoch unevenly too): the same loss curve and final weights within fp32 rounding,
   for every method (decoupled, coupled, nuclear, none, lorita, factorized); `mpirun -np 1`
   gives the bits of a plain run; rank 0 alone writes;
+- the byte-level GPT likewise on 1, 2 and 3 ranks (the validation windows split over the ranks);
 - repeated runs with the same N give identical files;
 - killing one rank mid-run (SIGKILL): mpirun ends the job with a message naming the killed
   process, within a timeout (no hang); --resume with the same N then ends on the bits of an
@@ -138,6 +139,39 @@ def equivalence(tmp):
     check(starts == 1, f"one writer: {starts} start lines")
 
 
+def gpt(tmp):
+    """The byte-level GPT through the same path: 1, 2 and 3 ranks (windows of 24 bytes, a global
+    batch of 10: 4/3/3 on 3 ranks) give the loss curve and weights of one process within fp32
+    rounding, the validation score split over the ranks included; -np 1 gives its bits."""
+    rng = np.random.default_rng(9)
+    words = [b"the", b"lord", b"said", b"unto", b"moses", b"and", b"he", b"went", b"up", b"into"]
+    text = b" ".join(words[i] for i in rng.integers(0, len(words), 3000)) + b"\n"
+    path = os.path.join(tmp, "words.txt")
+    with open(path, "wb") as f:
+        f.write(text)
+    args = ["train", "--model", "gpt-tiny", "--width", "32", "--depth", "2", "--heads", "2", "--context", "24",
+            "--data", path, "--batch", "10", "--epochs", "2", "--epoch-steps", "6", "--val-windows", "31",
+            "--threads", "1", "--quiet", "--log-every", "1", "--overwrite"]
+    outs = {n: os.path.join(tmp, f"gpt-{n}") for n in (0, 1, 2, 3)}
+    for n, o in outs.items():
+        check(run(n, args, o).returncode == 0, f"gpt on {n} ranks ran")
+    if not all(os.path.exists(os.path.join(o, "model.safetensors")) for o in outs.values()):
+        return
+    ref_steps, ref_epochs = steps(outs[0])
+    ref_w = weights(outs[0])
+    for n in (2, 3):
+        st, ep = steps(outs[n])
+        check(np.allclose([v for _, v in st], [v for _, v in ref_steps], rtol=1e-4, atol=0),
+              f"gpt {n} ranks: loss curve {[v for _, v in st][:4]} against {[v for _, v in ref_steps][:4]}")
+        check(len(ep) == len(ref_epochs) and all(abs(a["test_bpb"] - b["test_bpb"]) < 1e-4 for a, b in zip(ep, ref_epochs)),
+              f"gpt {n} ranks: validation bits per byte {[e['test_bpb'] for e in ep]} against "
+              f"{[e['test_bpb'] for e in ref_epochs]}")
+        w = weights(outs[n])
+        diff = max(float(np.max(np.abs(w[k] - ref_w[k]))) for k in w) if w.keys() == ref_w.keys() else -1
+        check(0 <= diff <= 1e-4, f"gpt {n} ranks: final weights within fp32 rounding (max diff {diff})")
+    check(same(weights(outs[1]), ref_w), "gpt: mpirun -np 1 gives the bits of a plain run")
+
+
 def repeatable(tmp):
     a, b = os.path.join(tmp, "rep-a"), os.path.join(tmp, "rep-b")
     for o in (a, b):
@@ -223,6 +257,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="q3r-mpi-")
     try:
         equivalence(tmp)
+        gpt(tmp)
         repeatable(tmp)
         kill_and_resume(tmp)
     finally:

@@ -218,6 +218,12 @@ q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize
 q3r_status q3r_evaluate_text(q3r_model *m, const q3r_corpus *t, int64_t max_windows,
                              q3r_progress_fn progress, void *ctx, q3r_score *score,
                              int64_t *windows, q3r_error *err);
+/* The same split over the ranks of comm (NULL or size 1: q3r_evaluate_text): each rank scores
+ * its contiguous slice of the windows, the scores are summed in rank order, and every rank gets
+ * the whole evaluation's score. Only rank 0 calls progress. Every rank must call it. */
+q3r_status q3r_evaluate_text_comm(q3r_model *m, const q3r_corpus *t, int64_t max_windows,
+                                  q3r_comm *comm, q3r_progress_fn progress, void *ctx,
+                                  q3r_score *score, int64_t *windows, q3r_error *err);
 /* Whether text windows fit the model's input (tokens, vocabulary of 256 or more, context). */
 q3r_status q3r_check_text(const q3r_model *m, const q3r_corpus *t, q3r_error *err);
 /* The same split over the ranks of comm (NULL or size 1: q3r_evaluate): each rank scores its

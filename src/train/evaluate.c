@@ -90,6 +90,7 @@ q3r_status q3r_evaluate(q3r_model *m, const q3r_dataset *ds, const q3r_normalize
 
 typedef struct {
     const q3r_corpus *text;
+    int64_t first; /* the first validation window this evaluation scores */
     int32_t *tokens, *targets;
 } text_source;
 
@@ -97,7 +98,8 @@ static void fill_text(void *src, int64_t done, int64_t want, q3r_batch *b) {
     text_source *ts = src;
     const int C = ts->text->context;
     for (int64_t i = 0; i < want; i++)
-        q3r_corpus_val_window(ts->text, done + i, ts->tokens + (size_t)i * C, ts->targets + (size_t)i * C);
+        q3r_corpus_val_window(ts->text, ts->first + done + i, ts->tokens + (size_t)i * C,
+                              ts->targets + (size_t)i * C);
     *b = (q3r_batch){.count = want, .tokens = ts->tokens, .targets = ts->targets, .seq_len = C};
 }
 
@@ -115,20 +117,64 @@ q3r_status q3r_check_text(const q3r_model *m, const q3r_corpus *t, q3r_error *er
     return Q3R_OK;
 }
 
+/* Validation windows [first, first + n) of t. */
+static q3r_status evaluate_windows(q3r_model *m, const q3r_corpus *t, int64_t first, int64_t n,
+                                   q3r_progress_fn progress, void *ctx, q3r_score *score, q3r_error *err) {
+    const size_t cap = (size_t)q3r_model_max_batch(m) * (size_t)t->context;
+    text_source ts = {.text = t,
+                      .first = first,
+                      .tokens = q3r_alloc(cap * sizeof(int32_t)),
+                      .targets = q3r_alloc(cap * sizeof(int32_t))};
+    q3r_status s;
+    if (!ts.tokens || !ts.targets) s = q3r_fail(err, Q3R_ENOMEM, "evaluation: out of memory");
+    else s = eval_loop(m, n, fill_text, &ts, progress, ctx, score, err);
+    q3r_free(ts.tokens);
+    q3r_free(ts.targets);
+    return s;
+}
+
 q3r_status q3r_evaluate_text(q3r_model *m, const q3r_corpus *t, int64_t max_windows, q3r_progress_fn progress,
                              void *ctx, q3r_score *score, int64_t *windows, q3r_error *err) {
     q3r_status s = q3r_check_text(m, t, err);
     if (s) return s;
     const int64_t n = q3r_corpus_val_windows(t, max_windows);
-    const size_t cap = (size_t)q3r_model_max_batch(m) * (size_t)t->context;
-    text_source ts = {
-        .text = t, .tokens = q3r_alloc(cap * sizeof(int32_t)), .targets = q3r_alloc(cap * sizeof(int32_t))};
-    if (!ts.tokens || !ts.targets) s = q3r_fail(err, Q3R_ENOMEM, "evaluation: out of memory");
-    else s = eval_loop(m, n, fill_text, &ts, progress, ctx, score, err);
-    q3r_free(ts.tokens);
-    q3r_free(ts.targets);
+    s = evaluate_windows(m, t, 0, n, progress, ctx, score, err);
     if (!s && windows) *windows = n;
     return s;
+}
+
+/* Every rank's score and failure summed in rank order (one all-reduce of 4 doubles): all ranks
+ * get the whole evaluation's score, or all fail together. */
+static q3r_status reduce_score(q3r_comm *comm, q3r_status mine_s, const q3r_error *mine, q3r_score *sc,
+                               q3r_error *err) {
+    double red[4] = {(double)sc->units, (double)sc->correct, sc->loss_sum, mine_s ? 1.0 : 0.0};
+    q3r_status cs = q3r_comm_allreduce_sum_f64(comm, red, 4, err);
+    if (cs) return q3r_fail_context(err, "evaluation all-reduce");
+    if (mine_s) {
+        if (err) *err = *mine;
+        return mine_s;
+    }
+    if (red[3] > 0) return q3r_fail(err, Q3R_EIO, "evaluation failed on another rank (its message says why)");
+    *sc = (q3r_score){.units = (int64_t)red[0], .correct = (int64_t)red[1], .loss_sum = red[2]};
+    return Q3R_OK;
+}
+
+q3r_status q3r_evaluate_text_comm(q3r_model *m, const q3r_corpus *t, int64_t max_windows, q3r_comm *comm,
+                                  q3r_progress_fn progress, void *ctx, q3r_score *score, int64_t *windows,
+                                  q3r_error *err) {
+    const int size = q3r_comm_size(comm), rank = q3r_comm_rank(comm);
+    if (size <= 1) return q3r_evaluate_text(m, t, max_windows, progress, ctx, score, windows, err);
+    const int64_t n = q3r_corpus_val_windows(t, max_windows);
+    int64_t b, e;
+    q3r_comm_slice(n, rank, size, &b, &e);
+    q3r_score sc = {0};
+    q3r_error mine;
+    q3r_status s = q3r_check_text(m, t, &mine);
+    if (!s && e > b) s = evaluate_windows(m, t, b, e - b, rank == 0 ? progress : NULL, ctx, &sc, &mine);
+    if ((s = reduce_score(comm, s, &mine, &sc, err))) return s;
+    *score = sc;
+    if (windows) *windows = n;
+    return Q3R_OK;
 }
 
 q3r_status q3r_evaluate_comm(q3r_model *m, const q3r_dataset *ds, const q3r_normalize *norm, int64_t limit,
@@ -149,14 +195,7 @@ q3r_status q3r_evaluate_comm(q3r_model *m, const q3r_dataset *ds, const q3r_norm
     q3r_error mine;
     q3r_status s = e > b ? q3r_evaluate(m, &view, norm, 0, rank == 0 ? progress : NULL, ctx, &sc, &mine)
                          : q3r_check_dataset(m, ds, &mine);
-    double red[4] = {(double)sc.units, (double)sc.correct, sc.loss_sum, s ? 1.0 : 0.0};
-    q3r_status cs = q3r_comm_allreduce_sum_f64(comm, red, 4, err);
-    if (cs) return q3r_fail_context(err, "evaluation all-reduce");
-    if (s) {
-        if (err) *err = mine;
-        return s;
-    }
-    if (red[3] > 0) return q3r_fail(err, Q3R_EIO, "evaluation failed on another rank (its message says why)");
-    *score = (q3r_score){.units = (int64_t)red[0], .correct = (int64_t)red[1], .loss_sum = red[2]};
+    if ((s = reduce_score(comm, s, &mine, &sc, err))) return s;
+    *score = sc;
     return Q3R_OK;
 }

@@ -67,7 +67,8 @@ static void next(run_data *d, q3r_batch *b) {
 static q3r_status evaluate(run_data *d, q3r_model *m, q3r_progress_fn progress, void *ctx, q3r_score *s,
                            int64_t *n, q3r_error *err) {
     text *t = of(d);
-    q3r_status st = q3r_evaluate_text(m, &t->text, t->cfg->val_windows, progress, ctx, s, NULL, err);
+    q3r_status st =
+        q3r_evaluate_text_comm(m, &t->text, t->cfg->val_windows, t->cfg->comm, progress, ctx, s, NULL, err);
     if (!st) *n = s->units; /* bytes predicted */
     return st;
 }
