@@ -289,6 +289,7 @@ static void truncate_case(q3r_gpt_config cfg, const char *targets, int expect_co
         CHECK_OK(q3r_model_forward(d, &b, 0, 0, NULL, NULL, &err), &err);
         const double e = rel_max_err_f(zt, q3r_model_logits(d), n);
         CHECK(e < 1e-5, "%s: logits of the factored model = the dense product's (rel err %g)", targets, e);
+        free(zt);
     }
     q3r_model_free(d);
     q3r_model_free(l);
