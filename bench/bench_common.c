@@ -60,7 +60,8 @@ out:
 int bench_run_torch(const char *script, const char *args, double *ms, double *mib) {
     char path[1024], cmd[2048];
     const char *slash = strrchr(__FILE__, '/');
-    snprintf(path, sizeof path, "%.*s/%s", slash ? (int)(slash - __FILE__) : 1, slash ? __FILE__ : ".", script);
+    snprintf(path, sizeof path, "%.*s/%s", slash ? (int)(slash - __FILE__) : 1, slash ? __FILE__ : ".",
+             script);
     const char *added = getenv("Q3R_STARTUP_ADDED");
     snprintf(cmd, sizeof cmd, "%s/usr/bin/python3 %s %s --json",
              added && strstr(added, "GOMP_SPINCOUNT") ? "env -u GOMP_SPINCOUNT " : "", path, args);
