@@ -10,71 +10,11 @@
  * in Debian's torch (bench/bench_gpt_torch.py: nanoGPT's GPT, tied head) with the ratio
  * torch / q3r. The context is the preset's unless --context sets it (the default 128 cuts
  * gpt-small's 256). Best of --steps after one warm-up step. */
-#include "q3r.h"
+#include "bench_common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-
-static double peak_mib(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0;
-}
-
-static int time_both(q3r_train_config *c, int steps, const q3r_batch *b, double out[2], double *mib,
-                     q3r_error *err) {
-    q3r_trainer *t[2] = {NULL, NULL};
-    q3r_step_stats st;
-    int ok = 0;
-    for (int mode = 0; mode < 2; mode++) {
-        c->reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
-        if (q3r_trainer_create(c, &t[mode], err) || q3r_trainer_step(t[mode], b, &st, err)) goto out;
-        out[mode] = 1e30;
-        if (!mode) *mib = peak_mib();
-    }
-    const int window = steps < c->period ? steps : c->period, windows = steps / window;
-    for (int w = 0; w < windows; w++)
-        for (int mode = 0; mode < 2; mode++) {
-            double t0 = q3r_now();
-            for (int s = 0; s < window; s++)
-                if (q3r_trainer_step(t[mode], b, &st, err)) goto out;
-            double dt = (q3r_now() - t0) / window;
-            if (dt < out[mode]) out[mode] = dt;
-        }
-    ok = 1;
-out:
-    q3r_trainer_free(t[0]);
-    q3r_trainer_free(t[1]);
-    return ok;
-}
-
-static int run_torch(const char *preset, int batch, int context, int steps, int threads, double *ms,
-                     double *mib) {
-    char script[1024], cmd[2048];
-    const char *slash = strrchr(__FILE__, '/');
-    snprintf(script, sizeof script, "%.*s/bench_gpt_torch.py", slash ? (int)(slash - __FILE__) : 1,
-             slash ? __FILE__ : ".");
-    const char *added = getenv("Q3R_STARTUP_ADDED");
-    snprintf(cmd, sizeof cmd,
-             "%s/usr/bin/python3 %s --preset %s --batch %d --context %d --steps %d --threads %d --json",
-             added && strstr(added, "GOMP_SPINCOUNT") ? "env -u GOMP_SPINCOUNT " : "", script, preset, batch,
-             context, steps, threads);
-    FILE *p = popen(cmd, "r");
-    if (!p) return 0;
-    char line[1024];
-    int found = 0;
-    while (fgets(line, sizeof line, p)) {
-        const char *a = strstr(line, "\"ms_per_step\":"), *b = strstr(line, "\"peak_mib\":");
-        if (a && b) {
-            *ms = atof(a + 14);
-            *mib = atof(b + 11);
-            found = 1;
-        }
-    }
-    return pclose(p) == 0 && found;
-}
 
 static int bench(const char *preset, int batch, int context, int steps, const char *threads_list, int torch) {
     q3r_error err;
@@ -85,12 +25,7 @@ static int bench(const char *preset, int batch, int context, int steps, const ch
         return 2;
     }
     if (context > 0 && q3r_meta_setf(&mm, &err, "model.context", "%d", context)) return 2;
-    q3r_train_config c = q3r_train_defaults();
-    c.model = &mm;
-    c.batch = batch;
-    c.lr = (q3r_lr_schedule){
-        .kind = Q3R_LR_CONSTANT, .lr = 1e-4, .min_lr = 1e-4, .warmup_steps = 0, .total_steps = 1000};
-    c.lambda = 1.0;
+    q3r_train_config c = bench_train_config(&mm, batch);
     c.label_smoothing = 0.0f;
     c.targets = "qkv";
     c.rank = "0.4";
@@ -115,27 +50,21 @@ static int bench(const char *preset, int batch, int context, int steps, const ch
     q3r_model_free(probe);
     printf("%-7s %-9s %10s %9s %9s %10s %12s %10s\n", "threads", "optimizer", "ms/step", "tok/s", "GFLOP/s",
            "peak MiB", "torch ms", "torch/q3r");
-    for (const char *p = threads_list; *p;) {
-        int th = atoi(p);
+    const int window = steps < c.period ? steps : c.period, windows = steps / window;
+    int th;
+    for (const char *p = threads_list; bench_next_threads(&p, &th);) {
         q3r_set_threads(th);
+        char args[256];
+        snprintf(args, sizeof args, "--preset %s --batch %d --context %d --steps %d --threads %d", preset,
+                 batch, T, steps, th);
         double tms = 0, tmib = 0;
-        int have_torch = torch && run_torch(preset, batch, T, steps, th, &tms, &tmib);
+        int have_torch = torch && bench_run_torch("bench_gpt_torch.py", args, &tms, &tmib);
         double sec[2], mib = 0;
-        if (!time_both(&c, steps, &b, sec, &mib, &err)) {
+        if (!bench_time_both(&c, window, windows, &b, sec, &mib, &err)) {
             fprintf(stderr, "bench_gpt: %s\n", err.msg);
             return 1;
         }
-        for (int mode = 0; mode < 2; mode++) {
-            printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", sec[mode] * 1e3,
-                   (double)n / sec[mode], gflop / sec[mode], mib);
-            if (have_torch && !mode) printf(" %12.1f %9.2fx", tms, tms / (sec[mode] * 1e3));
-            if (mode) printf("   Q3R adds %+.1f%% to the step", 100.0 * (sec[1] / sec[0] - 1.0));
-            printf("\n");
-        }
-        if (have_torch) printf("        torch peak memory %.0f MiB (whole python process)\n", tmib);
-        p = strchr(p, ',');
-        if (!p) break;
-        p++;
+        bench_print_rows(th, sec, (double)n, gflop, mib, have_torch, tms, tmib);
     }
     q3r_free(x);
     q3r_free(y);

@@ -4,13 +4,12 @@ forward + backward + clip + AdamW at the same batch and context.
     /usr/bin/python3 bench/bench_gpt_torch.py [--preset gpt-tiny] [--batch 32] [--context 128]
                                               [--steps 5] [--threads 1,2] [--json]
 
-OPENBLAS_CORETYPE as bench_vit_torch.py sets it."""
+OPENBLAS_CORETYPE as bench_torch.py sets it."""
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vit_torch import fix_openblas_core  # noqa: E402
+from bench_torch import best_step_times, fix_openblas_core, peak_mib  # noqa: E402
 
 fix_openblas_core()
 
@@ -28,7 +27,6 @@ PRESETS = {
 def main():
     import argparse
     import json
-    import resource
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="gpt-tiny", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, default=32)
@@ -50,20 +48,9 @@ def main():
               f"context {cfg['context']}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
     for th in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(th)
-        best_fb, best_step = 1e30, 1e30
-        for s in range(args.steps + 1):
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=False)
-            z = model(x)
-            loss = F.cross_entropy(z.reshape(-1, 256), y.reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            if s:
-                best_fb, best_step = min(best_fb, t1 - t0), min(best_step, t2 - t0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        best_fb, best_step, loss = best_step_times(
+            model, opt, lambda m: F.cross_entropy(m(x).reshape(-1, 256), y.reshape(-1)), args.steps)
+        peak = peak_mib()
         tokens = args.batch * cfg["context"]
         if args.json:
             print(json.dumps({"bench": "gpt_torch", "preset": args.preset, "threads": th, "batch": args.batch,

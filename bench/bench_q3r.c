@@ -18,7 +18,7 @@
  * for the slow cold and old refreshes), the least disturbed run on a shared machine.
  * W is N(0, 0.02^2), like a freshly initialised weight; with the default eps schedule the
  * first refresh sets eps = sigma_{r+1}, so r_env = r. */
-#include "q3r.h"
+#include "bench_common.h"
 #include "q3r/regularizer.h"
 
 #include <cblas.h>
@@ -194,16 +194,6 @@ static int time_regularizer(result *r, q3r_rng *rng) {
 
 /* ---- the torch side ---------------------------------------------------------- */
 
-static double json_number(const char *line, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(line, pat);
-    if (!p) return -1;
-    p += strlen(pat);
-    while (*p == ' ') p++;
-    return strtod(p, NULL);
-}
-
 /* Run the torch script for every case of one thread count; fill torch_* fields. */
 static int run_torch(const char *python, const char *script, result *res, int n, int threads, int T) {
     char cases[4096] = "", cmd[8192];
@@ -218,13 +208,13 @@ static int run_torch(const char *python, const char *script, result *res, int n,
     char line[2048];
     int got = 0;
     while (fgets(line, sizeof line, f)) {
-        int rows = (int)json_number(line, "rows"), cols = (int)json_number(line, "cols"),
-            r = (int)json_number(line, "r_env");
+        int rows = (int)bench_json_number(line, "rows"), cols = (int)bench_json_number(line, "cols"),
+            r = (int)bench_json_number(line, "r_env");
         for (int i = 0; i < n; i++)
             if (res[i].rows == rows && res[i].cols == cols && res[i].r_env == r) {
-                res[i].torch_refresh_s = json_number(line, "refresh_s");
-                res[i].torch_vg_s = json_number(line, "vg_s");
-                res[i].torch_vg_shared_s = json_number(line, "vg_shared_s");
+                res[i].torch_refresh_s = bench_json_number(line, "refresh_s");
+                res[i].torch_vg_s = bench_json_number(line, "vg_s");
+                res[i].torch_vg_shared_s = bench_json_number(line, "vg_shared_s");
                 got++;
             }
     }

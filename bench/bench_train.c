@@ -11,77 +11,11 @@
  * windows of 5 steps for AdamQ3R so the refresh is counted at its real rate; the two q3r
  * trainers alternate windows. torch runs in the environment the user gave, without the
  * OpenMP spin count q3r_startup may have added for q3r itself. */
-#include "q3r.h"
+#include "bench_common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-
-static double peak_mib(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
-}
-
-/* Seconds per step of AdamW and of AdamQ3R (out[0], out[1]): both trainers step in
- * alternating windows of `period` steps (one Q3R refresh per window), and each keeps its best
- * window, so a slow spell of the machine cannot land on one side only. */
-static int time_both(q3r_train_config *c, int steps, const float *x, const int32_t *y, double out[2],
-                     double *one_run_mib, q3r_error *err) {
-    q3r_trainer *t[2] = {NULL, NULL};
-    q3r_step_stats st;
-    int ok = 0;
-    for (int mode = 0; mode < 2; mode++) {
-        c->reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
-        if (q3r_trainer_create(c, &t[mode], err) ||
-            q3r_trainer_step(t[mode], &(q3r_batch){.count = c->batch, .images = x, .targets = y}, &st, err))
-            goto out;
-        out[mode] = 1e30;
-        if (!mode) *one_run_mib = peak_mib(); /* one trainer alive, one step taken */
-    }
-    int window = c->period, windows = steps / window > 0 ? steps / window : 1;
-    for (int w = 0; w < windows; w++)
-        for (int mode = 0; mode < 2; mode++) {
-            double t0 = q3r_now();
-            for (int s = 0; s < window; s++)
-                if (q3r_trainer_step(t[mode], &(q3r_batch){.count = c->batch, .images = x, .targets = y}, &st,
-                                     err))
-                    goto out;
-            double dt = (q3r_now() - t0) / window;
-            if (dt < out[mode]) out[mode] = dt;
-        }
-    ok = 1;
-out:
-    q3r_trainer_free(t[0]);
-    q3r_trainer_free(t[1]);
-    return ok;
-}
-
-/* Runs the torch side; returns its ms/step and peak MiB through the JSON line it prints. */
-static int run_torch(const char *preset, int batch, int steps, int threads, double *ms, double *mib) {
-    char script[1024], cmd[2048];
-    const char *slash = strrchr(__FILE__, '/');
-    snprintf(script, sizeof script, "%.*s/bench_vit_torch.py", slash ? (int)(slash - __FILE__) : 1,
-             slash ? __FILE__ : ".");
-    const char *added = getenv("Q3R_STARTUP_ADDED");
-    snprintf(cmd, sizeof cmd, "%s/usr/bin/python3 %s --preset %s --batch %d --steps %d --threads %d --json",
-             added && strstr(added, "GOMP_SPINCOUNT") ? "env -u GOMP_SPINCOUNT " : "", script, preset, batch,
-             steps, threads);
-    FILE *p = popen(cmd, "r");
-    if (!p) return 0;
-    char line[1024];
-    int found = 0;
-    while (fgets(line, sizeof line, p)) {
-        const char *a = strstr(line, "\"ms_per_step\":"), *b = strstr(line, "\"peak_mib\":");
-        if (a && b) {
-            *ms = atof(a + 14);
-            *mib = atof(b + 11);
-            found = 1;
-        }
-    }
-    return pclose(p) == 0 && found;
-}
 
 int main(int argc, char **argv) {
     q3r_startup(argv);
@@ -100,7 +34,6 @@ int main(int argc, char **argv) {
         }
     }
     q3r_error err;
-    q3r_train_config c = q3r_train_defaults();
     q3r_meta mm;
     q3r_meta_init(&mm);
     if (q3r_model_preset(preset, &mm, &err) || batch < 1 || steps < 1) {
@@ -108,11 +41,7 @@ int main(int argc, char **argv) {
                 batch < 1 || steps < 1 ? "batch and steps must be >= 1" : err.msg);
         return 2;
     }
-    c.model = &mm;
-    c.batch = batch;
-    c.lr = (q3r_lr_schedule){
-        .kind = Q3R_LR_CONSTANT, .lr = 1e-4, .min_lr = 1e-4, .warmup_steps = 0, .total_steps = 1000};
-    c.lambda = 1.0;
+    q3r_train_config c = bench_train_config(&mm, batch);
     c.label_smoothing = 0.1f;
     q3r_model *probe;
     if (q3r_model_from_meta(&mm, batch, &probe, &err)) {
@@ -137,27 +66,23 @@ int main(int argc, char **argv) {
            "peak MiB", "torch ms", "torch/q3r");
     /* peak MiB: the process's peak with one trainer alive after its first step (the AdamW
      * one; peaks are monotonic, so a later row cannot be lower). */
-    for (const char *p = threads_list; *p;) {
-        int th = atoi(p);
+    /* whole windows of `period` steps (one Q3R refresh each), at least one */
+    const int window = c.period, windows = steps / window > 0 ? steps / window : 1;
+    const q3r_batch b = {.count = batch, .images = x, .targets = y};
+    int th;
+    for (const char *p = threads_list; bench_next_threads(&p, &th);) {
         q3r_set_threads(th);
+        char args[256];
+        snprintf(args, sizeof args, "--preset %s --batch %d --steps %d --threads %d", preset, batch, steps,
+                 th);
         double tms = 0, tmib = 0;
-        int have_torch = torch && run_torch(preset, batch, steps, th, &tms, &tmib);
+        int have_torch = torch && bench_run_torch("bench_vit_torch.py", args, &tms, &tmib);
         double sec[2], mib = 0;
-        if (!time_both(&c, steps, x, y, sec, &mib, &err)) {
+        if (!bench_time_both(&c, window, windows, &b, sec, &mib, &err)) {
             fprintf(stderr, "bench_train: %s\n", err.msg);
             return 1;
         }
-        for (int mode = 0; mode < 2; mode++) {
-            printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", sec[mode] * 1e3,
-                   batch / sec[mode], gflop / sec[mode], mib);
-            if (have_torch && !mode) printf(" %12.1f %9.2fx", tms, tms / (sec[mode] * 1e3));
-            if (mode) printf("   Q3R adds %+.1f%% to the step", 100.0 * (sec[1] / sec[0] - 1.0));
-            printf("\n");
-        }
-        if (have_torch) printf("        torch peak memory %.0f MiB (whole python process)\n", tmib);
-        p = strchr(p, ',');
-        if (!p) break;
-        p++;
+        bench_print_rows(th, sec, batch, gflop, mib, have_torch, tms, tmib);
     }
     q3r_free(x);
     q3r_meta_free(&mm);

@@ -4,27 +4,13 @@ forward + backward + AdamW step at the same batch, for 1 and 2 threads.
     /usr/bin/python3 bench/bench_vit_torch.py [--preset vit-bench] [--batch 128] [--steps 5]
                                               [--threads 1,2] [--json]
 
-OPENBLAS_CORETYPE is set the way q3r_startup does for bench_vit: on a CPU with the
-AVX-512 set OpenBLAS's SkylakeX kernels need, and the variable unset, we set it to SkylakeX and
-re-execute (OpenBLAS reads it only when it loads). (q3r also checks which core OpenBLAS picked;
-torch does not expose that, so here the CPU flags alone decide.)"""
+OPENBLAS_CORETYPE as bench_torch.py sets it."""
 import os
 import sys
-import time
 
 
-def fix_openblas_core():
-    if "OPENBLAS_CORETYPE" in os.environ:
-        return
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((l.split(":")[1].split() for l in f if l.startswith("flags")), [])
-    except OSError:
-        return
-    if all(x in flags for x in ("avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl")):
-        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-        os.execv(sys.executable, [sys.executable] + sys.argv)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import best_step_times, fix_openblas_core, peak_mib  # noqa: E402
 
 fix_openblas_core()
 
@@ -44,7 +30,6 @@ PRESETS = {
 def main():
     import argparse
     import json
-    import resource
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="vit-bench", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, default=128)
@@ -64,19 +49,9 @@ def main():
               f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
     for th in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(th)
-        best_fb, best_step = 1e30, 1e30
-        for s in range(args.steps + 1):
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=False)
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            if s:  # the first is warm-up
-                best_fb, best_step = min(best_fb, t1 - t0), min(best_step, t2 - t0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        best_fb, best_step, loss = best_step_times(
+            model, opt, lambda m: F.cross_entropy(m(x), y, label_smoothing=0.1), args.steps)
+        peak = peak_mib()
         if args.json:
             print(json.dumps({"bench": "vit_torch", "preset": args.preset, "threads": th, "batch": args.batch,
                               "ms_fwd_bwd": best_fb * 1e3, "ms_per_step": best_step * 1e3, "peak_mib": peak}))

@@ -1,6 +1,6 @@
 """What the Python tests share: where the q3r program and the test tools are, a check
 counter that ends a test with the plain 'N passed, N failed' line, running the program,
-the skip without the dataset, and the learning-rate schedule's closed form (the reference
+the skips without the dataset or without numpy/torch, and the learning-rate schedule's closed form (the reference
 the optimizer tests use)."""
 import math
 import os
@@ -27,6 +27,18 @@ def skip_without_fashion_mnist(test):
     if not os.path.isdir(FASHION_MNIST):
         print(f"{test}: skipped (no {FASHION_MNIST})")
         sys.exit(77)
+
+
+def require(test, *modules):
+    """Exit 77 (skip) when one of `modules` (names such as "numpy", "torch") cannot be imported;
+    the test then imports them itself."""
+    import importlib
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            print(f"{test}: skipped, {'/'.join(modules)} not available ({e})")
+            sys.exit(77)
 
 
 class Checks:

@@ -14,17 +14,13 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import safetensors_np  # noqa: E402
-from q3r_testing import Checks, tool_path  # noqa: E402
+from q3r_testing import Checks, require, tool_path  # noqa: E402
 
-try:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from torch_reference import GPT, gpt_config
-except ImportError as e:
-    print(f"test_gpt_torch: skipped, torch/numpy not available ({e})")
-    sys.exit(77)
+require("test_gpt_torch", "numpy", "torch")
+import safetensors_np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch_reference import GPT, compare_forward_backward, gpt_config  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -49,25 +45,7 @@ def run(tool, tie, tmp, check):
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     loss.backward()
 
-    def compare(name, got, want, rtol):
-        got = np.asarray(got, dtype=np.float64)
-        want = want.detach().numpy()
-        if not check(got.shape == want.shape, f"{name}: shape {got.shape} vs torch {want.shape}"):
-            return
-        scale = max(np.abs(want).max(), 1e-6)
-        err = np.abs(got - want).max() / scale
-        ok = check(err <= rtol, f"tie {tie} {name}: max err / max |ref| = {err:.2e} (tol {rtol:g})")
-        if ok:
-            print(f"ok   tie {tie} {name}: {err:.2e}")
-
-    compare("logits", r["logits"], logits, 1e-5)
-    compare("loss", r["loss"], loss.reshape(1), 1e-5)
-    n = 0
-    for name, p in model.named_parameters():
-        compare("grad." + name, r["grad." + name], p.grad, 2e-5)
-        n += 1
-    check(n == len([k for k in r if k.startswith("grad.")]), f"tie {tie}: q3r and torch parameter sets agree")
-
+    compare_forward_backward(check, f"tie {tie} ", r, logits, loss, model)
 
 def main():
     tool = tool_path("tool_gpt_dump")

@@ -20,15 +20,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import tool_path  # noqa: E402
+from q3r_testing import require, tool_path  # noqa: E402
 
-try:
-    import numpy as np
-    import torch
-    from torch_reference import adamw, adamw_step, final_weights_err, max_rel_err, run_steps_tool, step_loss, step_lr
-except ImportError as e:
-    print(f"test_lorita_torch: skipped, torch/numpy not available ({e})")
-    sys.exit(77)
+require("test_lorita_torch", "numpy", "torch")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch_reference import adamw, adamw_step, final_weights_err, max_rel_err, run_steps_tool, step_loss, step_lr  # noqa: E402
 
 torch.set_num_threads(1)
 WIDTH, DEPTH, MLP = 32, 2, 64

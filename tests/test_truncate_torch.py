@@ -19,13 +19,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Checks, run_q3r, skip_without_fashion_mnist  # noqa: E402
-try:
-    import numpy as np
-    import safetensors_np
-except ImportError as e:
-    print(f"test_truncate_torch: skipped ({e})")
-    sys.exit(77)
+from q3r_testing import Checks, require, run_q3r, skip_without_fashion_mnist  # noqa: E402
+require("test_truncate_torch", "numpy")
+import numpy as np  # noqa: E402
+import safetensors_np  # noqa: E402
 try:
     import torch
 except ImportError:

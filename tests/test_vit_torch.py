@@ -13,17 +13,13 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import safetensors_np  # noqa: E402
-from q3r_testing import tool_path  # noqa: E402
+from q3r_testing import Checks, require, tool_path  # noqa: E402
 
-try:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from torch_reference import ViT
-except ImportError as e:
-    print(f"test_vit_torch: skipped, torch/numpy not available ({e})")
-    sys.exit(77)
+require("test_vit_torch", "numpy", "torch")
+import safetensors_np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch_reference import ViT, compare_forward_backward  # noqa: E402
 
 
 def main():
@@ -46,35 +42,10 @@ def main():
     loss = F.cross_entropy(logits, labels, label_smoothing=ls)
     loss.backward()
 
-    failures = 0
-
-    def compare(name, got, want, rtol):
-        nonlocal failures
-        got = np.asarray(got, dtype=np.float64)
-        want = want.detach().numpy()
-        if got.shape != want.shape:
-            print(f"FAIL {name}: shape {got.shape} vs torch {want.shape}")
-            failures += 1
-            return
-        # error relative to the tensor's scale: fp32 accumulations against float64
-        scale = max(np.abs(want).max(), 1e-6)
-        err = np.abs(got - want).max() / scale
-        ok = err <= rtol
-        failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: max err / max |ref| = {err:.2e} (tol {rtol:g})")
-
-    compare("logits", r["logits"], logits, 1e-5)
-    compare("loss", r["loss"], loss.reshape(1), 1e-5)
-    n = 0
-    for name, p in model.named_parameters():
-        compare("grad." + name, r["grad." + name], p.grad, 2e-5)
-        n += 1
-    if n != len([k for k in r if k.startswith("grad.")]):
-        print("FAIL: q3r and torch parameter sets differ")
-        failures += 1
-    print(f"test_vit_torch: {n} gradients compared, {failures} failures")
-    return 1 if failures else 0
-
+    check = Checks()
+    n = compare_forward_backward(check, "", r, logits, loss, model)
+    print(f"test_vit_torch: {n} gradients compared")
+    return check.finish()
 
 if __name__ == "__main__":
     sys.exit(main())

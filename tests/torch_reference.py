@@ -5,6 +5,7 @@
   lm_head; the head tied to wte by default), the oracle of test_gpt_torch.py;
 - ViT: the ViT written in plain torch (nn.Linear, nn.LayerNorm, F.gelu, a conv2d patch
   embedding; timm's layout and names; not calling q3r), the oracle of test_vit_torch.py;
+- compare_forward_backward: how those two oracles check a tool_*_dump result;
 - what the trainer-step tests (test_train_torch.py, test_lorita_torch.py) do alike: run a
   tool_*_steps program and load what it wrote (the batches and the initial weights of its
   small ViT, its hyperparameters, its results), torch.optim.AdamW with decay on one group of
@@ -161,6 +162,33 @@ def gpt_config(meta):
 
 
 # ---- trainer steps -----------------------------------------------------------------------------
+
+def compare_forward_backward(check, what, r, logits, loss, model):
+    """Checks a tool_*_dump result r (q3r's "logits", "loss" and "grad.<name>") with check (a
+    q3r_testing.Checks) against the float64 torch model after loss.backward(): logits and loss
+    to 1e-5, every parameter gradient to 2e-5, each error relative to the torch tensor's
+    largest magnitude (fp32 accumulations against float64), and the same parameter set on both
+    sides. `what` prefixes every message. Gives the number of gradients compared."""
+
+    def compare(name, got, want, rtol):
+        got = np.asarray(got, dtype=np.float64)
+        want = want.detach().numpy()
+        if not check(got.shape == want.shape, f"{what}{name}: shape {got.shape} vs torch {want.shape}"):
+            return
+        scale = max(np.abs(want).max(), 1e-6)
+        err = np.abs(got - want).max() / scale
+        if check(err <= rtol, f"{what}{name}: max err / max |ref| = {err:.2e} (tol {rtol:g})"):
+            print(f"ok   {what}{name}: {err:.2e}")
+
+    compare("logits", r["logits"], logits, 1e-5)
+    compare("loss", r["loss"], loss.reshape(1), 1e-5)
+    n = 0
+    for name, p in model.named_parameters():
+        compare("grad." + name, r["grad." + name], p.grad, 2e-5)
+        n += 1
+    check(n == len([k for k in r if k.startswith("grad.")]), f"{what}q3r and torch parameter sets agree")
+    return n
+
 
 # the ViT of tests/support/steps.c
 STEPS_VIT = dict(image_size=16, channels=1, patch=4, width=32, depth=2, heads=2, mlp_hidden=64, classes=10)

@@ -274,3 +274,21 @@ void q3r_order_longest_first(const double *cost, int n, int *order) {
 
 /* ---- statistics -------------------------------------------------------------------------- */
 double q3r_binomial_err95(double p, int64_t n) { return n > 0 ? 1.96 * sqrt(p * (1 - p) / (double)n) : 0; }
+
+q3r_status q3r_i64_scalars_export(q3r_tensor_list *out, int n, const char *const *names,
+                                  const int64_t *values, const char *what, q3r_error *err) {
+    for (int i = 0; i < n; i++)
+        if (q3r_tensor_list_add(out, names[i], Q3R_I64, 0, NULL, &values[i], err))
+            return q3r_fail_context(err, "%s", what);
+    return Q3R_OK;
+}
+
+q3r_status q3r_i64_scalars_import(const q3r_tensor_list *in, int n, const char *const *names, int64_t *values,
+                                  const char *what, q3r_error *err) {
+    for (int i = 0; i < n; i++) {
+        const q3r_tensor *t;
+        if (q3r_tensor_list_get(in, names[i], Q3R_I64, 1, &t, err)) return q3r_fail_context(err, "%s", what);
+        memcpy(&values[i], t->data, sizeof values[i]);
+    }
+    return Q3R_OK;
+}

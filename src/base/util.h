@@ -1,5 +1,5 @@
 /* Small helpers shared inside q3r: a growable text buffer, atomic file output, a
- * longest-first job order and a binomial error bar. Private: this header is not installed;
+ * longest-first job order, a binomial error bar and int64 scalars in a tensor list. Private: this header is not installed;
  * the library, the CLI (src/cli), the benches and the tests include it as "base/util.h".
  *
  * Conventions as in q3r/base.h: functions that can fail for reasons worth a message take a
@@ -87,6 +87,15 @@ void q3r_order_longest_first(const double *cost, int n, int *order);
 /* 95% binomial half-width of a proportion p over n trials: 1.96 sqrt(p (1 - p) / n); 0 when
  * n <= 0. */
 double q3r_binomial_err95(double p, int64_t n);
+
+/* ---- int64 scalars in a tensor list ------------------------------------------------- */
+/* A position saved with a checkpoint (the data loaders' "data.*"): n named 0-d I64 tensors.
+ * export adds names[i] = values[i] to out; import reads each names[i] (I64, one element) of
+ * in into values[i]. Either fails with the first error, its context `what`. */
+q3r_status q3r_i64_scalars_export(q3r_tensor_list *out, int n, const char *const *names,
+                                  const int64_t *values, const char *what, q3r_error *err);
+q3r_status q3r_i64_scalars_import(const q3r_tensor_list *in, int n, const char *const *names, int64_t *values,
+                                  const char *what, q3r_error *err);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
  * not depend on threads or batch size. */
 #include "q3r/data.h"
 
+#include "base/util.h"
 #include "q3r/dist.h"
 
 #include <string.h>
@@ -148,33 +149,20 @@ void q3r_loader_next(q3r_loader *L, float *x, int32_t *y, int64_t *count, int *e
 
 int64_t q3r_loader_global_count(const q3r_loader *L) { return L->last_global; }
 
-q3r_status q3r_loader_export(const q3r_loader *L, q3r_tensor_list *out, q3r_error *err) {
-    int64_t seed_bits;
-    memcpy(&seed_bits, &L->cfg.seed, sizeof seed_bits);
-    q3r_status s;
-    if ((s = q3r_tensor_list_add(out, "data.epoch", Q3R_I64, 0, NULL, &L->epoch, err)) ||
-        (s = q3r_tensor_list_add(out, "data.index", Q3R_I64, 0, NULL, &L->index, err)) ||
-        (s = q3r_tensor_list_add(out, "data.seed", Q3R_I64, 0, NULL, &seed_bits, err)) ||
-        (s = q3r_tensor_list_add(out, "data.n", Q3R_I64, 0, NULL, &L->ds->n, err)))
-        return q3r_fail_context(err, "loader export");
-    return Q3R_OK;
-}
+/* the loader's position in a checkpoint, in this order */
+static const char *const position_names[] = {"data.epoch", "data.index", "data.seed", "data.n"};
 
-static int64_t scalar_i64(const q3r_tensor *t) {
-    int64_t v;
-    memcpy(&v, t->data, sizeof v);
-    return v;
+q3r_status q3r_loader_export(const q3r_loader *L, q3r_tensor_list *out, q3r_error *err) {
+    int64_t v[4] = {L->epoch, L->index, 0, L->ds->n};
+    memcpy(&v[2], &L->cfg.seed, sizeof v[2]);
+    return q3r_i64_scalars_export(out, 4, position_names, v, "loader export", err);
 }
 
 q3r_status q3r_loader_import(q3r_loader *L, const q3r_tensor_list *in, q3r_error *err) {
-    const q3r_tensor *te, *ti, *ts, *tn;
+    int64_t v[4];
     q3r_status s;
-    if ((s = q3r_tensor_list_get(in, "data.epoch", Q3R_I64, 1, &te, err)) ||
-        (s = q3r_tensor_list_get(in, "data.index", Q3R_I64, 1, &ti, err)) ||
-        (s = q3r_tensor_list_get(in, "data.seed", Q3R_I64, 1, &ts, err)) ||
-        (s = q3r_tensor_list_get(in, "data.n", Q3R_I64, 1, &tn, err)))
-        return q3r_fail_context(err, "loader import");
-    int64_t epoch = scalar_i64(te), index = scalar_i64(ti), n = scalar_i64(tn), seed_bits = scalar_i64(ts);
+    if ((s = q3r_i64_scalars_import(in, 4, position_names, v, "loader import", err))) return s;
+    const int64_t epoch = v[0], index = v[1], seed_bits = v[2], n = v[3];
     if (n != L->ds->n)
         return q3r_fail(err, Q3R_EFORMAT,
                         "loader import: tensor 'data.n' says %lld samples, dataset %s has %lld", (long long)n,

@@ -3,6 +3,7 @@
  * windows tiling the validation split (see data.h). */
 #include "q3r/data.h"
 
+#include "base/util.h"
 #include "q3r/dist.h"
 
 #include <errno.h>
@@ -138,31 +139,20 @@ void q3r_corpus_loader_next(q3r_corpus_loader *L, int32_t *tokens, int32_t *targ
 
 int64_t q3r_corpus_loader_global_count(const q3r_corpus_loader *L) { return L->last_global; }
 
-q3r_status q3r_corpus_loader_export(const q3r_corpus_loader *L, q3r_tensor_list *out, q3r_error *err) {
-    int64_t seed_bits;
-    memcpy(&seed_bits, &L->cfg.seed, sizeof seed_bits);
-    q3r_status s;
-    if ((s = q3r_tensor_list_add(out, "data.step", Q3R_I64, 0, NULL, &L->step, err)) ||
-        (s = q3r_tensor_list_add(out, "data.seed", Q3R_I64, 0, NULL, &seed_bits, err)) ||
-        (s = q3r_tensor_list_add(out, "data.train_bytes", Q3R_I64, 0, NULL, &L->text->train_n, err)))
-        return q3r_fail_context(err, "text loader export");
-    return Q3R_OK;
-}
+/* the loader's position in a checkpoint, in this order */
+static const char *const position_names[] = {"data.step", "data.seed", "data.train_bytes"};
 
-static int64_t scalar_i64(const q3r_tensor *t) {
-    int64_t v;
-    memcpy(&v, t->data, sizeof v);
-    return v;
+q3r_status q3r_corpus_loader_export(const q3r_corpus_loader *L, q3r_tensor_list *out, q3r_error *err) {
+    int64_t v[3] = {L->step, 0, L->text->train_n};
+    memcpy(&v[1], &L->cfg.seed, sizeof v[1]);
+    return q3r_i64_scalars_export(out, 3, position_names, v, "text loader export", err);
 }
 
 q3r_status q3r_corpus_loader_import(q3r_corpus_loader *L, const q3r_tensor_list *in, q3r_error *err) {
-    const q3r_tensor *tp, *ts, *tn;
+    int64_t v[3];
     q3r_status s;
-    if ((s = q3r_tensor_list_get(in, "data.step", Q3R_I64, 1, &tp, err)) ||
-        (s = q3r_tensor_list_get(in, "data.seed", Q3R_I64, 1, &ts, err)) ||
-        (s = q3r_tensor_list_get(in, "data.train_bytes", Q3R_I64, 1, &tn, err)))
-        return q3r_fail_context(err, "text loader import");
-    const int64_t step = scalar_i64(tp), seed_bits = scalar_i64(ts), n = scalar_i64(tn);
+    if ((s = q3r_i64_scalars_import(in, 3, position_names, v, "text loader import", err))) return s;
+    const int64_t step = v[0], seed_bits = v[1], n = v[2];
     if (n != L->text->train_n)
         return q3r_fail(err, Q3R_EFORMAT,
                         "text loader import: tensor 'data.train_bytes' says %lld, %s has %lld training bytes",
