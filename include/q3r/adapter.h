@@ -29,6 +29,7 @@
 
 #include "q3r/base.h"
 #include "q3r/model.h"
+#include "q3r/reparam.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,6 +79,13 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
  * cols) is an error naming the matrix. */
 q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *targets, int rank,
                                double alpha, int use_rslora, q3r_adapter *out, q3r_error *err);
+
+/* The adapter of a LoRA run: the factor chains of rp (q3r/reparam.h, each W = W_0 + s F_0 F_1
+ * with F_0 = B (rows x rank), F_1 = A (rank x cols), s from (rank, alpha, use_rslora)) on the
+ * dense matrices of m that they are named after, packed per module as q3r_adapter_extract packs
+ * them (a fused qkv's Q, K and V chains: one module of rank 3 rank). */
+q3r_status q3r_adapter_from_chains(q3r_model *m, q3r_reparam *rp, int rank, double alpha,
+                                   int use_rslora, q3r_adapter *out, q3r_error *err);
 
 #ifdef __cplusplus
 }

@@ -47,9 +47,16 @@ typedef enum {
     Q3R_WEIGHTS_DENSE = 0,      /* the model's dense weights */
     Q3R_WEIGHTS_LORITA = 1,     /* LoRITa: W = W_1 ... W_N, N = lorita_factors; W_1 = W_0, rest I */
     Q3R_WEIGHTS_FACTORIZED = 2, /* W = A B at the rank rule `rank`, spectral init from W_0 */
-    Q3R_WEIGHTS_LORA = 3, /* fine-tuning: W = W_0 + s B A at rank `rank` (an integer), B = 0 and A
+    Q3R_WEIGHTS_LORA = 3,  /* fine-tuning: W = W_0 + s B A at rank `rank` (an integer), B = 0 and A
                                    PEFT's init, s = lora_alpha / r (lora_rslora: / sqrt(r)); the rest of
-                                   the model frozen (no update, no optimizer moments) */
+                                   the model frozen (no update, no optimizer moments); with reg COUPLED
+                                   Q3R acts on the update W - W_0 (update_rank), its gradient
+                                   chain-ruled onto B and A */
+    Q3R_WEIGHTS_DELTA = 4, /* full fine-tuning with the regularizer on the update: the model's dense
+                                   weights and AdamW, but the Q3R set (decoupled, coupled, nuclear) sees
+                                   Delta = W - W_0 (W_0: the weights at creation, e.g. the --init
+                                   model's), a buffer kept equal to W - W_0 around the regularizer's
+                                   hooks; its gradient or step lands on W */
     Q3R_WEIGHTS_COUNT
 } q3r_weights_mode;
 
@@ -87,12 +94,15 @@ typedef struct {
     const char *targets; /* comma list of qkv, proj, fc1, fc2, head, all */
     const char *rank;    /* rank rule text (q3r_rank_parse) */
     double lambda;       /* <= 0: chosen from pull */
-    double pull;         /* target 2 lambda sum_t lr_t when lambda is automatic */
+    double pull;         /* target 2 lambda sum_t lr_t when lambda is automatic (0: lambda = 0, Q3R
+                            without strength: the rows run, nothing moves) */
     int period;          /* refresh every `period` steps */
     q3r_eps_options eps;
-    int lorita_factors; /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
-    double lora_alpha;  /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
-    int lora_rslora;    /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
+    int lorita_factors;      /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
+    double lora_alpha;       /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
+    int lora_rslora;         /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
+    const char *update_rank; /* Q3R_WEIGHTS_LORA with reg COUPLED: Q3R's target rank on the update
+                                (rank rule text; NULL or "": `rank`) */
     /* run */
     uint64_t seed;
     const char *out_dir;      /* borrowed strings, like the ones above */

@@ -1,5 +1,6 @@
 /* q3r train and q3r eval: flags in, library calls, a progress bar and a summary out. */
 #include "q3r.h"
+#include "q3r/adapter.h"
 #include "q3r/io.h"
 #include "q3r/train.h"
 
@@ -110,7 +111,8 @@ static int train_cmd(int argc, char **argv) {
     double val_fraction = c.val_fraction;
     int val_windows = 0, epoch_steps = 0, context = 0;
     const char *init = NULL;
-    int new_head = 0, rslora = 0;
+    int new_head = 0, rslora = 0, on_update = 0;
+    const char *lora_q3r = NULL;
     double lora_alpha = 0;
     const arg_spec specs[] = {
         {"model", ARG_CHOICE, &model, "model preset", 0, 0, presets, NULL},
@@ -174,6 +176,13 @@ static int train_cmd(int argc, char **argv) {
         {"lora-alpha", ARG_DOUBLE, &lora_alpha, "--reg lora: alpha of the scale alpha / r (0: the rank)", 0,
          1e9, NULL, NULL},
         {"rslora", ARG_FLAG, &rslora, "--reg lora: rank-stabilised scale alpha / sqrt(r)", 0, 0, NULL, NULL},
+        {"on-update", ARG_FLAG, &on_update,
+         "with --init and --reg decoupled|coupled|nuclear: the regularizer acts on the update W - W_0 (full "
+         "fine-tuning with a low-rank update), its gradient or step on W",
+         0, 0, NULL, NULL},
+        {"lora-q3r", ARG_STRING, &lora_q3r,
+         "--reg lora: coupled Q3R on the update B A toward this target rank (lambda from --lambda / --pull)",
+         0, 0, NULL, "R"},
         {"lorita-factors", ARG_INT, &lorita_factors,
          "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2,
          Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
@@ -185,7 +194,8 @@ static int train_cmd(int argc, char **argv) {
          0, 0, NULL, "R"},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
         {"pull", ARG_DOUBLE, &pull,
-         "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9)", 1e-6, 1e6, NULL, NULL},
+         "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9; 0: lambda 0)", 0, 1e6,
+         NULL, NULL},
         {"period", ARG_INT, &period, "refresh the SVDs every N steps", 1, 1000000, NULL, NULL},
         {"eps", ARG_CHOICE, &eps, "eps schedule", 0, 0, "default|geometric|constant|exploration", NULL},
         {"eps-value", ARG_DOUBLE, &eps_value, "eps of the constant schedule", 0, 1e30, NULL, NULL},
@@ -263,6 +273,28 @@ static int train_cmd(int argc, char **argv) {
     }
     c.lora_alpha = lora_alpha;
     c.lora_rslora = rslora;
+    if (on_update) {
+        if (c.weights != Q3R_WEIGHTS_DENSE || c.reg == Q3R_REG_NONE) {
+            fprintf(stderr,
+                    "q3r train: --on-update applies to --reg decoupled, coupled or nuclear (for LoRA: "
+                    "--lora-q3r R)\n");
+            return 2;
+        }
+        if (!init) {
+            fprintf(stderr, "q3r train: --on-update regularizes the update from an --init model; give --init "
+                            "FILE\n");
+            return 2;
+        }
+        c.weights = Q3R_WEIGHTS_DELTA;
+    }
+    if (lora_q3r) {
+        if (c.weights != Q3R_WEIGHTS_LORA) {
+            fprintf(stderr, "q3r train: --lora-q3r applies only to --reg lora\n");
+            return 2;
+        }
+        c.reg = Q3R_REG_COUPLED;
+        c.update_rank = lora_q3r;
+    }
     if (new_head && !init) {
         fprintf(stderr, "q3r train: --new-head replaces the head of an --init model; give --init FILE\n");
         return 2;
@@ -425,6 +457,10 @@ static int train_cmd(int argc, char **argv) {
             fprintf(stderr, "q3r train: LoRA on %s at rank %s, alpha %g%s; the rest of the model frozen%s\n",
                     c.targets, c.rank, lora_alpha > 0 ? lora_alpha : atof(c.rank),
                     rslora ? " (rsLoRA: alpha / sqrt(r))" : "", new_head ? " but the new head" : "");
+        if (c.weights == Q3R_WEIGHTS_LORA && lora_q3r)
+            fprintf(stderr, "q3r train: coupled Q3R on the LoRA update B A toward rank %s\n", lora_q3r);
+        if (c.weights == Q3R_WEIGHTS_DELTA)
+            fprintf(stderr, "q3r train: the regularizer acts on the update W - W_0 from %s\n", init);
         else if (c.weights == Q3R_WEIGHTS_LORITA)
             fprintf(stderr,
                     "q3r train: LoRITa on %s, %d factors per matrix, weight decay %g on the factors\n",
@@ -434,6 +470,8 @@ static int train_cmd(int argc, char **argv) {
                 stderr,
                 "q3r train: factorized training (W = A B) on %s at rank %s, weight decay %g on the factors\n",
                 c.targets, c.rank, c.weight_decay);
+        else if (c.weights == Q3R_WEIGHTS_LORA)
+            ;
         else if (c.reg == Q3R_REG_NUCLEAR)
             fprintf(stderr,
                     "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",
@@ -527,7 +565,7 @@ static int eval_text(const char *path, cli_model *cm, int limit, int json) {
 }
 
 int q3r_cmd_eval(int argc, char **argv) {
-    const char *dataset = NULL, *data_dir = NULL, *split = "test", *text = NULL;
+    const char *dataset = NULL, *data_dir = NULL, *split = "test", *text = NULL, *adapter = NULL;
     int limit = 0, batch = 256, threads = 0, json = 0;
     const arg_spec specs[] = {
         {"dataset", ARG_STRING, &dataset, "image models: dataset (default: the one in the model's metadata)",
@@ -542,6 +580,9 @@ int q3r_cmd_eval(int argc, char **argv) {
          "score only the first N images, or N validation windows (0: all images; the run's windows)", 0, 1e9,
          NULL, NULL},
         {"batch", ARG_INT, &batch, "batch size", 1, 65536, NULL, NULL},
+        {"adapter", ARG_STRING, &adapter,
+         "a LoRA adapter directory (PEFT's format) merged into the model in memory before scoring", 0, 0,
+         NULL, "DIR"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the result as JSON", 0, 0, NULL, NULL},
         {0},
@@ -562,6 +603,19 @@ int q3r_cmd_eval(int argc, char **argv) {
     q3r_error err;
     cli_model cm;
     if (cli_model_open("eval", pos[0], batch, dataset, text, &cm)) return 1;
+    if (adapter) {
+        q3r_adapter a;
+        q3r_adapter_init(&a);
+        q3r_status as = q3r_adapter_read(adapter, &a, &err);
+        if (!as && (as = q3r_adapter_merge(cm.model, &a, &err)))
+            q3r_fail_context(&err, "--adapter %s onto %s", adapter, pos[0]);
+        q3r_adapter_free(&a);
+        if (as) {
+            fprintf(stderr, "q3r eval: %s\n", err.msg);
+            cli_model_close(&cm);
+            return 1;
+        }
+    }
     if (cm.text) {
         int st = eval_text(pos[0], &cm, limit, json);
         cli_model_close(&cm);

@@ -14,6 +14,7 @@
 #include "base/util.h"
 #include "q3r/io.h"
 #include "q3r/linalg.h"
+#include "q3r/reparam.h"
 
 static const char *const PREFIX = "base_model.model.";
 
@@ -533,7 +534,100 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
     return Q3R_OK;
 }
 
+/* ---- packing: matrices' factors into modules ------------------------------------------------- */
+
+/* Fills block `matrix`'s factors, B (rows x rank, leading dimension ldb) and A (rank x cols,
+ * leading dimension lda), so that s B A is that matrix's update. */
+typedef q3r_status (*block_fill)(void *ctx, int matrix, int rank, float *B, int ldb, float *A, int lda,
+                                 q3r_error *err);
+
+/* One module per weight tensor that holds selected matrices, in matrix order, each of rank
+ * (blocks) x rank: A the blocks' A stacked, B block-diagonal (block j's rows of the tensor, its
+ * columns j rank ..), alpha such that the module's scale is the blocks' own s. */
+static q3r_status pack_modules(q3r_model *m, const uint8_t *sel, int rank, double scale, int use_rslora,
+                               block_fill fill, void *ctx, q3r_adapter *out, const char *what,
+                               q3r_error *err) {
+    const int nm = q3r_model_num_matrices(m);
+    q3r_status s = Q3R_OK;
+    char module[256];
+    for (int i = 0; i < nm && !s; i++) {
+        q3r_matrix mb;
+        int row0, rows, cols;
+        if (!sel[i]) continue;
+        if (matrix_module(m, i, &mb, module, sizeof module, &row0, &rows, &cols)) {
+            s = q3r_fail(err, Q3R_EINVAL, "%s: matrix %s is factored; the model must be dense", what,
+                         mb.name);
+            break;
+        }
+        if (q3r_adapter_find(out, module)) continue; /* filled with an earlier block */
+        /* the selected blocks of this module */
+        int blocks[8], nb = 0;
+        for (int j = i; j < nm && nb < 8; j++) {
+            q3r_matrix x;
+            char mj[256];
+            int r0, rr, cc;
+            if (sel[j] && !matrix_module(m, j, &x, mj, sizeof mj, &r0, &rr, &cc) && !strcmp(mj, module))
+                blocks[nb++] = j;
+        }
+        const int R = nb * rank;
+        float *A = q3r_calloc(sizeof(float) * (size_t)R * cols),
+              *B = q3r_calloc(sizeof(float) * (size_t)rows * R);
+        if (!A || !B) s = q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", what);
+        for (int b = 0; b < nb && !s; b++) {
+            q3r_matrix xb;
+            int r0, rr, cc;
+            matrix_module(m, blocks[b], &xb, module, sizeof module, &r0, &rr, &cc);
+            s = fill(ctx, blocks[b], rank, B + (size_t)r0 * R + (size_t)b * rank, R,
+                     A + (size_t)b * rank * cols, cols, err);
+        }
+        /* one module of rank nb r with the blocks' own scale: alpha' / (nb r) = alpha / r */
+        const double am = use_rslora ? scale * sqrt((double)R) : scale * R;
+        if (!s) s = q3r_adapter_add(out, module, rows, cols, R, am, A, B, err);
+        q3r_free(A);
+        q3r_free(B);
+    }
+    return s;
+}
+
 /* ---- extraction ------------------------------------------------------------------------------ */
+
+typedef struct {
+    q3r_model *base, *tuned;
+    double root; /* sqrt(s) */
+} extract_ctx;
+
+/* The best rank-r factors of tuned - base by a double-precision SVD, sqrt(S) on each side / sqrt(s). */
+static q3r_status extract_fill(void *vctx, int matrix, int rank, float *B, int ldb, float *A, int lda,
+                               q3r_error *err) {
+    extract_ctx *x = vctx;
+    q3r_matrix xb, xt;
+    q3r_model_matrix(x->base, matrix, &xb, NULL);
+    if (q3r_model_matrix(x->tuned, matrix, &xt, NULL) || !xt.w)
+        return q3r_fail(err, Q3R_EINVAL, "adapter extract: matrix %s is factored; both models must be dense",
+                        xb.name);
+    const int m = xb.rows, n = xb.cols, k = m < n ? m : n;
+    if (rank > k)
+        return q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d is above min(rows, cols) = %d of %s", rank,
+                        k, xb.name);
+    q3r_status s = Q3R_OK;
+    float *D = malloc(sizeof(float) * (size_t)m * n);
+    double *U = malloc(sizeof(double) * (size_t)m * k), *S = malloc(sizeof(double) * (size_t)k),
+           *VT = malloc(sizeof(double) * (size_t)k * n);
+    if (!D || !U || !S || !VT) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
+    for (size_t e = 0; !s && e < (size_t)m * n; e++) D[e] = xt.w[e] - xb.w[e];
+    if (!s && (s = q3r_svd_thin(D, m, n, n, U, S, VT, err)))
+        q3r_fail_context(err, "adapter extract %s", xb.name);
+    for (int j = 0; !s && j < rank; j++) {
+        const double sq = sqrt(S[j]) / x->root;
+        for (int r = 0; r < m; r++) B[(size_t)r * ldb + j] = (float)(U[(size_t)r * k + j] * sq);
+        for (int c = 0; c < n; c++) A[(size_t)j * lda + c] = (float)(sq * VT[(size_t)j * n + c]);
+    }
+    free(D);
+    free(U);
+    free(S);
+    free(VT);
+    return s;
+}
 
 q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *targets, int rank, double alpha,
                                int use_rslora, q3r_adapter *out, q3r_error *err) {
@@ -550,69 +644,71 @@ q3r_status q3r_adapter_extract(q3r_model *base, q3r_model *tuned, const char *ta
     if (!sel) return q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
     q3r_status s = q3r_model_select(base, targets, sel, err);
     const double scale = use_rslora ? alpha / sqrt((double)rank) : alpha / (double)rank;
-    const double root = sqrt(scale);
-    char module[256];
-    /* modules in matrix order; each gets every selected matrix that lives in it */
-    for (int i = 0; i < nm && !s; i++) {
-        q3r_matrix mb, mt;
-        int row0, rows, cols;
-        if (!sel[i]) continue;
-        if (matrix_module(base, i, &mb, module, sizeof module, &row0, &rows, &cols) ||
-            q3r_model_matrix(tuned, i, &mt, NULL) || !mt.w) {
-            s = q3r_fail(err, Q3R_EINVAL, "adapter extract: matrix %s is factored; both models must be dense",
-                         mb.name);
-            break;
-        }
-        if (q3r_adapter_find(out, module)) continue; /* filled with an earlier block */
-        /* the selected blocks of this module */
-        int blocks[8], nb = 0;
-        for (int j = i; j < nm && nb < 8; j++) {
-            q3r_matrix x;
-            char mj[256];
-            int r0, rr, cc;
-            if (sel[j] && !matrix_module(base, j, &x, mj, sizeof mj, &r0, &rr, &cc) && !strcmp(mj, module))
-                blocks[nb++] = j;
-        }
-        const int R = nb * rank;
-        float *A = q3r_calloc(sizeof(float) * (size_t)R * cols),
-              *B = q3r_calloc(sizeof(float) * (size_t)rows * R);
-        if (!A || !B) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
-        for (int b = 0; b < nb && !s; b++) {
-            q3r_matrix xb, xt;
-            int r0, rr, cc;
-            matrix_module(base, blocks[b], &xb, module, sizeof module, &r0, &rr, &cc);
-            q3r_model_matrix(tuned, blocks[b], &xt, NULL);
-            const int m = xb.rows, n = xb.cols, k = m < n ? m : n;
-            if (rank > k) {
-                s = q3r_fail(err, Q3R_EINVAL, "adapter extract: rank %d is above min(rows, cols) = %d of %s",
-                             rank, k, xb.name);
-                break;
-            }
-            float *D = malloc(sizeof(float) * (size_t)m * n);
-            double *U = malloc(sizeof(double) * (size_t)m * k), *S = malloc(sizeof(double) * (size_t)k),
-                   *VT = malloc(sizeof(double) * (size_t)k * n);
-            if (!D || !U || !S || !VT) s = q3r_fail(err, Q3R_ENOMEM, "adapter extract: out of memory");
-            for (size_t e = 0; !s && e < (size_t)m * n; e++) D[e] = xt.w[e] - xb.w[e];
-            if (!s && (s = q3r_svd_thin(D, m, n, n, U, S, VT, err)))
-                q3r_fail_context(err, "adapter extract %s", xb.name);
-            for (int j = 0; !s && j < rank; j++) {
-                const double sq = sqrt(S[j]) / root;
-                for (int r = 0; r < m; r++)
-                    B[(size_t)(r0 + r) * R + (size_t)b * rank + j] = (float)(U[(size_t)r * k + j] * sq);
-                for (int c = 0; c < n; c++)
-                    A[(size_t)(b * rank + j) * cols + c] = (float)(sq * VT[(size_t)j * n + c]);
-            }
-            free(D);
-            free(U);
-            free(S);
-            free(VT);
-        }
-        /* one module of rank nb r with the blocks' own scale: alpha' / (nb r) = alpha / r */
-        const double am = use_rslora ? scale * sqrt((double)R) : scale * R;
-        if (!s) s = q3r_adapter_add(out, module, rows, cols, R, am, A, B, err);
-        q3r_free(A);
-        q3r_free(B);
+    extract_ctx ctx = {.base = base, .tuned = tuned, .root = sqrt(scale)};
+    if (!s)
+        s = pack_modules(base, sel, rank, scale, use_rslora, extract_fill, &ctx, out, "adapter extract", err);
+    free(sel);
+    if (s) q3r_adapter_free(out);
+    return s;
+}
+
+/* ---- a LoRA run's chains ----------------------------------------------------------------------- */
+
+typedef struct {
+    q3r_model *m;
+    q3r_reparam *rp;
+} chains_ctx;
+
+static int chain_of(q3r_reparam *rp, const char *name) {
+    for (int i = 0; i < q3r_reparam_count(rp); i++)
+        if (!strcmp(q3r_reparam_name(rp, i), name)) return i;
+    return -1;
+}
+
+static q3r_status chains_fill(void *vctx, int matrix, int rank, float *B, int ldb, float *A, int lda,
+                              q3r_error *err) {
+    chains_ctx *x = vctx;
+    const char *name = NULL;
+    q3r_model_matrix_shape(x->m, matrix, &name, NULL, NULL, NULL, NULL);
+    const int c = chain_of(x->rp, name);
+    int br, bc, ar, ac;
+    const float *fb = c < 0 ? NULL : q3r_reparam_factor(x->rp, c, 0, &br, &bc, NULL),
+                *fa = c < 0 ? NULL : q3r_reparam_factor(x->rp, c, 1, &ar, &ac, NULL);
+    if (!fb || !fa || q3r_reparam_num_factors(x->rp, c) != 2 || bc != rank || ar != rank)
+        return q3r_fail(err, Q3R_EINVAL, "adapter of a LoRA run: matrix %s has no rank-%d factor pair", name,
+                        rank);
+    for (int r = 0; r < br; r++)
+        memcpy(B + (size_t)r * ldb, fb + (size_t)r * bc, sizeof(float) * (size_t)rank);
+    for (int r = 0; r < rank; r++)
+        memcpy(A + (size_t)r * lda, fa + (size_t)r * ac, sizeof(float) * (size_t)ac);
+    return Q3R_OK;
+}
+
+q3r_status q3r_adapter_from_chains(q3r_model *m, q3r_reparam *rp, int rank, double alpha, int use_rslora,
+                                   q3r_adapter *out, q3r_error *err) {
+    q3r_adapter_init(out);
+    out->use_rslora = use_rslora;
+    if (rank < 1 || !(alpha > 0))
+        return q3r_fail(err, Q3R_EINVAL, "adapter of a LoRA run: rank %d, alpha %g", rank, alpha);
+    const int nm = q3r_model_num_matrices(m);
+    uint8_t *sel = calloc((size_t)nm, 1);
+    if (!sel) return q3r_fail(err, Q3R_ENOMEM, "adapter of a LoRA run: out of memory");
+    int found = 0;
+    for (int i = 0; i < nm; i++) {
+        const char *name = NULL;
+        q3r_model_matrix_shape(m, i, &name, NULL, NULL, NULL, NULL);
+        if (name && chain_of(rp, name) >= 0) sel[i] = 1, found++;
     }
+    q3r_status s =
+        found == q3r_reparam_count(rp)
+            ? Q3R_OK
+            : q3r_fail(err, Q3R_EINVAL, "adapter of a LoRA run: %d of %d chains name a matrix of the model",
+                       found, q3r_reparam_count(rp));
+    const double scale = use_rslora ? alpha / sqrt((double)rank) : alpha / (double)rank;
+    chains_ctx ctx = {.m = m, .rp = rp};
+    if (!s)
+        s = pack_modules(m, sel, rank, scale, use_rslora, chains_fill, &ctx, out, "adapter of a LoRA run",
+                         err);
     free(sel);
     if (s) q3r_adapter_free(out);
     return s;

@@ -4,6 +4,7 @@
 #include "run_impl.h"
 
 #include "base/util.h"
+#include "q3r/adapter.h"
 
 #include <errno.h>
 #include <math.h>
@@ -175,6 +176,25 @@ static char *join(const char *dir, const char *file) {
     return t.buf;
 }
 
+/* A LoRA run's adapter, <out>/adapter in PEFT's format, from its chains' factors (a fused qkv: one
+ * module of rank 3r); merged into the --init model it gives model.safetensors (to fp32 rounding;
+ * a fresh --new-head is not in it). */
+static q3r_status write_adapter(run_state *r, const q3r_train_config *c, q3r_error *err) {
+    const int rank = atoi(c->rank);
+    q3r_adapter a;
+    q3r_status s = q3r_adapter_from_chains(r->model, q3r_trainer_reparam(r->trainer), rank,
+                                           c->lora_alpha > 0 ? c->lora_alpha : rank, c->lora_rslora, &a, err);
+    char *dir = s ? NULL : join(c->out_dir, "adapter");
+    if (!s && !dir) s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
+    if (!s && c->init && *c->init && !(a.base_model = strdup(c->init)))
+        s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
+    if (!s) s = q3r_adapter_write(dir, &a, err);
+    if (s) q3r_fail_context(err, "the LoRA adapter");
+    free(dir);
+    q3r_adapter_free(&a);
+    return s;
+}
+
 q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progress_fn progress, void *ctx,
                          q3r_train_result *res, q3r_error *err) {
     q3r_train_config cfg = *cfg_in;
@@ -259,6 +279,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     res->finished = !s && r.step >= r.total_steps;
     res->seconds = q3r_now() - t0;
     if (res->finished && writer) s = q3r_model_save(r.model_path, r.model, &r.meta, err);
+    if (!s && res->finished && writer && cfg.weights == Q3R_WEIGHTS_LORA) s = write_adapter(&r, &cfg, err);
     q3r_error cerr;
     if (q3r_jsonl_close(&log, &cerr) && !s) {
         *err = cerr;

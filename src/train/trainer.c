@@ -50,7 +50,9 @@ q3r_status q3r_train_set_method(q3r_train_config *c, const char *method, q3r_err
 
 const char *q3r_train_method_name(const q3r_train_config *c) {
     if ((unsigned)c->weights >= Q3R_WEIGHTS_COUNT || (unsigned)c->reg >= Q3R_REG_COUNT) return "?";
-    return c->weights != Q3R_WEIGHTS_DENSE ? q3r_weights_rows[c->weights].name : q3r_reg_rows[c->reg].name;
+    /* Q3R on the update: the regularizer's name ("q3r.on_update" says where it acts) */
+    const int dense = c->weights == Q3R_WEIGHTS_DENSE || c->weights == Q3R_WEIGHTS_DELTA;
+    return !dense ? q3r_weights_rows[c->weights].name : q3r_reg_rows[c->reg].name;
 }
 
 /* ---- set-up ---------------------------------------------------------------------------------- */
@@ -116,9 +118,10 @@ static q3r_status choose_lambda(q3r_trainer *t, q3r_error *err) {
                         "(its threshold per unit of learning rate)");
     if (r->lambda == Q3R_LAMBDA_AUTO && t->lambda <= 0) {
         double sum = lr_sum(&c->lr);
-        if (!(c->pull > 0)) return q3r_fail(err, Q3R_EINVAL, "automatic lambda needs a pull > 0");
-        if (sum <= 0) return q3r_fail(err, Q3R_EINVAL, "automatic lambda: the learning rate sums to 0");
-        t->lambda = c->pull / (2.0 * sum);
+        if (!(c->pull >= 0)) return q3r_fail(err, Q3R_EINVAL, "automatic lambda needs a pull >= 0");
+        if (c->pull > 0 && sum <= 0)
+            return q3r_fail(err, Q3R_EINVAL, "automatic lambda: the learning rate sums to 0");
+        t->lambda = c->pull > 0 ? c->pull / (2.0 * sum) : 0; /* pull 0: Q3R without strength */
     }
     return Q3R_OK;
 }
@@ -154,6 +157,8 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     if (!t->targeted) return q3r_fail(err, Q3R_ENOMEM, "trainer: out of memory");
     if ((s = q3r_train_add_targets(t->reg, t->model, c->targets, rule, t->targeted, err))) return s;
     if (t->weights->setup && (s = t->weights->setup(t, rule, err))) return s;
+    /* Q3R on the update: the set moves from the targets to Delta = W - W_0 */
+    if (q3r_update_wanted(t) && (s = q3r_update_setup(t, err))) return s;
     return build_optimizer(t, err);
 }
 
@@ -193,6 +198,7 @@ q3r_status q3r_trainer_create(const q3r_train_config *cfg, q3r_trainer **out, q3
 void q3r_trainer_free(q3r_trainer *t) {
     if (!t) return;
     if (t->weights && t->weights->free_state) t->weights->free_state(t);
+    q3r_update_free(t);
     q3r_model_free(t->model);
     q3r_adamw_free(&t->opt);
     q3r_set_free(t->reg);
@@ -320,10 +326,13 @@ static q3r_status trainer_step_body(q3r_trainer *t, const q3r_batch *b, q3r_step
                         (long long)t->step);
     double lr = q3r_lr_at(&c->lr, t->step), qv = 0;
     if (t->reg_row->before_update && (s = t->reg_row->before_update(t, lr, &qv, err))) return s;
+    q3r_update_writeback(t); /* Q3R on the update: its step on Delta lands on W */
     if (!frozen && t->weights->before_update) t->weights->before_update(t);
     if (t->model_trained) q3r_adamw_step(&t->opt, w, g, lr);
     if (t->weights->after_update) t->weights->after_update(t, lr);
+    q3r_update_sync(t); /* Delta <- W - W_0 for the regularizer */
     if (t->reg_row->after_update && (s = t->reg_row->after_update(t, lr, &qv, err))) return s;
+    q3r_update_writeback(t);
     t->rng = rng;
     t->step++;
     if (st)
@@ -363,6 +372,7 @@ q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_err
     /* after the model: a factor chain's product overwrites the targets (with the same bits) */
     if (!s && t->weights->import_state) s = t->weights->import_state(t, in, err);
     if (s) return s;
+    q3r_update_sync(t);
     memcpy(&t->step, step->data, sizeof t->step);
     memcpy(t->rng.s, rng->data, sizeof t->rng.s);
     memcpy(&t->lr_since_prox, since->data, sizeof t->lr_since_prox);

@@ -13,6 +13,13 @@
  *   -> AdamW on the model
  *   -> weights.after_update (chain: AdamW on the factors, then W <- their product)
  *   -> reg.after_update   (nuclear: the prox every `period` steps)
+ * Q3R on a fine-tuning update (weights DELTA, or LORA with the coupled regularizer): the set is
+ * registered on a buffer Delta = W - W_0 (weights.c, "update"), made equal to W - W_0 after the
+ * weights' update and after an import (q3r_update_sync); what the regularizer's hooks changed in
+ * Delta is added to W right after each of them (q3r_update_writeback: nothing when nothing
+ * changed, so a zero lambda leaves the run bit-identical). The coupled gradient goes straight to
+ * dW (the set's gradient buffers are the targets' dW); under LORA the factors get its chain-rule
+ * image after clipping, as the dense coupled mode adds it after clipping.
  * A new method is a new row (and its enum value in q3r/train.h), not an edit of the step. */
 #ifndef Q3R_TRAINER_IMPL_H
 #define Q3R_TRAINER_IMPL_H
@@ -65,6 +72,15 @@ struct q3r_trainer {
     /* factor chains (LoRITa, factorized) */
     q3r_reparam *rp;
     q3r_adamw rp_opt;
+    /* Q3R on the update (weights.c): Delta's buffers, W_0, the targets' W */
+    struct q3r_update *upd;
 };
+
+/* Q3R on the update (weights.c). */
+int q3r_update_wanted(const q3r_trainer *t);
+q3r_status q3r_update_setup(q3r_trainer *t, q3r_error *err);
+void q3r_update_sync(q3r_trainer *t);      /* Delta <- W - W_0 (nothing without an update set) */
+void q3r_update_writeback(q3r_trainer *t); /* W += Delta - (W - W_0), then sync */
+void q3r_update_free(q3r_trainer *t);
 
 #endif

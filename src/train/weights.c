@@ -9,6 +9,8 @@
  *               +-1/sqrt(n) (PEFT's init), r = --rank (an integer), s = lora_alpha / r (or
  *               / sqrt(r)); W_0 and everything else of the model frozen: no model optimizer,
  *               and the gradient clipped is the factors' (as torch clips what it trains)
+ *   delta       full fine-tuning with Q3R on the update: the dense weights and the model's AdamW,
+ *               the regularizer's set on Delta = W - W_0 (the "update" at the end of this file)
  *
  * The chains (q3r/reparam.h) are materialised into the model's dense weights at creation, after
  * every factor update and after an import, so the forward, the backward, evaluation and the
@@ -71,7 +73,10 @@ static q3r_status chain_setup(q3r_trainer *t, q3r_rank_rule rule, q3r_error *err
 
 static void chain_before(q3r_trainer *t) { q3r_reparam_backward(t->rp, 1); /* dW -> factors; dW <- 0 */ }
 
+static void update_lora_grad(q3r_trainer *t);
+
 static void chain_after(q3r_trainer *t, double lr) {
+    update_lora_grad(t); /* LoRA + coupled Q3R on B A: its gradient onto the factors */
     q3r_adamw_step(&t->rp_opt, q3r_reparam_params(t->rp), q3r_reparam_grads(t->rp), lr);
     q3r_reparam_materialize(t->rp);
 }
@@ -130,7 +135,15 @@ static q3r_status lora_metadata(const q3r_train_config *c, q3r_meta *meta, q3r_e
         s = q3r_meta_setf(meta, err, "q3r.lora_alpha", "%.17g",
                           c->lora_alpha > 0 ? c->lora_alpha : atof(c->rank));
     if (!s) s = q3r_meta_setf(meta, err, "q3r.lora_rslora", "%d", c->lora_rslora ? 1 : 0);
+    if (!s && c->reg != Q3R_REG_NONE) /* Q3R on B A: its own target rank (the reg's q3r.rank: LoRA's) */
+        s = q3r_meta_set(meta, "q3r.update_rank",
+                         c->update_rank && *c->update_rank ? c->update_rank : c->rank, err);
     return s;
+}
+
+static q3r_status delta_metadata(const q3r_train_config *c, q3r_meta *meta, q3r_error *err) {
+    (void)c;
+    return q3r_meta_set(meta, "q3r.on_update", "1", err);
 }
 
 static void chain_free(q3r_trainer *t) {
@@ -169,4 +182,150 @@ const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT] = {
                           .import_state = chain_import,
                           .metadata = lora_metadata,
                           .free_state = chain_free},
+    [Q3R_WEIGHTS_DELTA] = {.name = "delta", .metadata = delta_metadata},
 };
+
+/* ---- Q3R on the update (trainer_impl.h) --------------------------------------------------------
+ * The set registered on Delta = W - W_0 instead of W: same names, shapes and rank rule (LoRA:
+ * update_rank), gradient buffers the targets' dW. DELTA keeps a copy of W_0 (the weights at
+ * creation); LoRA's W_0 is its chains' frozen base. */
+struct q3r_update {
+    int n;
+    float **w;        /* the targets' weights (leading dimension cols) */
+    const float **w0; /* their W_0 */
+    float **d;        /* Delta, what the set sees */
+    int *rows, *cols;
+    float *buf, *base; /* Delta of every target; DELTA: the W_0 copies */
+    int writeback;     /* 0 under LoRA: W is the factors' product, the regularizer only adds to dW */
+    float *fg_save;    /* LoRA: the clipped factor gradient while the regularizer's is chain-ruled */
+};
+
+int q3r_update_wanted(const q3r_trainer *t) {
+    return t->cfg.weights == Q3R_WEIGHTS_DELTA ||
+           (t->cfg.weights == Q3R_WEIGHTS_LORA && t->cfg.reg != Q3R_REG_NONE);
+}
+
+void q3r_update_free(q3r_trainer *t) {
+    struct q3r_update *u = t->upd;
+    if (!u) return;
+    free(u->w);
+    free(u->w0);
+    free(u->d);
+    free(u->rows);
+    free(u->cols);
+    q3r_free(u->buf);
+    q3r_free(u->base);
+    q3r_free(u->fg_save);
+    free(u);
+    t->upd = NULL;
+}
+
+void q3r_update_sync(q3r_trainer *t) {
+    struct q3r_update *u = t->upd;
+    for (int i = 0; u && i < u->n; i++) {
+        const int64_t n = (int64_t)u->rows[i] * u->cols[i];
+        float *d = u->d[i];
+        const float *w = u->w[i], *w0 = u->w0[i];
+#pragma omp parallel for schedule(static)
+        for (int64_t e = 0; e < n; e++) d[e] = w[e] - w0[e];
+    }
+}
+
+void q3r_update_writeback(q3r_trainer *t) {
+    struct q3r_update *u = t->upd;
+    if (!u || !u->writeback) return;
+    for (int i = 0; i < u->n; i++) {
+        const int64_t n = (int64_t)u->rows[i] * u->cols[i];
+        float *d = u->d[i], *w = u->w[i];
+        const float *w0 = u->w0[i];
+#pragma omp parallel for schedule(static)
+        for (int64_t e = 0; e < n; e++) {
+            const float change = d[e] - (w[e] - w0[e]); /* 0 where the regularizer left Delta alone */
+            if (change != 0) {
+                w[e] += change;
+                d[e] = w[e] - w0[e];
+            }
+        }
+    }
+}
+
+static void update_lora_grad(q3r_trainer *t) {
+    struct q3r_update *u = t->upd;
+    if (!u || u->writeback) return;
+    /* the targets' dW holds 2 lambda R(Delta) alone (the chain rule zeroed the task's before the
+     * coupled regularizer added to it): its image on the factors joins the clipped task gradient */
+    float *fg = q3r_reparam_grads(t->rp);
+    const int64_t fn = q3r_reparam_num_params(t->rp);
+    memcpy(u->fg_save, fg, sizeof(float) * (size_t)fn);
+    q3r_reparam_backward(t->rp, 1);
+    for (int64_t e = 0; e < fn; e++) fg[e] += u->fg_save[e];
+}
+
+q3r_status q3r_update_setup(q3r_trainer *t, q3r_error *err) {
+    const q3r_train_config *c = &t->cfg;
+    const int lora = c->weights == Q3R_WEIGHTS_LORA;
+    if (lora && c->reg != Q3R_REG_COUPLED)
+        return q3r_fail(err, Q3R_EINVAL,
+                        "Q3R on a LoRA update is coupled only (its gradient on B A chain-ruled onto the "
+                        "factors); %s is not",
+                        q3r_reg_rows[c->reg].name);
+    const char *rank_text = lora && c->update_rank && *c->update_rank ? c->update_rank : c->rank;
+    q3r_rank_rule rule;
+    q3r_status s = q3r_rank_parse(rank_text, &rule, err);
+    if (s) return q3r_fail_context(err, lora ? "the update's Q3R rank" : "--rank");
+    struct q3r_update *u = calloc(1, sizeof *u);
+    if (!u) return q3r_fail(err, Q3R_ENOMEM, "update: out of memory");
+    t->upd = u;
+    const int n = q3r_set_count(t->reg);
+    u->n = n;
+    u->writeback = !lora;
+    u->w = calloc((size_t)n, sizeof *u->w);
+    u->w0 = calloc((size_t)n, sizeof *u->w0);
+    u->d = calloc((size_t)n, sizeof *u->d);
+    u->rows = calloc((size_t)n, sizeof *u->rows);
+    u->cols = calloc((size_t)n, sizeof *u->cols);
+    if (!u->w || !u->w0 || !u->d || !u->rows || !u->cols)
+        return q3r_fail(err, Q3R_ENOMEM, "update: out of memory");
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        int ld;
+        u->w[i] = q3r_set_matrix(t->reg, i, &u->rows[i], &u->cols[i], &ld);
+        total += (size_t)u->rows[i] * u->cols[i];
+    }
+    u->buf = q3r_alloc(sizeof(float) * (total ? total : 1));
+    if (!lora) u->base = q3r_alloc(sizeof(float) * (total ? total : 1));
+    if (!u->buf || (!lora && !u->base)) return q3r_fail(err, Q3R_ENOMEM, "update: out of memory");
+    if (lora) {
+        u->fg_save = q3r_alloc(sizeof(float) * (size_t)q3r_reparam_num_params(t->rp));
+        if (!u->fg_save) return q3r_fail(err, Q3R_ENOMEM, "update: out of memory");
+    }
+    q3r_set_options so = q3r_set_options_default();
+    so.lambda = t->lambda;
+    so.period = c->period;
+    so.eps = c->eps;
+    q3r_set *set = NULL;
+    if ((s = q3r_set_create(&so, &set, err))) return s;
+    float *w0 = q3r_model_params(t->model), *g0 = q3r_model_grads(t->model);
+    size_t off = 0;
+    for (int i = 0; i < n && !s; i++) {
+        const size_t sz = (size_t)u->rows[i] * u->cols[i];
+        u->d[i] = u->buf + off;
+        if (lora) {
+            u->w0[i] = q3r_reparam_base(t->rp, i);
+        } else {
+            memcpy(u->base + off, u->w[i], sizeof(float) * sz);
+            u->w0[i] = u->base + off;
+        }
+        off += sz;
+        s = q3r_set_add(set, q3r_set_name(t->reg, i), u->d[i], u->rows[i], u->cols[i], u->cols[i],
+                        g0 + (u->w[i] - w0), u->cols[i], rule, err);
+    }
+    if (s) {
+        q3r_set_free(set);
+        return s;
+    }
+    q3r_set_free(t->reg);
+    t->reg = set;
+    q3r_update_sync(t);
+    return Q3R_OK;
+}
