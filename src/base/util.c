@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- text ------------------------------------------------------------------------------ */
@@ -291,4 +292,40 @@ q3r_status q3r_i64_scalars_import(const q3r_tensor_list *in, int n, const char *
         memcpy(&values[i], t->data, sizeof values[i]);
     }
     return Q3R_OK;
+}
+
+/* ---- paths ----------------------------------------------------------------------------------- */
+
+static q3r_status mkdir_one(const char *dir, q3r_error *err) {
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return q3r_fail(err, Q3R_EIO, "cannot create directory %s: %s", dir, strerror(errno));
+    struct stat st;
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return q3r_fail(err, Q3R_EIO, "%s is not a directory", dir);
+    return Q3R_OK;
+}
+
+q3r_status q3r_mkdir_p(const char *dir, q3r_error *err) {
+    if (!dir || !*dir) return q3r_fail(err, Q3R_EINVAL, "no directory given");
+    char *buf = strdup(dir);
+    if (!buf) return q3r_fail(err, Q3R_ENOMEM, "out of memory");
+    q3r_status s = Q3R_OK;
+    for (char *p = buf + 1; *p && !s; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        s = mkdir_one(buf, err);
+        *p = '/';
+    }
+    if (!s) s = mkdir_one(buf, err);
+    free(buf);
+    return s;
+}
+
+char *q3r_path_join(const char *dir, const char *file) {
+    q3r_text t;
+    q3r_text_init(&t);
+    if (q3r_text_addf(&t, "%s/%s", dir, file)) {
+        q3r_text_free(&t);
+        return NULL;
+    }
+    return t.buf;
 }

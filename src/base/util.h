@@ -88,6 +88,13 @@ void q3r_order_longest_first(const double *cost, int n, int *order);
  * n <= 0. */
 double q3r_binomial_err95(double p, int64_t n);
 
+/* ---- paths ----------------------------------------------------------------------------------- */
+/* Create dir and its missing parents (mkdir -p); an existing directory is fine, an existing
+ * file is an error naming it. */
+q3r_status q3r_mkdir_p(const char *dir, q3r_error *err);
+/* "<dir>/<file>", malloc'd; NULL when out of memory. */
+char *q3r_path_join(const char *dir, const char *file);
+
 /* ---- int64 scalars in a tensor list ------------------------------------------------- */
 /* A position saved with a checkpoint (the data loaders' "data.*"): n named 0-d I64 tensors.
  * export adds names[i] = values[i] to out; import reads each names[i] (I64, one element) of

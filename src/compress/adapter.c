@@ -79,24 +79,6 @@ q3r_status q3r_adapter_add(q3r_adapter *a, const char *module, int rows, int col
 
 /* ---- writing --------------------------------------------------------------------------------- */
 
-static q3r_status make_dir(const char *dir, q3r_error *err) {
-    if (mkdir(dir, 0777) && errno != EEXIST)
-        return q3r_fail(err, Q3R_EIO, "cannot create directory %s: %s", dir, strerror(errno));
-    struct stat st;
-    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return q3r_fail(err, Q3R_EIO, "%s is not a directory", dir);
-    return Q3R_OK;
-}
-
-static char *join(const char *dir, const char *file) {
-    q3r_text t;
-    q3r_text_init(&t);
-    if (q3r_text_addf(&t, "%s/%s", dir, file)) {
-        q3r_text_free(&t);
-        return NULL;
-    }
-    return t.buf;
-}
-
 /* A regex matching exactly this name (dots escaped), for rank_pattern / alpha_pattern. */
 static void add_pattern_key(q3r_text *t, const char *module) {
     q3r_text q;
@@ -166,9 +148,10 @@ static char *config_json(const q3r_adapter *a) {
 
 q3r_status q3r_adapter_write(const char *dir, const q3r_adapter *a, q3r_error *err) {
     if (!a->count) return q3r_fail(err, Q3R_EINVAL, "adapter %s: no modules to write", dir);
-    q3r_status s = make_dir(dir, err);
+    q3r_status s = q3r_mkdir_p(dir, err);
     if (s) return s;
-    char *cfg_path = join(dir, "adapter_config.json"), *st_path = join(dir, "adapter_model.safetensors");
+    char *cfg_path = q3r_path_join(dir, "adapter_config.json"),
+         *st_path = q3r_path_join(dir, "adapter_model.safetensors");
     char *json = config_json(a);
     q3r_tensor_list l;
     q3r_tensor_list_init(&l);
@@ -395,7 +378,8 @@ static char *module_of(const char *name, char *which) {
 
 q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
     q3r_adapter_init(a);
-    char *cfg_path = join(dir, "adapter_config.json"), *st_path = join(dir, "adapter_model.safetensors");
+    char *cfg_path = q3r_path_join(dir, "adapter_config.json"),
+         *st_path = q3r_path_join(dir, "adapter_model.safetensors");
     char *text = NULL;
     q3r_json c = {0};
     q3r_tensor_list l;

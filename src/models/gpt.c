@@ -454,47 +454,33 @@ static const q3r_model_ops gpt_ops = {
 
 /* ---- config as metadata, and the registry row ------------------------------------------------ */
 
+/* The config's integer fields in their metadata order (mlp_hidden, vocab, tie_head optional). */
+enum { GPT_FIELDS = 7 };
+static void gpt_fields(q3r_gpt_config *c, q3r_config_field *f) {
+    const q3r_config_field t[GPT_FIELDS] = {
+        {"model.width", &c->width, 1},           {"model.depth", &c->depth, 1},
+        {"model.heads", &c->heads, 1},           {"model.context", &c->context, 1},
+        {"model.mlp_hidden", &c->mlp_hidden, 0}, {"model.vocab", &c->vocab, 0},
+        {"model.tie_head", &c->tie_head, 0},
+    };
+    memcpy(f, t, sizeof t);
+}
+
 q3r_status q3r_gpt_config_to_meta(const q3r_gpt_config *c, const char *name, q3r_meta *meta, q3r_error *err) {
-    q3r_status s = q3r_meta_set(meta, "model.family", "gpt", err);
-    if (!s && ((name && *name) || !q3r_meta_has(meta, "model.name")))
-        s = q3r_meta_set(meta, "model.name", name ? name : "", err);
-    if (!s) s = q3r_meta_setf(meta, err, "model.width", "%d", c->width);
-    if (!s) s = q3r_meta_setf(meta, err, "model.depth", "%d", c->depth);
-    if (!s) s = q3r_meta_setf(meta, err, "model.heads", "%d", c->heads);
-    if (!s) s = q3r_meta_setf(meta, err, "model.context", "%d", c->context);
-    if (!s) s = q3r_meta_setf(meta, err, "model.mlp_hidden", "%d", c->mlp_hidden);
-    if (!s) s = q3r_meta_setf(meta, err, "model.vocab", "%d", c->vocab);
-    if (!s) s = q3r_meta_setf(meta, err, "model.tie_head", "%d", c->tie_head);
-    if (!s) s = q3r_meta_setf(meta, err, "model.dropout", "%.9g", c->dropout);
-    return s;
+    q3r_gpt_config cc = *c;
+    q3r_config_field f[GPT_FIELDS];
+    gpt_fields(&cc, f);
+    return q3r_config_to_meta(meta, "gpt", name, f, GPT_FIELDS, cc.dropout, err);
 }
 
 q3r_status q3r_gpt_config_from_meta(const q3r_meta *meta, q3r_gpt_config *cfg, q3r_error *err) {
     q3r_gpt_config c = {.vocab = 256, .tie_head = 1};
-    const struct {
-        const char *key;
-        int *dst;
-        int required;
-    } ints[] = {
-        {"model.width", &c.width, 1},           {"model.depth", &c.depth, 1},
-        {"model.heads", &c.heads, 1},           {"model.context", &c.context, 1},
-        {"model.mlp_hidden", &c.mlp_hidden, 0}, {"model.vocab", &c.vocab, 0},
-        {"model.tie_head", &c.tie_head, 0},
-    };
-    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        if (!ints[i].required && !q3r_meta_has(meta, ints[i].key)) continue;
-        q3r_status s = q3r_meta_get_int(meta, ints[i].key, ints[i].dst, err);
-        if (s) return s;
-    }
+    q3r_config_field f[GPT_FIELDS];
+    gpt_fields(&c, f);
+    q3r_status s = q3r_config_from_meta(meta, f, GPT_FIELDS, &c.dropout, err);
+    if (s) return s;
     if (!q3r_meta_has(meta, "model.mlp_hidden")) c.mlp_hidden = 4 * c.width;
-    if (q3r_meta_has(meta, "model.dropout")) {
-        double d;
-        q3r_status s = q3r_meta_get_double(meta, "model.dropout", &d, err);
-        if (s) return s;
-        c.dropout = (float)d;
-    }
-    q3r_status s = q3r_gpt_config_check(&c, err);
-    if (s) return q3r_fail_context(err, "model config in metadata");
+    if ((s = q3r_gpt_config_check(&c, err))) return q3r_fail_context(err, "model config in metadata");
     *cfg = c;
     return Q3R_OK;
 }

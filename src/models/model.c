@@ -313,6 +313,34 @@ q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *
     return Q3R_OK;
 }
 
+/* ---- a family's config as metadata ----------------------------------------------------------- */
+
+q3r_status q3r_config_to_meta(q3r_meta *meta, const char *family, const char *name, const q3r_config_field *f,
+                              int n, float dropout, q3r_error *err) {
+    q3r_status s = q3r_meta_set(meta, "model.family", family, err);
+    if (!s && ((name && *name) || !q3r_meta_has(meta, "model.name")))
+        s = q3r_meta_set(meta, "model.name", name ? name : "", err);
+    for (int i = 0; i < n && !s; i++) s = q3r_meta_setf(meta, err, f[i].key, "%d", *f[i].value);
+    if (!s) s = q3r_meta_setf(meta, err, "model.dropout", "%.9g", dropout);
+    return s;
+}
+
+q3r_status q3r_config_from_meta(const q3r_meta *meta, const q3r_config_field *f, int n, float *dropout,
+                                q3r_error *err) {
+    for (int i = 0; i < n; i++) {
+        if (!f[i].required && !q3r_meta_has(meta, f[i].key)) continue;
+        q3r_status s = q3r_meta_get_int(meta, f[i].key, f[i].value, err);
+        if (s) return s;
+    }
+    if (q3r_meta_has(meta, "model.dropout")) {
+        double d;
+        q3r_status s = q3r_meta_get_double(meta, "model.dropout", &d, err);
+        if (s) return s;
+        *dropout = (float)d;
+    }
+    return Q3R_OK;
+}
+
 /* ---- building a model (for the families) ---------------------------------------------------- */
 
 q3r_status q3r_model_base_init(q3r_model *m, const q3r_model_ops *ops, int max_tensors, int nmat,

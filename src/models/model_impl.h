@@ -89,6 +89,21 @@ q3r_status q3r_model_base_alloc(q3r_model *m, size_t off, const char *what, q3r_
 static inline float *q3r_model_par(q3r_model *m, int tensor) { return m->params + m->info[tensor].offset; }
 static inline float *q3r_model_grd(q3r_model *m, int tensor) { return m->grads + m->info[tensor].offset; }
 
+/* A family's config as "model.*" metadata, the one layout every family writes: model.family,
+ * model.name (an unnamed model keeps a name the metadata already has), each integer field as
+ * "%d" in the table's order, then model.dropout as "%.9g". And back: every required field must be
+ * there (an optional one absent keeps *value), model.dropout may be absent (*dropout kept);
+ * errors name the key. */
+typedef struct {
+    const char *key;
+    int *value;
+    int required;
+} q3r_config_field;
+q3r_status q3r_config_to_meta(q3r_meta *meta, const char *family, const char *name, const q3r_config_field *f,
+                              int n, float dropout, q3r_error *err);
+q3r_status q3r_config_from_meta(const q3r_meta *meta, const q3r_config_field *f, int n, float *dropout,
+                                q3r_error *err);
+
 /* Classifier scoring: argmax hits of logits (count, classes) against b->targets. */
 void q3r_model_score_classifier(const q3r_batch *b, const float *logits, int classes, float loss,
                                 q3r_score *s);

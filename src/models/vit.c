@@ -569,46 +569,33 @@ static const q3r_model_ops vit_ops = {
 
 /* ---- config as metadata, and the registry row ------------------------------------------------ */
 
+/* The config's integer fields in their metadata order. */
+enum { VIT_FIELDS = 8 };
+static void vit_fields(q3r_vit_config *c, q3r_config_field *f) {
+    const q3r_config_field t[VIT_FIELDS] = {
+        {"model.image_size", &c->image_size, 1}, {"model.channels", &c->channels, 1},
+        {"model.patch", &c->patch, 1},           {"model.width", &c->width, 1},
+        {"model.depth", &c->depth, 1},           {"model.heads", &c->heads, 1},
+        {"model.mlp_hidden", &c->mlp_hidden, 1}, {"model.classes", &c->classes, 1},
+    };
+    memcpy(f, t, sizeof t);
+}
+
 q3r_status q3r_vit_config_to_meta(const q3r_vit_config *c, const char *name, q3r_meta *meta, q3r_error *err) {
-    q3r_status s = q3r_meta_set(meta, "model.family", "vit", err);
-    /* an unnamed model (q3r_vit_create) keeps a name the metadata already has */
-    if (!s && ((name && *name) || !q3r_meta_has(meta, "model.name")))
-        s = q3r_meta_set(meta, "model.name", name ? name : "", err);
-    if (!s) s = q3r_meta_setf(meta, err, "model.image_size", "%d", c->image_size);
-    if (!s) s = q3r_meta_setf(meta, err, "model.channels", "%d", c->channels);
-    if (!s) s = q3r_meta_setf(meta, err, "model.patch", "%d", c->patch);
-    if (!s) s = q3r_meta_setf(meta, err, "model.width", "%d", c->width);
-    if (!s) s = q3r_meta_setf(meta, err, "model.depth", "%d", c->depth);
-    if (!s) s = q3r_meta_setf(meta, err, "model.heads", "%d", c->heads);
-    if (!s) s = q3r_meta_setf(meta, err, "model.mlp_hidden", "%d", c->mlp_hidden);
-    if (!s) s = q3r_meta_setf(meta, err, "model.classes", "%d", c->classes);
-    if (!s) s = q3r_meta_setf(meta, err, "model.dropout", "%.9g", c->dropout);
-    return s;
+    q3r_vit_config cc = *c;
+    q3r_config_field f[VIT_FIELDS];
+    vit_fields(&cc, f);
+    return q3r_config_to_meta(meta, "vit", name, f, VIT_FIELDS, cc.dropout, err);
 }
 
 q3r_status q3r_vit_config_from_meta(const q3r_meta *meta, q3r_vit_config *cfg, q3r_error *err) {
     q3r_vit_config c;
     memset(&c, 0, sizeof c);
-    const struct {
-        const char *key;
-        int *dst;
-    } ints[] = {
-        {"model.image_size", &c.image_size}, {"model.channels", &c.channels}, {"model.patch", &c.patch},
-        {"model.width", &c.width},           {"model.depth", &c.depth},       {"model.heads", &c.heads},
-        {"model.mlp_hidden", &c.mlp_hidden}, {"model.classes", &c.classes},
-    };
-    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        q3r_status s = q3r_meta_get_int(meta, ints[i].key, ints[i].dst, err);
-        if (s) return s;
-    }
-    if (q3r_meta_has(meta, "model.dropout")) {
-        double d;
-        q3r_status s = q3r_meta_get_double(meta, "model.dropout", &d, err);
-        if (s) return s;
-        c.dropout = (float)d;
-    }
-    q3r_status s = q3r_vit_config_check(&c, err);
-    if (s) return q3r_fail_context(err, "model config in metadata");
+    q3r_config_field f[VIT_FIELDS];
+    vit_fields(&c, f);
+    q3r_status s = q3r_config_from_meta(meta, f, VIT_FIELDS, &c.dropout, err);
+    if (s) return s;
+    if ((s = q3r_vit_config_check(&c, err))) return q3r_fail_context(err, "model config in metadata");
     *cfg = c;
     return Q3R_OK;
 }

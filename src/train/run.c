@@ -147,35 +147,6 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
     return Q3R_OK;
 }
 
-static q3r_status make_dir(const char *dir, q3r_error *err) {
-    if (!dir || !*dir) return q3r_fail(err, Q3R_EINVAL, "no output directory given");
-    char *buf = strdup(dir);
-    if (!buf) return q3r_fail(err, Q3R_ENOMEM, "out of memory");
-    q3r_status s = Q3R_OK;
-    for (char *p = buf + 1; *p && !s; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0777) && errno != EEXIST)
-            s = q3r_fail(err, Q3R_EIO, "cannot create directory %s: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (!s && mkdir(buf, 0777) && errno != EEXIST)
-        s = q3r_fail(err, Q3R_EIO, "cannot create directory %s: %s", buf, strerror(errno));
-    free(buf);
-    return s;
-}
-
-/* "<dir>/<file>", malloc'd (NULL when out of memory). */
-static char *join(const char *dir, const char *file) {
-    q3r_text t;
-    q3r_text_init(&t);
-    if (q3r_text_addf(&t, "%s/%s", dir, file)) {
-        q3r_text_free(&t);
-        return NULL;
-    }
-    return t.buf;
-}
-
 /* A LoRA run's adapter, <out>/adapter in PEFT's format, from its chains' factors (a fused qkv: one
  * module of rank 3r); merged into the --init model it gives model.safetensors (to fp32 rounding;
  * a fresh --new-head is not in it). */
@@ -184,7 +155,7 @@ static q3r_status write_adapter(run_state *r, const q3r_train_config *c, q3r_err
     q3r_adapter a;
     q3r_status s = q3r_adapter_from_chains(r->model, q3r_trainer_reparam(r->trainer), rank,
                                            c->lora_alpha > 0 ? c->lora_alpha : rank, c->lora_rslora, &a, err);
-    char *dir = s ? NULL : join(c->out_dir, "adapter");
+    char *dir = s ? NULL : q3r_path_join(c->out_dir, "adapter");
     if (!s && !dir) s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
     if (!s && c->init && *c->init && !(a.base_model = strdup(c->init)))
         s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
@@ -208,11 +179,11 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
      * every rank reads a checkpoint to resume (a shared out_dir, or a copy on every machine) */
     const int writer = q3r_comm_rank(cfg.comm) == 0;
     if (!writer) progress = NULL;
-    q3r_status s = writer ? make_dir(cfg.out_dir, err) : Q3R_OK;
+    q3r_status s = writer ? q3r_mkdir_p(cfg.out_dir, err) : Q3R_OK;
     if (!s) {
-        r.ckpt_path = join(cfg.out_dir, "checkpoint.safetensors");
-        r.model_path = join(cfg.out_dir, "model.safetensors");
-        r.log_path = join(cfg.out_dir, "metrics.jsonl");
+        r.ckpt_path = q3r_path_join(cfg.out_dir, "checkpoint.safetensors");
+        r.model_path = q3r_path_join(cfg.out_dir, "model.safetensors");
+        r.log_path = q3r_path_join(cfg.out_dir, "metrics.jsonl");
         if (!r.ckpt_path || !r.model_path || !r.log_path) s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
     }
     if (!s) s = setup(&r, &cfg, err);

@@ -115,12 +115,16 @@ static const run_data_ops images_ops = {
     .close = close_images,
 };
 
-q3r_status q3r_run_images_create(run_data **out, q3r_error *err) {
-    images *im = calloc(1, sizeof *im);
-    if (!im) return q3r_fail(err, Q3R_ENOMEM, "out of memory");
-    im->base.ops = &images_ops;
-    *out = &im->base;
+q3r_status q3r_run_data_alloc(size_t size, const run_data_ops *ops, run_data **out, q3r_error *err) {
+    run_data *d = calloc(1, size);
+    if (!d) return q3r_fail(err, Q3R_ENOMEM, "out of memory for the %s data", ops->name);
+    d->ops = ops;
+    *out = d;
     return Q3R_OK;
+}
+
+q3r_status q3r_run_images_create(run_data **out, q3r_error *err) {
+    return q3r_run_data_alloc(sizeof(images), &images_ops, out, err);
 }
 
 q3r_status q3r_run_data_for(const q3r_model *m, run_data **out, q3r_error *err) {

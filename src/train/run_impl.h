@@ -39,6 +39,8 @@ struct run_data {
     const run_data_ops *ops;
 };
 
+/* A zeroed source of `size` bytes (a struct whose first member is run_data) with its ops. */
+q3r_status q3r_run_data_alloc(size_t size, const run_data_ops *ops, run_data **out, q3r_error *err);
 /* A source for model m's input kind, not yet opened (*out freed by its close). */
 q3r_status q3r_run_data_for(const q3r_model *m, run_data **out, q3r_error *err);
 q3r_status q3r_run_images_create(run_data **out, q3r_error *err);

@@ -121,9 +121,5 @@ static const run_data_ops text_ops = {
 };
 
 q3r_status q3r_run_text_create(run_data **out, q3r_error *err) {
-    text *t = calloc(1, sizeof *t);
-    if (!t) return q3r_fail(err, Q3R_ENOMEM, "out of memory");
-    t->base.ops = &text_ops;
-    *out = &t->base;
-    return Q3R_OK;
+    return q3r_run_data_alloc(sizeof(text), &text_ops, out, err);
 }

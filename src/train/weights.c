@@ -152,36 +152,17 @@ static void chain_free(q3r_trainer *t) {
     t->rp = NULL;
 }
 
+/* Every factor chain is set up, trained, checkpointed and freed the same way; the rows differ
+ * in their name, their metadata and whether the rest of the model trains. */
+#define CHAIN_ROW                                                                                        \
+    .owns_targets = 1, .setup = chain_setup, .before_update = chain_before, .after_update = chain_after, \
+    .export_state = chain_export, .import_state = chain_import, .free_state = chain_free
+
 const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT] = {
     [Q3R_WEIGHTS_DENSE] = {.name = "dense"},
-    [Q3R_WEIGHTS_LORITA] = {.name = "lorita",
-                            .owns_targets = 1,
-                            .setup = chain_setup,
-                            .before_update = chain_before,
-                            .after_update = chain_after,
-                            .export_state = chain_export,
-                            .import_state = chain_import,
-                            .metadata = lorita_metadata,
-                            .free_state = chain_free},
-    [Q3R_WEIGHTS_FACTORIZED] = {.name = "factorized",
-                                .owns_targets = 1,
-                                .setup = chain_setup,
-                                .before_update = chain_before,
-                                .after_update = chain_after,
-                                .export_state = chain_export,
-                                .import_state = chain_import,
-                                .metadata = factorized_metadata,
-                                .free_state = chain_free},
-    [Q3R_WEIGHTS_LORA] = {.name = "lora",
-                          .owns_targets = 1,
-                          .freezes_model = 1,
-                          .setup = chain_setup,
-                          .before_update = chain_before,
-                          .after_update = chain_after,
-                          .export_state = chain_export,
-                          .import_state = chain_import,
-                          .metadata = lora_metadata,
-                          .free_state = chain_free},
+    [Q3R_WEIGHTS_LORITA] = {.name = "lorita", .metadata = lorita_metadata, CHAIN_ROW},
+    [Q3R_WEIGHTS_FACTORIZED] = {.name = "factorized", .metadata = factorized_metadata, CHAIN_ROW},
+    [Q3R_WEIGHTS_LORA] = {.name = "lora", .metadata = lora_metadata, .freezes_model = 1, CHAIN_ROW},
     [Q3R_WEIGHTS_DELTA] = {.name = "delta", .metadata = delta_metadata},
 };
 
