@@ -1,0 +1,365 @@
+"""What the truncation experiments share (scripts/experiment.py on images, scripts/experiment_text.py
+on text): the methods and their schedule, running and printing q3r commands, resumability (a
+trained model is not trained again, a sweep newer than its model is not redone, the runs in --out
+fix the epochs), the sweeps, the summary over seeds, the markdown tables, the plots and --report.
+
+A task (the image or the text experiment) is an object that says what differs:
+  name, metric_label            'images' / 'text'; the plot's y label
+  row(per, p)                   the summary row at kept fraction p from the sweep rows of each seed
+  value_key, spread_key         the row's plotted value and its spread over seeds
+  plot_err(row)                 the error bar of one plotted point
+  title(plan)                   the first line of results.md
+  note(summary, plan, over)     the line under it: what a cell is
+  cell(row)                     one table cell (row["p"] == 1: the untruncated model)
+  what(targets)                 what a target set truncates, for the section headings
+  plot_title(plan, targets)     the title of one plot; plot_name(targets) its file name
+  refs(plan)                    horizontal reference lines of the plots: [(label, y)]
+  extra_md(summary, plan, results)  lines appended to results.md (may be empty)
+  sweep_args                    extra `q3r sweep` flags (the image task's --limit)
+  after_runs(ctx, results)      called once every run is trained and swept (or reported)
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PS = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+TARGET_SETS = ["qkv", "all"]
+REG_TARGETS = "all"          # the regularized matrices during training
+LR, MIN_LR = 1e-3, 1e-5
+NUCLEAR_SHRINK = 0.2         # total soft threshold lambda * sum_t lr_t of the nuclear-norm baseline (docs/EXPERIMENT.md)
+FULL_BUDGET_S = 3 * 3600
+
+
+def methods(have_lorita, have_factorized):
+    """(name, q3r train arguments, relative cost per step) in table order"""
+    m = [("adamw", ["--reg", "none"], 1.0),
+         ("nuclear", ["--reg", "nuclear"], 1.1)]  # --lambda added per plan (depends on the step count)
+    for rank in ("0.4", "0.2"):
+        for pull in ("9", "27"):
+            m.append((f"q3r-r{rank}-pull{pull}", ["--reg", "decoupled", "--rank", rank, "--pull", pull], 1.15))
+    if have_lorita:
+        m.append(("lorita3", ["--reg", "lorita", "--lorita-factors", "3"], 1.2))
+    if have_factorized:
+        m.append(("factorized-r0.4", ["--reg", "factorized", "--rank", "0.4"], 1.0))
+    return m
+
+
+def lr_sum(steps):
+    """sum_t lr_t of q3r train's schedule: linear warmup (5% of the run, at most 200 steps), then
+    cosine from LR to MIN_LR (src/optim/schedule.c)"""
+    warm = min(steps // 20, 200)
+    s = 0.0
+    for t in range(steps):
+        if t < warm:
+            s += LR * (t + 1) / warm
+        else:
+            prog = (t - warm) / (steps - warm)
+            s += MIN_LR + (LR - MIN_LR) * 0.5 * (1 + math.cos(math.pi * prog))
+    return s
+
+
+def fmt_time(s):
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def run_cmd(cmd, capture=False, binary=False):
+    """print the command, run it, stop the experiment if it fails; capture: return its stdout
+    (bytes with binary)"""
+    say("$ " + shlex.join(cmd))
+    if capture:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=not binary)
+    else:
+        p = subprocess.run(cmd)
+    if p.returncode != 0:
+        sys.exit(f"experiment: command failed with status {p.returncode}: {shlex.join(cmd)}")
+    return p.stdout if capture else None
+
+
+def write_atomic(path, text):
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
+    os.replace(tmp, path)
+
+
+def done_after(path, model):
+    """an output counts when it is newer than the model it was made from"""
+    return os.path.exists(path) and os.path.exists(model) and os.path.getmtime(path) >= os.path.getmtime(model)
+
+
+sweep_done = done_after
+
+
+def mean_spread(xs):
+    """mean and half the range (0 for one seed)"""
+    m = sum(xs) / len(xs)
+    return m, (max(xs) - min(xs)) / 2
+
+
+def add_common_flags(ap, epochs_help, default_seeds_doc):
+    """the flags both experiments take, after their own --out and --quick"""
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny model, seconds (tests)
+    ap.add_argument("--epochs", type=int, default=0, help=epochs_help)
+    ap.add_argument("--seeds", default=None, help=f"comma list of seeds ({default_seeds_doc})")
+    ap.add_argument("--threads", type=int, default=2, help="threads for q3r (default 2)")
+    ap.add_argument("--q3r", default=None, help="the q3r program (default build/q3r)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the estimate, run nothing")
+    ap.add_argument("--report", action="store_true",
+                    help="train and sweep nothing: write the table and plots from the runs that have finished "
+                         "(of an experiment still running or stopped), saying which are missing")
+
+
+def find_q3r(a):
+    """the q3r program and whether it offers --reg lorita and --reg factorized"""
+    q3r = a.q3r or os.environ.get("Q3R_BIN") or os.path.join(ROOT, "build", "q3r")
+    if not os.access(q3r, os.X_OK):
+        sys.exit(f"experiment: {q3r} is not an executable; build it first (scripts/build.sh) or pass --q3r")
+    help_text = subprocess.run([q3r, "train", "--help"], capture_output=True, text=True).stdout
+    return q3r, "lorita" in help_text, "factorized" in help_text
+
+
+def parse_seeds(a, seeds):
+    if a.seeds:
+        try:
+            return [int(s) for s in a.seeds.split(",")]
+        except ValueError:
+            sys.exit(f"experiment: --seeds '{a.seeds}' is not a comma list of integers")
+    return seeds
+
+
+def runs_epochs(out, epochs):
+    """Runs already in --out fix the epochs: their models are reused, so a resumed or reported
+    experiment must describe (and continue) them with their own epochs, whatever the budget
+    arithmetic for another --seeds would say. Returns the epochs to use (0: not fixed yet)."""
+    done_epochs = set()
+    for f in glob.glob(os.path.join(out, "runs", "*", "train.json")):
+        try:
+            with open(f) as fh:
+                done_epochs.add(int(json.loads(fh.read().strip().splitlines()[-1])["epochs"]))
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    if len(done_epochs) > 1:
+        sys.exit(f"experiment: the runs in {out} were trained for different epochs ({sorted(done_epochs)}); "
+                 "use another --out")
+    if done_epochs and epochs and epochs not in done_epochs:
+        sys.exit(f"experiment: the runs in {out} were trained for {min(done_epochs)} epochs, not {epochs}; "
+                 f"pass --epochs {min(done_epochs)} to continue them, or use another --out")
+    if done_epochs and not epochs:
+        epochs = min(done_epochs)
+    return epochs
+
+
+def method_args(ms, nuc_lambda):
+    """name -> the method's q3r train flags, the nuclear norm's lambda included"""
+    out = {}
+    for name, args, _ in ms:
+        if name == "nuclear":
+            args = args + ["--lambda", f"{nuc_lambda:.6g}"]
+        out[name] = args
+    return out
+
+
+def summarize(task, results, names, seeds):
+    """targets -> method -> list of rows (p = 1 first) with means and spreads over the seeds
+    that have both sweeps (a --report of an unfinished experiment may lack some; a method with
+    none is left out)"""
+    out = {}
+    for targets in TARGET_SETS:
+        out[targets] = {}
+        for name in names:
+            done = [s for s in seeds if all(t in results.get(f"{name}-s{s}", {}).get("sweeps", {})
+                                            for t in TARGET_SETS)]
+            if not done:
+                continue
+            sweeps = [results[f"{name}-s{s}"]["sweeps"][targets] for s in done]
+            rows = []
+            for j, p in enumerate([1.0] + PS):
+                per = [sw["rows"][j] for sw in sweeps]
+                assert all(abs(r["p"] - p) < 1e-9 for r in per), "sweep rows out of order"
+                row = task.row(per, p)
+                row.update({"seeds": len(per), "seed_list": done})
+                rows.append(row)
+            out[targets][name] = rows
+    return out
+
+
+def kept_means(per):
+    """the mean kept fractions (targeted, whole model) of one p over the seeds"""
+    return mean_spread([r["targeted_kept"] for r in per])[0], mean_spread([r["total_kept"] for r in per])[0]
+
+
+def markdown(task, summary, plan, results=None):
+    seeds = plan["seeds"]
+    lines = [task.title(plan), ""]
+    have = {len(rows[0]["seed_list"]) for rows in summary[TARGET_SETS[0]].values()}
+    over = (f"; mean over {len(seeds)} seeds, +- half the range between them" if have == {len(seeds)} else
+            "; mean over the seeds a method has, +- half the range between them" if max(have) > 1 else "")
+    lines.append(task.note(summary, plan, over if len(seeds) > 1 else ""))
+    lines.append("")
+    partial = {name: rows[0]["seed_list"] for name, rows in summary[TARGET_SETS[0]].items()
+               if rows[0]["seed_list"] != seeds}
+    missing = [n for n in plan["methods"] if n not in summary[TARGET_SETS[0]]]
+    if partial or missing:
+        lines.append("**Unfinished experiment** (a `--report` of what had finished): "
+                     + "; ".join([f"{n} has seed{'s' if len(sl) > 1 else ''} {', '.join(map(str, sl))} only"
+                                  for n, sl in partial.items()]
+                                 + ([f"not finished: {', '.join(missing)}"] if missing else [])) + ".")
+        lines.append("")
+    for targets in TARGET_SETS:
+        lines.append(f"## Truncating {task.what(targets)} (`--targets {targets}`)")
+        lines.append("")
+        header = "| method | untruncated | " + " | ".join(f"p = {p:g}" for p in PS) + " |"
+        lines.append(header)
+        lines.append("|" + "---|" * (2 + len(PS)))
+        for name, rows in summary[targets].items():
+            lines.append(f"| {name} | " + " | ".join(task.cell(r) for r in rows) + " |")
+        any_rows = next(iter(summary[targets].values()))
+        lines.append("| kept (targeted / model) | 1 / 1 | " + " | ".join(
+            f"{r['targeted_kept']:.3f} / {r['total_kept']:.3f}" for r in any_rows[1:]) + " |")
+        lines.append("")
+    same = all(abs(r["targeted_kept"] - r0["targeted_kept"]) < 1e-9
+               for t in summary.values() for rows in t.values() for r, r0 in zip(rows, next(iter(t.values()))))
+    if same:
+        lines.append("The kept fractions are the same for every model (all are stored dense; LoRITa and factorized "
+                     "models as their products, whose rank is at most their training rank).")
+    else:
+        lines.append("Kept fractions are those of the first method's models; a model stored in factored form keeps "
+                     "its own rank where p would not cut it (its own fractions are in results.json).")
+    lines.append("")
+    lines += task.extra_md(summary, plan, results or {})
+    return "\n".join(lines)
+
+
+def plot(task, summary, targets, path, title, refs=()):
+    """the task's metric against kept fraction of the targeted parameters, one line per method,
+    and a dashed horizontal line per reference (label, y) (gnuplot)"""
+    if not shutil.which("gnuplot"):
+        say(f"experiment: gnuplot is not on PATH, no {os.path.basename(path)} "
+            "(install it with: sudo apt-get install gnuplot-nox)")
+        return False
+    d = os.path.dirname(os.path.abspath(path))
+    names = list(summary[targets])
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+              "#bcbd22", "#17becf"]
+    with tempfile.TemporaryDirectory(dir=d, prefix=".plot-") as tmp:
+        data = os.path.join(tmp, "data")
+        png = os.path.join(tmp, "out.png")
+        with open(data, "w") as f:
+            for name in names:
+                for r in summary[targets][name]:
+                    f.write(f"{r['targeted_kept']:.9g} {r[task.value_key]:.9g} {task.plot_err(r):.9g}\n")
+                f.write("\n\n")
+
+        def q(s):
+            return "'" + s.replace("'", "''") + "'"
+        script = [f"set terminal pngcairo size 1100,700 font 'sans,11' noenhanced",
+                  f"set output {q(png)}", f"set title {q(title)}",
+                  "set xlabel 'kept fraction of the targeted parameters'", f"set ylabel {q(task.metric_label)}",
+                  "set xrange [0:1.03]", "set grid lc rgb '#dddddd'", "set key outside right top box opaque"]
+        parts = [f"{q(data)} index {i} using 1:2:3 with yerrorlines lw 2 pt 7 ps 0.8 "
+                 f"lc rgb '{colors[i % len(colors)]}' dt {1 + i // len(colors)} title {q(n)}"
+                 for i, n in enumerate(names)]
+        parts += [f"{y:.9g} with lines lw 1.5 dt 2 lc rgb '{c}' title {q(f'{label} ({y:.3f})')}"
+                  for (label, y), c in zip(refs, ["#000000", "#555555", "#999999", "#bbbbbb"])]
+        script.append("plot " + ", \\\n  ".join(parts))
+        script.append("unset output")
+        gp = os.path.join(tmp, "plot.gp")
+        with open(gp, "w") as f:
+            f.write("\n".join(script) + "\n")
+        p = subprocess.run(["gnuplot", gp], capture_output=True, text=True)
+        if p.returncode != 0 or not os.path.exists(png):
+            say(f"experiment: gnuplot failed for {path}: {p.stderr.strip()}")
+            return False
+        os.replace(png, path)
+    return True
+
+
+def run(task, a, plan, ms, common, out, seeds):
+    """Train every (method, seed) run not trained yet, sweep each model on both target sets,
+    then write results.json, results.md and the plots (with --report: only from the runs that
+    have both sweeps, running nothing). Returns the exit code."""
+    q3r, threads = plan["q3r"], plan["threads"]
+    if a.report and not os.path.isdir(os.path.join(out, "runs")):
+        sys.exit(f"experiment: --report: {out} holds no experiment (no {os.path.join(out, 'runs')})")
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    os.makedirs(os.path.join(out, "sweeps"), exist_ok=True)
+    t0 = time.time()
+    ctx = {"t0": t0, "out": out, "report": a.report, "q3r": q3r, "threads": threads, "seeds": seeds,
+           "plan": plan}
+    results = {}
+    for seed in seeds:
+        for name, _, _ in ms:
+            run = f"{name}-s{seed}"
+            rdir = os.path.join(out, "runs", run)
+            model = os.path.join(rdir, "model.safetensors")
+            entry = {"method": name, "seed": seed, "dir": rdir, "sweeps": {}}
+            train_json = os.path.join(rdir, "train.json")
+            if a.report:
+                if not all(sweep_done(os.path.join(out, "sweeps", f"{run}-{t}.json"), model) for t in TARGET_SETS):
+                    say(f"{run}: not finished, left out of the report")
+                    continue
+            if os.path.exists(model):
+                say(f"[{fmt_time(time.time() - t0)}] {run}: trained already ({model}), skipped")
+            else:
+                cmd = [q3r, "train"] + common + plan["methods"][name] + ["--seed", str(seed), "--out", rdir]
+                # a checkpoint is resumed; anything less (a run killed before its first) starts over
+                resumable = os.path.exists(os.path.join(rdir, "checkpoint.safetensors"))
+                cmd.append("--resume" if resumable else "--overwrite")
+                say(f"[{fmt_time(time.time() - t0)}] {run}: training")
+                text = run_cmd(cmd, capture=True)
+                write_atomic(train_json, text)
+            if os.path.exists(train_json):
+                with open(train_json) as f:
+                    try:
+                        entry["train"] = json.loads(f.read().strip().splitlines()[-1])
+                    except (ValueError, IndexError):
+                        pass
+            for targets in TARGET_SETS:
+                sj = os.path.join(out, "sweeps", f"{run}-{targets}.json")
+                if sweep_done(sj, model):
+                    say(f"[{fmt_time(time.time() - t0)}] {run}: sweep on {targets} done already, skipped")
+                else:
+                    run_cmd([q3r, "sweep", model, "--targets", targets, "--ps", ",".join(f"{p:g}" for p in [1.0] + PS)]
+                            + task.sweep_args + ["--threads", str(threads), "--json", sj])
+                with open(sj) as f:
+                    entry["sweeps"][targets] = json.load(f)
+            results[run] = entry
+
+    names = [n for n, _, _ in ms]
+    summary = summarize(task, results, names, seeds)
+    if not summary[TARGET_SETS[0]]:
+        sys.exit(f"experiment: no run in {out} has finished both sweeps yet; nothing to report")
+    task.after_runs(ctx, results)
+    doc = {"plan": plan, "runs": results, "summary": summary, "seconds": time.time() - t0}
+    write_atomic(os.path.join(out, "results.json"), json.dumps(doc, indent=1) + "\n")
+    md = markdown(task, summary, plan, results)
+    write_atomic(os.path.join(out, "results.md"), md)
+    pngs = []
+    for targets in TARGET_SETS:
+        pngs.append(task.plot_name(targets))
+        plot(task, summary, targets, os.path.join(out, pngs[-1]), task.plot_title(plan, targets), task.refs(plan))
+    say("")
+    say(md)
+    say(f"experiment: {'report written' if a.report else 'done'} in {fmt_time(time.time() - t0)}; "
+        f"{out}/results.md, results.json, " + ", ".join(pngs) + task.more_outputs)
+    return 0
