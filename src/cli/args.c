@@ -168,3 +168,15 @@ int args_given(const arg_spec *specs, const char *name) {
         if (strcmp(s->name, name) == 0) return given[k];
     return 0;
 }
+
+int args_parse_files(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv,
+                     int first, const char **positional, int n, const char *what) {
+    int np = 0;
+    int rc = args_parse(cmd, summary, specs, argc, argv, first, positional, n, &np);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (np != n) {
+        fprintf(stderr, "q3r %s: expected %s (see q3r %s --help)\n", cmd, what, cmd);
+        return 2;
+    }
+    return -1;
+}

@@ -27,6 +27,12 @@ typedef struct {
 int args_parse(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv, int first,
                const char **positional, int max_positional, int *npositional);
 
+/* args_parse for a command taking exactly n positional arguments (files): -1 when the command
+ * goes on, else its exit code (0 after --help, 2 after an error; a wrong count prints
+ * "q3r <cmd>: expected <what> (see q3r <cmd> --help)"). */
+int args_parse_files(const char *cmd, const char *summary, const arg_spec *specs, int argc, char **argv,
+                     int first, const char **positional, int n, const char *what);
+
 void args_print_help(const char *cmd, const char *summary, const arg_spec *specs);
 
 /* 1 if the flag named `name` appeared on the command line in the last parse. */

@@ -29,13 +29,9 @@ static int merge(int argc, char **argv) {
         {0},
     };
     const char *pos[3];
-    int np = 0;
-    int rc = args_parse("adapter merge", summary, specs, argc, argv, 3, pos, 3, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 3) {
-        fprintf(stderr, "q3r adapter merge: expected BASE.safetensors ADAPTER_DIR OUT.safetensors\n");
-        return 2;
-    }
+    int rc = args_parse_files("adapter merge", summary, specs, argc, argv, 3, pos, 3,
+                              "BASE.safetensors ADAPTER_DIR OUT.safetensors");
+    if (rc >= 0) return rc;
     if (!strcmp(pos[0], pos[2])) {
         fprintf(stderr, "q3r adapter merge: output %s is the base; refusing to overwrite it\n", pos[2]);
         return 2;
@@ -85,13 +81,9 @@ static int extract(int argc, char **argv) {
         {0},
     };
     const char *pos[3];
-    int np = 0;
-    int rc = args_parse("adapter extract", summary, specs, argc, argv, 3, pos, 3, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 3) {
-        fprintf(stderr, "q3r adapter extract: expected BASE.safetensors TUNED.safetensors OUT_DIR\n");
-        return 2;
-    }
+    int rc = args_parse_files("adapter extract", summary, specs, argc, argv, 3, pos, 3,
+                              "BASE.safetensors TUNED.safetensors OUT_DIR");
+    if (rc >= 0) return rc;
     if (!args_given(specs, "rank")) {
         fprintf(stderr, "q3r adapter extract: --rank is required\n");
         return 2;

@@ -67,17 +67,13 @@ int q3r_cmd_sample(int argc, char **argv) {
         {0},
     };
     const char *pos[1];
-    int np = 0;
-    int rc = args_parse("sample",
-                        "Generate bytes from a language model file: q3r sample [options] MODEL.safetensors\n"
-                        "The text so far (prompt, then each byte drawn) is fed through the model, its last "
-                        "context bytes once it is longer; the output streams to stdout.",
-                        specs, argc, argv, 2, pos, 1, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 1) {
-        fprintf(stderr, "q3r sample: expected one model file (see q3r sample --help)\n");
-        return 2;
-    }
+    int rc =
+        args_parse_files("sample",
+                         "Generate bytes from a language model file: q3r sample [options] MODEL.safetensors\n"
+                         "The text so far (prompt, then each byte drawn) is fed through the model, its last "
+                         "context bytes once it is longer; the output streams to stdout.",
+                         specs, argc, argv, 2, pos, 1, "one model file");
+    if (rc >= 0) return rc;
     q3r_set_threads(threads);
     q3r_error err;
     q3r_model *m = NULL;

@@ -229,13 +229,8 @@ int q3r_cmd_spectrum(int argc, char **argv) {
         {0},
     };
     const char *pos[1];
-    int np = 0;
-    int rc = args_parse("spectrum", summary, specs, argc, argv, 2, pos, 1, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 1) {
-        fprintf(stderr, "q3r spectrum: expected one safetensors file (see q3r spectrum --help)\n");
-        return 2;
-    }
+    int rc = args_parse_files("spectrum", summary, specs, argc, argv, 2, pos, 1, "one safetensors file");
+    if (rc >= 0) return rc;
     q3r_error err;
     q3r_spectrum_options opt = q3r_spectrum_options_default();
     opt.filter = filter;

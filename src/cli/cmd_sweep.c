@@ -217,13 +217,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
         {0},
     };
     const char *pos[1];
-    int np = 0;
-    int rc = args_parse("sweep", summary, specs, argc, argv, 2, pos, 1, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 1) {
-        fprintf(stderr, "q3r sweep: expected one model file (see q3r sweep --help)\n");
-        return 2;
-    }
+    int rc = args_parse_files("sweep", summary, specs, argc, argv, 2, pos, 1, "one model file");
+    if (rc >= 0) return rc;
     q3r_error err;
     double *ps = NULL;
     int nps = 0;

@@ -588,17 +588,13 @@ int q3r_cmd_eval(int argc, char **argv) {
         {0},
     };
     const char *pos[1];
-    int np = 0;
-    int rc = args_parse("eval",
-                        "Score a model or checkpoint file: q3r eval [options] MODEL.safetensors\n"
-                        "Image models: accuracy on a dataset split. Language models: bits per byte on the "
-                        "validation windows of their run's text file.",
-                        specs, argc, argv, 2, pos, 1, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 1) {
-        fprintf(stderr, "q3r eval: expected one model file (see q3r eval --help)\n");
-        return 2;
-    }
+    int rc =
+        args_parse_files("eval",
+                         "Score a model or checkpoint file: q3r eval [options] MODEL.safetensors\n"
+                         "Image models: accuracy on a dataset split. Language models: bits per byte on the "
+                         "validation windows of their run's text file.",
+                         specs, argc, argv, 2, pos, 1, "one model file");
+    if (rc >= 0) return rc;
     q3r_set_threads(threads);
     q3r_error err;
     cli_model cm;

@@ -74,16 +74,12 @@ int q3r_cmd_truncate(int argc, char **argv) {
         {0},
     };
     const char *pos[2];
-    int np = 0;
-    int rc = args_parse("truncate",
-                        "Replace targeted matrices by their best rank-r factors: q3r truncate [options] "
-                        "IN.safetensors OUT.safetensors",
-                        specs, argc, argv, 2, pos, 2, &np);
-    if (rc) return rc == 1 ? 0 : 2;
-    if (np != 2) {
-        fprintf(stderr, "q3r truncate: expected IN.safetensors OUT.safetensors (see q3r truncate --help)\n");
-        return 2;
-    }
+    int rc =
+        args_parse_files("truncate",
+                         "Replace targeted matrices by their best rank-r factors: q3r truncate [options] "
+                         "IN.safetensors OUT.safetensors",
+                         specs, argc, argv, 2, pos, 2, "IN.safetensors OUT.safetensors");
+    if (rc >= 0) return rc;
     const int have_energy = args_given(specs, "energy");
     if (!rank == !have_energy) {
         fprintf(stderr, "q3r truncate: give exactly one of --rank and --energy\n");
