@@ -74,3 +74,24 @@ def lr_at(step, lr, min_lr, warmup, total):
         return lr * (step + 1) / warmup
     p = (step - warmup) / (total - warmup)
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def experiment_rows(check, out, res, methods):
+    """(method, targets, sweep rows, summary rows) of every first-seed run of an experiment's
+    results.json (res) in out, after checking the summary lists the methods, each run exists with
+    its model file and each sweep has its 10 rows (p = 1, 0.9 ... 0.1)."""
+    import os
+    check(list(res["summary"]["qkv"]) == methods and list(res["summary"]["all"]) == methods,
+          f"methods {list(res['summary']['qkv'])} vs {methods}")
+    out_rows = []
+    for m in methods:
+        run = res["runs"].get(f"{m}-s1")
+        check(run is not None and os.path.exists(os.path.join(out, "runs", f"{m}-s1", "model.safetensors")), f"{m}: run")
+        if run is None:
+            continue
+        for targets in ("qkv", "all"):
+            rows = run["sweeps"][targets]["rows"]
+            summ = res["summary"][targets][m]
+            check(len(rows) == 10 and len(summ) == 10, f"{m} {targets}: {len(rows)} rows")
+            out_rows.append((m, targets, rows, summ))
+    return out_rows

@@ -20,14 +20,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Checks, run_q3r  # noqa: E402
+from q3r_testing import Checks, require, run_q3r  # noqa: E402
 
-try:
-    import numpy as np
-    import torch
-except ImportError:
-    print("test_adapter_torch: skipped (no numpy/torch)")
-    sys.exit(77)
+require("test_adapter_torch", "numpy", "torch")
+import numpy as np
+import torch
 
 import safetensors_np as st  # noqa: E402
 from torch_reference import ViT  # noqa: E402

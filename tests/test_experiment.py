@@ -24,7 +24,7 @@ import tempfile
 
 ROOT = os.environ.get("Q3R_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Q3R, Checks, skip_without_fashion_mnist  # noqa: E402
+from q3r_testing import Q3R, Checks, experiment_rows, skip_without_fashion_mnist  # noqa: E402
 SCRIPT = os.path.join(ROOT, "scripts", "experiment.py")
 skip_without_fashion_mnist("test_experiment")
 check = Checks()
@@ -58,21 +58,11 @@ check(any("--reg nuclear --lambda" in c for c in train_cmds), "nuclear has an ex
 
 with open(os.path.join(out, "results.json")) as f:
     res = json.load(f)
-check(list(res["summary"]["qkv"]) == methods and list(res["summary"]["all"]) == methods,
-      f"methods {list(res['summary']['qkv'])} vs {methods}")
-for m in methods:
-    run = res["runs"].get(f"{m}-s1")
-    check(run is not None and os.path.exists(os.path.join(out, "runs", f"{m}-s1", "model.safetensors")), f"{m}: run")
-    if run is None:
-        continue
-    for targets in ("qkv", "all"):
-        rows = run["sweeps"][targets]["rows"]
-        summ = res["summary"][targets][m]
-        check(len(rows) == 10 and len(summ) == 10, f"{m} {targets}: {len(rows)} rows")
-        for r, s in zip(rows, summ):
-            check(abs(s["acc"] - 100 * r["acc"]) < 1e-9 and s["acc_spread"] == 0 and
-                  abs(s["drop"] - r["drop_points"]) < 1e-9 and abs(s["targeted_kept"] - r["targeted_kept"]) < 1e-12,
-                  f"{m} {targets} p={r['p']}: summary {s} vs row {r}")
+for m, targets, rows, summ in experiment_rows(check, out, res, methods):
+    for r, s in zip(rows, summ):
+        check(abs(s["acc"] - 100 * r["acc"]) < 1e-9 and s["acc_spread"] == 0 and
+              abs(s["drop"] - r["drop_points"]) < 1e-9 and abs(s["targeted_kept"] - r["targeted_kept"]) < 1e-12,
+              f"{m} {targets} p={r['p']}: summary {s} vs row {r}")
 
 md = open(os.path.join(out, "results.md")).read()
 for targets in ("qkv", "all"):

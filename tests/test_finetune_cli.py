@@ -13,13 +13,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Checks, run_q3r, skip_without_fashion_mnist  # noqa: E402
+from q3r_testing import Checks, require, run_q3r, skip_without_fashion_mnist  # noqa: E402
 
-try:
-    import numpy as np
-except ImportError:
-    print("test_finetune_cli: skipped (no numpy)")
-    sys.exit(77)
+require("test_finetune_cli", "numpy")
+import numpy as np
 import safetensors_np as st  # noqa: E402
 
 skip_without_fashion_mnist("test_finetune_cli")
