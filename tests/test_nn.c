@@ -182,9 +182,10 @@ static double att_loss(void) {
 }
 
 /* Tq = T: full self-attention; Tq < T: only the first Tq tokens are queries; causal: query t
- * attends to keys s <= t */
-static void test_attention(int Tq, int causal) {
-    A_B = 2, A_T = 5, A_Tq = Tq, A_D = 12, A_H = 3, A_causal = causal;
+ * attends to keys s <= t. T up to 128; T past the causal kernel's band of 32 rows covers the
+ * bands (a partial last one included). */
+static void test_attention(int T, int Tq, int causal) {
+    A_B = 2, A_T = T, A_Tq = Tq, A_D = 12, A_H = 3, A_causal = causal;
     const int Dh = A_D / A_H;
     size_t nqkv = (size_t)A_B * A_T * 3 * A_D, nout = (size_t)A_B * A_Tq * A_D;
     A_qkv = randn(nqkv, 1), A_att = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
@@ -196,7 +197,7 @@ static void test_attention(int Tq, int causal) {
     for (int b = 0; b < A_B; b++)
         for (int h = 0; h < A_H; h++)
             for (int t = 0; t < A_Tq; t++) {
-                double s[16], mx = -1e30, z = 0;
+                double s[128], mx = -1e30, z = 0;
                 const int nk = causal ? t + 1 : A_T;
                 for (int u = nk; u < A_T; u++)
                     masked_zero &= A_att[((size_t)(b * A_H + h) * A_Tq + t) * A_T + u] == 0.0f;
@@ -223,6 +224,41 @@ static void test_attention(int Tq, int causal) {
     char what[64];
     snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T, causal ? ", causal" : "");
     fd_check(what, A_qkv, nqkv, dqkv, att_loss, 1e-2, 2e-3, 2e-3);
+    /* every entry against a double-precision backward over the same keys */
+    double *ref = calloc(nqkv, sizeof(double));
+    const double sc = 1.0 / sqrt((double)Dh);
+    for (int b = 0; b < A_B; b++)
+        for (int h = 0; h < A_H; h++)
+            for (int t = 0; t < A_Tq; t++) {
+                const int nk = causal ? t + 1 : A_T;
+                const float *q = A_qkv + (size_t)(b * A_T + t) * 3 * A_D + h * Dh;
+                const float *dO = A_proj + (size_t)(b * A_Tq + t) * A_D + h * Dh;
+                double p[128], dp[128], mx = -1e30, z = 0, sdp = 0;
+                for (int u = 0; u < nk; u++) {
+                    const float *k = A_qkv + (size_t)(b * A_T + u) * 3 * A_D + A_D + h * Dh;
+                    double d = 0, e = 0;
+                    for (int j = 0; j < Dh; j++) d += (double)q[j] * k[j], e += (double)dO[j] * k[A_D + j];
+                    p[u] = d * sc, dp[u] = e;
+                    mx = fmax(mx, p[u]);
+                }
+                for (int u = 0; u < nk; u++) z += (p[u] = exp(p[u] - mx));
+                for (int u = 0; u < nk; u++) sdp += (p[u] /= z) * dp[u];
+                for (int u = 0; u < nk; u++) {
+                    const double ds = p[u] * (dp[u] - sdp) * sc;
+                    const float *k = A_qkv + (size_t)(b * A_T + u) * 3 * A_D + A_D + h * Dh;
+                    double *rq = ref + (size_t)(b * A_T + t) * 3 * A_D + h * Dh;
+                    double *rk = ref + (size_t)(b * A_T + u) * 3 * A_D + A_D + h * Dh;
+                    for (int j = 0; j < Dh; j++) {
+                        rq[j] += ds * k[j];
+                        rk[j] += ds * q[j];
+                        rk[A_D + j] += p[u] * dO[j];
+                    }
+                }
+            }
+    double bwderr = 0;
+    for (size_t i = 0; i < nqkv; i++) bwderr = fmax(bwderr, fabs(ref[i] - dqkv[i]));
+    CHECK(bwderr < 1e-4, "%s against the double reference: max err %g", what, bwderr);
+    free(ref);
     /* non-query tokens get an exactly zero q gradient */
     int zero = 1;
     for (int b = 0; b < A_B; b++)
@@ -385,11 +421,14 @@ int main(void) {
     test_linear_forward_large();
     test_layernorm(1e-6f);
     test_layernorm(1e-5f);
-    test_attention(5, 0);
-    test_attention(2, 0);
-    test_attention(1, 0);
-    test_attention(5, 1);
-    test_attention(2, 1);
+    test_attention(5, 5, 0);
+    test_attention(5, 2, 0);
+    test_attention(5, 1, 0);
+    test_attention(5, 5, 1);
+    test_attention(5, 2, 1);
+    test_attention(70, 70, 1);
+    test_attention(70, 45, 1);
+    test_attention(70, 70, 0);
     test_gelu();
     test_dropout();
     test_patch_embed();

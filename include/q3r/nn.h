@@ -87,7 +87,8 @@ void q3r_layernorm_backward(float *dx, float *dgamma, float *dbeta, const float 
  * (a decoder's mask; the masked probabilities are exactly 0, so masked keys get no gradient).
  * att (B, H, Tq, T): softmax(q k^T / sqrt(Dh)) (over the unmasked keys) saved for backward;
  * out (B, Tq, D): out[b, t, h*Dh + j] = sum_s att[b,h,t,s] v[b,s,h,j] (heads concatenated, ready
- * for the output projection). Parallel over (b, h) pairs, one sgemm per product and pair. */
+ * for the output projection). Parallel over (b, h) pairs, one sgemm per product and pair (causal:
+ * one per band of 32 query or key rows, over the unmasked lower-triangular part only). */
 void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int T, int Tq, int D,
                            int H, int causal);
 /* dqkv (B, T, 3D): WRITTEN in full (q rows of non-query tokens are zero). datt (B, H, Tq, T):

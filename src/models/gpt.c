@@ -10,6 +10,7 @@
 #include "q3r/gpt.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,10 +378,18 @@ static q3r_status op_backward(q3r_model *g, q3r_error *err) {
             float *q = dwpe + (size_t)t * D;
             for (int j = 0; j < D; j++) q[j] += d[j];
         }
-    for (int i = 0; i < N; i++) {
-        const float *d = dres + (size_t)i * D;
-        float *e = dwte + (size_t)m->tokens[i] * D;
-        for (int j = 0; j < D; j++) e[j] += d[j];
+    /* tokens: each thread owns a block of columns and adds every position in order, so each
+     * entry's sum order is the serial one whatever the thread count */
+    const int *tok = m->tokens;
+#pragma omp parallel
+    {
+        const int t = omp_get_thread_num(), tn = omp_get_num_threads();
+        const int j0 = (int)((long)D * t / tn), j1 = (int)((long)D * (t + 1) / tn);
+        for (int i = 0; i < N && j1 > j0; i++) {
+            const float *d = dres + (size_t)i * D;
+            float *e = dwte + (size_t)tok[i] * D;
+            for (int j = j0; j < j1; j++) e[j] += d[j];
+        }
     }
     return Q3R_OK;
 }
@@ -392,6 +401,7 @@ static void op_score(const q3r_model *g, const q3r_batch *b, float loss, q3r_sco
     const int V = m->cfg.vocab;
     const int64_t n = (int64_t)m->last_B * m->last_T;
     int64_t correct = 0;
+#pragma omp parallel for schedule(static) reduction(+ : correct)
     for (int64_t i = 0; i < n; i++) {
         const float *row = m->logits + i * V;
         int best = 0;
