@@ -616,6 +616,40 @@ static void test_loader_slices(void) {
     q3r_dataset_free(&ds);
 }
 
+/* A held-out class split: only the listed labels stay, in order, relabelled by their place in
+ * the list (checked against a direct filter here); bad lists change nothing. */
+static void test_keep_classes(void) {
+    q3r_error err;
+    const int n = 40, img = 6;
+    q3r_dataset d = {.n = n, .c = 1, .h = 2, .w = 3, .num_classes = 10};
+    snprintf(d.name, sizeof d.name, "synthetic");
+    d.pixels = q3r_alloc((size_t)n * img);
+    d.labels = q3r_alloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        d.labels[i] = (i * 7) % 10;
+        for (int k = 0; k < img; k++) d.pixels[(size_t)i * img + k] = (uint8_t)(i * 6 + k);
+    }
+    const char *bad[] = {"", "3,3", "12", "4-2", "1,", "a", "2;3"};
+    for (size_t b = 0; b < sizeof bad / sizeof *bad; b++) {
+        q3r_status s = q3r_dataset_keep_classes(&d, bad[b], &err);
+        CHECK(s == Q3R_EINVAL && d.n == n && d.num_classes == 10, "classes '%s': %s", bad[b], err.msg);
+    }
+    CHECK_OK(q3r_dataset_keep_classes(&d, "7,2-3", &err), &err);
+    const int order[3] = {7, 2, 3};
+    int k = 0, ok = 1;
+    for (int i = 0; i < n; i++) {
+        const int lab = (i * 7) % 10, to = lab == 7 ? 0 : lab == 2 ? 1 : lab == 3 ? 2 : -1;
+        if (to < 0) continue;
+        ok &= k < d.n && d.labels[k] == to && d.pixels[(size_t)k * img] == (uint8_t)(i * 6) &&
+              d.pixels[(size_t)k * img + img - 1] == (uint8_t)(i * 6 + img - 1);
+        k++;
+    }
+    CHECK(ok && d.n == k && d.num_classes == 3,
+          "classes 7,2-3: %lld samples of %d classes (want %d of 3, %d %d %d)", (long long)d.n, d.num_classes,
+          k, order[0], order[1], order[2]);
+    q3r_dataset_free(&d);
+}
+
 int main(void) {
     test_tmpdir("test_data");
     test_fashion_mnist();
@@ -624,5 +658,6 @@ int main(void) {
     test_stats_and_augment();
     test_loader();
     test_loader_slices();
+    test_keep_classes();
     return check_report("test_data");
 }

@@ -112,6 +112,18 @@ def main():
         check(all(not np.array_equal(w5[k], w0[k]) for k in w0 if k.endswith(".weight") and w0[k].ndim == 2),
               "full fine-tuning moves every matrix")
 
+        # ---- a held-out class split: pretrain on classes 0-4, fine-tune a fresh head on 5-9 ----------
+        c04 = os.path.join(tmp, "c04")
+        train(c04, *SMALL, "--epochs", "1", "--reg", "none", "--classes", "0-4")
+        c59 = os.path.join(tmp, "c59")
+        train(c59, "--init", os.path.join(c04, "model.safetensors"), "--new-head", "5", "--classes", "5-9",
+              "--reg", "lora", "--rank", "2", "--targets", "qkv", "--epochs", "1")
+        w6, meta6 = tensors(os.path.join(c59, "model.safetensors"))
+        check(meta6.get("data.classes") == "5-9" and w6["head.weight"].shape[0] == 5,
+              f"class split: data.classes {meta6.get('data.classes')}, head {w6['head.weight'].shape}")
+        p = run_q3r(["eval", os.path.join(c59, "model.safetensors"), "--json", "--threads", "1"], expect_ok=True)
+        check(p.returncode == 0 and '"n": 5000' in p.stdout, f"eval scores the 5000 test images of classes 5-9: {p.stdout}")
+
         # ---- bad combinations --------------------------------------------------------------------
         def bad(args, want, what):
             o = os.path.join(tmp, "bad")

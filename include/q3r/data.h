@@ -47,6 +47,15 @@ q3r_status q3r_dataset_load_cifar100(q3r_dataset *ds, const char *dir, int train
 q3r_status q3r_dataset_load_named(q3r_dataset *ds, const char *name, const char *dir,
                                   const char *split, q3r_error *err);
 
+/* Keep only the samples whose label is in a class list, relabelled by their place in it: a
+ * held-out class split ("5,6,7,8,9" or "5-9": labels 5..9 become 0..4, in the list's order).
+ * In place (order kept, buffers shrunk); num_classes becomes the list's length. Errors (ds
+ * unchanged): a malformed list, a class outside [0, num_classes), a class twice. */
+q3r_status q3r_dataset_keep_classes(q3r_dataset *ds, const char *classes, q3r_error *err);
+/* q3r_dataset_load_named, then q3r_dataset_keep_classes when classes is neither NULL nor "". */
+q3r_status q3r_dataset_load_split(q3r_dataset *ds, const char *name, const char *dir,
+                                  const char *split, const char *classes, q3r_error *err);
+
 /* ---- normalisation ------------------------------------------------------------------
  * x = (pixel / 255 - mean[c]) / std[c], as torchvision's ToTensor + Normalize. */
 typedef struct {

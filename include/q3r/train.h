@@ -67,6 +67,8 @@ typedef struct {
     /* data */
     const char *dataset;  /* "fashion-mnist", "mnist", "cifar10", "cifar100" */
     const char *data_dir; /* NULL or "" = /usr/share/datasets/<dataset> */
+    const char *classes;  /* NULL or "": every class; else a class list ("5-9"): only those samples,
+                             relabelled 0.. in the list's order (a held-out class split) */
     int64_t train_limit;  /* 0 = all training images, else the first N */
     int64_t test_limit;   /* 0 = all test images */
     /* data of token models (language models): a text file read as bytes (q3r/data.h) */

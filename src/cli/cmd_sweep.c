@@ -266,7 +266,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
         printf("%s on %s validation (%lld windows of %d bytes), targets %s\n", pos[0], name,
                (long long)q3r_corpus_val_windows(&cm.corpus, spec.windows), cm.corpus.context, targets);
     } else {
-        if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
+        if (q3r_dataset_load_split(&ds, name, data_dir, split, q3r_meta_get(&cm.meta, "data.classes"),
+                                   &err)) {
             fprintf(stderr, "q3r sweep: %s\n", err.msg);
             goto done;
         }

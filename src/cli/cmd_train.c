@@ -110,7 +110,7 @@ static int train_cmd(int argc, char **argv) {
     const char *text = Q3R_DEFAULT_TEXT;
     double val_fraction = c.val_fraction;
     int val_windows = 0, epoch_steps = 0, context = 0;
-    const char *init = NULL;
+    const char *init = NULL, *classes = NULL;
     int new_head = 0, rslora = 0, on_update = 0;
     const char *lora_q3r = NULL;
     double lora_alpha = 0;
@@ -141,6 +141,10 @@ static int train_cmd(int argc, char **argv) {
          "predicted bytes)",
          0, 1e9, NULL, "N"},
         {"dataset", ARG_CHOICE, &dataset, "dataset", 0, 0, "fashion-mnist|mnist|cifar10|cifar100", NULL},
+        {"classes", ARG_STRING, &classes,
+         "image models: train and test on these classes only, relabelled 0.. in the list's order (a held-out "
+         "class split, e.g. 0-4 or 5,6,7,8,9)",
+         0, 0, NULL, "LIST"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory (default /usr/share/datasets/<dataset>)", 0, 0,
          NULL, "DIR"},
         {"train-limit", ARG_INT, &train_limit, "use only the first N training images (0: all)", 0, 1e9, NULL,
@@ -239,6 +243,7 @@ static int train_cmd(int argc, char **argv) {
     }
     static const char *const datasets[] = {"fashion-mnist", "mnist", "cifar10", "cifar100"};
     c.dataset = datasets[dataset];
+    c.classes = classes;
     c.data_dir = data_dir;
     c.text_path = text;
     c.val_fraction = val_fraction;
@@ -400,9 +405,10 @@ static int train_cmd(int argc, char **argv) {
         q3r_model_from_meta(&mm, 1, &probe, NULL);
     }
     if (probe) tokens = q3r_model_input_spec(probe)->kind == Q3R_INPUT_TOKENS;
-    static const char *const image_flags[] = {"dataset", "data-dir", "train-limit", "test-limit", "augment"};
+    static const char *const image_flags[] = {"dataset",    "data-dir", "train-limit",
+                                              "test-limit", "augment",  "classes"};
     static const char *const text_flags[] = {"data", "val-fraction", "val-windows", "epoch-steps"};
-    for (size_t i = 0; !bad && i < (tokens ? 5 : 4); i++) {
+    for (size_t i = 0; !bad && i < (tokens ? 6 : 4); i++) {
         const char *f = tokens ? image_flags[i] : text_flags[i];
         if (args_given(specs, f)) {
             fprintf(stderr, "q3r train: --%s applies to %s; the %s model takes %s\n", f,
@@ -622,7 +628,7 @@ int q3r_cmd_eval(int argc, char **argv) {
     q3r_dataset ds;
     memset(&ds, 0, sizeof ds);
     int status = 1;
-    if (q3r_dataset_load_named(&ds, name, data_dir, split, &err)) {
+    if (q3r_dataset_load_split(&ds, name, data_dir, split, q3r_meta_get(&cm.meta, "data.classes"), &err)) {
         fprintf(stderr, "q3r eval: %s\n", err.msg);
         goto done;
     }

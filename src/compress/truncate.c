@@ -257,7 +257,7 @@ static int scoring_key(const char *key) {
     static const char *const keys[] = {"data.name",         "data.mean",        "data.std",
                                        "data.kind",         "data.path",        "data.bytes",
                                        "data.val_fraction", "data.train_bytes", "data.val_bytes",
-                                       "data.context",      "data.val_windows"};
+                                       "data.context",      "data.val_windows", "data.classes"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         if (!strcmp(key, keys[i])) return 1;
     return 0;

@@ -1,7 +1,9 @@
 /* Datasets by name, freeing, and per-channel statistics. */
 #include "q3r/data.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,6 +12,61 @@ void q3r_dataset_free(q3r_dataset *ds) {
     q3r_free(ds->pixels);
     q3r_free(ds->labels);
     memset(ds, 0, sizeof *ds);
+}
+
+q3r_status q3r_dataset_keep_classes(q3r_dataset *ds, const char *classes, q3r_error *err) {
+    if (!classes || !*classes) return q3r_fail(err, Q3R_EINVAL, "classes: an empty list");
+    int map[256], count = 0;
+    for (int i = 0; i < 256; i++) map[i] = -1;
+    const char *p = classes;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long a = strtol(p, &end, 10), b = a;
+        if (end == p || errno)
+            return q3r_fail(err, Q3R_EINVAL, "classes '%s': '%s' is not a class", classes, p);
+        p = end;
+        if (*p == '-') {
+            b = strtol(++p, &end, 10);
+            if (end == p || b < a) return q3r_fail(err, Q3R_EINVAL, "classes '%s': a bad range", classes);
+            p = end;
+        }
+        if (*p && *p != ',')
+            return q3r_fail(err, Q3R_EINVAL, "classes '%s': expected a comma at '%s'", classes, p);
+        if (*p == ',' && !p[1]) return q3r_fail(err, Q3R_EINVAL, "classes '%s': a trailing comma", classes);
+        if (*p) p++;
+        for (long c = a; c <= b; c++) {
+            if (c < 0 || c >= ds->num_classes || c > 255)
+                return q3r_fail(err, Q3R_EINVAL, "classes '%s': class %ld is not one of dataset %s's 0..%d",
+                                classes, c, ds->name, ds->num_classes - 1);
+            if (map[c] >= 0) return q3r_fail(err, Q3R_EINVAL, "classes '%s': class %ld twice", classes, c);
+            map[c] = count++;
+        }
+    }
+    const size_t img = (size_t)ds->c * ds->h * ds->w;
+    int64_t k = 0;
+    for (int64_t i = 0; i < ds->n; i++) {
+        const int to = ds->labels[i] >= 0 && ds->labels[i] < 256 ? map[ds->labels[i]] : -1;
+        if (to < 0) continue;
+        if (k != i) memmove(ds->pixels + (size_t)k * img, ds->pixels + (size_t)i * img, img);
+        ds->labels[k++] = to;
+    }
+    if (!k)
+        return q3r_fail(err, Q3R_EINVAL, "classes '%s': dataset %s has no sample of them", classes, ds->name);
+    ds->n = k;
+    ds->num_classes = count;
+    return Q3R_OK;
+}
+
+q3r_status q3r_dataset_load_split(q3r_dataset *ds, const char *name, const char *dir, const char *split,
+                                  const char *classes, q3r_error *err) {
+    q3r_status s = q3r_dataset_load_named(ds, name, dir, split, err);
+    if (s || !classes || !*classes) return s;
+    if ((s = q3r_dataset_keep_classes(ds, classes, err))) {
+        q3r_dataset_free(ds);
+        return q3r_fail_context(err, "%s %s", name, split);
+    }
+    return Q3R_OK;
 }
 
 /* dir/base.gz if it exists, else dir/base. */

@@ -30,8 +30,8 @@ static q3r_status open_images(run_data *d, const q3r_train_config *c, const q3r_
     images *im = of(d);
     im->cfg = c;
     const char *dir = c->data_dir && c->data_dir[0] ? c->data_dir : NULL;
-    q3r_status s = q3r_dataset_load_named(&im->train_full, c->dataset, dir, "train", err);
-    if (!s) s = q3r_dataset_load_named(&im->test_full, c->dataset, dir, "test", err);
+    q3r_status s = q3r_dataset_load_split(&im->train_full, c->dataset, dir, "train", c->classes, err);
+    if (!s) s = q3r_dataset_load_split(&im->test_full, c->dataset, dir, "test", c->classes, err);
     if (s) return s;
     im->train = limited(&im->train_full, c->train_limit);
     im->test = limited(&im->test_full, c->test_limit);
@@ -88,6 +88,8 @@ static q3r_status import_state(run_data *d, const q3r_tensor_list *in, q3r_error
 static q3r_status metadata(const run_data *d, q3r_meta *meta, q3r_error *err) {
     const images *im = of_c(d);
     q3r_status s = q3r_meta_set(meta, "data.name", im->cfg->dataset, err);
+    if (!s && im->cfg->classes && *im->cfg->classes)
+        s = q3r_meta_set(meta, "data.classes", im->cfg->classes, err);
     if (!s) s = q3r_meta_setf(meta, err, "data.train_limit", "%lld", (long long)im->cfg->train_limit);
     if (!s) s = q3r_metadata_set_normalize(meta, &im->norm, err);
     return s;
