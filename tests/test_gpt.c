@@ -291,6 +291,7 @@ static void truncate_case(q3r_gpt_config cfg, const char *targets, int expect_co
         CHECK(e < 1e-5, "%s: logits of the factored model = the dense product's (rel err %g)", targets, e);
         free(zt);
     }
+    q3r_truncate_report_free(&rep);
     q3r_model_free(d);
     q3r_model_free(l);
     q3r_model_free(t);

@@ -7,13 +7,10 @@
   it into the --init model (q3r adapter merge) gives the run's model.safetensors to fp32 rounding;
 - --lora-q3r: coupled Q3R on B A lowers the update's tail against plain LoRA at the same rank;
 - q3r eval BASE --adapter DIR equals q3r eval of the merged file;
-- peak memory (ru_maxrss) of LoRA against full fine-tuning, printed;
 - bad input: a clear message naming the flag or module, a non-zero exit, nothing written.
 """
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 
@@ -53,15 +50,6 @@ def R_numpy(D, rank, eps=None):
         eps = S[rank] if S[rank] > 0 else np.inf
     s = np.minimum(eps / np.maximum(S, 1e-300), 1.0)
     return (U * (s * s * S)) @ Vt
-
-
-def maxrss_kb(args):
-    """Peak resident memory of one q3r process, in KiB (its own ru_maxrss by wait4)."""
-    p = subprocess.Popen([Q3R, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, _, ru = os.wait4(p.pid, 0)
-    p.stdout.read()
-    p.stderr.read()
-    return ru.ru_maxrss
 
 
 def main():
@@ -181,19 +169,6 @@ def main():
         check(tq < 0.5 * t8, f"LoRA + Q3R on B A: update energy beyond rank 1 {tq:.3f} < plain LoRA's {t8:.3f} / 2")
         check(os.path.exists(os.path.join(lq, "adapter", "adapter_config.json")), "LoRA + Q3R writes its adapter")
 
-        # ---- peak memory: LoRA against full fine-tuning (the vit-fmnist preset) ----------------
-        big = os.path.join(tmp, "bigbase")
-        train(big, "--epochs", "1", "--train-limit", "64", "--reg", "none")
-        bigm = os.path.join(big, "model.safetensors")
-        mem = ["--train-limit", "256", "--test-limit", "64", "--batch", "64", "--threads", "1", "--quiet",
-               "--epochs", "1", "--init", bigm]
-        full_kb = maxrss_kb(["train", "--out", os.path.join(tmp, "mfull"), *mem, "--reg", "none"])
-        lora_kb = maxrss_kb(["train", "--out", os.path.join(tmp, "mlora"), *mem, "--reg", "lora", "--rank", "4",
-                             "--targets", "all"])
-        print(f"peak training memory (ru_maxrss, vit-fmnist, batch 64): full fine-tuning {full_kb} KiB, "
-              f"LoRA r=4 on all {lora_kb} KiB ({full_kb - lora_kb:+d} KiB)")
-        check(lora_kb < full_kb, "LoRA peaks below full fine-tuning")
-
         # ---- bad input ----------------------------------------------------------------------------
         def bad(args, want, what, cmd="train"):
             o = os.path.join(tmp, "bad")
@@ -207,7 +182,6 @@ def main():
         bad(["--init", base, "--reg", "lora", "--rank", "1000", "--targets", "qkv"], "1000",
             "a LoRA rank above the matrix size")
         bad(["--init", base, "--data", "/etc/hostname"], "--data", "a ViT --init with --data")
-    print(f"max rss of this script's children: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} KiB")
     return check.finish()
 
 
