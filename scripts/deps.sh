@@ -2,12 +2,13 @@
 # Make sure the Debian packages q3r needs are present: installs them with apt-get when
 # running as root, otherwise prints the exact command to run.
 #   scripts/deps.sh build   compiler, CMake, OpenBLAS (OpenMP build), zlib, Fashion-MNIST, gnuplot,
-#                           the King James Bible (bible-kjv: the text of scripts/text-data.sh),
+#                           the King James Bible (bible-kjv) and the fortunes files (fortunes): the
+#                           texts of scripts/text-data.sh,
 #                           Open MPI (data-parallel training under mpirun; q3r builds without it)
 #   scripts/deps.sh test    the above plus Debian's torch and numpy (reference tests)
 set -euo pipefail
 want=(build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist gnuplot-nox
-  bible-kjv openmpi-bin libopenmpi-dev)
+  bible-kjv fortunes openmpi-bin libopenmpi-dev)
 if [ "${1:-build}" = test ]; then
   want+=(python3-numpy python3-torch)
 fi

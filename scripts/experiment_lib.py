@@ -253,32 +253,44 @@ def markdown(task, summary, plan, results=None):
 def plot(task, summary, targets, path, title, refs=()):
     """the task's metric against kept fraction of the targeted parameters, one line per method,
     and a dashed horizontal line per reference (label, y) (gnuplot)"""
+    series = [(name, [(r["targeted_kept"], r[task.value_key], task.plot_err(r)) for r in rows])
+              for name, rows in summary[targets].items()]
+    return plot_series(series, path, title, "kept fraction of the targeted parameters", task.metric_label, refs,
+                       xrange="[0:1.03]")
+
+
+def plot_series(series, path, title, xlabel, ylabel, refs=(), xrange=None, logx=False):
+    """series: [(name, [(x, y, error bar)])], one line each, and a dashed horizontal line per
+    reference (label, y), written to path as a PNG by gnuplot (False when it cannot be)"""
     if not shutil.which("gnuplot"):
         say(f"experiment: gnuplot is not on PATH, no {os.path.basename(path)} "
             "(install it with: sudo apt-get install gnuplot-nox)")
         return False
     d = os.path.dirname(os.path.abspath(path))
-    names = list(summary[targets])
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
               "#bcbd22", "#17becf"]
     with tempfile.TemporaryDirectory(dir=d, prefix=".plot-") as tmp:
         data = os.path.join(tmp, "data")
         png = os.path.join(tmp, "out.png")
         with open(data, "w") as f:
-            for name in names:
-                for r in summary[targets][name]:
-                    f.write(f"{r['targeted_kept']:.9g} {r[task.value_key]:.9g} {task.plot_err(r):.9g}\n")
+            for _, points in series:
+                for x, y, err in points:
+                    f.write(f"{x:.9g} {y:.9g} {err:.9g}\n")
                 f.write("\n\n")
 
         def q(s):
             return "'" + s.replace("'", "''") + "'"
         script = [f"set terminal pngcairo size 1100,700 font 'sans,11' noenhanced",
                   f"set output {q(png)}", f"set title {q(title)}",
-                  "set xlabel 'kept fraction of the targeted parameters'", f"set ylabel {q(task.metric_label)}",
-                  "set xrange [0:1.03]", "set grid lc rgb '#dddddd'", "set key outside right top box opaque"]
+                  f"set xlabel {q(xlabel)}", f"set ylabel {q(ylabel)}",
+                  "set grid lc rgb '#dddddd'", "set key outside right top box opaque"]
+        if xrange:
+            script.append(f"set xrange {xrange}")
+        if logx:
+            script.append("set logscale x 2")
         parts = [f"{q(data)} index {i} using 1:2:3 with yerrorlines lw 2 pt 7 ps 0.8 "
                  f"lc rgb '{colors[i % len(colors)]}' dt {1 + i // len(colors)} title {q(n)}"
-                 for i, n in enumerate(names)]
+                 for i, (n, _) in enumerate(series)]
         parts += [f"{y:.9g} with lines lw 1.5 dt 2 lc rgb '{c}' title {q(f'{label} ({y:.3f})')}"
                   for (label, y), c in zip(refs, ["#000000", "#555555", "#999999", "#bbbbbb"])]
         script.append("plot " + ", \\\n  ".join(parts))
