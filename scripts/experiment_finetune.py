@@ -178,7 +178,7 @@ def run_task(ctx, task, seeds, ranks, report):
     rows = []
 
     def row(method, r, seed, run, adir, model=None):
-        ej = task.path("evals", f"{os.path.basename(adir) if adir else run}.json")
+        ej = task.path("evals", f"{method}-r{r}-s{seed}.json" if adir else f"{run}.json")  # one file per score
         e = evaluate(ctx, task, ej, model or base, adir, report)
         if e is None:
             say(f"{task.name} {method} r={r} s{seed}: not finished, left out")
