@@ -27,7 +27,7 @@ from what has finished. Every command is printed before it runs. See docs/EXPERI
 fine-tuning experiment". The machinery is scripts/experiment_lib.py's.
 
     scripts/experiment_finetune.py --quick                          # about 10 minutes on 2 cores
-    scripts/experiment_finetune.py --out runs/experiment-finetune   # the full experiment, about 2.3 hours
+    scripts/experiment_finetune.py --out runs/experiment-finetune   # the full experiment, about 2.1 hours
 
 Sizes, from measured step times at 2 threads: a vit-fmnist epoch on 60000 images is 70-90 s
 (taken as 80 s, 1.33 ms an image trained, a third of that scored), a gpt-tiny step of 64 windows
