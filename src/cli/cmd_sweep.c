@@ -90,7 +90,9 @@ static void on_row(const q3r_sweep_row *r, int index, int count, void *ctx) {
     print_row(r, label);
 }
 
-static void json_row(FILE *f, const q3r_sweep_row *r) {
+/* One row. Accuracy: acc, its 95% binomial error and the drop in points; a language model: its
+ * bits per byte and their increase. */
+static void json_row(FILE *f, const q3r_sweep_row *r, int is_bpb) {
     fprintf(f, "{\"p\": %.9g, \"truncated\": %s, \"ranks\": {", r->p, r->truncated ? "true" : "false");
     int first = 1;
     for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
@@ -101,30 +103,16 @@ static void json_row(FILE *f, const q3r_sweep_row *r) {
     }
     fprintf(f,
             "}, \"targeted_dense\": %lld, \"targeted_params\": %lld, \"targeted_kept\": %.9g, "
-            "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, "
-            "\"acc\": %.9g, \"acc_err95\": %.9g, \"loss\": %.9g, \"n\": %lld, \"drop_points\": %.9g}",
+            "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, ",
             (long long)r->targeted_dense, (long long)r->targeted_params, r->targeted_kept,
-            (long long)r->total_dense, (long long)r->total_params, r->total_kept, r->acc, r->acc_err95,
-            isfinite(r->loss) ? r->loss : -1.0, (long long)r->n, r->drop_points);
-}
-
-/* A language model's row: its metric named as such, the increase in bits per byte. */
-static void json_row_bpb(FILE *f, const q3r_sweep_row *r) {
-    fprintf(f, "{\"p\": %.9g, \"truncated\": %s, \"ranks\": {", r->p, r->truncated ? "true" : "false");
-    int first = 1;
-    for (int k = 0; k < Q3R_SWEEP_KINDS; k++) {
-        if (!r->kind_count[k]) continue;
-        fprintf(f, "%s\"%s\": {\"count\": %d, \"min\": %d, \"max\": %d}", first ? "" : ", ",
-                q3r_matrix_kind_name((q3r_matrix_kind)k), r->kind_count[k], r->rank_min[k], r->rank_max[k]);
-        first = 0;
-    }
-    fprintf(f,
-            "}, \"targeted_dense\": %lld, \"targeted_params\": %lld, \"targeted_kept\": %.9g, "
-            "\"total_dense\": %lld, \"total_params\": %lld, \"total_kept\": %.9g, "
-            "\"bpb\": %.9g, \"loss\": %.9g, \"n\": %lld, \"bpb_increase\": %.9g}",
-            (long long)r->targeted_dense, (long long)r->targeted_params, r->targeted_kept,
-            (long long)r->total_dense, (long long)r->total_params, r->total_kept, r->acc,
-            isfinite(r->loss) ? r->loss : -1.0, (long long)r->n, r->drop_points);
+            (long long)r->total_dense, (long long)r->total_params, r->total_kept);
+    const double loss = isfinite(r->loss) ? r->loss : -1.0;
+    if (is_bpb)
+        fprintf(f, "\"bpb\": %.9g, \"loss\": %.9g, \"n\": %lld, \"bpb_increase\": %.9g}", r->acc, loss,
+                (long long)r->n, r->drop_points);
+    else
+        fprintf(f, "\"acc\": %.9g, \"acc_err95\": %.9g, \"loss\": %.9g, \"n\": %lld, \"drop_points\": %.9g}",
+                r->acc, r->acc_err95, loss, (long long)r->n, r->drop_points);
 }
 
 static void json_str(FILE *f, const char *s) {
@@ -147,11 +135,11 @@ static int write_json(const char *path, const char *model, const char *dataset, 
     fputs(", \"targets\": ", f);
     json_str(f, targets);
     fputs(",\n \"untruncated\": ", f);
-    (is_bpb ? json_row_bpb : json_row)(f, &res->base);
+    json_row(f, &res->base, is_bpb);
     fputs(",\n \"rows\": [", f);
     for (int i = 0; i < res->count; i++) {
         fputs(i ? ",\n  " : "\n  ", f);
-        (is_bpb ? json_row_bpb : json_row)(f, &res->rows[i]);
+        json_row(f, &res->rows[i], is_bpb);
     }
     fputs("\n]}\n", f);
     return q3r_atomic_commit(&a, NULL) ? -1 : 0;

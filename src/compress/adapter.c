@@ -237,11 +237,12 @@ static int is_default(const q3r_json *v) {
     }
 }
 
-/* PEFT's pattern match: the key as a regex matching the whole name or a dotted suffix of it. */
-static int pattern_matches(const char *pattern, const char *name) {
+/* Whether name matches the POSIX extended regex `pattern` placed into `wrap` (a format with one
+ * %s, anchoring it). An invalid pattern matches nothing. */
+static int regex_matches(const char *wrap, const char *pattern, const char *name) {
     q3r_text re;
     q3r_text_init(&re);
-    q3r_text_addf(&re, "^(.*\\.)?(%s)$", pattern);
+    q3r_text_addf(&re, wrap, pattern);
     regex_t rx;
     int ok = !re.failed && !regcomp(&rx, q3r_text_str(&re), REG_EXTENDED | REG_NOSUB);
     int hit = ok && !regexec(&rx, name, 0, NULL, 0);
@@ -250,20 +251,15 @@ static int pattern_matches(const char *pattern, const char *name) {
     return hit;
 }
 
+/* PEFT's pattern match: the key as a regex matching the whole name or a dotted suffix of it. */
+static int pattern_matches(const char *pattern, const char *name) {
+    return regex_matches("^(.*\\.)?(%s)$", pattern, name);
+}
+
 /* target_modules: a list of names (a module matches one that it equals or ends in "." + it) or
  * one regex (full match). */
 static int target_matches(const q3r_json *targets, const char *module) {
-    if (targets->type == Q3R_JSON_STRING) {
-        q3r_text re;
-        q3r_text_init(&re);
-        q3r_text_addf(&re, "^(%s)$", targets->text);
-        regex_t rx;
-        int ok = !re.failed && !regcomp(&rx, q3r_text_str(&re), REG_EXTENDED | REG_NOSUB);
-        int hit = ok && !regexec(&rx, module, 0, NULL, 0);
-        if (ok) regfree(&rx);
-        q3r_text_free(&re);
-        return hit;
-    }
+    if (targets->type == Q3R_JSON_STRING) return regex_matches("^(%s)$", targets->text, module);
     const size_t n = strlen(module);
     for (size_t i = 0; i < targets->count; i++) {
         const char *key = targets->items[i].text;
