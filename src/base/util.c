@@ -320,6 +320,42 @@ q3r_status q3r_mkdir_p(const char *dir, q3r_error *err) {
     return s;
 }
 
+char *q3r_dir_missing_top(const char *dir) {
+    struct stat st;
+    if (!dir || !*dir || !stat(dir, &st)) return NULL;
+    char *buf = strdup(dir);
+    if (!buf) return NULL;
+    for (;;) { /* strip components while the parent is missing too */
+        char *slash = strrchr(buf, '/');
+        while (slash && slash > buf && slash[1] == 0) { /* a trailing '/' */
+            *slash = 0;
+            slash = strrchr(buf, '/');
+        }
+        if (!slash || slash == buf) return buf;
+        *slash = 0;
+        if (!stat(buf, &st)) {
+            *slash = '/';
+            return buf;
+        }
+    }
+}
+
+void q3r_rmdir_made(const char *dir, char *made) {
+    if (!dir || !made) {
+        free(made);
+        return;
+    }
+    char *buf = strdup(dir);
+    const size_t top = strlen(made);
+    while (buf && strlen(buf) >= top && !rmdir(buf)) {
+        char *slash = strrchr(buf, '/');
+        if (!slash || slash == buf) break;
+        *slash = 0;
+    }
+    free(buf);
+    free(made);
+}
+
 char *q3r_path_join(const char *dir, const char *file) {
     q3r_text t;
     q3r_text_init(&t);

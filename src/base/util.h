@@ -92,6 +92,11 @@ double q3r_binomial_err95(double p, int64_t n);
 /* Create dir and its missing parents (mkdir -p); an existing directory is fine, an existing
  * file is an error naming it. */
 q3r_status q3r_mkdir_p(const char *dir, q3r_error *err);
+/* Undo a q3r_mkdir_p: `made` is what q3r_dir_missing_top(dir) said before it (the top-most
+ * directory of `dir` that did not exist, malloc'd; NULL: none was made). Removes dir and its
+ * parents up to `made`, each only while empty (so nothing written is lost); frees `made`. */
+char *q3r_dir_missing_top(const char *dir);
+void q3r_rmdir_made(const char *dir, char *made);
 /* "<dir>/<file>", malloc'd; NULL when out of memory. */
 char *q3r_path_join(const char *dir, const char *file);
 

@@ -179,6 +179,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
      * every rank reads a checkpoint to resume (a shared out_dir, or a copy on every machine) */
     const int writer = q3r_comm_rank(cfg.comm) == 0;
     if (!writer) progress = NULL;
+    char *made = writer ? q3r_dir_missing_top(cfg.out_dir) : NULL; /* a run refused leaves none */
     q3r_status s = writer ? q3r_mkdir_p(cfg.out_dir, err) : Q3R_OK;
     if (!s) {
         r.ckpt_path = q3r_path_join(cfg.out_dir, "checkpoint.safetensors");
@@ -257,5 +258,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         s = cerr.code;
     }
     run_free(&r);
+    if (s) q3r_rmdir_made(cfg.out_dir, made); /* only what is still empty: nothing written */
+    else free(made);
     return s;
 }
