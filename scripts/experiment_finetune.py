@@ -3,7 +3,7 @@
 images and on text, with the q3r program.
 
 Two tasks. Images: vit-fmnist pretrained on Fashion-MNIST classes 0-4 (`--classes 0-4`), then a
-fresh 5-class head fitted to classes 5-9 with the blocks frozen (LoRA on the head only, merged:
+fresh 5-class head fitted to classes 5-9 with everything else frozen (--reg probe, a linear probe:
 the "probe", the BASE every image adapter applies to), then fine-tuned on classes 5-9. Text:
 gpt-tiny pretrained on data/kjv.txt (BASE), fine-tuned on data/fortunes.txt (scripts/text-data.sh
 makes both). Every adapter acts on the block matrices (Q, K, V, proj, fc1, fc2); at each adapter
@@ -57,6 +57,8 @@ TARGETS = "qkv,proj,fc1,fc2"      # the adapted matrices: every linear layer of 
 RANKS = [1, 2, 4, 8, 16]
 LORA_BIG = 32                      # the generous LoRA rank of lora-q3r
 LR, MIN_LR = 1e-3, 1e-5
+# the probe fits one linear layer: a larger step (at 1e-3 one epoch left it near chance)
+PROBE_SCHED = ["--lr", "1e-2", "--min-lr", "1e-4", "--schedule", "cosine"]
 Q3R_COST = 1.15                    # a Q3R step against a plain one
 IMG_TRAIN_S = 80.0 / 60000         # seconds to train on one image at 2 threads (docstring)
 TXT_TRAIN_S = 0.5 / 64             # seconds to train on one gpt-tiny window of 128 bytes at 2 threads
@@ -340,8 +342,8 @@ def main():
              "test_n": img["test_n"],
              "pretrain_args": vit + lim + sched + ["--epochs", str(img["pre_epochs"]), "--reg", "none",
                                                    "--classes", "0-4", "--seed", "1"],
-             "probe_args": lim + sched + ["--epochs", "1", "--new-head", "5", "--classes", "5-9", "--reg", "lora",
-                                          "--rank", "1", "--targets", "head", "--seed", "1"],
+             "probe_args": lim + PROBE_SCHED + ["--epochs", "1", "--new-head", "5", "--classes", "5-9",
+                                                "--reg", "probe", "--seed", "1"],
              "finetune_args": lim + sched + ["--epochs", str(img["epochs"]), "--classes", "5-9"]}
         ep = img["train_n"] * IMG_TRAIN_S * speed
         ev = img["test_n"] * IMG_TRAIN_S * EVAL_FRACTION * speed

@@ -5,6 +5,7 @@
   nothing but the scale (the update is again of rank <= r and differs);
 - --new-head: the head is fresh and trained (neither the base's nor the same as without training),
   the other tensors frozen under LoRA;
+- --reg probe (a linear probe): only the fresh head trains, every other tensor bit-identical;
 - full fine-tuning from --init moves every matrix; --resume is bit-exact for a LoRA run;
 - bad combinations: a clear message naming the flag, exit 2, nothing in --out.
 """
@@ -123,6 +124,30 @@ def main():
               f"class split: data.classes {meta6.get('data.classes')}, head {w6['head.weight'].shape}")
         p = run_q3r(["eval", os.path.join(c59, "model.safetensors"), "--json", "--threads", "1"], expect_ok=True)
         check(p.returncode == 0 and '"n": 5000' in p.stdout, f"eval scores the 5000 test images of classes 5-9: {p.stdout}")
+
+        # ---- a linear probe: only the fresh head of classes 5-9 trains ---------------------------------
+        wc, _ = tensors(os.path.join(c04, "model.safetensors"))
+        pr = os.path.join(tmp, "probe")
+        train(pr, "--init", os.path.join(c04, "model.safetensors"), "--new-head", "5", "--classes", "5-9",
+              "--reg", "probe", "--epochs", "1", "--lr", "1e-2")
+        w7, meta7 = tensors(os.path.join(pr, "model.safetensors"))
+        check(all(np.array_equal(w7[k], wc[k]) for k in wc if not k.startswith("head.")),
+              "probe: every tensor but the head is the --init model's, bit for bit")
+        check(w7["head.weight"].shape[0] == 5 and meta7.get("q3r.method") in (None, "probe"),
+              f"probe: a 5-class head, method {meta7.get('q3r.method')}")
+        pr0 = os.path.join(tmp, "probe0")
+        train(pr0, "--init", os.path.join(c04, "model.safetensors"), "--new-head", "5", "--classes", "5-9",
+              "--reg", "probe", "--epochs", "1", "--lr", "1e-12", "--min-lr", "0")
+        w8, _ = tensors(os.path.join(pr0, "model.safetensors"))
+        check(np.abs(w7["head.weight"] - w8["head.weight"]).max() > 1e-3, "probe: the head is trained")
+        for args, want, what in (
+                (["--reg", "probe"], "--new-head", "a probe without --new-head"),
+                (["--new-head", "5", "--classes", "5-9", "--reg", "lora", "--rank", "1", "--targets", "head"],
+                 "takes no adapter", "LoRA on a fresh head")):
+            o = os.path.join(tmp, "refused", "run")
+            p = run_q3r(["train", "--out", o, *DATA, "--init", os.path.join(c04, "model.safetensors"), *args])
+            check(p.returncode != 0 and want in p.stderr and not os.path.exists(os.path.join(tmp, "refused")),
+                  f"{what}: exit {p.returncode}, no directory left: {p.stderr.strip()}")
 
         # ---- bad combinations --------------------------------------------------------------------
         def bad(args, want, what):

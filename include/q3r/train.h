@@ -57,6 +57,8 @@ typedef enum {
                                    Delta = W - W_0 (W_0: the weights at creation, e.g. the --init
                                    model's), a buffer kept equal to W - W_0 around the regularizer's
                                    hooks; its gradient or step lands on W */
+    Q3R_WEIGHTS_PROBE = 5, /* a linear probe: the model frozen, only a fresh classifier head
+                                   (new_head) trains; the targets take nothing */
     Q3R_WEIGHTS_COUNT
 } q3r_weights_mode;
 

@@ -168,8 +168,9 @@ static int train_cmd(int argc, char **argv) {
          "none = AdamW; decoupled = AdamQ3R; coupled = 2 lambda R(W) in the gradient; nuclear = proximal "
          "nuclear-norm baseline (needs --lambda); lorita = each target a product of --lorita-factors "
          "matrices, weight decay on them; factorized = each target A B at --rank from the start; lora = "
-         "fine-tuning adapters W_0 + (alpha/r) B A at the integer --rank, the rest of the model frozen",
-         0, 0, "none|decoupled|coupled|nuclear|lorita|factorized|lora", NULL},
+         "fine-tuning adapters W_0 + (alpha/r) B A at the integer --rank, the rest of the model frozen; "
+         "probe = a linear probe: the --init model frozen, only its fresh --new-head trained",
+         0, 0, "none|decoupled|coupled|nuclear|lorita|factorized|lora|probe", NULL},
         {"init", ARG_STRING, &init,
          "fine-tune: start from this model file (its weights and config, not the seed's init; no --model)", 0,
          0, NULL, "FILE"},
@@ -262,7 +263,7 @@ static int train_cmd(int argc, char **argv) {
     c.clip = clip;
     c.label_smoothing = (float)ls;
     static const char *const methods[] = {"none",   "decoupled",  "coupled", "nuclear",
-                                          "lorita", "factorized", "lora"};
+                                          "lorita", "factorized", "lora",    "probe"};
     if (q3r_train_set_method(&c, methods[reg], &err)) {
         fprintf(stderr, "q3r train: --reg: %s\n", err.msg);
         return 2;
@@ -478,6 +479,8 @@ static int train_cmd(int argc, char **argv) {
                 c.targets, c.rank, c.weight_decay);
         else if (c.weights == Q3R_WEIGHTS_LORA)
             ;
+        else if (c.weights == Q3R_WEIGHTS_PROBE)
+            fprintf(stderr, "q3r train: a linear probe: the model frozen, only the fresh head trained\n");
         else if (c.reg == Q3R_REG_NUCLEAR)
             fprintf(stderr,
                     "q3r train: nuclear-norm proximal baseline on %s, lambda %g, prox every %d steps\n",

@@ -44,7 +44,8 @@ q3r_status q3r_train_set_method(q3r_train_config *c, const char *method, q3r_err
             return Q3R_OK;
         }
     return q3r_fail(err, Q3R_EINVAL,
-                    "method '%s' unknown (known: none, decoupled, coupled, nuclear, lorita, factorized)",
+                    "method '%s' unknown (known: none, decoupled, coupled, nuclear, lorita, factorized, "
+                    "lora, delta, probe)",
                     method ? method : "(null)");
 }
 
@@ -62,6 +63,30 @@ static double lr_sum(const q3r_lr_schedule *s) {
     double sum = 0;
     for (int64_t t = 0; t < s->total_steps; t++) sum += q3r_lr_at(s, t);
     return sum;
+}
+
+/* A frozen model trains its adapters, its fresh head or both: a probe without a fresh head would
+ * train nothing, and a fresh head is trained in full (PEFT's modules_to_save), so it takes no
+ * adapter besides (the chain would keep the head's random init as its frozen base). */
+static q3r_status check_frozen(const q3r_trainer *t, q3r_error *err) {
+    if (!t->weights->freezes_model) return Q3R_OK;
+    if (t->cfg.weights == Q3R_WEIGHTS_PROBE && t->cfg.new_head <= 0)
+        return q3r_fail(err, Q3R_EINVAL,
+                        "--reg probe trains only a fresh classifier head: give --new-head K");
+    if (t->cfg.new_head <= 0 || !t->weights->owns_targets) return Q3R_OK;
+    for (int i = 0; i < q3r_model_num_matrices(t->model); i++) {
+        q3r_matrix_kind k;
+        const char *nm;
+        q3r_model_matrix_shape(t->model, i, &nm, &k, NULL, NULL, NULL);
+        if (k != Q3R_MAT_HEAD) continue;
+        for (int j = 0; j < q3r_set_count(t->reg); j++)
+            if (!strcmp(q3r_set_name(t->reg, j), nm))
+                return q3r_fail(err, Q3R_EINVAL,
+                                "--targets: the fresh --new-head '%s' trains in full and takes no adapter; "
+                                "leave the head out of the targets (or use --reg probe to train only it)",
+                                nm);
+    }
+    return Q3R_OK;
 }
 
 /* Decay only weight matrices, and of the targets only those the rows leave to the model's AdamW
@@ -156,6 +181,7 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
     t->targeted = calloc((size_t)q3r_model_num_tensors(t->model), 1);
     if (!t->targeted) return q3r_fail(err, Q3R_ENOMEM, "trainer: out of memory");
     if ((s = q3r_train_add_targets(t->reg, t->model, c->targets, rule, t->targeted, err))) return s;
+    if ((s = check_frozen(t, err))) return s;
     if (t->weights->setup && (s = t->weights->setup(t, rule, err))) return s;
     /* Q3R on the update: the set moves from the targets to Delta = W - W_0 */
     if (q3r_update_wanted(t) && (s = q3r_update_setup(t, err))) return s;
@@ -304,8 +330,8 @@ static q3r_status trainer_step_body(q3r_trainer *t, const q3r_batch *b, q3r_step
         gnorm = c->clip > 0 ? q3r_clip_grad_norm(g, n, c->clip) : q3r_grad_norm(g, n);
     } else {
         if (t->weights->before_update) t->weights->before_update(t);
-        float *fg = q3r_reparam_grads(t->rp);
-        const int64_t fn = q3r_reparam_num_params(t->rp);
+        float *fg = t->rp ? q3r_reparam_grads(t->rp) : NULL; /* a probe has no factors */
+        const int64_t fn = t->rp ? q3r_reparam_num_params(t->rp) : 0;
         if (!t->model_trained) {
             gnorm = c->clip > 0 ? q3r_clip_grad_norm(fg, fn, c->clip) : q3r_grad_norm(fg, fn);
         } else { /* the factors and the fresh head, clipped together */

@@ -11,6 +11,8 @@
  *               and the gradient clipped is the factors' (as torch clips what it trains)
  *   delta       full fine-tuning with Q3R on the update: the dense weights and the model's AdamW,
  *               the regularizer's set on Delta = W - W_0 (the "update" at the end of this file)
+ *   probe       a linear probe: the model frozen, only a fresh --new-head trains (by the model
+ *               AdamW's trainable mask); nothing is stored here
  *
  * The chains (q3r/reparam.h) are materialised into the model's dense weights at creation, after
  * every factor update and after an import, so the forward, the backward, evaluation and the
@@ -164,6 +166,7 @@ const q3r_weights_row q3r_weights_rows[Q3R_WEIGHTS_COUNT] = {
     [Q3R_WEIGHTS_FACTORIZED] = {.name = "factorized", .metadata = factorized_metadata, CHAIN_ROW},
     [Q3R_WEIGHTS_LORA] = {.name = "lora", .metadata = lora_metadata, .freezes_model = 1, CHAIN_ROW},
     [Q3R_WEIGHTS_DELTA] = {.name = "delta", .metadata = delta_metadata},
+    [Q3R_WEIGHTS_PROBE] = {.name = "probe", .freezes_model = 1},
 };
 
 /* ---- Q3R on the update (trainer_impl.h) --------------------------------------------------------
