@@ -7,6 +7,8 @@
   with others;
 - determinism: two runs with the same seed and threads give identical files; another seed
   does not;
+- the spectra of a run without Q3R's refreshes (nuclear, LoRITa, factorized) in its last epoch
+  line are those of its saved model (effective rank against numpy's SVD);
 - q3r eval of the saved model reproduces the accuracy the training run reported;
 - bad input: each case exits non-zero with a message naming the flag or file;
 - a NaN loss stops the run with a message and leaves the last good checkpoint untouched.
@@ -15,6 +17,7 @@ Needs numpy only (no torch). Uses a tiny ViT on a Fashion-MNIST subset (about a 
 q3r-ctest-label: slow (skipped in the sanitizer pass, where -O0 makes training crawl)"""
 import gzip
 import json
+import math
 import os
 import shutil
 import struct
@@ -83,6 +86,30 @@ try:
         steps = [json.loads(l)["step"] for l in open(os.path.join(part, "metrics.jsonl"))
                  if json.loads(l)["event"] == "step"]
         check(steps == list(range(1, 21)), f"{mode}: resumed log has steps 1..20 once each: {steps}")
+
+    # --- epoch spectra of the methods without Q3R refreshes: the saved model's ------------------------
+    def matrix(w, name):
+        if name.rsplit(".", 1)[-1] in "qkv":
+            base, j = name.rsplit(".", 1)
+            m = w[base + ".qkv.weight"]
+            d = m.shape[0] // 3
+            return m["qkv".index(j) * d:("qkv".index(j) + 1) * d]
+        return w[name + ".weight"]
+
+    for mode in ("nuclear", "lorita", "factorized"):
+        lines = [json.loads(l) for l in open(os.path.join(tmp, f"full-{mode}", "metrics.jsonl"))]
+        names = next(l for l in lines if l["event"] == "start")["matrices"].split(",")
+        last = [l for l in lines if l["event"] == "epoch"][-1]
+        w = tensors(os.path.join(tmp, f"full-{mode}", "model.safetensors"))
+        worst = 0.0
+        for name, er in zip(names, last["effective_rank"]):
+            sv = np.linalg.svd(matrix(w, name).astype(np.float64), compute_uv=False)
+            pr = sv / sv.sum()
+            pr = pr[pr > 0]
+            want = math.exp(-(pr * np.log(pr)).sum())
+            worst = max(worst, abs(er - want) / want if er is not None else math.inf)  # null: never refreshed
+        check(len(names) == len(last["effective_rank"]) and worst < 1e-4,
+              f"{mode}: last epoch's effective ranks are the saved model's (worst relative diff {worst:.1e})")
 
     # --- LoRITa / factorized: metadata, the collapsed model, resume checks ----------------------------
     _, meta = safetensors_np.read(os.path.join(tmp, "full-lorita", "model.safetensors"))

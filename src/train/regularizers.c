@@ -146,8 +146,10 @@ const q3r_reg_row q3r_reg_rows[Q3R_REG_COUNT] = {
                          .lambda = Q3R_LAMBDA_AUTO,
                          .before_update = coupled_before,
                          .metadata = q3r_metadata},
+    /* the prox takes its own SVDs: the set's state is only refreshed for the epoch spectra */
     [Q3R_REG_NUCLEAR] = {.name = "nuclear",
                          .lambda = Q3R_LAMBDA_EXPLICIT,
                          .after_update = nuclear_after,
-                         .metadata = q3r_metadata},
+                         .metadata = q3r_metadata,
+                         .epoch_spectra = 1},
 };
