@@ -148,6 +148,13 @@ try:
         ev = json.loads(p.stdout)
         want = summaries["decoupled"]["test_acc"]
         check(abs(ev["acc"] - want) < 1e-12, f"eval accuracy {ev['acc']} equals training's {want}")
+    odd = os.path.join(tmp, 'a "quoted" \\ name.safetensors')  # --json escapes the file name
+    shutil.copy(os.path.join(full, "model.safetensors"), odd)
+    p = run(["eval", odd, "--limit", "50", "--json"])
+    try:
+        check(p.returncode == 0 and json.loads(p.stdout)["model"] == odd, "eval --json: an odd file name escaped")
+    except ValueError:
+        check(False, f"eval --json: invalid JSON for an odd file name: {p.stdout!r}")
 
     # --- bad input ---------------------------------------------------------------------------------
     def bad(args, needle, what):

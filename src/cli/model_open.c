@@ -57,3 +57,5 @@ void cli_model_close(cli_model *m) {
     q3r_meta_free(&m->meta);
     memset(m, 0, sizeof *m);
 }
+
+const char *cli_metric_label(q3r_metric m) { return m == Q3R_METRIC_ACCURACY ? "accuracy" : "bits per byte"; }

@@ -24,4 +24,7 @@ int cli_model_open(const char *cmd, const char *path, int batch, const char *dat
                    cli_model *m);
 void cli_model_close(cli_model *m);
 
+/* "accuracy" or "bits per byte": how a model's metric is printed. */
+const char *cli_metric_label(q3r_metric m);
+
 #endif
