@@ -10,6 +10,11 @@ tensors are base_model.model.<module>.lora_A.weight (r, in) and .lora_B.weight (
 - merge: an adapter written here (suffix target_modules, a rank_pattern, an alpha_pattern,
   rsLoRA) merged by q3r equals W0 + s B A, and the merged model's logits equal those of the base
   with PEFT-style LoRA layers in the forward;
+- modules_to_save (PEFT's fully trained modules, e.g. a fresh classifier head): an adapter
+  written here with a 3-class head under its own name (base_model.model.head.weight / .bias) and
+  q3r's class split in the header metadata, merged onto the 5-class base, gives a 3-class model
+  whose head is the saved one, whose metadata records the split, and whose logits equal the
+  reference with that head and the LoRA layers;
 - bad adapters: a clear message naming the file and key, a non-zero exit, no output.
 """
 import json
@@ -188,6 +193,40 @@ def main():
         e = (a_ - b_).abs().max().item() / a_.abs().max().item()
         check(e < 1e-5, f"merged logits against the LoRA forward: rel err {e:.3g}")
 
+        # ---- modules_to_save: a fresh 3-class head beside the LoRA factors ----------------------
+        ad2 = os.path.join(tmp, "reference_adapter_head")
+        os.makedirs(ad2)
+        cfg2 = dict(cfg, modules_to_save=["head"])
+        head_w = rng.standard_normal((3, D)).astype(np.float32)
+        head_b = rng.standard_normal(3).astype(np.float32)
+        t2 = dict(tensors, **{f"{PREFIX}head.weight": head_w, f"{PREFIX}head.bias": head_b})
+        st.write(os.path.join(ad2, "adapter_model.safetensors"), t2, {"format": "pt", "q3r.data.classes": "2-4"})
+        with open(os.path.join(ad2, "adapter_config.json"), "w") as f:
+            json.dump(cfg2, f)
+        merged2 = os.path.join(tmp, "merged_head.safetensors")
+        p = run_q3r(["adapter", "merge", bpath, ad2, merged2, "--threads", "1"], expect_ok=True)
+        check(p.returncode == 0, "adapter merge with modules_to_save runs")
+        wm2, mmeta2 = st.read(merged2)
+        check(wm2["head.weight"].shape == (3, D) and np.array_equal(wm2["head.weight"], head_w)
+              and np.array_equal(wm2["head.bias"], head_b), "modules_to_save: the merged head is the saved one")
+        check(mmeta2.get("data.classes") == "2-4" and mmeta2.get("model.classes") == "3",
+              f"modules_to_save: metadata classes {mmeta2.get('data.classes')}, model.classes {mmeta2.get('model.classes')}")
+        check(all(np.array_equal(wm2[k], wm[k]) for k in wm if not k.startswith("head.")),
+              "modules_to_save: every other tensor as the plain merge")
+        ref3 = ViT(**dict(CFG, classes=3))
+        ref3.load_state_dict({k: torch.from_numpy(v) for k, v in dict(w0, **{"head.weight": head_w, "head.bias": head_b}).items()})
+        for mod, (A, B, s) in lora.items():
+            lin = ref3.get_submodule(mod)
+            At, Bt = torch.from_numpy(A), torch.from_numpy(B)
+            lin.forward = (lambda lin_, At_, Bt_, s_: lambda inp: torch.nn.functional.linear(inp, lin_.weight, lin_.bias)
+                           + s_ * (inp @ At_.T) @ Bt_.T)(lin, At, Bt, s)
+        mm3 = ViT(**dict(CFG, classes=3))
+        mm3.load_state_dict({k: torch.from_numpy(v) for k, v in wm2.items()})
+        with torch.no_grad():
+            a_, b_ = ref3(x), mm3(x)
+        e = (a_ - b_).abs().max().item() / a_.abs().max().item()
+        check(e < 1e-5, f"modules_to_save: merged logits against the reference: rel err {e:.3g}")
+
         # ---- bad adapters ---------------------------------------------------------------------
         def bad(mutate, want, what, files=None):
             d = os.path.join(tmp, "bad")
@@ -209,6 +248,11 @@ def main():
         bad(lambda c, t: c.update(use_dora=True), "use_dora", "DoRA")
         bad(lambda c, t: c.update(r=5), "rank", "ranks disagree with the tensors")
         bad(lambda c, t: c.update(target_modules=["fc1"]), "target_modules", "a module outside target_modules")
+        bad(lambda c, t: t.update({f"{PREFIX}norm.weight": np.ones(D, np.float32)}), "modules_to_save",
+            "a whole tensor of a module not in modules_to_save")
+        bad(lambda c, t: (c.update(modules_to_save=["norm"]), t.update({f"{PREFIX}norm.weight": np.ones(D + 1, np.float32)})),
+            "norm.weight", "a saved tensor of another shape")
+        bad(lambda c, t: c.update(modules_to_save="head"), "modules_to_save", "modules_to_save not a list")
 
         def no_module(c, t):
             t[f"{PREFIX}blocks.7.attn.qkv.lora_A.weight"] = np.zeros((4, D), np.float32)

@@ -4,11 +4,14 @@
   W - W_0 has rank <= r (numpy's SVD of every Q, K, V block); --rslora and --lora-alpha change
   nothing but the scale (the update is again of rank <= r and differs);
 - --new-head: the head is fresh and trained (neither the base's nor the same as without training),
-  the other tensors frozen under LoRA;
+  the other tensors frozen under LoRA; the adapter carries it (modules_to_save, with the class
+  split), so eval BASE --adapter scores as the run's model; a fine-tune keeps the --init model's
+  input normalisation;
 - --reg probe (a linear probe): only the fresh head trains, every other tensor bit-identical;
 - full fine-tuning from --init moves every matrix; --resume is bit-exact for a LoRA run;
 - bad combinations: a clear message naming the flag, exit 2, nothing in --out.
 """
+import json
 import os
 import sys
 import tempfile
@@ -124,6 +127,25 @@ def main():
               f"class split: data.classes {meta6.get('data.classes')}, head {w6['head.weight'].shape}")
         p = run_q3r(["eval", os.path.join(c59, "model.safetensors"), "--json", "--threads", "1"], expect_ok=True)
         check(p.returncode == 0 and '"n": 5000' in p.stdout, f"eval scores the 5000 test images of classes 5-9: {p.stdout}")
+        _, meta04 = tensors(os.path.join(c04, "model.safetensors"))
+        check(all(meta6.get(k) == meta04.get(k) for k in ("data.mean", "data.std")),
+              f"a fine-tune keeps its --init model's normalisation: {meta6.get('data.mean')} vs {meta04.get('data.mean')}")
+        with open(os.path.join(c59, "adapter", "adapter_config.json")) as f:
+            acfg = json.load(f)
+        at, ameta = st.read(os.path.join(c59, "adapter", "adapter_model.safetensors"))
+        check(acfg.get("modules_to_save") == ["head"] and "base_model.model.head.weight" in at
+              and np.array_equal(at["base_model.model.head.weight"], w6["head.weight"])
+              and ameta.get("q3r.data.classes") == "5-9",
+              f"the fresh head is in the adapter (modules_to_save {acfg.get('modules_to_save')}, classes {ameta.get('q3r.data.classes')})")
+        pa = run_q3r(["eval", os.path.join(c04, "model.safetensors"), "--adapter", os.path.join(c59, "adapter"),
+                      "--json", "--threads", "1"], expect_ok=True)
+        try:
+            ea, em = json.loads(pa.stdout), json.loads(p.stdout)
+            check(ea["n"] == em["n"] and abs(ea["acc"] - em["acc"]) < 1e-12 and abs(ea["loss"] - em["loss"]) < 1e-5,
+                  f"eval BASE --adapter (new head) scores as the run's model: {ea['acc']} / {em['acc']}, "
+                  f"loss {ea['loss']} / {em['loss']}")
+        except (ValueError, KeyError):
+            check(False, f"eval --adapter output: {pa.stdout!r} {pa.stderr!r}")
 
         # ---- a linear probe: only the fresh head of classes 5-9 trains ---------------------------------
         wc, _ = tensors(os.path.join(c04, "model.safetensors"))

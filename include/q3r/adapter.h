@@ -14,6 +14,13 @@
  *   adapter_model.safetensors  "base_model.model.<module>.lora_A.weight" (r, in) and
  *                               "base_model.model.<module>.lora_B.weight" (out, r), F32.
  *
+ * modules_to_save (PEFT's name for modules trained in full beside the adapters, e.g. a fresh
+ * classifier head): "modules_to_save": ["head"] and their whole tensors under their own names,
+ * "base_model.model.head.weight" / ".bias" (PEFT strips its "modules_to_save.<adapter>." when
+ * saving); applied, they replace the base's tensors. q3r also records, in the safetensors
+ * header's metadata (which PEFT ignores), "q3r.data.classes": the class split such a head was
+ * trained on.
+ *
  * A fused qkv weight whose Q, K and V have adapters of their own is ONE module: its A is the
  * three A's stacked (3r x in), its B block-diagonal (3d x 3r), its rank 3r and its alpha chosen so
  * that s is the blocks' own scale: B A s reproduces each block's update exactly.
@@ -22,7 +29,7 @@
  * alpha_pattern (a key matches a module name when the name is the key or ends in "." + the key)
  * or else r / lora_alpha; the tensors' shapes must agree with them. Keys that change what an
  * adapter means and that q3r does not implement (DoRA, bias training, fan_in_fan_out, layer
- * selection, modules_to_save, ...) are refused when set to anything but their default; keys PEFT
+ * selection, ...) are refused when set to anything but their default; keys PEFT
  * does not have are refused. Every error names the file and the key or tensor. */
 #ifndef Q3R_ADAPTER_H
 #define Q3R_ADAPTER_H
@@ -50,6 +57,10 @@ typedef struct {
     int use_rslora;   /* s = alpha / sqrt(r) instead of alpha / r */
     char *base_model; /* base_model_name_or_path (may be NULL) */
     char *task_type;  /* PEFT's task_type (may be NULL) */
+    /* modules_to_save: whole F32 tensors named as the base's ("head.weight", "head.bias") that
+     * replace the base's; their modules are the names without the last component */
+    q3r_tensor_list saved;
+    char *classes; /* "q3r.data.classes" of a saved classifier head's training (may be NULL) */
 } q3r_adapter;
 
 void q3r_adapter_init(q3r_adapter *a);
@@ -67,9 +78,22 @@ q3r_status q3r_adapter_write(const char *dir, const q3r_adapter *a, q3r_error *e
 /* Read an adapter directory into a (initialised by the caller, empty); on failure a is empty. */
 q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err);
 
+/* Save the model's classifier head (the tensors of its HEAD matrix: "<head>.weight", ".bias")
+ * as modules_to_save, with the class split it was trained on (may be NULL). */
+q3r_status q3r_adapter_save_head(q3r_adapter *a, q3r_model *m, const char *classes, q3r_error *err);
+/* What a program does to score or save base + adapter: if the saved head has another number
+ * of outputs than *m's, *m is replaced by q3r_model_new_head (for max_batch; freed and rebuilt);
+ * then q3r_adapter_merge; then, with meta (may be NULL), "data.classes" set to the adapter's
+ * classes when it records them. On failure *m is unchanged or, after a rebuild, the rebuilt
+ * model before the merge. */
+q3r_status q3r_adapter_apply(q3r_model **m, q3r_meta *meta, const q3r_adapter *a, int max_batch,
+                             q3r_error *err);
+
 /* W += s B A for every module, on the model's dense matrices that live in that module's weight
  * (a fused qkv: its Q, K and V row blocks). Checks everything first (every module found, shapes
- * equal, no factored target) and changes nothing on failure. */
+ * equal, no factored target) and changes nothing on failure. The saved modules' tensors
+ * replace the base's (same names and shapes: q3r_adapter_apply rebuilds a head of another
+ * size first). */
 q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err);
 
 /* The best rank-r adapter of the update tuned - base (same family and shapes, dense targets):

@@ -48,7 +48,7 @@ static int merge(int argc, char **argv) {
         fprintf(stderr, "q3r adapter merge: %s\n", err.msg);
         goto done;
     }
-    if (q3r_adapter_merge(m, &a, &err)) {
+    if (q3r_adapter_apply(&m, &meta, &a, 1, &err)) {
         fprintf(stderr, "q3r adapter merge: %s onto %s: %s\n", pos[1], pos[0], err.msg);
         goto done;
     }

@@ -87,7 +87,7 @@ int q3r_cmd_eval(int argc, char **argv) {
         q3r_adapter a;
         q3r_adapter_init(&a);
         q3r_status as = q3r_adapter_read(adapter, &a, &err);
-        if (!as && (as = q3r_adapter_merge(cm.model, &a, &err)))
+        if (!as && (as = q3r_adapter_apply(&cm.model, &cm.meta, &a, batch, &err)))
             q3r_fail_context(&err, "--adapter %s onto %s", adapter, pos[0]);
         q3r_adapter_free(&a);
         if (as) {

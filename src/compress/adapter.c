@@ -20,7 +20,10 @@ static const char *const PREFIX = "base_model.model.";
 
 /* ---- the adapter in memory ----------------------------------------------------------------- */
 
-void q3r_adapter_init(q3r_adapter *a) { memset(a, 0, sizeof *a); }
+void q3r_adapter_init(q3r_adapter *a) {
+    memset(a, 0, sizeof *a);
+    q3r_tensor_list_init(&a->saved);
+}
 
 static void lora_free(q3r_lora *l) {
     free(l->module);
@@ -33,7 +36,9 @@ void q3r_adapter_free(q3r_adapter *a) {
     free(a->items);
     free(a->base_model);
     free(a->task_type);
-    memset(a, 0, sizeof *a);
+    free(a->classes);
+    q3r_tensor_list_free(&a->saved);
+    q3r_adapter_init(a);
 }
 
 const q3r_lora *q3r_adapter_find(const q3r_adapter *a, const char *module) {
@@ -96,6 +101,18 @@ static void add_number(q3r_text *t, double v) {
     else q3r_text_addf(t, "%.17g", v);
 }
 
+/* A saved tensor's module: its name without the last component ("head.weight" -> "head"). */
+static char *saved_module(const char *name) {
+    const char *dot = strrchr(name, '.');
+    const size_t n = dot ? (size_t)(dot - name) : strlen(name);
+    char *m = malloc(n + 1);
+    if (m) {
+        memcpy(m, name, n);
+        m[n] = 0;
+    }
+    return m;
+}
+
 static char *config_json(const q3r_adapter *a) {
     /* r and lora_alpha: the first module's; the others differ through the patterns */
     const int r = a->items[0].rank;
@@ -132,7 +149,25 @@ static char *config_json(const q3r_adapter *a) {
     q3r_text_add(&t, a->use_rslora ? "true" : "false");
     q3r_text_add(&t,
                  ",\n  \"lora_dropout\": 0.0,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,"
-                 "\n  \"modules_to_save\": null,\n  \"base_model_name_or_path\": ");
+                 "\n  \"modules_to_save\": ");
+    if (!a->saved.count) q3r_text_add(&t, "null");
+    for (size_t i = 0; i < a->saved.count; i++) { /* each module once, in tensor order */
+        char *mod = saved_module(a->saved.items[i].name);
+        int seen = 0;
+        for (size_t j = 0; mod && j < i && !seen; j++) {
+            char *prev = saved_module(a->saved.items[j].name);
+            seen = prev && !strcmp(prev, mod);
+            free(prev);
+        }
+        if (!mod) t.failed = 1;
+        else if (!seen) {
+            q3r_text_add(&t, i ? ", " : "[");
+            q3r_text_add_json_string(&t, mod);
+        }
+        free(mod);
+    }
+    if (a->saved.count) q3r_text_add(&t, "]");
+    q3r_text_add(&t, ",\n  \"base_model_name_or_path\": ");
     if (a->base_model) q3r_text_add_json_string(&t, a->base_model);
     else q3r_text_add(&t, "null");
     q3r_text_add(&t, ",\n  \"task_type\": ");
@@ -173,8 +208,28 @@ q3r_status q3r_adapter_write(const char *dir, const q3r_adapter *a, q3r_error *e
         free(na);
         free(nb);
     }
+    for (size_t i = 0; i < a->saved.count && !s; i++) {
+        const q3r_tensor *x = &a->saved.items[i];
+        q3r_text t;
+        q3r_text_init(&t);
+        q3r_text_addf(&t, "%s%s", PREFIX, x->name);
+        s = t.failed ? q3r_fail(err, Q3R_ENOMEM, "adapter %s: out of memory", dir)
+                     : q3r_tensor_list_add(&l, t.buf, x->dtype, x->ndim, x->shape, x->data, err);
+        q3r_text_free(&t);
+    }
+    /* PEFT's own header metadata, and the class split of a saved head (PEFT ignores it) */
+    q3r_text md;
+    q3r_text_init(&md);
+    q3r_text_add(&md, "{\"format\": \"pt\"");
+    if (a->classes) {
+        q3r_text_add(&md, ", \"q3r.data.classes\": ");
+        q3r_text_add_json_string(&md, a->classes);
+    }
+    q3r_text_add(&md, "}");
+    if (!s && md.failed) s = q3r_fail(err, Q3R_ENOMEM, "adapter %s: out of memory", dir);
     /* the weights first, the config last: a directory with a config is complete */
-    if (!s) s = q3r_safetensors_write(st_path, &l, NULL, err);
+    if (!s) s = q3r_safetensors_write(st_path, &l, q3r_text_str(&md), err);
+    q3r_text_free(&md);
     if (!s) s = q3r_write_file_atomic(cfg_path, json, strlen(json), err);
     q3r_tensor_list_free(&l);
     free(json);
@@ -191,7 +246,7 @@ static const char *const READ_KEYS[] = {"peft_type",    "r",
                                         "lora_alpha",   "target_modules",
                                         "rank_pattern", "alpha_pattern",
                                         "use_rslora",   "base_model_name_or_path",
-                                        "task_type"};
+                                        "task_type",    "modules_to_save"};
 static const char *const FREE_KEYS[] = {/* informational or training-only: any value */
                                         "lora_dropout",      "inference_mode",     "revision",
                                         "init_lora_weights", "peft_version",       "auto_mapping",
@@ -201,7 +256,6 @@ static const char *const FREE_KEYS[] = {/* informational or training-only: any v
 static const char *const DEFAULT_KEYS[] = {"bias",
                                            "fan_in_fan_out",
                                            "use_dora",
-                                           "modules_to_save",
                                            "layers_to_transform",
                                            "layers_pattern",
                                            "megatron_config",
@@ -321,6 +375,12 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
                 return q3r_fail(err, Q3R_EFORMAT, "%s: %s['%s'] is not a positive number", path, patterns[p],
                                 o->items[i].key);
     }
+    const q3r_json *ms = q3r_json_find(c, "modules_to_save");
+    ok = !ms || ms->type == Q3R_JSON_NULL || ms->type == Q3R_JSON_ARRAY;
+    for (size_t i = 0; ok && ms && ms->type == Q3R_JSON_ARRAY && i < ms->count; i++)
+        ok = ms->items[i].type == Q3R_JSON_STRING;
+    if (!ok)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'modules_to_save' is not null or a list of names", path);
     const q3r_json *rs = q3r_json_find(c, "use_rslora");
     if (rs && rs->type != Q3R_JSON_BOOL && rs->type != Q3R_JSON_NULL)
         return q3r_fail(err, Q3R_EFORMAT, "%s: key 'use_rslora' is not true or false", path);
@@ -372,6 +432,37 @@ static char *module_of(const char *name, char *which) {
     return m;
 }
 
+/* Whether "base_model.model.<module>.<param>" is a tensor of a module in modules_to_save (PEFT's
+ * rule: the module's name is an entry or ends in "." + an entry). */
+static int is_saved(const q3r_json *ms, const char *name) {
+    const size_t p = strlen(PREFIX);
+    if (!ms || ms->type != Q3R_JSON_ARRAY || strncmp(name, PREFIX, p)) return 0;
+    char *mod = saved_module(name + p);
+    int hit = 0;
+    for (size_t i = 0; mod && i < ms->count && !hit; i++) {
+        const char *key = ms->items[i].text;
+        const size_t n = strlen(mod), k = strlen(key);
+        hit = !strcmp(mod, key) || (n > k && mod[n - k - 1] == '.' && !strcmp(mod + n - k, key));
+    }
+    free(mod);
+    return hit;
+}
+
+/* A saved module's tensor, as F32 under its name in the base. */
+static q3r_status add_saved(q3r_adapter *a, const q3r_tensor *x, const char *path, q3r_error *err) {
+    if (!q3r_dtype_is_float(x->dtype))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: tensor '%s' of modules_to_save is %s, not floating point",
+                        path, x->name, q3r_dtype_name(x->dtype));
+    const int64_t n = q3r_tensor_numel(x);
+    float *f = q3r_alloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!f) return q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path);
+    q3r_status s = q3r_convert_to_f32(x->data, x->dtype, (size_t)n, f, err);
+    if (s) q3r_fail_context(err, "%s: tensor '%s'", path, x->name);
+    else s = q3r_tensor_list_add(&a->saved, x->name + strlen(PREFIX), Q3R_F32, x->ndim, x->shape, f, err);
+    q3r_free(f);
+    return s;
+}
+
 q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
     q3r_adapter_init(a);
     char *cfg_path = q3r_path_join(dir, "adapter_config.json"),
@@ -385,7 +476,19 @@ q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
     if (!s && !(text = read_text_file(cfg_path, err))) s = err ? err->code : Q3R_EIO;
     if (!s && (s = q3r_json_parse(text, strlen(text), &c, err))) q3r_fail_context(err, "%s", cfg_path);
     if (!s) s = check_config(&c, cfg_path, err);
-    if (!s) s = q3r_safetensors_read(st_path, &l, NULL, err);
+    char *md = NULL;
+    if (!s) s = q3r_safetensors_read(st_path, &l, &md, err);
+    if (!s && md) { /* q3r's own key in the header metadata: the class split of a saved head */
+        q3r_json mj = {0};
+        if (!q3r_json_parse(md, strlen(md), &mj, NULL)) {
+            const q3r_json *cl = q3r_json_find(&mj, "q3r.data.classes");
+            if (cl && cl->type == Q3R_JSON_STRING && !(a->classes = strdup(cl->text)))
+                s = q3r_fail(err, Q3R_ENOMEM, "adapter %s: out of memory", dir);
+        }
+        q3r_json_free(&mj);
+    }
+    free(md);
+    const q3r_json *ms = s ? NULL : q3r_json_find(&c, "modules_to_save");
     const q3r_json *tm = s ? NULL : q3r_json_find(&c, "target_modules");
     const q3r_json *rp = s ? NULL : q3r_json_find(&c, "rank_pattern"),
                    *ap = s ? NULL : q3r_json_find(&c, "alpha_pattern");
@@ -403,10 +506,15 @@ q3r_status q3r_adapter_read(const char *dir, q3r_adapter *a, q3r_error *err) {
     for (size_t i = 0; i < l.count && !s; i++) {
         char which;
         char *module = module_of(l.items[i].name, &which);
+        if (!module && is_saved(ms, l.items[i].name)) {
+            s = add_saved(a, &l.items[i], st_path, err);
+            continue;
+        }
         if (!module) {
             s = q3r_fail(err, Q3R_EFORMAT,
-                         "%s: tensor '%s' is not a LoRA factor (%s<module>.lora_A/B.weight)", st_path,
-                         l.items[i].name, PREFIX);
+                         "%s: tensor '%s' is not a LoRA factor (%s<module>.lora_A/B.weight) nor of a "
+                         "module in modules_to_save",
+                         st_path, l.items[i].name, PREFIX);
             break;
         }
         if (which == 'B') { /* checked with its A */
@@ -497,6 +605,27 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
                 "the weight of a matrix, e.g. blocks.0.attn.qkv)",
                 l->module, q3r_model_family_name(m));
     }
+    for (size_t k = 0; k < a->saved.count; k++) { /* modules_to_save: the base's tensors, same shapes */
+        const q3r_tensor *x = &a->saved.items[k];
+        const q3r_param_info *p = q3r_model_find(m, x->name);
+        if (!p)
+            return q3r_fail(err, Q3R_EINVAL,
+                            "adapter: saved tensor %s (modules_to_save) is not in this %s model", x->name,
+                            q3r_model_family_name(m));
+        int same = p->ndim == x->ndim;
+        for (int d = 0; same && d < p->ndim; d++) same = p->shape[d] == x->shape[d];
+        if (!same)
+            return q3r_fail(err, Q3R_EINVAL,
+                            "adapter: saved tensor %s (modules_to_save) has %lld entries in %d dims, the "
+                            "model's %lld in %d",
+                            x->name, (long long)q3r_tensor_numel(x), x->ndim, (long long)q3r_param_numel(p),
+                            p->ndim);
+    }
+    for (size_t k = 0; k < a->saved.count; k++) {
+        const q3r_tensor *x = &a->saved.items[k];
+        const q3r_param_info *p = q3r_model_find(m, x->name);
+        memcpy(q3r_model_params(m) + p->offset, x->data, sizeof(float) * (size_t)q3r_param_numel(p));
+    }
     /* W[row0 + j, :] += s B[row0 + j, :] A for each matrix's rows of its module */
     for (int k = 0; k < a->count; k++) {
         const q3r_lora *l = &a->items[k];
@@ -512,6 +641,60 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
         }
     }
     return Q3R_OK;
+}
+
+/* The index of m's classifier head matrix, or -1; its name and rows. */
+static int head_matrix(const q3r_model *m, const char **name, int *rows) {
+    for (int i = 0; i < q3r_model_num_matrices(m); i++) {
+        q3r_matrix_kind k;
+        q3r_model_matrix_shape(m, i, name, &k, rows, NULL, NULL);
+        if (k == Q3R_MAT_HEAD) return i;
+    }
+    return -1;
+}
+
+q3r_status q3r_adapter_save_head(q3r_adapter *a, q3r_model *m, const char *classes, q3r_error *err) {
+    const char *head = NULL;
+    int rows;
+    if (head_matrix(m, &head, &rows) < 0)
+        return q3r_fail(err, Q3R_EINVAL, "adapter: this %s model has no classifier head to save",
+                        q3r_model_family_name(m));
+    const size_t hl = strlen(head);
+    q3r_status s = Q3R_OK;
+    for (int i = 0; i < q3r_model_num_tensors(m) && !s; i++) {
+        const q3r_param_info *p = q3r_model_tensor(m, i);
+        if (strncmp(p->name, head, hl) || p->name[hl] != '.') continue;
+        s = q3r_tensor_list_add(&a->saved, p->name, Q3R_F32, p->ndim, p->shape,
+                                q3r_model_params(m) + p->offset, err);
+    }
+    free(a->classes);
+    a->classes = NULL;
+    if (!s && classes && *classes && !(a->classes = strdup(classes)))
+        s = q3r_fail(err, Q3R_ENOMEM, "adapter: out of memory");
+    return s;
+}
+
+q3r_status q3r_adapter_apply(q3r_model **m, q3r_meta *meta, const q3r_adapter *a, int max_batch,
+                             q3r_error *err) {
+    const char *head = NULL;
+    int rows = 0;
+    if (head_matrix(*m, &head, &rows) >= 0) { /* a saved head of another size: a fresh one of that size */
+        char name[256];
+        snprintf(name, sizeof name, "%s.weight", head);
+        const q3r_tensor *x = q3r_tensor_list_find(&a->saved, name);
+        if (x && x->ndim == 2 && x->shape[0] != rows) {
+            q3r_model *nm = NULL;
+            q3r_status s = q3r_model_new_head(*m, (int)x->shape[0], 0, max_batch, &nm, err);
+            if (s)
+                return q3r_fail_context(err, "adapter: the saved head of %lld classes",
+                                        (long long)x->shape[0]);
+            q3r_model_free(*m);
+            *m = nm;
+        }
+    }
+    q3r_status s = q3r_adapter_merge(*m, a, err);
+    if (!s && meta && a->classes) s = q3r_meta_set(meta, "data.classes", a->classes, err);
+    return s;
 }
 
 /* ---- packing: matrices' factors into modules ------------------------------------------------- */

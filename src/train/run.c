@@ -46,6 +46,7 @@ static void run_free(run_state *r) {
     else q3r_model_free(r->model);
     q3r_meta_free(&r->meta);
     q3r_meta_free(&r->model_meta);
+    q3r_meta_free(&r->init_meta);
     free(r->ckpt_path);
     free(r->model_path);
     free(r->log_path);
@@ -64,7 +65,7 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     if (!from_file && c->new_head > 0)
         return q3r_fail(err, Q3R_EINVAL, "--new-head replaces the head of an --init model; give --init");
     if (from_file) {
-        if ((s = q3r_model_load(c->init, c->batch, &r->model, NULL, err)))
+        if ((s = q3r_model_load(c->init, c->batch, &r->model, &r->init_meta, err)))
             return q3r_fail_context(err, "--init");
         if (c->new_head > 0) {
             q3r_model *nh = NULL;
@@ -80,6 +81,7 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     q3r_rank_rule rule;
     if ((s = q3r_rank_parse(c->rank, &rule, err))) return q3r_fail_context(err, "--rank");
     if ((s = q3r_run_data_for(r->model, &r->data, err))) return s;
+    r->data->init_meta = from_file ? &r->init_meta : NULL;
     if ((s = r->data->ops->open(r->data, c, r->model, err))) return s;
     r->steps_per_epoch = r->data->ops->steps_per_epoch(r->data);
     r->total_steps = r->steps_per_epoch * c->epochs;
@@ -148,8 +150,8 @@ static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn pro
 }
 
 /* A LoRA run's adapter, <out>/adapter in PEFT's format, from its chains' factors (a fused qkv: one
- * module of rank 3r); merged into the --init model it gives model.safetensors (to fp32 rounding;
- * a fresh --new-head is not in it). */
+ * module of rank 3r) and a fresh --new-head as modules_to_save (with its class split); applied
+ * to the --init model it gives model.safetensors (to fp32 rounding). */
 static q3r_status write_adapter(run_state *r, const q3r_train_config *c, q3r_error *err) {
     const int rank = atoi(c->rank);
     q3r_adapter a;
@@ -157,6 +159,7 @@ static q3r_status write_adapter(run_state *r, const q3r_train_config *c, q3r_err
                                            c->lora_alpha > 0 ? c->lora_alpha : rank, c->lora_rslora, &a, err);
     char *dir = s ? NULL : q3r_path_join(c->out_dir, "adapter");
     if (!s && !dir) s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
+    if (!s && c->new_head > 0) s = q3r_adapter_save_head(&a, r->model, c->classes, err);
     if (!s && c->init && *c->init && !(a.base_model = strdup(c->init)))
         s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
     if (!s) s = q3r_adapter_write(dir, &a, err);
@@ -171,6 +174,8 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     q3r_train_config cfg = *cfg_in;
     run_state r;
     memset(&r, 0, sizeof r);
+    q3r_meta_init(&r.model_meta);
+    q3r_meta_init(&r.init_meta);
     r.cfg = &cfg;
     memset(res, 0, sizeof *res);
     q3r_jsonl log;

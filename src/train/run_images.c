@@ -1,6 +1,6 @@
 /* A run's data for image models: a labelled dataset by name (IDX, CIFAR), its training split
  * through the shuffling, augmenting loader, its test split for evaluation, normalised with
- * the training split's per-channel statistics (see run_impl.h). */
+ * the training split's per-channel statistics, or a fine-tune's --init model's (see run_impl.h). */
 #include "run_impl.h"
 
 #include <stdlib.h>
@@ -36,8 +36,18 @@ static q3r_status open_images(run_data *d, const q3r_train_config *c, const q3r_
     im->train = limited(&im->train_full, c->train_limit);
     im->test = limited(&im->test_full, c->test_limit);
     if ((s = q3r_check_dataset(m, &im->train, err))) return s;
-    /* Normalisation statistics from the full training split, as is customary. */
-    if ((s = q3r_dataset_channel_stats(&im->train_full, &im->norm, err))) return s;
+    /* Normalisation statistics from the full training split, as is customary; a fine-tune keeps
+     * its --init model's (as torchvision users keep a pretrained model's transforms), so that
+     * the model and an adapter of it see the inputs the base was trained on. */
+    if (d->init_meta && q3r_meta_has(d->init_meta, "data.mean")) {
+        if ((s = q3r_metadata_normalize(d->init_meta, &im->norm, err)))
+            return q3r_fail_context(err, "--init");
+        if (im->norm.c != im->train_full.c)
+            return q3r_fail(err, Q3R_EINVAL, "--init: the model normalises %d channel(s), %s has %d",
+                            im->norm.c, c->dataset, im->train_full.c);
+    } else if ((s = q3r_dataset_channel_stats(&im->train_full, &im->norm, err))) {
+        return s;
+    }
     const q3r_model_input *in = q3r_model_input_spec(m);
     /* data parallel: this rank's slice of every global batch (a pure function of the position) */
     q3r_loader_config lc = {.batch_size = c->batch,

@@ -37,6 +37,9 @@ typedef struct {
 
 struct run_data {
     const run_data_ops *ops;
+    /* the --init model file's metadata (NULL: a run from scratch), set before open: a fine-tune
+     * keeps what its model was trained with (the images' normalisation) */
+    const q3r_meta *init_meta;
 };
 
 /* A zeroed source of `size` bytes (a struct whose first member is run_data) with its ops. */
@@ -50,6 +53,7 @@ typedef struct {
     const q3r_train_config *cfg;
     run_data *data;
     q3r_meta model_meta; /* the preset's, when cfg->model is NULL */
+    q3r_meta init_meta;  /* the --init file's */
     q3r_model *model;    /* the trainer's once it exists */
     q3r_trainer *trainer;
     q3r_set *reg; /* the trainer's */
