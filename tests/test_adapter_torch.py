@@ -80,6 +80,15 @@ def read_adapter(d):
     return cfg, mods
 
 
+def add_lora(model, lora):
+    """PEFT's LoRA forward on model's modules: y = x W^T + b + s (x A^T) B^T"""
+    for mod, (A, B, s) in lora.items():
+        lin = model.get_submodule(mod)
+        At, Bt = torch.from_numpy(A), torch.from_numpy(B)
+        lin.forward = (lambda lin_, At_, Bt_, s_: lambda inp: torch.nn.functional.linear(inp, lin_.weight, lin_.bias)
+                       + s_ * (inp @ At_.T) @ Bt_.T)(lin, At, Bt, s)
+
+
 def best_rank(D, r):
     U, S, VT = np.linalg.svd(D.astype(np.float64), full_matrices=False)
     return (U[:, :r] * S[:r]) @ VT[:r]
@@ -181,11 +190,7 @@ def main():
         x = torch.randn(4, CFG["channels"], CFG["image_size"], CFG["image_size"])
         ref = ViT(**CFG)
         ref.load_state_dict({k: torch.from_numpy(v) for k, v in w0.items()})
-        for mod, (A, B, s) in lora.items():
-            lin = ref.get_submodule(mod)
-            At, Bt = torch.from_numpy(A), torch.from_numpy(B)
-            lin.forward = (lambda lin_, At_, Bt_, s_: lambda inp: torch.nn.functional.linear(inp, lin_.weight, lin_.bias)
-                           + s_ * (inp @ At_.T) @ Bt_.T)(lin, At, Bt, s)
+        add_lora(ref, lora)
         mm = ViT(**CFG)
         mm.load_state_dict({k: torch.from_numpy(v) for k, v in wm.items()})
         with torch.no_grad():
@@ -215,11 +220,7 @@ def main():
               "modules_to_save: every other tensor as the plain merge")
         ref3 = ViT(**dict(CFG, classes=3))
         ref3.load_state_dict({k: torch.from_numpy(v) for k, v in dict(w0, **{"head.weight": head_w, "head.bias": head_b}).items()})
-        for mod, (A, B, s) in lora.items():
-            lin = ref3.get_submodule(mod)
-            At, Bt = torch.from_numpy(A), torch.from_numpy(B)
-            lin.forward = (lambda lin_, At_, Bt_, s_: lambda inp: torch.nn.functional.linear(inp, lin_.weight, lin_.bias)
-                           + s_ * (inp @ At_.T) @ Bt_.T)(lin, At, Bt, s)
+        add_lora(ref3, lora)
         mm3 = ViT(**dict(CFG, classes=3))
         mm3.load_state_dict({k: torch.from_numpy(v) for k, v in wm2.items()})
         with torch.no_grad():
