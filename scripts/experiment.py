@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from experiment_lib import (LR, MIN_LR, NUCLEAR_SHRINK, FULL_BUDGET_S, PS, REG_TARGETS, TARGET_SETS,  # noqa: E402
                             add_common_flags, find_q3r, fmt_time, kept_means, lr_sum, mean_spread, method_args,
-                            methods, parse_seeds, run, runs_epochs, say)
+                            methods, parse_seeds, run, runs_epochs, say, truncated_words)
 
 BATCH = 128
 # measured: vit-fmnist trains ~70 s per 60000-image epoch at 2 threads on an idle machine;
@@ -79,16 +79,12 @@ class Images:
         return f"{r['acc']:.2f}{sp} ({0.0 - r['drop'] + 0.0:+.2f})"
 
     @staticmethod
-    def what(targets):
-        return "Q, K, V" if targets == "qkv" else "every linear layer of the blocks (Q, K, V, proj, fc1, fc2)"
-
-    @staticmethod
     def plot_name(targets):
         return f"accuracy-{targets}.png"
 
     @staticmethod
     def plot_title(plan, targets):
-        what = "Q/K/V truncated" if targets == "qkv" else "all block linear layers truncated"
+        what = truncated_words(targets)
         return f"{plan['model']} on Fashion-MNIST, {plan['epochs']} epoch(s): accuracy vs kept fraction, {what}"
 
     @staticmethod

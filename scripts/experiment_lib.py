@@ -53,17 +53,27 @@ def methods(have_lorita, have_factorized):
     return m
 
 
-def lr_sum(steps):
+def targets_words(targets):
+    """a target set in words, for table headings"""
+    return "Q, K, V" if targets == "qkv" else "every linear layer of the blocks (Q, K, V, proj, fc1, fc2)"
+
+
+def truncated_words(targets):
+    """a target set in words, for plot titles"""
+    return "Q/K/V truncated" if targets == "qkv" else "all block linear layers truncated"
+
+
+def lr_sum(steps, lr=LR, min_lr=MIN_LR):
     """sum_t lr_t of q3r train's schedule: linear warmup (5% of the run, at most 200 steps), then
-    cosine from LR to MIN_LR (src/optim/schedule.c)"""
+    cosine from lr to min_lr (src/optim/schedule.c)"""
     warm = min(steps // 20, 200)
     s = 0.0
     for t in range(steps):
         if t < warm:
-            s += LR * (t + 1) / warm
+            s += lr * (t + 1) / warm
         else:
             prog = (t - warm) / (steps - warm)
-            s += MIN_LR + (LR - MIN_LR) * 0.5 * (1 + math.cos(math.pi * prog))
+            s += min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * prog))
     return s
 
 
@@ -226,7 +236,7 @@ def markdown(task, summary, plan, results=None):
                                  + ([f"not finished: {', '.join(missing)}"] if missing else [])) + ".")
         lines.append("")
     for targets in TARGET_SETS:
-        lines.append(f"## Truncating {task.what(targets)} (`--targets {targets}`)")
+        lines.append(f"## Truncating {targets_words(targets)} (`--targets {targets}`)")
         lines.append("")
         header = "| method | untruncated | " + " | ".join(f"p = {p:g}" for p in PS) + " |"
         lines.append(header)
