@@ -2,7 +2,9 @@
 - --on-update (weights row "delta"): with lambda 0 (--pull 0) a decoupled or coupled run equals
   plain full fine-tuning bit for bit; the decoupled step on W is 2 lambda R(W - W_0) times the
   learning rate, R from numpy's SVD of the update (R(D) = sum_i min(eps / s_i, 1)^2 s_i u_i v_i^T,
-  eps = sigma_{r+1}(D) at the refresh); the nuclear baseline on the update runs;
+  eps = sigma_{r+1}(D) at the refresh); eps keeps following sigma_{r+1} as the update grows from 0
+  (the monotone default schedule would freeze it at the first refresh); the nuclear baseline on the
+  update runs;
 - a LoRA run writes <out>/adapter (PEFT's format; the fused qkv one module of rank 3r) and merging
   it into the --init model (q3r adapter merge) gives the run's model.safetensors to fp32 rounding;
 - --lora-q3r: coupled Q3R on B A lowers the update's tail against plain LoRA at the same rank;
@@ -109,6 +111,18 @@ def main():
         k = "blocks.0.attn.qkv.weight"
         check(np.linalg.norm(wn[k] - w0[k]) < np.linalg.norm(wp[k] - w0[k]), "nuclear on the update shrinks it")
 
+        # ---- eps on an update follows sigma_{r+1} (the update grows from 0) ----------------------
+        ex = os.path.join(tmp, "explore")
+        train(ex, "--init", base, "--reg", "decoupled", "--on-update", "--rank", "1", "--epochs", "2",
+              "--period", "2", *const)
+        ep = [json.loads(l) for l in open(os.path.join(ex, "metrics.jsonl")) if '"epoch"' in l]
+        ep = [e for e in ep if e.get("event") == "epoch"]
+        same = sum(a == b for e in ep for a, b in zip(e["eps"], e["sigma_r1"]))
+        total = sum(len(e["eps"]) for e in ep)
+        check(len(ep) == 2 and total > 0 and same == total,
+              f"on the update eps = sigma_(r+1) at every refresh: {same} of {total} (the monotone schedule "
+              f"froze eps at the first refresh)")
+
         # ---- a LoRA run writes its adapter; merged, it is the run's model ---------------------
         lora = os.path.join(tmp, "lora")
         train(lora, "--init", base, "--reg", "lora", "--rank", "2", "--targets", "qkv,fc1", "--epochs", "1",
@@ -166,7 +180,8 @@ def main():
             return float(np.mean(r))
 
         t8, tq = tail(model(l8)), tail(model(lq))
-        check(tq < 0.5 * t8, f"LoRA + Q3R on B A: update energy beyond rank 1 {tq:.3f} < plain LoRA's {t8:.3f} / 2")
+        # measured: 0.092 against 0.182 (0.063 under the monotone schedule, which froze eps on other matrices)
+        check(tq < 0.6 * t8, f"LoRA + Q3R on B A: update energy beyond rank 1 {tq:.3f} < 0.6 x plain LoRA's {t8:.3f}")
         check(os.path.exists(os.path.join(lq, "adapter", "adapter_config.json")), "LoRA + Q3R writes its adapter")
 
         # ---- bad input ----------------------------------------------------------------------------

@@ -101,10 +101,12 @@ typedef struct {
     double pull;         /* target 2 lambda sum_t lr_t when lambda is automatic (0: lambda = 0, Q3R
                             without strength: the rows run, nothing moves) */
     int period;          /* refresh every `period` steps */
-    q3r_eps_options eps;
-    int lorita_factors;      /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
-    double lora_alpha;       /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
-    int lora_rslora;         /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
+    q3r_eps_options eps; /* Q3R on an update (DELTA, or LoRA's B A): DEFAULT means EXPLORATION, as
+                          * the update starts at 0 and min(eps, sigma_{r+1}) would freeze eps at
+                          * the first refresh's tiny sigma_{r+1}, leaving Q3R all but inactive */
+    int lorita_factors;  /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
+    double lora_alpha;   /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
+    int lora_rslora;     /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
     const char *update_rank; /* Q3R_WEIGHTS_LORA with reg COUPLED: Q3R's target rank on the update
                                 (rank rule text; NULL or "": `rank`) */
     /* run */

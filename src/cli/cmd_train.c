@@ -484,7 +484,10 @@ static int train_cmd(int argc, char **argv) {
         else if (c.reg != Q3R_REG_NONE)
             fprintf(stderr, "q3r train: %s Q3R on %s, rank %s, %s lambda, refresh every %d steps, %s eps\n",
                     c.reg == Q3R_REG_DECOUPLED ? "decoupled (AdamQ3R)" : "coupled", c.targets, c.rank,
-                    lambda > 0 ? "given" : "automatic", c.period, q3r_eps_name(c.eps.schedule));
+                    lambda > 0 ? "given" : "automatic", c.period,
+                    c.weights == Q3R_WEIGHTS_DELTA && c.eps.schedule == Q3R_EPS_DEFAULT
+                        ? "exploration (an update starts at 0)"
+                        : q3r_eps_name(c.eps.schedule));
         else fprintf(stderr, "q3r train: AdamW, no rank regularizer\n");
     }
     q3r_model_free(probe);
