@@ -37,9 +37,10 @@ SVDs of 64 x 64 to 256 x 64 matrices) is negligible. Full (two seeds, 16 fine-tu
 task): images: pretraining 4 epochs of the 30000 images of classes 0-4 (160 s), the probe 1 epoch
 (40 s), each fine-tune 2 epochs of the 30000 of classes 5-9 (80 s), 21 evals a seed on the 5000
 test images (2.2 s each): 32 x 86 s + 200 + 92 = 50 minutes; text: pretraining 1500 steps (750 s),
-each fine-tune 200 steps (100 s), evals on 256 windows (under a second): 32 x 108 s + 750 = 70
-minutes; both together about 2.1 hours (the estimate printed with --dry-run; a loaded machine is
-slower). Quick (one seed, r = 1, 4: 7 fine-tunes a task): images: 10000 images, pretraining 2
+each fine-tune 150 steps (75 s), evals on 256 windows (under a second): 32 x 80 s + 750 = 55
+minutes; both together about 1.8 hours (the estimate printed with --dry-run; a loaded machine is
+slower). Measured in the run recorded in README.md (both tasks at once, one thread each, on the
+shared 2-core machine): an image fine-tune 2.2-3.0 min, the text pretraining 0.87 s a step. Quick (one seed, r = 1, 4: 7 fine-tunes a task): images: 10000 images, pretraining 2
 epochs (27 s), probe and fine-tunes 1 epoch (13 s each), 2000 test images; text: pretraining 400
 steps (200 s), fine-tunes 60 steps (30 s), 128 windows: about 9 minutes.
 """

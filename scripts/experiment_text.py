@@ -5,7 +5,7 @@ afterwards, scored in validation bits per byte, with the q3r program.
 Every method (those of scripts/experiment.py: AdamW, nuclear norm, Q3R at target ranks 0.4 and
 0.2 with pulls 9 and 27, LoRITa, factorized) trains the same GPT (gpt-tiny; --model gpt-small)
 on the same text (data/kjv.txt, made by scripts/text-data.sh; --data FILE) with the same steps,
-batch, learning-rate schedule (AdamW, peak 1e-3, warmup + cosine) and seeds; its rank regularizer
+batch (32 windows of 128 bytes), learning-rate schedule (AdamW, peak 3e-3, warmup + cosine) and seeds; its rank regularizer
 acts on every linear layer of the blocks. Each model is swept with `q3r sweep` at kept fractions
 p = 0.9 ... 0.1, once truncating Q/K/V and once every block matrix, on a fixed set of validation
 windows. Reference lines: gzip -9, xz -9 and bzip2 -9 on the same split (scripts/text-reference.py).
@@ -17,18 +17,18 @@ bpb-<targets>.png.
 Resumable, and --report, exactly as scripts/experiment.py (the machinery is theirs in common:
 scripts/experiment_lib.py). See docs/EXPERIMENT.md, "The text experiment".
 
-    scripts/experiment_text.py --quick                      # about 10 minutes on 2 cores
-    scripts/experiment_text.py --out runs/experiment-text   # the full experiment, about 3 hours
+    scripts/experiment_text.py --quick                      # about 7 minutes on 2 cores
+    scripts/experiment_text.py --out runs/experiment-text   # the full experiment, about 2.2 hours
 
-Sizes, from measured step times (gpt-tiny, batch 128, context 128, 2 threads): about 1.4 s a
-step on the shared 2-core machine (2.5-3.4 s measured while it ran 4-5 other processes); training
-cost is taken as proportional to the windows a step processes, and scoring a window (forward only)
-as a third of training it (measured: 128 validation windows in 1.1 s while a step took 3.3 s).
-gpt-small's step is taken as 10 times gpt-tiny's (one step measured at over 20 s on the loaded
-machine, against 3.3 s). --quick: one seed, 40 steps (2 epochs of 20), 128 validation windows:
-8 runs of about 70 s (training, two sweeps of 10 scorings, two samples) = about 10 minutes. Full:
-two seeds, 1024 validation windows (131072 bytes, 30% of the split); the epochs (of 50 steps) are
-as many as fit 3 hours with the sweeps (about 75 s a model): 7 epochs, 350 steps, 2.9 hours.
+Sizes: a training window (gpt-tiny, context 128, 2 threads) is taken at 1.4 s / 128 = 10.9 ms,
+measured at batch 128 (1.4 s a step on the shared 2-core machine); at batch 32 a window costs no
+less (smaller products), so the estimate is an upper bound until a batch-32 rate is measured on
+a quiet machine (a batch-64 pretraining ran at 0.84 s a step, 13 ms a window, on one thread
+beside another process). Scoring a window (forward only) is taken as a third of training it.
+gpt-small's step is taken as 10 times gpt-tiny's. --quick: one seed, 100 steps (2 epochs of 50),
+128 validation windows: about 7 minutes. Full: two seeds, 1024 validation windows (131072 bytes,
+30% of the split); the epochs (of 200 steps) are as many as fit 2.25 hours with the sweeps (about
+75 s a model): 5 epochs, 1000 steps of 32 windows (4.1 MB, one pass over the training text).
 """
 import argparse
 import json
@@ -250,7 +250,7 @@ def main():
     ap.add_argument("--out", default=None,
                     help="output directory (default runs/experiment-text or runs/experiment-text-quick)")
     ap.add_argument("--quick", action="store_true",
-                    help="one seed, 100 steps, 128 validation windows: about 10 minutes, not hours")
+                    help="one seed, 100 steps, 128 validation windows: about 7 minutes, not hours")
     add_common_flags(ap, "epochs of --epoch-steps steps (default: 2 quick; full: what fits in 3 hours)",
                      "default 1,2; quick: 1")
     ap.add_argument("--model", default="gpt-tiny", choices=sorted(CONTEXT), help="the GPT preset (default gpt-tiny)")
