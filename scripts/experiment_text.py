@@ -17,18 +17,16 @@ bpb-<targets>.png.
 Resumable, and --report, exactly as scripts/experiment.py (the machinery is theirs in common:
 scripts/experiment_lib.py). See docs/EXPERIMENT.md, "The text experiment".
 
-    scripts/experiment_text.py --quick                      # about 7 minutes on 2 cores
+    scripts/experiment_text.py --quick                      # 7 minutes on 2 cores
     scripts/experiment_text.py --out runs/experiment-text   # the full experiment, about 2.2 hours
 
-Sizes: a training window (gpt-tiny, context 128, 2 threads) is taken at 1.4 s / 128 = 10.9 ms,
-measured at batch 128 (1.4 s a step on the shared 2-core machine); at batch 32 a window costs no
-less (smaller products), so the estimate is an upper bound until a batch-32 rate is measured on
-a quiet machine (a batch-64 pretraining ran at 0.84 s a step, 13 ms a window, on one thread
-beside another process). Scoring a window (forward only) is taken as a third of training it.
-gpt-small's step is taken as 10 times gpt-tiny's. --quick: one seed, 100 steps (2 epochs of 50),
-128 validation windows: about 7 minutes. Full: two seeds, 1024 validation windows (131072 bytes,
-30% of the split); the epochs (of 200 steps) are as many as fit 2.25 hours with the sweeps (about
-75 s a model): 5 epochs, 1000 steps of 32 windows (4.1 MB, one pass over the training text).
+Sizes: a training window (gpt-tiny, context 128, batch 32, 2 threads) is taken at 0.27 s / 32 =
+8.4 ms, measured in a --quick run on the quiet shared 2-core machine (AdamW: 100 steps in 27.8 s
+with two scorings of 128 windows; the Q3R runs 30-32 s, LoRITa 48 s); scoring a window (forward
+only) is taken as a third of training it. gpt-small's step is taken as 10 times gpt-tiny's.
+--quick: one seed, 100 steps (2 epochs of 50), 128 validation windows: 6 min 55 s measured (the
+estimate said 6:51). Full: two seeds, 1024 validation windows (131072 bytes, 30% of the split);
+the epochs (of 200 steps) are as many as fit 2.25 hours with the sweeps.
 """
 import argparse
 import json
@@ -52,7 +50,7 @@ LR = 3e-3
 FULL_BUDGET_S = 2.25 * 3600
 CONTEXT = {"gpt-tiny": 128, "gpt-small": 256}
 # seconds to train on one window of the preset's context at 2 threads (docstring: how measured)
-TRAIN_S_PER_WINDOW = {"gpt-tiny": 1.4 / 128, "gpt-small": 14.0 / 128}
+TRAIN_S_PER_WINDOW = {"gpt-tiny": 0.27 / 32, "gpt-small": 2.7 / 32}
 EVAL_FRACTION = 1 / 3          # scoring a window against training on it
 SAMPLE_P = 0.3                 # the samples' truncated model: every block matrix at this p (the claim's point)
 SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLE_SEED = 300, 0.8, 20, 1
