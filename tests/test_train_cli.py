@@ -162,6 +162,10 @@ try:
         check(p.returncode != 0, f"{what}: non-zero exit")
         check(needle in p.stderr, f"{what}: message mentions {needle!r}: {p.stderr.strip()!r}")
 
+    p = run(["train", "--help"])
+    check(p.returncode == 0 and "|lora|probe\n" in p.stdout and "--rank R " in p.stdout,
+          "train --help: the whole --reg choice list, the help on its own line")
+
     out = os.path.join(tmp, "bad")
     bad(TINY + ["--out", out, "--lr", "abc"], "--lr", "non-numeric flag")
     bad(TINY + ["--out", out, "--epochs", "0"], "--epochs", "out-of-range flag")

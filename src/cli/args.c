@@ -74,7 +74,7 @@ static int set_value(const char *cmd, const arg_spec *s, const char *value) {
 void args_print_help(const char *cmd, const char *summary, const arg_spec *specs) {
     printf("usage: q3r %s [options]\n\n%s\n\noptions:\n", cmd, summary);
     for (const arg_spec *s = specs; s->name; s++) {
-        char left[64];
+        char left[256]; /* a choice list can be long: cut it and the help would merge */
         const char *mv = s->metavar              ? s->metavar
                          : s->type == ARG_INT    ? "N"
                          : s->type == ARG_DOUBLE ? "X"
@@ -82,7 +82,8 @@ void args_print_help(const char *cmd, const char *summary, const arg_spec *specs
                                                  : "S";
         if (s->type == ARG_FLAG) snprintf(left, sizeof left, "--%s", s->name);
         else snprintf(left, sizeof left, "--%s %s", s->name, mv);
-        printf("  %-28s %s", left, s->help);
+        if (strlen(left) > 28) printf("  %s\n  %-28s %s", left, "", s->help); /* own line when long */
+        else printf("  %-28s %s", left, s->help);
         switch (s->type) {
         case ARG_INT: printf(" (default %d)", *(int *)s->dest); break;
         case ARG_DOUBLE: printf(" (default %g)", *(double *)s->dest); break;
