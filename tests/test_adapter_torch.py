@@ -80,6 +80,13 @@ def read_adapter(d):
     return cfg, mods
 
 
+def write_adapter(d, cfg, tensors, metadata=None):
+    """an adapter directory as PEFT's save_pretrained writes it"""
+    st.write(os.path.join(d, "adapter_model.safetensors"), tensors, metadata)
+    with open(os.path.join(d, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
 def add_lora(model, lora):
     """PEFT's LoRA forward on model's modules: y = x W^T + b + s (x A^T) B^T"""
     for mod, (A, B, s) in lora.items():
@@ -167,9 +174,7 @@ def main():
                 tensors[f"{PREFIX}{mod}.lora_A.weight"] = A
                 tensors[f"{PREFIX}{mod}.lora_B.weight"] = B
                 lora[mod] = (A, B, scale(cfg, r, a))
-        st.write(os.path.join(ad, "adapter_model.safetensors"), tensors)
-        with open(os.path.join(ad, "adapter_config.json"), "w") as f:
-            json.dump(cfg, f)
+        write_adapter(ad, cfg, tensors)
         merged = os.path.join(tmp, "merged.safetensors")
         p = run_q3r(["adapter", "merge", bpath, ad, merged, "--threads", "1"], expect_ok=True)
         check(p.returncode == 0, "adapter merge runs")
@@ -205,9 +210,7 @@ def main():
         head_w = rng.standard_normal((3, D)).astype(np.float32)
         head_b = rng.standard_normal(3).astype(np.float32)
         t2 = dict(tensors, **{f"{PREFIX}head.weight": head_w, f"{PREFIX}head.bias": head_b})
-        st.write(os.path.join(ad2, "adapter_model.safetensors"), t2, {"format": "pt", "q3r.data.classes": "2-4"})
-        with open(os.path.join(ad2, "adapter_config.json"), "w") as f:
-            json.dump(cfg2, f)
+        write_adapter(ad2, cfg2, t2, {"format": "pt", "q3r.data.classes": "2-4"})
         merged2 = os.path.join(tmp, "merged_head.safetensors")
         p = run_q3r(["adapter", "merge", bpath, ad2, merged2, "--threads", "1"], expect_ok=True)
         check(p.returncode == 0, "adapter merge with modules_to_save runs")
@@ -235,9 +238,7 @@ def main():
             c = json.loads(json.dumps(cfg))
             t = dict(tensors)
             mutate(c, t)
-            st.write(os.path.join(d, "adapter_model.safetensors"), t)
-            with open(os.path.join(d, "adapter_config.json"), "w") as f:
-                json.dump(c, f)
+            write_adapter(d, c, t)
             o = os.path.join(tmp, "bad_out.safetensors")
             p = run_q3r(["adapter", "merge", bpath, d, o])
             check(p.returncode != 0 and want in p.stderr and not os.path.exists(o),

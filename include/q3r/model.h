@@ -202,6 +202,8 @@ int q3r_model_tensor_of(const q3r_model *m, const float *p);
 int q3r_model_num_matrices(const q3r_model *m);
 q3r_status q3r_model_matrix(q3r_model *m, int i, q3r_matrix *out, q3r_error *err);
 /* Name, kind and shape of matrix i without pointers (a const model). */
+/* The index of the first matrix of this kind (Q3R_MAT_HEAD: the classifier or LM head), or -1. */
+int q3r_model_find_kind(const q3r_model *m, q3r_matrix_kind kind);
 q3r_status q3r_model_matrix_shape(const q3r_model *m, int i, const char **name,
                                   q3r_matrix_kind *kind, int *rows, int *cols, q3r_error *err);
 const int *q3r_model_ranks(const q3r_model *m); /* (num_matrices) rank table, 0 = dense */

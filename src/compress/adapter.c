@@ -645,12 +645,9 @@ q3r_status q3r_adapter_merge(q3r_model *m, const q3r_adapter *a, q3r_error *err)
 
 /* The index of m's classifier head matrix, or -1; its name and rows. */
 static int head_matrix(const q3r_model *m, const char **name, int *rows) {
-    for (int i = 0; i < q3r_model_num_matrices(m); i++) {
-        q3r_matrix_kind k;
-        q3r_model_matrix_shape(m, i, name, &k, rows, NULL, NULL);
-        if (k == Q3R_MAT_HEAD) return i;
-    }
-    return -1;
+    const int i = q3r_model_find_kind(m, Q3R_MAT_HEAD);
+    if (i >= 0) q3r_model_matrix_shape(m, i, name, NULL, rows, NULL, NULL);
+    return i;
 }
 
 q3r_status q3r_adapter_save_head(q3r_adapter *a, q3r_model *m, const char *classes, q3r_error *err) {

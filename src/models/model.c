@@ -207,6 +207,12 @@ int q3r_model_num_matrices(const q3r_model *m) { return m->nmat; }
 const int *q3r_model_ranks(const q3r_model *m) { return m->ranks; }
 int q3r_model_is_factored(const q3r_model *m) { return m->factored; }
 
+int q3r_model_find_kind(const q3r_model *m, q3r_matrix_kind kind) {
+    for (int i = 0; i < m->nmat; i++)
+        if (m->mats[i].kind == kind) return i;
+    return -1;
+}
+
 q3r_status q3r_model_matrix_shape(const q3r_model *m, int i, const char **name, q3r_matrix_kind *kind,
                                   int *rows, int *cols, q3r_error *err) {
     if (i < 0 || i >= m->nmat)

@@ -74,18 +74,15 @@ static q3r_status check_frozen(const q3r_trainer *t, q3r_error *err) {
         return q3r_fail(err, Q3R_EINVAL,
                         "--reg probe trains only a fresh classifier head: give --new-head K");
     if (t->cfg.new_head <= 0 || !t->weights->owns_targets) return Q3R_OK;
-    for (int i = 0; i < q3r_model_num_matrices(t->model); i++) {
-        q3r_matrix_kind k;
-        const char *nm;
-        q3r_model_matrix_shape(t->model, i, &nm, &k, NULL, NULL, NULL);
-        if (k != Q3R_MAT_HEAD) continue;
-        for (int j = 0; j < q3r_set_count(t->reg); j++)
-            if (!strcmp(q3r_set_name(t->reg, j), nm))
-                return q3r_fail(err, Q3R_EINVAL,
-                                "--targets: the fresh --new-head '%s' trains in full and takes no adapter; "
-                                "leave the head out of the targets (or use --reg probe to train only it)",
-                                nm);
-    }
+    const int h = q3r_model_find_kind(t->model, Q3R_MAT_HEAD);
+    const char *nm = NULL;
+    if (h < 0 || q3r_model_matrix_shape(t->model, h, &nm, NULL, NULL, NULL, err)) return Q3R_OK;
+    for (int j = 0; j < q3r_set_count(t->reg); j++)
+        if (!strcmp(q3r_set_name(t->reg, j), nm))
+            return q3r_fail(err, Q3R_EINVAL,
+                            "--targets: the fresh --new-head '%s' trains in full and takes no adapter; "
+                            "leave the head out of the targets (or use --reg probe to train only it)",
+                            nm);
     return Q3R_OK;
 }
 
@@ -115,12 +112,8 @@ static q3r_status build_optimizer(q3r_trainer *t, q3r_error *err) {
     if (head_only) { /* the head's tensors ("<head matrix>." ...) are the only trainable ones */
         memset(mask, 0, n);
         const char *head = NULL;
-        for (int i = 0; i < q3r_model_num_matrices(t->model); i++) {
-            q3r_matrix_kind k;
-            const char *nm;
-            q3r_model_matrix_shape(t->model, i, &nm, &k, NULL, NULL, NULL);
-            if (k == Q3R_MAT_HEAD) head = nm;
-        }
+        const int h = q3r_model_find_kind(t->model, Q3R_MAT_HEAD);
+        if (h >= 0) q3r_model_matrix_shape(t->model, h, &head, NULL, NULL, NULL, NULL);
         const size_t hl = head ? strlen(head) : 0;
         for (int i = 0; head && i < q3r_model_num_tensors(t->model); i++) {
             const q3r_param_info *p = q3r_model_tensor(t->model, i);
