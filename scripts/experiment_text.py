@@ -17,11 +17,11 @@ bpb-<targets>.png.
 Resumable, and --report, exactly as scripts/experiment.py (the machinery is theirs in common:
 scripts/experiment_lib.py). See docs/EXPERIMENT.md, "The text experiment".
 
-    scripts/experiment_text.py --quick                      # 7 minutes on 2 cores
+    scripts/experiment_text.py --quick                      # about 7 minutes on 2 cores
     scripts/experiment_text.py --out runs/experiment-text   # the full experiment, about 2.2 hours
 
 Sizes: a training window (gpt-tiny, context 128, batch 32, 2 threads) is taken at 0.27 s / 32 =
-8.4 ms, measured in a --quick run on the quiet shared 2-core machine (AdamW: 100 steps in 27.8 s
+8.4 ms, from one --quick run on the quiet shared 2-core machine (AdamW: 100 steps in 27.8 s
 with two scorings of 128 windows; the Q3R runs 30-32 s, LoRITa 48 s); scoring a window (forward
 only) is taken as a third of training it. gpt-small's step is taken as 10 times gpt-tiny's.
 --quick: one seed, 100 steps (2 epochs of 50), 128 validation windows: 6 min 55 s measured (the
