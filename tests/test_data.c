@@ -135,6 +135,22 @@ static void test_idx_small(void) {
     write_file(lp2, lab, 6, 0);
     s = q3r_dataset_load_idx(&ds, ip, lp2, 3, "x", &err);
     expect_fail(s, &err, "short header", lp2);
+    /* A gzip stream cut before its 8-byte trailer (CRC-32 and size): every data byte is there, but
+     * unchecked, so it is refused; the whole stream still loads. */
+    write_file(lp2, lab, nl, 1);
+    FILE *gf = fopen(lp2, "rb");
+    unsigned char gzb[256];
+    size_t gzn = fread(gzb, 1, sizeof gzb, gf);
+    fclose(gf);
+    CHECK(gzn > 8 && gzn < sizeof gzb, "small gzip file: %zu bytes", gzn);
+    CHECK_OK(q3r_dataset_load_idx(&ds, ip, lp2, 3, "x", &err), &err);
+    q3r_dataset_free(&ds);
+    write_file(lp2, gzb, gzn - 8, 0);
+    s = q3r_dataset_load_idx(&ds, ip, lp2, 3, "x", &err);
+    expect_fail(s, &err, "gzip without its trailer", lp2);
+    CHECK(strstr(err.msg, "trailer") != NULL, "names the trailer: %s", err.msg);
+    write_file(lp2, gzb, gzn - 3, 0);
+    expect_fail(q3r_dataset_load_idx(&ds, ip, lp2, 3, "x", &err), &err, "gzip with half a trailer", lp2);
     /* Trailing bytes, label out of range, zero dims, missing file. */
     unsigned char lab_extra[8 + 6];
     make_idx_labels(lab_extra, 2049, 5);

@@ -66,6 +66,13 @@ static q3r_status expect_eof(gzFile g, const char *path, q3r_error *err) {
         int zerr;
         return q3r_fail(err, Q3R_EIO, "%s: read error: %s", path, gzerror(g, &zerr));
     }
+    /* zlib returns what it has and reports the end quietly (Z_BUF_ERROR) when a gzip stream stops
+     * before its 8-byte trailer (CRC-32 and size): the data it gave are then unchecked */
+    int zerr = Z_OK;
+    (void)gzerror(g, &zerr);
+    if (zerr != Z_OK)
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "%s: the gzip stream is cut: it ends before its trailer (CRC and size)", path);
     return Q3R_OK;
 }
 
