@@ -268,6 +268,30 @@ static void test_attention(int T, int Tq, int causal) {
     free(A_qkv), free(A_att), free(A_out), free(A_proj), free(dqkv), free(datt);
 }
 
+/* A NaN in a key reaches every output that attends to it: no clamp in the softmax turns it into a
+ * finite number (a NaN weight in Q/K/V was once scored as a fine model). */
+static void test_attention_nan(int causal) {
+    const int B = 1, T = 40, D = 8, H = 2;
+    float *qkv = randn((size_t)B * T * 3 * D, 1), *out = malloc(sizeof(float) * B * T * D);
+    float *att = malloc(sizeof(float) * B * H * T * T);
+    const int bad = 7;                  /* token whose key (head 0) is NaN */
+    qkv[(size_t)bad * 3 * D + D] = NAN; /* k[bad, 0] */
+    q3r_attention_forward(out, att, qkv, B, T, T, D, H, causal);
+    int nan_where_attended = 1, finite_elsewhere = 1;
+    for (int t = 0; t < T; t++) {
+        int sees = !causal || t >= bad;
+        nan_where_attended &= !sees || isnan(out[(size_t)t * D + 0]);
+        finite_elsewhere &= sees || isfinite(out[(size_t)t * D + 0]);
+        finite_elsewhere &= isfinite(out[(size_t)t * D + D / H]); /* head 1 never sees the NaN */
+    }
+    CHECK(nan_where_attended, "attention (causal %d): a NaN key makes the outputs that see it NaN", causal);
+    CHECK(finite_elsewhere, "attention (causal %d): outputs that cannot see the NaN stay finite", causal);
+    float x = NAN, dy = 1, dx = 0;
+    q3r_gelu_backward(&dx, &dy, &x, 1);
+    CHECK(isnan(dx), "gelu backward of NaN is NaN (got %g)", (double)dx);
+    free(qkv), free(out), free(att);
+}
+
 /* ---- GELU, residual, dropout ----------------------------------------------------------------- */
 static void test_gelu(void) {
     const size_t n = 20001; /* several OpenMP blocks and a ragged tail */
@@ -429,6 +453,8 @@ int main(void) {
     test_attention(70, 70, 1);
     test_attention(70, 45, 1);
     test_attention(70, 70, 0);
+    test_attention_nan(0);
+    test_attention_nan(1);
     test_gelu();
     test_dropout();
     test_patch_embed();

@@ -312,8 +312,15 @@ q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *
                 return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' is %s, model wants %s", fam,
                                 t->name, got, want);
             }
-            if (pass == 1)
-                memcpy(m->params + t->offset, src->data, sizeof(float) * (size_t)q3r_param_numel(t));
+            const float *v = src->data;
+            const int64_t n = q3r_param_numel(t);
+            if (pass == 0)
+                for (int64_t k = 0; k < n; k++)
+                    if (!isfinite(v[k]))
+                        return q3r_fail(err, Q3R_ENUMERIC,
+                                        "%s import: tensor '%s' holds a non-finite value (%g at entry %lld)",
+                                        fam, t->name, (double)v[k], (long long)k);
+            if (pass == 1) memcpy(m->params + t->offset, v, sizeof(float) * (size_t)n);
         }
     }
     return Q3R_OK;

@@ -41,7 +41,7 @@ void q3r_gelu_backward(float *dx, const float *dy, const float *x, size_t n) {
 #pragma omp simd
         for (size_t i = i0; i < i1; i++) {
             float h = 0.5f * x[i] * x[i];
-            e[i - i0] = h < 80.0f ? -h : -80.0f;
+            e[i - i0] = h > 80.0f ? -80.0f : -h; /* a NaN passes */
         }
 #pragma omp simd
         for (size_t i = i0; i < i1; i++) {

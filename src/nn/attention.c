@@ -40,7 +40,7 @@ static void softmax_row(float *row, int n) {
 #pragma omp simd
     for (int j = 0; j < n; j++) {
         float z = row[j] - mx;
-        row[j] = z > -80.0f ? z : -80.0f;
+        row[j] = z < -80.0f ? -80.0f : z; /* a NaN passes (and is reported), never clamped away */
     }
 #pragma omp simd
     for (int j = 0; j < n; j++) row[j] = expf(row[j]);
