@@ -172,17 +172,17 @@ def main():
                   f"{what}: exit {p.returncode}, no directory left: {p.stderr.strip()}")
 
         # ---- bad combinations --------------------------------------------------------------------
-        def bad(args, want, what):
+        def bad(args, want, what, code=2):  # 2: a flag; 1: a file
             o = os.path.join(tmp, "bad")
             p = run_q3r(["train", "--out", o, *DATA, *args])
-            check(p.returncode == 2 and want in p.stderr and not os.path.exists(os.path.join(o, "model.safetensors")),
+            check(p.returncode == code and want in p.stderr and not os.path.exists(os.path.join(o, "model.safetensors")),
                   f"{what}: exit {p.returncode}: {p.stderr.strip()}")
 
         bad(["--new-head", "10"], "--init", "--new-head without --init")
         bad(["--init", base, "--model", "vit-bench"], "--model", "--init with --model")
         bad(["--init", base, "--width", "64"], "--width", "--init with --width")
         bad(["--reg", "decoupled", "--lora-alpha", "4"], "--lora-alpha", "--lora-alpha without LoRA")
-        bad(["--init", os.path.join(tmp, "missing.safetensors")], "missing.safetensors", "a missing --init file")
+        bad(["--init", os.path.join(tmp, "missing.safetensors")], "missing.safetensors", "a missing --init file", 1)
         p = run_q3r(["train", "--out", os.path.join(tmp, "bad2"), *DATA, "--init", base, "--reg", "lora",
                      "--rank", "0.4"])
         check(p.returncode != 0 and "integer" in p.stderr, f"lora with a fractional rank: {p.stderr.strip()}")

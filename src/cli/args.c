@@ -1,5 +1,7 @@
 #include "args.h"
 
+#include "q3r.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,6 +34,19 @@ static int set_value(const char *cmd, const arg_spec *s, const char *value) {
     switch (s->type) {
     case ARG_FLAG: *(int *)s->dest = 1; return 0;
     case ARG_STRING: *(const char **)s->dest = value; return 0;
+    case ARG_TARGETS:
+    case ARG_RANK: {
+        q3r_error err;
+        unsigned kinds;
+        q3r_rank_rule rule;
+        if (s->type == ARG_TARGETS ? q3r_targets_parse(value, &kinds, &err)
+                                   : q3r_rank_parse(value, &rule, &err)) {
+            fprintf(stderr, "q3r %s: --%s: %s\n", cmd, s->name, err.msg);
+            return 2;
+        }
+        *(const char **)s->dest = value;
+        return 0;
+    }
     case ARG_CHOICE: {
         int idx = choice_index(s->choices, value);
         if (idx < 0) {
@@ -88,6 +103,8 @@ void args_print_help(const char *cmd, const char *summary, const arg_spec *specs
         case ARG_INT: printf(" (default %d)", *(int *)s->dest); break;
         case ARG_DOUBLE: printf(" (default %g)", *(double *)s->dest); break;
         case ARG_STRING:
+        case ARG_TARGETS:
+        case ARG_RANK:
             if (*(const char **)s->dest) printf(" (default %s)", *(const char **)s->dest);
             break;
         case ARG_CHOICE: {

@@ -8,12 +8,14 @@
 
 #include <stddef.h>
 
-typedef enum { ARG_FLAG, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_CHOICE } arg_type;
+/* ARG_TARGETS and ARG_RANK are strings checked at parse time (q3r_targets_parse, q3r_rank_parse), so
+ * a bad value is a flag error (exit 2) before any file is read or made. */
+typedef enum { ARG_FLAG, ARG_INT, ARG_DOUBLE, ARG_STRING, ARG_CHOICE, ARG_TARGETS, ARG_RANK } arg_type;
 
 typedef struct {
     const char *name; /* long name without dashes, e.g. "lr" */
     arg_type type;
-    void *dest; /* int* (FLAG, INT, CHOICE index), double*, const char** */
+    void *dest; /* int* (FLAG, INT, CHOICE index), double*, const char** (STRING, TARGETS, RANK) */
     const char *help;
     double min, max;     /* for INT and DOUBLE; ignored when min > max */
     const char *choices; /* for CHOICE: "a|b|c"; dest receives the index */

@@ -75,7 +75,7 @@ static int extract(int argc, char **argv) {
          NULL, "R"},
         {"alpha", ARG_DOUBLE, &alpha, "lora_alpha (0: the rank, s = 1)", 0, 1e9, NULL, NULL},
         {"rslora", ARG_FLAG, &rslora, "rank-stabilised scaling s = alpha / sqrt(r)", 0, 0, NULL, NULL},
-        {"targets", ARG_STRING, &targets, "matrices: comma list of qkv, proj, fc1, fc2, head, all", 0, 0,
+        {"targets", ARG_TARGETS, &targets, "matrices: comma list of qkv, proj, fc1, fc2, head, all", 0, 0,
          NULL, "LIST"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {0},

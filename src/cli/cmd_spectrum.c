@@ -218,7 +218,7 @@ int q3r_cmd_spectrum(int argc, char **argv) {
     const arg_spec specs[] = {
         {"filter", ARG_STRING, &filter, "only these matrices: comma list of kinds or name substrings", 0, 0,
          NULL, "LIST"},
-        {"rank", ARG_STRING, &rank_text, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P",
+        {"rank", ARG_RANK, &rank_text, "target rank: integer, parameter fraction (0.4 or 40%), or maxdim:P",
          0, 0, NULL, "R"},
         {"no-split-qkv", ARG_FLAG, &no_split, "keep a fused qkv weight as one matrix", 0, 0, NULL, NULL},
         {"json", ARG_FLAG, &json, "print JSON (every singular value) instead of the table", 0, 0, NULL, NULL},

@@ -184,7 +184,7 @@ int q3r_cmd_sweep(int argc, char **argv) {
                *text = NULL;
     int limit = 0, batch = 256, threads = 0;
     const arg_spec specs[] = {
-        {"targets", ARG_STRING, &targets,
+        {"targets", ARG_TARGETS, &targets,
          "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
         {"ps", ARG_STRING, &ps_text, "kept fractions p, comma list in (0, 1] (1 = untruncated)", 0, 0, NULL,
          "LIST"},

@@ -181,15 +181,15 @@ static int train_cmd(int argc, char **argv) {
          "with --init and --reg decoupled|coupled|nuclear: the regularizer acts on the update W - W_0 (full "
          "fine-tuning with a low-rank update), its gradient or step on W",
          0, 0, NULL, NULL},
-        {"lora-q3r", ARG_STRING, &lora_q3r,
+        {"lora-q3r", ARG_RANK, &lora_q3r,
          "--reg lora: coupled Q3R on the update B A toward this target rank (lambda from --lambda / --pull)",
          0, 0, NULL, "R"},
         {"lorita-factors", ARG_INT, &lorita_factors,
          "--reg lorita: factors per target, W = W_1 ... W_N (W_1 = the init, the rest identity)", 2,
          Q3R_REPARAM_MAX_FACTORS, NULL, "N"},
-        {"targets", ARG_STRING, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all",
+        {"targets", ARG_TARGETS, &targets, "matrices under Q3R: comma list of qkv, proj, fc1, fc2, head, all",
          0, 0, NULL, "LIST"},
-        {"rank", ARG_STRING, &rank,
+        {"rank", ARG_RANK, &rank,
          "target rank (Q3R; the fixed rank of --reg factorized): integer, parameter fraction (0.4 or 40%), "
          "or maxdim:P",
          0, 0, NULL, "R"},
@@ -390,11 +390,11 @@ static int train_cmd(int argc, char **argv) {
     }
     /* the flags of the other kind of data are refused, not ignored */
     q3r_model *probe = NULL; /* a bad config is reported by the run */
-    int tokens = 0;
+    int tokens = 0, file_bad = 0;
     if (!bad && init) {
         if (q3r_model_load(init, 1, &probe, NULL, &err)) {
             fprintf(stderr, "q3r train: --init: %s\n", err.msg);
-            bad = 1;
+            bad = file_bad = 1;
         } else {
             preset = init;
         }
@@ -422,13 +422,13 @@ static int train_cmd(int argc, char **argv) {
                 "q3r train: the default text file %s is missing; make it with scripts/text-data.sh (the King "
                 "James Bible from Debian's bible-kjv package), or give --data FILE\n",
                 text);
-            bad = 1;
+            bad = file_bad = 1;
         } else {
             q3r_corpus probe_text;
             if (q3r_corpus_load(&probe_text, text, val_fraction, q3r_model_input_spec(probe)->context,
                                 &err)) {
                 fprintf(stderr, "q3r train: --data: %s\n", err.msg);
-                bad = 1;
+                bad = file_bad = 1;
             }
             q3r_corpus_free(&probe_text);
         }
@@ -436,7 +436,7 @@ static int train_cmd(int argc, char **argv) {
     if (bad) {
         q3r_model_free(probe);
         q3r_meta_free(&mm);
-        return 2;
+        return file_bad ? 1 : 2; /* the text file (missing, too short) or a flag */
     }
     c.model = &mm;
     if (!quiet) {

@@ -62,9 +62,9 @@ int q3r_cmd_truncate(int argc, char **argv) {
     double energy = 0;
     int json = 0, threads = 0;
     const arg_spec specs[] = {
-        {"targets", ARG_STRING, &targets,
+        {"targets", ARG_TARGETS, &targets,
          "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
-        {"rank", ARG_STRING, &rank,
+        {"rank", ARG_RANK, &rank,
          "rank: integer r, or kept-parameter fraction p (0.4 or 40%: r = floor(p m n / (m + n)))", 0, 0, NULL,
          "R"},
         {"energy", ARG_DOUBLE, &energy, "smallest rank keeping this fraction of sum sigma^2, in (0, 1]", 0, 1,

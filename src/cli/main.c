@@ -3,6 +3,7 @@
 #include "q3r.h"
 #include "commands.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +37,10 @@ static void usage(FILE *f) {
                "Low-rank training with the Quadratic Reweighted Rank Regularizer (Q3R).\n\n"
                "commands:\n");
     for (size_t i = 0; i < ncommands; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\n'q3r <command> --help' describes a command's options.\n");
+    fprintf(f,
+            "\n'q3r <command> --help' describes a command's options.\n"
+            "exit status: 0 done; 1 an input file, the data or the run failed (the message names the file);\n"
+            "2 a bad flag or argument (the message names the flag), before anything is read or written.\n");
 }
 
 int q3r_cmd_version(int argc, char **argv) {
@@ -58,6 +62,9 @@ int q3r_cmd_version(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     q3r_startup(argv);
+    /* past a file-size limit (ulimit -f) a write fails with EFBIG and is reported, naming the file,
+     * instead of the signal killing the process mid-write */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return 2;
