@@ -203,6 +203,11 @@ typedef struct {
     int failed;    /* an allocation failed while building the line */
 } q3r_jsonl;
 
+/* Before a resume from step: rewrite path (atomically) keeping the whole lines whose "step" is at
+ * most step (lines without one are kept; a line cut off by a kill, or one that is no JSON, is
+ * dropped), so the log reads as if the run had never gone past its checkpoint. A missing file is
+ * no error. */
+q3r_status q3r_jsonl_keep_until(const char *path, int64_t step, q3r_error *err);
 /* append != 0 keeps existing lines, 0 truncates the file. */
 q3r_status q3r_jsonl_open(q3r_jsonl *j, const char *path, int append, q3r_error *err);
 q3r_status q3r_jsonl_close(q3r_jsonl *j, q3r_error *err); /* safe on a closed/zeroed j */

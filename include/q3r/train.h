@@ -13,8 +13,10 @@
  * (q3r_reg_mode). The command line's --reg names the six combinations the paper compares.
  *
  * Files in out_dir: checkpoint.safetensors (model, optimizer, regularizer, data position,
- * step; the config in its metadata), model.safetensors (weights and config only),
- * metrics.jsonl (one line per logged step and per epoch). All are written atomically. */
+ * step; the config and a CRC-32 of the contents in its metadata) and checkpoint.prev.safetensors
+ * (the one before it), model.safetensors (weights and config only), metrics.jsonl (one line per
+ * logged step and per epoch). All are written atomically (temporary file, fsync, rename, fsync
+ * of the directory). docs/RELIABILITY.md says what survives a kill or a full disk. */
 #ifndef Q3R_TRAIN_H
 #define Q3R_TRAIN_H
 
@@ -130,7 +132,14 @@ const char *q3r_train_method_name(const q3r_train_config *cfg);
  * fraction 0.4, lr 1e-3 warmup+cosine, automatic lambda (pull 9), refresh every 5 steps. */
 q3r_train_config q3r_train_defaults(void);
 
-typedef enum { Q3R_PHASE_TRAIN = 0, Q3R_PHASE_EVAL = 1, Q3R_PHASE_EPOCH = 2 } q3r_train_phase;
+/* PHASE_NOTE: a message for the user in note (what a resume loaded, when it passed a damaged
+ * checkpoint over or found none); the other fields are not set. */
+typedef enum {
+    Q3R_PHASE_TRAIN = 0,
+    Q3R_PHASE_EVAL = 1,
+    Q3R_PHASE_EPOCH = 2,
+    Q3R_PHASE_NOTE = 3
+} q3r_train_phase;
 
 typedef struct {
     q3r_train_phase phase;
@@ -142,6 +151,7 @@ typedef struct {
     double lr, q3r_value, images_per_s, elapsed_s;
     double eta_s;               /* training time left at the pace so far */
     double test_acc, test_loss; /* at PHASE_EPOCH */
+    const char *note;           /* at PHASE_NOTE */
 } q3r_train_progress;
 
 typedef void (*q3r_progress_fn)(const q3r_train_progress *p, void *ctx);
@@ -206,9 +216,10 @@ int q3r_trainer_epoch_spectra(const q3r_trainer *t);
  * set into meta. */
 q3r_status q3r_trainer_metadata(const q3r_trainer *t, q3r_meta *meta, q3r_error *err);
 
-/* Train per cfg. resume != 0 continues from out_dir/checkpoint.safetensors (which must
- * exist and match cfg's model and data); the finished run's weights equal those of an
- * uninterrupted run, bit for bit. progress may be NULL. */
+/* Train per cfg. resume != 0 continues from out_dir's newest intact checkpoint (which must match
+ * cfg's model and data; a damaged one is passed over for the one before it, and none at all
+ * starts at step 0, each said in a PHASE_NOTE), and cuts metrics.jsonl back to its step; the
+ * finished run's weights equal those of an uninterrupted run, bit for bit. progress may be NULL. */
 q3r_status q3r_train_run(const q3r_train_config *cfg, int resume, q3r_progress_fn progress,
                          void *ctx, q3r_train_result *res, q3r_error *err);
 

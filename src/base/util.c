@@ -3,6 +3,7 @@
 
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -208,6 +209,7 @@ q3r_status q3r_atomic_commit(q3r_atomic_file *a, q3r_error *err) {
         e = errno;
     }
     if (!what) {
+        q3r_fsync_parent_dir(a->path);
         release(a);
         return Q3R_OK;
     }
@@ -215,6 +217,19 @@ q3r_status q3r_atomic_commit(q3r_atomic_file *a, q3r_error *err) {
     q3r_status s = q3r_fail(err, Q3R_EIO, "%s: %s%s%s", a->path, what, e ? ": " : "", e ? strerror(e) : "");
     release(a);
     return s;
+}
+
+void q3r_fsync_parent_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
 }
 
 void q3r_atomic_abort(q3r_atomic_file *a) {

@@ -74,6 +74,9 @@ q3r_status q3r_atomic_open(q3r_atomic_file *a, const char *path, q3r_error *err)
 q3r_status q3r_atomic_commit(q3r_atomic_file *a, q3r_error *err);
 /* Give up: close and remove the temporary, release a. A no-op on a zeroed or released a. */
 void q3r_atomic_abort(q3r_atomic_file *a);
+/* Make a rename into path's directory durable (fsync the directory). Best effort: some
+ * filesystems refuse it. */
+void q3r_fsync_parent_dir(const char *path);
 /* n bytes of data as the whole content of path, atomically as above. */
 q3r_status q3r_write_file_atomic(const char *path, const void *data, size_t n, q3r_error *err);
 

@@ -24,6 +24,12 @@ static void fmt_metric(q3r_metric m, double v, char *buf, size_t cap) {
 
 void progress_update(const q3r_train_progress *p, void *ctx) {
     progress_bar *b = ctx;
+    if (p->phase == Q3R_PHASE_NOTE) { /* said even when quiet */
+        if (b->drawn) fputc('\n', stderr);
+        b->drawn = 0;
+        fprintf(stderr, "q3r train: %s\n", p->note);
+        return;
+    }
     if (b->quiet) return;
     double now = q3r_now();
     if (p->phase == Q3R_PHASE_EPOCH) {

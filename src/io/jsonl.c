@@ -5,6 +5,7 @@
 #include "base/util.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,48 @@ q3r_status q3r_jsonl_open(q3r_jsonl *j, const char *path, int append, q3r_error 
     j->f = fopen(path, append ? "ab" : "wb");
     if (!j->f) return q3r_fail(err, Q3R_EIO, "%s: cannot open metrics log for writing", path);
     return Q3R_OK;
+}
+
+q3r_status q3r_jsonl_keep_until(const char *path, int64_t step, q3r_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return Q3R_OK; /* nothing logged yet */
+    q3r_text in, out;
+    q3r_text_init(&in);
+    q3r_text_init(&out);
+    char chunk[65536];
+    size_t n;
+    int ok = 1;
+    while (ok && (n = fread(chunk, 1, sizeof chunk - 1, f)) > 0) {
+        chunk[n] = 0;
+        ok = memchr(chunk, 0, n) == NULL && !q3r_text_add(&in, chunk);
+    }
+    if (ferror(f)) ok = 0;
+    fclose(f);
+    if (!ok) {
+        q3r_text_free(&in);
+        return q3r_fail(err, Q3R_EIO, "%s: cannot read the metrics log (or it holds a NUL byte)", path);
+    }
+    int dropped = 0;
+    for (const char *p = q3r_text_str(&in), *nl; (nl = strchr(p, '\n')) != NULL; p = nl + 1) {
+        q3r_json v;
+        q3r_error e;
+        if (q3r_json_parse(p, (size_t)(nl - p), &v, &e)) {
+            dropped = 1;
+            continue;
+        }
+        const q3r_json *st = q3r_json_find(&v, "step");
+        int keep = !st || st->type != Q3R_JSON_NUMBER || st->number <= (double)step;
+        q3r_json_free(&v);
+        if (keep) ok &= q3r_text_addf(&out, "%.*s\n", (int)(nl - p), p) == 0;
+        else dropped = 1;
+    }
+    dropped |= in.len && q3r_text_str(&in)[in.len - 1] != '\n'; /* a line cut by a kill */
+    q3r_status s = !ok       ? q3r_fail(err, Q3R_ENOMEM, "%s: out of memory", path)
+                   : dropped ? q3r_write_file_atomic(path, q3r_text_str(&out), out.len, err)
+                             : Q3R_OK;
+    q3r_text_free(&in);
+    q3r_text_free(&out);
+    return s;
 }
 
 q3r_status q3r_jsonl_close(q3r_jsonl *j, q3r_error *err) {

@@ -6,7 +6,8 @@
 #include "q3r/io.h"
 #include "base/util.h"
 
-#include <fcntl.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -43,20 +44,6 @@ static q3r_status check_string_object(const q3r_json *obj, q3r_error *err) {
 }
 
 /* ---- writing ------------------------------------------------------------------- */
-
-static void fsync_parent_dir(const char *path) {
-    /* Make the rename itself durable. Best effort: some filesystems refuse it. */
-    const char *slash = strrchr(path, '/');
-    char dir[4096];
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == path) snprintf(dir, sizeof dir, "/");
-    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-}
 
 static q3r_status build_header(const char *path, const q3r_tensor_list *tensors, const char *metadata_json,
                                q3r_text *h, q3r_error *err) {
@@ -152,6 +139,7 @@ q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensor
     unsigned char len8[8];
     uint64_t n = h.len;
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)(n >> (8 * i));
+    errno = 0;
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.buf, 1, h.len, f) == h.len;
     for (size_t i = 0; ok && i < tensors->count; i++) {
         const q3r_tensor *t = &tensors->items[i];
@@ -160,10 +148,15 @@ q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensor
     }
     if (ok && fflush(f) != 0) ok = 0;
     if (ok && fsync(fileno(f)) != 0) ok = 0;
-    if (fclose(f) != 0) ok = 0;
+    int e = ok ? 0 : errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
     if (!ok) {
         remove(tmp);
-        s = q3r_fail(err, Q3R_EIO, "writing %s: write to %s failed (disk full?)", path, tmp);
+        s = q3r_fail(err, Q3R_EIO, "writing %s: write to %s failed: %s", path, tmp,
+                     e ? strerror(e) : "disk full?");
         goto done;
     }
     if (rename(tmp, path) != 0) {
@@ -171,7 +164,7 @@ q3r_status q3r_safetensors_write(const char *path, const q3r_tensor_list *tensor
         s = q3r_fail(err, Q3R_EIO, "writing %s: cannot rename %s over it", path, tmp);
         goto done;
     }
-    fsync_parent_dir(path);
+    q3r_fsync_parent_dir(path);
 done:
     free(tmp);
     q3r_text_free(&h);

@@ -48,6 +48,8 @@ static void run_free(run_state *r) {
     q3r_meta_free(&r->model_meta);
     q3r_meta_free(&r->init_meta);
     free(r->ckpt_path);
+    free(r->ckpt_prev_path);
+    free(r->ckpt_next_path);
     free(r->model_path);
     free(r->log_path);
 }
@@ -188,12 +190,18 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     q3r_status s = writer ? q3r_mkdir_p(cfg.out_dir, err) : Q3R_OK;
     if (!s) {
         r.ckpt_path = q3r_path_join(cfg.out_dir, "checkpoint.safetensors");
+        r.ckpt_prev_path = q3r_path_join(cfg.out_dir, "checkpoint.prev.safetensors");
+        r.ckpt_next_path = q3r_path_join(cfg.out_dir, "checkpoint.next.safetensors");
         r.model_path = q3r_path_join(cfg.out_dir, "model.safetensors");
         r.log_path = q3r_path_join(cfg.out_dir, "metrics.jsonl");
-        if (!r.ckpt_path || !r.model_path || !r.log_path) s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
+        if (!r.ckpt_path || !r.ckpt_prev_path || !r.ckpt_next_path || !r.model_path || !r.log_path)
+            s = q3r_fail(err, Q3R_ENOMEM, "out of memory");
     }
     if (!s) s = setup(&r, &cfg, err);
     if (!s && resume) s = q3r_run_load_checkpoint(&r, err);
+    if (!s && resume && r.resume_note[0] && progress)
+        progress(&(q3r_train_progress){.phase = Q3R_PHASE_NOTE, .note = r.resume_note}, ctx);
+    if (!s && resume && writer) s = q3r_jsonl_keep_until(r.log_path, r.step, err);
     if (!s) s = q3r_jsonl_open(&log, writer ? r.log_path : "/dev/null", resume, err);
     if (!s) s = q3r_run_log_start(&log, &r, resume, err);
     res->lambda = r.lambda;

@@ -63,7 +63,10 @@ typedef struct {
     /* the metric's sums over the current epoch (checkpointed so logs resume exactly too) */
     q3r_score epoch;
     q3r_meta meta;
-    char *ckpt_path, *model_path, *log_path;
+    /* checkpoint.safetensors, the one before it (.prev) and one being committed (.next); see
+     * checkpoint.c */
+    char *ckpt_path, *ckpt_prev_path, *ckpt_next_path, *model_path, *log_path;
+    char resume_note[1024]; /* what resume loaded, when it was not simply ckpt_path */
 } run_state;
 
 /* The run's metadata: every key that shapes its trajectory (a resume must find them all equal). */
@@ -72,6 +75,10 @@ q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *
 /* Checkpoint: the trainer's state, the data position and the epoch's running sums, with the
  * run's metadata; load checks that metadata against the file's first. */
 q3r_status q3r_run_save_checkpoint(run_state *r, q3r_error *err);
+/* Resume from the newest intact checkpoint (.next, the checkpoint, .prev, in that order: a torn
+ * or unreadable file, or one whose checksum fails, is passed over, and resume_note says so); none
+ * at all starts the run at step 0 (resume_note says so). A checkpoint of another config is an
+ * error, never passed over. */
 q3r_status q3r_run_load_checkpoint(run_state *r, q3r_error *err);
 
 /* Metrics lines: the start (or resume) line and the per-matrix arrays of an epoch line. */

@@ -253,6 +253,8 @@ static q3r_status dp_forward_backward(q3r_trainer *t, const q3r_batch *b, q3r_rn
     *score = (q3r_score){0};
     if (b->count > 0) {
         s = q3r_model_forward(t->model, b, c->label_smoothing, 1, &drng, &loss, &mine);
+        if (s == Q3R_ENUMERIC)
+            q3r_fail_context(&mine, "step %lld on rank %d: training diverged", (long long)t->step, rank);
         if (!s && !isfinite(loss))
             s = q3r_fail(&mine, Q3R_ENUMERIC,
                          "loss is %g (NaN or Inf) at step %lld on rank %d: training diverged", (double)loss,
@@ -303,7 +305,10 @@ static q3r_status trainer_step_body(q3r_trainer *t, const q3r_batch *b, q3r_step
         if ((s = dp_forward_backward(t, b, &rng, g, n, &loss, &score, err))) return s;
     } else {
         float l;
-        if ((s = q3r_model_forward(t->model, b, c->label_smoothing, 1, &rng, &l, err))) return s;
+        if ((s = q3r_model_forward(t->model, b, c->label_smoothing, 1, &rng, &l, err)))
+            return s == Q3R_ENUMERIC
+                       ? q3r_fail_context(err, "step %lld: training diverged", (long long)t->step)
+                       : s;
         if (!isfinite(l))
             return q3r_fail(err, Q3R_ENUMERIC, "loss is %g (NaN or Inf) at step %lld: training diverged",
                             (double)l, (long long)t->step);
@@ -352,6 +357,10 @@ static q3r_status trainer_step_body(q3r_trainer *t, const q3r_batch *b, q3r_step
     q3r_update_sync(t); /* Delta <- W - W_0 for the regularizer */
     if (t->reg_row->after_update && (s = t->reg_row->after_update(t, lr, &qv, err))) return s;
     q3r_update_writeback(t);
+    if (!isfinite(qv))
+        return q3r_fail(err, Q3R_ENUMERIC,
+                        "the rank regularizer's value is %g at step %lld (lambda %g): training diverged", qv,
+                        (long long)t->step, t->lambda);
     t->rng = rng;
     t->step++;
     if (st)
