@@ -3,6 +3,7 @@ on a tiny GPT trained here:
 
 - a model holding a NaN (in Q/K/V, where the attention softmax once hid it, or elsewhere) is
   refused by eval, sample, truncate and sweep with a message naming the tensor, exit 1;
+- an F16 or BF16 export of a model evaluates and truncates exactly as its values in F32;
 - exit codes: a bad flag exits 2 before anything is read or made, a bad file exits 1;
 - checkpoints: the previous one is kept as checkpoint.prev.safetensors; the CRC-32 in the
   metadata is recomputed here from the file (its definition, independently); a torn (cut) or
@@ -131,6 +132,33 @@ try:
         w[3, 5] = np.inf
         safetensors_np.write(path, bad, meta)
         expect_fail(["eval", path], [name, "inf"], f"eval of a model with an Inf in {name}")
+
+    # --- half-precision exports load as float models ------------------------------------------------
+    def bf16_bits(w):  # round to nearest even, as torch's .bfloat16()
+        b = w.astype(np.float32).view(np.uint32).astype(np.uint64)
+        return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+    for dt in ("F16", "BF16"):
+        half, rounded, dtypes = {}, {}, {}
+        for name, w in tensors.items():
+            if dt == "F16":
+                half[name] = w.astype(np.float16)
+                rounded[name] = half[name].astype(np.float32)
+            else:
+                half[name] = bf16_bits(w)
+                dtypes[name] = "BF16"
+                rounded[name] = (half[name].astype(np.uint32) << 16).view(np.float32)
+        hp, rp = os.path.join(tmp, f"{dt}.safetensors"), os.path.join(tmp, f"{dt}-as-f32.safetensors")
+        safetensors_np.write(hp, half, meta, dtypes=dtypes)
+        safetensors_np.write(rp, rounded, meta)
+        a, b = run_q3r(["eval", hp, "--json"]), run_q3r(["eval", rp, "--json"])
+        check(a.returncode == 0 and b.returncode == 0 and json.loads(a.stdout)["bpb"] == json.loads(b.stdout)["bpb"],
+              f"eval of a {dt} file equals eval of its values as F32 ({a.stderr.strip()!r})")
+        ta, tb = os.path.join(tmp, "ta.safetensors"), os.path.join(tmp, "tb.safetensors")
+        a = run_q3r(["truncate", hp, ta, "--rank", "0.5", "--targets", "all"])
+        b = run_q3r(["truncate", rp, tb, "--rank", "0.5", "--targets", "all"])
+        check(a.returncode == 0 and b.returncode == 0 and same_file_tensors(ta, tb),
+              f"truncate of a {dt} file equals truncate of its values as F32")
 
     # --- exit codes -----------------------------------------------------------------------------
     out = os.path.join(tmp, "never")

@@ -295,35 +295,47 @@ static void shape_text(char *buf, size_t cap, const char *dtype, int ndim, const
     if ((size_t)w < cap) snprintf(buf + w, cap - (size_t)w, ")");
 }
 
+/* Weights may be F32, or F64, F16 or BF16 (a PyTorch export in half precision), converted on
+ * load; a non-finite value is refused, naming the tensor. */
 q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *err) {
     const char *fam = m->ops->family;
-    /* validate everything first, so a failed import leaves the model untouched */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int i = 0; i < m->ntensors; i++) {
+    int64_t most = 1;
+    for (int i = 0; i < m->ntensors; i++)
+        most = q3r_param_numel(&m->info[i]) > most ? q3r_param_numel(&m->info[i]) : most;
+    float *scratch = NULL;
+    q3r_status s = Q3R_OK;
+    /* validate everything first (pass 0, converting into scratch), so a failed import leaves the
+     * model untouched */
+    for (int pass = 0; pass < 2 && !s; pass++) {
+        for (int i = 0; i < m->ntensors && !s; i++) {
             const q3r_param_info *t = &m->info[i];
             const q3r_tensor *src = q3r_tensor_list_find(in, t->name);
-            if (!src) return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' missing", fam, t->name);
-            int same = src->dtype == Q3R_F32 && src->ndim == t->ndim;
+            if (!src) {
+                s = q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' missing", fam, t->name);
+                break;
+            }
+            int same = q3r_dtype_is_float(src->dtype) && src->ndim == t->ndim;
             for (int k = 0; same && k < t->ndim; k++) same = src->shape[k] == t->shape[k];
             if (!same) {
                 char want[96], got[96];
                 shape_text(want, sizeof want, "F32", t->ndim, t->shape);
                 shape_text(got, sizeof got, q3r_dtype_name(src->dtype), src->ndim, src->shape);
-                return q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' is %s, model wants %s", fam,
-                                t->name, got, want);
+                s = q3r_fail(err, Q3R_EFORMAT, "%s import: tensor '%s' is %s, model wants %s", fam, t->name,
+                             got, want);
+                break;
             }
-            const float *v = src->data;
-            const int64_t n = q3r_param_numel(t);
-            if (pass == 0)
-                for (int64_t k = 0; k < n; k++)
-                    if (!isfinite(v[k]))
-                        return q3r_fail(err, Q3R_ENUMERIC,
-                                        "%s import: tensor '%s' holds a non-finite value (%g at entry %lld)",
-                                        fam, t->name, (double)v[k], (long long)k);
-            if (pass == 1) memcpy(m->params + t->offset, v, sizeof(float) * (size_t)n);
+            if (pass == 0 && !scratch && !(scratch = q3r_alloc(sizeof(float) * (size_t)most))) {
+                s = q3r_fail(err, Q3R_ENOMEM, "%s import: out of memory", fam);
+                break;
+            }
+            float *dst = pass == 0 ? scratch : m->params + t->offset;
+            if ((s = q3r_convert_to_f32(src->data, src->dtype, (size_t)q3r_param_numel(t), dst, err)))
+                q3r_fail_context(err, "%s import: tensor '%s' (%s)", fam, t->name,
+                                 q3r_dtype_name(src->dtype));
         }
     }
-    return Q3R_OK;
+    q3r_free(scratch);
+    return s;
 }
 
 /* ---- a family's config as metadata ----------------------------------------------------------- */
