@@ -69,6 +69,43 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
                         q3r_model **out, q3r_truncate_report *rep, q3r_error *err);
 void q3r_truncate_report_free(q3r_truncate_report *rep);
 
+/* ---- ranks under one parameter budget ------------------------------------------------------------
+ * Instead of one kept fraction p for every matrix: keep a fraction `budget` of the targeted
+ * matrices' parameters in total and choose each matrix's rank where it loses least. Matrix j
+ * (rows_j x cols_j, singular values sigma_j sorted descending: of W for plain truncation, of W S for
+ * whitened) at rank r_j >= 1 costs r_j (rows_j + cols_j) parameters, with r_j at most
+ * q3r_budget_max_rank (the rank at which its factors hold as many parameters as W: p = 1) and at
+ * most its count of singular values. The rule: maximise the sum over the matrices of the fraction
+ * of each one's energy kept, sum_j (sum_{i < r_j} sigma_{j,i}^2) / (sum_i sigma_{j,i}^2), subject to
+ * sum_j r_j (rows_j + cols_j) <= floor(budget * sum_j rows_j cols_j). Solved exactly (a grouped
+ * knapsack by dynamic programming over the budget in units of the gcd of the costs rows_j +
+ * cols_j; among equal sums the smaller rank wins, so the result is deterministic). Only
+ * a search beyond 4e8 steps or 5e7 table cells coarsens the unit (costs rounded up to it, never
+ * over the budget; info->exact says which). */
+typedef struct {
+    const char *name; /* for messages (may be NULL) */
+    int rows, cols;
+    int k;               /* singular values given */
+    const double *sigma; /* [k], descending */
+} q3r_budget_matrix;
+
+typedef struct {
+    int64_t dense;      /* sum rows cols */
+    int64_t allowed;    /* floor(budget * dense) */
+    int64_t spent;      /* sum r (rows + cols) <= allowed */
+    int64_t unit;       /* the search's unit of parameters */
+    int exact;          /* 1: the unit is the gcd of the costs (the optimum is exact) */
+    double kept_energy; /* the mean over the matrices of the fraction of energy kept */
+} q3r_budget_info;
+
+/* The highest rank worth factoring an m x n matrix at: min(min(m, n), floor(m n / (m + n))). */
+int q3r_budget_max_rank(int rows, int cols);
+/* ranks[count] per the rule above; info may be NULL. Errors: budget not in (0, 1]; a budget
+ * smaller than rank 1 for every matrix costs (the message gives both counts); a matrix with no
+ * singular values or one too small to factor. */
+q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double budget, int *ranks,
+                            q3r_budget_info *info, q3r_error *err);
+
 /* Metadata for the truncated model's file: the keys "model.*", "data.name", "data.mean" and
  * "data.std" of in_meta (may be NULL), those of a text run's data (data.kind, .path, .bytes,
  * .val_fraction, .train_bytes, .val_bytes, .context, .val_windows), plus "model.ranks" of m and a record of the truncation
