@@ -92,8 +92,8 @@ static void test_against_brute_force(void) {
             v += kept_fraction(&m[j], ranks[j]);
             spent += (int64_t)ranks[j] * (m[j].rows + m[j].cols);
         }
-        CHECK(spent == info.spent && spent <= allowed && info.allowed == allowed, "trial %d: spent %lld of %lld",
-              trial, (long long)spent, (long long)allowed);
+        CHECK(spent == info.spent && spent <= allowed && info.allowed == allowed,
+              "trial %d: spent %lld of %lld", trial, (long long)spent, (long long)allowed);
         const double bf = brute_force(m, n, allowed);
         exact += fabs(v - bf) < 1e-12;
         CHECK(fabs(v - bf) < 1e-12, "trial %d: objective %.15g, exhaustive search %.15g", trial, v, bf);
@@ -158,8 +158,8 @@ static void test_errors(void) {
     q3r_budget_matrix m[2] = {{"a", 4, 4, 4, s}, {"b", 4, 4, 4, s}};
     int ranks[2];
     q3r_error err = {0};
-    CHECK(q3r_budget_ranks(m, 2, 0, ranks, NULL, &err) == Q3R_EINVAL && strstr(err.msg, "(0, 1]"), "budget 0: %s",
-          err.msg);
+    CHECK(q3r_budget_ranks(m, 2, 0, ranks, NULL, &err) == Q3R_EINVAL && strstr(err.msg, "(0, 1]"),
+          "budget 0: %s", err.msg);
     CHECK(q3r_budget_ranks(m, 2, 1.5, ranks, NULL, &err) == Q3R_EINVAL, "budget 1.5");
     CHECK(q3r_budget_ranks(m, 2, NAN, ranks, NULL, &err) == Q3R_EINVAL, "budget NaN");
     /* rank 1 for both costs 16 of 32 parameters */

@@ -32,6 +32,9 @@ typedef struct {
      * (0, 1], r = floor(p m n / (m + n)) (q3r_rank_parse / q3r_rank_resolve). */
     q3r_rank_rule rank;
     double energy;
+    /* budget > 0 (in (0, 1]) instead: keep this fraction of the targeted matrices' parameters in
+     * total, each matrix's rank chosen by q3r_budget_ranks from its singular values (below) */
+    double budget;
 } q3r_truncate_spec;
 
 typedef struct {
@@ -61,7 +64,8 @@ typedef struct {
 /* Truncate `in` (dense or factored; not modified) per spec into a new factored model *out with
  * activations for max_batch. rep (may be NULL) receives the accounting (free it with
  * q3r_truncate_report_free). Errors (nothing is created): unknown targets or a list that names
- * no matrix; energy not in (0, 1]; a rank rule out of range (integer < 1 or above a targeted
+ * no matrix; energy or budget not in (0, 1], or both given; a budget too small for rank 1
+ * everywhere; a rank rule out of range (integer < 1 or above a targeted
  * matrix's min(m, n), fraction not in (0, 1], or one that gives rank 0 for some matrix); an
  * already-factored matrix asked to grow above its current rank; NaN/Inf in a weight. Each
  * message names the matrix at fault. */

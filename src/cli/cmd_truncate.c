@@ -6,6 +6,7 @@
 #include "q3r/truncate.h"
 
 #include "args.h"
+#include "base/util.h"
 #include "commands.h"
 
 #include <stdio.h>
@@ -22,8 +23,14 @@ static int same_file(const char *a, const char *b) {
 
 static void print_json(const char *in, const char *out, const char *targets, const char *rule,
                        const q3r_truncate_report *r) {
-    printf("{\"input\": \"%s\", \"output\": \"%s\", \"targets\": \"%s\", \"rule\": \"%s\", \"matrices\": [",
-           in, out, targets, rule);
+    q3r_text t;
+    q3r_text_init(&t);
+    q3r_text_add(&t, "{\"input\": ");
+    q3r_text_add_json_string(&t, in);
+    q3r_text_add(&t, ", \"output\": ");
+    q3r_text_add_json_string(&t, out); /* file names may hold quotes and backslashes */
+    printf("%s, \"targets\": \"%s\", \"rule\": \"%s\", \"matrices\": [", q3r_text_str(&t), targets, rule);
+    q3r_text_free(&t);
     for (int i = 0; i < r->count; i++) {
         const q3r_truncate_matrix *t = &r->mats[i];
         printf("%s{\"name\": \"%s\", \"rows\": %d, \"cols\": %d, \"rank_before\": %d, \"rank\": %d, "
@@ -40,14 +47,18 @@ static void print_json(const char *in, const char *out, const char *targets, con
 }
 
 static void print_table(const char *out, const char *rule, const q3r_truncate_report *r) {
-    printf("%-22s %11s %6s %6s %7s %8s %9s\n", "matrix", "shape", "was", "rank", "kept", "energy", "rel.err");
+    int w = 22; /* the longest name (nanoGPT's run to 30 bytes) */
+    for (int i = 0; i < r->count; i++)
+        w = (int)strlen(r->mats[i].name) > w ? (int)strlen(r->mats[i].name) : w;
+    printf("%-*s %11s %6s %6s %7s %8s %9s\n", w, "matrix", "shape", "was", "rank", "kept", "energy",
+           "rel.err");
     for (int i = 0; i < r->count; i++) {
         const q3r_truncate_matrix *t = &r->mats[i];
         char shape[32], was[16];
         snprintf(shape, sizeof shape, "%dx%d", t->rows, t->cols);
         if (t->rank_before) snprintf(was, sizeof was, "%d", t->rank_before);
         else snprintf(was, sizeof was, "dense");
-        printf("%-22s %11s %6s %6d %7.4f %8.5f %9.3g\n", t->name, shape, was, t->rank, t->kept, t->energy,
+        printf("%-*s %11s %6s %6d %7.4f %8.5f %9.3g\n", w, t->name, shape, was, t->rank, t->kept, t->energy,
                t->norm_fro > 0 ? t->error_fro / t->norm_fro : 0.0);
     }
     printf("targeted: %lld of %lld dense parameters kept (%.4f; %s) over %d matrices\n",
@@ -59,7 +70,7 @@ static void print_table(const char *out, const char *rule, const q3r_truncate_re
 
 int q3r_cmd_truncate(int argc, char **argv) {
     const char *targets = "qkv", *rank = NULL;
-    double energy = 0;
+    double energy = 0, budget = 0;
     int json = 0, threads = 0;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,
@@ -69,6 +80,11 @@ int q3r_cmd_truncate(int argc, char **argv) {
          "R"},
         {"energy", ARG_DOUBLE, &energy, "smallest rank keeping this fraction of sum sigma^2, in (0, 1]", 0, 1,
          NULL, NULL},
+        {"budget", ARG_DOUBLE, &budget,
+         "keep this fraction of the targeted parameters in total, in (0, 1]; each matrix's rank chosen to "
+         "keep "
+         "the most of its energy (exact search; see q3r_budget_ranks)",
+         0, 1, NULL, "B"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the accounting as JSON", 0, 0, NULL, NULL},
         {0},
@@ -80,13 +96,14 @@ int q3r_cmd_truncate(int argc, char **argv) {
                          "IN.safetensors OUT.safetensors",
                          specs, argc, argv, 2, pos, 2, "IN.safetensors OUT.safetensors");
     if (rc >= 0) return rc;
-    const int have_energy = args_given(specs, "energy");
-    if (!rank == !have_energy) {
-        fprintf(stderr, "q3r truncate: give exactly one of --rank and --energy\n");
+    const int have_energy = args_given(specs, "energy"), have_budget = args_given(specs, "budget");
+    if (!!rank + have_energy + have_budget != 1) {
+        fprintf(stderr, "q3r truncate: give exactly one of --rank, --energy and --budget\n");
         return 2;
     }
-    if (have_energy && !(energy > 0)) {
-        fprintf(stderr, "q3r truncate: --energy %g must be in (0, 1]\n", energy);
+    if ((have_energy && !(energy > 0)) || (have_budget && !(budget > 0))) {
+        fprintf(stderr, "q3r truncate: --%s %g must be in (0, 1]\n", have_energy ? "energy" : "budget",
+                have_energy ? energy : budget);
         return 2;
     }
     if (same_file(pos[0], pos[1])) {
@@ -95,7 +112,8 @@ int q3r_cmd_truncate(int argc, char **argv) {
     }
     q3r_set_threads(threads);
     q3r_error err;
-    q3r_truncate_spec spec = {.targets = targets, .energy = have_energy ? energy : 0};
+    q3r_truncate_spec spec = {
+        .targets = targets, .energy = have_energy ? energy : 0, .budget = have_budget ? budget : 0};
     if (rank && q3r_rank_parse(rank, &spec.rank, &err)) {
         fprintf(stderr, "q3r truncate: --rank: %s\n", err.msg);
         return 2;
@@ -119,6 +137,7 @@ int q3r_cmd_truncate(int argc, char **argv) {
         goto done;
     }
     if (have_energy) snprintf(rule, sizeof rule, "energy %g", energy);
+    else if (have_budget) snprintf(rule, sizeof rule, "budget %g", budget);
     else snprintf(rule, sizeof rule, "rank %s", rank);
     if (json) print_json(pos[0], pos[1], targets, rule, &rep);
     else print_table(pos[1], rule, &rep);

@@ -40,8 +40,10 @@ q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double bud
             return q3r_fail(err, Q3R_EINVAL, "budget: matrix %d (%s) is %d x %d with %d singular values", j,
                             x->name ? x->name : "?", x->rows, x->cols, x->k);
         if (q3r_budget_max_rank(x->rows, x->cols) < 1)
-            return q3r_fail(err, Q3R_EINVAL, "budget: matrix %s (%d x %d) cannot be factored at rank 1 in fewer "
-                            "parameters than it has", x->name ? x->name : "?", x->rows, x->cols);
+            return q3r_fail(err, Q3R_EINVAL,
+                            "budget: matrix %s (%d x %d) cannot be factored at rank 1 in fewer "
+                            "parameters than it has",
+                            x->name ? x->name : "?", x->rows, x->cols);
         dense += (int64_t)x->rows * x->cols;
         need += (int64_t)x->rows + x->cols;
         g = gcd64(g, (int64_t)x->rows + x->cols);

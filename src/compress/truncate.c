@@ -52,10 +52,47 @@ static int dense_weight(const q3r_matrix *mx, float *W) {
 }
 
 static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
-    if (spec->energy > 0) snprintf(buf, cap, "energy %.9g", spec->energy);
+    if (spec->budget > 0) snprintf(buf, cap, "budget %.9g", spec->budget);
+    else if (spec->energy > 0) snprintf(buf, cap, "energy %.9g", spec->energy);
     else if (spec->rank.kind == Q3R_RANK_INT) snprintf(buf, cap, "rank %d", (int)spec->rank.value);
     else if (spec->rank.kind == Q3R_RANK_FRACTION) snprintf(buf, cap, "fraction %.9g", spec->rank.value);
     else snprintf(buf, cap, "maxdim:%.9g", spec->rank.value);
+}
+
+/* The budget's ranks into ranks[i] of each selected matrix i (the rest 0), from the singular
+ * values of each one's weight (W, S: work buffers of the largest matrix). An already factored
+ * matrix cannot grow: its rank caps the choice. */
+static q3r_status budget_ranks(q3r_model *in, const uint8_t *sel, double budget, float *W, double *S,
+                               int *ranks, q3r_error *err) {
+    const int nm = q3r_model_num_matrices(in);
+    q3r_budget_matrix *bm = calloc((size_t)nm, sizeof *bm);
+    double **sig = calloc((size_t)nm, sizeof *sig);
+    int *chosen = calloc((size_t)nm, sizeof *chosen), n = 0;
+    q3r_status s = !bm || !sig || !chosen ? q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory") : Q3R_OK;
+    for (int i = 0; i < nm && !s; i++) {
+        if (!sel[i]) continue;
+        q3r_matrix mx;
+        q3r_model_matrix(in, i, &mx, NULL);
+        const int k = mx.rows < mx.cols ? mx.rows : mx.cols;
+        if (dense_weight(&mx, W) || !(sig[n] = malloc(sizeof(double) * (size_t)k))) {
+            s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
+            break;
+        }
+        if ((s = q3r_svd_thin(W, mx.rows, mx.cols, mx.cols, NULL, S, NULL, err))) {
+            q3r_fail_context(err, "truncate %s", mx.name);
+            break;
+        }
+        memcpy(sig[n], S, sizeof(double) * (size_t)k);
+        bm[n] = (q3r_budget_matrix){mx.name, mx.rows, mx.cols, mx.rank ? mx.rank : k, sig[n]};
+        n++;
+    }
+    if (!s && (s = q3r_budget_ranks(bm, n, budget, chosen, NULL, err))) q3r_fail_context(err, "truncate");
+    for (int i = 0, j = 0; i < nm && !s; i++) ranks[i] = sel[i] ? chosen[j++] : 0;
+    for (int j = 0; sig && j < nm; j++) free(sig[j]);
+    free(sig);
+    free(bm);
+    free(chosen);
+    return s;
 }
 
 q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch, q3r_model **out,
@@ -65,6 +102,10 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
     if (rep) memset(rep, 0, sizeof *rep);
     if (isnan(spec->energy) || spec->energy < 0 || spec->energy > 1)
         return q3r_fail(err, Q3R_EINVAL, "truncate: energy %g not in (0, 1]", spec->energy);
+    if (isnan(spec->budget) || spec->budget < 0 || spec->budget > 1)
+        return q3r_fail(err, Q3R_EINVAL, "truncate: budget %g not in (0, 1]", spec->budget);
+    if (spec->budget > 0 && spec->energy > 0)
+        return q3r_fail(err, Q3R_EINVAL, "truncate: give an energy or a budget, not both");
     const int nm = q3r_model_num_matrices(in);
     const int *rin = q3r_model_ranks(in);
     uint8_t *sel = calloc((size_t)nm, 1);
@@ -99,7 +140,10 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         goto done;
     }
 
+    if (spec->budget > 0 && (s = budget_ranks(in, sel, spec->budget, W, S, ranks, err))) goto done;
+
     for (int i = 0; i < nm && !s; i++) {
+        const int budgeted = ranks[i]; /* 0 unless the budget chose it */
         ranks[i] = rin[i];
         if (!sel[i]) continue;
         q3r_matrix mx;
@@ -111,8 +155,8 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         t->cols = cols;
         t->rank_before = mx.rank;
         /* the rank asked for */
-        int r = 0;
-        if (spec->energy <= 0) {
+        int r = budgeted;
+        if (spec->budget <= 0 && spec->energy <= 0) {
             s = q3r_rank_resolve(spec->rank, rows, cols, &r, err);
             if (s) {
                 q3r_fail_context(err, "truncate %s (%d x %d)", mx.name, rows, cols);

@@ -1,0 +1,120 @@
+"""q3r truncate --budget on a tiny GPT trained here, against an independent reference: numpy's
+SVD (LAPACK) of every targeted matrix (Q, K, V as row blocks of c_attn; nn.Linear's [out, in])
+and the rule of q3r_budget_ranks solved here by its own dynamic programme (maximise the sum of the
+fractions of energy kept, within floor(budget * sum m n) parameters at r (m + n) each). The ranks
+must be the reference's, the parameters kept within the budget and within one rank step of it,
+the file's model.ranks and truncate.rule must say so, and the truncated model must evaluate.
+Bad budgets: out of (0, 1] exits 2 before reading, too small for rank 1 everywhere exits 1; neither
+writes a file."""
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+import safetensors_np  # noqa: E402
+from q3r_testing import Checks, run_q3r  # noqa: E402
+
+check = Checks()
+
+
+def targeted(tensors, prefix_blocks):
+    """(name, W) of every block matrix in the order of the rank table: q, k, v, c_proj, c_fc, mlp.c_proj"""
+    out = []
+    for b in range(prefix_blocks):
+        w = tensors[f"transformer.h.{b}.attn.c_attn.weight"].astype(np.float64)
+        d = w.shape[1]
+        for j, n in enumerate("qkv"):
+            out.append((f"transformer.h.{b}.attn.{n}", w[j * d:(j + 1) * d]))
+        for n in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            out.append((f"transformer.h.{b}.{n}", tensors[f"transformer.h.{b}.{n}.weight"].astype(np.float64)))
+    return out
+
+
+def reference_ranks(mats, budget):
+    dense = sum(w.shape[0] * w.shape[1] for _, w in mats)
+    allowed = math.floor(budget * dense * (1 + 1e-12))
+    g = 0
+    for _, w in mats:
+        g = math.gcd(g, w.shape[0] + w.shape[1])
+    units = allowed // g
+    best = np.zeros(units + 1)
+    choices = []
+    for _, w in mats:
+        m, n = w.shape
+        s = np.linalg.svd(w, compute_uv=False)
+        frac = np.cumsum(s ** 2) / np.sum(s ** 2)
+        rmax = min(min(m, n), m * n // (m + n))
+        c = (m + n) // g
+        new = np.full(units + 1, -1.0)
+        pick = np.zeros(units + 1, dtype=int)
+        for r in range(1, rmax + 1):
+            if r * c > units:
+                break
+            cand = np.full(units + 1, -1.0)
+            prev = best[:units + 1 - r * c]
+            cand[r * c:] = np.where(prev >= 0, prev + frac[r - 1], -1.0)
+            better = cand > new
+            new[better] = cand[better]
+            pick[better] = r
+        best = new
+        choices.append(pick)
+    b = units
+    ranks = [0] * len(mats)
+    for j in range(len(mats) - 1, -1, -1):
+        ranks[j] = int(choices[j][b])
+        b -= ranks[j] * ((mats[j][1].shape[0] + mats[j][1].shape[1]) // g)
+    return ranks, allowed
+
+
+tmp = tempfile.mkdtemp(prefix="q3r-budget-test-")
+try:
+    rnd = random.Random(3)
+    words = "in the beginning god created heaven and earth light was good said let there be".split()
+    text = os.path.join(tmp, "corpus.txt")
+    with open(text, "w") as f:
+        f.write(" ".join(rnd.choice(words) for _ in range(4000)))
+    run = os.path.join(tmp, "run")
+    p = run_q3r(["train", "--model", "gpt-tiny", "--data", text, "--width", "32", "--depth", "2", "--heads", "2",
+                 "--mlp", "96", "--context", "32", "--batch", "8", "--epochs", "1", "--epoch-steps", "30",
+                 "--val-windows", "20", "--threads", "1", "--quiet", "--reg", "none", "--out", run], expect_ok=True)
+    check(p.returncode == 0, "a tiny GPT trained")
+    model = os.path.join(run, "model.safetensors")
+    tensors = safetensors_np.read(model)[0]
+    mats = targeted(tensors, 2)
+    for budget in (0.15, 0.3, 0.6):
+        out = os.path.join(tmp, f"b{budget}.safetensors")
+        p = run_q3r(["truncate", model, out, "--budget", str(budget), "--targets", "all", "--json"], expect_ok=True)
+        if not check(p.returncode == 0, f"truncate --budget {budget}"):
+            continue
+        rep = json.loads(p.stdout)
+        got = [m["rank"] for m in rep["matrices"]]
+        names = [m["name"] for m in rep["matrices"]]
+        want, allowed = reference_ranks(mats, budget)
+        check(names == [n for n, _ in mats], f"matrix order: {names}")
+        check(got == want, f"budget {budget}: ranks {got}, reference (numpy SVD, own search) {want}")
+        spent = sum(r * (w.shape[0] + w.shape[1]) for r, (_, w) in zip(got, mats))
+        step = max(w.shape[0] + w.shape[1] for _, w in mats)
+        check(rep["targeted_after"] == spent and spent <= allowed and allowed - spent < step,
+              f"budget {budget}: {spent} parameters kept of {allowed} allowed")
+        check(rep["rule"] == f"budget {budget:g}", f"rule: {rep['rule']}")
+        meta = safetensors_np.read(out)[1]
+        check(meta.get("truncate.rule") == f"budget {budget:g}", f"truncate.rule: {meta.get('truncate.rule')}")
+        table = [int(x) for x in meta.get("model.ranks", "").replace(";", ",").split(",") if x.strip()]
+        check(sorted(x for x in table if x) == sorted(got), f"model.ranks holds the chosen ranks: {meta.get('model.ranks')}")
+        check(run_q3r(["eval", out]).returncode == 0, f"budget {budget}: the truncated model evaluates")
+    # bad budgets
+    out = os.path.join(tmp, "bad.safetensors")
+    for args, code, needle in ((["--budget", "0"], 2, "--budget"), (["--budget", "1.5"], 2, "--budget"),
+                               (["--budget", "0.01", "--targets", "all"], 1, "fewer than rank 1"),
+                               (["--budget", "0.3", "--rank", "4"], 2, "exactly one")):
+        p = run_q3r(["truncate", model, out] + args)
+        check(p.returncode == code and needle in p.stderr, f"{args}: exit {p.returncode} ({p.stderr.strip()!r})")
+        check(not os.path.exists(out), f"{args}: nothing written")
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+sys.exit(check.finish())
