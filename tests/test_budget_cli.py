@@ -3,7 +3,8 @@ SVD (LAPACK) of every targeted matrix (Q, K, V as row blocks of c_attn; nn.Linea
 and the rule of q3r_budget_ranks solved here by its own dynamic programme (maximise the sum of the
 fractions of energy kept, within floor(budget * sum m n) parameters at r (m + n) each). The ranks
 must be the reference's, the parameters kept within the budget and within one rank step of it,
-the file's model.ranks and truncate.rule must say so, and the truncated model must evaluate.
+the file's model.ranks and truncate.rule must say so, and the truncated model must evaluate;
+sweep --budgets scores exactly those models.
 Bad budgets: out of (0, 1] exits 2 before reading, too small for rank 1 everywhere exits 1; neither
 writes a file."""
 import json
@@ -107,6 +108,23 @@ try:
         table = [int(x) for x in meta.get("model.ranks", "").replace(";", ",").split(",") if x.strip()]
         check(sorted(x for x in table if x) == sorted(got), f"model.ranks holds the chosen ranks: {meta.get('model.ranks')}")
         check(run_q3r(["eval", out]).returncode == 0, f"budget {budget}: the truncated model evaluates")
+    # sweep --budgets: each row is truncate --budget then eval
+    sj = os.path.join(tmp, "sweep.json")
+    p = run_q3r(["sweep", model, "--budgets", "1,0.6,0.3,0.15", "--targets", "all", "--json", sj], expect_ok=True)
+    if check(p.returncode == 0, "sweep --budgets"):
+        with open(sj) as f:
+            sw = json.load(f)
+        check(sw.get("rule") == "budget" and [r["p"] for r in sw["rows"]] == [1, 0.6, 0.3, 0.15], f"sweep rows: {sw.get('rule')}")
+        for r in sw["rows"][1:]:
+            ev = run_q3r(["eval", os.path.join(tmp, f"b{r['p']}.safetensors"), "--json"])
+            e = json.loads(ev.stdout) if ev.returncode == 0 else {}
+            check(abs(e.get("bpb", -1) - r["bpb"]) < 1e-6,
+                  f"sweep budget {r['p']}: bpb {r['bpb']} = eval of truncate --budget's model {e.get('bpb')}")
+    p = run_q3r(["sweep", model, "--budgets", "0.3", "--ps", "0.3"])
+    check(p.returncode == 2 and "not both" in p.stderr, f"--budgets with --ps: {p.stderr.strip()!r}")
+    p = run_q3r(["sweep", model, "--budgets", "0.01", "--targets", "all"])
+    check(p.returncode == 2 and "fewer than rank 1" in p.stderr, f"sweep: a budget too small: {p.stderr.strip()!r}")
+
     # bad budgets
     out = os.path.join(tmp, "bad.safetensors")
     for args, code, needle in ((["--budget", "0"], 2, "--budget"), (["--budget", "1.5"], 2, "--budget"),

@@ -49,6 +49,10 @@ typedef struct {
     const char *targets; /* comma list of qkv, proj, fc1, fc2, all, head */
     const double *ps;    /* [count] kept fractions, each in (0, 1] */
     int count;
+    /* 1: each p is a parameter budget instead (q3r_truncate_spec.budget: the targeted matrices
+     * together keep p of their parameters, each one's rank chosen by q3r_budget_ranks); 0: the
+     * uniform fraction rule */
+    int budget;
     const q3r_dataset *ds; /* image models: scored on the first `limit` images (0: all) */
     const q3r_normalize *norm;
     int64_t limit;          /* evaluation runs in batches of the input model's max batch */

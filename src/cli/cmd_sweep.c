@@ -27,9 +27,12 @@ static const char *summary =
     "kept fraction of the targeted parameters and of the whole model (against the dense model),\n"
     "accuracy with its 95% binomial error 1.96 sqrt(a (1 - a) / n), and the drop from the\n"
     "untruncated accuracy in points; for a language model, bits per byte on its run's validation\n"
-    "windows and the increase over the untruncated model in bits per byte (JSON: bpb_increase).";
+    "windows and the increase over the untruncated model in bits per byte (JSON: bpb_increase).\n"
+    "--budgets B,...: each row keeps B of the targeted parameters in total instead, each matrix's rank\n"
+    "chosen as by 'q3r truncate --budget B' (the p column then holds B; JSON: \"rule\": \"budget\").";
 
-static int is_bpb = 0; /* the model's metric is bits per byte */
+static int is_bpb = 0;      /* the model's metric is bits per byte */
+static int rule_budget = 0; /* the rows are budgets (--budgets), not uniform fractions */
 
 /* "q/k/v 25 proj 25 fc1 51" : kinds with equal ranges merged. */
 static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
@@ -78,11 +81,11 @@ static void on_row(const q3r_sweep_row *r, int index, int count, void *ctx) {
     char label[32];
     if (index < 0) {
         if (is_bpb)
-            printf("%6s  %-30s %8s %8s %17s %8s\n", "p", "ranks", "kept.t", "kept.all", "bits per byte",
-                   "+bpb");
+            printf("%6s  %-30s %8s %8s %17s %8s\n", rule_budget ? "budget" : "p", "ranks", "kept.t",
+                   "kept.all", "bits per byte", "+bpb");
         else
-            printf("%6s  %-30s %8s %8s %17s %7s\n", "p", "ranks", "kept.t", "kept.all", "accuracy (95%)",
-                   "drop");
+            printf("%6s  %-30s %8s %8s %17s %7s\n", rule_budget ? "budget" : "p", "ranks", "kept.t",
+                   "kept.all", "accuracy (95%)", "drop");
         snprintf(label, sizeof label, "model");
     } else {
         snprintf(label, sizeof label, "%.4g", r->p);
@@ -134,6 +137,7 @@ static int write_json(const char *path, const char *model, const char *dataset, 
     json_str(f, split);
     fputs(", \"targets\": ", f);
     json_str(f, targets);
+    fprintf(f, ", \"rule\": \"%s\"", rule_budget ? "budget" : "fraction");
     fputs(",\n \"untruncated\": ", f);
     json_row(f, &res->base, is_bpb);
     fputs(",\n \"rows\": [", f);
@@ -182,12 +186,17 @@ int q3r_cmd_sweep(int argc, char **argv) {
     const char *targets = "qkv", *ps_text = "1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1";
     const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL,
                *text = NULL;
+    const char *budgets_text = NULL;
     int limit = 0, batch = 256, threads = 0;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,
          "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
         {"ps", ARG_STRING, &ps_text, "kept fractions p, comma list in (0, 1] (1 = untruncated)", 0, 0, NULL,
          "LIST"},
+        {"budgets", ARG_STRING, &budgets_text,
+         "instead of --ps: parameter budgets, comma list in (0, 1]: the targeted matrices together keep that "
+         "fraction, each one's rank chosen as by truncate --budget",
+         0, 0, NULL, "LIST"},
         {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
          "NAME"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
@@ -210,8 +219,12 @@ int q3r_cmd_sweep(int argc, char **argv) {
     q3r_error err;
     double *ps = NULL;
     int nps = 0;
-    if (q3r_sweep_parse_ps(ps_text, &ps, &nps, &err)) {
-        fprintf(stderr, "q3r sweep: --%s\n", err.msg);
+    if (budgets_text && args_given(specs, "ps")) {
+        fprintf(stderr, "q3r sweep: give --ps or --budgets, not both\n");
+        return 2;
+    }
+    if (q3r_sweep_parse_ps(budgets_text ? budgets_text : ps_text, &ps, &nps, &err)) {
+        fprintf(stderr, "q3r sweep: --%s%s\n", budgets_text ? "budgets: " : "", err.msg);
         return 2;
     }
     if (plot_path && plot_check("sweep")) {
@@ -230,8 +243,13 @@ int q3r_cmd_sweep(int argc, char **argv) {
     const char *name = cm.dataset;
     q3r_normalize norm = cm.norm;
     is_bpb = q3r_model_metric(m) == Q3R_METRIC_BITS_PER_BYTE;
-    q3r_sweep_spec spec = {
-        .targets = targets, .ps = ps, .count = nps, .norm = &norm, .limit = limit, .ds = &ds};
+    q3r_sweep_spec spec = {.targets = targets,
+                           .ps = ps,
+                           .count = nps,
+                           .budget = budgets_text != NULL,
+                           .norm = &norm,
+                           .limit = limit,
+                           .ds = &ds};
     if (cm.text) {
         spec.text = &cm.corpus;
         spec.windows = limit > 0 ? limit : cm.val_windows;
@@ -262,6 +280,7 @@ int q3r_cmd_sweep(int argc, char **argv) {
         const int64_t n = limit > 0 && limit < ds.n ? limit : ds.n;
         printf("%s on %s %s (n = %lld), targets %s\n", pos[0], name, split, (long long)n, targets);
     }
+    rule_budget = spec.budget;
     if (q3r_sweep(m, &spec, on_row, NULL, &res, &err)) {
         fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
         goto done;

@@ -79,15 +79,24 @@ q3r_status q3r_sweep_check(const q3r_model *in, const q3r_sweep_spec *spec, q3r_
             s = q3r_fail(err, Q3R_EINVAL, "sweep: kept fraction %g is not in (0, 1]", p);
             break;
         }
+        int64_t dense = 0, need = 0; /* a budget: rank 1 everywhere must fit */
         for (int i = 0; i < nm && !s; i++) {
             if (!sel[i]) continue;
             const char *name;
             int rows, cols, r;
             q3r_model_matrix_shape(in, i, &name, NULL, &rows, &cols, NULL);
+            dense += (int64_t)rows * cols;
+            need += rows + cols;
             q3r_rank_rule rule = {.kind = Q3R_RANK_FRACTION, .value = p};
-            if ((s = q3r_rank_resolve(rule, rows, cols, &r, err)))
+            if (!spec->budget && (s = q3r_rank_resolve(rule, rows, cols, &r, err)))
                 q3r_fail_context(err, "sweep p = %g, %s (%d x %d)", p, name, rows, cols);
         }
+        if (!s && spec->budget && p < 1 && (double)need > floor(p * (double)dense * (1 + 1e-12)))
+            s = q3r_fail(
+                err, Q3R_EINVAL,
+                "sweep budget %g keeps %.0f of the %lld targeted parameters, fewer than rank 1 for every "
+                "matrix needs (%lld)",
+                p, floor(p * (double)dense), (long long)dense, (long long)need);
     }
     free(sel);
     return s;
@@ -225,15 +234,18 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
         q3r_sweep_row *row = &rows[j];
         char targets[64];
         int nothing = 0;
+        if (spec->budget && p < 1) /* every targeted matrix takes part in the budget */
+            snprintf(targets, sizeof targets, "%s", spec->targets);
         if (p >= 1) {
             *row = base;
-        } else if ((s = cut_groups(in, sel, p, targets, sizeof targets, &nothing, err))) {
+        } else if (!spec->budget && (s = cut_groups(in, sel, p, targets, sizeof targets, &nothing, err))) {
             break;
         } else if (nothing) {
             *row = base;
             row->p = p;
         } else {
             q3r_truncate_spec ts = {.targets = targets, .rank = {.kind = Q3R_RANK_FRACTION, .value = p}};
+            if (spec->budget) ts.budget = p;
             q3r_model *m = NULL;
             s = q3r_truncate(in, &ts, batch, &m, NULL, err);
             if (s) {
