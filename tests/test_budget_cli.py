@@ -125,6 +125,23 @@ try:
     p = run_q3r(["sweep", model, "--budgets", "0.01", "--targets", "all"])
     check(p.returncode == 2 and "fewer than rank 1" in p.stderr, f"sweep: a budget too small: {p.stderr.strip()!r}")
 
+    # whitened truncation through the program (its numbers: test_whiten.py)
+    wout = os.path.join(tmp, "whitened.safetensors")
+    p = run_q3r(["truncate", model, wout, "--rank", "0.3", "--targets", "all", "--method", "whitened",
+                 "--calib", "64", "--json"], expect_ok=True)
+    if check(p.returncode == 0, "truncate --method whitened"):
+        check(json.loads(p.stdout)["rule"] == "whitened rank 0.3", f"rule: {json.loads(p.stdout)['rule']}")
+        check(safetensors_np.read(wout)[1].get("truncate.rule") == "whitened fraction 0.3", "truncate.rule says whitened")
+        check(run_q3r(["eval", wout]).returncode == 0, "the whitened model evaluates")
+    p = run_q3r(["truncate", model, wout + "2", "--budget", "0.3", "--targets", "all", "--method", "whitened"])
+    check(p.returncode == 0, f"whitened with a budget ({p.stderr.strip()!r})")
+    for args, code, needle in ((["--method", "whitened", "--calib", "100000000"], 1, "--calib"),
+                               (["--calib", "64"], 2, "--method whitened")):
+        bad = os.path.join(tmp, "bad-w.safetensors")
+        p = run_q3r(["truncate", model, bad, "--rank", "0.3"] + args)
+        check(p.returncode == code and needle in p.stderr and not os.path.exists(bad),
+              f"{args}: exit {p.returncode} ({p.stderr.strip()!r}), nothing written")
+
     # bad budgets
     out = os.path.join(tmp, "bad.safetensors")
     for args, code, needle in ((["--budget", "0"], 2, "--budget"), (["--budget", "1.5"], 2, "--budget"),

@@ -18,6 +18,10 @@ extern "C" {
 q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double *S, double *VT,
                         q3r_error *err);
 
+/* The same for a double X. */
+q3r_status q3r_svd_thin_d(const double *X, int m, int n, int ld, double *U, double *S, double *VT,
+                          q3r_error *err);
+
 /* The same in single precision (LAPACK sgesdd on X itself, never on a Gram matrix, so
  * small singular values keep their relative accuracy down to ~1e-7 sigma_1):
  *   U (m x k, ld k) and VT (k x n, ld n) both NULL or both given, S (k) descending. */

@@ -222,6 +222,11 @@ q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *
 
 /* Floating-point operations (2 per multiply-add) of one forward pass for a batch of B. */
 double q3r_model_forward_flops(const q3r_model *m, int B);
+/* The input matrix i (of the matrix list) multiplied in m's last forward, which must have run
+ * with training = 0 (no dropout): *rows rows of the matrix's cols floats, row-major (for Q, K and V
+ * of a block the same rows). Valid until the next forward. NULL (and *rows = 0) before any forward,
+ * or for a family that does not expose it. What activation-aware truncation calibrates on. */
+const float *q3r_model_matrix_input(const q3r_model *m, int i, int64_t *rows);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,9 @@ typedef struct {
      * together keep p of their parameters, each one's rank chosen by q3r_budget_ranks); 0: the
      * uniform fraction rule */
     int budget;
+    /* whitened truncation: per matrix-list index the Gram of its inputs (q3r_calibrate; see
+     * q3r_truncate_spec.grams), or NULL: plain SVD */
+    double *const *grams;
     const q3r_dataset *ds; /* image models: scored on the first `limit` images (0: all) */
     const q3r_normalize *norm;
     int64_t limit;          /* evaluation runs in batches of the input model's max batch */

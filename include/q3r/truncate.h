@@ -16,6 +16,7 @@
 #define Q3R_TRUNCATE_H
 
 #include "q3r/base.h"
+#include "q3r/data.h"
 #include "q3r/regularizer.h"
 #include "q3r/io.h"
 #include "q3r/model.h"
@@ -35,6 +36,11 @@ typedef struct {
     /* budget > 0 (in (0, 1]) instead: keep this fraction of the targeted matrices' parameters in
      * total, each matrix's rank chosen by q3r_budget_ranks from its singular values (below) */
     double budget;
+    /* whitened (activation-aware) truncation: per matrix-list index, the Gram matrix G = sum x x^T
+     * (cols x cols, double) of the matrix's inputs on calibration data (q3r_calibrate), or NULL for
+     * plain SVD; NULL: plain SVD everywhere. A matrix with a Gram is cut by q3r_whitened_factors,
+     * and its report's energy and error are those of its outputs on the calibration data. */
+    double *const *grams;
 } q3r_truncate_spec;
 
 typedef struct {
@@ -72,6 +78,52 @@ typedef struct {
 q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch,
                         q3r_model **out, q3r_truncate_report *rep, q3r_error *err);
 void q3r_truncate_report_free(q3r_truncate_report *rep);
+
+/* ---- activation-aware (whitened) truncation, as in SVD-LLM ------------------------------------------
+ * Plain SVD keeps the directions of W with the largest singular values; whitened truncation keeps
+ * those that matter most for the layer's outputs on calibration inputs X (rows x, G = X^T X):
+ * S = chol(G + ridge I) (lower, G + ridge I = S S^T; ridge 0 unless G is singular, then the
+ * smallest of 1e-10, 1e-9, ..., 1e-2 times G's mean diagonal that makes it positive definite),
+ * W S = U Sigma V^T, and the factors A = U_r Sigma_r^1/2 (m x r), B = Sigma_r^1/2 V_r^T S^-1
+ * (r x n). Since ||X (W - A B)^T||_F^2 = tr((W - A B) G (W - A B)^T) = ||(W - A B) S||_F^2, A B is
+ * the rank-r matrix with the least output error on X (Eckart-Young in the whitened space), and that
+ * error is sqrt(sum_{i >= r} sigma_i^2) of W S (up to the ridge). With G = I it is plain SVD. */
+
+/* W (m x n, leading dimension ld) and G (n x n): A (m x r) and B (r x n) as above (both may be NULL:
+ * only sigma); sigma (min(m, n), may be NULL): the singular values of W S; ridge_out (may be NULL):
+ * the ridge used. Errors: G all zero or not positive definite with the largest ridge; r outside
+ * [1, min(m, n)]; a B that overflows float. */
+q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const double *G, int r,
+                                float *A, float *B, double *sigma, double *ridge_out,
+                                q3r_error *err);
+
+/* Calibration data: an image model's training images (ds, with the model's normalisation norm),
+ * or a language model's training windows (text); `samples` images or windows, the first of the
+ * training order the seed gives (the training loaders', q3r/data.h). Streamed in batches of the
+ * model's max batch: only the Grams are kept. */
+typedef struct {
+    const q3r_dataset *ds;
+    const q3r_normalize *norm;
+    const q3r_corpus *text;
+    int64_t samples;
+    uint64_t seed;
+} q3r_calib_spec;
+
+/* Per matrix-list index (count = the model's matrices), the Gram of each targeted matrix's inputs
+ * (NULL when not targeted); Q, K and V of a block share one (own[i] = 0 for the sharers). */
+typedef struct {
+    int count;
+    double **gram;
+    uint8_t *own;
+    int64_t samples; /* calibration samples seen */
+} q3r_grams;
+
+/* The Grams of the matrices `targets` selects, from forwards (training = 0) over the calibration
+ * samples. Errors: samples < 1 or more than the training split holds (the message gives both), data
+ * of the wrong kind for the model, an unknown target. out is empty after an error. */
+q3r_status q3r_calibrate(q3r_model *m, const char *targets, const q3r_calib_spec *c, q3r_grams *out,
+                         q3r_error *err);
+void q3r_grams_free(q3r_grams *g);
 
 /* ---- ranks under one parameter budget ------------------------------------------------------------
  * Instead of one kept fraction p for every matrix: keep a fraction `budget` of the targeted

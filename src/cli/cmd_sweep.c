@@ -31,8 +31,9 @@ static const char *summary =
     "--budgets B,...: each row keeps B of the targeted parameters in total instead, each matrix's rank\n"
     "chosen as by 'q3r truncate --budget B' (the p column then holds B; JSON: \"rule\": \"budget\").";
 
-static int is_bpb = 0;      /* the model's metric is bits per byte */
-static int rule_budget = 0; /* the rows are budgets (--budgets), not uniform fractions */
+static int is_bpb = 0;          /* the model's metric is bits per byte */
+static int rule_budget = 0;     /* the rows are budgets (--budgets), not uniform fractions */
+static int method_whitened = 0; /* --method whitened */
 
 /* "q/k/v 25 proj 25 fc1 51" : kinds with equal ranges merged. */
 static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
@@ -137,7 +138,8 @@ static int write_json(const char *path, const char *model, const char *dataset, 
     json_str(f, split);
     fputs(", \"targets\": ", f);
     json_str(f, targets);
-    fprintf(f, ", \"rule\": \"%s\"", rule_budget ? "budget" : "fraction");
+    fprintf(f, ", \"rule\": \"%s\", \"method\": \"%s\"", rule_budget ? "budget" : "fraction",
+            method_whitened ? "whitened" : "svd");
     fputs(",\n \"untruncated\": ", f);
     json_row(f, &res->base, is_bpb);
     fputs(",\n \"rows\": [", f);
@@ -187,7 +189,7 @@ int q3r_cmd_sweep(int argc, char **argv) {
     const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL,
                *text = NULL;
     const char *budgets_text = NULL;
-    int limit = 0, batch = 256, threads = 0;
+    int limit = 0, batch = 256, threads = 0, method = 0, calib = 256, seed = 1;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,
          "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
@@ -197,6 +199,14 @@ int q3r_cmd_sweep(int argc, char **argv) {
          "instead of --ps: parameter budgets, comma list in (0, 1]: the targeted matrices together keep that "
          "fraction, each one's rank chosen as by truncate --budget",
          0, 0, NULL, "LIST"},
+        {"method", ARG_CHOICE, &method,
+         "svd: plain truncation; whitened: activation-aware, calibrated on --calib training samples (as "
+         "truncate --method whitened)",
+         0, 0, "svd|whitened", NULL},
+        {"calib", ARG_INT, &calib, "--method whitened: calibration samples from the training split", 1, 1e9,
+         NULL, NULL},
+        {"seed", ARG_INT, &seed, "--method whitened: which calibration samples (the training order's seed)",
+         0, 2147483647, NULL, NULL},
         {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
          "NAME"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
@@ -219,6 +229,10 @@ int q3r_cmd_sweep(int argc, char **argv) {
     q3r_error err;
     double *ps = NULL;
     int nps = 0;
+    if (!method && (args_given(specs, "calib") || args_given(specs, "seed"))) {
+        fprintf(stderr, "q3r sweep: --calib and --seed apply to --method whitened\n");
+        return 2;
+    }
     if (budgets_text && args_given(specs, "ps")) {
         fprintf(stderr, "q3r sweep: give --ps or --budgets, not both\n");
         return 2;
@@ -236,6 +250,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
     memset(&ds, 0, sizeof ds);
     q3r_sweep_result res;
     memset(&res, 0, sizeof res);
+    q3r_grams grams;
+    memset(&grams, 0, sizeof grams);
     int status = 1;
     cli_model cm;
     if (cli_model_open("sweep", pos[0], batch, dataset, text, &cm)) goto done;
@@ -281,6 +297,13 @@ int q3r_cmd_sweep(int argc, char **argv) {
         printf("%s on %s %s (n = %lld), targets %s\n", pos[0], name, split, (long long)n, targets);
     }
     rule_budget = spec.budget;
+    method_whitened = method;
+    if (method) {
+        if (cli_calibrate("sweep", &cm, data_dir, targets, calib, (uint64_t)seed, &grams)) goto done;
+        spec.grams = grams.gram;
+        printf("whitened: calibrated on %lld training %s\n", (long long)grams.samples,
+               cm.text ? "windows" : "images");
+    }
     if (q3r_sweep(m, &spec, on_row, NULL, &res, &err)) {
         fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
         goto done;
@@ -301,6 +324,7 @@ int q3r_cmd_sweep(int argc, char **argv) {
 done:
     fflush(stdout);
     q3r_sweep_result_free(&res);
+    q3r_grams_free(&grams);
     q3r_dataset_free(&ds);
     cli_model_close(&cm);
     free(ps);

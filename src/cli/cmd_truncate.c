@@ -8,6 +8,7 @@
 #include "args.h"
 #include "base/util.h"
 #include "commands.h"
+#include "model_open.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,7 +72,8 @@ static void print_table(const char *out, const char *rule, const q3r_truncate_re
 int q3r_cmd_truncate(int argc, char **argv) {
     const char *targets = "qkv", *rank = NULL;
     double energy = 0, budget = 0;
-    int json = 0, threads = 0;
+    int json = 0, threads = 0, method = 0, calib = 256, seed = 1;
+    const char *data_dir = NULL;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,
          "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
@@ -85,6 +87,17 @@ int q3r_cmd_truncate(int argc, char **argv) {
          "keep "
          "the most of its energy (exact search; see q3r_budget_ranks)",
          0, 1, NULL, "B"},
+        {"method", ARG_CHOICE, &method,
+         "svd: each matrix's best rank-r approximation; whitened: the rank-r matrix with the least error in "
+         "its outputs on --calib training samples (activation-aware, as SVD-LLM)",
+         0, 0, "svd|whitened", NULL},
+        {"calib", ARG_INT, &calib,
+         "--method whitened: calibration samples (images, or text windows) from the training split", 1, 1e9,
+         NULL, NULL},
+        {"seed", ARG_INT, &seed, "--method whitened: which calibration samples (the training order's seed)",
+         0, 2147483647, NULL, NULL},
+        {"data-dir", ARG_STRING, &data_dir, "--method whitened, image models: the dataset's directory", 0, 0,
+         NULL, "DIR"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the accounting as JSON", 0, 0, NULL, NULL},
         {0},
@@ -106,6 +119,10 @@ int q3r_cmd_truncate(int argc, char **argv) {
                 have_energy ? energy : budget);
         return 2;
     }
+    if (!method && (args_given(specs, "calib") || args_given(specs, "seed") || data_dir)) {
+        fprintf(stderr, "q3r truncate: --calib, --seed and --data-dir apply to --method whitened\n");
+        return 2;
+    }
     if (same_file(pos[0], pos[1])) {
         fprintf(stderr, "q3r truncate: output %s is the input; refusing to overwrite it\n", pos[1]);
         return 2;
@@ -122,11 +139,25 @@ int q3r_cmd_truncate(int argc, char **argv) {
     q3r_meta meta, out_meta;
     q3r_meta_init(&meta);
     q3r_meta_init(&out_meta);
+    cli_model cm;
+    memset(&cm, 0, sizeof cm);
+    q3r_grams grams;
+    memset(&grams, 0, sizeof grams);
     char rule[64];
     q3r_truncate_report rep;
     memset(&rep, 0, sizeof rep);
     int status = 1;
-    if (q3r_model_load(pos[0], 1, &in, &meta, &err)) {
+    if (method) { /* the model with its data, calibrated in batches of 32 */
+        if (cli_model_open("truncate", pos[0], 32, NULL, NULL, &cm) ||
+            cli_calibrate("truncate", &cm, data_dir, targets, calib, (uint64_t)seed, &grams))
+            goto done;
+        in = cm.model;
+        spec.grams = grams.gram;
+        if (q3r_meta_copy(&meta, &cm.meta, &err)) {
+            fprintf(stderr, "q3r truncate: %s\n", err.msg);
+            goto done;
+        }
+    } else if (q3r_model_load(pos[0], 1, &in, &meta, &err)) {
         fprintf(stderr, "q3r truncate: %s\n", err.msg);
         goto done;
     }
@@ -136,15 +167,18 @@ int q3r_cmd_truncate(int argc, char **argv) {
         fprintf(stderr, "q3r truncate: %s: %s\n", pos[0], err.msg);
         goto done;
     }
-    if (have_energy) snprintf(rule, sizeof rule, "energy %g", energy);
-    else if (have_budget) snprintf(rule, sizeof rule, "budget %g", budget);
-    else snprintf(rule, sizeof rule, "rank %s", rank);
+    const char *how = method ? "whitened " : "";
+    if (have_energy) snprintf(rule, sizeof rule, "%senergy %g", how, energy);
+    else if (have_budget) snprintf(rule, sizeof rule, "%sbudget %g", how, budget);
+    else snprintf(rule, sizeof rule, "%srank %s", how, rank);
     if (json) print_json(pos[0], pos[1], targets, rule, &rep);
     else print_table(pos[1], rule, &rep);
     status = 0;
 done:
     q3r_truncate_report_free(&rep);
-    q3r_model_free(in);
+    if (!method) q3r_model_free(in);
+    cli_model_close(&cm);
+    q3r_grams_free(&grams);
     q3r_model_free(out);
     q3r_meta_free(&meta);
     q3r_meta_free(&out_meta);

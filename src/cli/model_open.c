@@ -58,4 +58,27 @@ void cli_model_close(cli_model *m) {
     memset(m, 0, sizeof *m);
 }
 
+int cli_calibrate(const char *cmd, cli_model *m, const char *data_dir, const char *targets, int64_t samples,
+                  uint64_t seed, q3r_grams *out) {
+    q3r_error err;
+    q3r_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    q3r_calib_spec c = {.samples = samples, .seed = seed};
+    if (m->text) {
+        c.text = &m->corpus;
+    } else {
+        if (q3r_dataset_load_split(&ds, m->dataset, data_dir, "train", q3r_meta_get(&m->meta, "data.classes"),
+                                   &err)) {
+            fprintf(stderr, "q3r %s: calibration data: %s\n", cmd, err.msg);
+            return 1;
+        }
+        c.ds = &ds;
+        c.norm = &m->norm;
+    }
+    q3r_status s = q3r_calibrate(m->model, targets, &c, out, &err);
+    q3r_dataset_free(&ds);
+    if (s) fprintf(stderr, "q3r %s: --calib: %s\n", cmd, err.msg);
+    return s ? 1 : 0;
+}
+
 const char *cli_metric_label(q3r_metric m) { return m == Q3R_METRIC_ACCURACY ? "accuracy" : "bits per byte"; }

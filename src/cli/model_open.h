@@ -6,6 +6,7 @@
 #define Q3R_CLI_MODEL_OPEN_H
 
 #include "q3r.h"
+#include "q3r/truncate.h"
 
 typedef struct {
     q3r_model *model;
@@ -23,6 +24,12 @@ typedef struct {
 int cli_model_open(const char *cmd, const char *path, int batch, const char *dataset, const char *text,
                    cli_model *m);
 void cli_model_close(cli_model *m);
+
+/* Activation-aware truncation's calibration (q3r_calibrate) of m's `targets` on `samples` of its
+ * training split (images: the dataset m names, from data_dir; text: its run's file), the first of
+ * the seed's training order. Returns 0, or 1 after printing the error. */
+int cli_calibrate(const char *cmd, cli_model *m, const char *data_dir, const char *targets, int64_t samples,
+                  uint64_t seed, q3r_grams *out);
 
 /* "accuracy" or "bits per byte": how a model's metric is printed. */
 const char *cli_metric_label(q3r_metric m);

@@ -52,6 +52,9 @@ static int dense_weight(const q3r_matrix *mx, float *W) {
 }
 
 static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
+    const int w = spec->grams ? snprintf(buf, cap, "whitened ") : 0;
+    buf += w;
+    cap -= (size_t)w;
     if (spec->budget > 0) snprintf(buf, cap, "budget %.9g", spec->budget);
     else if (spec->energy > 0) snprintf(buf, cap, "energy %.9g", spec->energy);
     else if (spec->rank.kind == Q3R_RANK_INT) snprintf(buf, cap, "rank %d", (int)spec->rank.value);
@@ -62,8 +65,8 @@ static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
 /* The budget's ranks into ranks[i] of each selected matrix i (the rest 0), from the singular
  * values of each one's weight (W, S: work buffers of the largest matrix). An already factored
  * matrix cannot grow: its rank caps the choice. */
-static q3r_status budget_ranks(q3r_model *in, const uint8_t *sel, double budget, float *W, double *S,
-                               int *ranks, q3r_error *err) {
+static q3r_status budget_ranks(q3r_model *in, const uint8_t *sel, double budget, double *const *grams,
+                               float *W, double *S, int *ranks, q3r_error *err) {
     const int nm = q3r_model_num_matrices(in);
     q3r_budget_matrix *bm = calloc((size_t)nm, sizeof *bm);
     double **sig = calloc((size_t)nm, sizeof *sig);
@@ -78,7 +81,9 @@ static q3r_status budget_ranks(q3r_model *in, const uint8_t *sel, double budget,
             s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
             break;
         }
-        if ((s = q3r_svd_thin(W, mx.rows, mx.cols, mx.cols, NULL, S, NULL, err))) {
+        const double *G = grams ? grams[i] : NULL;
+        if ((s = G ? q3r_whitened_factors(W, mx.rows, mx.cols, mx.cols, G, 0, NULL, NULL, S, NULL, err)
+                   : q3r_svd_thin(W, mx.rows, mx.cols, mx.cols, NULL, S, NULL, err))) {
             q3r_fail_context(err, "truncate %s", mx.name);
             break;
         }
@@ -140,7 +145,8 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         goto done;
     }
 
-    if (spec->budget > 0 && (s = budget_ranks(in, sel, spec->budget, W, S, ranks, err))) goto done;
+    if (spec->budget > 0 && (s = budget_ranks(in, sel, spec->budget, spec->grams, W, S, ranks, err)))
+        goto done;
 
     for (int i = 0; i < nm && !s; i++) {
         const int budgeted = ranks[i]; /* 0 unless the budget chose it */
@@ -178,7 +184,9 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
             s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
             break;
         }
-        s = q3r_svd_thin(W, rows, cols, cols, U, S, VT, err);
+        const double *G = spec->grams ? spec->grams[i] : NULL; /* whitened: the singular values of W S */
+        s = G ? q3r_whitened_factors(W, rows, cols, cols, G, 0, NULL, NULL, S, NULL, err)
+              : q3r_svd_thin(W, rows, cols, cols, U, S, VT, err);
         if (s) {
             q3r_fail_context(err, "truncate %s", mx.name);
             break;
@@ -217,6 +225,13 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         if (!fa[i] || !fb[i]) {
             s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
             break;
+        }
+        if (G) {
+            if ((s = q3r_whitened_factors(W, rows, cols, cols, G, r, fa[i], fb[i], NULL, NULL, err))) {
+                q3r_fail_context(err, "truncate %s", mx.name);
+                break;
+            }
+            continue;
         }
         for (int a = 0; a < rows; a++)
             for (int j = 0; j < r; j++) fa[i][(size_t)a * r + j] = (float)(U[(size_t)a * k + j] * sqrt(S[j]));

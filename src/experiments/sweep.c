@@ -246,6 +246,7 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
         } else {
             q3r_truncate_spec ts = {.targets = targets, .rank = {.kind = Q3R_RANK_FRACTION, .value = p}};
             if (spec->budget) ts.budget = p;
+            ts.grams = spec->grams;
             q3r_model *m = NULL;
             s = q3r_truncate(in, &ts, batch, &m, NULL, err);
             if (s) {

@@ -39,11 +39,22 @@ static void gesdd(int f64, char jobz, int m, int n, void *a, int lda, void *s, v
     else sgesdd_(&jobz, &m, &n, a, &lda, s, u, &ldu, vt, &ldvt, work, &lwork, iwork, info);
 }
 
-/* Thin SVD in double (f64: dgesdd, double buffers) or float (sgesdd, float buffers). */
-static q3r_status svd_thin(int f64, const float *X, int m, int n, int ld, void *U, void *S, void *VT,
-                           q3r_error *err) {
-    q3r_status st = check_args(X, m, n, ld, err);
-    if (st) return st;
+/* Thin SVD in double (f64: dgesdd, double buffers) or float (sgesdd, float buffers), of the
+ * float X or (f64 only, X NULL) the double Xd. */
+static q3r_status svd_thin(int f64, const float *X, const double *Xd, int m, int n, int ld, void *U, void *S,
+                           void *VT, q3r_error *err) {
+    q3r_status st = Q3R_OK;
+    if (Xd) {
+        if (m < 1 || n < 1 || ld < n)
+            return q3r_fail(err, Q3R_EINVAL, "svd: matrix is %d x %d, ld %d", m, n, ld);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                if (!isfinite(Xd[(size_t)i * ld + j]))
+                    return q3r_fail(err, Q3R_ENUMERIC,
+                                    "svd: non-finite entry at (%d, %d) of a %d x %d matrix", i, j, m, n);
+    } else if ((st = check_args(X, m, n, ld, err))) {
+        return st;
+    }
     if (!S) return q3r_fail(err, Q3R_EINVAL, "svd: singular value buffer is NULL");
     if ((U == NULL) != (VT == NULL))
         return q3r_fail(err, Q3R_EINVAL, "svd: U and VT must both be given or both be NULL");
@@ -61,7 +72,9 @@ static q3r_status svd_thin(int f64, const float *X, int m, int n, int ld, void *
         st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for a %d x %d matrix", m, n);
         goto done;
     }
-    for (int i = 0; i < m; i++) {
+    for (int i = 0; i < m && Xd; i++)
+        memcpy((double *)A + (size_t)i * n, Xd + (size_t)i * ld, sizeof(double) * (size_t)n);
+    for (int i = 0; i < m && !Xd; i++) {
         const float *x = X + (size_t)i * ld;
         if (f64)
             for (int j = 0; j < n; j++) ((double *)A)[(size_t)i * n + j] = x[j];
@@ -105,12 +118,18 @@ done:
 
 q3r_status q3r_svd_thin(const float *X, int m, int n, int ld, double *U, double *S, double *VT,
                         q3r_error *err) {
-    return svd_thin(1, X, m, n, ld, U, S, VT, err);
+    return svd_thin(1, X, NULL, m, n, ld, U, S, VT, err);
+}
+
+q3r_status q3r_svd_thin_d(const double *X, int m, int n, int ld, double *U, double *S, double *VT,
+                          q3r_error *err) {
+    if (!X) return q3r_fail(err, Q3R_EINVAL, "svd: matrix is NULL");
+    return svd_thin(1, NULL, X, m, n, ld, U, S, VT, err);
 }
 
 q3r_status q3r_svd_thin_f32(const float *X, int m, int n, int ld, float *U, float *S, float *VT,
                             q3r_error *err) {
-    return svd_thin(0, X, m, n, ld, U, S, VT, err);
+    return svd_thin(0, X, NULL, m, n, ld, U, S, VT, err);
 }
 
 /* ---- truncated SVD by block subspace iteration -------------------------------------- */

@@ -448,6 +448,18 @@ static double op_flops(const q3r_model *g, int B) {
 
 static void op_destroy(q3r_model *g) { gpt_free(gpt_mut(g)); }
 
+static const float *op_matrix_input(const q3r_model *g, int i, int64_t *rows) {
+    const q3r_gpt *m = (const q3r_gpt *)g;
+    const int64_t N = (int64_t)m->last_B * m->last_T;
+    *rows = 0;
+    if (N < 1 || i < 0 || i >= g->nmat) return NULL;
+    if (i == g->nmat - 1) { /* the head reads the final norm */
+        *rows = N;
+        return m->lnf;
+    }
+    return q3r_tf_block_input(&m->blk[i / Q3R_TF_MATRICES], i % Q3R_TF_MATRICES, N, N, rows);
+}
+
 static const q3r_model_ops gpt_ops = {
     .family = "gpt",
     .forward = op_forward,
@@ -459,6 +471,7 @@ static const q3r_model_ops gpt_ops = {
     .with_ranks = op_with_ranks,
     .describe = op_describe,
     .forward_flops = op_flops,
+    .matrix_input = op_matrix_input,
     .destroy = op_destroy,
 };
 

@@ -120,6 +120,11 @@ void q3r_model_describe(const q3r_model *m, char *buf, size_t cap) { m->ops->des
 void q3r_model_init(q3r_model *m, uint64_t seed) { m->ops->init(m, seed); }
 double q3r_model_forward_flops(const q3r_model *m, int B) { return m->ops->forward_flops(m, B); }
 
+const float *q3r_model_matrix_input(const q3r_model *m, int i, int64_t *rows) {
+    *rows = 0;
+    return m->ops->matrix_input ? m->ops->matrix_input(m, i, rows) : NULL;
+}
+
 /* ---- forward, backward, metrics ----------------------------------------------------------- */
 
 q3r_status q3r_model_forward(q3r_model *m, const q3r_batch *b, float label_smoothing, int training,

@@ -31,6 +31,9 @@ typedef struct {
     q3r_status (*new_head)(const q3r_model *m, int classes, uint64_t seed, int max_batch, q3r_model **out,
                            q3r_error *err);
     double (*forward_flops)(const q3r_model *m, int B);
+    /* the input matrix i multiplied in the last forward (training = 0), *rows of cols floats;
+     * NULL when there was none (q3r_model_matrix_input) */
+    const float *(*matrix_input)(const q3r_model *m, int i, int64_t *rows);
     void (*destroy)(q3r_model *m); /* frees the family's struct (and what q3r_model_base_free frees) */
 } q3r_model_ops;
 

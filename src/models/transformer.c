@@ -245,3 +245,16 @@ double q3r_tf_block_macs(const q3r_model *m, const q3r_tf_block *bp, const q3r_t
     for (int j = Q3R_TF_PROJ; j <= Q3R_TF_FC2; j++) macs += q3r_tf_mat_macs(&mx[bp->mat[j]], Nq);
     return macs + 2.0 * Nq * T * d->D;
 }
+
+const float *q3r_tf_block_input(const q3r_tf_acts *a, int j, int64_t N, int64_t Nq, int64_t *rows) {
+    *rows = j <= Q3R_TF_V ? N : Nq;
+    switch (j) {
+    case Q3R_TF_Q:
+    case Q3R_TF_K:
+    case Q3R_TF_V: return a->ln1;
+    case Q3R_TF_PROJ: return a->atty;
+    case Q3R_TF_FC1: return a->ln2;
+    case Q3R_TF_FC2: return a->g;
+    default: *rows = 0; return NULL;
+    }
+}

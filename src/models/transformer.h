@@ -130,6 +130,11 @@ void q3r_tf_block_layout(float *A, size_t *a, uint8_t *MK, size_t *k, const q3r_
 void q3r_tf_scratch_layout(float *S, size_t *s, const q3r_model *m, const q3r_tf_dims *d, size_t B, size_t T,
                            q3r_tf_scratch *out);
 
+/* The input block matrix j multiplied in the block's last forward (a call with no dropout): Q, K,
+ * V: ln1 (N rows); proj: the attention output, fc1: ln2, fc2: the GELU output (Nq rows each).
+ * *rows gets the row count; the row length is the matrix's cols. */
+const float *q3r_tf_block_input(const q3r_tf_acts *a, int j, int64_t N, int64_t Nq, int64_t *rows);
+
 /* Forward of one block: x (B*T, D) input; xres (B*Tq, D) the residual input, the first Tq tokens
  * of each sequence of x (x itself when Tq == T; a gathered copy otherwise). Writes a's
  * activations, the output in a->x2 (B*Tq, D), and draws a's dropout masks from c->rng. */

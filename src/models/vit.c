@@ -552,6 +552,19 @@ static double op_flops(const q3r_model *g, int B) { return q3r_vit_forward_flops
 
 static void op_destroy(q3r_model *g) { q3r_vit_free(vit_mut(g)); }
 
+static const float *op_matrix_input(const q3r_model *g, int i, int64_t *rows) {
+    const q3r_vit *m = (const q3r_vit *)g;
+    const int64_t B = m->last_B, N = B * m->T;
+    *rows = 0;
+    if (B < 1 || i < 0 || i >= g->nmat) return NULL;
+    if (i == g->nmat - 1) { /* the head reads the class token's final norm */
+        *rows = B;
+        return m->lnf;
+    }
+    const int l = i / Q3R_TF_MATRICES, last = l == m->cfg.depth - 1; /* the last block: class rows only */
+    return q3r_tf_block_input(&m->blk[l], i % Q3R_TF_MATRICES, N, last ? B : N, rows);
+}
+
 static const q3r_model_ops vit_ops = {
     .family = "vit",
     .forward = op_forward,
@@ -564,6 +577,7 @@ static const q3r_model_ops vit_ops = {
     .describe = op_describe,
     .new_head = op_new_head,
     .forward_flops = op_flops,
+    .matrix_input = op_matrix_input,
     .destroy = op_destroy,
 };
 
