@@ -60,6 +60,17 @@ class Checks:
         return 1 if self.failed else 0
 
 
+def write_corpus(path, seed, words=4000):
+    """A small text file of `words` words drawn (random.Random(seed)) from a few Bible words: what
+    the language-model tests train their tiny GPTs on. Returns path."""
+    import random
+    rnd = random.Random(seed)
+    vocab = "in the beginning god created heaven and earth light was good said let there be".split()
+    with open(path, "w") as f:
+        f.write(" ".join(rnd.choice(vocab) for _ in range(words)))
+    return path
+
+
 def run_q3r(args, env=None, expect_ok=False):
     """Run the q3r program; with expect_ok, a failure prints the command and its stderr."""
     p = subprocess.run([Q3R] + list(args), capture_output=True, text=True, env=env)

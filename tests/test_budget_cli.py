@@ -10,7 +10,6 @@ writes a file."""
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import safetensors_np  # noqa: E402
-from q3r_testing import Checks, run_q3r  # noqa: E402
+from q3r_testing import Checks, run_q3r, write_corpus  # noqa: E402
 
 check = Checks()
 
@@ -74,11 +73,7 @@ def reference_ranks(mats, budget):
 
 tmp = tempfile.mkdtemp(prefix="q3r-budget-test-")
 try:
-    rnd = random.Random(3)
-    words = "in the beginning god created heaven and earth light was good said let there be".split()
-    text = os.path.join(tmp, "corpus.txt")
-    with open(text, "w") as f:
-        f.write(" ".join(rnd.choice(words) for _ in range(4000)))
+    text = write_corpus(os.path.join(tmp, "corpus.txt"), 3, 4000)
     run = os.path.join(tmp, "run")
     p = run_q3r(["train", "--model", "gpt-tiny", "--data", text, "--width", "32", "--depth", "2", "--heads", "2",
                  "--mlp", "96", "--context", "32", "--batch", "8", "--epochs", "1", "--epoch-steps", "30",

@@ -34,7 +34,7 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import safetensors_np  # noqa: E402
-from q3r_testing import Q3R, Checks, run_q3r  # noqa: E402
+from q3r_testing import Q3R, Checks, run_q3r, write_corpus  # noqa: E402
 
 check = Checks()
 DTYPE_CODE = {"F32": 0, "F64": 1, "I64": 2, "U8": 3, "F16": 4, "BF16": 5, "I32": 6, "I16": 7, "I8": 8, "BOOL": 9}
@@ -99,11 +99,7 @@ def expect_fail(args, needles, what, code=1, **kw):
 
 tmp = tempfile.mkdtemp(prefix="q3r-reliability-")
 try:
-    rnd = random.Random(7)
-    words = "in the beginning god created heaven and earth light was good said let there be".split()
-    text = os.path.join(tmp, "corpus.txt")
-    with open(text, "w") as f:
-        f.write(" ".join(rnd.choice(words) for _ in range(4000)))
+    text = write_corpus(os.path.join(tmp, "corpus.txt"), 7, 4000)
     TINY = ["train", "--model", "gpt-tiny", "--data", text, "--width", "32", "--depth", "2", "--heads", "2",
             "--mlp", "64", "--context", "32", "--batch", "8", "--epochs", "2", "--epoch-steps", "12",
             "--val-windows", "20", "--threads", "1", "--quiet", "--log-every", "1", "--period", "3",

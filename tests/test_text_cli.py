@@ -15,7 +15,6 @@ written here (a tiny GPT, a few dozen steps):
   with a message naming the file or flag, and leaves nothing in --out."""
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
-from q3r_testing import Q3R, Checks, run_q3r  # noqa: E402
+from q3r_testing import Q3R, Checks, run_q3r, write_corpus  # noqa: E402
 
 check = Checks()
 CONTEXT = 32
@@ -53,11 +52,7 @@ def expect_error(args, needle, what, out=None):
 
 tmp = tempfile.mkdtemp(prefix="q3r-text-test-")
 try:
-    rnd = random.Random(7)
-    words = "in the beginning god created heaven and earth light was good said let there be".split()
-    text = os.path.join(tmp, "corpus.txt")
-    with open(text, "w") as f:
-        f.write(" ".join(rnd.choice(words) for _ in range(4000)))
+    text = write_corpus(os.path.join(tmp, "corpus.txt"), 7, 4000)
     TINY = ["train", "--model", "gpt-tiny", "--data", text, "--width", "32", "--depth", "2", "--heads", "2",
             "--mlp", "64", "--context", str(CONTEXT), "--batch", "8", "--epochs", "2", "--epoch-steps", "12",
             "--val-windows", "20", "--threads", "2", "--quiet", "--log-every", "1", "--period", "3"]

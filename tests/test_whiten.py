@@ -20,7 +20,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import safetensors_np  # noqa: E402
-from q3r_testing import Checks, tool_path  # noqa: E402
+from q3r_testing import Checks, tool_path, write_corpus  # noqa: E402
 
 check = Checks()
 tool = tool_path("tool_whiten")
@@ -109,17 +109,12 @@ if tool:
 # calibration: q3r's Grams of every GPT matrix's inputs against torch's, on the same windows
 calib = tool_path("tool_calib")
 if calib:
-    import random  # noqa: E402
     import torch  # noqa: E402
     from q3r_testing import run_q3r  # noqa: E402
     from torch_reference import GPT, gpt_config  # noqa: E402
     tmp = tempfile.mkdtemp(prefix="q3r-calib-")
     try:
-        rnd = random.Random(4)
-        words = "in the beginning god created heaven and earth light was good said let there be".split()
-        text = os.path.join(tmp, "corpus.txt")
-        with open(text, "w") as f:
-            f.write(" ".join(rnd.choice(words) for _ in range(3000)))
+        text = write_corpus(os.path.join(tmp, "corpus.txt"), 4, 3000)
         run_dir = os.path.join(tmp, "run")
         p = run_q3r(["train", "--model", "gpt-tiny", "--data", text, "--width", "32", "--depth", "2", "--heads",
                      "2", "--mlp", "64", "--context", "16", "--batch", "8", "--epochs", "1", "--epoch-steps", "10",
