@@ -410,6 +410,13 @@ static void test_json(void) {
     CHECK(q3r_json_set_string(&notobj, "k", "v", &err) == Q3R_EFORMAT, "set on non-object");
     CHECK(strcmp(notobj, "[1]") == 0, "unchanged on failure");
     free(notobj);
+    /* a nested member is refused by name (fuzz/corpus/json/regress-set-string-nested: the message
+     * was formatted from the member's key after the tree holding it was freed) */
+    char *nested = strdup("{\"a\":1,\"deep\":{\"b\":2}}");
+    CHECK(q3r_json_set_string(&nested, "k", "v", &err) == Q3R_EFORMAT, "set beside a nested member");
+    CHECK(strstr(err.msg, "'deep' is not a simple value") != NULL, "message names the member: %s", err.msg);
+    CHECK(strcmp(nested, "{\"a\":1,\"deep\":{\"b\":2}}") == 0, "unchanged on failure");
+    free(nested);
     free(m);
 }
 

@@ -486,9 +486,11 @@ q3r_status q3r_json_set_string(char **json, const char *key, const char *value, 
         } else if (m->type == Q3R_JSON_NULL) {
             PUT("null");
         } else {
+            /* the message first: m->key lives in root */
+            q3r_fail(err, Q3R_EFORMAT, "member '%s' is not a simple value", m->key);
             q3r_json_free(&root);
             free(buf);
-            return q3r_fail(err, Q3R_EFORMAT, "member '%s' is not a simple value", m->key);
+            return Q3R_EFORMAT;
         }
     }
     if (!replaced && !fail) {
