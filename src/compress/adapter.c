@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
@@ -331,6 +332,9 @@ static double pattern_value(const q3r_json *obj, const char *module, double dflt
     return dflt;
 }
 
+/* A rank: an integer in [1, INT_MAX]. */
+static int is_rank(double v) { return v >= 1 && v <= INT_MAX && v == floor(v); }
+
 static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *err) {
     if (c->type != Q3R_JSON_OBJECT) return q3r_fail(err, Q3R_EFORMAT, "%s: not a JSON object", path);
     for (size_t i = 0; i < c->count; i++) {
@@ -354,10 +358,12 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
     if (strcmp(t->text, "LORA"))
         return q3r_fail(err, Q3R_EFORMAT, "%s: peft_type '%s' is not LORA", path, t->text);
     const q3r_json *r = q3r_json_find(c, "r"), *al = q3r_json_find(c, "lora_alpha");
-    if (!r || r->type != Q3R_JSON_NUMBER || !(r->number >= 1) || r->number != floor(r->number))
-        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'r' missing or not a positive integer", path);
-    if (!al || al->type != Q3R_JSON_NUMBER || !(al->number > 0))
-        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'lora_alpha' missing or not a positive number", path);
+    /* ranks become ints: a value past INT_MAX (1e10) would not convert */
+    if (!r || r->type != Q3R_JSON_NUMBER || !is_rank(r->number))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'r' missing or not an integer in [1, %d]", path, INT_MAX);
+    if (!al || al->type != Q3R_JSON_NUMBER || !(al->number > 0) || !isfinite(al->number))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'lora_alpha' missing or not a positive finite number",
+                        path);
     const q3r_json *tm = q3r_json_find(c, "target_modules");
     int ok = tm && (tm->type == Q3R_JSON_STRING || tm->type == Q3R_JSON_ARRAY);
     for (size_t i = 0; ok && tm->type == Q3R_JSON_ARRAY && i < tm->count; i++)
@@ -370,10 +376,15 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
         if (!o || o->type == Q3R_JSON_NULL) continue;
         if (o->type != Q3R_JSON_OBJECT)
             return q3r_fail(err, Q3R_EFORMAT, "%s: key '%s' is not an object", path, patterns[p]);
-        for (size_t i = 0; i < o->count; i++)
-            if (o->items[i].type != Q3R_JSON_NUMBER || !(o->items[i].number > 0))
-                return q3r_fail(err, Q3R_EFORMAT, "%s: %s['%s'] is not a positive number", path, patterns[p],
-                                o->items[i].key);
+        for (size_t i = 0; i < o->count; i++) {
+            const q3r_json *v = &o->items[i];
+            if (p == 0 && (v->type != Q3R_JSON_NUMBER || !is_rank(v->number)))
+                return q3r_fail(err, Q3R_EFORMAT, "%s: rank_pattern['%s'] is not an integer in [1, %d]", path,
+                                v->key, INT_MAX);
+            if (p == 1 && (v->type != Q3R_JSON_NUMBER || !(v->number > 0) || !isfinite(v->number)))
+                return q3r_fail(err, Q3R_EFORMAT, "%s: alpha_pattern['%s'] is not a positive finite number",
+                                path, v->key);
+        }
     }
     const q3r_json *ms = q3r_json_find(c, "modules_to_save");
     ok = !ms || ms->type == Q3R_JSON_NULL || ms->type == Q3R_JSON_ARRAY;
