@@ -332,6 +332,22 @@ static double pattern_value(const q3r_json *obj, const char *module, double dflt
     return dflt;
 }
 
+/* The regexes of a config (pattern keys, a target_modules string), compiled by regcomp: at most
+ * PATTERN_MAX bytes and without interval expressions. glibc's regcomp expands {m,n} (the 24 bytes
+ * "(x{1,100}){1,100}{1,100}" take a minute) and recurses per parenthesis (20000 of them overflow
+ * the stack); module names need neither. */
+#define PATTERN_MAX 1024
+static q3r_status check_regex(const char *re, const char *path, const char *what, q3r_error *err) {
+    if (strlen(re) > PATTERN_MAX)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: %s is longer than %d bytes", path, what, PATTERN_MAX);
+    if (strchr(re, '{'))
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "%s: %s '%s' has a regex interval ({m,n}), which q3r does not accept (POSIX regcomp "
+                        "expands it: a short pattern can take minutes)",
+                        path, what, re);
+    return Q3R_OK;
+}
+
 /* A rank: an integer in [1, INT_MAX]. */
 static int is_rank(double v) { return v >= 1 && v <= INT_MAX && v == floor(v); }
 
@@ -370,6 +386,9 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
         ok = tm->items[i].type == Q3R_JSON_STRING;
     if (!ok)
         return q3r_fail(err, Q3R_EFORMAT, "%s: key 'target_modules' missing or not a list of names", path);
+    q3r_status s;
+    if (tm->type == Q3R_JSON_STRING && (s = check_regex(tm->text, path, "the regex 'target_modules'", err)))
+        return s;
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};
     for (int p = 0; p < 2; p++) {
         const q3r_json *o = q3r_json_find(c, patterns[p]);
@@ -378,6 +397,8 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
             return q3r_fail(err, Q3R_EFORMAT, "%s: key '%s' is not an object", path, patterns[p]);
         for (size_t i = 0; i < o->count; i++) {
             const q3r_json *v = &o->items[i];
+            if ((s = check_regex(v->key, path, p == 0 ? "a rank_pattern key" : "an alpha_pattern key", err)))
+                return s;
             if (p == 0 && (v->type != Q3R_JSON_NUMBER || !is_rank(v->number)))
                 return q3r_fail(err, Q3R_EFORMAT, "%s: rank_pattern['%s'] is not an integer in [1, %d]", path,
                                 v->key, INT_MAX);
