@@ -102,11 +102,12 @@ wait || true
 
 echo "target             executions   exec/s  new inputs  coverage"
 for t in "${targets[@]}"; do
+  [ -f "$scratch/$t.sum" ] || echo "$t: no result (fuzz.sh itself failed)" >"$scratch/$t.sum"
   cat "$scratch/$t.sum"
   if ! grep -q ' ok$' "$scratch/$t.sum"; then
     failed+=("$t")
     echo "---- fuzz_$t: the end of its log ----"
-    grep -v '^#[0-9]' "$scratch/$t.log" | tail -60
+    grep -v '^#[0-9]' "$scratch/$t.log" 2>/dev/null | tail -60
     echo "---- input(s) kept in $build/artifacts/$t/:"
     ls -1 "$build/artifacts/$t/" 2>/dev/null || true
   fi
