@@ -6,12 +6,18 @@
 #                           texts of scripts/text-data.sh,
 #                           Open MPI (data-parallel training under mpirun; q3r builds without it)
 #   scripts/deps.sh test    the above plus Debian's torch and numpy (reference tests)
+#   scripts/deps.sh fuzz    the build's plus clang 14 with libFuzzer and the sanitizer runtimes
+#                           (libclang-rt-14-dev) and LLVM's OpenMP for clang (libomp-14-dev):
+#                           scripts/fuzz.sh
 set -euo pipefail
 want=(build-essential cmake pkg-config libopenblas-openmp-dev zlib1g-dev dataset-fashion-mnist gnuplot-nox
   bible-kjv fortunes openmpi-bin libopenmpi-dev)
-if [ "${1:-build}" = test ]; then
-  want+=(python3-numpy python3-torch)
-fi
+case "${1:-build}" in
+  build) ;;
+  test) want+=(python3-numpy python3-torch) ;;
+  fuzz) want+=(clang-14 libclang-rt-14-dev libomp-14-dev) ;;
+  *) echo "usage: scripts/deps.sh [build|test|fuzz]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

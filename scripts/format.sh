@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Format the C sources with clang-format (14) and the repository's .clang-format.
-#   scripts/format.sh          rewrite src/ include/ tests/ bench/ examples/ in place
+#   scripts/format.sh          rewrite src/ include/ tests/ bench/ examples/ fuzz/ in place
 #   scripts/format.sh --check  change nothing; list the files that differ, exit 1 if any
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 cf="${CLANG_FORMAT:-clang-format}"
-mapfile -t files < <(git ls-files -- src include tests bench examples | grep -E '\.[ch]$')
+mapfile -t files < <(git ls-files -- src include tests bench examples fuzz | grep -E '\.[ch]$')
 case "${1:-}" in
   "")
     "$cf" -i -- "${files[@]}"

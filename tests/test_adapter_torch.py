@@ -255,6 +255,16 @@ def main():
         bad(lambda c, t: (c.update(modules_to_save=["norm"]), t.update({f"{PREFIX}norm.weight": np.ones(D + 1, np.float32)})),
             "norm.weight", "a saved tensor of another shape")
         bad(lambda c, t: c.update(modules_to_save="head"), "modules_to_save", "modules_to_save not a list")
+        # ranks past INT_MAX or fractional are refused (fuzz/corpus/adapter/regress-rank-past-int: 1e10
+        # was converted to int, undefined behaviour)
+        bad(lambda c, t: c.update(r=1e10), "'r'", "r past INT_MAX")
+        bad(lambda c, t: c.update(rank_pattern={"blocks.1.mlp.fc1": 2.5}), "rank_pattern", "a fractional rank")
+        # regexes glibc's regcomp cannot take: an interval it expands for a minute
+        # (fuzz/corpus/adapter/regress-regex-interval), nesting that overflows its stack
+        bad(lambda c, t: c.update(rank_pattern={"(x{1,100}){1,100}{1,100}": 2}), "interval", "a regex interval")
+        bad(lambda c, t: c.update(alpha_pattern={"(" * 20000 + "fc1" + ")" * 20000: 2}), "longer than",
+            "20000 nested parentheses")
+        bad(lambda c, t: c.update(target_modules="(qkv|fc1){2}"), "target_modules", "an interval in target_modules")
 
         def no_module(c, t):
             t[f"{PREFIX}blocks.7.attn.qkv.lora_A.weight"] = np.zeros((4, D), np.float32)

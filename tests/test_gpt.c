@@ -342,6 +342,7 @@ static void test_config_errors(void) {
     meta_error("model.width", "0", "model.width");
     meta_error("model.width", NULL, "model.width");
     meta_error("model.depth", "-1", "model.depth");
+    meta_error("model.depth", "100000", "model.depth"); /* past Q3R_TF_MAX_DEPTH: counts stay in int */
     meta_error("model.context", "0", "model.context");
     meta_error("model.context", "ten", "model.context");
     meta_error("model.mlp_hidden", "0", "model.mlp_hidden");
@@ -382,6 +383,60 @@ static void test_config_errors(void) {
     q3r_model_free(m);
 }
 
+/* A model file's config must fit its tensors before the model is built (fuzz/corpus/model/
+ * regress-config-past-tensors: a few bytes of metadata asked q3r_model_load for GBs). The bound is
+ * a lower one: every real model, dense and factored, every preset, passes at its own size. */
+static void test_file_size(void) {
+    q3r_error err;
+    int ranks[13] = {0}, head[13] = {0};
+    ranks[0] = head[0] = 2, ranks[10] = head[10] = 3, head[12] = 4; /* a tied head is never factored */
+    q3r_gpt_config un = tiny;
+    un.tie_head = 0;
+    q3r_model *ms[3] = {make(tiny, NULL, 1, 1, 0.0), make(tiny, ranks, 1, 1, 0.0), make(un, head, 1, 1, 0.0)};
+    for (int i = 0; i < 3; i++) {
+        if (!ms[i]) continue;
+        q3r_meta meta;
+        q3r_meta_init(&meta);
+        CHECK_OK(q3r_model_config_to_meta(ms[i], &meta, &err), &err);
+        const uint64_t n = (uint64_t)q3r_model_param_count(ms[i]);
+        CHECK_OK(q3r_model_meta_check_size(&meta, n, &err), &err);
+        q3r_meta_set(&meta, "model.depth", "20000", &err); /* dense: ~ 20000 x 900 parameters */
+        q3r_meta_remove(&meta, "model.ranks");
+        CHECK(q3r_model_meta_check_size(&meta, n, &err) == Q3R_EFORMAT && strstr(err.msg, "far more than"),
+              "model %d, 20000 blocks: %s", i, err.msg);
+        q3r_meta_free(&meta);
+    }
+    for (int i = 0; q3r_model_preset_name(i); i++) {
+        q3r_meta meta;
+        q3r_meta_init(&meta);
+        q3r_model *m = NULL;
+        CHECK_OK(q3r_model_preset(q3r_model_preset_name(i), &meta, &err), &err);
+        CHECK_OK(q3r_model_from_meta(&meta, 1, &m, &err), &err);
+        if (m) CHECK_OK(q3r_model_meta_check_size(&meta, (uint64_t)q3r_model_param_count(m), &err), &err);
+        q3r_model_free(m);
+        q3r_meta_free(&meta);
+    }
+    /* a file whose metadata asks for 20000 blocks of the tensors of 2 */
+    char path[512], big[512];
+    tmp_path("size.safetensors", path, sizeof path);
+    tmp_path("size-20000.safetensors", big, sizeof big);
+    CHECK_OK(q3r_model_save(path, ms[0], NULL, &err), &err);
+    q3r_tensor_list l;
+    q3r_tensor_list_init(&l);
+    q3r_meta meta;
+    q3r_meta_init(&meta);
+    CHECK_OK(q3r_safetensors_read_meta(path, &l, &meta, &err), &err);
+    CHECK_OK(q3r_meta_set(&meta, "model.depth", "20000", &err), &err);
+    CHECK_OK(q3r_safetensors_write_meta(big, &l, &meta, &err), &err);
+    q3r_model *m = NULL;
+    CHECK(q3r_model_load(big, 1, &m, NULL, &err) == Q3R_EFORMAT && !m && strstr(err.msg, big) &&
+              strstr(err.msg, "far more than"),
+          "config past the tensors: %s", err.msg);
+    q3r_tensor_list_free(&l);
+    q3r_meta_free(&meta);
+    for (int i = 0; i < 3; i++) q3r_model_free(ms[i]);
+}
+
 int main(void) {
     test_tmpdir("test_gpt");
     q3r_rng r;
@@ -408,5 +463,6 @@ int main(void) {
     test_presets();
     test_truncate();
     test_config_errors();
+    test_file_size();
     return check_report("test_gpt");
 }

@@ -206,6 +206,12 @@ static void test_config_errors(void) {
     c.depth = 0;
     CHECK(q3r_vit_config_check(&c, &err) == Q3R_EINVAL && strstr(err.msg, "depth"), "%s", err.msg);
     c = tiny;
+    c.depth = 100000; /* past Q3R_TF_MAX_DEPTH: counts of tensors and matrices stay in int */
+    CHECK(q3r_vit_config_check(&c, &err) == Q3R_EINVAL && strstr(err.msg, "depth"), "%s", err.msg);
+    c = tiny;
+    c.image_size = c.patch = 65536; /* patch^2 channels, the patch projection's width, past int */
+    CHECK(q3r_vit_config_check(&c, &err) == Q3R_EINVAL && strstr(err.msg, "too large"), "%s", err.msg);
+    c = tiny;
     c.mlp_hidden = -4;
     CHECK(q3r_vit_config_check(&c, &err) == Q3R_EINVAL && strstr(err.msg, "mlp_hidden"), "%s", err.msg);
     c = tiny;

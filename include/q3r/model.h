@@ -149,6 +149,15 @@ const char *q3r_model_preset_name(int i);
  * ViT (files written before the key existed). Errors name the key at fault. */
 q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **out,
                                q3r_error *err);
+/* Whether the model that "model.*" metadata describes could be that of a file whose tensors hold
+ * `numbers` F32 elements in all: the check a file reader makes before q3r_model_from_meta
+ * allocates for the model, since a few bytes of metadata can describe a model of any size. The
+ * model's parameters are bounded from below (its matrices, dense or at the ranks of
+ * "model.ranks", its embeddings and patch projection) and refused when that is more than
+ * 16 numbers + 2^20: far past any mix-up of files, whose import then names the first tensor that
+ * differs. Errors: the config's (as q3r_model_from_meta gives them), and Q3R_EFORMAT naming both
+ * counts. */
+q3r_status q3r_model_meta_check_size(const q3r_meta *meta, uint64_t numbers, q3r_error *err);
 /* A model of the same family and config with another rank table (q3r_model_num_matrices
  * entries, 0 = dense; NULL = all dense), zero parameters: what truncation builds. */
 q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch,

@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
@@ -331,6 +332,25 @@ static double pattern_value(const q3r_json *obj, const char *module, double dflt
     return dflt;
 }
 
+/* The regexes of a config (pattern keys, a target_modules string), compiled by regcomp: at most
+ * PATTERN_MAX bytes and without interval expressions. glibc's regcomp expands {m,n} (the 24 bytes
+ * "(x{1,100}){1,100}{1,100}" take a minute) and recurses per parenthesis (20000 of them overflow
+ * the stack); module names need neither. */
+#define PATTERN_MAX 1024
+static q3r_status check_regex(const char *re, const char *path, const char *what, q3r_error *err) {
+    if (strlen(re) > PATTERN_MAX)
+        return q3r_fail(err, Q3R_EFORMAT, "%s: %s is longer than %d bytes", path, what, PATTERN_MAX);
+    if (strchr(re, '{'))
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "%s: %s '%s' has a regex interval ({m,n}), which q3r does not accept (POSIX regcomp "
+                        "expands it: a short pattern can take minutes)",
+                        path, what, re);
+    return Q3R_OK;
+}
+
+/* A rank: an integer in [1, INT_MAX]. */
+static int is_rank(double v) { return v >= 1 && v <= INT_MAX && v == floor(v); }
+
 static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *err) {
     if (c->type != Q3R_JSON_OBJECT) return q3r_fail(err, Q3R_EFORMAT, "%s: not a JSON object", path);
     for (size_t i = 0; i < c->count; i++) {
@@ -354,26 +374,38 @@ static q3r_status check_config(const q3r_json *c, const char *path, q3r_error *e
     if (strcmp(t->text, "LORA"))
         return q3r_fail(err, Q3R_EFORMAT, "%s: peft_type '%s' is not LORA", path, t->text);
     const q3r_json *r = q3r_json_find(c, "r"), *al = q3r_json_find(c, "lora_alpha");
-    if (!r || r->type != Q3R_JSON_NUMBER || !(r->number >= 1) || r->number != floor(r->number))
-        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'r' missing or not a positive integer", path);
-    if (!al || al->type != Q3R_JSON_NUMBER || !(al->number > 0))
-        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'lora_alpha' missing or not a positive number", path);
+    /* ranks become ints: a value past INT_MAX (1e10) would not convert */
+    if (!r || r->type != Q3R_JSON_NUMBER || !is_rank(r->number))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'r' missing or not an integer in [1, %d]", path, INT_MAX);
+    if (!al || al->type != Q3R_JSON_NUMBER || !(al->number > 0) || !isfinite(al->number))
+        return q3r_fail(err, Q3R_EFORMAT, "%s: key 'lora_alpha' missing or not a positive finite number",
+                        path);
     const q3r_json *tm = q3r_json_find(c, "target_modules");
     int ok = tm && (tm->type == Q3R_JSON_STRING || tm->type == Q3R_JSON_ARRAY);
     for (size_t i = 0; ok && tm->type == Q3R_JSON_ARRAY && i < tm->count; i++)
         ok = tm->items[i].type == Q3R_JSON_STRING;
     if (!ok)
         return q3r_fail(err, Q3R_EFORMAT, "%s: key 'target_modules' missing or not a list of names", path);
+    q3r_status s;
+    if (tm->type == Q3R_JSON_STRING && (s = check_regex(tm->text, path, "the regex 'target_modules'", err)))
+        return s;
     static const char *const patterns[] = {"rank_pattern", "alpha_pattern"};
     for (int p = 0; p < 2; p++) {
         const q3r_json *o = q3r_json_find(c, patterns[p]);
         if (!o || o->type == Q3R_JSON_NULL) continue;
         if (o->type != Q3R_JSON_OBJECT)
             return q3r_fail(err, Q3R_EFORMAT, "%s: key '%s' is not an object", path, patterns[p]);
-        for (size_t i = 0; i < o->count; i++)
-            if (o->items[i].type != Q3R_JSON_NUMBER || !(o->items[i].number > 0))
-                return q3r_fail(err, Q3R_EFORMAT, "%s: %s['%s'] is not a positive number", path, patterns[p],
-                                o->items[i].key);
+        for (size_t i = 0; i < o->count; i++) {
+            const q3r_json *v = &o->items[i];
+            if ((s = check_regex(v->key, path, p == 0 ? "a rank_pattern key" : "an alpha_pattern key", err)))
+                return s;
+            if (p == 0 && (v->type != Q3R_JSON_NUMBER || !is_rank(v->number)))
+                return q3r_fail(err, Q3R_EFORMAT, "%s: rank_pattern['%s'] is not an integer in [1, %d]", path,
+                                v->key, INT_MAX);
+            if (p == 1 && (v->type != Q3R_JSON_NUMBER || !(v->number > 0) || !isfinite(v->number)))
+                return q3r_fail(err, Q3R_EFORMAT, "%s: alpha_pattern['%s'] is not a positive finite number",
+                                path, v->key);
+        }
     }
     const q3r_json *ms = q3r_json_find(c, "modules_to_save");
     ok = !ms || ms->type == Q3R_JSON_NULL || ms->type == Q3R_JSON_ARRAY;

@@ -75,6 +75,9 @@ q3r_status q3r_gpt_config_check(const q3r_gpt_config *c, q3r_error *err) {
     if (c->width % c->heads)
         return q3r_fail(err, Q3R_EINVAL, "gpt config: model.heads = %d does not divide model.width = %d",
                         c->heads, c->width);
+    if (c->depth > Q3R_TF_MAX_DEPTH)
+        return q3r_fail(err, Q3R_EINVAL, "gpt config: model.depth = %d is more than %d", c->depth,
+                        Q3R_TF_MAX_DEPTH);
     if (c->vocab != 256)
         return q3r_fail(err, Q3R_EINVAL, "gpt config: model.vocab = %d; the gpt family is byte-level (256)",
                         c->vocab);
@@ -533,10 +536,26 @@ static q3r_status family_num_matrices(const q3r_meta *meta, int *n, q3r_error *e
     return s;
 }
 
+static q3r_status family_min_params(const q3r_meta *meta, const int *ranks, double *n, q3r_error *err) {
+    q3r_gpt_config c;
+    q3r_status s = q3r_gpt_config_from_meta(meta, &c, err);
+    if (s) return s;
+    double p = (double)c.vocab * c.width + (double)c.context * c.width; /* wte, wpe */
+    const int nm = q3r_gpt_num_matrices(&c);
+    for (int i = 0; i < nm - (c.tie_head ? 1 : 0); i++) { /* a tied head is wte's storage */
+        int r, k;
+        q3r_gpt_matrix_name(&c, i, NULL, 0, &r, &k, NULL);
+        p += q3r_matrix_min_params(r, k, ranks ? ranks[i] : 0);
+    }
+    *n = p;
+    return Q3R_OK;
+}
+
 const q3r_model_family q3r_gpt_family = {
     .family = "gpt",
     .presets = gpt_presets,
     .preset = family_preset,
     .from_meta = family_from_meta,
     .num_matrices = family_num_matrices,
+    .min_params = family_min_params,
 };

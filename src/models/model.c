@@ -44,6 +44,30 @@ static const q3r_model_family *family_of(const q3r_meta *meta, q3r_error *err) {
     return NULL;
 }
 
+/* "model.ranks" of a config of n matrices (malloc'd into *ranks; NULL when absent: dense). */
+static q3r_status meta_ranks(const q3r_meta *meta, int n, int **ranks, q3r_error *err) {
+    *ranks = NULL;
+    if (!q3r_meta_has(meta, "model.ranks")) return Q3R_OK;
+    int *r = malloc(sizeof(int) * (size_t)n);
+    if (!r) return q3r_fail(err, Q3R_ENOMEM, "model: out of memory");
+    if (q3r_meta_list_count(meta, "model.ranks") != n || q3r_meta_get_ints(meta, "model.ranks", r, n, NULL)) {
+        free(r);
+        return q3r_fail(err, Q3R_EFORMAT,
+                        "metadata 'model.ranks' must be %d comma-separated ranks >= 0 (one per "
+                        "matrix of the model, 0 = dense)",
+                        n);
+    }
+    for (int i = 0; i < n; i++)
+        if (r[i] < 0) {
+            const int bad = r[i];
+            free(r);
+            return q3r_fail(err, Q3R_EFORMAT,
+                            "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)", i, bad);
+        }
+    *ranks = r;
+    return Q3R_OK;
+}
+
 q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **out, q3r_error *err) {
     if (!meta || !out) return q3r_fail(err, Q3R_EINVAL, "model: NULL argument");
     *out = NULL;
@@ -53,29 +77,39 @@ q3r_status q3r_model_from_meta(const q3r_meta *meta, int max_batch, q3r_model **
     if (q3r_meta_has(meta, "model.ranks")) {
         int n;
         q3r_status s = fam->num_matrices(meta, &n, err);
+        if (!s) s = meta_ranks(meta, n, &ranks, err);
         if (s) return s;
-        ranks = malloc(sizeof(int) * (size_t)n);
-        if (!ranks) return q3r_fail(err, Q3R_ENOMEM, "model: out of memory");
-        if (q3r_meta_list_count(meta, "model.ranks") != n ||
-            q3r_meta_get_ints(meta, "model.ranks", ranks, n, NULL)) {
-            free(ranks);
-            return q3r_fail(err, Q3R_EFORMAT,
-                            "metadata 'model.ranks' must be %d comma-separated ranks >= 0 (one per "
-                            "matrix of the model, 0 = dense)",
-                            n);
-        }
-        for (int i = 0; i < n; i++)
-            if (ranks[i] < 0) {
-                const int bad = ranks[i];
-                free(ranks);
-                return q3r_fail(err, Q3R_EFORMAT,
-                                "metadata 'model.ranks': entry %d is %d; ranks are >= 0 (0 = dense)", i, bad);
-            }
     }
     q3r_status s = fam->from_meta(meta, ranks, max_batch, out, err);
     if (s && ranks) q3r_fail_context(err, "model.ranks");
     free(ranks);
     return s;
+}
+
+q3r_status q3r_model_meta_check_size(const q3r_meta *meta, uint64_t numbers, q3r_error *err) {
+    if (!meta) return q3r_fail(err, Q3R_EINVAL, "model: NULL argument");
+    const q3r_model_family *fam = family_of(meta, err);
+    if (!fam) return Q3R_EFORMAT;
+    int n;
+    q3r_status s = fam->num_matrices(meta, &n, err);
+    if (s) return s;
+    /* room for a mix-up of files, whose import says more than a count would; past it, no file's */
+    const double room = 16.0 * (double)numbers + (double)(1 << 20);
+    double need = n; /* a matrix takes one number at least: so n is bounded before "model.ranks" is read */
+    if ((double)n <= room) {
+        int *ranks;
+        if ((s = meta_ranks(meta, n, &ranks, err))) return s;
+        s = fam->min_params(meta, ranks, &need, err);
+        free(ranks);
+        if (s) return s;
+    }
+    if (need > room)
+        return q3r_fail(
+            err, Q3R_EFORMAT,
+            "the model its metadata describes (%s) has at least %.0f parameters, far more than the "
+            "%llu F32 numbers its tensors hold",
+            fam->family, need, (unsigned long long)numbers);
+    return Q3R_OK;
 }
 
 q3r_status q3r_model_with_ranks(const q3r_model *m, const int *ranks, int max_batch, q3r_model **out,

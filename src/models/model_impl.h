@@ -120,7 +120,18 @@ typedef struct {
                             q3r_error *err);
     /* matrices of a config, for parsing "model.ranks" before the model exists */
     q3r_status (*num_matrices)(const q3r_meta *meta, int *n, q3r_error *err);
+    /* a lower bound on the parameters of a config at ranks (num_matrices entries; NULL: dense), for
+     * checking a file before the model is built (q3r_model_meta_check_size): its matrices
+     * (q3r_matrix_min_params) and embeddings at least */
+    q3r_status (*min_params)(const q3r_meta *meta, const int *ranks, double *n, q3r_error *err);
 } q3r_model_family;
+
+/* The fewest parameters a rows x cols matrix takes at rank (0: dense): rows cols, or factored
+ * rank (rows + cols) when that is fewer. */
+static inline double q3r_matrix_min_params(int rows, int cols, int rank) {
+    const double dense = (double)rows * cols, factored = (double)rank * ((double)rows + cols);
+    return rank > 0 && factored < dense ? factored : dense;
+}
 
 extern const q3r_model_family q3r_vit_family;
 extern const q3r_model_family q3r_gpt_family;

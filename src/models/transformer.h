@@ -48,6 +48,9 @@ double q3r_tf_mat_macs(const q3r_model_matrix_slot *mx, double n);
 
 /* A block's matrices, in the order of its entries in the matrix list (and the rank table). */
 enum { Q3R_TF_Q, Q3R_TF_K, Q3R_TF_V, Q3R_TF_PROJ, Q3R_TF_FC1, Q3R_TF_FC2, Q3R_TF_MATRICES };
+/* The most blocks a config may have: far above any real model, low enough that the counts of
+ * tensors and matrices (depth times a few, in int) cannot overflow. */
+#define Q3R_TF_MAX_DEPTH 65536
 /* Most tensors one block can have: 12 dense, or the fused qkv weight replaced by 6 factors and
  * proj, fc1, fc2 by two factors each. */
 enum { Q3R_TF_MAX_TENSORS = 20 };

@@ -112,12 +112,16 @@ q3r_status q3r_vit_config_check(const q3r_vit_config *c, q3r_error *err) {
     if (c->width % c->heads)
         return q3r_fail(err, Q3R_EINVAL, "vit config: heads = %d does not divide width = %d", c->heads,
                         c->width);
+    if (c->depth > Q3R_TF_MAX_DEPTH)
+        return q3r_fail(err, Q3R_EINVAL, "vit config: depth = %d is more than %d", c->depth,
+                        Q3R_TF_MAX_DEPTH);
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
         return q3r_fail(err, Q3R_EINVAL, "vit config: dropout = %g must be in [0, 1)", (double)c->dropout);
     /* keep every buffer index inside an int-sized row count times a dimension */
     double tokens = (double)(c->image_size / c->patch) * (c->image_size / c->patch) + 1;
-    if (tokens * c->width > 1e9 || (double)c->width * c->mlp_hidden > 1e9)
-        return q3r_fail(err, Q3R_EINVAL, "vit config: image_size/patch/width too large");
+    if (tokens * c->width > 1e9 || (double)c->width * c->mlp_hidden > 1e9 ||
+        (double)c->channels * c->patch * c->patch * c->width > 1e9 || (double)c->classes * c->width > 1e9)
+        return q3r_fail(err, Q3R_EINVAL, "vit config: image_size/patch/channels/width/classes too large");
     return Q3R_OK;
 }
 
@@ -641,10 +645,28 @@ static q3r_status family_num_matrices(const q3r_meta *meta, int *n, q3r_error *e
     return s;
 }
 
+static q3r_status family_min_params(const q3r_meta *meta, const int *ranks, double *n, q3r_error *err) {
+    q3r_vit_config c;
+    q3r_status s = q3r_vit_config_from_meta(meta, &c, err);
+    if (s) return s;
+    const double D = c.width, g = c.image_size / c.patch;
+    /* cls_token, pos_embed (g^2 + 1 tokens), patch_embed.proj.weight */
+    double p = D * (g * g + 2) + D * c.channels * c.patch * c.patch;
+    const int nm = q3r_vit_num_matrices(&c);
+    for (int i = 0; i < nm; i++) {
+        int r, k;
+        q3r_vit_matrix_name(&c, i, NULL, 0, &r, &k, NULL);
+        p += q3r_matrix_min_params(r, k, ranks ? ranks[i] : 0);
+    }
+    *n = p;
+    return Q3R_OK;
+}
+
 const q3r_model_family q3r_vit_family = {
     .family = "vit",
     .presets = vit_presets,
     .preset = family_preset,
     .from_meta = family_from_meta,
     .num_matrices = family_num_matrices,
+    .min_params = family_min_params,
 };

@@ -32,6 +32,12 @@ q3r_status q3r_model_load(const char *path, int max_batch, q3r_model **out, q3r_
     q3r_model *m = NULL;
     q3r_status s = q3r_safetensors_read_meta(path, &l, &meta, err);
     if (!s && !meta.count) s = q3r_fail(err, Q3R_EFORMAT, "%s: no metadata (not a q3r model file)", path);
+    /* the config must fit the file before the model is built: a few bytes of metadata can ask for
+     * a model of any size, and building allocates for it */
+    uint64_t numbers = 0;
+    for (size_t i = 0; !s && i < l.count; i++)
+        if (l.items[i].dtype == Q3R_F32) numbers += (uint64_t)q3r_tensor_numel(&l.items[i]);
+    if (!s && (s = q3r_model_meta_check_size(&meta, numbers, err))) q3r_fail_context(err, "%s", path);
     if (!s && (s = q3r_model_from_meta(&meta, max_batch, &m, err))) q3r_fail_context(err, "%s", path);
     if (!s && (s = q3r_model_import(m, &l, err))) q3r_fail_context(err, "%s", path);
     q3r_tensor_list_free(&l);
