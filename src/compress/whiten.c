@@ -21,8 +21,10 @@ static q3r_status cholesky(const double *G, int n, double *S, double *ridge, q3r
     for (int i = 0; i < n; i++) mean += G[(size_t)i * n + i];
     mean /= n;
     if (!(mean > 0) || !isfinite(mean))
-        return q3r_fail(err, Q3R_ENUMERIC, "whitening: the inputs' Gram matrix has mean diagonal %g (all "
-                        "inputs zero, or not finite)", mean);
+        return q3r_fail(err, Q3R_ENUMERIC,
+                        "whitening: the inputs' Gram matrix has mean diagonal %g (all "
+                        "inputs zero, or not finite)",
+                        mean);
     for (double rel = 0; rel <= 1e-2 * (1 + 1e-9); rel = rel ? rel * 10 : 1e-10) {
         memcpy(S, G, sizeof(double) * (size_t)n * n);
         for (int i = 0; i < n; i++) S[(size_t)i * n + i] += rel * mean;
@@ -37,12 +39,13 @@ static q3r_status cholesky(const double *G, int n, double *S, double *ridge, q3r
         *ridge = rel * mean;
         return Q3R_OK;
     }
-    return q3r_fail(err, Q3R_ENUMERIC, "whitening: the inputs' Gram matrix is not positive definite even with a "
+    return q3r_fail(err, Q3R_ENUMERIC,
+                    "whitening: the inputs' Gram matrix is not positive definite even with a "
                     "ridge of 1e-2 of its mean diagonal");
 }
 
-q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const double *G, int r, float *A, float *B,
-                                double *sigma, double *ridge_out, q3r_error *err) {
+q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const double *G, int r, float *A,
+                                float *B, double *sigma, double *ridge_out, q3r_error *err) {
     if (!W || !G || m < 1 || n < 1 || ld < n)
         return q3r_fail(err, Q3R_EINVAL, "whitening: bad arguments (%d x %d, ld %d)", m, n, ld);
     const int k = m < n ? m : n;
@@ -51,8 +54,8 @@ q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const doub
     double *S = q3r_alloc(sizeof(double) * (size_t)n * n), *M = q3r_alloc(sizeof(double) * (size_t)m * n);
     double *U = q3r_alloc(sizeof(double) * (size_t)m * k), *VT = q3r_alloc(sizeof(double) * (size_t)k * n);
     double *Sig = q3r_alloc(sizeof(double) * (size_t)k), *Wd = q3r_alloc(sizeof(double) * (size_t)m * n);
-    q3r_status s = !S || !M || !U || !VT || !Sig || !Wd ? q3r_fail(err, Q3R_ENOMEM, "whitening: out of memory")
-                                                       : Q3R_OK;
+    q3r_status s =
+        !S || !M || !U || !VT || !Sig || !Wd ? q3r_fail(err, Q3R_ENOMEM, "whitening: out of memory") : Q3R_OK;
     double ridge = 0;
     if (!s) s = cholesky(G, n, S, &ridge, err);
     if (!s) {
@@ -68,11 +71,13 @@ q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const doub
             for (int j = 0; j < r; j++) A[(size_t)i * r + j] = (float)(U[(size_t)i * k + j] * sqrt(Sig[j]));
         for (int j = 0; j < r; j++)
             for (int c = 0; c < n; c++) VT[(size_t)j * n + c] *= sqrt(Sig[j]);
-        cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, n, 1.0, S, n, VT, n);
+        cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, n, 1.0, S, n, VT,
+                    n);
         for (size_t i = 0; i < (size_t)r * n; i++) B[i] = (float)VT[i];
         for (size_t i = 0; i < (size_t)r * n; i++)
             if (!isfinite(B[i])) {
-                s = q3r_fail(err, Q3R_ENUMERIC, "whitening: the factor B = Sigma^1/2 V^T S^-1 overflows float "
+                s = q3r_fail(err, Q3R_ENUMERIC,
+                             "whitening: the factor B = Sigma^1/2 V^T S^-1 overflows float "
                              "(an input direction with near-zero variance)");
                 break;
             }
@@ -157,7 +162,8 @@ q3r_status q3r_calibrate(q3r_model *m, const char *targets, const q3r_calib_spec
         q3r_matrix_kind kind;
         q3r_model_matrix_shape(m, i, NULL, &kind, NULL, NULL, NULL);
         int shared = -1;
-        for (int j = i - 1; (kind == Q3R_MAT_K || kind == Q3R_MAT_V) && j >= 0 && j >= i - 2 && shared < 0; j--) {
+        for (int j = i - 1; (kind == Q3R_MAT_K || kind == Q3R_MAT_V) && j >= 0 && j >= i - 2 && shared < 0;
+             j--) {
             q3r_matrix_kind kj;
             q3r_model_matrix_shape(m, j, NULL, &kj, NULL, NULL, NULL);
             if (out->gram[j] && kj < kind && (kj == Q3R_MAT_Q || kj == Q3R_MAT_K)) shared = j;
@@ -180,7 +186,8 @@ q3r_status q3r_calibrate(q3r_model *m, const char *targets, const q3r_calib_spec
     float *x = s || text ? NULL : q3r_alloc(sizeof(float) * (size_t)B * per);
     int32_t *tok = s || !text ? NULL : q3r_alloc(sizeof(int32_t) * (size_t)B * per);
     int32_t *tgt = s ? NULL : q3r_alloc(sizeof(int32_t) * (size_t)B * (text ? per : 1));
-    if (!s && (!tmp || (!text && !x) || (text && !tok) || !tgt)) s = q3r_fail(err, Q3R_ENOMEM, "calibration: out of memory");
+    if (!s && (!tmp || (!text && !x) || (text && !tok) || !tgt))
+        s = q3r_fail(err, Q3R_ENOMEM, "calibration: out of memory");
     q3r_loader L;
     q3r_corpus_loader TL;
     memset(&L, 0, sizeof L);
