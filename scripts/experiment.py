@@ -125,7 +125,7 @@ def main():
     if a.epochs:
         epochs = a.epochs
     out = a.out or os.path.join("runs", "experiment" + ("" if mode == "full" else "-" + mode))
-    ms = methods(have_lorita, have_factorized)
+    ms = methods(have_lorita, have_factorized, a.methods)
     nruns = len(ms) * len(seeds)
     speed = 2.0 / max(a.threads, 1) if a.threads <= 2 else 2.0 / min(a.threads, 4)
     eval_run = EVAL_S_PER_IMAGE * test_n * speed

@@ -39,8 +39,9 @@ NUCLEAR_SHRINK = 0.2         # total soft threshold lambda * sum_t lr_t of the n
 FULL_BUDGET_S = 3 * 3600
 
 
-def methods(have_lorita, have_factorized):
-    """(name, q3r train arguments, relative cost per step) in table order"""
+def methods(have_lorita, have_factorized, only=None):
+    """(name, q3r train arguments, relative cost per step) in table order; only: a comma list of
+    names (--methods) to keep"""
     m = [("adamw", ["--reg", "none"], 1.0),
          ("nuclear", ["--reg", "nuclear"], 1.1)]  # --lambda added per plan (depends on the step count)
     for rank in ("0.4", "0.2"):
@@ -50,6 +51,13 @@ def methods(have_lorita, have_factorized):
         m.append(("lorita3", ["--reg", "lorita", "--lorita-factors", "3"], 1.2))
     if have_factorized:
         m.append(("factorized-r0.4", ["--reg", "factorized", "--rank", "0.4"], 1.0))
+    if only:
+        names = [x.strip() for x in only.split(",") if x.strip()]
+        unknown = [x for x in names if x not in [n for n, _, _ in m]]
+        if unknown or not names:
+            sys.exit(f"experiment: --methods: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"known: {', '.join(n for n, _, _ in m)}")
+        m = [x for x in m if x[0] in names]
     return m
 
 
@@ -131,6 +139,8 @@ def add_common_flags(ap, epochs_help, default_seeds_doc):
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny model, seconds (tests)
     ap.add_argument("--epochs", type=int, default=0, help=epochs_help)
     ap.add_argument("--seeds", default=None, help=f"comma list of seeds ({default_seeds_doc})")
+    ap.add_argument("--methods", default=None,
+                    help="comma list of the methods to run or report (default all; names as in the table)")
     ap.add_argument("--threads", type=int, default=2, help="threads for q3r (default 2)")
     ap.add_argument("--q3r", default=None, help="the q3r program (default build/q3r)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the estimate, run nothing")

@@ -286,7 +286,7 @@ def main():
     if a.val_windows >= 0:
         val_windows = a.val_windows
     out = a.out or os.path.join("runs", "experiment-text" + ("" if mode == "full" else "-" + mode))
-    ms = methods(have_lorita, have_factorized)
+    ms = methods(have_lorita, have_factorized, a.methods)
     nruns = len(ms) * len(seeds)
 
     speed = 2.0 / max(a.threads, 1) if a.threads <= 2 else 2.0 / min(a.threads, 4)

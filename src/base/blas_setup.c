@@ -11,6 +11,9 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,6 +71,18 @@ void q3r_startup(char **argv) {
     setenv("Q3R_STARTUP_REEXEC", core ? "core" : "1", 1);
     execv("/proc/self/exe", argv);
     /* execv returned: carry on with the settings we have. */
+}
+
+int q3r_flush_denormals(int on) {
+#if defined(__SSE2__)
+    const unsigned bits = 0x8040; /* FTZ (bit 15) | DAZ (bit 6) */
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(on ? csr | bits : csr & ~bits);
+    return (csr & bits) == bits;
+#else
+    (void)on;
+    return -1;
+#endif
 }
 
 const char *q3r_blas_core(void) { return openblas_get_corename(); }

@@ -52,6 +52,11 @@ int q3r_cmd_version(int argc, char **argv) {
                ? ", core selected by q3r"
                : "");
     printf("cpu: AVX-512 %s\n", q3r_cpu_has_avx512() ? "yes" : "no");
+    const int ftz = q3r_flush_denormals(1), was = ftz;
+    if (ftz >= 0) q3r_flush_denormals(was); /* read, not changed */
+    printf("denormals: %s\n", ftz < 0 ? "kept (no control on this CPU)"
+                              : ftz   ? "flushed to zero (FTZ/DAZ; Q3R_DENORMALS=keep keeps them)"
+                                      : "kept (Q3R_DENORMALS=keep)");
     const char *wait = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
     printf("threads: %d (OpenMP wait: %s%s)\n", q3r_get_threads(), wait ? wait : "spin count ",
            wait   ? ""
@@ -62,6 +67,8 @@ int q3r_cmd_version(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     q3r_startup(argv);
+    const char *dn = getenv("Q3R_DENORMALS");
+    if (!dn || strcmp(dn, "keep")) q3r_flush_denormals(1); /* before any thread exists: all inherit it */
     /* past a file-size limit (ulimit -f) a write fails with EFBIG and is reported, naming the file,
      * instead of the signal killing the process mid-write */
     signal(SIGXFSZ, SIG_IGN);
