@@ -130,9 +130,10 @@ def equivalence(tmp):
             check(0 <= diff <= 1e-4, f"{method} {n} ranks: final weights within fp32 rounding (max diff {diff})")
         if 1 in outs:
             check(same(weights(outs[1]), ref_w), f"{method}: mpirun -np 1 gives the bits of a plain run")
-    # rank 0 alone writes: exactly the run's three files
+    # rank 0 alone writes: exactly the run's files (the checkpoint and the one before it)
     o3 = os.path.join(tmp, "decoupled-3")
-    check(sorted(os.listdir(o3)) == ["checkpoint.safetensors", "metrics.jsonl", "model.safetensors"],
+    check(sorted(os.listdir(o3)) == ["checkpoint.prev.safetensors", "checkpoint.safetensors", "metrics.jsonl",
+                                     "model.safetensors"],
           f"3 ranks wrote {sorted(os.listdir(o3))}")
     with open(os.path.join(o3, "metrics.jsonl")) as f:
         starts = sum(1 for line in f if '"event":"start"' in line.replace(" ", ""))

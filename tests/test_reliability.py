@@ -9,7 +9,8 @@ on a tiny GPT trained here:
   metadata is recomputed here from the file (its definition, independently); a torn (cut) or
   corrupted checkpoint is passed over for the previous one, saying so, and the run still ends on
   the uninterrupted run's bits; a kill between the commit's two renames resumes from .next; with
-  no intact checkpoint, resume refuses; with none at all it starts at step 0;
+  no intact checkpoint, resume refuses; with none at all it starts at step 0 if a run was
+  started there (its metrics log exists), and refuses where none was;
 - the kill test: the run killed with SIGKILL at 20 random moments (checkpoints every 2 steps, so
   some kills land in a checkpoint write) and resumed each time always resumes, loses at most one
   checkpoint interval, keeps a metrics log with each step once, and ends bit for bit on the
@@ -223,9 +224,15 @@ try:
                 "no intact checkpoint")
     check(sorted(os.listdir(d)) == before, "a refused resume changes nothing")
 
+    d = os.path.join(tmp, "before-first-checkpoint")  # killed after its start line, before step 2
+    os.mkdir(d)
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.write('{"event":"start","step":0}\n{"event":"step","step":1,"loss":5.5}\n{"event":"st')
+    resume(d, "a run killed before its first checkpoint", ["no checkpoint", "step 0"])
     d = os.path.join(tmp, "empty")
     os.mkdir(d)
-    resume(d, "a resume with no checkpoint yet", ["no checkpoint", "step 0"])
+    expect_fail(TINY + ["--out", d, "--resume"], ["holds no run"], "a resume where no run was started")
+    check(os.listdir(d) == [], "a refused resume writes nothing")
 
     # --- the kill test ----------------------------------------------------------------------------
     # a longer run (3 epochs of 40 steps), killed 20 times, each after a random moment within
@@ -242,7 +249,8 @@ try:
     worst_loss, in_commit, kills = 0, 0, 0
     prev_resume = 0
     for k in range(20):
-        args = [Q3R] + KILL + ["--out", d] + (["--resume"] if os.path.exists(d) else [])
+        started = os.path.exists(os.path.join(d, "metrics.jsonl"))  # else no run to resume yet
+        args = [Q3R] + KILL + ["--out", d] + (["--resume"] if started else ["--overwrite"])
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(kill_rnd.uniform(0.02, 0.08 * kill_s))
         if proc.poll() is None:

@@ -218,7 +218,8 @@ q3r_status q3r_trainer_metadata(const q3r_trainer *t, q3r_meta *meta, q3r_error 
 
 /* Train per cfg. resume != 0 continues from out_dir's newest intact checkpoint (which must match
  * cfg's model and data; a damaged one is passed over for the one before it, and none at all
- * starts at step 0, each said in a PHASE_NOTE), and cuts metrics.jsonl back to its step; the
+ * starts at step 0 if a run was started there (its metrics.jsonl exists), each said in a
+ * PHASE_NOTE; with no run there at all it is an error), and cuts metrics.jsonl back to its step; the
  * finished run's weights equal those of an uninterrupted run, bit for bit. progress may be NULL. */
 q3r_status q3r_train_run(const q3r_train_config *cfg, int resume, q3r_progress_fn progress,
                          void *ctx, q3r_train_result *res, q3r_error *err);

@@ -187,7 +187,10 @@ q3r_status q3r_run_load_checkpoint(run_state *r, q3r_error *err) {
     q3r_status s = Q3R_OK;
     if (q3r_text_str(&skipped)[0])
         s = q3r_fail(err, Q3R_EFORMAT, "cannot resume: no intact checkpoint: %s", q3r_text_str(&skipped));
-    else
+    else if (access(r->log_path, F_OK)) /* no run was ever started there: a wrong --out, most likely */
+        s = q3r_fail(err, Q3R_EINVAL, "cannot resume: %s holds no run (no %s, no metrics.jsonl)",
+                     r->cfg->out_dir, r->ckpt_path);
+    else /* a run killed before its first checkpoint */
         snprintf(r->resume_note, sizeof r->resume_note, "no checkpoint in %s yet: starting at step 0",
                  r->cfg->out_dir);
     q3r_text_free(&skipped);

@@ -77,8 +77,9 @@ q3r_status q3r_run_build_metadata(const q3r_train_config *c, const q3r_trainer *
 q3r_status q3r_run_save_checkpoint(run_state *r, q3r_error *err);
 /* Resume from the newest intact checkpoint (.next, the checkpoint, .prev, in that order: a torn
  * or unreadable file, or one whose checksum fails, is passed over, and resume_note says so); none
- * at all starts the run at step 0 (resume_note says so). A checkpoint of another config is an
- * error, never passed over. */
+ * at all starts the run at step 0 when the run was started there (its metrics.jsonl exists: a
+ * kill before the first checkpoint; resume_note says so), and is an error otherwise. A
+ * checkpoint of another config is an error, never passed over. */
 q3r_status q3r_run_load_checkpoint(run_state *r, q3r_error *err);
 
 /* Metrics lines: the start (or resume) line and the per-matrix arrays of an epoch line. */
