@@ -52,7 +52,7 @@ int main(void) {
         opt.lambda = 0.02;
         q3r_set *reg;
         if (q3r_set_create(&opt, &reg, &err)) goto fail;
-        q3r_rank_rule rank = {Q3R_RANK_INT, RANK};
+        q3r_rank_rule rank = {.kind = Q3R_RANK_INT, .value = RANK};
         const char *names[3] = {"q", "k", "v"};
         for (int b = 0; b < 3; b++) /* a row block of the fused weight: pointer, rows, cols, ld */
             if (q3r_set_add(reg, names[b], W + b * D * D, D, D, D, NULL, 0, rank, &err)) goto fail;

@@ -47,6 +47,9 @@ def methods(have_lorita, have_factorized, only=None):
     for rank in ("0.4", "0.2"):
         for pull in ("9", "27"):
             m.append((f"q3r-r{rank}-pull{pull}", ["--reg", "decoupled", "--rank", rank, "--pull", pull], 1.15))
+    # Q3R choosing its ranks under one parameter budget (--rank budget:P: dense for the first 10% of
+    # the run, then each matrix's rank from its spectrum), at the lower rank and the stronger pull
+    m.append(("q3r-b0.2-pull27", ["--reg", "decoupled", "--rank", "budget:0.2", "--pull", "27"], 1.12))
     if have_lorita:
         m.append(("lorita3", ["--reg", "lorita", "--lorita-factors", "3"], 1.2))
     if have_factorized:

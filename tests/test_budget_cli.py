@@ -6,7 +6,14 @@ must be the reference's, the parameters kept within the budget and within one ra
 the file's model.ranks and truncate.rule must say so, and the truncated model must evaluate;
 sweep --budgets scores exactly those models.
 Bad budgets: out of (0, 1] exits 2 before reading, too small for rank 1 everywhere exits 1; neither
-writes a file."""
+writes a file.
+
+Training with --rank budget:P@S: the ranks the run chose at step S (its metrics line, its checkpoint,
+the model's q3r.budget_ranks, the Q3R states' own ranks) are the reference's on the weights of the
+checkpoint taken at step S; Q3R does nothing before S (value 0) and acts after; the automatic lambda
+spreads the pull over the learning rates of steps S.. (as logged); a run stopped before the choice
+and again after it, each time resumed, ends bit for bit where the uninterrupted run ends. Budget
+rules where they do not apply exit 2 and leave nothing."""
 import json
 import math
 import os
@@ -136,6 +143,75 @@ try:
         p = run_q3r(["truncate", model, bad, "--rank", "0.3"] + args)
         check(p.returncode == code and needle in p.stderr and not os.path.exists(bad),
               f"{args}: exit {p.returncode} ({p.stderr.strip()!r}), nothing written")
+
+    # --- training with --rank budget:P@S ------------------------------------------------------------
+    def lines(path):
+        with open(path) as f:
+            return [json.loads(x) for x in f if x.strip()]
+
+    TRAIN = ["train", "--model", "gpt-tiny", "--data", text, "--width", "32", "--depth", "2", "--heads", "2",
+             "--mlp", "96", "--context", "32", "--batch", "8", "--epochs", "2", "--epoch-steps", "12",
+             "--val-windows", "20", "--threads", "1", "--quiet", "--log-every", "1", "--period", "3",
+             "--targets", "all", "--rank", "budget:0.3@8", "--pull", "9"]
+    full, part = os.path.join(tmp, "bfull"), os.path.join(tmp, "bpart")
+    p = run_q3r(TRAIN + ["--out", full], expect_ok=True)
+    check(p.returncode == 0, "training with --rank budget:0.3@8")
+    log = lines(os.path.join(full, "metrics.jsonl")) if p.returncode == 0 else []
+    ev = [x for x in log if x["event"] == "budget"]
+    names = next((x["matrices"].split(",") for x in log if x["event"] == "start"), [])
+    # the choice is at the first refresh step at or after 8 (period 3): 9; the checkpoint at 9 holds
+    # the weights it was made from
+    p = run_q3r(TRAIN + ["--out", part, "--stop-after", "9"], expect_ok=True)
+    check(p.returncode == 0 and not os.path.exists(os.path.join(part, "model.safetensors")), "stopped at step 9")
+    if check(len(ev) == 1 and ev[0]["step"] == 9, f"one budget line, at step 9: {ev}"):
+        ck = safetensors_np.read(os.path.join(part, "checkpoint.safetensors"))[0]
+        mats = targeted(ck, 2)
+        want, allowed = reference_ranks(mats, 0.3)
+        got = [int(r) for r in ev[0]["ranks"]]
+        check(names == [n for n, _ in mats], f"matrix order: {names}")
+        check(got == want, f"ranks chosen in training {got}, reference on the step-9 weights {want}")
+        dense = sum(w.shape[0] * w.shape[1] for _, w in mats)
+        spent = sum(r * (w.shape[0] + w.shape[1]) for r, (_, w) in zip(got, mats))
+        check(spent <= allowed and abs(ev[0]["kept"] - spent / dense) < 1e-12, f"kept {ev[0]['kept']}: {spent} of {dense}")
+        check(got != [math.floor(0.3 * w.shape[0] * w.shape[1] / sum(w.shape)) for _, w in mats],
+              f"the budget's ranks differ from the uniform fraction's here: {got}")
+        fck = safetensors_np.read(os.path.join(full, "checkpoint.safetensors"))[0]
+        states = [int(fck[f"q3r.{n}.ints"][2]) for n in names]
+        check(states == got and [int(x) for x in fck["train.budget_ranks"]] == got,
+              f"the Q3R states' ranks are the chosen ones: {states}")
+        meta = safetensors_np.read(os.path.join(full, "model.safetensors"))[1]
+        check(meta.get("q3r.budget_ranks") == ",".join(f"{n}:{r}" for n, r in zip(names, got)),
+              f"the model file's q3r.budget_ranks: {meta.get('q3r.budget_ranks')}")
+        steps = {x["step"]: x for x in log if x["event"] == "step"}
+        check(all(steps[k]["q3r"] == 0 for k in range(1, 10)) and all(steps[k]["q3r"] > 0 for k in range(10, 25)),
+              "no Q3R before step 9 (value 0), Q3R from there on")
+        lr_sum = sum(steps[k]["lr"] for k in range(10, 25))  # the line of step k logs the lr of step k - 1
+        lam = next(x["lambda"] for x in log if x["event"] == "start")
+        check(abs(lam - 9 / (2 * lr_sum)) < 1e-9 * lam, f"lambda {lam} = pull / (2 sum lr from step 9) {9 / (2 * lr_sum)}")
+    # resumed before the choice and after it: the same final model, bit for bit
+    p = run_q3r(TRAIN + ["--out", part, "--resume", "--stop-after", "5"], expect_ok=True)
+    check(p.returncode == 0, "resumed at 9, stopped at 14")
+    p = run_q3r(TRAIN + ["--out", part, "--resume"], expect_ok=True)
+    if check(p.returncode == 0, "resumed at 14 to the end"):
+        a = safetensors_np.read(os.path.join(full, "model.safetensors"))[0]
+        b = safetensors_np.read(os.path.join(part, "model.safetensors"))[0]
+        check(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a),
+              "a run stopped and resumed around the choice ends on the uninterrupted run's bits")
+        plog = lines(os.path.join(part, "metrics.jsonl"))
+        check([x["step"] for x in plog if x["event"] == "budget"] == [9], "the resumed run logs the choice once")
+    for args, needle in ((["--rank", "budget:0.3", "--reg", "factorized"], "budget"),
+                         (["--rank", "budget:0.3", "--reg", "none"], "budget"),
+                         (["--rank", "budget:0.3@24"], "24 steps"),
+                         (["--rank", "budget:1.5"], "--rank"), (["--rank", "budget:0.3@1.5"], "--rank")):
+        bad = os.path.join(tmp, "bad-train")
+        p = run_q3r(TRAIN + args + ["--out", bad])
+        # a point past the run's end is found once the data give the run's length: exit 1, as the
+        # trainer's other checks of a flag against the run
+        code = 1 if "@24" in args[1] else 2
+        check(p.returncode == code and needle in p.stderr and not os.path.exists(bad),
+              f"train {args}: exit {p.returncode} ({p.stderr.strip()[-160:]!r}), nothing left")
+    p = run_q3r(["truncate", model, os.path.join(tmp, "x.safetensors"), "--rank", "budget:0.3"])
+    check(p.returncode == 2 and "--budget" in p.stderr, f"truncate --rank budget: {p.stderr.strip()!r}")
 
     # bad budgets
     out = os.path.join(tmp, "bad.safetensors")

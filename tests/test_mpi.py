@@ -60,7 +60,8 @@ TINY = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--mlp", "64",
         "--test-limit", "100", "--batch", "40", "--epochs", "2", "--threads", "1", "--quiet", "--log-every", "1",
         "--overwrite"]
 METHODS = {"decoupled": [], "coupled": ["--reg", "coupled"], "nuclear": ["--reg", "nuclear", "--lambda", "0.05"],
-           "none": ["--reg", "none"], "lorita": ["--reg", "lorita"], "factorized": ["--reg", "factorized"]}
+           "none": ["--reg", "none"], "lorita": ["--reg", "lorita"], "factorized": ["--reg", "factorized"],
+           "budget": ["--targets", "all", "--rank", "budget:0.3@0.3"]}
 check = Checks()
 
 
@@ -130,6 +131,10 @@ def equivalence(tmp):
             check(0 <= diff <= 1e-4, f"{method} {n} ranks: final weights within fp32 rounding (max diff {diff})")
         if 1 in outs:
             check(same(weights(outs[1]), ref_w), f"{method}: mpirun -np 1 gives the bits of a plain run")
+        if method == "budget":  # the ranks chosen at step 5 (rank 0's, broadcast) are one process's
+            ranks_of = {n: safetensors_np.read(os.path.join(o, "model.safetensors"))[1].get("q3r.budget_ranks")
+                        for n, o in outs.items()}
+            check(ranks_of[0] and len(set(ranks_of.values())) == 1, f"budget ranks on 1 and 3 ranks: {ranks_of}")
     # rank 0 alone writes: exactly the run's files (the checkpoint and the one before it)
     o3 = os.path.join(tmp, "decoupled-3")
     check(sorted(os.listdir(o3)) == ["checkpoint.prev.safetensors", "checkpoint.safetensors", "metrics.jsonl",

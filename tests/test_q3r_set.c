@@ -39,7 +39,7 @@ static void test_slices(q3r_rng *rng) {
     o.lambda = 0.2;
     q3r_set *set = NULL;
     CHECK_OK(q3r_set_create(&o, &set, &err), &err);
-    q3r_rank_rule r4 = {Q3R_RANK_INT, 4};
+    q3r_rank_rule r4 = {.kind = Q3R_RANK_INT, .value = 4};
     CHECK_OK(q3r_set_add(set, "qkv.q", W, d, d, d, grad, d, r4, &err), &err);
     CHECK_OK(q3r_set_add(set, "qkv.v", W + 2 * d * d, d, d, d, grad + 2 * d * d, d, r4, &err), &err);
     CHECK(q3r_set_count(set) == 2 && strcmp(q3r_set_name(set, 1), "qkv.v") == 0, "count/name");
@@ -113,7 +113,7 @@ static void test_refresh_atomic(q3r_rng *rng) {
     fill_normal_f(B, 30, 1.0, rng);
     q3r_set *set = NULL;
     CHECK_OK(q3r_set_create(NULL, &set, &err), &err);
-    q3r_rank_rule half = {Q3R_RANK_FRACTION, 0.5};
+    q3r_rank_rule half = {.kind = Q3R_RANK_FRACTION, .value = 0.5};
     CHECK_OK(q3r_set_add(set, "a", A, 8, 6, 6, NULL, 0, half, &err), &err);
     CHECK_OK(q3r_set_add(set, "b", B, 5, 6, 6, NULL, 0, half, &err), &err);
     q3r_state_info ia, ib;
@@ -156,7 +156,7 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     o.eps.geometric_steps = 3;
     o.period = 2;
     q3r_set *s1 = NULL, *s2 = NULL;
-    q3r_rank_rule r3 = {Q3R_RANK_INT, 3}, p = {Q3R_RANK_FRACTION, 0.4};
+    q3r_rank_rule r3 = {.kind = Q3R_RANK_INT, .value = 3}, p = {.kind = Q3R_RANK_FRACTION, .value = 0.4};
     CHECK_OK(q3r_set_create(&o, &s1, &err), &err);
     CHECK_OK(q3r_set_add(s1, "blk.fc1", A, 20, 12, 12, NULL, 0, r3, &err), &err);
     CHECK_OK(q3r_set_add(s1, "blk.fc2", B, 9, 15, 15, NULL, 0, p, &err), &err);
@@ -207,7 +207,7 @@ static void test_roundtrip(q3r_eps_schedule sch, q3r_rng *rng) {
     /* mismatches: a set with another rank, another schedule, or an extra saved matrix */
     q3r_set *s3 = NULL;
     CHECK_OK(q3r_set_create(&o, &s3, &err), &err);
-    q3r_rank_rule r5 = {Q3R_RANK_INT, 5};
+    q3r_rank_rule r5 = {.kind = Q3R_RANK_INT, .value = 5};
     CHECK_OK(q3r_set_add(s3, "blk.fc1", A2, 20, 12, 12, NULL, 0, r5, &err), &err);
     CHECK_OK(q3r_set_add(s3, "blk.fc2", B2, 9, 15, 15, NULL, 0, p, &err), &err);
     CHECK(q3r_set_import(s3, "q3r.", &saved, &err) == Q3R_EFORMAT && strstr(err.msg, "blk.fc1"),
@@ -267,10 +267,31 @@ static void test_rank_rules(void) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CHECK(q3r_rank_parse(bad[i], &r, &err) == Q3R_EINVAL && strstr(err.msg, "rank"), "'%s' accepted (%s)",
               bad[i], err.msg);
-    q3r_rank_rule tiny = {Q3R_RANK_FRACTION, 0.01};
+    /* budget rules: the fraction, then a step or a fraction of the run */
+    CHECK_OK(q3r_rank_parse("budget:0.3", &r, &err), &err);
+    CHECK(r.kind == Q3R_RANK_BUDGET && r.value == 0.3 && r.at_step == -1 && r.at_fraction == 0, "budget:0.3");
+    CHECK_OK(q3r_rank_parse("budget:30%@500", &r, &err), &err);
+    CHECK(r.kind == Q3R_RANK_BUDGET && fabs(r.value - 0.3) < 1e-15 && r.at_step == 500, "budget:30%%@500");
+    CHECK_OK(q3r_rank_parse("budget:0.2@0", &r, &err), &err);
+    CHECK(r.at_step == 0, "budget at step 0");
+    CHECK_OK(q3r_rank_parse("budget:0.2@25%", &r, &err), &err);
+    CHECK(r.at_step == -1 && fabs(r.at_fraction - 0.25) < 1e-15, "budget:0.2@25%%");
+    CHECK(q3r_rank_resolve(r, 8, 8, &k, &err) == Q3R_EINVAL && strstr(err.msg, "--budget"),
+          "a budget does not resolve one matrix: %s", err.msg);
+    const char *bad_budget[] = {"budget:",      "budget:0",      "budget:1.5",
+                                "budget:0.3@",  "budget:0.3@1",  "budget:0.3@1.0",
+                                "budget:0.3@x", "budget:0.3@-2", "budget:0.3@0.1@2"};
+    for (size_t i = 0; i < sizeof bad_budget / sizeof bad_budget[0]; i++) {
+        int bad_ok = q3r_rank_parse(bad_budget[i], &r, &err) == Q3R_EINVAL && strstr(err.msg, "rank");
+        /* "@1" is step 1, not the whole run */
+        if (!strcmp(bad_budget[i], "budget:0.3@1")) bad_ok = r.at_step == 1;
+        CHECK(bad_ok, "'%s' (%s)", bad_budget[i], err.msg);
+    }
+    q3r_rank_rule tiny = {.kind = Q3R_RANK_FRACTION, .value = 0.01};
     CHECK(q3r_rank_resolve(tiny, 4, 4, &k, &err) == Q3R_EINVAL && strstr(err.msg, "< 1"), "rank 0: %s",
           err.msg);
-    q3r_rank_rule zero = {Q3R_RANK_INT, 0}, frac = {Q3R_RANK_INT, 2.5}, over = {Q3R_RANK_FRACTION, 1.5};
+    q3r_rank_rule zero = {.kind = Q3R_RANK_INT, .value = 0}, frac = {.kind = Q3R_RANK_INT, .value = 2.5},
+                  over = {.kind = Q3R_RANK_FRACTION, .value = 1.5};
     CHECK(q3r_rank_resolve(zero, 4, 4, &k, &err) == Q3R_EINVAL, "integer 0");
     CHECK(q3r_rank_resolve(frac, 4, 4, &k, &err) == Q3R_EINVAL, "integer 2.5");
     CHECK(q3r_rank_resolve(over, 4, 4, &k, &err) == Q3R_EINVAL, "fraction 1.5");
@@ -302,7 +323,7 @@ static void test_set_bad_input(void) {
           err.msg);
     CHECK_OK(q3r_set_create(NULL, &set, &err), &err);
     float X[12] = {0};
-    q3r_rank_rule r1 = {Q3R_RANK_INT, 1}, r0 = {Q3R_RANK_INT, 0};
+    q3r_rank_rule r1 = {.kind = Q3R_RANK_INT, .value = 1}, r0 = {.kind = Q3R_RANK_INT, .value = 0};
     CHECK(q3r_set_add(set, "a", X, 3, 4, 3, NULL, 0, r1, &err) == Q3R_EINVAL && strstr(err.msg, "'a'"),
           "ld: %s", err.msg);
     CHECK(q3r_set_add(set, "a", X, 3, 4, 4, X, 2, r1, &err) == Q3R_EINVAL, "ldg");
@@ -341,6 +362,50 @@ static void test_metrics(void) {
     CHECK(q3r_energy_at(zero, 3, 1) == 0, "energy of zero");
 }
 
+/* q3r_set_retarget: fresh states at the new ranks, then the same as a set registered with them */
+static void test_retarget(q3r_rng *rng) {
+    q3r_error err = {0};
+    const int n1 = 20 * 12, n2 = 9 * 15;
+    float *A = malloc(sizeof(float) * n1), *B = malloc(sizeof(float) * n2);
+    fill_normal_f(A, n1, 1.0, rng);
+    fill_normal_f(B, n2, 1.0, rng);
+    q3r_set_options o = q3r_set_options_default();
+    q3r_set *s1 = NULL, *s2 = NULL;
+    q3r_rank_rule p = {.kind = Q3R_RANK_FRACTION, .value = 0.4};
+    q3r_rank_rule r5 = {.kind = Q3R_RANK_INT, .value = 5}, r2 = {.kind = Q3R_RANK_INT, .value = 2};
+    CHECK_OK(q3r_set_create(&o, &s1, &err), &err);
+    CHECK_OK(q3r_set_add(s1, "a", A, 20, 12, 12, NULL, 0, p, &err), &err);
+    CHECK_OK(q3r_set_add(s1, "b", B, 9, 15, 15, NULL, 0, p, &err), &err);
+    CHECK_OK(q3r_set_refresh(s1, &err), &err);
+    const int bad[2] = {5, 0}, ranks[2] = {5, 2};
+    q3r_state_info in;
+    CHECK(q3r_set_retarget(s1, bad, &err) == Q3R_EINVAL, "rank 0 refused");
+    q3r_set_info(s1, 0, &in);
+    CHECK(in.rank == 3 && in.refreshes == 1, "a refused retarget changes nothing (rank %d)", in.rank);
+    CHECK_OK(q3r_set_retarget(s1, ranks, &err), &err);
+    q3r_set_info(s1, 1, &in);
+    CHECK(in.rank == 2 && in.refreshes == 0 && isinf(in.eps), "fresh state at rank 2 (rank %d, %d refreshes)",
+          in.rank, in.refreshes);
+    CHECK_OK(q3r_set_create(&o, &s2, &err), &err);
+    CHECK_OK(q3r_set_add(s2, "a", A, 20, 12, 12, NULL, 0, r5, &err), &err);
+    CHECK_OK(q3r_set_add(s2, "b", B, 9, 15, 15, NULL, 0, r2, &err), &err);
+    CHECK_OK(q3r_set_refresh(s1, &err), &err);
+    CHECK_OK(q3r_set_refresh(s2, &err), &err);
+    q3r_tensor_list e1, e2;
+    q3r_tensor_list_init(&e1);
+    q3r_tensor_list_init(&e2);
+    CHECK_OK(q3r_set_export(s1, "q3r.", &e1, &err), &err);
+    CHECK_OK(q3r_set_export(s2, "q3r.", &e2, &err), &err);
+    CHECK(lists_equal(&e1, &e2), "retargeted set and a set registered at those ranks differ");
+    CHECK_OK(q3r_set_import(s2, "q3r.", &e1, &err), &err);
+    q3r_tensor_list_free(&e1);
+    q3r_tensor_list_free(&e2);
+    q3r_set_free(s1);
+    q3r_set_free(s2);
+    free(A);
+    free(B);
+}
+
 int main(void) {
     q3r_rng rng;
     q3r_rng_seed(&rng, 7);
@@ -350,5 +415,6 @@ int main(void) {
     test_rank_rules();
     test_set_bad_input();
     test_metrics();
+    test_retarget(&rng);
     return check_report("test_q3r_set");
 }

@@ -361,9 +361,9 @@ static void test_bad_specs(void) {
         q3r_status s = do_trunc(d, cases[i].targets, cases[i].rank, cases[i].energy, &x, NULL, &err);
         CHECK(s != Q3R_OK && !x && strstr(err.msg, cases[i].want), "case %zu: %s", i, err.msg);
     }
-    q3r_truncate_spec spec = {.targets = "qkv", .rank = {Q3R_RANK_FRACTION, 1.5}};
+    q3r_truncate_spec spec = {.targets = "qkv", .rank = {.kind = Q3R_RANK_FRACTION, .value = 1.5}};
     CHECK(truncate_vit(d, &spec, 1, &x, NULL, &err) != Q3R_OK && !x, "fraction 1.5: %s", err.msg);
-    spec.rank = (q3r_rank_rule){Q3R_RANK_INT, 0};
+    spec.rank = (q3r_rank_rule){.kind = Q3R_RANK_INT, .value = 0};
     CHECK(truncate_vit(d, &spec, 1, &x, NULL, &err) != Q3R_OK && !x, "rank 0: %s", err.msg);
     q3r_vit_free(d);
 }

@@ -86,7 +86,7 @@ static void build(q3r_set **out, float **data, int split) {
         for (int i = 0; i < rows * cols; i++) data[m][i] = (float)q3r_rng_normal(&rng);
         char name[32];
         snprintf(name, sizeof name, "m%d", m);
-        q3r_rank_rule rule = {Q3R_RANK_FRACTION, 0.3};
+        q3r_rank_rule rule = {.kind = Q3R_RANK_FRACTION, .value = 0.3};
         q3r_set_add(*out, name, data[m], rows, cols, cols, NULL, 0, rule, NULL);
     }
 }

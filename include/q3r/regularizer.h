@@ -25,17 +25,27 @@ typedef enum {
     Q3R_RANK_INT = 0,           /* r = value */
     Q3R_RANK_FRACTION = 1,      /* r = floor(p m n / (m + n)), p = value in (0, 1] */
     Q3R_RANK_COMPAT_MAXDIM = 2, /* public code's rule: r = floor(p max(m, n)); compatibility only */
+    Q3R_RANK_BUDGET = 3,        /* the matrices together keep a fraction value in (0, 1] of their
+                                   parameters, each one's rank chosen from the spectra at a point of
+                                   training (the trainer's rule: q3r/train.h, --rank budget:P) */
 } q3r_rank_kind;
 
 typedef struct {
     q3r_rank_kind kind;
     double value;
+    /* BUDGET only: where the ranks are chosen, at_step >= 0 a step, else at_fraction in (0, 1) of
+     * the run's steps (0: not given, the trainer's default) */
+    int64_t at_step;
+    double at_fraction;
 } q3r_rank_rule;
 
-/* Parse "8" (integer), "0.4" or "40%" (parameter fraction), "maxdim:0.4" (compatibility). */
+/* Parse "8" (integer), "0.4" or "40%" (parameter fraction), "maxdim:0.4" (compatibility),
+ * "budget:0.3" or "budget:30%" (a budget for all matrices together), with "@500" (at step 500) or
+ * "@0.1" / "@10%" (at that fraction of the run) after it. */
 q3r_status q3r_rank_parse(const char *text, q3r_rank_rule *out, q3r_error *err);
 /* The rank for an m x n matrix, at least 1. Errors: value out of range (integer < 1,
- * fraction outside (0, 1]) or a rule that gives 0. */
+ * fraction outside (0, 1]), a rule that gives 0, or a BUDGET rule (it ranks many matrices
+ * together: q3r_budget_ranks). */
 q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r_error *err);
 
 /* ---- eps schedules ------------------------------------------------------------ */
@@ -204,6 +214,11 @@ void q3r_set_info(const q3r_set *set, int i, q3r_state_info *info);
 q3r_state *q3r_set_state(q3r_set *set, int i);
 /* Where matrix i lives: returns X and sets its rows, cols and leading dimension. */
 float *q3r_set_matrix(const q3r_set *set, int i, int *rows, int *cols, int *ld);
+
+/* New target ranks, ranks[count] (>= 1 each): every matrix gets a fresh state at its rank (no
+ * refresh yet: R = I, eps = +inf, until the next refresh), as if registered with it; export and
+ * import then carry the new ranks. On error (a rank < 1) nothing changes. */
+q3r_status q3r_set_retarget(q3r_set *set, const int *ranks, q3r_error *err);
 
 /* Refresh every matrix (in parallel across matrices). On error nothing changes. */
 q3r_status q3r_set_refresh(q3r_set *set, q3r_error *err);

@@ -98,7 +98,11 @@ typedef struct {
     q3r_weights_mode weights;
     q3r_reg_mode reg;
     const char *targets; /* comma list of qkv, proj, fc1, fc2, head, all */
-    const char *rank;    /* rank rule text (q3r_rank_parse) */
+    const char *rank;    /* rank rule text (q3r_rank_parse); "budget:P[@S]" (Q3R only): the targets
+                            keep P of their parameters in total, each one's rank chosen by
+                            q3r_budget_ranks from its singular values at step S (a step, or a
+                            fraction of the run: default 0.1, rounded up to a multiple of period),
+                            the targets training densely without decay until then */
     double lambda;       /* <= 0: chosen from pull */
     double pull;         /* target 2 lambda sum_t lr_t when lambda is automatic (0: lambda = 0, Q3R
                             without strength: the rows run, nothing moves) */
@@ -205,6 +209,10 @@ q3r_set *q3r_trainer_regularizer(q3r_trainer *t);
 q3r_reparam *q3r_trainer_reparam(q3r_trainer *t);
 double q3r_trainer_lambda(const q3r_trainer *t);
 int64_t q3r_trainer_steps(const q3r_trainer *t);
+/* --rank budget:P: 1 once the ranks are chosen (*ranks: [set count], in the set's order), 0 before
+ * or without a budget; *step (may be NULL): the step of the choice (Q3R acts from there on; before
+ * it the targets train densely, with no decay). ranks may be NULL. */
+int q3r_trainer_budget_ranks(const q3r_trainer *t, const int **ranks, int64_t *step);
 /* Model, "optim.*", "q3r.*", "reparam.*" (factors and their Adam state, LORITA and
  * FACTORIZED only), "train.step" and "train.rng" as named tensors, and back. */
 q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err);

@@ -239,6 +239,12 @@ int q3r_cmd_spectrum(int argc, char **argv) {
         fprintf(stderr, "q3r spectrum: --rank: %s\n", err.msg);
         return 2;
     }
+    if (opt.rank.kind == Q3R_RANK_BUDGET) {
+        fprintf(stderr,
+                "q3r spectrum: --rank %s: a budget rule is for training; give one rank rule per matrix\n",
+                rank_text);
+        return 2;
+    }
     if (plot && plot_check("spectrum")) return 1;
     q3r_set_threads(threads);
 

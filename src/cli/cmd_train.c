@@ -191,7 +191,9 @@ static int train_cmd(int argc, char **argv) {
          0, 0, NULL, "LIST"},
         {"rank", ARG_RANK, &rank,
          "target rank (Q3R; the fixed rank of --reg factorized): integer, parameter fraction (0.4 or 40%), "
-         "or maxdim:P",
+         "maxdim:P, or budget:P[@S] (Q3R: the targets keep P of their parameters in total, each one's rank "
+         "chosen from its singular values at step S, or at that fraction of the run (@0.1, the default); "
+         "dense training until then)",
          0, 0, NULL, "R"},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
         {"pull", ARG_DOUBLE, &pull,
@@ -296,6 +298,17 @@ static int train_cmd(int argc, char **argv) {
         }
         c.reg = Q3R_REG_COUPLED;
         c.update_rank = lora_q3r;
+    }
+    q3r_rank_rule rule;
+    if (!q3r_rank_parse(rank, &rule, &err) && rule.kind == Q3R_RANK_BUDGET &&
+        ((c.reg != Q3R_REG_DECOUPLED && c.reg != Q3R_REG_COUPLED) ||
+         (c.weights != Q3R_WEIGHTS_DENSE && c.weights != Q3R_WEIGHTS_DELTA))) {
+        fprintf(
+            stderr,
+            "q3r train: --rank %s: a budget chooses Q3R's target ranks during training, so it needs --reg "
+            "decoupled or coupled on dense weights (--reg %s; after training: truncate --budget)\n",
+            rank, methods[reg]);
+        return 2;
     }
     if (new_head && !init) {
         fprintf(stderr, "q3r train: --new-head replaces the head of an --init model; give --init FILE\n");

@@ -135,6 +135,12 @@ int q3r_cmd_truncate(int argc, char **argv) {
         fprintf(stderr, "q3r truncate: --rank: %s\n", err.msg);
         return 2;
     }
+    if (rank && spec.rank.kind == Q3R_RANK_BUDGET) {
+        fprintf(stderr,
+                "q3r truncate: --rank %s: a budget rule is for training; truncate takes --budget %g\n", rank,
+                spec.rank.value);
+        return 2;
+    }
     q3r_model *in = NULL, *out = NULL;
     q3r_meta meta, out_meta;
     q3r_meta_init(&meta);

@@ -32,9 +32,39 @@ static q3r_status parse_fraction(const char *text, const char *body, double *out
     return Q3R_OK;
 }
 
+/* "budget:P", "budget:P@STEP", "budget:P@F" (F a fraction or percentage of the run, in (0, 1)). */
+static q3r_status parse_budget(const char *text, q3r_rank_rule *out, q3r_error *err) {
+    const char *body = text + 7, *at = strchr(body, '@');
+    char p[64];
+    const size_t len = at ? (size_t)(at - body) : strlen(body);
+    if (len >= sizeof p) return q3r_fail(err, Q3R_EINVAL, "rank '%s': budget too long", text);
+    memcpy(p, body, len);
+    p[len] = 0;
+    out->kind = Q3R_RANK_BUDGET;
+    out->at_step = -1;
+    out->at_fraction = 0;
+    q3r_status s = parse_fraction(text, p, &out->value, err);
+    if (s || !at) return s;
+    const char *w = at + 1;
+    if (all_digits(w)) {
+        errno = 0;
+        long long v = strtoll(w, NULL, 10);
+        if (errno || v > 1000000000000LL) return q3r_fail(err, Q3R_EINVAL, "rank '%s': step too large", text);
+        out->at_step = v;
+        return Q3R_OK;
+    }
+    if ((s = parse_fraction(text, w, &out->at_fraction, err))) return s;
+    if (out->at_fraction >= 1)
+        return q3r_fail(err, Q3R_EINVAL,
+                        "rank '%s': the point of the run '@%s' must be a step or a fraction < 1", text, w);
+    return Q3R_OK;
+}
+
 q3r_status q3r_rank_parse(const char *text, q3r_rank_rule *out, q3r_error *err) {
     if (!text || !out) return q3r_fail(err, Q3R_EINVAL, "rank: no text");
     while (isspace((unsigned char)*text)) text++;
+    memset(out, 0, sizeof *out);
+    if (strncmp(text, "budget:", 7) == 0) return parse_budget(text, out, err);
     if (strncmp(text, "maxdim:", 7) == 0) {
         out->kind = Q3R_RANK_COMPAT_MAXDIM;
         return parse_fraction(text, text + 7, &out->value, err);
@@ -50,7 +80,9 @@ q3r_status q3r_rank_parse(const char *text, q3r_rank_rule *out, q3r_error *err) 
     }
     if (!strchr(text, '.') && !strchr(text, '%'))
         return q3r_fail(err, Q3R_EINVAL,
-                        "rank '%s': expected an integer (8), a fraction (0.4 or 40%%) or maxdim:0.4", text);
+                        "rank '%s': expected an integer (8), a fraction (0.4 or 40%%), maxdim:0.4 or "
+                        "budget:0.3",
+                        text);
     out->kind = Q3R_RANK_FRACTION;
     return parse_fraction(text, text, &out->value, err);
 }
@@ -76,6 +108,12 @@ q3r_status q3r_rank_resolve(q3r_rank_rule rule, int m, int n, int *rank_out, q3r
             return q3r_fail(err, Q3R_EINVAL, "rank maxdim fraction %g outside (0, 1]", rule.value);
         r = rule.value * (double)(m > n ? m : n);
         break;
+    case Q3R_RANK_BUDGET:
+        return q3r_fail(
+            err, Q3R_EINVAL,
+            "rank budget:%g ranks all the matrices together: only training takes it (truncate and "
+            "sweep: --budget)",
+            rule.value);
     default: return q3r_fail(err, Q3R_EINVAL, "rank rule kind %d unknown", (int)rule.kind);
     }
     /* floor, forgiving the last bits of decimal fractions (0.4 * 100 / 20 must give 2) */

@@ -113,6 +113,28 @@ q3r_status q3r_set_add(q3r_set *set, const char *name, float *X, int rows, int c
     return Q3R_OK;
 }
 
+q3r_status q3r_set_retarget(q3r_set *set, const int *ranks, q3r_error *err) {
+    if (!set || (!ranks && set->n)) return q3r_fail(err, Q3R_EINVAL, "q3r set retarget: NULL argument");
+    q3r_state **fresh = calloc((size_t)set->n + 1, sizeof *fresh);
+    if (!fresh) return q3r_fail(err, Q3R_ENOMEM, "q3r set retarget: out of memory");
+    q3r_status st = Q3R_OK;
+    for (int i = 0; i < set->n && !st; i++)
+        if ((st = q3r_state_create(set->e[i].rows, set->e[i].cols, ranks[i], &set->opt.eps, &fresh[i], err)))
+            q3r_fail_context(err, "q3r set retarget of matrix '%s'", set->e[i].name);
+    for (int i = 0; i < set->n; i++) {
+        if (st) {
+            q3r_state_free(fresh[i]);
+            continue;
+        }
+        q3r_state_free(set->e[i].st);
+        set->e[i].st = fresh[i];
+        set->e[i].rank = ranks[i];
+        set->e[i].rule = (q3r_rank_rule){.kind = Q3R_RANK_INT, .value = ranks[i]};
+    }
+    free(fresh);
+    return st;
+}
+
 int q3r_set_count(const q3r_set *set) { return set ? set->n : 0; }
 
 const char *q3r_set_name(const q3r_set *set, int i) {

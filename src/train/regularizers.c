@@ -16,8 +16,9 @@
 #include <string.h>
 
 static q3r_status q3r_before(q3r_trainer *t, double lr, double *value, int coupled, q3r_error *err) {
-    q3r_status s = q3r_set_maybe_refresh_comm(t->reg, t->step, t->cfg.comm, err);
-    if (s) return s;
+    q3r_status s;
+    if (q3r_budget_before(t, &s, err)) return s; /* before the budget's choice: no Q3R yet */
+    if ((s = q3r_set_maybe_refresh_comm(t->reg, t->step, t->cfg.comm, err))) return s;
     return coupled ? q3r_set_add_grad(t->reg, value, err) : q3r_set_decoupled_step(t->reg, lr, value, err);
 }
 

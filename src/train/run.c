@@ -100,6 +100,51 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
 
 /* ---- the loop ------------------------------------------------------------------------------ */
 
+/* --rank budget:P: once the trainer has chosen the ranks, they go into the model's metadata
+ * ("q3r.budget_ranks": name:rank,...), and, when chosen in this process rather than loaded
+ * (emit), into a metrics line {"event": "budget", "step", "budget", "kept", "ranks": [...]} (the
+ * start line's matrix order) and a note for the user. */
+static q3r_status note_budget(run_state *r, q3r_jsonl *log, int emit, q3r_progress_fn progress, void *ctx,
+                              q3r_error *err) {
+    const int *ranks = NULL;
+    int64_t at = 0;
+    if (r->budget_noted || !q3r_trainer_budget_ranks(r->trainer, &ranks, &at)) return Q3R_OK;
+    r->budget_noted = 1;
+    const int n = q3r_set_count(r->reg);
+    double *rv = malloc(sizeof *rv * (size_t)(n + 1));
+    q3r_text names;
+    q3r_text_init(&names);
+    int64_t dense = 0, kept = 0;
+    for (int i = 0; i < n; i++) {
+        int rows, cols, ld;
+        q3r_set_matrix(r->reg, i, &rows, &cols, &ld);
+        dense += (int64_t)rows * cols;
+        kept += (int64_t)ranks[i] * (rows + cols);
+        if (rv) rv[i] = ranks[i];
+        q3r_text_addf(&names, "%s%s:%d", i ? "," : "", q3r_set_name(r->reg, i), ranks[i]);
+    }
+    q3r_status s = q3r_meta_set(&r->meta, "q3r.budget_ranks", q3r_text_str(&names), err);
+    const double frac = dense ? (double)kept / (double)dense : 0;
+    if (!s && emit) {
+        q3r_jsonl_begin(log);
+        q3r_jsonl_add_string(log, "event", "budget");
+        q3r_jsonl_add_int(log, "step", at);
+        q3r_jsonl_add_double(log, "kept", frac);
+        if (rv) q3r_jsonl_add_double_array(log, "ranks", rv, (size_t)n);
+        s = q3r_jsonl_end(log, err);
+    }
+    if (!s && emit && progress) {
+        char note[1024];
+        snprintf(note, sizeof note,
+                 "step %lld: --rank %s chose the ranks (%.1f%% of the targets' parameters): %s",
+                 (long long)at, r->cfg->rank, 100 * frac, q3r_text_str(&names));
+        progress(&(q3r_train_progress){.phase = Q3R_PHASE_NOTE, .note = note}, ctx);
+    }
+    free(rv);
+    q3r_text_free(&names);
+    return s;
+}
+
 static q3r_status end_of_epoch(run_state *r, q3r_jsonl *log, q3r_progress_fn progress, void *ctx,
                                q3r_train_result *res, double t0, q3r_error *err) {
     const q3r_train_config *c = r->cfg;
@@ -204,6 +249,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
     if (!s && resume && writer) s = q3r_jsonl_keep_until(r.log_path, r.step, err);
     if (!s) s = q3r_jsonl_open(&log, writer ? r.log_path : "/dev/null", resume, err);
     if (!s) s = q3r_run_log_start(&log, &r, resume, err);
+    if (!s) s = note_budget(&r, &log, 0, progress, ctx, err); /* chosen before the checkpoint: logged then */
     res->lambda = r.lambda;
     double t0 = q3r_now();
     int64_t start_step = r.step;
@@ -218,6 +264,7 @@ q3r_status q3r_train_run(const q3r_train_config *cfg_in, int resume, q3r_progres
         }
         if ((s = q3r_trainer_step(r.trainer, &b, &st, err))) break;
         r.step = q3r_trainer_steps(r.trainer);
+        if ((s = note_budget(&r, &log, 1, progress, ctx, err))) break;
         r.epoch.correct += st.score.correct;
         r.epoch.loss_sum += st.score.loss_sum;
         r.epoch.units += st.score.units;

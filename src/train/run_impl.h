@@ -67,6 +67,7 @@ typedef struct {
      * checkpoint.c */
     char *ckpt_path, *ckpt_prev_path, *ckpt_next_path, *model_path, *log_path;
     char resume_note[1024]; /* what resume loaded, when it was not simply ckpt_path */
+    int budget_noted;       /* --rank budget:P: the chosen ranks are in meta (and were logged) */
 } run_state;
 
 /* The run's metadata: every key that shapes its trajectory (a resume must find them all equal). */

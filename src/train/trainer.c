@@ -58,10 +58,10 @@ const char *q3r_train_method_name(const q3r_train_config *c) {
 
 /* ---- set-up ---------------------------------------------------------------------------------- */
 
-/* Sum of the learning rate over the whole run: the pull of Q3R is 2 lambda sum_t lr_t. */
-static double lr_sum(const q3r_lr_schedule *s) {
+/* Sum of the learning rate over the steps Q3R acts on (from `from`): the pull is 2 lambda sum_t lr_t. */
+static double lr_sum(const q3r_lr_schedule *s, int64_t from) {
     double sum = 0;
-    for (int64_t t = 0; t < s->total_steps; t++) sum += q3r_lr_at(s, t);
+    for (int64_t t = from; t < s->total_steps; t++) sum += q3r_lr_at(s, t);
     return sum;
 }
 
@@ -135,7 +135,7 @@ static q3r_status choose_lambda(q3r_trainer *t, q3r_error *err) {
                         "the nuclear-norm baseline needs an explicit lambda > 0 "
                         "(its threshold per unit of learning rate)");
     if (r->lambda == Q3R_LAMBDA_AUTO && t->lambda <= 0) {
-        double sum = lr_sum(&c->lr);
+        double sum = lr_sum(&c->lr, q3r_budget_start(t));
         if (!(c->pull >= 0)) return q3r_fail(err, Q3R_EINVAL, "automatic lambda needs a pull >= 0");
         if (c->pull > 0 && sum <= 0)
             return q3r_fail(err, Q3R_EINVAL, "automatic lambda: the learning rate sums to 0");
@@ -162,15 +162,16 @@ static q3r_status trainer_setup(q3r_trainer *t, q3r_error *err) {
         (c->lorita_factors < 2 || c->lorita_factors > Q3R_REPARAM_MAX_FACTORS))
         return q3r_fail(err, Q3R_EINVAL, "--lorita-factors %d: LoRITa needs 2..%d factors", c->lorita_factors,
                         Q3R_REPARAM_MAX_FACTORS);
-    q3r_status s = choose_lambda(t, err);
-    if (s) return s;
+    q3r_rank_rule rule;
+    q3r_status s = q3r_rank_parse(c->rank, &rule, err);
+    if (s) return q3r_fail_context(err, "--rank");
+    if ((s = q3r_budget_setup(t, &rule, err))) return s;
+    if ((s = choose_lambda(t, err))) return s;
     q3r_set_options so = q3r_set_options_default();
     so.lambda = t->lambda;
     so.period = c->period;
     so.eps = c->eps;
     if ((s = q3r_set_create(&so, &t->reg, err))) return s;
-    q3r_rank_rule rule;
-    if ((s = q3r_rank_parse(c->rank, &rule, err))) return q3r_fail_context(err, "--rank");
     t->targeted = calloc((size_t)q3r_model_num_tensors(t->model), 1);
     if (!t->targeted) return q3r_fail(err, Q3R_ENOMEM, "trainer: out of memory");
     if ((s = q3r_train_add_targets(t->reg, t->model, c->targets, rule, t->targeted, err))) return s;
@@ -222,6 +223,7 @@ void q3r_trainer_free(q3r_trainer *t) {
     q3r_adamw_free(&t->opt);
     q3r_set_free(t->reg);
     free(t->targeted);
+    free(t->budget_ranks);
     free(t);
 }
 
@@ -382,6 +384,7 @@ q3r_status q3r_trainer_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_er
     q3r_status s = q3r_model_export(t->model, out, err);
     if (!s && t->model_trained) s = q3r_adamw_export(&t->opt, out, err);
     if (!s) s = q3r_set_export(t->reg, "q3r.", out, err);
+    if (!s) s = q3r_budget_export(t, out, err);
     if (!s && t->weights->export_state) s = t->weights->export_state(t, out, err);
     if (!s) s = q3r_tensor_list_add(out, "train.step", Q3R_I64, 1, one, &t->step, err);
     if (!s) s = q3r_tensor_list_add(out, "train.rng", Q3R_I64, 1, four, t->rng.s, err);
@@ -396,6 +399,11 @@ q3r_status q3r_trainer_import(q3r_trainer *t, const q3r_tensor_list *in, q3r_err
     if (!s) s = q3r_tensor_list_get(in, "train.lr_since_prox", Q3R_F64, 1, &since, err);
     if (!s) s = q3r_model_import(t->model, in, err);
     if (!s && t->model_trained) s = q3r_adamw_import(&t->opt, in, err);
+    if (!s) {
+        int64_t at;
+        memcpy(&at, step->data, sizeof at);
+        s = q3r_budget_import(t, in, at, err);
+    }
     if (!s) s = q3r_set_import(t->reg, "q3r.", in, err);
     /* after the model: a factor chain's product overwrites the targets (with the same bits) */
     if (!s && t->weights->import_state) s = t->weights->import_state(t, in, err);

@@ -74,6 +74,11 @@ struct q3r_trainer {
     q3r_adamw rp_opt;
     /* Q3R on the update (weights.c): Delta's buffers, W_0, the targets' W */
     struct q3r_update *upd;
+    /* --rank budget:P (rank_budget.c): Q3R from budget_step on, at the ranks chosen there */
+    int budget, budget_chosen;
+    double budget_p;
+    int64_t budget_step;
+    int *budget_ranks; /* [set count] once chosen */
 };
 
 /* Q3R on the update (weights.c). */
@@ -82,5 +87,16 @@ q3r_status q3r_update_setup(q3r_trainer *t, q3r_error *err);
 void q3r_update_sync(q3r_trainer *t);      /* Delta <- W - W_0 (nothing without an update set) */
 void q3r_update_writeback(q3r_trainer *t); /* W += Delta - (W - W_0), then sync */
 void q3r_update_free(q3r_trainer *t);
+
+/* --rank budget:P (rank_budget.c). setup: for a BUDGET rule, checks the method, resolves the step
+ * of the choice and turns *rule into the uniform fraction P the states are registered at. before:
+ * 1 when Q3R must skip this step (before the choice; or *s set: the choice failed), else 0, making
+ * the choice when due. start: the step Q3R starts at (0 without a budget). export/import: the
+ * chosen ranks (import before the set's own, at the checkpoint's step). */
+q3r_status q3r_budget_setup(q3r_trainer *t, q3r_rank_rule *rule, q3r_error *err);
+int q3r_budget_before(q3r_trainer *t, q3r_status *s, q3r_error *err);
+int64_t q3r_budget_start(const q3r_trainer *t);
+q3r_status q3r_budget_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err);
+q3r_status q3r_budget_import(q3r_trainer *t, const q3r_tensor_list *in, int64_t step, q3r_error *err);
 
 #endif

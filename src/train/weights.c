@@ -257,6 +257,12 @@ q3r_status q3r_update_setup(q3r_trainer *t, q3r_error *err) {
     q3r_rank_rule rule;
     q3r_status s = q3r_rank_parse(rank_text, &rule, err);
     if (s) return q3r_fail_context(err, lora ? "the update's Q3R rank" : "--rank");
+    if (rule.kind == Q3R_RANK_BUDGET) { /* rank_budget.c chooses; the uniform fraction meanwhile */
+        if (!t->budget)
+            return q3r_fail(err, Q3R_EINVAL, "%s %s: a budget is for Q3R's own --rank, not a LoRA update's",
+                            lora ? "--lora-q3r" : "--rank", rank_text);
+        rule.kind = Q3R_RANK_FRACTION;
+    }
     struct q3r_update *u = calloc(1, sizeof *u);
     if (!u) return q3r_fail(err, Q3R_ENOMEM, "update: out of memory");
     t->upd = u;
