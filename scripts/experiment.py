@@ -23,7 +23,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from experiment_lib import (LR, MIN_LR, NUCLEAR_SHRINK, FULL_BUDGET_S, PS, REG_TARGETS, TARGET_SETS,  # noqa: E402
+from experiment_lib import (LR, MIN_LR, NUCLEAR_SHRINK, FULL_BUDGET_S, PS, REG_TARGETS, SWEEP_EVALS, TARGET_SETS,  # noqa: E402
                             add_common_flags, find_q3r, fmt_time, kept_means, lr_sum, mean_spread, method_args,
                             methods, parse_seeds, run, runs_epochs, say, truncated_words)
 
@@ -40,6 +40,7 @@ class Images:
     name = "images"
     metric_label = "test accuracy (%)"
     value_key = "acc"
+    lower_is_better = False
     more_outputs = ""
 
     def __init__(self, test_n):
@@ -129,7 +130,7 @@ def main():
     nruns = len(ms) * len(seeds)
     speed = 2.0 / max(a.threads, 1) if a.threads <= 2 else 2.0 / min(a.threads, 4)
     eval_run = EVAL_S_PER_IMAGE * test_n * speed
-    sweep_s = 2 * (1 + len(PS)) * eval_run  # per model: two target sets, the model itself and 9 p
+    sweep_s = SWEEP_EVALS * eval_run  # per model: two target sets at 9 p, three compressions at 5
     mean_cost = sum(c for _, _, c in ms) / len(ms)
     epoch_s = (TRAIN_S_PER_IMAGE * train_n * mean_cost) * speed + eval_run
     epochs = runs_epochs(out, epochs)

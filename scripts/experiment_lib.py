@@ -37,6 +37,23 @@ REG_TARGETS = "all"          # the regularized matrices during training
 LR, MIN_LR = 1e-3, 1e-5
 NUCLEAR_SHRINK = 0.2         # total soft threshold lambda * sum_t lr_t of the nuclear-norm baseline (docs/EXPERIMENT.md)
 FULL_BUDGET_S = 3 * 3600
+# Every model is also compressed three more ways on every block matrix (REG_TARGETS): whitened
+# (activation-aware, as SVD-LLM) at uniform p, and with ranks chosen under one budget of p of the
+# targeted parameters (plain or whitened spectra); beside the plain uniform p of the "all" sweep.
+COMPRESS_PS = [0.5, 0.4, 0.3, 0.2, 0.1]
+CALIB = 256                  # calibration samples of the whitened rules (from the training split)
+COMPRESS_KINDS = ["whitened", "budget", "whitened-budget"]
+COMPRESS_WORDS = {"plain": "plain SVD, uniform p", "whitened": "whitened, uniform p",
+                  "budget": "plain SVD, budgeted ranks", "whitened-budget": "whitened, budgeted ranks"}
+# sweeps per model, in evaluations (the model itself and each p), for the time estimates
+SWEEP_EVALS = len(TARGET_SETS) * (1 + len(PS)) + len(COMPRESS_KINDS) * (1 + len(COMPRESS_PS))
+
+
+def compress_args(kind):
+    """the q3r sweep flags of one compression kind (COMPRESS_KINDS)"""
+    ps = ",".join(f"{p:g}" for p in COMPRESS_PS)
+    white = ["--method", "whitened", "--calib", str(CALIB)] if kind.startswith("whitened") else []
+    return (["--budgets", ps] if kind.endswith("budget") else ["--ps", ps]) + white
 
 
 def methods(have_lorita, have_factorized, only=None):
@@ -226,6 +243,60 @@ def summarize(task, results, names, seeds):
     return out
 
 
+def summarize_compress(task, results, names, seeds):
+    """kind ("plain" and COMPRESS_KINDS) -> method -> rows at COMPRESS_PS, means over the seeds that
+    have that kind's sweep (plain: the rows of the "all" sweep)"""
+    out = {}
+    for kind in ["plain"] + COMPRESS_KINDS:
+        out[kind] = {}
+        for name in names:
+            sweeps = []
+            for s in seeds:
+                e = results.get(f"{name}-s{s}", {})
+                sw = e.get("sweeps", {}).get(REG_TARGETS) if kind == "plain" else e.get("compress", {}).get(kind)
+                if sw:
+                    sweeps.append((s, sw))
+            if not sweeps:
+                continue
+            rows = []
+            for p in COMPRESS_PS:
+                per = [next((r for r in sw["rows"] if abs(r["p"] - p) < 1e-9), None) for _, sw in sweeps]
+                if any(r is None for r in per):
+                    break
+                row = task.row(per, p)
+                row.update({"seeds": len(per), "seed_list": [s for s, _ in sweeps]})
+                rows.append(row)
+            if len(rows) == len(COMPRESS_PS):
+                out[kind][name] = rows
+    return out
+
+
+def compress_markdown(task, comp):
+    """the table of every method under every compression rule, the best cell of each p in bold"""
+    if not any(comp.get(k) for k in COMPRESS_KINDS):
+        return []
+    lines = [f"## Compression rules on every block matrix (`--targets {REG_TARGETS}`)", "",
+             "Each model cut four ways at the same kept fraction p of the targeted parameters: plain SVD or "
+             f"whitened (activation-aware, as SVD-LLM: calibrated on {CALIB} training samples), each at a uniform p "
+             "per matrix or with each matrix's rank chosen under one budget of p in total (`--budget`: the most "
+             "summed fraction of each matrix's energy kept, plain or whitened). Cells as above; the best of "
+             "each column in bold.", "",
+             "| method | rule | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
+             "|" + "---|" * (2 + len(COMPRESS_PS))]
+    cells = [(name, kind, rows) for name in next(iter(comp.values())) for kind in ["plain"] + COMPRESS_KINDS
+             if name in comp.get(kind, {}) for rows in [comp[kind][name]]]
+    best = []
+    for j in range(len(COMPRESS_PS)):
+        vals = [rows[j][task.value_key] for _, _, rows in cells]
+        best.append(min(vals) if task.lower_is_better else max(vals))
+    for name, kind, rows in cells:
+        txt = [task.cell(r) for r in rows]
+        txt = [f"**{t}**" if r[task.value_key] == b else t for t, r, b in zip(txt, rows, best)]
+        lines.append(f"| {name} | {COMPRESS_WORDS[kind]} | " + " | ".join(txt) + " |")
+    lines.append("")
+    return lines
+
+
 def kept_means(per):
     """the mean kept fractions (targeted, whole model) of one p over the seeds"""
     return mean_spread([r["targeted_kept"] for r in per])[0], mean_spread([r["total_kept"] for r in per])[0]
@@ -269,6 +340,8 @@ def markdown(task, summary, plan, results=None):
         lines.append("Kept fractions are those of the first method's models; a model stored in factored form keeps "
                      "its own rank where p would not cut it (its own fractions are in results.json).")
     lines.append("")
+    if results:
+        lines += compress_markdown(task, summarize_compress(task, results, list(plan["methods"]), seeds))
     lines += task.extra_md(summary, plan, results or {})
     return "\n".join(lines)
 
@@ -378,6 +451,18 @@ def run(task, a, plan, ms, common, out, seeds):
                             + task.sweep_args + ["--threads", str(threads), "--json", sj])
                 with open(sj) as f:
                     entry["sweeps"][targets] = json.load(f)
+            entry["compress"] = {}
+            for kind in COMPRESS_KINDS:
+                sj = os.path.join(out, "sweeps", f"{run}-{REG_TARGETS}-{kind}.json")
+                if sweep_done(sj, model):
+                    say(f"[{fmt_time(time.time() - t0)}] {run}: {kind} sweep done already, skipped")
+                elif a.report:
+                    continue  # a report of runs made before these sweeps existed: without them
+                else:
+                    run_cmd([q3r, "sweep", model, "--targets", REG_TARGETS] + compress_args(kind) + task.sweep_args
+                            + ["--threads", str(threads), "--json", sj])
+                with open(sj) as f:
+                    entry["compress"][kind] = json.load(f)
             results[run] = entry
 
     names = [n for n, _, _ in ms]
@@ -385,7 +470,8 @@ def run(task, a, plan, ms, common, out, seeds):
     if not summary[TARGET_SETS[0]]:
         sys.exit(f"experiment: no run in {out} has finished both sweeps yet; nothing to report")
     task.after_runs(ctx, results)
-    doc = {"plan": plan, "runs": results, "summary": summary, "seconds": time.time() - t0}
+    doc = {"plan": plan, "runs": results, "summary": summary,
+           "compress": summarize_compress(task, results, names, seeds), "seconds": time.time() - t0}
     write_atomic(os.path.join(out, "results.json"), json.dumps(doc, indent=1) + "\n")
     md = markdown(task, summary, plan, results)
     write_atomic(os.path.join(out, "results.md"), md)

@@ -35,7 +35,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from experiment_lib import (MIN_LR, NUCLEAR_SHRINK, PS, REG_TARGETS, ROOT,  # noqa: E402
+from experiment_lib import (MIN_LR, NUCLEAR_SHRINK, PS, REG_TARGETS, ROOT, SWEEP_EVALS,  # noqa: E402
                             TARGET_SETS, add_common_flags, done_after, find_q3r, fmt_time, kept_means, lr_sum,
                             mean_spread, method_args, methods, parse_seeds, run, run_cmd, runs_epochs, say,
                             truncated_words, write_atomic)
@@ -66,6 +66,7 @@ class Text:
     name = "text"
     metric_label = "validation bits per byte"
     value_key = "bpb"
+    lower_is_better = True
     sweep_args = []  # the run's own validation windows, recorded in the model file
     more_outputs = ", reference.json, samples/"
 
@@ -295,7 +296,7 @@ def main():
     if scored < 1:
         sys.exit(f"experiment: --data {a.data}: its validation split holds no window of {context + 1} bytes")
     eval_run = EVAL_FRACTION * win_s * scored
-    sweep_s = 2 * (1 + len(PS)) * eval_run  # per model: two target sets, the model itself and 9 p
+    sweep_s = SWEEP_EVALS * eval_run  # per model: two target sets at 9 p, three compressions at 5
     sample_s = 2 * SAMPLE_TOKENS * EVAL_FRACTION * win_s  # per first-seed model: a window's forward per byte
     mean_cost = sum(c for _, _, c in ms) / len(ms)
     epoch_s = epoch_steps * batch * win_s * mean_cost + eval_run

@@ -75,8 +75,9 @@ if "factorized" in help_text:
 cmds = commands(p.stdout)
 train_cmds = [c for c in cmds if " train " in c]
 sweep_cmds = [c for c in cmds if " sweep " in c]
-check(len(train_cmds) == len(methods) and len(sweep_cmds) == 2 * len(methods),
-      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands for {len(methods)} methods")
+check(len(train_cmds) == len(methods) and len(sweep_cmds) == 5 * len(methods),
+      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands (two target sets, three compression "
+      f"rules) for {len(methods)} methods")
 check(all(f"--data {text}" in c and "--seed 1" in c and "--epochs 1" in c and "--epoch-steps 20" in c
           and "--model gpt-tiny" in c and "--targets all" in c for c in train_cmds),
       "train commands share the data, seed, epochs and steps")
@@ -171,6 +172,23 @@ if shutil.which("gnuplot"):
         check(os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n", f"{png} is a PNG")
 check(not [f for f in os.listdir(out) if f.startswith(".") or f.endswith(".tmp")], f"litter: {os.listdir(out)}")
 
+# the compression table: every method under the four rules, cells from the sweeps' JSON; a budget
+# row keeps the budget (within one rank step of the largest matrix)
+comp = md.split("## Compression rules")[1].split("\n## ")[0] if "## Compression rules" in md else ""
+for m in methods:
+    check(len([ln for ln in comp.splitlines() if ln.startswith(f"| {m} |")]) == 4,
+          f"compression table: four rows for {m}")
+sj = os.path.join(out, "sweeps", f"{methods[0]}-s1-all-whitened-budget.json")
+sw = json.load(open(sj)) if os.path.exists(sj) else {"rows": []}
+r03 = next((r for r in sw["rows"] if abs(r["p"] - 0.3) < 1e-9), None)
+row = [ln for ln in comp.splitlines() if ln.startswith(f"| {methods[0]} | whitened, budgeted ranks |")]
+if check(r03 is not None and len(row) == 1, f"whitened-budget sweep of {methods[0]} and its row"):
+    check(sw.get("method") == "whitened" and sw.get("rule") == "budget" and 0.25 < r03["targeted_kept"] <= 0.3,
+          f"the sweep is whitened with a budget, keeping {r03['targeted_kept']} at 0.3")
+    cell = row[0].strip("|").split("|")[4].strip().replace("**", "")
+    want = f"{r03['bpb']:.3f}"
+    check(cell.startswith(want), f"p = 0.3 cell {cell!r} against the sweep's {want}")
+
 # resumable: nothing runs again, the same table comes out
 p3 = script(["--out", out])
 check(p3.returncode == 0 and not commands(p3.stdout), f"second run ran commands: {p3.stdout[-2000:]}")
@@ -185,8 +203,8 @@ rep = open(os.path.join(out, "results.md")).read()
 check("Unfinished experiment" in rep and f"not finished: {gone}" in rep, f"--report names what is missing: {rep[:800]}")
 check(all(f"{m} has seed 1 only" in rep for m in methods[:-1]), "--report: every method has seed 1 only")
 check(f"| {gone} |" not in rep, f"--report: a row for the unfinished {gone}")
-old_rows = [ln for ln in md.split("## Reference")[0].splitlines() if ln.startswith("| ") and not ln.startswith(f"| {gone} |")]
-new_rows = [ln for ln in rep.split("## Reference")[0].splitlines() if ln.startswith("| ")]
+old_rows = [ln.replace("**", "") for ln in md.split("## Reference")[0].splitlines() if ln.startswith("| ") and not ln.startswith(f"| {gone} |")]
+new_rows = [ln.replace("**", "") for ln in rep.split("## Reference")[0].splitlines() if ln.startswith("| ")]
 check(old_rows == new_rows, "--report: the finished methods' rows are those of the full table")
 check(not os.path.exists(os.path.join(out, "sweeps", f"{gone}-s1-all.json")), "--report redid a sweep")
 p6 = script(["--out", out, "--epochs", "2"])
