@@ -31,15 +31,36 @@ q3r_train_config bench_train_config(const q3r_meta *mm, int batch) {
     return c;
 }
 
-int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batch *b, double out[2],
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The q-quantile of v[n] (sorted in place), linear between order statistics. */
+static double quantile(double *v, int n, double q) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    const double pos = q * (n - 1);
+    const int i = (int)pos;
+    return i + 1 < n ? v[i] + (pos - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batch *b, bench_timing *out,
                     double *one_run_mib, q3r_error *err) {
     q3r_trainer *t[2] = {NULL, NULL};
     q3r_step_stats st;
     int ok = 0;
+    double *w_s = calloc((size_t)windows * 3 + 20, sizeof *w_s);
+    if (!w_s) {
+        q3r_fail(err, Q3R_ENOMEM, "bench: out of memory");
+        return 0;
+    }
+    double *w_q = w_s + windows, *diff = w_q + windows, *rep = diff + windows;
+    memset(out, 0, sizeof *out);
+    out->period = c->period;
     for (int mode = 0; mode < 2; mode++) {
         c->reg = mode ? Q3R_REG_DECOUPLED : Q3R_REG_NONE;
         if (q3r_trainer_create(c, &t[mode], err) || q3r_trainer_step(t[mode], b, &st, err)) goto out;
-        out[mode] = 1e30;
+        out->best[mode] = 1e30;
         if (!mode) *one_run_mib = bench_peak_mib();
     }
     for (int w = 0; w < windows; w++)
@@ -48,10 +69,33 @@ int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batc
             for (int s = 0; s < window; s++)
                 if (q3r_trainer_step(t[mode], b, &st, err)) goto out;
             double dt = (q3r_now() - t0) / window;
-            if (dt < out[mode]) out[mode] = dt;
+            (mode ? w_q : w_s)[w] = dt;
+            if (dt < out->best[mode]) out->best[mode] = dt;
         }
+    for (int w = 0; w < windows; w++) diff[w] = w_q[w] / w_s[w] - 1.0;
+    out->pairs = windows;
+    out->diff_q1 = quantile(diff, windows, 0.25);
+    out->diff_median = quantile(diff, windows, 0.5);
+    out->diff_q3 = quantile(diff, windows, 0.75);
+    out->median[0] = quantile(w_s, windows, 0.5);
+    out->median[1] = quantile(w_q, windows, 0.5);
+    /* Q3R's own phases on the trained set: 5 refreshes, 10 decoupled steps (lr 0 moves nothing) */
+    q3r_set *set = q3r_trainer_regularizer(t[1]);
+    for (int r = 0; r < 5; r++) {
+        double t0 = q3r_now();
+        if (q3r_set_refresh(set, err)) goto out;
+        rep[r] = q3r_now() - t0;
+    }
+    out->refresh_s = quantile(rep, 5, 0.5);
+    for (int r = 0; r < 10; r++) {
+        double t0 = q3r_now(), v;
+        if (q3r_set_decoupled_step(set, 0.0, &v, err)) goto out;
+        rep[r] = q3r_now() - t0;
+    }
+    out->apply_s = quantile(rep, 10, 0.5);
     ok = 1;
 out:
+    free(w_s);
     q3r_trainer_free(t[0]);
     q3r_trainer_free(t[1]);
     return ok;
@@ -88,14 +132,22 @@ int bench_next_threads(const char **p, int *th) {
     return 1;
 }
 
-void bench_print_rows(int th, const double sec[2], double items, double gflop, double mib, int have_torch,
+void bench_print_rows(int th, const bench_timing *t, double items, double gflop, double mib, int have_torch,
                       double torch_ms, double torch_mib) {
     for (int mode = 0; mode < 2; mode++) {
-        printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", sec[mode] * 1e3,
-               items / sec[mode], gflop / sec[mode], mib);
-        if (have_torch && !mode) printf(" %12.1f %9.2fx", torch_ms, torch_ms / (sec[mode] * 1e3));
-        if (mode) printf("   Q3R adds %+.1f%% to the step", 100.0 * (sec[1] / sec[0] - 1.0));
+        const double sec = t->best[mode];
+        printf("%-7d %-9s %10.1f %9.0f %9.1f %10.0f", th, mode ? "AdamQ3R" : "AdamW", sec * 1e3, items / sec,
+               gflop / sec, mib);
+        if (have_torch && !mode) printf(" %12.1f %9.2fx", torch_ms, torch_ms / (sec * 1e3));
         printf("\n");
     }
+    const double own = t->refresh_s / t->period + t->apply_s;
+    printf(
+        "        Q3R's cost: best windows %+.1f%%; %d paired windows: median %+.1f%% (quartiles %+.1f%% to "
+        "%+.1f%%);\n        its own phases: refresh %.1f ms every %d steps + step %.2f ms = %.2f ms/step, "
+        "%+.1f%% of the best AdamW step\n",
+        100.0 * (t->best[1] / t->best[0] - 1.0), t->pairs, 100.0 * t->diff_median, 100.0 * t->diff_q1,
+        100.0 * t->diff_q3, t->refresh_s * 1e3, t->period, t->apply_s * 1e3, own * 1e3,
+        100.0 * own / t->best[0]);
     if (have_torch) printf("        torch peak memory %.0f MiB (whole python process)\n", torch_mib);
 }

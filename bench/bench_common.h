@@ -16,12 +16,25 @@ double bench_json_number(const char *line, const char *key);
  * constant lr 1e-4 (1000 scheduled steps, no warm-up) and lambda 1. */
 q3r_train_config bench_train_config(const q3r_meta *mm, int batch);
 
-/* Seconds per step of AdamW and of AdamQ3R (out[0], out[1]): one trainer of each takes a
- * warm-up step, then both step `b` in alternating windows of `window` steps (`windows` of
- * them) and each keeps its best window, so a slow spell of the machine cannot land on one
- * side only. *one_run_mib: the peak with one trainer alive after its first step. Returns 1 on
- * success, 0 with *err set. */
-int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batch *b, double out[2],
+/* The AdamW / AdamQ3R comparison of one thread count. */
+typedef struct {
+    double best[2];   /* seconds per step of AdamW and AdamQ3R: each one's best window */
+    double median[2]; /* ... the median window */
+    int pairs;        /* window pairs (AdamW window, then the AdamQ3R window right after it) */
+    /* Q3R's cost as the paired relative difference AdamQ3R / AdamW - 1 of each pair: its median and
+     * quartiles (a slow spell of the machine hits both windows of a pair about alike) */
+    double diff_median, diff_q1, diff_q3;
+    /* Q3R's own phases timed directly on the AdamQ3R trainer's set (medians of repeats): one refresh
+     * of every matrix, one decoupled step (lr 0: the same products) */
+    double refresh_s, apply_s;
+    int period; /* refreshes come every `period` steps */
+} bench_timing;
+
+/* One trainer of each takes a warm-up step, then both step `b` in alternating windows of
+ * `window` steps (`windows` of them each), then Q3R's phases are timed on their own.
+ * *one_run_mib: the peak with one trainer alive after its first step. Returns 1 on success, 0
+ * with *err set. */
+int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batch *b, bench_timing *out,
                     double *one_run_mib, q3r_error *err);
 
 /* Runs `/usr/bin/python3 bench/<script> <args> --json` (the script next to this source),
@@ -33,10 +46,11 @@ int bench_run_torch(const char *script, const char *args, double *ms, double *mi
 /* The next thread count of a list such as "1,2": *th from *p, *p moved past it; 0 at the end. */
 int bench_next_threads(const char **p, int *th);
 
-/* The AdamW and AdamQ3R rows of thread count `th` (sec: seconds per step, items: what one
- * step processes, for the rate column), with the torch columns and memory line when
- * have_torch. */
-void bench_print_rows(int th, const double sec[2], double items, double gflop, double mib, int have_torch,
+/* The AdamW and AdamQ3R rows of thread count `th` (items: what one step processes, for the rate
+ * column; ms/step is the best window, as torch's side reports its best step), with the torch columns and memory line when have_torch,
+ * then Q3R's cost three ways: best windows, paired windows (median and quartiles), and its own
+ * phases as a share of the AdamW step. */
+void bench_print_rows(int th, const bench_timing *t, double items, double gflop, double mib, int have_torch,
                       double torch_ms, double torch_mib);
 
 #endif

@@ -59,12 +59,13 @@ static int bench(const char *preset, int batch, int context, int steps, const ch
                  batch, T, steps, th);
         double tms = 0, tmib = 0;
         int have_torch = torch && bench_run_torch("bench_gpt_torch.py", args, &tms, &tmib);
-        double sec[2], mib = 0;
-        if (!bench_time_both(&c, window, windows, &b, sec, &mib, &err)) {
+        bench_timing bt;
+        double mib = 0;
+        if (!bench_time_both(&c, window, windows, &b, &bt, &mib, &err)) {
             fprintf(stderr, "bench_gpt: %s\n", err.msg);
             return 1;
         }
-        bench_print_rows(th, sec, (double)n, gflop, mib, have_torch, tms, tmib);
+        bench_print_rows(th, &bt, (double)n, gflop, mib, have_torch, tms, tmib);
     }
     q3r_free(x);
     q3r_free(y);

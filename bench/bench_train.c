@@ -9,7 +9,9 @@
  * (bench/bench_vit_torch.py, same threads, same OPENBLAS_CORETYPE rule) with the ratio
  * torch / q3r. Both sides take the best of --steps steps after one warm-up step, over whole
  * windows of 5 steps for AdamQ3R so the refresh is counted at its real rate; the two q3r
- * trainers alternate windows. torch runs in the environment the user gave, without the
+ * trainers alternate windows, and Q3R's cost is also given as the median and quartiles of the
+ * paired difference of each AdamW window and the AdamQ3R window after it (--steps 100: 20 pairs),
+ * and from Q3R's own phases timed alone (a refresh, a decoupled step). torch runs in the environment the user gave, without the
  * OpenMP spin count q3r_startup may have added for q3r itself. */
 #include "bench_common.h"
 
@@ -77,12 +79,13 @@ int main(int argc, char **argv) {
                  th);
         double tms = 0, tmib = 0;
         int have_torch = torch && bench_run_torch("bench_vit_torch.py", args, &tms, &tmib);
-        double sec[2], mib = 0;
-        if (!bench_time_both(&c, window, windows, &b, sec, &mib, &err)) {
+        bench_timing bt;
+        double mib = 0;
+        if (!bench_time_both(&c, window, windows, &b, &bt, &mib, &err)) {
             fprintf(stderr, "bench_train: %s\n", err.msg);
             return 1;
         }
-        bench_print_rows(th, sec, batch, gflop, mib, have_torch, tms, tmib);
+        bench_print_rows(th, &bt, batch, gflop, mib, have_torch, tms, tmib);
     }
     q3r_free(x);
     q3r_meta_free(&mm);
