@@ -74,12 +74,56 @@ void q3r_linear_forward_ld(float *y, int ldy, const float *x, const float *w, co
     sgemm_rows(0, 1, n, out, in, 1.0f, x, in, w, in, beta, y, ldy);
 }
 
+/* Rows [i0, i1) of the factored forward, with single-threaded GEMMs: t = x B^T, y seeded with the
+ * bias and residual, y += t A^T. */
+static void factored_rows(float *y, int ldy, float *t, const float *x, const float *a, const float *bf,
+                          const float *b, const float *r, int i0, int i1, int in, int rank, int out) {
+    const int rows = i1 - i0;
+    float *tb = t + (size_t)i0 * rank, *yb = y + (size_t)i0 * ldy;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, rank, in, 1.0f, x + (size_t)i0 * in, in, bf,
+                in, 0.0f, tb, rank);
+    float beta = 0.0f;
+    for (int i = i0; i < i1; i++) {
+        float *yi = y + (size_t)i * ldy;
+        const float *ri = r && r != y ? r + (size_t)i * ldy : NULL;
+        if (r == y) {
+            beta = 1.0f;
+            if (b)
+                for (int o = 0; o < out; o++) yi[o] += b[o];
+        } else if (ri && b) {
+            for (int o = 0; o < out; o++) yi[o] = ri[o] + b[o];
+            beta = 1.0f;
+        } else if (ri) {
+            memcpy(yi, ri, sizeof(float) * (size_t)out);
+            beta = 1.0f;
+        } else if (b) {
+            memcpy(yi, b, sizeof(float) * (size_t)out);
+            beta = 1.0f;
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, rank, 1.0f, tb, rank, a, rank, beta, yb,
+                ldy);
+}
+
 void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a, const float *bf,
                                  const float *b, const float *r, int n, int in, int rank, int out) {
-    /* t = x B^T first: the thin intermediate (n, rank) is what makes the layer cheap */
-    sgemm_rows(0, 1, n, rank, in, 1.0f, x, in, bf, in, 0.0f, t, rank);
-    float beta = seed_output(y, ldy, b, r, n, out);
-    sgemm_rows(0, 1, n, out, rank, 1.0f, t, rank, a, rank, beta, y, ldy);
+    /* t = x B^T first: the thin intermediate (n, rank) is what makes the layer cheap. One parallel
+     * region for the whole layer: each thread runs both products and the seeding on its own block
+     * of rows (the same 16-row groups as sgemm_rows), so its thin intermediate stays in its cache
+     * and the threads meet once, not three times. */
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > 1 && n >= 64 * nt && (size_t)n * rank * (size_t)(in + out) >= ((size_t)1 << 21)) {
+#pragma omp parallel num_threads(nt)
+        {
+            int th = omp_get_thread_num(), tn = omp_get_num_threads();
+            int groups = (n + 15) / 16;
+            int g0 = (int)((long)groups * th / tn), g1 = (int)((long)groups * (th + 1) / tn);
+            int i0 = g0 * 16, i1 = g1 * 16 < n ? g1 * 16 : n;
+            if (i1 > i0) factored_rows(y, ldy, t, x, a, bf, b, r, i0, i1, in, rank, out);
+        }
+    } else if (n > 0) {
+        factored_rows(y, ldy, t, x, a, bf, b, r, 0, n, in, rank, out);
+    }
 }
 
 /* db (out) += column sums of dy (n, out; row stride ld): threads own column blocks and each
