@@ -231,6 +231,30 @@ q3r_status q3r_model_import(q3r_model *m, const q3r_tensor_list *in, q3r_error *
 
 /* Floating-point operations (2 per multiply-add) of one forward pass for a batch of B. */
 double q3r_model_forward_flops(const q3r_model *m, int B);
+
+/* ---- where a forward and a backward spend their time (for benchmarks) ----
+ * With profiling on, the Transformer blocks add the wall time of each of their parts, forward and
+ * backward apart, to the model's own counters (no global state: per model). What the blocks do
+ * not cover (embeddings, the final norm, the head, the loss) is the caller's total minus these.
+ * Each part is timed by two clock reads around a kernel call; off (the default), a branch. */
+typedef enum {
+    Q3R_PROF_QKV = 0, /* the Q, K, V products (fused or apart, dense or factored) */
+    Q3R_PROF_PROJ,
+    Q3R_PROF_FC1,
+    Q3R_PROF_FC2,
+    Q3R_PROF_ATTENTION, /* scores, softmax, the weighted sum */
+    Q3R_PROF_NORM,      /* the blocks' two layer norms */
+    Q3R_PROF_GELU,
+    Q3R_PROF_OTHER, /* dropout, residual adds, copies */
+    Q3R_PROF_PARTS
+} q3r_prof_part;
+
+/* on != 0: start (counters zeroed); 0: stop (counters kept). */
+void q3r_model_profile(q3r_model *m, int on);
+/* seconds per part since profiling started: forward and backward ([Q3R_PROF_PARTS] each; either may
+ * be NULL) */
+void q3r_model_profile_read(const q3r_model *m, double *forward, double *backward);
+const char *q3r_prof_part_name(q3r_prof_part part); /* "qkv", "proj", ..., "other" */
 /* The input matrix i (of the matrix list) multiplied in m's last forward, which must have run
  * with training = 0 (no dropout): *rows rows of the matrix's cols floats, row-major (for Q, K and V
  * of a block the same rows). Valid until the next forward. NULL (and *rows = 0) before any forward,

@@ -154,6 +154,25 @@ void q3r_model_describe(const q3r_model *m, char *buf, size_t cap) { m->ops->des
 void q3r_model_init(q3r_model *m, uint64_t seed) { m->ops->init(m, seed); }
 double q3r_model_forward_flops(const q3r_model *m, int B) { return m->ops->forward_flops(m, B); }
 
+void q3r_model_profile(q3r_model *m, int on) {
+    if (!m) return;
+    if (on) memset(m->prof, 0, sizeof m->prof);
+    m->profiling = on != 0;
+}
+
+void q3r_model_profile_read(const q3r_model *m, double *forward, double *backward) {
+    for (int i = 0; i < Q3R_PROF_PARTS; i++) {
+        if (forward) forward[i] = m ? m->prof[0][i] : 0;
+        if (backward) backward[i] = m ? m->prof[1][i] : 0;
+    }
+}
+
+const char *q3r_prof_part_name(q3r_prof_part part) {
+    static const char *const names[Q3R_PROF_PARTS] = {"qkv",       "proj", "fc1",  "fc2",
+                                                      "attention", "norm", "gelu", "other"};
+    return (unsigned)part < Q3R_PROF_PARTS ? names[part] : "?";
+}
+
 const float *q3r_model_matrix_input(const q3r_model *m, int i, int64_t *rows) {
     *rows = 0;
     return m->ops->matrix_input ? m->ops->matrix_input(m, i, rows) : NULL;

@@ -72,7 +72,18 @@ struct q3r_model {
      * -1: none. */
     int alias_tensor;
     char alias_name[Q3R_MODEL_NAME_LEN];
+    /* q3r_model_profile: seconds per part, [0] forward, [1] backward */
+    int profiling;
+    double prof[2][Q3R_PROF_PARTS];
 };
+
+/* Run `stmt`, adding its wall time to m's counter [dir][part] while profiling. */
+#define Q3R_PROF(m, dir, part, stmt)                                          \
+    do {                                                                      \
+        const double q3r_prof_t0_ = (m)->profiling ? q3r_now() : 0;           \
+        stmt;                                                                 \
+        if ((m)->profiling) (m)->prof[dir][part] += q3r_now() - q3r_prof_t0_; \
+    } while (0)
 
 /* Set up the base: table capacity for max_tensors tensors and nmat matrices (ranks copied from
  * ranks, NULL = dense). Returns Q3R_ENOMEM with a message naming `what` on failure. */

@@ -150,38 +150,57 @@ void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a, 
     const float p = c->p;
     const int drop = p > 0.0f;
     float *bqkv = q3r_model_par(m, bp->qkv_b);
-    q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, q3r_model_par(m, bp->ln1_w),
-                          q3r_model_par(m, bp->ln1_b), N, D, d->ln_eps);
-    if (bp->qkv_w >= 0) {
-        q3r_linear_forward(a->qkv, a->ln1, q3r_model_par(m, bp->qkv_w), bqkv, NULL, N, D, 3 * D);
-    } else {
-        /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
-        for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++)
-            q3r_tf_mat_forward(m, bp->mat[j], a->t[j], a->qkv + (size_t)j * D, 3 * D, a->ln1,
-                               bqkv + (size_t)j * D, NULL, N);
-    }
-    q3r_attention_forward(a->atty, a->att, a->qkv, B, T, c->Tq, D, d->H, c->causal);
+    Q3R_PROF(m, 0, Q3R_PROF_NORM,
+             q3r_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, x, q3r_model_par(m, bp->ln1_w),
+                                   q3r_model_par(m, bp->ln1_b), N, D, d->ln_eps));
+    Q3R_PROF(m, 0, Q3R_PROF_QKV, {
+        if (bp->qkv_w >= 0) {
+            q3r_linear_forward(a->qkv, a->ln1, q3r_model_par(m, bp->qkv_w), bqkv, NULL, N, D, 3 * D);
+        } else {
+            /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
+            for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++)
+                q3r_tf_mat_forward(m, bp->mat[j], a->t[j], a->qkv + (size_t)j * D, 3 * D, a->ln1,
+                                   bqkv + (size_t)j * D, NULL, N);
+        }
+    });
+    Q3R_PROF(m, 0, Q3R_PROF_ATTENTION,
+             q3r_attention_forward(a->atty, a->att, a->qkv, B, T, c->Tq, D, d->H, c->causal));
     const int proj = bp->mat[Q3R_TF_PROJ], fc1 = bp->mat[Q3R_TF_FC1], fc2 = bp->mat[Q3R_TF_FC2];
     if (drop) {
-        q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty, q3r_model_par(m, bp->proj_b), NULL,
-                           Nq);
-        q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, c->rng);
-        q3r_residual_forward(a->x1, a->x1, xres, (size_t)Nq * D);
+        Q3R_PROF(m, 0, Q3R_PROF_PROJ,
+                 q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty,
+                                    q3r_model_par(m, bp->proj_b), NULL, Nq));
+        Q3R_PROF(m, 0, Q3R_PROF_OTHER, {
+            q3r_dropout_forward(a->x1, a->m_proj, (size_t)Nq * D, p, c->rng);
+            q3r_residual_forward(a->x1, a->x1, xres, (size_t)Nq * D);
+        });
     } else {
-        q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty, q3r_model_par(m, bp->proj_b), xres,
-                           Nq);
+        Q3R_PROF(m, 0, Q3R_PROF_PROJ,
+                 q3r_tf_mat_forward(m, proj, a->t[Q3R_TF_PROJ], a->x1, D, a->atty,
+                                    q3r_model_par(m, bp->proj_b), xres, Nq));
     }
-    q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, q3r_model_par(m, bp->ln2_w),
-                          q3r_model_par(m, bp->ln2_b), Nq, D, d->ln_eps);
-    q3r_tf_mat_forward(m, fc1, a->t[Q3R_TF_FC1], a->h, M, a->ln2, q3r_model_par(m, bp->fc1_b), NULL, Nq);
-    q3r_gelu_forward(a->g, a->h, (size_t)Nq * M);
+    Q3R_PROF(m, 0, Q3R_PROF_NORM,
+             q3r_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->x1, q3r_model_par(m, bp->ln2_w),
+                                   q3r_model_par(m, bp->ln2_b), Nq, D, d->ln_eps));
+    Q3R_PROF(
+        m, 0, Q3R_PROF_FC1,
+        q3r_tf_mat_forward(m, fc1, a->t[Q3R_TF_FC1], a->h, M, a->ln2, q3r_model_par(m, bp->fc1_b), NULL, Nq));
+    Q3R_PROF(m, 0, Q3R_PROF_GELU, q3r_gelu_forward(a->g, a->h, (size_t)Nq * M));
     if (drop) {
-        if (!d->no_hidden_drop) q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, c->rng);
-        q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b), NULL, Nq);
-        q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, c->rng);
-        q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
+        Q3R_PROF(m, 0, Q3R_PROF_OTHER, {
+            if (!d->no_hidden_drop) q3r_dropout_forward(a->g, a->m_mlp1, (size_t)Nq * M, p, c->rng);
+        });
+        Q3R_PROF(m, 0, Q3R_PROF_FC2,
+                 q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b),
+                                    NULL, Nq));
+        Q3R_PROF(m, 0, Q3R_PROF_OTHER, {
+            q3r_dropout_forward(a->x2, a->m_mlp2, (size_t)Nq * D, p, c->rng);
+            q3r_residual_forward(a->x2, a->x2, a->x1, (size_t)Nq * D);
+        });
     } else {
-        q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b), a->x1, Nq);
+        Q3R_PROF(m, 0, Q3R_PROF_FC2,
+                 q3r_tf_mat_forward(m, fc2, a->t[Q3R_TF_FC2], a->x2, D, a->g, q3r_model_par(m, bp->fc2_b),
+                                    a->x1, Nq));
     }
 }
 
@@ -195,45 +214,61 @@ void q3r_tf_block_backward(q3r_model *m, const q3r_tf_block *bp, const q3r_tf_ac
     /* MLP branch: dr holds d x2 */
     const float *dy = dr;
     if (drop) {
-        memcpy(s->dD2, dr, sizeof(float) * (size_t)Nq * D);
-        q3r_dropout_backward(s->dD2, a->m_mlp2, (size_t)Nq * D, p);
+        Q3R_PROF(m, 1, Q3R_PROF_OTHER, {
+            memcpy(s->dD2, dr, sizeof(float) * (size_t)Nq * D);
+            q3r_dropout_backward(s->dD2, a->m_mlp2, (size_t)Nq * D, p);
+        });
         dy = s->dD2;
     }
-    q3r_tf_mat_backward(m, fc2, a->t[Q3R_TF_FC2], s->dt, s->dh, q3r_model_grd(m, bp->fc2_b), dy, D, a->g, Nq,
-                        0);
-    if (drop && !d->no_hidden_drop) q3r_dropout_backward(s->dh, a->m_mlp1, (size_t)Nq * M, p);
-    q3r_gelu_backward(s->dh, s->dh, a->h, (size_t)Nq * M);
-    q3r_tf_mat_backward(m, fc1, a->t[Q3R_TF_FC1], s->dt, s->dD, q3r_model_grd(m, bp->fc1_b), s->dh, M, a->ln2,
-                        Nq, 0);
-    q3r_layernorm_backward(dr, q3r_model_grd(m, bp->ln2_w), q3r_model_grd(m, bp->ln2_b), s->dD, a->x1,
-                           a->ln2_mean, a->ln2_rstd, q3r_model_par(m, bp->ln2_w), Nq, D);
+    Q3R_PROF(m, 1, Q3R_PROF_FC2,
+             q3r_tf_mat_backward(m, fc2, a->t[Q3R_TF_FC2], s->dt, s->dh, q3r_model_grd(m, bp->fc2_b), dy, D,
+                                 a->g, Nq, 0));
+    Q3R_PROF(m, 1, Q3R_PROF_OTHER, {
+        if (drop && !d->no_hidden_drop) q3r_dropout_backward(s->dh, a->m_mlp1, (size_t)Nq * M, p);
+    });
+    Q3R_PROF(m, 1, Q3R_PROF_GELU, q3r_gelu_backward(s->dh, s->dh, a->h, (size_t)Nq * M));
+    Q3R_PROF(m, 1, Q3R_PROF_FC1,
+             q3r_tf_mat_backward(m, fc1, a->t[Q3R_TF_FC1], s->dt, s->dD, q3r_model_grd(m, bp->fc1_b), s->dh,
+                                 M, a->ln2, Nq, 0));
+    Q3R_PROF(m, 1, Q3R_PROF_NORM,
+             q3r_layernorm_backward(dr, q3r_model_grd(m, bp->ln2_w), q3r_model_grd(m, bp->ln2_b), s->dD,
+                                    a->x1, a->ln2_mean, a->ln2_rstd, q3r_model_par(m, bp->ln2_w), Nq, D));
     /* attention branch: dr now holds d x1 */
     dy = dr;
     if (drop) {
-        memcpy(s->dD2, dr, sizeof(float) * (size_t)Nq * D);
-        q3r_dropout_backward(s->dD2, a->m_proj, (size_t)Nq * D, p);
+        Q3R_PROF(m, 1, Q3R_PROF_OTHER, {
+            memcpy(s->dD2, dr, sizeof(float) * (size_t)Nq * D);
+            q3r_dropout_backward(s->dD2, a->m_proj, (size_t)Nq * D, p);
+        });
         dy = s->dD2;
     }
-    q3r_tf_mat_backward(m, proj, a->t[Q3R_TF_PROJ], s->dt, s->dD, q3r_model_grd(m, bp->proj_b), dy, D,
-                        a->atty, Nq, 0);
-    q3r_attention_backward(s->dqkv, s->datt, s->dD, a->qkv, a->att, B, T, Tq, D, d->H, c->causal);
+    Q3R_PROF(m, 1, Q3R_PROF_PROJ,
+             q3r_tf_mat_backward(m, proj, a->t[Q3R_TF_PROJ], s->dt, s->dD, q3r_model_grd(m, bp->proj_b), dy,
+                                 D, a->atty, Nq, 0));
+    Q3R_PROF(m, 1, Q3R_PROF_ATTENTION,
+             q3r_attention_backward(s->dqkv, s->datt, s->dD, a->qkv, a->att, B, T, Tq, D, d->H, c->causal));
     float *dqkv_b = q3r_model_grd(m, bp->qkv_b);
-    if (bp->qkv_w >= 0) {
-        q3r_linear_backward(s->dD, q3r_model_grd(m, bp->qkv_w), dqkv_b, s->dqkv, a->ln1,
-                            q3r_model_par(m, bp->qkv_w), N, D, 3 * D, 0);
-    } else {
-        for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++)
-            q3r_tf_mat_backward(m, bp->mat[j], a->t[j], s->dt, s->dD, dqkv_b + (size_t)j * D,
-                                s->dqkv + (size_t)j * D, 3 * D, a->ln1, N, j > Q3R_TF_Q);
-    }
-    if (dx != dr) {
-        /* the residual passes d x1 straight to the query rows of the input */
-        memset(dx, 0, sizeof(float) * (size_t)N * D);
-        for (int b = 0; b < B; b++)
-            memcpy(dx + (size_t)b * T * D, dr + (size_t)b * Tq * D, sizeof(float) * (size_t)Tq * D);
-    }
-    q3r_layernorm_backward(dx, q3r_model_grd(m, bp->ln1_w), q3r_model_grd(m, bp->ln1_b), s->dD, x,
-                           a->ln1_mean, a->ln1_rstd, q3r_model_par(m, bp->ln1_w), N, D);
+    Q3R_PROF(m, 1, Q3R_PROF_QKV, {
+        if (bp->qkv_w >= 0) {
+            q3r_linear_backward(s->dD, q3r_model_grd(m, bp->qkv_w), dqkv_b, s->dqkv, a->ln1,
+                                q3r_model_par(m, bp->qkv_w), N, D, 3 * D, 0);
+        } else {
+            for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++)
+                q3r_tf_mat_backward(m, bp->mat[j], a->t[j], s->dt, s->dD, dqkv_b + (size_t)j * D,
+                                    s->dqkv + (size_t)j * D, 3 * D, a->ln1, N, j > Q3R_TF_Q);
+        }
+    });
+    Q3R_PROF(m, 1, Q3R_PROF_OTHER, {
+        if (dx != dr) {
+            /* the residual passes d x1 straight to the query rows of the input */
+            memset(dx, 0, sizeof(float) * (size_t)N * D);
+            for (int b = 0; b < B; b++)
+                memcpy(dx + (size_t)b * T * D, dr + (size_t)b * Tq * D, sizeof(float) * (size_t)Tq * D);
+        }
+    });
+    Q3R_PROF(m, 1, Q3R_PROF_NORM,
+             q3r_layernorm_backward(dx, q3r_model_grd(m, bp->ln1_w), q3r_model_grd(m, bp->ln1_b), s->dD, x,
+                                    a->ln1_mean, a->ln1_rstd, q3r_model_par(m, bp->ln1_w), N, D));
 }
 
 double q3r_tf_block_macs(const q3r_model *m, const q3r_tf_block *bp, const q3r_tf_dims *d, double B, double T,

@@ -54,7 +54,8 @@ static q3r_status choose(q3r_trainer *t, q3r_error *err) {
     double **sig = calloc((size_t)n + 1, sizeof *sig);
     int64_t *r64 = calloc((size_t)n + 1, sizeof *r64);
     int *ranks = calloc((size_t)n + 1, sizeof *ranks);
-    q3r_status s = !bm || !sig || !r64 || !ranks ? q3r_fail(err, Q3R_ENOMEM, "rank budget: out of memory") : Q3R_OK;
+    q3r_status s =
+        !bm || !sig || !r64 || !ranks ? q3r_fail(err, Q3R_ENOMEM, "rank budget: out of memory") : Q3R_OK;
     int failed = -1;
     q3r_error first;
     if (!s) {
@@ -136,12 +137,15 @@ q3r_status q3r_budget_import(q3r_trainer *t, const q3r_tensor_list *in, int64_t 
     int has = 0;
     for (size_t i = 0; i < in->count && !has; i++) has = !strcmp(in->items[i].name, RANKS_KEY);
     if (!t->budget) {
-        if (has) return q3r_fail(err, Q3R_EFORMAT, "checkpoint: %s, but this run's --rank has no budget", RANKS_KEY);
+        if (has)
+            return q3r_fail(err, Q3R_EFORMAT, "checkpoint: %s, but this run's --rank has no budget",
+                            RANKS_KEY);
         return Q3R_OK;
     }
     if (!has) {
         if (step > t->budget_step)
-            return q3r_fail(err, Q3R_EFORMAT, "checkpoint at step %lld: no %s, though they were due at step %lld",
+            return q3r_fail(err, Q3R_EFORMAT,
+                            "checkpoint at step %lld: no %s, though they were due at step %lld",
                             (long long)step, RANKS_KEY, (long long)t->budget_step);
         if (!t->budget_chosen) return Q3R_OK;
         /* an earlier checkpoint after a later one failed to load: back to the states before the choice */
@@ -171,8 +175,8 @@ q3r_status q3r_budget_import(q3r_trainer *t, const q3r_tensor_list *in, int64_t 
         int rows, cols, ld;
         q3r_set_matrix(t->reg, i, &rows, &cols, &ld);
         if (v < 1 || v > (rows < cols ? rows : cols))
-            s = q3r_fail(err, Q3R_EFORMAT, "checkpoint: %s gives %s rank %lld", RANKS_KEY, q3r_set_name(t->reg, i),
-                         (long long)v);
+            s = q3r_fail(err, Q3R_EFORMAT, "checkpoint: %s gives %s rank %lld", RANKS_KEY,
+                         q3r_set_name(t->reg, i), (long long)v);
         else ranks[i] = (int)v;
     }
     if (!s) s = q3r_set_retarget(t->reg, ranks, err);
