@@ -1,5 +1,7 @@
 #include "bench_common.h"
 
+#include <cblas.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +100,119 @@ out:
     free(w_s);
     q3r_trainer_free(t[0]);
     q3r_trainer_free(t[1]);
+    return ok;
+}
+
+/* Seconds of the best of 3 runs of a GEMM C (m, n) = A (m, k) B^T (transB) or A^T B (transA), by
+ * OpenBLAS alone (split 0) or q3r's kernels (q3r_linear_forward / _backward). */
+static double best_gemm(int m, int n, int k, int kind, const float *A, const float *B, float *C, float *C2) {
+    double best = 1e30;
+    for (int r = 0; r < 4; r++) {
+        double t0 = q3r_now();
+        switch (kind) {
+        case 0: /* forward y (m, n) = x (m, k) W^T, W (n, k) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, A, k, B, k, 0.0f, C, n);
+            break;
+        case 1: /* dx (m, k) = dy (m, n) W (n, k) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, k, n, 1.0f, C, n, B, k, 0.0f, C2, k);
+            break;
+        case 2: /* dW (n, k) = dy^T (n, m) x (m, k) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, k, m, 1.0f, C, n, A, k, 0.0f, C2, k);
+            break;
+        case 3: q3r_linear_forward(C, A, B, NULL, NULL, m, k, n); break;
+        default: q3r_linear_backward(C2, C2 + (size_t)m * k, NULL, C, A, B, m, k, n, 0); break;
+        }
+        double t = q3r_now() - t0;
+        if (r && t < best) best = t; /* the first run warms up */
+    }
+    return best;
+}
+
+int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const double rows[4],
+                     q3r_error *err) {
+    q3r_trainer *t = NULL;
+    q3r_step_stats st;
+    c->reg = Q3R_REG_NONE;
+    if (q3r_trainer_create(c, &t, err) || q3r_trainer_step(t, b, &st, err)) {
+        q3r_trainer_free(t);
+        return 0;
+    }
+    q3r_model *m = q3r_trainer_model(t);
+    q3r_model_profile(m, 1);
+    double t0 = q3r_now();
+    for (int s = 0; s < steps; s++)
+        if (q3r_trainer_step(t, b, &st, err)) {
+            q3r_trainer_free(t);
+            return 0;
+        }
+    const double step = (q3r_now() - t0) / steps;
+    q3r_model_profile(m, 0);
+    double fw[Q3R_PROF_PARTS], bw[Q3R_PROF_PARTS], parts = 0;
+    q3r_model_profile_read(m, fw, bw);
+    printf("        time split of the AdamW step, ms (share): %.1f in all\n", step * 1e3);
+    for (int dir = 0; dir < 2; dir++) {
+        const double *v = dir ? bw : fw;
+        printf("          %-9s", dir ? "backward" : "forward");
+        for (int i = 0; i < Q3R_PROF_PARTS; i++) {
+            printf(" %s %.1f (%.0f%%)", q3r_prof_part_name((q3r_prof_part)i), v[i] / steps * 1e3,
+                   100 * v[i] / steps / step);
+            parts += v[i] / steps;
+        }
+        printf("\n");
+    }
+    printf("          rest (embeddings, head, loss, clipping, AdamW) %.1f (%.0f%%)\n", (step - parts) * 1e3,
+           100 * (step - parts) / step);
+    /* the GEMMs of each kind inside the step against the same shapes alone */
+    static const q3r_matrix_kind kinds[4] = {Q3R_MAT_Q, Q3R_MAT_PROJ, Q3R_MAT_FC1, Q3R_MAT_FC2};
+    printf("          %-5s %-18s %10s %12s %9s\n", "GEMMs", "shape (rows x in x out)", "in step",
+           "sgemm alone", "ratio");
+    int ok = 1;
+    for (int j = 0; j < 4 && ok; j++) {
+        const int mi = q3r_model_find_kind(m, kinds[j]);
+        q3r_matrix mx;
+        if (mi < 0) continue;
+        q3r_model_matrix(m, mi, &mx, NULL);
+        const int out = j == 0 ? 3 * mx.rows : mx.rows, in = mx.cols;
+        /* one block's rows: the per-block shape the step multiplies (the ViT's last block aside) */
+        int blocks = 0;
+        for (int i = 0; i < q3r_model_num_matrices(m); i++) {
+            q3r_matrix mm;
+            q3r_model_matrix(m, i, &mm, NULL);
+            blocks += mm.kind == kinds[j];
+        }
+        const int n = (int)(rows[j] / blocks + 0.5);
+        float *A = q3r_alloc(sizeof(float) * (size_t)n * in),
+              *B = q3r_alloc(sizeof(float) * (size_t)out * in);
+        float *C = q3r_alloc(sizeof(float) * (size_t)n * out);
+        float *C2 = q3r_alloc(sizeof(float) * ((size_t)n * in + (size_t)out * in));
+        if (!A || !B || !C || !C2) {
+            q3r_fail(err, Q3R_ENOMEM, "bench: out of memory");
+            ok = 0;
+        } else {
+            for (size_t i = 0; i < (size_t)n * in; i++)
+                A[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+            for (size_t i = 0; i < (size_t)out * in; i++) B[i] = (float)((i * 40503u) % 1000) * 1e-3f - 0.5f;
+            for (size_t i = 0; i < (size_t)n * out; i++) C[i] = (float)((i * 9973u) % 1000) * 1e-3f - 0.5f;
+            const double blas = best_gemm(n, out, in, 0, A, B, C, C2) +
+                                best_gemm(n, out, in, 1, A, B, C, C2) + best_gemm(n, out, in, 2, A, B, C, C2);
+            const double ours = best_gemm(n, out, in, 3, A, B, C, C2) + best_gemm(n, out, in, 4, A, B, C, C2);
+            const double flops = 6.0 * n * in * out, alone = flops / (blas < ours ? blas : ours) / 1e9;
+            const int part = j == 0   ? Q3R_PROF_QKV
+                             : j == 1 ? Q3R_PROF_PROJ
+                             : j == 2 ? Q3R_PROF_FC1
+                                      : Q3R_PROF_FC2;
+            const double in_step = 6.0 * rows[j] * in * out / ((fw[part] + bw[part]) / steps) / 1e9;
+            char shape[48];
+            snprintf(shape, sizeof shape, "%d x %d x %d", n, in, out);
+            printf("          %-5s %-18s %7.1f GF %9.1f GF %8.0f%%\n",
+                   q3r_prof_part_name((q3r_prof_part)part), shape, in_step, alone, 100 * in_step / alone);
+        }
+        q3r_free(A);
+        q3r_free(B);
+        q3r_free(C);
+        q3r_free(C2);
+    }
+    q3r_trainer_free(t);
     return ok;
 }
 

@@ -37,6 +37,17 @@ typedef struct {
 int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batch *b, bench_timing *out,
                     double *one_run_mib, q3r_error *err);
 
+/* Where the AdamW step goes: one AdamW trainer, profiled (q3r_model_profile) over `steps` steps after
+ * a warm-up, prints the time per step of each part of the blocks' forward and backward, and the
+ * rest of the step (embeddings, head, loss, clipping, AdamW); then, per matrix kind (the fused
+ * Q/K/V, proj, fc1, fc2), the GFLOP/s its forward and backward products reach inside the step
+ * against the sgemm ceiling at the same shapes and threads: the best of cblas_sgemm (OpenBLAS's own
+ * threading) and q3r's row-split kernels, run alone on the same shapes. rows[kind]: the rows
+ * (tokens) each kind multiplies per step over all blocks (the ViT's last block: its class token).
+ * Returns 1 on success. */
+int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const double rows[4],
+                     q3r_error *err);
+
 /* Runs `/usr/bin/python3 bench/<script> <args> --json` (the script next to this source),
  * without the OpenMP spin count q3r_startup may have added for q3r itself, and reads its
  * ms/step and peak MiB from the JSON line it prints. Returns 1 when both were read and the

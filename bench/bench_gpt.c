@@ -47,6 +47,8 @@ static int bench(const char *preset, int batch, int context, int steps, const ch
     double gflop = 3.0 * q3r_model_forward_flops(probe, batch) / 1e9;
     printf("bench_gpt: %s (%.2f M parameters), batch %d, context %d, OpenBLAS core %s; %.1f GFLOP per step\n",
            preset, (double)q3r_model_param_count(probe) / 1e6, batch, T, q3r_blas_core(), gflop);
+    const double depth = atof(q3r_meta_get(&mm, "model.depth")),
+                 rows[4] = {depth * n, depth * n, depth * n, depth * n};
     q3r_model_free(probe);
     printf("%-7s %-9s %10s %9s %9s %10s %12s %10s\n", "threads", "optimizer", "ms/step", "tok/s", "GFLOP/s",
            "peak MiB", "torch ms", "torch/q3r");
@@ -66,6 +68,10 @@ static int bench(const char *preset, int batch, int context, int steps, const ch
             return 1;
         }
         bench_print_rows(th, &bt, (double)n, gflop, mib, have_torch, tms, tmib);
+        if (!bench_step_split(&c, &b, window * windows, rows, &err)) {
+            fprintf(stderr, "bench_gpt: %s\n", err.msg);
+            return 1;
+        }
     }
     q3r_free(x);
     q3r_free(y);

@@ -63,6 +63,12 @@ int main(int argc, char **argv) {
     printf("bench_train: %s (%.2f M parameters), batch %d, OpenBLAS core %s; %.1f GFLOP per step as q3r runs "
            "it\n",
            preset, (double)q3r_model_param_count(probe) / 1e6, batch, q3r_blas_core(), gflop);
+    /* rows each matrix kind multiplies per step: every token in every block, but the last block's
+     * proj, fc1 and fc2 see only the class token */
+    const int depth = atoi(q3r_meta_get(&mm, "model.depth")), patch = atoi(q3r_meta_get(&mm, "model.patch"));
+    const double tokens = (double)(in->height / patch) * (in->width / patch) + 1;
+    const double rows[4] = {depth * batch * tokens, ((depth - 1) * tokens + 1) * batch,
+                            ((depth - 1) * tokens + 1) * batch, ((depth - 1) * tokens + 1) * batch};
     q3r_model_free(probe);
     printf("%-7s %-9s %10s %9s %9s %10s %12s %10s\n", "threads", "optimizer", "ms/step", "img/s", "GFLOP/s",
            "peak MiB", "torch ms", "torch/q3r");
@@ -86,6 +92,10 @@ int main(int argc, char **argv) {
             return 1;
         }
         bench_print_rows(th, &bt, batch, gflop, mib, have_torch, tms, tmib);
+        if (!bench_step_split(&c, &b, window * windows, rows, &err)) {
+            fprintf(stderr, "bench_train: %s\n", err.msg);
+            return 1;
+        }
     }
     q3r_free(x);
     q3r_meta_free(&mm);
