@@ -54,6 +54,19 @@ void q3r_linear_backward_ld(float *dx, float *dw, float *db, const float *dy, in
 void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a,
                                  const float *bf, const float *b, const float *r, int n, int in,
                                  int rank, int out);
+/* Several factored layers on the same input x (n, in): Q, K and V held apart. Part j computes
+ * y_j = (x B_j^T) A_j^T + b_j (+ r_j) exactly as q3r_linear_factored_forward would, but all in one
+ * parallel region that walks the rows in chunks, each chunk through every part while it is in
+ * cache. */
+typedef struct {
+    float *y;
+    int ldy;
+    float *t; /* (n, rank) */
+    const float *a, *bf, *b, *r;
+    int rank, out;
+} q3r_factored_part;
+void q3r_linear_factored_forward_parts(int count, const q3r_factored_part *parts, const float *x,
+                                       int n, int in);
 /* dy (n rows, row stride lddy), x (n, in) and t (n, rank) as in the forward;
  * dt (n, rank): scratch, overwritten with dy . a;
  * da (out, rank) += dy^T . t;  dbf (rank, in) += dt^T . x;  db (out) += column sums of dy

@@ -77,11 +77,11 @@ struct q3r_model {
     double prof[2][Q3R_PROF_PARTS];
 };
 
-/* Run `stmt`, adding its wall time to m's counter [dir][part] while profiling. */
-#define Q3R_PROF(m, dir, part, stmt)                                          \
+/* Run the statement(s), adding their wall time to m's counter [dir][part] while profiling. */
+#define Q3R_PROF(m, dir, part, ...)                                           \
     do {                                                                      \
         const double q3r_prof_t0_ = (m)->profiling ? q3r_now() : 0;           \
-        stmt;                                                                 \
+        __VA_ARGS__;                                                          \
         if ((m)->profiling) (m)->prof[dir][part] += q3r_now() - q3r_prof_t0_; \
     } while (0)
 

@@ -156,6 +156,23 @@ void q3r_tf_block_forward(q3r_model *m, const q3r_tf_block *bp, q3r_tf_acts *a, 
     Q3R_PROF(m, 0, Q3R_PROF_QKV, {
         if (bp->qkv_w >= 0) {
             q3r_linear_forward(a->qkv, a->ln1, q3r_model_par(m, bp->qkv_w), bqkv, NULL, N, D, 3 * D);
+        } else if (m->mats[bp->mat[Q3R_TF_Q]].rank && m->mats[bp->mat[Q3R_TF_K]].rank &&
+                   m->mats[bp->mat[Q3R_TF_V]].rank) {
+            /* all three factored: one pass over the input for the three (q3r_linear_factored_forward_parts) */
+            q3r_factored_part parts[3];
+            for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++) {
+                const q3r_model_matrix_slot *mx = &m->mats[bp->mat[j]];
+                parts[j] = (q3r_factored_part){a->qkv + (size_t)j * D,
+                                               3 * D,
+                                               a->t[j],
+                                               q3r_model_par(m, mx->a),
+                                               q3r_model_par(m, mx->b),
+                                               bqkv + (size_t)j * D,
+                                               NULL,
+                                               mx->rank,
+                                               mx->rows};
+            }
+            q3r_linear_factored_forward_parts(3, parts, a->ln1, N, D);
         } else {
             /* Q, K, V held apart: each writes its column block of the (N, 3D) activation */
             for (int j = Q3R_TF_Q; j <= Q3R_TF_V; j++)

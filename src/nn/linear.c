@@ -105,25 +105,45 @@ static void factored_rows(float *y, int ldy, float *t, const float *x, const flo
                 ldy);
 }
 
-void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a, const float *bf,
-                                 const float *b, const float *r, int n, int in, int rank, int out) {
+/* Rows [i0, i1) of every part, in chunks of FACTORED_CHUNK rows (each chunk's input and thin
+ * intermediates stay in cache while every part uses them). */
+enum { FACTORED_CHUNK = 128 };
+static void parts_rows(int count, const q3r_factored_part *parts, const float *x, int i0, int i1, int in) {
+    for (int c0 = i0; c0 < i1; c0 += FACTORED_CHUNK) {
+        const int c1 = c0 + FACTORED_CHUNK < i1 ? c0 + FACTORED_CHUNK : i1;
+        for (int j = 0; j < count; j++) {
+            const q3r_factored_part *p = &parts[j];
+            factored_rows(p->y, p->ldy, p->t, x, p->a, p->bf, p->b, p->r, c0, c1, in, p->rank, p->out);
+        }
+    }
+}
+
+void q3r_linear_factored_forward_parts(int count, const q3r_factored_part *parts, const float *x, int n,
+                                       int in) {
     /* t = x B^T first: the thin intermediate (n, rank) is what makes the layer cheap. One parallel
-     * region for the whole layer: each thread runs both products and the seeding on its own block
-     * of rows (the same 16-row groups as sgemm_rows), so its thin intermediate stays in its cache
-     * and the threads meet once, not three times. */
+     * region for all the parts: each thread runs both products and the seeding on its own block
+     * of rows (the same 16-row groups as sgemm_rows), chunk by chunk, so the threads meet once. */
+    size_t work = 0;
+    for (int j = 0; j < count; j++) work += (size_t)n * parts[j].rank * (size_t)(in + parts[j].out);
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nt > 1 && n >= 64 * nt && (size_t)n * rank * (size_t)(in + out) >= ((size_t)1 << 21)) {
+    if (nt > 1 && n >= 64 * nt && work >= ((size_t)1 << 21)) {
 #pragma omp parallel num_threads(nt)
         {
             int th = omp_get_thread_num(), tn = omp_get_num_threads();
             int groups = (n + 15) / 16;
             int g0 = (int)((long)groups * th / tn), g1 = (int)((long)groups * (th + 1) / tn);
             int i0 = g0 * 16, i1 = g1 * 16 < n ? g1 * 16 : n;
-            if (i1 > i0) factored_rows(y, ldy, t, x, a, bf, b, r, i0, i1, in, rank, out);
+            if (i1 > i0) parts_rows(count, parts, x, i0, i1, in);
         }
     } else if (n > 0) {
-        factored_rows(y, ldy, t, x, a, bf, b, r, 0, n, in, rank, out);
+        parts_rows(count, parts, x, 0, n, in);
     }
+}
+
+void q3r_linear_factored_forward(float *y, int ldy, float *t, const float *x, const float *a, const float *bf,
+                                 const float *b, const float *r, int n, int in, int rank, int out) {
+    const q3r_factored_part part = {y, ldy, t, a, bf, b, r, rank, out};
+    q3r_linear_factored_forward_parts(1, &part, x, n, in);
 }
 
 /* db (out) += column sums of dy (n, out; row stride ld): threads own column blocks and each
