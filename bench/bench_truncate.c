@@ -1,43 +1,33 @@
-/* bench_truncate: inference speed of truncated (factored) ViTs against the dense one.
+/* bench_truncate: inference speed of truncated (factored) models against the dense one.
  *
- *   bench_truncate [preset|all (all)] [batch (256)] [reps (3)]
+ *   bench_truncate [preset|all|vit|gpt (all)] [batch (256 images / 32 sequences)] [reps (3)]
  *
- * For vit-bench and vit-fmnist, 1 and 2 threads, targets qkv and all (every block matrix), and
- * kept fraction p in {1.0 (the dense model), 0.8, 0.6, 0.4, 0.2} (r = floor(p m n / (m + n))):
- * images/s of q3r_vit_forward (inference, no labels; the minimum time over reps after a warm-up)
- * and the speed-up over the dense model next to the FLOP ratio dense / factored
- * (q3r_vit_forward_flops), and next to the ideal speed-up that the dense forward's own time split
- * allows: each truncated kind of matrix (Q/K/V, proj, fc1, fc2) takes its measured share of the
- * dense forward (q3r_model_profile) times its FLOP ratio factored / dense, the rest of the forward
- * unchanged; "of ideal" is measured / ideal speed-up. Weights are a seeded init, truncated by
- * q3r_truncate. Run with OMP_WAIT_POLICY=passive on a shared machine. */
+ * For vit-bench, vit-fmnist, gpt-tiny and gpt-small, 1 and 2 threads, targets qkv and all (every
+ * block matrix), and kept fraction p in {1.0 (the dense model), 0.8, 0.5, 0.4, 0.3, 0.2, 0.1}
+ * (r = floor(p m n / (m + n))): samples/s of the model's inference forward (q3r_model_forward,
+ * no labels; the minimum time over reps after a warm-up) and the speed-up over the dense model,
+ * next to the FLOP ratio dense / factored (q3r_model_forward_flops) and the ideal speed-up that
+ * the dense forward's own time split allows: each truncated kind of matrix (Q/K/V, proj, fc1, fc2)
+ * takes its measured share of the dense forward (q3r_model_profile) times its FLOP ratio factored /
+ * dense, the rest of the forward unchanged; "of ideal" is measured / ideal speed-up. Weights are a
+ * seeded init, truncated by q3r_truncate. Run with OMP_WAIT_POLICY=passive on a shared machine. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "q3r/train.h"
+#include "q3r/model.h"
 #include "q3r/truncate.h"
-#include "q3r/vit.h"
 
-/* q3r_truncate on ViTs (the library takes and gives the model interface) */
-static q3r_status truncate_vit(q3r_vit *in, const q3r_truncate_spec *spec, int max_batch, q3r_vit **out,
-                               q3r_truncate_report *rep, q3r_error *err) {
-    q3r_model *m = NULL;
-    q3r_status s = q3r_truncate(q3r_vit_model(in), spec, max_batch, &m, rep, err);
-    *out = q3r_vit_from_model(m);
-    return s;
-}
-
-static double time_forward(q3r_vit *m, const float *x, int B, int reps) {
+static double time_forward(q3r_model *m, const q3r_batch *b, int reps) {
     q3r_error err;
-    if (q3r_vit_forward(m, x, NULL, B, 0, 0, NULL, NULL, &err)) {
+    if (q3r_model_forward(m, b, 0.0f, 0, NULL, NULL, &err)) {
         fprintf(stderr, "bench_truncate: %s\n", err.msg);
         exit(1);
     }
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t = q3r_now();
-        q3r_vit_forward(m, x, NULL, B, 0, 0, NULL, NULL, &err);
+        q3r_model_forward(m, b, 0.0f, 0, NULL, NULL, &err);
         t = q3r_now() - t;
         if (t < best) best = t;
     }
@@ -45,22 +35,21 @@ static double time_forward(q3r_vit *m, const float *x, int B, int reps) {
 }
 
 /* The dense forward's share of time per profiled part (q3r_model_profile over reps forwards). */
-static void time_split(q3r_vit *m, const float *x, int B, int reps, double share[Q3R_PROF_PARTS]) {
+static void time_split(q3r_model *m, const q3r_batch *b, int reps, double share[Q3R_PROF_PARTS]) {
     q3r_error err;
-    q3r_model *mm = q3r_vit_model(m);
-    q3r_model_profile(mm, 1);
+    q3r_model_profile(m, 1);
     double total = 0;
     for (int r = 0; r < reps; r++) {
         double t = q3r_now();
-        q3r_vit_forward(m, x, NULL, B, 0, 0, NULL, NULL, &err);
+        q3r_model_forward(m, b, 0.0f, 0, NULL, NULL, &err);
         total += q3r_now() - t;
     }
-    q3r_model_profile(mm, 0);
-    q3r_model_profile_read(mm, share, NULL);
+    q3r_model_profile(m, 0);
+    q3r_model_profile_read(m, share, NULL);
     for (int i = 0; i < Q3R_PROF_PARTS; i++) share[i] /= total;
 }
 
-/* The profiled part of a matrix kind, or -1 (the head and the rest are not cut here). */
+/* The profiled part of a matrix kind, or -1 (the head is not cut here). */
 static int part_of(q3r_matrix_kind k) {
     switch (k) {
     case Q3R_MAT_Q:
@@ -74,12 +63,11 @@ static int part_of(q3r_matrix_kind k) {
 }
 
 /* 1 / (1 - sum of the cut parts' shares + sum of share x FLOP ratio factored / dense of that part) */
-static double ideal_speedup(q3r_vit *f, const double share[Q3R_PROF_PARTS]) {
+static double ideal_speedup(q3r_model *f, const double share[Q3R_PROF_PARTS]) {
     double dense[Q3R_PROF_PARTS] = {0}, fact[Q3R_PROF_PARTS] = {0};
-    q3r_model *m = q3r_vit_model(f);
-    for (int i = 0; i < q3r_model_num_matrices(m); i++) {
+    for (int i = 0; i < q3r_model_num_matrices(f); i++) {
         q3r_matrix mx;
-        q3r_model_matrix(m, i, &mx, NULL);
+        q3r_model_matrix(f, i, &mx, NULL);
         const int part = part_of(mx.kind);
         if (part < 0) continue;
         dense[part] += (double)mx.rows * mx.cols;
@@ -91,71 +79,106 @@ static double ideal_speedup(q3r_vit *f, const double share[Q3R_PROF_PARTS]) {
     return 1.0 / t;
 }
 
-int main(int argc, char **argv) {
-    q3r_startup(argv);
-    const char *which = argc > 1 ? argv[1] : "all";
-    const int B = argc > 2 ? atoi(argv[2]) : 256, reps = argc > 3 ? atoi(argv[3]) : 3;
-    const char *presets[] = {"vit-bench", "vit-fmnist"};
+static int bench(const char *preset, int batch_arg, int reps) {
     const char *targets[] = {"qkv", "all"};
     const double ps[] = {1.0, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1};
     enum { NP = sizeof ps / sizeof ps[0] };
-    printf("bench_truncate: batch %d, min of %d forwards, BLAS core %s\n", B, reps, q3r_blas_core());
-    for (int pi = 0; pi < 2; pi++) {
-        if (strcmp(which, "all") && strcmp(which, presets[pi])) continue;
-        q3r_vit_config cfg;
-        q3r_error err;
-        q3r_vit *dense = NULL;
-        if (q3r_vit_preset(presets[pi], &cfg, &err) || q3r_vit_create(&cfg, B, &dense, &err)) {
-            fprintf(stderr, "bench_truncate: %s\n", err.msg);
-            return 1;
-        }
-        q3r_vit_init(dense, 1);
-        size_t n = (size_t)B * cfg.channels * cfg.image_size * cfg.image_size;
-        float *x = q3r_alloc(sizeof(float) * n);
-        q3r_rng rng;
-        q3r_rng_seed(&rng, 2);
+    q3r_error err;
+    q3r_meta mm;
+    q3r_meta_init(&mm);
+    q3r_model *dense = NULL;
+    const int gpt = !strncmp(preset, "gpt", 3), B = batch_arg > 0 ? batch_arg : gpt ? 32 : 256;
+    if (q3r_model_preset(preset, &mm, &err) || q3r_model_from_meta(&mm, B, &dense, &err)) {
+        fprintf(stderr, "bench_truncate: %s\n", err.msg);
+        q3r_meta_free(&mm);
+        return 1;
+    }
+    q3r_meta_free(&mm);
+    q3r_model_init(dense, 1);
+    const q3r_model_input *in = q3r_model_input_spec(dense);
+    q3r_rng rng;
+    q3r_rng_seed(&rng, 2);
+    float *x = NULL;
+    int32_t *tok = NULL;
+    q3r_batch b = {.count = B};
+    if (gpt) {
+        const size_t n = (size_t)B * in->context;
+        tok = q3r_alloc(sizeof(int32_t) * n);
+        for (size_t i = 0; i < n; i++) tok[i] = (int32_t)q3r_rng_below(&rng, 256);
+        b.tokens = tok;
+    } else {
+        const size_t n = (size_t)B * in->channels * in->height * in->width;
+        x = q3r_alloc(sizeof(float) * n);
         for (size_t i = 0; i < n; i++) x[i] = (float)q3r_rng_normal(&rng);
-        /* the factored models, built once (truncation is not what is timed) */
-        q3r_vit *f[2][NP] = {{0}};
-        int rank[2][NP] = {{0}};
+        b.images = x;
+    }
+    /* the factored models, built once (truncation is not what is timed) */
+    q3r_model *f[2][NP] = {{0}};
+    int rank[2][NP] = {{0}};
+    for (int ti = 0; ti < 2; ti++)
+        for (int k = 1; k < NP; k++) {
+            q3r_truncate_spec spec = {.targets = targets[ti],
+                                      .rank = {.kind = Q3R_RANK_FRACTION, .value = ps[k]}};
+            if (q3r_truncate(dense, &spec, B, &f[ti][k], NULL, &err)) {
+                fprintf(stderr, "bench_truncate: %s\n", err.msg);
+                return 1;
+            }
+            q3r_matrix mx;
+            q3r_model_matrix(f[ti][k], q3r_model_find_kind(f[ti][k], Q3R_MAT_Q), &mx, NULL);
+            rank[ti][k] = mx.rank;
+        }
+    const double fd = q3r_model_forward_flops(dense, B);
+    char desc[256];
+    q3r_model_describe(dense, desc, sizeof desc);
+    printf("\n%s (%s), batch %d: dense forward %.2f GFLOP per batch\n", preset, desc, B, fd / 1e9);
+    printf("%-8s %-7s %5s %6s %12s %9s %10s %9s %9s\n", "threads", "targets", "p", "rank(q)",
+           gpt ? "seq/s" : "images/s", "speed-up", "FLOP ratio", "ideal", "of ideal");
+    for (int th = 1; th <= 2; th++) {
+        q3r_set_threads(th);
+        double td = time_forward(dense, &b, reps), share[Q3R_PROF_PARTS];
+        time_split(dense, &b, reps, share);
+        printf("%-8d %-7s %5.1f %6s %12.0f %9.2f %10.2f   (time split: qkv %.0f%%, proj %.0f%%, fc1 %.0f%%, "
+               "fc2 %.0f%%, attention %.0f%%, norms %.0f%%, GELU %.0f%%)\n",
+               th, "-", 1.0, "dense", B / td, 1.0, 1.0, 100 * share[Q3R_PROF_QKV], 100 * share[Q3R_PROF_PROJ],
+               100 * share[Q3R_PROF_FC1], 100 * share[Q3R_PROF_FC2], 100 * share[Q3R_PROF_ATTENTION],
+               100 * share[Q3R_PROF_NORM], 100 * share[Q3R_PROF_GELU]);
         for (int ti = 0; ti < 2; ti++)
             for (int k = 1; k < NP; k++) {
-                q3r_truncate_spec spec = {.targets = targets[ti],
-                                          .rank = {.kind = Q3R_RANK_FRACTION, .value = ps[k]}};
-                if (truncate_vit(dense, &spec, B, &f[ti][k], NULL, &err)) {
-                    fprintf(stderr, "bench_truncate: %s\n", err.msg);
-                    return 1;
-                }
-                rank[ti][k] = q3r_vit_ranks(f[ti][k])[0];
+                double t = time_forward(f[ti][k], &b, reps), ideal = ideal_speedup(f[ti][k], share);
+                printf("%-8d %-7s %5.1f %6d %12.0f %9.2f %10.2f %9.2f %8.0f%%\n", th, targets[ti], ps[k],
+                       rank[ti][k], B / t, td / t, fd / q3r_model_forward_flops(f[ti][k], B), ideal,
+                       100 * (td / t) / ideal);
             }
-        const double fd = q3r_vit_forward_flops(dense, B);
-        printf("\n%s (width %d, depth %d, MLP %d, %d tokens): dense forward %.2f GFLOP per batch\n",
-               presets[pi], cfg.width, cfg.depth, cfg.mlp_hidden,
-               (cfg.image_size / cfg.patch) * (cfg.image_size / cfg.patch) + 1, fd / 1e9);
-        printf("%-8s %-7s %5s %6s %12s %9s %10s %9s %9s\n", "threads", "targets", "p", "rank(q)", "images/s",
-               "speed-up", "FLOP ratio", "ideal", "of ideal");
-        for (int th = 1; th <= 2; th++) {
-            q3r_set_threads(th);
-            double td = time_forward(dense, x, B, reps), share[Q3R_PROF_PARTS];
-            time_split(dense, x, B, reps, share);
-            printf(
-                "%-8d %-7s %5.1f %6s %12.0f %9.2f %10.2f   (time split: qkv %.0f%%, proj %.0f%%, fc1 %.0f%%, "
-                "fc2 %.0f%%, attention %.0f%%, norms %.0f%%, GELU %.0f%%)\n",
-                th, "-", 1.0, "dense", B / td, 1.0, 1.0, 100 * share[Q3R_PROF_QKV],
-                100 * share[Q3R_PROF_PROJ], 100 * share[Q3R_PROF_FC1], 100 * share[Q3R_PROF_FC2],
-                100 * share[Q3R_PROF_ATTENTION], 100 * share[Q3R_PROF_NORM], 100 * share[Q3R_PROF_GELU]);
-            for (int ti = 0; ti < 2; ti++)
-                for (int k = 1; k < NP; k++) {
-                    double t = time_forward(f[ti][k], x, B, reps), ideal = ideal_speedup(f[ti][k], share);
-                    printf("%-8d %-7s %5.1f %6d %12.0f %9.2f %10.2f %9.2f %8.0f%%\n", th, targets[ti], ps[k],
-                           rank[ti][k], B / t, td / t, fd / q3r_vit_forward_flops(f[ti][k], B), ideal,
-                           100 * (td / t) / ideal);
-                }
-        }
-        for (int ti = 0; ti < 2; ti++)
-            for (int k = 1; k < NP; k++) q3r_vit_free(f[ti][k]);
-        q3r_vit_free(dense);
-        q3r_free(x);
     }
+    for (int ti = 0; ti < 2; ti++)
+        for (int k = 1; k < NP; k++) q3r_model_free(f[ti][k]);
+    q3r_model_free(dense);
+    q3r_free(x);
+    q3r_free(tok);
     return 0;
+}
+
+int main(int argc, char **argv) {
+    q3r_startup(argv);
+    const char *which = argc > 1 ? argv[1] : "all";
+    const int B = argc > 2 ? atoi(argv[2]) : 0, reps = argc > 3 ? atoi(argv[3]) : 3;
+    const char *presets[] = {"vit-bench", "vit-fmnist", "gpt-tiny", "gpt-small"};
+    printf("bench_truncate: min of %d forwards, BLAS core %s\n", reps, q3r_blas_core());
+    int rc = 0, any = 0;
+    for (int i = 0; i < 4 && !rc; i++) {
+        const int family = !strcmp(which, "vit")   ? !strncmp(presets[i], "vit", 3)
+                           : !strcmp(which, "gpt") ? !strncmp(presets[i], "gpt", 3)
+                                                   : 0;
+        if (strcmp(which, "all") && strcmp(which, presets[i]) && !family) continue;
+        any = 1;
+        rc = bench(presets[i], B, reps);
+    }
+    if (!any) {
+        fprintf(stderr,
+                "bench_truncate: preset '%s' unknown (vit-bench, vit-fmnist, gpt-tiny, gpt-small, vit, gpt, "
+                "all)\n",
+                which);
+        return 2;
+    }
+    return rc;
 }
