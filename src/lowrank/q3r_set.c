@@ -241,45 +241,62 @@ q3r_status q3r_set_value(q3r_set *set, double *value, q3r_error *err) {
     return Q3R_OK;
 }
 
+/* Apply every matrix's R: G <- beta G + alpha 2 lambda R(X) (G its gradient buffer when coupled,
+ * X itself when decoupled). One matrix per thread, BLAS single-threaded inside (the products of
+ * one matrix are too small to split well, and an OpenMP OpenBLAS runs serially inside a parallel
+ * region); the values are summed in matrix order afterwards, so the result does not depend on
+ * which thread took which matrix. A lone matrix gets the threaded BLAS. */
+static q3r_status apply_all(q3r_set *set, int coupled, float alpha, double *value, const char *what,
+                            q3r_error *err) {
+    const int n = set->n;
+    if (n == 0) {
+        if (value) *value = 0;
+        return Q3R_OK;
+    }
+    double *v = calloc((size_t)n, sizeof *v);
+    q3r_status *sts = calloc((size_t)n, sizeof *sts);
+    q3r_error *errs = calloc((size_t)n, sizeof *errs);
+    if (!v || !sts || !errs) {
+        free(v);
+        free(sts);
+        free(errs);
+        return q3r_fail(err, Q3R_ENOMEM, "q3r %s: out of memory", what);
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+    for (int i = 0; i < n; i++) {
+        entry *e = &set->e[i];
+        sts[i] = coupled ? q3r_state_apply(e->st, e->X, e->ld, set->opt.lambda, alpha, 1.0f, e->grad, e->ldg,
+                                           value ? &v[i] : NULL, &errs[i])
+                         : q3r_state_apply(e->st, e->X, e->ld, set->opt.lambda, alpha, 1.0f, e->X, e->ld,
+                                           value ? &v[i] : NULL, &errs[i]);
+    }
+    q3r_status st = Q3R_OK;
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        if (sts[i] && !st)
+            st = q3r_fail(err, sts[i], "q3r %s of matrix '%s': %s", what, set->e[i].name, errs[i].msg);
+        total += v[i];
+    }
+    if (!st && value) *value = total;
+    free(v);
+    free(sts);
+    free(errs);
+    return st;
+}
+
 q3r_status q3r_set_add_grad(q3r_set *set, double *value, q3r_error *err) {
     if (!set) return q3r_fail(err, Q3R_EINVAL, "q3r set: NULL");
     for (int i = 0; i < set->n; i++)
         if (!set->e[i].grad)
             return q3r_fail(err, Q3R_EINVAL, "q3r coupled gradient: matrix '%s' has no gradient buffer",
                             set->e[i].name);
-    double total = 0;
-    for (int i = 0; i < set->n; i++) {
-        entry *e = &set->e[i];
-        double v = 0;
-        q3r_status st = q3r_state_apply(e->st, e->X, e->ld, set->opt.lambda, 1.0f, 1.0f, e->grad, e->ldg,
-                                        value ? &v : NULL, err);
-        if (st) {
-            q3r_fail_context(err, "q3r gradient of matrix '%s'", e->name);
-            return st;
-        }
-        total += v;
-    }
-    if (value) *value = total;
-    return Q3R_OK;
+    return apply_all(set, 1, 1.0f, value, "gradient", err);
 }
 
 q3r_status q3r_set_decoupled_step(q3r_set *set, double lr, double *value, q3r_error *err) {
     if (!set) return q3r_fail(err, Q3R_EINVAL, "q3r set: NULL");
     if (!isfinite(lr)) return q3r_fail(err, Q3R_EINVAL, "q3r decoupled step: learning rate %g", lr);
-    double total = 0;
-    for (int i = 0; i < set->n; i++) {
-        entry *e = &set->e[i];
-        double v = 0;
-        q3r_status st = q3r_state_apply(e->st, e->X, e->ld, set->opt.lambda, (float)-lr, 1.0f, e->X, e->ld,
-                                        value ? &v : NULL, err);
-        if (st) {
-            q3r_fail_context(err, "q3r decoupled step of matrix '%s'", e->name);
-            return st;
-        }
-        total += v;
-    }
-    if (value) *value = total;
-    return Q3R_OK;
+    return apply_all(set, 0, (float)-lr, value, "decoupled step", err);
 }
 
 /* ---- state as named tensors ------------------------------------------------------- */
