@@ -113,6 +113,63 @@ static void test_layer(void) {
     CHECK(rel_max_err_f(db, dbd, OUT) < 1e-6, "dbias accumulated");
 }
 
+/* Several factored layers on one input (Q, K, V held apart), large enough for the threaded path:
+ * each part equals its dense W_j = A_j B_j into its column block, outside columns untouched, and a
+ * second call gives the same bits. */
+static void test_parts(void) {
+    enum { N = 3000, IN = 64, OUT = 48, LD = 3 * OUT + 5 };
+    const int R[3] = {16, 3, 40};
+    q3r_rng rng;
+    q3r_rng_seed(&rng, 12);
+    float *x = malloc(sizeof(float) * N * IN), *y = malloc(sizeof(float) * N * LD),
+          *y2 = malloc(sizeof(float) * N * LD), *yd = malloc(sizeof(float) * N * OUT);
+    float *a[3], *bf[3], *w[3], *t[3], bias[3][OUT];
+    q3r_factored_part parts[3];
+    fill_normal_f(x, N * IN, 1.0, &rng);
+    for (int j = 0; j < 3; j++) {
+        a[j] = malloc(sizeof(float) * OUT * R[j]);
+        bf[j] = malloc(sizeof(float) * R[j] * IN);
+        w[j] = malloc(sizeof(float) * OUT * IN);
+        t[j] = malloc(sizeof(float) * N * R[j]);
+        fill_normal_f(a[j], OUT * R[j], 0.5, &rng);
+        fill_normal_f(bf[j], R[j] * IN, 0.5, &rng);
+        fill_normal_f(bias[j], OUT, 1.0, &rng);
+        matmul(w[j], a[j], bf[j], OUT, R[j], IN, 0, 0);
+        parts[j] =
+            (q3r_factored_part){y + j * OUT, LD, t[j], a[j], bf[j], j == 1 ? NULL : bias[j], NULL, R[j], OUT};
+    }
+    for (size_t i = 0; i < (size_t)N * LD; i++) y[i] = 7.0f;
+    q3r_linear_factored_forward_parts(3, parts, x, N, IN);
+    int untouched = 1;
+    for (int i = 0; i < N; i++)
+        for (int o = 3 * OUT; o < LD; o++) untouched &= y[(size_t)i * LD + o] == 7.0f;
+    CHECK(untouched, "factored parts wrote outside their columns");
+    for (int j = 0; j < 3; j++) {
+        q3r_linear_forward(yd, x, w[j], j == 1 ? NULL : bias[j], NULL, N, IN, OUT);
+        double e = 0, scale = 0;
+        for (int i = 0; i < N; i++)
+            for (int o = 0; o < OUT; o++) {
+                e = fmax(e, fabs(y[(size_t)i * LD + j * OUT + o] - yd[(size_t)i * OUT + o]));
+                scale = fmax(scale, fabs(yd[(size_t)i * OUT + o]));
+            }
+        CHECK(e < 1e-5 * scale, "factored part %d (rank %d) against its dense W = A B: max err %g of %g", j,
+              R[j], e, scale);
+    }
+    memcpy(y2, y, sizeof(float) * N * LD);
+    q3r_linear_factored_forward_parts(3, parts, x, N, IN);
+    CHECK(!memcmp(y, y2, sizeof(float) * N * LD), "factored parts: a second call differs");
+    for (int j = 0; j < 3; j++) {
+        free(a[j]);
+        free(bf[j]);
+        free(w[j]);
+        free(t[j]);
+    }
+    free(x);
+    free(y);
+    free(y2);
+    free(yd);
+}
+
 /* ---- whole model -------------------------------------------------------------------------------- */
 
 static const q3r_vit_config tiny = {8, 2, 4, 12, 2, 3, 16, 5, 0.0f};
@@ -333,6 +390,7 @@ int main(void) {
     q3r_rng_seed(&r, 1);
     fill_normal_f(images, sizeof images / sizeof images[0], 1.0, &r);
     test_layer();
+    test_parts();
     test_model(0.0f);
     test_model(0.2f);
     test_table_and_flops();
