@@ -502,18 +502,31 @@ static void make_model(void) {
 /* ---- small parsers --------------------------------------------------------------------------- */
 
 static void make_parsers(void) {
-    static const char *const v[] = {"8",           "0.4",
-                                    "40%",         "maxdim:0.4",
-                                    "1e-3",        "qkv,proj,fc1,fc2,head",
-                                    "q,k,v",       "head",
-                                    "default",     "geometric",
-                                    "linear",      "constant",
-                                    "exploration", "1.0,0.9,0.5",
-                                    "40%,20%",     "5,6,7,8,9",
-                                    "5-9",         "0-2,7",
-                                    "3,3",         "",
-                                    "-1",          "9-0",
-                                    "1,"};
+    static const char *const v[] = {"8",
+                                    "0.4",
+                                    "40%",
+                                    "maxdim:0.4",
+                                    "1e-3",
+                                    "qkv,proj,fc1,fc2,head",
+                                    "q,k,v",
+                                    "head",
+                                    "default",
+                                    "geometric",
+                                    "linear",
+                                    "constant",
+                                    "exploration",
+                                    "1.0,0.9,0.5",
+                                    "40%,20%",
+                                    "5,6,7,8,9",
+                                    "5-9",
+                                    "0-2,7",
+                                    "3,3",
+                                    "",
+                                    "-1",
+                                    "9-0",
+                                    "1,",
+                                    "budget:0.3@10%",
+                                    "budget:30%@500"};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         char name[32];
         snprintf(name, sizeof name, "value-%02zu", i);
