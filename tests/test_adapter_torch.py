@@ -158,7 +158,7 @@ def main():
         ad = os.path.join(tmp, "reference_adapter")
         os.makedirs(ad)
         cfg = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["qkv", "fc1"],
-               "rank_pattern": {"blocks.1.mlp.fc1": 2}, "alpha_pattern": {"blocks\\.0\\.attn\\.qkv": 3},
+               "rank_pattern": {"blocks.1.mlp.fc1": 2}, "alpha_pattern": {"blocks\\.0+\\.attn\\.q[kv+]+": 3},
                "use_rslora": True, "bias": "none", "fan_in_fan_out": False, "lora_dropout": 0.1,
                "modules_to_save": None, "init_lora_weights": True, "inference_mode": False, "use_dora": False,
                "base_model_name_or_path": "tiny", "task_type": None, "layers_to_transform": None,
@@ -265,6 +265,9 @@ def main():
         bad(lambda c, t: c.update(alpha_pattern={"(" * 20000 + "fc1" + ")" * 20000: 2}), "longer than",
             "20000 nested parentheses")
         bad(lambda c, t: c.update(target_modules="(qkv|fc1){2}"), "target_modules", "an interval in target_modules")
+        # '+' copies what it repeats: nested or stacked ones double the pattern each
+        # (fuzz/corpus/adapter/regress-regex-plus: 40 took all memory); '+' in brackets or escaped is literal
+        bad(lambda c, t: c.update(rank_pattern={"(((x)+)+)" + "+" * 7: 2}), "repetitions", "nine '+' repetitions")
 
         def no_module(c, t):
             t[f"{PREFIX}blocks.7.attn.qkv.lora_A.weight"] = np.zeros((4, D), np.float32)

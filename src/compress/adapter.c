@@ -333,13 +333,30 @@ static double pattern_value(const q3r_json *obj, const char *module, double dflt
 }
 
 /* The regexes of a config (pattern keys, a target_modules string), compiled by regcomp: at most
- * PATTERN_MAX bytes and without interval expressions. glibc's regcomp expands {m,n} (the 24 bytes
- * "(x{1,100}){1,100}{1,100}" take a minute) and recurses per parenthesis (20000 of them overflow
- * the stack); module names need neither. */
+ * PATTERN_MAX bytes, without interval expressions and with at most PLUS_MAX '+' operators. glibc's
+ * regcomp expands {m,n} (the 24 bytes "(x{1,100}){1,100}{1,100}" take a minute), copies the
+ * expression under each '+' once (x+ is x x*, so "((x)+)+..." or "x+++..." doubles per '+': 40 of
+ * them took all memory under the fuzzer, fuzz/corpus/adapter/regress-regex-plus), and recurses per
+ * parenthesis (20000 of them overflow the stack); module names need none of this. */
 #define PATTERN_MAX 1024
+#define PLUS_MAX 8
 static q3r_status check_regex(const char *re, const char *path, const char *what, q3r_error *err) {
     if (strlen(re) > PATTERN_MAX)
         return q3r_fail(err, Q3R_EFORMAT, "%s: %s is longer than %d bytes", path, what, PATTERN_MAX);
+    int plus = 0, bracket = 0;
+    for (const char *c = re; *c; c++) {
+        if (bracket) /* a bracket expression ends at a ']' that is not its first character */
+            bracket = !(*c == ']' && c[-1] != '[' && !(c[-1] == '^' && c[-2] == '['));
+        else if (*c == '\\' && c[1]) c++; /* an escaped character is a literal */
+        else if (*c == '[') bracket = 1;
+        else plus += *c == '+';
+    }
+    if (plus > PLUS_MAX)
+        return q3r_fail(
+            err, Q3R_EFORMAT,
+            "%s: %s has %d '+' repetitions, more than the %d q3r accepts (POSIX regcomp copies what "
+            "each one repeats, so they can grow a pattern exponentially)",
+            path, what, plus, PLUS_MAX);
     if (strchr(re, '{'))
         return q3r_fail(err, Q3R_EFORMAT,
                         "%s: %s '%s' has a regex interval ({m,n}), which q3r does not accept (POSIX regcomp "
