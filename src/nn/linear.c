@@ -38,13 +38,15 @@ static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha,
     }
 }
 
-/* Seed y (n, out; row stride ldy) with bias b (out; may be NULL) plus residual r (n, out; row
- * stride ldy; may be NULL or equal y) so a GEMM with beta = 1 adds the product onto it. Returns
- * the beta the GEMM must use (0: y holds nothing worth keeping). */
-static float seed_output(float *y, int ldy, const float *b, const float *r, int n, int out) {
+/* Seed rows [i0, i1) of y (row stride ldy) with bias b (out; may be NULL) plus residual r (same
+ * stride; may be NULL or equal y) so a GEMM with beta = 1 adds the product onto it; parallel over
+ * the rows when `parallel` (nothing is split inside an already parallel region). Returns the beta
+ * the GEMM must use (0: y holds nothing worth keeping). */
+static float seed_rows(float *y, int ldy, const float *b, const float *r, int i0, int i1, int out,
+                       int parallel) {
     if (b || (r && r != y)) {
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) {
+#pragma omp parallel for schedule(static) if (parallel)
+        for (int i = i0; i < i1; i++) {
             float *yi = y + (size_t)i * ldy;
             const float *ri = (r && r != y) ? r + (size_t)i * ldy : NULL;
             if (r == y) {
@@ -60,6 +62,10 @@ static float seed_output(float *y, int ldy, const float *b, const float *r, int 
         return 1.0f;
     }
     return (r == y && r) ? 1.0f : 0.0f;
+}
+
+static float seed_output(float *y, int ldy, const float *b, const float *r, int n, int out) {
+    return seed_rows(y, ldy, b, r, 0, n, out, 1);
 }
 
 void q3r_linear_forward(float *y, const float *x, const float *w, const float *b, const float *r, int n,
@@ -82,25 +88,7 @@ static void factored_rows(float *y, int ldy, float *t, const float *x, const flo
     float *tb = t + (size_t)i0 * rank, *yb = y + (size_t)i0 * ldy;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, rank, in, 1.0f, x + (size_t)i0 * in, in, bf,
                 in, 0.0f, tb, rank);
-    float beta = 0.0f;
-    for (int i = i0; i < i1; i++) {
-        float *yi = y + (size_t)i * ldy;
-        const float *ri = r && r != y ? r + (size_t)i * ldy : NULL;
-        if (r == y) {
-            beta = 1.0f;
-            if (b)
-                for (int o = 0; o < out; o++) yi[o] += b[o];
-        } else if (ri && b) {
-            for (int o = 0; o < out; o++) yi[o] = ri[o] + b[o];
-            beta = 1.0f;
-        } else if (ri) {
-            memcpy(yi, ri, sizeof(float) * (size_t)out);
-            beta = 1.0f;
-        } else if (b) {
-            memcpy(yi, b, sizeof(float) * (size_t)out);
-            beta = 1.0f;
-        }
-    }
+    const float beta = seed_rows(y, ldy, b, r, i0, i1, out, 0);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, rank, 1.0f, tb, rank, a, rank, beta, yb,
                 ldy);
 }

@@ -94,7 +94,6 @@ static q3r_status choose(q3r_trainer *t, q3r_error *err) {
         free(t->budget_ranks);
         t->budget_ranks = ranks;
         ranks = NULL;
-        t->budget_chosen = 1;
     }
     for (int i = 0; sig && i < n; i++) free(sig[i]);
     free(sig);
@@ -108,19 +107,19 @@ int q3r_budget_before(q3r_trainer *t, q3r_status *s, q3r_error *err) {
     *s = Q3R_OK;
     if (!t->budget) return 0;
     if (t->step < t->budget_step) return 1;
-    if (!t->budget_chosen) *s = choose(t, err);
+    if (!t->budget_ranks) *s = choose(t, err);
     return *s != Q3R_OK;
 }
 
 int q3r_trainer_budget_ranks(const q3r_trainer *t, const int **ranks, int64_t *step) {
     if (!t || !t->budget) return 0;
     if (step) *step = t->budget_step;
-    if (ranks) *ranks = t->budget_chosen ? t->budget_ranks : NULL;
-    return t->budget_chosen;
+    if (ranks) *ranks = t->budget_ranks;
+    return t->budget_ranks != NULL;
 }
 
 q3r_status q3r_budget_export(const q3r_trainer *t, q3r_tensor_list *out, q3r_error *err) {
-    if (!t->budget_chosen) return Q3R_OK;
+    if (!t->budget_ranks) return Q3R_OK;
     const int n = q3r_set_count(t->reg);
     int64_t *r = malloc(sizeof *r * (size_t)(n + 1)), shape[1] = {n};
     if (!r) return q3r_fail(err, Q3R_ENOMEM, "rank budget: out of memory");
@@ -147,7 +146,7 @@ q3r_status q3r_budget_import(q3r_trainer *t, const q3r_tensor_list *in, int64_t 
             return q3r_fail(err, Q3R_EFORMAT,
                             "checkpoint at step %lld: no %s, though they were due at step %lld",
                             (long long)step, RANKS_KEY, (long long)t->budget_step);
-        if (!t->budget_chosen) return Q3R_OK;
+        if (!t->budget_ranks) return Q3R_OK;
         /* an earlier checkpoint after a later one failed to load: back to the states before the choice */
         int *uniform = malloc(sizeof *uniform * (size_t)(n + 1));
         if (!uniform) return q3r_fail(err, Q3R_ENOMEM, "rank budget: out of memory");
@@ -160,13 +159,13 @@ q3r_status q3r_budget_import(q3r_trainer *t, const q3r_tensor_list *in, int64_t 
         }
         if (!s) s = q3r_set_retarget(t->reg, uniform, err);
         free(uniform);
-        if (!s) t->budget_chosen = 0;
+        if (!s) {
+            free(t->budget_ranks);
+            t->budget_ranks = NULL;
+        }
         return s;
     }
     q3r_status s = q3r_tensor_list_get(in, RANKS_KEY, Q3R_I64, n, &tr, err);
-    if (!s && tr->shape[0] != n)
-        s = q3r_fail(err, Q3R_EFORMAT, "checkpoint: %s holds %lld ranks for %d matrices", RANKS_KEY,
-                     (long long)tr->shape[0], n);
     int *ranks = s ? NULL : malloc(sizeof *ranks * (size_t)(n + 1));
     if (!s && !ranks) s = q3r_fail(err, Q3R_ENOMEM, "rank budget: out of memory");
     for (int i = 0; i < n && !s; i++) {
@@ -186,6 +185,5 @@ q3r_status q3r_budget_import(q3r_trainer *t, const q3r_tensor_list *in, int64_t 
     }
     free(t->budget_ranks);
     t->budget_ranks = ranks;
-    t->budget_chosen = 1;
     return Q3R_OK;
 }

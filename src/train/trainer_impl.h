@@ -75,10 +75,10 @@ struct q3r_trainer {
     /* Q3R on the update (weights.c): Delta's buffers, W_0, the targets' W */
     struct q3r_update *upd;
     /* --rank budget:P (rank_budget.c): Q3R from budget_step on, at the ranks chosen there */
-    int budget, budget_chosen;
+    int budget;
     double budget_p;
     int64_t budget_step;
-    int *budget_ranks; /* [set count] once chosen */
+    int *budget_ranks; /* [set count] once chosen (NULL before) */
 };
 
 /* Q3R on the update (weights.c). */
