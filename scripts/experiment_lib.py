@@ -37,23 +37,27 @@ REG_TARGETS = "all"          # the regularized matrices during training
 LR, MIN_LR = 1e-3, 1e-5
 NUCLEAR_SHRINK = 0.2         # total soft threshold lambda * sum_t lr_t of the nuclear-norm baseline (docs/EXPERIMENT.md)
 FULL_BUDGET_S = 3 * 3600
-# Every model is also compressed three more ways on every block matrix (REG_TARGETS): whitened
+# Every model is also compressed four more ways on every block matrix (REG_TARGETS): whitened
 # (activation-aware, as SVD-LLM) at uniform p, and with ranks chosen under one budget of p of the
-# targeted parameters (plain or whitened spectra); beside the plain uniform p of the "all" sweep.
+# targeted parameters (by the energy of the plain or whitened spectra, or, whitened, by each
+# matrix's measured loss: the loss rule); beside the plain uniform p of the "all" sweep.
 COMPRESS_PS = [0.5, 0.4, 0.3, 0.2, 0.1]
 CALIB = 256                  # calibration samples of the whitened rules (from the training split)
-COMPRESS_KINDS = ["whitened", "budget", "whitened-budget"]
+COMPRESS_KINDS = ["whitened", "budget", "whitened-budget", "whitened-loss-budget"]
 COMPRESS_WORDS = {"plain": "plain SVD, uniform p", "whitened": "whitened, uniform p",
-                  "budget": "plain SVD, budgeted ranks", "whitened-budget": "whitened, budgeted ranks"}
-# sweeps per model, in evaluations (the model itself and each p), for the time estimates
-SWEEP_EVALS = len(TARGET_SETS) * (1 + len(PS)) + len(COMPRESS_KINDS) * (1 + len(COMPRESS_PS))
+                  "budget": "plain SVD, budgeted ranks", "whitened-budget": "whitened, budgeted ranks",
+                  "whitened-loss-budget": "whitened, ranks by measured loss"}
+# sweeps per model, in evaluations (the model itself and each p), for the time estimates; the
+# loss rule's measurement (8 ranks per matrix on 64 samples) costs about 12 more on these models
+SWEEP_EVALS = len(TARGET_SETS) * (1 + len(PS)) + len(COMPRESS_KINDS) * (1 + len(COMPRESS_PS)) + 12
 
 
 def compress_args(kind):
     """the q3r sweep flags of one compression kind (COMPRESS_KINDS)"""
     ps = ",".join(f"{p:g}" for p in COMPRESS_PS)
     white = ["--method", "whitened", "--calib", str(CALIB)] if kind.startswith("whitened") else []
-    return (["--budgets", ps] if kind.endswith("budget") else ["--ps", ps]) + white
+    loss = ["--budget-rule", "loss"] if "-loss-" in kind else []
+    return (["--budgets", ps] if kind.endswith("budget") else ["--ps", ps]) + white + loss
 
 
 def methods(have_lorita, have_factorized, only=None):
@@ -276,10 +280,12 @@ def compress_markdown(task, comp):
     if not any(comp.get(k) for k in COMPRESS_KINDS):
         return []
     lines = [f"## Compression rules on every block matrix (`--targets {REG_TARGETS}`)", "",
-             "Each model cut four ways at the same kept fraction p of the targeted parameters: plain SVD or "
+             "Each model cut up to five ways at the same kept fraction p of the targeted parameters: plain SVD or "
              f"whitened (activation-aware, as SVD-LLM: calibrated on {CALIB} training samples), each at a uniform p "
              "per matrix or with each matrix's rank chosen under one budget of p in total (`--budget`: the most "
-             "summed fraction of each matrix's energy kept, plain or whitened). Cells as above; the best of "
+             "summed fraction of each matrix's energy kept, plain or whitened); and whitened with the ranks "
+             "chosen by measured loss (`--budget-rule loss`, as ASVD: the least summed increase of the training "
+             "loss, each matrix cut alone at 8 ranks on 64 training samples). Cells as above; the best of "
              "each column in bold.", "",
              "| method | rule | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
              "|" + "---|" * (2 + len(COMPRESS_PS))]

@@ -2,6 +2,7 @@
 counter that ends a test with the plain 'N passed, N failed' line, running the program,
 the skips without the dataset or without numpy/torch, and the learning-rate schedule's closed form (the reference
 the optimizer tests use)."""
+import json
 import math
 import os
 import subprocess
@@ -106,3 +107,26 @@ def experiment_rows(check, out, res, methods):
             check(len(rows) == 10 and len(summ) == 10, f"{m} {targets}: {len(rows)} rows")
             out_rows.append((m, targets, rows, summ))
     return out_rows
+
+
+def check_compression_table(check, md, out, methods, cell_text):
+    """The experiments' compression table (results.md `md` of the experiment in `out`): five rows
+    per method, and for the first method the whitened-budget and the loss-rule sweeps' JSON
+    (whitened, their rule, keeping at most 0.3 at p = 0.3) with its p = 0.3 cells equal to the
+    sweeps' rows; cell_text(row) is how a sweep row's metric is printed."""
+    comp = md.split("## Compression rules")[1].split("\n## ")[0] if "## Compression rules" in md else ""
+    for m in methods:
+        check(len([ln for ln in comp.splitlines() if ln.startswith(f"| {m} |")]) == 5,
+              f"compression table: five rows for {m}")
+    for kind, words, rule in (("whitened-budget", "whitened, budgeted ranks", "budget"),
+                              ("whitened-loss-budget", "whitened, ranks by measured loss", "loss-budget")):
+        sj = os.path.join(out, "sweeps", f"{methods[0]}-s1-all-{kind}.json")
+        sw = json.load(open(sj)) if os.path.exists(sj) else {"rows": []}
+        r03 = next((r for r in sw["rows"] if abs(r["p"] - 0.3) < 1e-9), None)
+        row = [ln for ln in comp.splitlines() if ln.startswith(f"| {methods[0]} | {words} |")]
+        if check(r03 is not None and len(row) == 1, f"{kind} sweep of {methods[0]} and its row"):
+            check(sw.get("method") == "whitened" and sw.get("rule") == rule and 0.2 < r03["targeted_kept"] <= 0.3,
+                  f"the {kind} sweep is whitened with rule {sw.get('rule')}, keeping {r03['targeted_kept']} at 0.3")
+            cell = row[0].strip("|").split("|")[4].strip().replace("**", "")
+            want = cell_text(r03)
+            check(cell.startswith(want), f"{kind}: p = 0.3 cell {cell!r} against the sweep's {want}")

@@ -2,7 +2,8 @@
  * mixed shapes the ranks reach the optimum an exhaustive search over every rank combination
  * finds, and fit the budget; a closed-form case (one matrix's energy in its first direction, one
  * flat spectrum); the budget is spent to within one rank step; the result is deterministic; bad
- * budgets fail with messages that give the numbers. */
+ * budgets fail with messages that give the numbers. The loss rule (a loss table per matrix
+ * instead of its spectrum) against the same exhaustive search. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,9 @@
 #include "check.h"
 #include "q3r/truncate.h"
 
+/* the objective's term for matrix x at rank r: its kept fraction of energy, or minus its loss */
 static double kept_fraction(const q3r_budget_matrix *x, int r) {
+    if (x->loss) return -x->loss[r];
     double kept = 0, total = 0;
     for (int i = 0; i < x->k; i++) {
         total += x->sigma[i] * x->sigma[i];
@@ -23,7 +26,7 @@ static double kept_fraction(const q3r_budget_matrix *x, int r) {
 static double brute_force(const q3r_budget_matrix *m, int n, int64_t allowed) {
     int r[8];
     for (int j = 0; j < n; j++) r[j] = 1;
-    double best = -1;
+    double best = -INFINITY;
     for (;;) {
         int64_t cost = 0;
         double v = 0;
@@ -45,14 +48,16 @@ static double brute_force(const q3r_budget_matrix *m, int n, int64_t allowed) {
 }
 
 static void test_against_brute_force(void) {
-    /* shapes with different costs rows + cols, so a greedy rule by energy per parameter can miss */
+    /* shapes with different costs rows + cols, so a greedy rule by energy per parameter can miss;
+     * every third trial gives loss tables instead (the loss rule: any values, some negative, not
+     * monotone in the rank) */
     static const int shapes[][2] = {{12, 8}, {10, 10}, {16, 6}, {9, 14}, {20, 5}};
     unsigned seed = 12345;
     int cases = 0, exact = 0;
     for (int trial = 0; trial < 60; trial++) {
         const int n = 2 + trial % 4;
         q3r_budget_matrix m[5];
-        double sig[5][20];
+        double sig[5][20], loss[5][21];
         int64_t dense = 0;
         for (int j = 0; j < n; j++) {
             const int *sh = shapes[(trial + j) % 5];
@@ -68,6 +73,15 @@ static void test_against_brute_force(void) {
                 sig[j][i] = v;
             }
             m[j].sigma = sig[j];
+            m[j].loss = NULL;
+            if (trial % 3 == 2) {
+                for (int r = 0; r <= m[j].k; r++) {
+                    seed = seed * 1103515245u + 12345u;
+                    loss[j][r] = 2.0 / (r + 1) - 0.2 + 0.3 * (double)(seed >> 8) / (double)(1u << 24);
+                }
+                m[j].loss = loss[j];
+                m[j].sigma = trial % 2 ? NULL : sig[j]; /* ignored when the loss is given */
+            }
             dense += (int64_t)m[j].rows * m[j].cols;
         }
         const double budget = 0.15 + 0.8 * (double)(trial % 7) / 6.0;
@@ -110,7 +124,7 @@ static void test_closed_form(void) {
      * B: flat, each rank keeps 1 / k. Same shape (cost 16 per rank), budget for 5 ranks in all:
      * A keeps rank 1 (its next rank adds 1/107), B takes the other 4 (1/8 each). */
     double a[8] = {10, 1, 1, 1, 1, 1, 1, 1}, b[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-    q3r_budget_matrix m[2] = {{"A", 8, 8, 8, a}, {"B", 8, 8, 8, b}};
+    q3r_budget_matrix m[2] = {{"A", 8, 8, 8, a, NULL}, {"B", 8, 8, 8, b, NULL}};
     int ranks[2];
     q3r_budget_info info;
     q3r_error err = {0};
@@ -136,6 +150,7 @@ static void test_spends_the_budget(void) {
         m[j].name = "w";
         for (int i = 0; i < 256; i++) sig[j][i] = exp(-(double)i / (10.0 + 7 * j));
         m[j].sigma = sig[j];
+        m[j].loss = NULL;
     }
     for (double budget = 0.1; budget < 0.95; budget += 0.2) {
         int ranks[N];
@@ -155,7 +170,7 @@ static void test_spends_the_budget(void) {
 
 static void test_errors(void) {
     double s[4] = {4, 3, 2, 1};
-    q3r_budget_matrix m[2] = {{"a", 4, 4, 4, s}, {"b", 4, 4, 4, s}};
+    q3r_budget_matrix m[2] = {{"a", 4, 4, 4, s, NULL}, {"b", 4, 4, 4, s, NULL}};
     int ranks[2];
     q3r_error err = {0};
     CHECK(q3r_budget_ranks(m, 2, 0, ranks, NULL, &err) == Q3R_EINVAL && strstr(err.msg, "(0, 1]"),
@@ -168,7 +183,7 @@ static void test_errors(void) {
           "too small: %s", err.msg);
     CHECK_OK(q3r_budget_ranks(m, 2, 0.5, ranks, NULL, &err), &err);
     CHECK(ranks[0] == 1 && ranks[1] == 1, "budget 0.5: rank 1 each");
-    q3r_budget_matrix tiny = {"tiny", 1, 1, 1, s};
+    q3r_budget_matrix tiny = {"tiny", 1, 1, 1, s, NULL};
     CHECK(q3r_budget_ranks(&tiny, 1, 1, ranks, NULL, &err) == Q3R_EINVAL && strstr(err.msg, "tiny"),
           "a 1 x 1 matrix: %s", err.msg);
 }

@@ -24,7 +24,7 @@ import tempfile
 
 ROOT = os.environ.get("Q3R_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Q3R, Checks, experiment_rows, skip_without_fashion_mnist  # noqa: E402
+from q3r_testing import Q3R, Checks, check_compression_table, experiment_rows, skip_without_fashion_mnist  # noqa: E402
 SCRIPT = os.path.join(ROOT, "scripts", "experiment.py")
 skip_without_fashion_mnist("test_experiment")
 check = Checks()
@@ -52,8 +52,8 @@ if "factorized" in help_text:
     methods.append("factorized-r0.4")
 train_cmds = [ln for ln in p.stdout.splitlines() if ln.startswith("$ ") and " train " in ln]
 sweep_cmds = [ln for ln in p.stdout.splitlines() if ln.startswith("$ ") and " sweep " in ln]
-check(len(train_cmds) == len(methods) and len(sweep_cmds) == 5 * len(methods),
-      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands (two target sets, three compression "
+check(len(train_cmds) == len(methods) and len(sweep_cmds) == 6 * len(methods),
+      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands (two target sets, four compression "
       f"rules) for {len(methods)} methods")
 check(all("--seed 1" in c and "--epochs 1" in c for c in train_cmds), "train commands share seed and epochs")
 check(any("--reg nuclear --lambda" in c for c in train_cmds), "nuclear has an explicit lambda")
@@ -105,22 +105,9 @@ if ev0.returncode == 0:
     check(round(json.loads(ev0.stdout)["acc"] * 200) == round(res["summary"]["qkv"][m][0]["acc"] * 2),
           "untruncated accuracy vs q3r eval")
 
-# the compression table: every method under the four rules, cells from the sweeps' JSON; a budget
-# row keeps the budget (within one rank step of the largest matrix)
-comp = md.split("## Compression rules")[1].split("\n## ")[0] if "## Compression rules" in md else ""
-for m in methods:
-    check(len([ln for ln in comp.splitlines() if ln.startswith(f"| {m} |")]) == 4,
-          f"compression table: four rows for {m}")
-sj = os.path.join(out, "sweeps", f"{methods[0]}-s1-all-whitened-budget.json")
-sw = json.load(open(sj)) if os.path.exists(sj) else {"rows": []}
-r03 = next((r for r in sw["rows"] if abs(r["p"] - 0.3) < 1e-9), None)
-row = [ln for ln in comp.splitlines() if ln.startswith(f"| {methods[0]} | whitened, budgeted ranks |")]
-if check(r03 is not None and len(row) == 1, f"whitened-budget sweep of {methods[0]} and its row"):
-    check(sw.get("method") == "whitened" and sw.get("rule") == "budget" and 0.25 < r03["targeted_kept"] <= 0.3,
-          f"the sweep is whitened with a budget, keeping {r03['targeted_kept']} at 0.3")
-    cell = row[0].strip("|").split("|")[4].strip().replace("**", "")
-    want = f"{100 * r03['acc']:.2f}"
-    check(cell.startswith(want), f"p = 0.3 cell {cell!r} against the sweep's {want}")
+# the compression table: every method under the five rules, cells from the sweeps' JSON; a budget
+# row keeps the budget
+check_compression_table(check, md, out, methods, lambda r: f"{100 * r['acc']:.2f}")
 
 # resumable: nothing is trained or swept again, the same table comes out
 p3 = script(["--smoke", "--out", out])

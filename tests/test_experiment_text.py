@@ -32,7 +32,7 @@ import tempfile
 
 ROOT = os.environ.get("Q3R_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from q3r_testing import Q3R, Checks, experiment_rows  # noqa: E402
+from q3r_testing import Q3R, Checks, check_compression_table, experiment_rows  # noqa: E402
 SCRIPT = os.path.join(ROOT, "scripts", "experiment_text.py")
 REFERENCE = os.path.join(ROOT, "scripts", "text-reference.py")
 PROMPT = "the lord"
@@ -75,8 +75,8 @@ if "factorized" in help_text:
 cmds = commands(p.stdout)
 train_cmds = [c for c in cmds if " train " in c]
 sweep_cmds = [c for c in cmds if " sweep " in c]
-check(len(train_cmds) == len(methods) and len(sweep_cmds) == 5 * len(methods),
-      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands (two target sets, three compression "
+check(len(train_cmds) == len(methods) and len(sweep_cmds) == 6 * len(methods),
+      f"printed {len(train_cmds)} train and {len(sweep_cmds)} sweep commands (two target sets, four compression "
       f"rules) for {len(methods)} methods")
 check(all(f"--data {text}" in c and "--seed 1" in c and "--epochs 1" in c and "--epoch-steps 20" in c
           and "--model gpt-tiny" in c and "--targets all" in c for c in train_cmds),
@@ -172,22 +172,9 @@ if shutil.which("gnuplot"):
         check(os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n", f"{png} is a PNG")
 check(not [f for f in os.listdir(out) if f.startswith(".") or f.endswith(".tmp")], f"litter: {os.listdir(out)}")
 
-# the compression table: every method under the four rules, cells from the sweeps' JSON; a budget
-# row keeps the budget (within one rank step of the largest matrix)
-comp = md.split("## Compression rules")[1].split("\n## ")[0] if "## Compression rules" in md else ""
-for m in methods:
-    check(len([ln for ln in comp.splitlines() if ln.startswith(f"| {m} |")]) == 4,
-          f"compression table: four rows for {m}")
-sj = os.path.join(out, "sweeps", f"{methods[0]}-s1-all-whitened-budget.json")
-sw = json.load(open(sj)) if os.path.exists(sj) else {"rows": []}
-r03 = next((r for r in sw["rows"] if abs(r["p"] - 0.3) < 1e-9), None)
-row = [ln for ln in comp.splitlines() if ln.startswith(f"| {methods[0]} | whitened, budgeted ranks |")]
-if check(r03 is not None and len(row) == 1, f"whitened-budget sweep of {methods[0]} and its row"):
-    check(sw.get("method") == "whitened" and sw.get("rule") == "budget" and 0.25 < r03["targeted_kept"] <= 0.3,
-          f"the sweep is whitened with a budget, keeping {r03['targeted_kept']} at 0.3")
-    cell = row[0].strip("|").split("|")[4].strip().replace("**", "")
-    want = f"{r03['bpb']:.3f}"
-    check(cell.startswith(want), f"p = 0.3 cell {cell!r} against the sweep's {want}")
+# the compression table: every method under the five rules, cells from the sweeps' JSON; a budget
+# row keeps the budget
+check_compression_table(check, md, out, methods, lambda r: f"{r['bpb']:.3f}")
 
 # resumable: nothing runs again, the same table comes out
 p3 = script(["--out", out])

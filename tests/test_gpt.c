@@ -1,7 +1,8 @@
 /* GPT model: whole-model gradient against central finite differences (tied and untied head,
  * dropout, label smoothing, a shorter sequence, some matrices factored), causality, scoring,
  * the parameter table and the tied head's two names, truncation (file round trip, logits of
- * the dense product, the tied head never a target), and config / metadata errors naming the
+ * the dense product, the tied head never a target), the budget's loss rule (weights restored, a
+ * factored matrix at its own rank free, its errors), and config / metadata errors naming the
  * key. (The PyTorch oracle is test_gpt_torch.py.) */
 #include <math.h>
 #include <stdlib.h>
@@ -322,6 +323,77 @@ static void test_truncate(void) {
     q3r_model_free(m);
 }
 
+/* The budget's loss rule on a GPT with factored matrices: the weights come back bit for bit, a
+ * factored matrix cut at its own rank costs nothing (the product is reproduced), and bad
+ * arguments fail with a message. (Against torch: test_loss_rule.py.) */
+static void test_loss_rule(void) {
+    q3r_error err;
+    int ranks[13] = {0};
+    ranks[1] = 2, ranks[6 + 4] = 3;
+    q3r_model *m = make(tiny, ranks, 4, 5, 0.2);
+    char path[512];
+    tmp_path("corpus.txt", path, sizeof path);
+    FILE *f = fopen(path, "wb");
+    q3r_rng r;
+    q3r_rng_seed(&r, 8);
+    for (int i = 0; i < 600; i++) fputc("abcdefgh "[q3r_rng_below(&r, 9)], f);
+    fclose(f);
+    q3r_corpus text;
+    memset(&text, 0, sizeof text);
+    CHECK_OK(q3r_corpus_load(&text, path, 0.1, CTX, &err), &err);
+    q3r_truncate_basis *basis = NULL;
+    CHECK_OK(q3r_truncate_basis_new(m, "all", NULL, &basis, &err), &err);
+    if (!m || !basis) return;
+    const size_t np = (size_t)q3r_model_num_params(m);
+    float *before = malloc(sizeof(float) * np);
+    memcpy(before, q3r_model_params(m), sizeof(float) * np);
+    q3r_calib_spec c = {.text = &text, .samples = 10, .seed = 3};
+    q3r_loss_table t;
+    CHECK_OK(q3r_loss_sensitivity(m, basis, &c, 3, NULL, NULL, &t, &err), &err);
+    CHECK(!memcmp(before, q3r_model_params(m), sizeof(float) * np), "loss rule: the weights are restored");
+    CHECK(t.count == 13 && !t.increase[12] && t.samples == 10, "loss rule: the block matrices only");
+    CHECK(t.max_rank[1] == 2 && t.points[1] == 2 && fabs(t.increase[1][2]) < 1e-5,
+          "loss rule: factored K at its own rank 2 costs %g", t.increase[1][2]);
+    CHECK(t.max_rank[10] == 3 && fabs(t.increase[10][3]) < 1e-5,
+          "loss rule: factored c_fc at rank 3 costs %g", t.increase[10][3]);
+    int worse = 0;
+    for (int i = 0; i < 12; i++) worse |= t.increase[i][1] > 1e-4;
+    CHECK(worse, "loss rule: some matrix at rank 1 costs the model");
+    /* the budget under the loss rule spends no more than allowed */
+    q3r_truncate_spec spec = {.targets = "all", .budget = 0.4, .basis = basis, .loss = &t};
+    q3r_model *cut = NULL;
+    q3r_truncate_report rep;
+    CHECK_OK(q3r_truncate(m, &spec, 4, &cut, &rep, &err), &err);
+    CHECK(cut && rep.targeted_after <= (int64_t)(0.4 * (double)rep.targeted_dense),
+          "loss budget: spent %lld of %lld", (long long)rep.targeted_after, (long long)rep.targeted_dense);
+    q3r_truncate_report_free(&rep);
+    q3r_model_free(cut);
+    spec.budget = 0;
+    q3r_rank_parse("2", &spec.rank, &err);
+    CHECK(q3r_truncate(m, &spec, 4, &cut, NULL, &err) == Q3R_EINVAL && strstr(err.msg, "budget"),
+          "the loss rule without a budget: %s", err.msg);
+    q3r_loss_table t2;
+    CHECK(q3r_loss_sensitivity(m, basis, &c, 1, NULL, NULL, &t2, &err) == Q3R_EINVAL &&
+              strstr(err.msg, "at least 2"),
+          "one point: %s", err.msg);
+    q3r_gpt_config deeper = tiny;
+    deeper.depth = 3;
+    q3r_model *other = make(deeper, NULL, 4, 5, 0.0);
+    CHECK(other && q3r_loss_sensitivity(other, basis, &c, 3, NULL, NULL, &t2, &err) == Q3R_EINVAL &&
+              strstr(err.msg, "13 matrices"),
+          "another model's basis: %s", err.msg);
+    c.samples = 100000;
+    CHECK(q3r_loss_sensitivity(m, basis, &c, 3, NULL, NULL, &t2, &err) == Q3R_EINVAL &&
+              strstr(err.msg, "100000"),
+          "too many samples: %s", err.msg);
+    q3r_model_free(other);
+    q3r_loss_table_free(&t);
+    q3r_truncate_basis_free(basis);
+    q3r_corpus_free(&text);
+    free(before);
+    q3r_model_free(m);
+}
+
 static void meta_error(const char *key, const char *value, const char *want) {
     q3r_meta meta;
     q3r_meta_init(&meta);
@@ -462,6 +534,7 @@ int main(void) {
     test_score_and_table();
     test_presets();
     test_truncate();
+    test_loss_rule();
     test_config_errors();
     test_file_size();
     return check_report("test_gpt");

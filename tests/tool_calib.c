@@ -4,8 +4,9 @@
  *
  * Loads the model (max batch 8) and its run's split of TEXT, runs q3r_calibrate on every block
  * matrix and the head ("all,head") over SAMPLES training windows of the seed's order, and writes
- * "gram.<matrix name>" (F64, cols x cols) for every matrix and "tokens" (I64, SAMPLES x context):
- * the windows, drawn again by a training loader of the same batch and seed. */
+ * "gram.<matrix name>" (F64, cols x cols) for every matrix, "tokens" and "targets" (I64,
+ * SAMPLES x context): the windows and their next bytes, drawn again by a training loader of the
+ * seed with the batch calibration draws with (256, whatever the model's batch). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,24 +49,32 @@ int main(int argc, char **argv) {
     }
     /* the windows again */
     q3r_corpus_loader L;
-    q3r_corpus_loader_config lc = {.batch_size = 8, .seed = seed};
+    enum { DRAW = 256 };
+    q3r_corpus_loader_config lc = {.batch_size = DRAW, .seed = seed};
     const int C = text.context;
-    int32_t *tok = malloc(sizeof(int32_t) * 8 * (size_t)C), *tgt = malloc(sizeof(int32_t) * 8 * (size_t)C);
-    int64_t *all = calloc((size_t)n * C, sizeof(int64_t)), done = 0;
+    int32_t *tok = malloc(sizeof(int32_t) * DRAW * (size_t)C),
+            *tgt = malloc(sizeof(int32_t) * DRAW * (size_t)C);
+    int64_t *all = calloc((size_t)n * C, sizeof(int64_t)), *allt = calloc((size_t)n * C, sizeof(int64_t)),
+            done = 0;
     if (!s) s = q3r_corpus_loader_init(&L, &text, &lc, &err);
     while (!s && done < n) {
         int64_t count;
         q3r_corpus_loader_next(&L, tok, tgt, &count);
         for (int64_t i = 0; i < count && done < n; i++, done++)
-            for (int t = 0; t < C; t++) all[done * C + t] = tok[i * C + t];
+            for (int t = 0; t < C; t++) {
+                all[done * C + t] = tok[i * C + t];
+                allt[done * C + t] = tgt[i * C + t];
+            }
     }
     int64_t shape[2] = {n, C};
     if (!s) s = q3r_tensor_list_add(&out, "tokens", Q3R_I64, 2, shape, all, &err);
+    if (!s) s = q3r_tensor_list_add(&out, "targets", Q3R_I64, 2, shape, allt, &err);
     if (!s) s = q3r_safetensors_write(argv[5], &out, NULL, &err);
     if (s) fprintf(stderr, "tool_calib: %s\n", err.msg);
     free(tok);
     free(tgt);
     free(all);
+    free(allt);
     q3r_grams_free(&g);
     q3r_tensor_list_free(&out);
     q3r_corpus_free(&text);

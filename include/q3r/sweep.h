@@ -20,6 +20,7 @@
 #include "q3r/base.h"
 #include "q3r/data.h"
 #include "q3r/model.h"
+#include "q3r/truncate.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,6 +57,11 @@ typedef struct {
     /* whitened truncation: per matrix-list index the Gram of its inputs (q3r_calibrate; see
      * q3r_truncate_spec.grams), or NULL: plain SVD */
     double *const *grams;
+    /* the decompositions of the targeted matrices (q3r_truncate_basis_new with these targets and
+     * grams), or NULL: the sweep computes them once for all its p */
+    const q3r_truncate_basis *basis;
+    /* with budget: the loss rule's table (q3r_loss_sensitivity), or NULL: the energy rule */
+    const q3r_loss_table *loss;
     const q3r_dataset *ds; /* image models: scored on the first `limit` images (0: all) */
     const q3r_normalize *norm;
     int64_t limit;          /* evaluation runs in batches of the input model's max batch */

@@ -25,6 +25,9 @@
 extern "C" {
 #endif
 
+typedef struct q3r_truncate_basis q3r_truncate_basis; /* below */
+typedef struct q3r_loss_table q3r_loss_table;         /* below */
+
 typedef struct {
     const char *targets; /* comma list of qkv, proj, fc1, fc2, all (= the four), head */
     /* the rank of each targeted m x n matrix: energy > 0 selects the smallest r whose leading
@@ -41,6 +44,12 @@ typedef struct {
      * plain SVD; NULL: plain SVD everywhere. A matrix with a Gram is cut by q3r_whitened_factors,
      * and its report's energy and error are those of its outputs on the calibration data. */
     double *const *grams;
+    /* the decompositions to cut from (q3r_truncate_basis_new on this model, with these grams and
+     * targets covering spec->targets), or NULL: computed here. A sweep computes them once for all
+     * its kept fractions. */
+    const q3r_truncate_basis *basis;
+    /* with a budget: the loss rule instead of the energy rule (q3r_loss_sensitivity), or NULL */
+    const q3r_loss_table *loss;
 } q3r_truncate_spec;
 
 typedef struct {
@@ -78,6 +87,15 @@ typedef struct {
 q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_batch,
                         q3r_model **out, q3r_truncate_report *rep, q3r_error *err);
 void q3r_truncate_report_free(q3r_truncate_report *rep);
+
+/* Every matrix `targets` selects in `in`, decomposed once: the thin SVD of W (or of the product A B
+ * of a factored one) in double, or with grams (as q3r_truncate_spec.grams) of W S for whitened
+ * truncation. q3r_truncate then cuts at any rank from it without decomposing again. It holds
+ * about (rows + cols) min(rows, cols) doubles per matrix (and cols^2 more when whitened). Errors:
+ * unknown targets, NaN/Inf in a weight, a Gram not positive definite; each names the matrix. */
+q3r_status q3r_truncate_basis_new(q3r_model *in, const char *targets, double *const *grams,
+                                  q3r_truncate_basis **out, q3r_error *err);
+void q3r_truncate_basis_free(q3r_truncate_basis *b);
 
 /* ---- activation-aware (whitened) truncation, as in SVD-LLM ------------------------------------------
  * Plain SVD keeps the directions of W with the largest singular values; whitened truncation keeps
@@ -141,8 +159,12 @@ void q3r_grams_free(q3r_grams *g);
 typedef struct {
     const char *name; /* for messages (may be NULL) */
     int rows, cols;
-    int k;               /* singular values given */
+    int k;               /* singular values given (ranks above k are not considered) */
     const double *sigma; /* [k], descending */
+    /* the loss rule instead (may be NULL): loss[r] for r = 1 .. min(k, max rank) (loss[0] unused),
+     * what keeping rank r costs; the sum of loss[r_j] is minimised instead of the kept energy
+     * maximised, and sigma may be NULL */
+    const double *loss;
 } q3r_budget_matrix;
 
 typedef struct {
@@ -151,7 +173,8 @@ typedef struct {
     int64_t spent;      /* sum r (rows + cols) <= allowed */
     int64_t unit;       /* the search's unit of parameters */
     int exact;          /* 1: the unit is the gcd of the costs (the optimum is exact) */
-    double kept_energy; /* the mean over the matrices of the fraction of energy kept */
+    double kept_energy; /* the mean over the matrices of the fraction of energy kept (the loss rule:
+                           minus the mean loss) */
 } q3r_budget_info;
 
 /* The highest rank worth factoring an m x n matrix at: min(min(m, n), floor(m n / (m + n))). */
@@ -161,6 +184,41 @@ int q3r_budget_max_rank(int rows, int cols);
  * singular values or one too small to factor. */
 q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double budget, int *ranks,
                             q3r_budget_info *info, q3r_error *err);
+
+/* ---- the loss rule: ranks from the measured loss -------------------------------------------------
+ * The energy rule weighs every matrix's kept energy alike, and a small budget can leave a matrix
+ * whose loss of energy costs the model most with too little (on text at p = 0.1 the plain rule cut
+ * some models to 13-21 bits per byte). The loss rule measures instead what each matrix's
+ * truncation costs the model, as ASVD's sensitivity search does: on calibration samples, the mean
+ * loss of the model with that one matrix cut to rank r (from the basis: plain or whitened
+ * factors, the rest of the model untouched) minus the untruncated model's, at `points` ranks
+ * spaced geometrically from 1 to the matrix's highest budget rank (q3r_budget_max_rank),
+ * linearly interpolated between them. The budget then minimises the sum of those increases
+ * (q3r_budget_ranks with loss), which assumes the matrices' costs add up. The model is evaluated
+ * points x (targeted matrices) + 1 times; its weights are changed during the measurement and
+ * restored exactly after it. */
+struct q3r_loss_table {
+    int count; /* the model's matrices */
+    double *
+        *increase; /* [count]: NULL where not targeted, else [max_rank + 1]: increase[r], r >= 1 */
+    int *max_rank; /* [count] */
+    int *points;   /* [count]: the ranks measured (the rest interpolated) */
+    int **ranks;   /* [count]: NULL where not targeted, else [points[i]], ascending */
+    double base_loss; /* the untruncated model's mean loss on the samples */
+    int64_t samples;
+    int evals; /* model evaluations made */
+};
+
+/* Called after each evaluation (done of total). */
+typedef void (*q3r_loss_progress_fn)(int done, int total, void *ctx);
+
+/* Errors: points < 2, calibration data missing, of the wrong kind or too short (as
+ * q3r_calibrate), a basis that does not cover the targets, a non-finite loss. out is empty after
+ * an error. */
+q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis,
+                                const q3r_calib_spec *c, int points, q3r_loss_progress_fn progress,
+                                void *ctx, q3r_loss_table *out, q3r_error *err);
+void q3r_loss_table_free(q3r_loss_table *t);
 
 /* Metadata for the truncated model's file: the keys "model.*", "data.name", "data.mean" and
  * "data.std" of in_meta (may be NULL), those of a text run's data (data.kind, .path, .bytes,

@@ -29,11 +29,14 @@ static const char *summary =
     "untruncated accuracy in points; for a language model, bits per byte on its run's validation\n"
     "windows and the increase over the untruncated model in bits per byte (JSON: bpb_increase).\n"
     "--budgets B,...: each row keeps B of the targeted parameters in total instead, each matrix's rank\n"
-    "chosen as by 'q3r truncate --budget B' (the p column then holds B; JSON: \"rule\": \"budget\").";
+    "chosen as by 'q3r truncate --budget B' (the p column then holds B; JSON: \"rule\": \"budget\"),\n"
+    "or with --budget-rule loss by the measured loss (JSON: \"rule\": \"loss-budget\"; measured once for\n"
+    "every budget).";
 
 static int is_bpb = 0;          /* the model's metric is bits per byte */
 static int rule_budget = 0;     /* the rows are budgets (--budgets), not uniform fractions */
 static int method_whitened = 0; /* --method whitened */
+static int rule_loss = 0;       /* --budget-rule loss */
 
 /* "q/k/v 25 proj 25 fc1 51" : kinds with equal ranges merged. */
 static void ranks_text(const q3r_sweep_row *r, char *buf, size_t cap) {
@@ -138,7 +141,8 @@ static int write_json(const char *path, const char *model, const char *dataset, 
     json_str(f, split);
     fputs(", \"targets\": ", f);
     json_str(f, targets);
-    fprintf(f, ", \"rule\": \"%s\", \"method\": \"%s\"", rule_budget ? "budget" : "fraction",
+    fprintf(f, ", \"rule\": \"%s\", \"method\": \"%s\"",
+            rule_budget ? (rule_loss ? "loss-budget" : "budget") : "fraction",
             method_whitened ? "whitened" : "svd");
     fputs(",\n \"untruncated\": ", f);
     json_row(f, &res->base, is_bpb);
@@ -189,7 +193,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
     const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL,
                *text = NULL;
     const char *budgets_text = NULL;
-    int limit = 0, batch = 256, threads = 0, method = 0, calib = 256, seed = 1;
+    int limit = 0, batch = 256, threads = 0, method = 0, calib = 256, seed = 1, brule = 0, loss_samples = 64,
+        loss_points = 8;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,
          "matrices to truncate: comma list of qkv, proj, fc1, fc2, all, head", 0, 0, NULL, "LIST"},
@@ -199,14 +204,22 @@ int q3r_cmd_sweep(int argc, char **argv) {
          "instead of --ps: parameter budgets, comma list in (0, 1]: the targeted matrices together keep that "
          "fraction, each one's rank chosen as by truncate --budget",
          0, 0, NULL, "LIST"},
+        {"budget-rule", ARG_CHOICE, &brule,
+         "--budgets: energy or loss, as truncate --budget-rule (the loss is measured once for every budget)",
+         0, 0, "energy|loss", NULL},
+        {"loss-samples", ARG_INT, &loss_samples,
+         "--budget-rule loss: training samples the loss is measured on", 1, 1e9, NULL, NULL},
+        {"loss-points", ARG_INT, &loss_points, "--budget-rule loss: ranks measured per matrix", 2, 1000, NULL,
+         NULL},
         {"method", ARG_CHOICE, &method,
          "svd: plain truncation; whitened: activation-aware, calibrated on --calib training samples (as "
          "truncate --method whitened)",
          0, 0, "svd|whitened", NULL},
         {"calib", ARG_INT, &calib, "--method whitened: calibration samples from the training split", 1, 1e9,
          NULL, NULL},
-        {"seed", ARG_INT, &seed, "--method whitened: which calibration samples (the training order's seed)",
-         0, 2147483647, NULL, NULL},
+        {"seed", ARG_INT, &seed,
+         "--method whitened, --budget-rule loss: which training samples (the training order's seed)", 0,
+         2147483647, NULL, NULL},
         {"dataset", ARG_STRING, &dataset, "dataset (default: the one in the model's metadata)", 0, 0, NULL,
          "NAME"},
         {"data-dir", ARG_STRING, &data_dir, "dataset directory", 0, 0, NULL, "DIR"},
@@ -229,8 +242,21 @@ int q3r_cmd_sweep(int argc, char **argv) {
     q3r_error err;
     double *ps = NULL;
     int nps = 0;
-    if (!method && (args_given(specs, "calib") || args_given(specs, "seed"))) {
-        fprintf(stderr, "q3r sweep: --calib and --seed apply to --method whitened\n");
+    if (!method && args_given(specs, "calib")) {
+        fprintf(stderr, "q3r sweep: --calib applies to --method whitened\n");
+        return 2;
+    }
+    if (!method && !brule && args_given(specs, "seed")) {
+        fprintf(stderr, "q3r sweep: --seed applies to --method whitened and --budget-rule loss\n");
+        return 2;
+    }
+    if (args_given(specs, "budget-rule") && !budgets_text) {
+        fprintf(stderr, "q3r sweep: --budget-rule %s chooses ranks under --budgets; give them\n",
+                brule ? "loss" : "energy");
+        return 2;
+    }
+    if (!brule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
+        fprintf(stderr, "q3r sweep: --loss-samples and --loss-points apply to --budget-rule loss\n");
         return 2;
     }
     if (budgets_text && args_given(specs, "ps")) {
@@ -252,6 +278,9 @@ int q3r_cmd_sweep(int argc, char **argv) {
     memset(&res, 0, sizeof res);
     q3r_grams grams;
     memset(&grams, 0, sizeof grams);
+    q3r_truncate_basis *basis = NULL;
+    q3r_loss_table loss;
+    memset(&loss, 0, sizeof loss);
     int status = 1;
     cli_model cm;
     if (cli_model_open("sweep", pos[0], batch, dataset, text, &cm)) goto done;
@@ -298,11 +327,24 @@ int q3r_cmd_sweep(int argc, char **argv) {
     }
     rule_budget = spec.budget;
     method_whitened = method;
+    rule_loss = brule;
     if (method) {
         if (cli_calibrate("sweep", &cm, data_dir, targets, calib, (uint64_t)seed, &grams)) goto done;
         spec.grams = grams.gram;
         printf("whitened: calibrated on %lld training %s\n", (long long)grams.samples,
                cm.text ? "windows" : "images");
+    }
+    if (brule) { /* the decompositions once, for the measurement and every budget */
+        if (q3r_truncate_basis_new(m, targets, spec.grams, &basis, &err)) {
+            fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
+            goto done;
+        }
+        if (cli_loss_table("sweep", &cm, data_dir, basis, loss_samples, (uint64_t)seed, loss_points, &loss))
+            goto done;
+        spec.basis = basis;
+        spec.loss = &loss;
+        printf("loss rule: measured on %lld training %s, %d evaluations (untruncated loss %.4f)\n",
+               (long long)loss.samples, cm.text ? "windows" : "images", loss.evals, loss.base_loss);
     }
     if (q3r_sweep(m, &spec, on_row, NULL, &res, &err)) {
         fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
@@ -324,6 +366,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
 done:
     fflush(stdout);
     q3r_sweep_result_free(&res);
+    q3r_truncate_basis_free(basis);
+    q3r_loss_table_free(&loss);
     q3r_grams_free(&grams);
     q3r_dataset_free(&ds);
     cli_model_close(&cm);

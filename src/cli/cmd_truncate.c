@@ -22,8 +22,28 @@ static int same_file(const char *a, const char *b) {
     return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* The loss rule's measurements, as JSON: per targeted matrix the ranks measured with their loss
+ * increases, and the interpolated increase at every rank 1 .. max_rank. */
+static void print_loss_json(q3r_model *m, const q3r_loss_table *t) {
+    printf(", \"loss_rule\": {\"samples\": %lld, \"base_loss\": %.9g, \"evaluations\": %d, \"matrices\": [",
+           (long long)t->samples, t->base_loss, t->evals);
+    for (int i = 0, n = 0; i < t->count; i++) {
+        if (!t->increase[i]) continue;
+        const char *name;
+        q3r_model_matrix_shape(m, i, &name, NULL, NULL, NULL, NULL);
+        printf("%s{\"name\": \"%s\", \"max_rank\": %d, \"measured\": [", n++ ? ", " : "", name,
+               t->max_rank[i]);
+        for (int j = 0; j < t->points[i]; j++)
+            printf("%s[%d, %.9g]", j ? ", " : "", t->ranks[i][j], t->increase[i][t->ranks[i][j]]);
+        printf("], \"increase\": [");
+        for (int r = 1; r <= t->max_rank[i]; r++) printf("%s%.9g", r > 1 ? ", " : "", t->increase[i][r]);
+        printf("]}");
+    }
+    printf("]}");
+}
+
 static void print_json(const char *in, const char *out, const char *targets, const char *rule,
-                       const q3r_truncate_report *r) {
+                       const q3r_truncate_report *r, q3r_model *m, const q3r_loss_table *loss) {
     q3r_text t;
     q3r_text_init(&t);
     q3r_text_add(&t, "{\"input\": ");
@@ -41,10 +61,12 @@ static void print_json(const char *in, const char *out, const char *targets, con
     }
     printf("], \"targeted_dense\": %lld, \"targeted_before\": %lld, \"targeted_after\": %lld, "
            "\"targeted_kept\": %.9g, \"total_dense\": %lld, \"total_before\": %lld, \"total_after\": %lld, "
-           "\"total_kept\": %.9g}\n",
+           "\"total_kept\": %.9g",
            (long long)r->targeted_dense, (long long)r->targeted_before, (long long)r->targeted_after,
            r->targeted_kept, (long long)r->total_dense, (long long)r->total_before, (long long)r->total_after,
            r->total_kept);
+    if (loss) print_loss_json(m, loss);
+    printf("}\n");
 }
 
 static void print_table(const char *out, const char *rule, const q3r_truncate_report *r) {
@@ -72,7 +94,8 @@ static void print_table(const char *out, const char *rule, const q3r_truncate_re
 int q3r_cmd_truncate(int argc, char **argv) {
     const char *targets = "qkv", *rank = NULL;
     double energy = 0, budget = 0;
-    int json = 0, threads = 0, method = 0, calib = 256, seed = 1;
+    int json = 0, threads = 0, method = 0, calib = 256, seed = 1, brule = 0, loss_samples = 64,
+        loss_points = 8;
     const char *data_dir = NULL;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,
@@ -87,6 +110,15 @@ int q3r_cmd_truncate(int argc, char **argv) {
          "keep "
          "the most of its energy (exact search; see q3r_budget_ranks)",
          0, 1, NULL, "B"},
+        {"budget-rule", ARG_CHOICE, &brule,
+         "--budget: energy: keep the most summed fraction of each matrix's energy; loss: the least summed "
+         "increase of the loss, measured with each matrix alone cut at --loss-points ranks on --loss-samples "
+         "training samples (as ASVD)",
+         0, 0, "energy|loss", NULL},
+        {"loss-samples", ARG_INT, &loss_samples,
+         "--budget-rule loss: training samples the loss is measured on", 1, 1e9, NULL, NULL},
+        {"loss-points", ARG_INT, &loss_points,
+         "--budget-rule loss: ranks measured per matrix (from 1 to its highest)", 2, 1000, NULL, NULL},
         {"method", ARG_CHOICE, &method,
          "svd: each matrix's best rank-r approximation; whitened: the rank-r matrix with the least error in "
          "its outputs on --calib training samples (activation-aware, as SVD-LLM)",
@@ -94,10 +126,11 @@ int q3r_cmd_truncate(int argc, char **argv) {
         {"calib", ARG_INT, &calib,
          "--method whitened: calibration samples (images, or text windows) from the training split", 1, 1e9,
          NULL, NULL},
-        {"seed", ARG_INT, &seed, "--method whitened: which calibration samples (the training order's seed)",
-         0, 2147483647, NULL, NULL},
-        {"data-dir", ARG_STRING, &data_dir, "--method whitened, image models: the dataset's directory", 0, 0,
-         NULL, "DIR"},
+        {"seed", ARG_INT, &seed,
+         "--method whitened, --budget-rule loss: which training samples (the training order's seed)", 0,
+         2147483647, NULL, NULL},
+        {"data-dir", ARG_STRING, &data_dir,
+         "--method whitened, --budget-rule loss, image models: the dataset's directory", 0, 0, NULL, "DIR"},
         {"threads", ARG_INT, &threads, "threads (0: all cores)", 0, 1024, NULL, NULL},
         {"json", ARG_FLAG, &json, "print the accounting as JSON", 0, 0, NULL, NULL},
         {0},
@@ -119,8 +152,23 @@ int q3r_cmd_truncate(int argc, char **argv) {
                 have_energy ? energy : budget);
         return 2;
     }
-    if (!method && (args_given(specs, "calib") || args_given(specs, "seed") || data_dir)) {
-        fprintf(stderr, "q3r truncate: --calib, --seed and --data-dir apply to --method whitened\n");
+    if (!method && args_given(specs, "calib")) {
+        fprintf(stderr, "q3r truncate: --calib applies to --method whitened\n");
+        return 2;
+    }
+    if (args_given(specs, "budget-rule") && !have_budget) {
+        fprintf(stderr, "q3r truncate: --budget-rule %s chooses ranks under a --budget; give one\n",
+                brule ? "loss" : "energy");
+        return 2;
+    }
+    if (!brule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
+        fprintf(stderr, "q3r truncate: --loss-samples and --loss-points apply to --budget-rule loss\n");
+        return 2;
+    }
+    const int need_data = method || brule;
+    if (!need_data && (args_given(specs, "seed") || data_dir)) {
+        fprintf(stderr,
+                "q3r truncate: --seed and --data-dir apply to --method whitened and --budget-rule loss\n");
         return 2;
     }
     if (same_file(pos[0], pos[1])) {
@@ -152,13 +200,27 @@ int q3r_cmd_truncate(int argc, char **argv) {
     char rule[64];
     q3r_truncate_report rep;
     memset(&rep, 0, sizeof rep);
+    q3r_truncate_basis *basis = NULL;
+    q3r_loss_table loss;
+    memset(&loss, 0, sizeof loss);
     int status = 1;
-    if (method) { /* the model with its data, calibrated in batches of 32 */
+    if (need_data) { /* the model with its data, calibrated or measured in batches of 32 */
         if (cli_model_open("truncate", pos[0], 32, NULL, NULL, &cm) ||
-            cli_calibrate("truncate", &cm, data_dir, targets, calib, (uint64_t)seed, &grams))
+            (method && cli_calibrate("truncate", &cm, data_dir, targets, calib, (uint64_t)seed, &grams)))
             goto done;
         in = cm.model;
         spec.grams = grams.gram;
+        if (brule) {
+            if (q3r_truncate_basis_new(in, targets, spec.grams, &basis, &err)) {
+                fprintf(stderr, "q3r truncate: %s: %s\n", pos[0], err.msg);
+                goto done;
+            }
+            if (cli_loss_table("truncate", &cm, data_dir, basis, loss_samples, (uint64_t)seed, loss_points,
+                               &loss))
+                goto done;
+            spec.basis = basis;
+            spec.loss = &loss;
+        }
         if (q3r_meta_copy(&meta, &cm.meta, &err)) {
             fprintf(stderr, "q3r truncate: %s\n", err.msg);
             goto done;
@@ -175,14 +237,22 @@ int q3r_cmd_truncate(int argc, char **argv) {
     }
     const char *how = method ? "whitened " : "";
     if (have_energy) snprintf(rule, sizeof rule, "%senergy %g", how, energy);
-    else if (have_budget) snprintf(rule, sizeof rule, "%sbudget %g", how, budget);
+    else if (have_budget) snprintf(rule, sizeof rule, "%s%sbudget %g", how, brule ? "loss " : "", budget);
     else snprintf(rule, sizeof rule, "%srank %s", how, rank);
-    if (json) print_json(pos[0], pos[1], targets, rule, &rep);
-    else print_table(pos[1], rule, &rep);
+    if (json) {
+        print_json(pos[0], pos[1], targets, rule, &rep, in, brule ? &loss : NULL);
+    } else {
+        print_table(pos[1], rule, &rep);
+        if (brule)
+            printf("loss rule: measured on %lld training %s, %d evaluations (untruncated loss %.4f)\n",
+                   (long long)loss.samples, cm.text ? "windows" : "images", loss.evals, loss.base_loss);
+    }
     status = 0;
 done:
     q3r_truncate_report_free(&rep);
-    if (!method) q3r_model_free(in);
+    q3r_truncate_basis_free(basis);
+    q3r_loss_table_free(&loss);
+    if (!need_data) q3r_model_free(in);
     cli_model_close(&cm);
     q3r_grams_free(&grams);
     q3r_model_free(out);

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_model_open(const char *cmd, const char *path, int batch, const char *dataset, const char *text,
                    cli_model *m) {
@@ -58,26 +59,65 @@ void cli_model_close(cli_model *m) {
     memset(m, 0, sizeof *m);
 }
 
+/* The calibration samples' spec for m: its run's text, or its dataset's training split into ds
+ * (freed by the caller). Returns 0, or 1 after printing the error. */
+static int calib_data(const char *cmd, cli_model *m, const char *data_dir, int64_t samples, uint64_t seed,
+                      q3r_calib_spec *c, q3r_dataset *ds) {
+    q3r_error err;
+    memset(ds, 0, sizeof *ds);
+    *c = (q3r_calib_spec){.samples = samples, .seed = seed};
+    if (m->text) {
+        c->text = &m->corpus;
+        return 0;
+    }
+    if (q3r_dataset_load_split(ds, m->dataset, data_dir, "train", q3r_meta_get(&m->meta, "data.classes"),
+                               &err)) {
+        fprintf(stderr, "q3r %s: calibration data: %s\n", cmd, err.msg);
+        return 1;
+    }
+    c->ds = ds;
+    c->norm = &m->norm;
+    return 0;
+}
+
 int cli_calibrate(const char *cmd, cli_model *m, const char *data_dir, const char *targets, int64_t samples,
                   uint64_t seed, q3r_grams *out) {
     q3r_error err;
     q3r_dataset ds;
-    memset(&ds, 0, sizeof ds);
-    q3r_calib_spec c = {.samples = samples, .seed = seed};
-    if (m->text) {
-        c.text = &m->corpus;
-    } else {
-        if (q3r_dataset_load_split(&ds, m->dataset, data_dir, "train", q3r_meta_get(&m->meta, "data.classes"),
-                                   &err)) {
-            fprintf(stderr, "q3r %s: calibration data: %s\n", cmd, err.msg);
-            return 1;
-        }
-        c.ds = &ds;
-        c.norm = &m->norm;
-    }
+    q3r_calib_spec c;
+    if (calib_data(cmd, m, data_dir, samples, seed, &c, &ds)) return 1;
     q3r_status s = q3r_calibrate(m->model, targets, &c, out, &err);
     q3r_dataset_free(&ds);
     if (s) fprintf(stderr, "q3r %s: --calib: %s\n", cmd, err.msg);
+    return s ? 1 : 0;
+}
+
+typedef struct {
+    const char *cmd;
+    int tty;
+    double last;
+} loss_progress;
+
+static void on_loss_eval(int done, int total, void *ctx) {
+    loss_progress *p = ctx;
+    const double now = q3r_now();
+    if (done < total && now - p->last < (p->tty ? 0.2 : 10.0)) return;
+    p->last = now;
+    fprintf(stderr, "%sq3r %s: loss rule: %d of %d evaluations%s", p->tty ? "\r" : "", p->cmd, done, total,
+            p->tty && done < total ? "" : "\n");
+    fflush(stderr);
+}
+
+int cli_loss_table(const char *cmd, cli_model *m, const char *data_dir, const q3r_truncate_basis *basis,
+                   int64_t samples, uint64_t seed, int points, q3r_loss_table *out) {
+    q3r_error err;
+    q3r_dataset ds;
+    q3r_calib_spec c;
+    if (calib_data(cmd, m, data_dir, samples, seed, &c, &ds)) return 1;
+    loss_progress p = {cmd, isatty(fileno(stderr)), q3r_now()};
+    q3r_status s = q3r_loss_sensitivity(m->model, basis, &c, points, on_loss_eval, &p, out, &err);
+    q3r_dataset_free(&ds);
+    if (s) fprintf(stderr, "q3r %s: --budget-rule loss: %s\n", cmd, err.msg);
     return s ? 1 : 0;
 }
 

@@ -36,7 +36,7 @@ q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double bud
     double work = 0;
     for (int j = 0; j < count; j++) {
         const q3r_budget_matrix *x = &mats[j];
-        if (x->rows < 1 || x->cols < 1 || x->k < 1 || !x->sigma)
+        if (x->rows < 1 || x->cols < 1 || x->k < 1 || (!x->sigma && !x->loss))
             return q3r_fail(err, Q3R_EINVAL, "budget: matrix %d (%s) is %d x %d with %d singular values", j,
                             x->name ? x->name : "?", x->rows, x->cols, x->k);
         if (q3r_budget_max_rank(x->rows, x->cols) < 1)
@@ -78,7 +78,7 @@ q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double bud
         goto done;
     }
     /* best[b]: the most kept energy (each matrix's fraction, summed) of the matrices so far in at
-     * most b units; -1: infeasible */
+     * most b units; -INFINITY: infeasible */
     for (size_t b = 0; b < cells; b++) best[b] = 0;
     for (int j = 0; j < count; j++) {
         const q3r_budget_matrix *x = &mats[j];
@@ -87,16 +87,17 @@ q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double bud
         if (rmax > x->k) rmax = x->k;
         if (rmax > 65535) rmax = 65535;
         double total = 0;
-        for (int i = 0; i < x->k; i++) total += x->sigma[i] * x->sigma[i];
+        for (int i = 0; !x->loss && i < x->k; i++) total += x->sigma[i] * x->sigma[i];
         uint16_t *ch = choice + (size_t)j * cells;
         for (size_t b = 0; b < cells; b++) {
-            double v = -1, kept = 0;
+            double v = -INFINITY, kept = 0;
             int pick = 0;
             for (int r = 1; r <= rmax && (int64_t)r * c <= (int64_t)b; r++) {
-                kept += x->sigma[r - 1] * x->sigma[r - 1];
+                if (!x->loss) kept += x->sigma[r - 1] * x->sigma[r - 1];
                 const double prev = best[b - (size_t)(r * c)];
-                if (prev < 0) continue;
-                const double cand = prev + (total > 0 ? kept / total : 0);
+                if (prev == -INFINITY) continue;
+                const double gain = x->loss ? -x->loss[r] : total > 0 ? kept / total : 0;
+                const double cand = prev + gain;
                 if (cand > v) { /* strictly better: ties keep the smaller rank */
                     v = cand;
                     pick = r;
@@ -111,7 +112,7 @@ q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double bud
     }
     /* the best over every budget up to U (more budget never hurts, so b = U holds it), then back */
     size_t b = (size_t)U;
-    if (best[b] < 0) {
+    if (best[b] == -INFINITY) {
         s = q3r_fail(err, Q3R_EINVAL, "budget %g: no assignment of ranks >= 1 fits", budget);
         goto done;
     }

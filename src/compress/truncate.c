@@ -10,6 +10,7 @@
 #include "q3r/io.h"
 #include "q3r/linalg.h"
 #include "base/util.h"
+#include "compress/compress_impl.h"
 
 void q3r_truncate_report_free(q3r_truncate_report *rep) {
     if (!rep) return;
@@ -30,8 +31,7 @@ static void count_params(q3r_model *m, int64_t *stored, int64_t *dense) {
     *dense = d;
 }
 
-/* W (rows, cols) = the matrix's weight, dense or the product A B (summed in double). */
-static int dense_weight(const q3r_matrix *mx, float *W) {
+int q3r_matrix_dense_weight(const q3r_matrix *mx, float *W) {
     if (!mx->rank) {
         memcpy(W, mx->w, sizeof(float) * (size_t)mx->rows * mx->cols);
         return 0;
@@ -51,50 +51,111 @@ static int dense_weight(const q3r_matrix *mx, float *W) {
     return 0;
 }
 
+/* ---- decompositions --------------------------------------------------------------------------- */
+
+void q3r_truncate_basis_free(q3r_truncate_basis *b) {
+    if (!b) return;
+    for (int i = 0; b->mats && i < b->count; i++) {
+        q3r_free(b->mats[i].U);
+        q3r_free(b->mats[i].sig);
+        q3r_free(b->mats[i].VT);
+        q3r_free(b->mats[i].S);
+    }
+    free(b->mats);
+    free(b);
+}
+
+int q3r_basis_max_rank(const q3r_basis_mat *d) {
+    int r = q3r_budget_max_rank(d->rows, d->cols);
+    if (r > d->k) r = d->k;
+    if (d->rank_in && r > d->rank_in) r = d->rank_in;
+    return r;
+}
+
+q3r_status q3r_truncate_basis_new(q3r_model *in, const char *targets, double *const *grams,
+                                  q3r_truncate_basis **out, q3r_error *err) {
+    if (!in || !targets || !out) return q3r_fail(err, Q3R_EINVAL, "truncate: NULL argument");
+    *out = NULL;
+    const int nm = q3r_model_num_matrices(in);
+    q3r_truncate_basis *b = calloc(1, sizeof *b);
+    uint8_t *sel = calloc((size_t)nm, 1);
+    float *W = NULL;
+    q3r_status s = Q3R_OK;
+    if (!b || !sel || !(b->mats = calloc((size_t)nm, sizeof *b->mats))) {
+        s = q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
+        goto done;
+    }
+    b->count = nm;
+    if ((s = q3r_model_select(in, targets, sel, err))) goto done;
+    for (int i = 0; i < nm && !s; i++) {
+        if (!sel[i]) continue;
+        q3r_matrix mx;
+        q3r_model_matrix(in, i, &mx, NULL);
+        q3r_basis_mat *d = &b->mats[i];
+        const int k = mx.rows < mx.cols ? mx.rows : mx.cols;
+        const double *G = grams ? grams[i] : NULL;
+        *d = (q3r_basis_mat){.rows = mx.rows, .cols = mx.cols, .k = k, .rank_in = mx.rank};
+        d->U = q3r_alloc(sizeof(double) * (size_t)mx.rows * k);
+        d->sig = q3r_alloc(sizeof(double) * (size_t)k);
+        d->VT = q3r_alloc(sizeof(double) * (size_t)k * mx.cols);
+        if (G) d->S = q3r_alloc(sizeof(double) * (size_t)mx.cols * mx.cols);
+        free(W);
+        W = malloc(sizeof(float) * (size_t)mx.rows * mx.cols);
+        if (!d->U || !d->sig || !d->VT || (G && !d->S) || !W || q3r_matrix_dense_weight(&mx, W)) {
+            s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
+            break;
+        }
+        s = G ? q3r_whitened_svd(W, mx.rows, mx.cols, mx.cols, G, d->U, d->sig, d->VT, d->S, NULL, err)
+              : q3r_svd_thin(W, mx.rows, mx.cols, mx.cols, d->U, d->sig, d->VT, err);
+        if (s) q3r_fail_context(err, "truncate %s", mx.name);
+    }
+done:
+    free(W);
+    free(sel);
+    if (s) q3r_truncate_basis_free(b);
+    else *out = b;
+    return s;
+}
+
 static void rule_text(const q3r_truncate_spec *spec, char *buf, size_t cap) {
     const int w = spec->grams ? snprintf(buf, cap, "whitened ") : 0;
     buf += w;
     cap -= (size_t)w;
-    if (spec->budget > 0) snprintf(buf, cap, "budget %.9g", spec->budget);
+    if (spec->budget > 0) snprintf(buf, cap, "%sbudget %.9g", spec->loss ? "loss " : "", spec->budget);
     else if (spec->energy > 0) snprintf(buf, cap, "energy %.9g", spec->energy);
     else if (spec->rank.kind == Q3R_RANK_INT) snprintf(buf, cap, "rank %d", (int)spec->rank.value);
     else if (spec->rank.kind == Q3R_RANK_FRACTION) snprintf(buf, cap, "fraction %.9g", spec->rank.value);
     else snprintf(buf, cap, "maxdim:%.9g", spec->rank.value);
 }
 
-/* The budget's ranks into ranks[i] of each selected matrix i (the rest 0), from the singular
- * values of each one's weight (W, S: work buffers of the largest matrix). An already factored
- * matrix cannot grow: its rank caps the choice. */
-static q3r_status budget_ranks(q3r_model *in, const uint8_t *sel, double budget, double *const *grams,
-                               float *W, double *S, int *ranks, q3r_error *err) {
-    const int nm = q3r_model_num_matrices(in);
+/* The budget's ranks into ranks[i] of each selected matrix i (the rest 0): from the singular
+ * values of each one's decomposition, or from the measured loss table. An already factored matrix
+ * cannot grow: its rank caps the choice. */
+static q3r_status budget_ranks(q3r_model *in, const q3r_truncate_basis *B, const uint8_t *sel, double budget,
+                               const q3r_loss_table *loss, int *ranks, q3r_error *err) {
+    const int nm = B->count;
     q3r_budget_matrix *bm = calloc((size_t)nm, sizeof *bm);
-    double **sig = calloc((size_t)nm, sizeof *sig);
     int *chosen = calloc((size_t)nm, sizeof *chosen), n = 0;
-    q3r_status s = !bm || !sig || !chosen ? q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory") : Q3R_OK;
+    q3r_status s = !bm || !chosen ? q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory") : Q3R_OK;
     for (int i = 0; i < nm && !s; i++) {
         if (!sel[i]) continue;
+        const q3r_basis_mat *d = &B->mats[i];
+        const int k = d->rank_in ? d->rank_in : d->k;
         q3r_matrix mx;
         q3r_model_matrix(in, i, &mx, NULL);
-        const int k = mx.rows < mx.cols ? mx.rows : mx.cols;
-        if (dense_weight(&mx, W) || !(sig[n] = malloc(sizeof(double) * (size_t)k))) {
-            s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
-            break;
+        bm[n] = (q3r_budget_matrix){mx.name, d->rows, d->cols, k, d->sig, NULL};
+        if (loss) {
+            if (i >= loss->count || !loss->increase[i] || loss->max_rank[i] < q3r_basis_max_rank(d)) {
+                s = q3r_fail(err, Q3R_EINVAL, "truncate %s: the loss table has no entry for it", mx.name);
+                break;
+            }
+            bm[n].loss = loss->increase[i];
+            if (bm[n].k > loss->max_rank[i]) bm[n].k = loss->max_rank[i];
         }
-        const double *G = grams ? grams[i] : NULL;
-        if ((s = G ? q3r_whitened_factors(W, mx.rows, mx.cols, mx.cols, G, 0, NULL, NULL, S, NULL, err)
-                   : q3r_svd_thin(W, mx.rows, mx.cols, mx.cols, NULL, S, NULL, err))) {
-            q3r_fail_context(err, "truncate %s", mx.name);
-            break;
-        }
-        memcpy(sig[n], S, sizeof(double) * (size_t)k);
-        bm[n] = (q3r_budget_matrix){mx.name, mx.rows, mx.cols, mx.rank ? mx.rank : k, sig[n]};
         n++;
     }
     if (!s && (s = q3r_budget_ranks(bm, n, budget, chosen, NULL, err))) q3r_fail_context(err, "truncate");
     for (int i = 0, j = 0; i < nm && !s; i++) ranks[i] = sel[i] ? chosen[j++] : 0;
-    for (int j = 0; sig && j < nm; j++) free(sig[j]);
-    free(sig);
     free(bm);
     free(chosen);
     return s;
@@ -111,14 +172,16 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         return q3r_fail(err, Q3R_EINVAL, "truncate: budget %g not in (0, 1]", spec->budget);
     if (spec->budget > 0 && spec->energy > 0)
         return q3r_fail(err, Q3R_EINVAL, "truncate: give an energy or a budget, not both");
+    if (spec->loss && !(spec->budget > 0))
+        return q3r_fail(err, Q3R_EINVAL, "truncate: the loss rule chooses ranks under a budget: give one");
     const int nm = q3r_model_num_matrices(in);
     const int *rin = q3r_model_ranks(in);
     uint8_t *sel = calloc((size_t)nm, 1);
     int *ranks = calloc((size_t)nm, sizeof(int));
     float **fa = calloc((size_t)nm, sizeof(float *)), **fb = calloc((size_t)nm, sizeof(float *));
     q3r_truncate_matrix *mats = calloc((size_t)nm, sizeof *mats);
-    float *W = NULL;
-    double *U = NULL, *S = NULL, *VT = NULL;
+    q3r_truncate_basis *own = NULL;
+    const q3r_truncate_basis *B = spec->basis;
     q3r_model *m = NULL;
     int count = 0;
     q3r_status s = Q3R_OK;
@@ -128,69 +191,56 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
     }
     s = q3r_model_select(in, spec->targets, sel, err);
     if (s) goto done;
-    /* the largest matrix sizes the work buffers */
-    size_t maxmn = 0, maxk = 0;
+    /* the rank rule's own errors come before any decomposition */
+    for (int i = 0; i < nm && spec->budget <= 0 && spec->energy <= 0; i++) {
+        if (!sel[i]) continue;
+        q3r_matrix mx;
+        q3r_model_matrix(in, i, &mx, NULL);
+        const int k = mx.rows < mx.cols ? mx.rows : mx.cols;
+        int r;
+        if ((s = q3r_rank_resolve(spec->rank, mx.rows, mx.cols, &r, err))) {
+            q3r_fail_context(err, "truncate %s (%d x %d)", mx.name, mx.rows, mx.cols);
+            goto done;
+        }
+        if (r > k) {
+            s = q3r_fail(err, Q3R_EINVAL, "truncate %s (%d x %d): rank %d is above min(rows, cols) = %d",
+                         mx.name, mx.rows, mx.cols, r, k);
+            goto done;
+        }
+        if (mx.rank && r > mx.rank) {
+            s = q3r_fail(err, Q3R_EINVAL, "truncate %s: already factored at rank %d, cannot grow to rank %d",
+                         mx.name, mx.rank, r);
+            goto done;
+        }
+        ranks[i] = r;
+    }
+    if (!B && (s = q3r_truncate_basis_new(in, spec->targets, spec->grams, &own, err))) goto done;
+    if (own) B = own;
     for (int i = 0; i < nm; i++) {
-        int r, c;
-        q3r_model_matrix_shape(in, i, NULL, NULL, &r, &c, NULL);
-        if ((size_t)r * c > maxmn) maxmn = (size_t)r * c;
-        if ((size_t)(r < c ? r : c) > maxk) maxk = (size_t)(r < c ? r : c);
+        q3r_matrix mx;
+        q3r_model_matrix(in, i, &mx, NULL);
+        if (sel[i] &&
+            (B->count != nm || !B->mats[i].U || B->mats[i].rows != mx.rows || B->mats[i].cols != mx.cols)) {
+            s = q3r_fail(err, Q3R_EINVAL, "truncate %s: the decomposition given does not cover it", mx.name);
+            goto done;
+        }
     }
-    W = malloc(sizeof(float) * maxmn);
-    U = malloc(sizeof(double) * maxmn);
-    VT = malloc(sizeof(double) * maxmn);
-    S = malloc(sizeof(double) * maxk);
-    if (!W || !U || !VT || !S) {
-        s = q3r_fail(err, Q3R_ENOMEM, "truncate: out of memory");
-        goto done;
-    }
-
-    if (spec->budget > 0 && (s = budget_ranks(in, sel, spec->budget, spec->grams, W, S, ranks, err)))
-        goto done;
+    if (spec->budget > 0 && (s = budget_ranks(in, B, sel, spec->budget, spec->loss, ranks, err))) goto done;
 
     for (int i = 0; i < nm && !s; i++) {
-        const int budgeted = ranks[i]; /* 0 unless the budget chose it */
+        int r = ranks[i]; /* the rank rule's or the budget's; the energy rule's below */
         ranks[i] = rin[i];
         if (!sel[i]) continue;
         q3r_matrix mx;
         q3r_model_matrix(in, i, &mx, NULL);
-        const int rows = mx.rows, cols = mx.cols, k = rows < cols ? rows : cols;
+        const q3r_basis_mat *d = &B->mats[i];
+        const int rows = mx.rows, cols = mx.cols, k = d->k;
+        const double *S = d->sig;
         q3r_truncate_matrix *t = &mats[count++];
         snprintf(t->name, sizeof t->name, "%s", mx.name);
         t->rows = rows;
         t->cols = cols;
         t->rank_before = mx.rank;
-        /* the rank asked for */
-        int r = budgeted;
-        if (spec->budget <= 0 && spec->energy <= 0) {
-            s = q3r_rank_resolve(spec->rank, rows, cols, &r, err);
-            if (s) {
-                q3r_fail_context(err, "truncate %s (%d x %d)", mx.name, rows, cols);
-                break;
-            }
-            if (r > k) {
-                s = q3r_fail(err, Q3R_EINVAL, "truncate %s (%d x %d): rank %d is above min(rows, cols) = %d",
-                             mx.name, rows, cols, r, k);
-                break;
-            }
-            if (mx.rank && r > mx.rank) {
-                s = q3r_fail(err, Q3R_EINVAL,
-                             "truncate %s: already factored at rank %d, cannot grow to rank %d", mx.name,
-                             mx.rank, r);
-                break;
-            }
-        }
-        if (dense_weight(&mx, W)) {
-            s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
-            break;
-        }
-        const double *G = spec->grams ? spec->grams[i] : NULL; /* whitened: the singular values of W S */
-        s = G ? q3r_whitened_factors(W, rows, cols, cols, G, 0, NULL, NULL, S, NULL, err)
-              : q3r_svd_thin(W, rows, cols, cols, U, S, VT, err);
-        if (s) {
-            q3r_fail_context(err, "truncate %s", mx.name);
-            break;
-        }
         /* cumulative energy, summed in one order so cum[k-1] is the total exactly */
         double total = 0;
         for (int j = 0; j < k; j++) total += S[j] * S[j];
@@ -219,25 +269,13 @@ q3r_status q3r_truncate(q3r_model *in, const q3r_truncate_spec *spec, int max_ba
         t->sigma_first = S[0];
         t->sigma_kept_last = S[r - 1];
         ranks[i] = r;
-        /* A = U_r sqrt(S_r) (rows, r); B = sqrt(S_r) V_r^T (r, cols) */
         fa[i] = malloc(sizeof(float) * (size_t)rows * r);
         fb[i] = malloc(sizeof(float) * (size_t)r * cols);
         if (!fa[i] || !fb[i]) {
             s = q3r_fail(err, Q3R_ENOMEM, "truncate %s: out of memory", mx.name);
             break;
         }
-        if (G) {
-            if ((s = q3r_whitened_factors(W, rows, cols, cols, G, r, fa[i], fb[i], NULL, NULL, err))) {
-                q3r_fail_context(err, "truncate %s", mx.name);
-                break;
-            }
-            continue;
-        }
-        for (int a = 0; a < rows; a++)
-            for (int j = 0; j < r; j++) fa[i][(size_t)a * r + j] = (float)(U[(size_t)a * k + j] * sqrt(S[j]));
-        for (int j = 0; j < r; j++)
-            for (int b = 0; b < cols; b++)
-                fb[i][(size_t)j * cols + b] = (float)(sqrt(S[j]) * VT[(size_t)j * cols + b]);
+        if ((s = q3r_basis_factors(d, r, fa[i], fb[i], err))) q3r_fail_context(err, "truncate %s", mx.name);
     }
     if (s) goto done;
 
@@ -302,10 +340,7 @@ done:
     free(sel);
     free(ranks);
     free(mats);
-    free(W);
-    free(U);
-    free(VT);
-    free(S);
+    q3r_truncate_basis_free(own);
     q3r_model_free(m);
     return s;
 }

@@ -10,6 +10,7 @@
 
 #include "q3r/linalg.h"
 #include "q3r/train.h"
+#include "compress/compress_impl.h"
 
 /* LAPACK, Fortran symbol (libopenblas carries it). Column-major. */
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
@@ -44,18 +45,12 @@ static q3r_status cholesky(const double *G, int n, double *S, double *ridge, q3r
                     "ridge of 1e-2 of its mean diagonal");
 }
 
-q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const double *G, int r, float *A,
-                                float *B, double *sigma, double *ridge_out, q3r_error *err) {
+q3r_status q3r_whitened_svd(const float *W, int m, int n, int ld, const double *G, double *U, double *sig,
+                            double *VT, double *S, double *ridge_out, q3r_error *err) {
     if (!W || !G || m < 1 || n < 1 || ld < n)
         return q3r_fail(err, Q3R_EINVAL, "whitening: bad arguments (%d x %d, ld %d)", m, n, ld);
-    const int k = m < n ? m : n;
-    if ((A || B) && (r < 1 || r > k))
-        return q3r_fail(err, Q3R_EINVAL, "whitening: rank %d not in [1, %d]", r, k);
-    double *S = q3r_alloc(sizeof(double) * (size_t)n * n), *M = q3r_alloc(sizeof(double) * (size_t)m * n);
-    double *U = q3r_alloc(sizeof(double) * (size_t)m * k), *VT = q3r_alloc(sizeof(double) * (size_t)k * n);
-    double *Sig = q3r_alloc(sizeof(double) * (size_t)k), *Wd = q3r_alloc(sizeof(double) * (size_t)m * n);
-    q3r_status s =
-        !S || !M || !U || !VT || !Sig || !Wd ? q3r_fail(err, Q3R_ENOMEM, "whitening: out of memory") : Q3R_OK;
+    double *M = q3r_alloc(sizeof(double) * (size_t)m * n), *Wd = q3r_alloc(sizeof(double) * (size_t)m * n);
+    q3r_status s = !M || !Wd ? q3r_fail(err, Q3R_ENOMEM, "whitening: out of memory") : Q3R_OK;
     double ridge = 0;
     if (!s) s = cholesky(G, n, S, &ridge, err);
     if (!s) {
@@ -63,33 +58,64 @@ q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const doub
             for (int j = 0; j < n; j++) Wd[(size_t)i * n + j] = W[(size_t)i * ld + j];
         /* M = W S */
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, n, 1.0, Wd, n, S, n, 0.0, M, n);
-        s = q3r_svd_thin_d(M, m, n, n, U, Sig, VT, err);
+        s = q3r_svd_thin_d(M, m, n, n, U, sig, VT, err);
     }
-    if (!s && (A || B)) {
-        /* A = U_r sqrt(Sigma_r); C = sqrt(Sigma_r) V_r^T, then B = C S^-1 (B S = C, S lower) */
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < r; j++) A[(size_t)i * r + j] = (float)(U[(size_t)i * k + j] * sqrt(Sig[j]));
-        for (int j = 0; j < r; j++)
-            for (int c = 0; c < n; c++) VT[(size_t)j * n + c] *= sqrt(Sig[j]);
-        cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, n, 1.0, S, n, VT,
-                    n);
-        for (size_t i = 0; i < (size_t)r * n; i++) B[i] = (float)VT[i];
-        for (size_t i = 0; i < (size_t)r * n; i++)
-            if (!isfinite(B[i])) {
-                s = q3r_fail(err, Q3R_ENUMERIC,
-                             "whitening: the factor B = Sigma^1/2 V^T S^-1 overflows float "
-                             "(an input direction with near-zero variance)");
-                break;
-            }
-    }
-    if (!s && sigma) memcpy(sigma, Sig, sizeof(double) * (size_t)k);
     if (!s && ridge_out) *ridge_out = ridge;
-    q3r_free(S);
     q3r_free(M);
-    q3r_free(U);
-    q3r_free(VT);
-    q3r_free(Sig);
     q3r_free(Wd);
+    return s;
+}
+
+q3r_status q3r_basis_factors(const q3r_basis_mat *d, int r, float *A, float *B, q3r_error *err) {
+    const int m = d->rows, n = d->cols, k = d->k;
+    if (r < 1 || r > k) return q3r_fail(err, Q3R_EINVAL, "truncation: rank %d not in [1, %d]", r, k);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < r; j++) A[(size_t)i * r + j] = (float)(d->U[(size_t)i * k + j] * sqrt(d->sig[j]));
+    if (!d->S) {
+        for (int j = 0; j < r; j++)
+            for (int c = 0; c < n; c++)
+                B[(size_t)j * n + c] = (float)(sqrt(d->sig[j]) * d->VT[(size_t)j * n + c]);
+        return Q3R_OK;
+    }
+    /* whitened: C = sqrt(Sigma_r) V_r^T, then B = C S^-1 (B S = C, S lower) */
+    double *C = q3r_alloc(sizeof(double) * (size_t)r * n);
+    if (!C) return q3r_fail(err, Q3R_ENOMEM, "whitening: out of memory");
+    for (int j = 0; j < r; j++)
+        for (int c = 0; c < n; c++) C[(size_t)j * n + c] = sqrt(d->sig[j]) * d->VT[(size_t)j * n + c];
+    cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, n, 1.0, d->S, n, C, n);
+    q3r_status s = Q3R_OK;
+    for (size_t i = 0; i < (size_t)r * n; i++) {
+        B[i] = (float)C[i];
+        if (!isfinite(B[i]) && !s)
+            s = q3r_fail(err, Q3R_ENUMERIC,
+                         "whitening: the factor B = Sigma^1/2 V^T S^-1 overflows float "
+                         "(an input direction with near-zero variance)");
+    }
+    q3r_free(C);
+    return s;
+}
+
+q3r_status q3r_whitened_factors(const float *W, int m, int n, int ld, const double *G, int r, float *A,
+                                float *B, double *sigma, double *ridge_out, q3r_error *err) {
+    if (!W || !G || m < 1 || n < 1 || ld < n)
+        return q3r_fail(err, Q3R_EINVAL, "whitening: bad arguments (%d x %d, ld %d)", m, n, ld);
+    const int k = m < n ? m : n;
+    if ((A || B) && (r < 1 || r > k))
+        return q3r_fail(err, Q3R_EINVAL, "whitening: rank %d not in [1, %d]", r, k);
+    q3r_basis_mat d = {.rows = m, .cols = n, .k = k};
+    d.S = q3r_alloc(sizeof(double) * (size_t)n * n);
+    d.U = q3r_alloc(sizeof(double) * (size_t)m * k);
+    d.VT = q3r_alloc(sizeof(double) * (size_t)k * n);
+    d.sig = q3r_alloc(sizeof(double) * (size_t)k);
+    q3r_status s =
+        !d.S || !d.U || !d.VT || !d.sig ? q3r_fail(err, Q3R_ENOMEM, "whitening: out of memory") : Q3R_OK;
+    if (!s) s = q3r_whitened_svd(W, m, n, ld, G, d.U, d.sig, d.VT, d.S, ridge_out, err);
+    if (!s && (A || B)) s = q3r_basis_factors(&d, r, A, B, err);
+    if (!s && sigma) memcpy(sigma, d.sig, sizeof(double) * (size_t)k);
+    q3r_free(d.S);
+    q3r_free(d.U);
+    q3r_free(d.VT);
+    q3r_free(d.sig);
     return s;
 }
 
@@ -128,22 +154,82 @@ static q3r_status accumulate(q3r_model *m, q3r_grams *g, float *tmp, q3r_error *
     return Q3R_OK;
 }
 
-q3r_status q3r_calibrate(q3r_model *m, const char *targets, const q3r_calib_spec *c, q3r_grams *out,
-                         q3r_error *err) {
-    memset(out, 0, sizeof *out);
+q3r_status q3r_calib_iter_open(q3r_model *m, const q3r_calib_spec *c, q3r_calib_iter *it, q3r_error *err) {
+    memset(it, 0, sizeof *it);
     if (!m || !c || c->samples < 1)
         return q3r_fail(err, Q3R_EINVAL, "calibration: needs a model and at least one sample");
     const q3r_model_input *in = q3r_model_input_spec(m);
-    const int text = in->kind == Q3R_INPUT_TOKENS;
-    if (text ? !c->text : (!c->ds || !c->norm))
+    it->text = in->kind == Q3R_INPUT_TOKENS;
+    if (it->text ? !c->text : (!c->ds || !c->norm))
         return q3r_fail(err, Q3R_EINVAL, "calibration: a %s model needs %s", q3r_model_family_name(m),
-                        text ? "a text file" : "an image dataset");
-    q3r_status s = text ? q3r_check_text(m, c->text, err) : q3r_check_dataset(m, c->ds, err);
+                        it->text ? "a text file" : "an image dataset");
+    q3r_status s = it->text ? q3r_check_text(m, c->text, err) : q3r_check_dataset(m, c->ds, err);
     if (s) return s;
-    const int64_t avail = text ? c->text->train_n - c->text->context : c->ds->n;
+    const int64_t avail = it->text ? c->text->train_n - c->text->context : c->ds->n;
     if (c->samples > avail)
         return q3r_fail(err, Q3R_EINVAL, "calibration: %lld samples asked, the training split holds %lld %s",
-                        (long long)c->samples, (long long)avail, text ? "window offsets" : "images");
+                        (long long)c->samples, (long long)avail, it->text ? "window offsets" : "images");
+    /* drawn in loader batches of Q3R_CALIB_DRAW whatever the model's batch (which samples a
+     * seed gives depends on the loader's batch), forwarded in chunks of at most its max batch */
+    const int B = Q3R_CALIB_DRAW, mb = q3r_model_max_batch(m);
+    it->chunk = mb < B ? mb : B;
+    it->seq = it->text ? c->text->context : 0;
+    it->per = it->text ? (size_t)it->seq : (size_t)in->channels * in->height * in->width;
+    const size_t per = it->per;
+    if (it->text) it->tok = q3r_alloc(sizeof(int32_t) * (size_t)B * per);
+    else it->x = q3r_alloc(sizeof(float) * (size_t)B * per);
+    it->tgt = q3r_alloc(sizeof(int32_t) * (size_t)B * (it->text ? per : 1));
+    if ((it->text ? !it->tok : !it->x) || !it->tgt)
+        s = q3r_fail(err, Q3R_ENOMEM, "calibration: out of memory");
+    if (!s && it->text) {
+        q3r_corpus_loader_config lc = {.batch_size = B, .seed = c->seed};
+        s = q3r_corpus_loader_init(&it->TL, c->text, &lc, err);
+    } else if (!s) {
+        q3r_loader_config lc = {.batch_size = B, .shuffle = 1, .seed = c->seed, .norm = *c->norm};
+        s = q3r_loader_init(&it->L, c->ds, &lc, err);
+        it->loader = !s;
+    }
+    if (s) {
+        q3r_calib_iter_close(it);
+        return s;
+    }
+    it->left = c->samples;
+    return Q3R_OK;
+}
+
+int q3r_calib_iter_next(q3r_calib_iter *it, q3r_batch *b) {
+    if (it->left <= 0) return 0;
+    if (it->pos >= it->have) { /* the next loader batch */
+        if (it->text) q3r_corpus_loader_next(&it->TL, it->tok, it->tgt, &it->have);
+        else q3r_loader_next(&it->L, it->x, it->tgt, &it->have, NULL);
+        it->pos = 0;
+    }
+    int64_t count = it->have - it->pos;
+    if (count > it->chunk) count = it->chunk;
+    if (count > it->left) count = it->left;
+    const size_t at = (size_t)it->pos * it->per;
+    if (it->text)
+        *b = (q3r_batch){.count = count, .tokens = it->tok + at, .targets = it->tgt + at, .seq_len = it->seq};
+    else *b = (q3r_batch){.count = count, .images = it->x + at, .targets = it->tgt + it->pos};
+    it->pos += count;
+    it->left -= count;
+    return 1;
+}
+
+void q3r_calib_iter_close(q3r_calib_iter *it) {
+    if (it->loader) q3r_loader_free(&it->L);
+    q3r_free(it->x);
+    q3r_free(it->tok);
+    q3r_free(it->tgt);
+    memset(it, 0, sizeof *it);
+}
+
+q3r_status q3r_calibrate(q3r_model *m, const char *targets, const q3r_calib_spec *c, q3r_grams *out,
+                         q3r_error *err) {
+    memset(out, 0, sizeof *out);
+    q3r_calib_iter it;
+    q3r_status s = q3r_calib_iter_open(m, c, &it, err);
+    if (s) return s;
     const int nm = q3r_model_num_matrices(m);
     uint8_t *sel = calloc((size_t)nm, 1);
     out->count = nm;
@@ -179,49 +265,19 @@ q3r_status q3r_calibrate(q3r_model *m, const char *targets, const q3r_calib_spec
         memset(out->gram[i], 0, sizeof(double) * (size_t)cols * cols);
         out->own[i] = 1;
     }
-    const int B = q3r_model_max_batch(m);
-    const int C = text ? c->text->context : 0;
-    const size_t per = text ? (size_t)C : (size_t)in->channels * in->height * in->width;
     float *tmp = s ? NULL : q3r_alloc(sizeof(float) * (size_t)maxc * maxc);
-    float *x = s || text ? NULL : q3r_alloc(sizeof(float) * (size_t)B * per);
-    int32_t *tok = s || !text ? NULL : q3r_alloc(sizeof(int32_t) * (size_t)B * per);
-    int32_t *tgt = s ? NULL : q3r_alloc(sizeof(int32_t) * (size_t)B * (text ? per : 1));
-    if (!s && (!tmp || (!text && !x) || (text && !tok) || !tgt))
-        s = q3r_fail(err, Q3R_ENOMEM, "calibration: out of memory");
-    q3r_loader L;
-    q3r_corpus_loader TL;
-    memset(&L, 0, sizeof L);
-    memset(&TL, 0, sizeof TL);
-    if (!s && text) {
-        q3r_corpus_loader_config lc = {.batch_size = B, .seed = c->seed};
-        s = q3r_corpus_loader_init(&TL, c->text, &lc, err);
-    } else if (!s) {
-        q3r_loader_config lc = {.batch_size = B, .shuffle = 1, .seed = c->seed, .norm = *c->norm};
-        s = q3r_loader_init(&L, c->ds, &lc, err);
-    }
+    if (!s && !tmp) s = q3r_fail(err, Q3R_ENOMEM, "calibration: out of memory");
     int64_t done = 0;
-    while (!s && done < c->samples) {
-        int64_t count;
-        q3r_batch b;
-        if (text) {
-            q3r_corpus_loader_next(&TL, tok, tgt, &count);
-            b = (q3r_batch){.count = count, .tokens = tok, .targets = tgt, .seq_len = C};
-        } else {
-            q3r_loader_next(&L, x, tgt, &count, NULL);
-            b = (q3r_batch){.count = count, .images = x, .targets = tgt};
-        }
-        if (b.count > c->samples - done) b.count = c->samples - done;
+    q3r_batch b;
+    while (!s && q3r_calib_iter_next(&it, &b)) {
         float loss;
         if ((s = q3r_model_forward(m, &b, 0.0f, 0, NULL, &loss, err))) break;
         if ((s = accumulate(m, out, tmp, err))) break;
         done += b.count;
     }
     out->samples = done;
-    if (!text) q3r_loader_free(&L);
+    q3r_calib_iter_close(&it);
     q3r_free(tmp);
-    q3r_free(x);
-    q3r_free(tok);
-    q3r_free(tgt);
     free(sel);
     if (s) q3r_grams_free(out);
     return s;

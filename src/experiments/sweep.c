@@ -213,6 +213,15 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
         return q3r_fail(err, Q3R_ENOMEM, "sweep: out of memory");
     }
     q3r_model_select(in, spec->targets, sel, NULL);
+    q3r_truncate_basis *own = NULL;
+    const q3r_truncate_basis *basis = spec->basis;
+    if (!basis && (s = q3r_truncate_basis_new(in, spec->targets, spec->grams, &own, err))) {
+        q3r_fail_context(err, "sweep");
+        free(sel);
+        free(rows);
+        return s;
+    }
+    if (own) basis = own;
 
     /* the untruncated model, scored at the evaluation batch */
     q3r_sweep_row base;
@@ -222,6 +231,7 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
     s = score(in, spec, &base, err);
     if (s) {
         q3r_fail_context(err, "sweep: untruncated model");
+        q3r_truncate_basis_free(own);
         free(sel);
         free(rows);
         return s;
@@ -247,6 +257,8 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
             q3r_truncate_spec ts = {.targets = targets, .rank = {.kind = Q3R_RANK_FRACTION, .value = p}};
             if (spec->budget) ts.budget = p;
             ts.grams = spec->grams;
+            ts.basis = basis;
+            if (spec->budget) ts.loss = spec->loss;
             q3r_model *m = NULL;
             s = q3r_truncate(in, &ts, batch, &m, NULL, err);
             if (s) {
@@ -268,6 +280,7 @@ q3r_status q3r_sweep(q3r_model *in, const q3r_sweep_spec *spec, q3r_sweep_row_fn
             q3r_model_metric(in) == Q3R_METRIC_ACCURACY ? 100.0 * (base.acc - row->acc) : row->acc - base.acc;
         if (on_row) on_row(row, j, spec->count, ctx);
     }
+    q3r_truncate_basis_free(own);
     free(sel);
     if (s) {
         free(rows);

@@ -68,7 +68,7 @@ static q3r_status choose(q3r_trainer *t, q3r_error *err) {
             q3r_status si = (sig[i] = malloc(sizeof(double) * (size_t)k))
                                 ? q3r_svd_thin(X, rows, cols, ld, NULL, sig[i], NULL, &e)
                                 : q3r_fail(&e, Q3R_ENOMEM, "out of memory");
-            bm[i] = (q3r_budget_matrix){q3r_set_name(t->reg, i), rows, cols, k, sig[i]};
+            bm[i] = (q3r_budget_matrix){q3r_set_name(t->reg, i), rows, cols, k, sig[i], NULL};
             if (si) {
 #pragma omp critical
                 if (failed < 0 || i < failed) {
