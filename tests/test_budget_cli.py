@@ -13,7 +13,9 @@ the model's q3r.budget_ranks, the Q3R states' own ranks) are the reference's on 
 checkpoint taken at step S; Q3R does nothing before S (value 0) and acts after; the automatic lambda
 spreads the pull over the learning rates of steps S.. (as logged); a run stopped before the choice
 and again after it, each time resumed, ends bit for bit where the uninterrupted run ends. Budget
-rules where they do not apply exit 2 and leave nothing."""
+rules where they do not apply exit 2 and leave nothing. With --budget-rule loss the run chooses the
+ranks `q3r truncate --budget-rule loss` chooses on the step-9 weights (whose measurements
+test_loss_rule.py checks against torch), and the model file records the rule."""
 import json
 import math
 import os
@@ -199,7 +201,30 @@ try:
               "a run stopped and resumed around the choice ends on the uninterrupted run's bits")
         plog = lines(os.path.join(part, "metrics.jsonl"))
         check([x["step"] for x in plog if x["event"] == "budget"] == [9], "the resumed run logs the choice once")
-    for args, needle in ((["--rank", "budget:0.3", "--reg", "factorized"], "budget"),
+    # the loss rule in training: the ranks truncate's loss rule gives on the weights at the choice
+    LOSS = ["--budget-rule", "loss", "--loss-samples", "16", "--loss-points", "3"]
+    lfull, lpart = os.path.join(tmp, "lfull"), os.path.join(tmp, "lpart")
+    p = run_q3r(TRAIN + LOSS + ["--out", lfull], expect_ok=True)
+    q = run_q3r(TRAIN + LOSS + ["--out", lpart, "--stop-after", "9"], expect_ok=True)
+    if check(p.returncode == 0 and q.returncode == 0, "training with --budget-rule loss"):
+        lev = [x for x in lines(os.path.join(lfull, "metrics.jsonl")) if x["event"] == "budget"]
+        got = [int(r) for r in lev[0]["ranks"]] if len(lev) == 1 else []
+        fm, fmeta = safetensors_np.read(os.path.join(lfull, "model.safetensors"))
+        check(fmeta.get("q3r.budget_rule") == "loss:16:3", f"q3r.budget_rule: {fmeta.get('q3r.budget_rule')}")
+        ck = safetensors_np.read(os.path.join(lpart, "checkpoint.safetensors"))[0]
+        at9 = os.path.join(tmp, "at9.safetensors")
+        safetensors_np.write(at9, {k: ck[k] for k in fm}, {k: v for k, v in fmeta.items() if not k.startswith("q3r.")})
+        cut = os.path.join(tmp, "at9-cut.safetensors")
+        t = run_q3r(["truncate", at9, cut, "--targets", "all", "--budget", "0.3", "--seed", "1", "--threads", "1",
+                     "--json"] + LOSS, expect_ok=True)
+        if check(t.returncode == 0, "truncate --budget-rule loss on the step-9 weights"):
+            want = [m["rank"] for m in json.loads(t.stdout)["matrices"]]
+            check(got == want, f"ranks chosen in training by loss {got}, truncate's loss rule at step 9 {want}")
+            energy = [int(r) for r in ev[0]["ranks"]] if len(ev) == 1 else []
+            check(got != energy, f"the loss rule chose other ranks than the energy rule here: {got}")
+    for args, needle in ((["--rank", "0.3", "--budget-rule", "loss"], "--rank"),
+                         (["--loss-points", "4"], "--budget-rule loss"),
+                         (["--rank", "budget:0.3", "--reg", "factorized"], "budget"),
                          (["--rank", "budget:0.3", "--reg", "none"], "budget"),
                          (["--rank", "budget:0.3@24"], "24 steps"),
                          (["--rank", "budget:1.5"], "--rank"), (["--rank", "budget:0.3@1.5"], "--rank")):

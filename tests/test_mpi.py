@@ -61,7 +61,9 @@ TINY = ["train", "--width", "32", "--depth", "2", "--heads", "2", "--mlp", "64",
         "--overwrite"]
 METHODS = {"decoupled": [], "coupled": ["--reg", "coupled"], "nuclear": ["--reg", "nuclear", "--lambda", "0.05"],
            "none": ["--reg", "none"], "lorita": ["--reg", "lorita"], "factorized": ["--reg", "factorized"],
-           "budget": ["--targets", "all", "--rank", "budget:0.3@0.3"]}
+           "budget": ["--targets", "all", "--rank", "budget:0.3@0.3"],
+           "budget-loss": ["--targets", "all", "--rank", "budget:0.3@0.3", "--budget-rule", "loss",
+                           "--loss-samples", "16", "--loss-points", "3"]}
 check = Checks()
 
 
@@ -131,7 +133,7 @@ def equivalence(tmp):
             check(0 <= diff <= 1e-4, f"{method} {n} ranks: final weights within fp32 rounding (max diff {diff})")
         if 1 in outs:
             check(same(weights(outs[1]), ref_w), f"{method}: mpirun -np 1 gives the bits of a plain run")
-        if method == "budget":  # the ranks chosen at step 5 (rank 0's, broadcast) are one process's
+        if method.startswith("budget"):  # the ranks chosen at step 5 (rank 0's, broadcast) are one process's
             ranks_of = {n: safetensors_np.read(os.path.join(o, "model.safetensors"))[1].get("q3r.budget_ranks")
                         for n, o in outs.items()}
             check(ranks_of[0] and len(set(ranks_of.values())) == 1, f"budget ranks on 1 and 3 ranks: {ranks_of}")

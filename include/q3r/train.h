@@ -28,6 +28,7 @@
 #include "q3r/optim.h"
 #include "q3r/regularizer.h"
 #include "q3r/reparam.h"
+#include "q3r/truncate.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -107,12 +108,19 @@ typedef struct {
     double pull;         /* target 2 lambda sum_t lr_t when lambda is automatic (0: lambda = 0, Q3R
                             without strength: the rows run, nothing moves) */
     int period;          /* refresh every `period` steps */
-    q3r_eps_options eps; /* Q3R on an update (DELTA, or LoRA's B A): DEFAULT means EXPLORATION, as
+    /* how --rank budget:P chooses: 0 by the energy of the spectra; 1 by the loss rule
+     * (q3r_loss_sensitivity, plain factors: each target cut alone at loss_points ranks, the loss
+     * measured on loss_samples training samples of the run's seed; the data from
+     * q3r_trainer_set_calibration). Dense weights only (not a fine-tune's update). */
+    int budget_rule;
+    int64_t loss_samples; /* 0: 64 */
+    int loss_points;      /* 0: 8 */
+    q3r_eps_options eps;  /* Q3R on an update (DELTA, or LoRA's B A): DEFAULT means EXPLORATION, as
                           * the update starts at 0 and min(eps, sigma_{r+1}) would freeze eps at
                           * the first refresh's tiny sigma_{r+1}, leaving Q3R all but inactive */
-    int lorita_factors;  /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
-    double lora_alpha;   /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
-    int lora_rslora;     /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
+    int lorita_factors;   /* N of Q3R_WEIGHTS_LORITA (>= 2; default 3) */
+    double lora_alpha;    /* Q3R_WEIGHTS_LORA: alpha (<= 0: the rank, s = 1) */
+    int lora_rslora;      /* Q3R_WEIGHTS_LORA: s = alpha / sqrt(r) */
     const char *update_rank; /* Q3R_WEIGHTS_LORA with reg COUPLED: Q3R's target rank on the update
                                 (rank rule text; NULL or "": `rank`) */
     /* run */
@@ -193,6 +201,9 @@ q3r_status q3r_trainer_create(const q3r_train_config *cfg, q3r_trainer **out, q3
 q3r_status q3r_trainer_create_from_model(const q3r_train_config *cfg, q3r_model *model,
                                          q3r_trainer **out, q3r_error *err);
 void q3r_trainer_free(q3r_trainer *t);
+/* The training data the loss rule of --rank budget:P measures on (samples and seed are the
+ * config's); c's pointers are borrowed and must outlive the choice. */
+void q3r_trainer_set_calibration(q3r_trainer *t, const q3r_calib_spec *c);
 /* One step on a batch (count <= cfg->batch; data parallel, cfg->comm of size > 1: this rank's
  * slice, count >= 0, with global_count the whole batch's samples; its mean-loss gradient is
  * weighted count / global_count before the all-reduce, and stats hold the global batch's loss

@@ -107,7 +107,7 @@ static int train_cmd(int argc, char **argv) {
     double val_fraction = c.val_fraction;
     int val_windows = 0, epoch_steps = 0, context = 0;
     const char *init = NULL, *classes = NULL;
-    int new_head = 0, rslora = 0, on_update = 0;
+    int new_head = 0, rslora = 0, on_update = 0, brule = 0, loss_samples = 64, loss_points = 8;
     const char *lora_q3r = NULL;
     double lora_alpha = 0;
     const arg_spec specs[] = {
@@ -195,6 +195,19 @@ static int train_cmd(int argc, char **argv) {
          "chosen from its singular values at step S, or at that fraction of the run (@0.1, the default); "
          "dense training until then)",
          0, 0, NULL, "R"},
+        {"budget-rule", ARG_CHOICE, &brule,
+         "--rank budget:P: energy (each target's kept fraction of sum sigma^2, summed) or loss (the least "
+         "summed "
+         "increase of the training loss with each target cut alone, measured at step S at --loss-points "
+         "ranks "
+         "on --loss-samples training samples, as truncate --budget-rule loss; about points x targets "
+         "forwards "
+         "of those samples)",
+         0, 0, "energy|loss", NULL},
+        {"loss-samples", ARG_INT, &loss_samples,
+         "--budget-rule loss: training samples the loss is measured on", 1, 1e9, NULL, NULL},
+        {"loss-points", ARG_INT, &loss_points, "--budget-rule loss: ranks measured per target", 2, 1000, NULL,
+         NULL},
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
         {"pull", ARG_DOUBLE, &pull,
          "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9; 0: lambda 0)", 0, 1e6,
@@ -310,6 +323,16 @@ static int train_cmd(int argc, char **argv) {
             rank, methods[reg]);
         return 2;
     }
+    if (args_given(specs, "budget-rule") &&
+        (q3r_rank_parse(rank, &rule, &err) || rule.kind != Q3R_RANK_BUDGET)) {
+        fprintf(stderr, "q3r train: --budget-rule chooses the ranks of --rank budget:P; --rank %s has none\n",
+                rank);
+        return 2;
+    }
+    if (!brule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
+        fprintf(stderr, "q3r train: --loss-samples and --loss-points apply to --budget-rule loss\n");
+        return 2;
+    }
     if (new_head && !init) {
         fprintf(stderr, "q3r train: --new-head replaces the head of an --init model; give --init FILE\n");
         return 2;
@@ -331,6 +354,9 @@ static int train_cmd(int argc, char **argv) {
     c.lambda = lambda;
     c.pull = pull;
     c.period = period;
+    c.budget_rule = brule;
+    c.loss_samples = loss_samples;
+    c.loss_points = loss_points;
     c.eps.schedule = (q3r_eps_schedule)eps;
     c.eps.eps_const = eps_value;
     c.eps.eps_min = eps_min;

@@ -44,7 +44,7 @@ int q3r_matrix_dense_weight(const q3r_matrix *mx, float *W);
  * in chunks of at most the model's max batch (the last one cut to what is left). */
 #define Q3R_CALIB_DRAW 256
 typedef struct {
-    int text, loader; /* loader: L is open */
+    int text, loader;        /* loader: L is open */
     int64_t left, have, pos; /* samples still to give; in the loader's batch, and given of it */
     int chunk;
     size_t per; /* values per sample */

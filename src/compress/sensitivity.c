@@ -101,8 +101,8 @@ static int grid(int rmax, int points, int *g) {
 static void set_product(const q3r_matrix *mx, int r, const float *A, const float *B) {
     const int rows = mx->rows, cols = mx->cols;
     if (!mx->rank) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, r, 1.0f, A, r, B, cols, 0.0f, mx->w,
-                    cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, r, 1.0f, A, r, B, cols, 0.0f,
+                    mx->w, cols);
         return;
     }
     const int r0 = mx->rank;
@@ -118,11 +118,13 @@ q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis, 
     if (!out) return q3r_fail(err, Q3R_EINVAL, "loss rule: NULL argument");
     memset(out, 0, sizeof *out);
     if (!in || !basis || !c) return q3r_fail(err, Q3R_EINVAL, "loss rule: NULL argument");
-    if (points < 2) return q3r_fail(err, Q3R_EINVAL, "loss rule: %d measured ranks per matrix, at least 2", points);
+    if (points < 2)
+        return q3r_fail(err, Q3R_EINVAL, "loss rule: %d measured ranks per matrix, at least 2", points);
     const int nm = q3r_model_num_matrices(in);
     if (basis->count != nm)
-        return q3r_fail(err, Q3R_EINVAL, "loss rule: the decomposition is of a model with %d matrices, not %d",
-                        basis->count, nm);
+        return q3r_fail(err, Q3R_EINVAL,
+                        "loss rule: the decomposition is of a model with %d matrices, not %d", basis->count,
+                        nm);
     batches B;
     int64_t samples;
     q3r_status s = draw(in, c, &B, &samples, err);
@@ -155,7 +157,8 @@ q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis, 
         const size_t na = mx.rank ? (size_t)mx.rows * mx.rank : (size_t)mx.rows * mx.cols;
         const size_t nb = mx.rank ? (size_t)mx.rank * mx.cols : 0;
         float *save_a = malloc(sizeof(float) * na), *save_b = nb ? malloc(sizeof(float) * nb) : NULL;
-        float *A = malloc(sizeof(float) * (size_t)mx.rows * rmax), *F = malloc(sizeof(float) * (size_t)rmax * mx.cols);
+        float *A = malloc(sizeof(float) * (size_t)mx.rows * rmax),
+              *F = malloc(sizeof(float) * (size_t)rmax * mx.cols);
         out->increase[i] = calloc((size_t)rmax + 1, sizeof(double));
         out->max_rank[i] = rmax;
         out->points[i] = n;
@@ -183,7 +186,8 @@ q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis, 
         for (int t = 0; !s && t < n; t++) {
             out->increase[i][g[t]] = at[t];
             for (int r = g[t] + 1; t + 1 < n && r < g[t + 1]; r++)
-                out->increase[i][r] = at[t] + (at[t + 1] - at[t]) * (double)(r - g[t]) / (double)(g[t + 1] - g[t]);
+                out->increase[i][r] =
+                    at[t] + (at[t + 1] - at[t]) * (double)(r - g[t]) / (double)(g[t + 1] - g[t]);
         }
         free(save_a);
         free(save_b);

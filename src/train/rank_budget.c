@@ -4,7 +4,10 @@
  * q3r_budget_ranks, which keeps P of the targets' parameters in total where the kept energy is
  * largest; every Q3R state then starts fresh at its chosen rank (q3r_set_retarget), and Q3R runs
  * as usual to the end. The automatic lambda spreads the pull over the steps from that point on.
- * The ranks go into the checkpoint ("train.budget_ranks"), so a resumed run keeps them. */
+ * The ranks go into the checkpoint ("train.budget_ranks"), so a resumed run keeps them. With the
+ * loss rule (cfg.budget_rule) the ranks come instead from the measured loss of each target cut
+ * alone (q3r_loss_sensitivity on the training data, plain factors), as truncate --budget-rule
+ * loss chooses them. */
 #include "trainer_impl.h"
 
 #include "q3r/linalg.h"
@@ -16,8 +19,13 @@
 static const char *const RANKS_KEY = "train.budget_ranks";
 
 q3r_status q3r_budget_setup(q3r_trainer *t, q3r_rank_rule *rule, q3r_error *err) {
-    if (rule->kind != Q3R_RANK_BUDGET) return Q3R_OK;
     const q3r_train_config *c = &t->cfg;
+    if (rule->kind != Q3R_RANK_BUDGET)
+        return c->budget_rule ? q3r_fail(err, Q3R_EINVAL,
+                                         "--budget-rule loss chooses the ranks of --rank budget:P; --rank %s "
+                                         "has none to choose",
+                                         c->rank)
+                              : Q3R_OK;
     const int q3r = c->reg == Q3R_REG_DECOUPLED || c->reg == Q3R_REG_COUPLED;
     if (!q3r || t->weights->owns_targets)
         return q3r_fail(err, Q3R_EINVAL,
@@ -36,6 +44,12 @@ q3r_status q3r_budget_setup(q3r_trainer *t, q3r_rank_rule *rule, q3r_error *err)
                         "--rank %s: the ranks would be chosen at step %lld (a multiple of --period %lld), "
                         "but the run has %lld steps",
                         c->rank, (long long)at, (long long)period, (long long)total);
+    if (c->budget_rule && q3r_update_wanted(t))
+        return q3r_fail(
+            err, Q3R_EINVAL,
+            "--budget-rule loss measures cutting the weights themselves, not a fine-tune's update "
+            "(--rank %s there takes the energy rule)",
+            c->rank);
     t->budget = 1;
     t->budget_p = rule->value;
     t->budget_step = at;
@@ -46,8 +60,33 @@ q3r_status q3r_budget_setup(q3r_trainer *t, q3r_rank_rule *rule, q3r_error *err)
 
 int64_t q3r_budget_start(const q3r_trainer *t) { return t->budget ? t->budget_step : 0; }
 
-/* The ranks from the targets' spectra now; on every rank of a data-parallel run rank 0's choice
- * (the weights are the same bits everywhere, and so would be the SVDs: the broadcast makes sure). */
+void q3r_trainer_set_calibration(q3r_trainer *t, const q3r_calib_spec *c) {
+    if (!t || !c) return;
+    t->calib = *c;
+    t->have_calib = 1;
+}
+
+/* The loss rule's table for the model's targets now (the model's weights are restored after it). */
+static q3r_status measure(q3r_trainer *t, q3r_loss_table *table, q3r_error *err) {
+    if (!t->have_calib)
+        return q3r_fail(err, Q3R_EINVAL,
+                        "--budget-rule loss: the trainer was given no training data to measure on");
+    q3r_truncate_basis *b = NULL;
+    q3r_calib_spec c = t->calib;
+    c.samples = t->cfg.loss_samples > 0 ? t->cfg.loss_samples : 64;
+    c.seed = t->cfg.seed;
+    q3r_status s = q3r_truncate_basis_new(t->model, t->cfg.targets, NULL, &b, err);
+    if (!s)
+        s = q3r_loss_sensitivity(t->model, b, &c, t->cfg.loss_points > 0 ? t->cfg.loss_points : 8, NULL, NULL,
+                                 table, err);
+    q3r_truncate_basis_free(b);
+    if (s) q3r_fail_context(err, "--budget-rule loss at step %lld", (long long)t->step);
+    return s;
+}
+
+/* The ranks from the targets' spectra (or the loss rule's measurements) now; on every rank of a
+ * data-parallel run rank 0's choice (the weights are the same bits everywhere, and so would be the
+ * SVDs: the broadcast makes sure). */
 static q3r_status choose(q3r_trainer *t, q3r_error *err) {
     const int n = q3r_set_count(t->reg);
     q3r_budget_matrix *bm = calloc((size_t)n + 1, sizeof *bm);
@@ -58,7 +97,25 @@ static q3r_status choose(q3r_trainer *t, q3r_error *err) {
         !bm || !sig || !r64 || !ranks ? q3r_fail(err, Q3R_ENOMEM, "rank budget: out of memory") : Q3R_OK;
     int failed = -1;
     q3r_error first;
-    if (!s) {
+    q3r_loss_table table;
+    memset(&table, 0, sizeof table);
+    if (!s && t->cfg.budget_rule) { /* the loss rule: each target's table, found by its name */
+        s = measure(t, &table, err);
+        for (int i = 0; i < n && !s; i++) {
+            int rows, cols, ld, j = 0;
+            q3r_set_matrix(t->reg, i, &rows, &cols, &ld);
+            const char *name = q3r_set_name(t->reg, i), *mname = NULL;
+            for (; j < table.count; j++) {
+                q3r_model_matrix_shape(t->model, j, &mname, NULL, NULL, NULL, NULL);
+                if (table.increase[j] && !strcmp(mname, name)) break;
+            }
+            if (j == table.count) {
+                s = q3r_fail(err, Q3R_EINVAL, "--budget-rule loss: target %s was not measured", name);
+                break;
+            }
+            bm[i] = (q3r_budget_matrix){name, rows, cols, table.max_rank[j], NULL, table.increase[j]};
+        }
+    } else if (!s) {
 #pragma omp parallel for schedule(dynamic)
         for (int i = 0; i < n; i++) {
             int rows, cols, ld;
@@ -96,6 +153,7 @@ static q3r_status choose(q3r_trainer *t, q3r_error *err) {
         ranks = NULL;
     }
     for (int i = 0; sig && i < n; i++) free(sig[i]);
+    q3r_loss_table_free(&table);
     free(sig);
     free(bm);
     free(r64);

@@ -93,6 +93,9 @@ static q3r_status setup(run_state *r, q3r_train_config *c, q3r_error *err) {
     r->model = NULL; /* the trainer owns it from here, whatever happens */
     if ((s = q3r_trainer_create_from_model(c, m, &r->trainer, err))) return s;
     r->model = q3r_trainer_model(r->trainer);
+    q3r_calib_spec calib = {0};
+    r->data->ops->calibration(r->data, &calib);
+    q3r_trainer_set_calibration(r->trainer, &calib); /* what --budget-rule loss measures on */
     r->reg = q3r_trainer_regularizer(r->trainer);
     r->lambda = q3r_trainer_lambda(r->trainer);
     return q3r_run_build_metadata(c, r->trainer, r->data, &r->meta, err);

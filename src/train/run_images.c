@@ -115,6 +115,11 @@ static void close_images(run_data *d) {
     free(im);
 }
 
+static void calibration(const run_data *d, q3r_calib_spec *c) {
+    c->ds = &of_c(d)->train;
+    c->norm = &of_c(d)->norm;
+}
+
 static const run_data_ops images_ops = {
     .name = "images",
     .open = open_images,
@@ -124,6 +129,7 @@ static const run_data_ops images_ops = {
     .export_state = export_state,
     .import_state = import_state,
     .metadata = metadata,
+    .calibration = calibration,
     .close = close_images,
 };
 

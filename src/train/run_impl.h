@@ -32,6 +32,8 @@ typedef struct {
     q3r_status (*import_state)(run_data *d, const q3r_tensor_list *in, q3r_error *err);
     /* the "data.*" metadata keys a model file needs (name, normalisation) and a resume checks */
     q3r_status (*metadata)(const run_data *d, q3r_meta *meta, q3r_error *err);
+    /* the training split as calibration data (q3r_calib_spec: ds and norm, or text) */
+    void (*calibration)(const run_data *d, q3r_calib_spec *c);
     void (*close)(run_data *d); /* frees d */
 } run_data_ops;
 

@@ -108,6 +108,8 @@ static void close_text(run_data *d) {
     free(t);
 }
 
+static void calibration(const run_data *d, q3r_calib_spec *c) { c->text = &of_c(d)->text; }
+
 static const run_data_ops text_ops = {
     .name = "text",
     .open = open_text,
@@ -117,6 +119,7 @@ static const run_data_ops text_ops = {
     .export_state = export_state,
     .import_state = import_state,
     .metadata = metadata,
+    .calibration = calibration,
     .close = close_text,
 };
 

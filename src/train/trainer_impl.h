@@ -78,7 +78,9 @@ struct q3r_trainer {
     int budget;
     double budget_p;
     int64_t budget_step;
-    int *budget_ranks; /* [set count] once chosen (NULL before) */
+    int *budget_ranks;    /* [set count] once chosen (NULL before) */
+    q3r_calib_spec calib; /* the loss rule's data (q3r_trainer_set_calibration) */
+    int have_calib;
 };
 
 /* Q3R on the update (weights.c). */
