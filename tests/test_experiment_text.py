@@ -67,7 +67,7 @@ p = script(["--out", out])
 check(p.returncode == 0, f"smoke run failed: {p.stdout[-3000:]} {p.stderr[-3000:]}")
 help_text = subprocess.run([Q3R, "train", "--help"], capture_output=True, text=True).stdout
 methods = ["adamw", "nuclear", "q3r-r0.4-pull9", "q3r-r0.4-pull27", "q3r-r0.2-pull9", "q3r-r0.2-pull27",
-           "q3r-b0.2-pull27"]
+           "q3r-b0.2-pull27", "q3r-bl0.2-pull27"]
 if "lorita" in help_text:
     methods.append("lorita3")
 if "factorized" in help_text:
