@@ -198,3 +198,17 @@ int args_parse_files(const char *cmd, const char *summary, const arg_spec *specs
     }
     return -1;
 }
+
+int args_check_loss_rule(const char *cmd, const arg_spec *specs, int rule, int has_budget,
+                         const char *budget) {
+    if (args_given(specs, "budget-rule") && !has_budget) {
+        fprintf(stderr, "q3r %s: --budget-rule %s chooses ranks under %s; give it\n", cmd,
+                rule ? "loss" : "energy", budget);
+        return 2;
+    }
+    if (!rule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
+        fprintf(stderr, "q3r %s: --loss-samples and --loss-points apply to --budget-rule loss\n", cmd);
+        return 2;
+    }
+    return 0;
+}

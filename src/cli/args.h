@@ -40,4 +40,28 @@ void args_print_help(const char *cmd, const char *summary, const arg_spec *specs
 /* 1 if the flag named `name` appeared on the command line in the last parse. */
 int args_given(const arg_spec *specs, const char *name);
 
+/* The budget's loss rule flags, one wording for truncate, sweep and train: --budget-rule
+ * (CHOICE energy|loss into *rule, help `what`), --loss-samples and --loss-points (ints). */
+#define ARGS_LOSS_RULE(rule, what, samples, points)                                                      \
+    {"budget-rule", ARG_CHOICE, rule, what, 0, 0, "energy|loss", NULL},                                  \
+        {"loss-samples",                                                                                 \
+         ARG_INT,                                                                                        \
+         samples,                                                                                        \
+         "--budget-rule loss: training samples the loss is measured on",                                 \
+         1,                                                                                              \
+         1e9,                                                                                            \
+         NULL,                                                                                           \
+         NULL},                                                                                          \
+    {                                                                                                    \
+        "loss-points", ARG_INT, points,                                                                  \
+            "--budget-rule loss: ranks measured per matrix, from 1 to its highest budget rank", 2, 1000, \
+            NULL, NULL                                                                                   \
+    }
+
+/* After a parse with ARGS_LOSS_RULE: 0, or 2 after printing why (--budget-rule without a budget:
+ * has_budget 0, `budget` naming what it needs; --loss-samples or --loss-points without the loss
+ * rule). */
+int args_check_loss_rule(const char *cmd, const arg_spec *specs, int rule, int has_budget,
+                         const char *budget);
+
 #endif

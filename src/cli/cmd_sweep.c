@@ -204,13 +204,11 @@ int q3r_cmd_sweep(int argc, char **argv) {
          "instead of --ps: parameter budgets, comma list in (0, 1]: the targeted matrices together keep that "
          "fraction, each one's rank chosen as by truncate --budget",
          0, 0, NULL, "LIST"},
-        {"budget-rule", ARG_CHOICE, &brule,
-         "--budgets: energy or loss, as truncate --budget-rule (the loss is measured once for every budget)",
-         0, 0, "energy|loss", NULL},
-        {"loss-samples", ARG_INT, &loss_samples,
-         "--budget-rule loss: training samples the loss is measured on", 1, 1e9, NULL, NULL},
-        {"loss-points", ARG_INT, &loss_points, "--budget-rule loss: ranks measured per matrix", 2, 1000, NULL,
-         NULL},
+        ARGS_LOSS_RULE(
+            &brule,
+            "--budgets: energy or loss, as truncate --budget-rule (the loss is measured once for every "
+            "budget)",
+            &loss_samples, &loss_points),
         {"method", ARG_CHOICE, &method,
          "svd: plain truncation; whitened: activation-aware, calibrated on --calib training samples (as "
          "truncate --method whitened)",
@@ -250,15 +248,7 @@ int q3r_cmd_sweep(int argc, char **argv) {
         fprintf(stderr, "q3r sweep: --seed applies to --method whitened and --budget-rule loss\n");
         return 2;
     }
-    if (args_given(specs, "budget-rule") && !budgets_text) {
-        fprintf(stderr, "q3r sweep: --budget-rule %s chooses ranks under --budgets; give them\n",
-                brule ? "loss" : "energy");
-        return 2;
-    }
-    if (!brule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
-        fprintf(stderr, "q3r sweep: --loss-samples and --loss-points apply to --budget-rule loss\n");
-        return 2;
-    }
+    if ((rc = args_check_loss_rule("sweep", specs, brule, budgets_text != NULL, "--budgets"))) return rc;
     if (budgets_text && args_given(specs, "ps")) {
         fprintf(stderr, "q3r sweep: give --ps or --budgets, not both\n");
         return 2;
@@ -335,11 +325,8 @@ int q3r_cmd_sweep(int argc, char **argv) {
                cm.text ? "windows" : "images");
     }
     if (brule) { /* the decompositions once, for the measurement and every budget */
-        if (q3r_truncate_basis_new(m, targets, spec.grams, &basis, &err)) {
-            fprintf(stderr, "q3r sweep: %s: %s\n", pos[0], err.msg);
-            goto done;
-        }
-        if (cli_loss_table("sweep", &cm, data_dir, basis, loss_samples, (uint64_t)seed, loss_points, &loss))
+        if (cli_loss_rule("sweep", &cm, data_dir, targets, spec.grams, loss_samples, (uint64_t)seed,
+                          loss_points, &basis, &loss))
             goto done;
         spec.basis = basis;
         spec.loss = &loss;

@@ -195,19 +195,12 @@ static int train_cmd(int argc, char **argv) {
          "chosen from its singular values at step S, or at that fraction of the run (@0.1, the default); "
          "dense training until then)",
          0, 0, NULL, "R"},
-        {"budget-rule", ARG_CHOICE, &brule,
-         "--rank budget:P: energy (each target's kept fraction of sum sigma^2, summed) or loss (the least "
-         "summed "
-         "increase of the training loss with each target cut alone, measured at step S at --loss-points "
-         "ranks "
-         "on --loss-samples training samples, as truncate --budget-rule loss; about points x targets "
-         "forwards "
-         "of those samples)",
-         0, 0, "energy|loss", NULL},
-        {"loss-samples", ARG_INT, &loss_samples,
-         "--budget-rule loss: training samples the loss is measured on", 1, 1e9, NULL, NULL},
-        {"loss-points", ARG_INT, &loss_points, "--budget-rule loss: ranks measured per target", 2, 1000, NULL,
-         NULL},
+        ARGS_LOSS_RULE(
+            &brule,
+            "--rank budget:P: energy (each target's kept fraction of sum sigma^2, summed) or loss (the "
+            "least summed increase of the training loss with each target cut alone, measured at step S "
+            "as truncate --budget-rule loss measures; about points x targets forwards of the samples)",
+            &loss_samples, &loss_points),
         {"lambda", ARG_DOUBLE, &lambda, "Q3R strength (0: automatic, from --pull)", 0, 1e6, NULL, NULL},
         {"pull", ARG_DOUBLE, &pull,
          "automatic lambda: 2 lambda sum_t lr_t = pull (the paper's runs: about 9; 0: lambda 0)", 0, 1e6,
@@ -323,15 +316,10 @@ static int train_cmd(int argc, char **argv) {
             rank, methods[reg]);
         return 2;
     }
-    if (args_given(specs, "budget-rule") &&
-        (q3r_rank_parse(rank, &rule, &err) || rule.kind != Q3R_RANK_BUDGET)) {
-        fprintf(stderr, "q3r train: --budget-rule chooses the ranks of --rank budget:P; --rank %s has none\n",
-                rank);
-        return 2;
-    }
-    if (!brule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
-        fprintf(stderr, "q3r train: --loss-samples and --loss-points apply to --budget-rule loss\n");
-        return 2;
+    {
+        const int budget = !q3r_rank_parse(rank, &rule, &err) && rule.kind == Q3R_RANK_BUDGET;
+        const int r = args_check_loss_rule("train", specs, brule, budget, "--rank budget:P");
+        if (r) return r;
     }
     if (new_head && !init) {
         fprintf(stderr, "q3r train: --new-head replaces the head of an --init model; give --init FILE\n");

@@ -110,15 +110,12 @@ int q3r_cmd_truncate(int argc, char **argv) {
          "keep "
          "the most of its energy (exact search; see q3r_budget_ranks)",
          0, 1, NULL, "B"},
-        {"budget-rule", ARG_CHOICE, &brule,
-         "--budget: energy: keep the most summed fraction of each matrix's energy; loss: the least summed "
-         "increase of the loss, measured with each matrix alone cut at --loss-points ranks on --loss-samples "
-         "training samples (as ASVD)",
-         0, 0, "energy|loss", NULL},
-        {"loss-samples", ARG_INT, &loss_samples,
-         "--budget-rule loss: training samples the loss is measured on", 1, 1e9, NULL, NULL},
-        {"loss-points", ARG_INT, &loss_points,
-         "--budget-rule loss: ranks measured per matrix (from 1 to its highest)", 2, 1000, NULL, NULL},
+        ARGS_LOSS_RULE(
+            &brule,
+            "--budget: energy: keep the most summed fraction of each matrix's energy; loss: the least "
+            "summed increase of the training loss, each matrix cut alone at --loss-points ranks on "
+            "--loss-samples training samples (as ASVD)",
+            &loss_samples, &loss_points),
         {"method", ARG_CHOICE, &method,
          "svd: each matrix's best rank-r approximation; whitened: the rank-r matrix with the least error in "
          "its outputs on --calib training samples (activation-aware, as SVD-LLM)",
@@ -156,15 +153,7 @@ int q3r_cmd_truncate(int argc, char **argv) {
         fprintf(stderr, "q3r truncate: --calib applies to --method whitened\n");
         return 2;
     }
-    if (args_given(specs, "budget-rule") && !have_budget) {
-        fprintf(stderr, "q3r truncate: --budget-rule %s chooses ranks under a --budget; give one\n",
-                brule ? "loss" : "energy");
-        return 2;
-    }
-    if (!brule && (args_given(specs, "loss-samples") || args_given(specs, "loss-points"))) {
-        fprintf(stderr, "q3r truncate: --loss-samples and --loss-points apply to --budget-rule loss\n");
-        return 2;
-    }
+    if ((rc = args_check_loss_rule("truncate", specs, brule, have_budget, "a --budget"))) return rc;
     const int need_data = method || brule;
     if (!need_data && (args_given(specs, "seed") || data_dir)) {
         fprintf(stderr,
@@ -211,12 +200,8 @@ int q3r_cmd_truncate(int argc, char **argv) {
         in = cm.model;
         spec.grams = grams.gram;
         if (brule) {
-            if (q3r_truncate_basis_new(in, targets, spec.grams, &basis, &err)) {
-                fprintf(stderr, "q3r truncate: %s: %s\n", pos[0], err.msg);
-                goto done;
-            }
-            if (cli_loss_table("truncate", &cm, data_dir, basis, loss_samples, (uint64_t)seed, loss_points,
-                               &loss))
+            if (cli_loss_rule("truncate", &cm, data_dir, targets, spec.grams, loss_samples, (uint64_t)seed,
+                              loss_points, &basis, &loss))
                 goto done;
             spec.basis = basis;
             spec.loss = &loss;

@@ -108,14 +108,19 @@ static void on_loss_eval(int done, int total, void *ctx) {
     fflush(stderr);
 }
 
-int cli_loss_table(const char *cmd, cli_model *m, const char *data_dir, const q3r_truncate_basis *basis,
-                   int64_t samples, uint64_t seed, int points, q3r_loss_table *out) {
+int cli_loss_rule(const char *cmd, cli_model *m, const char *data_dir, const char *targets,
+                  double *const *grams, int64_t samples, uint64_t seed, int points,
+                  q3r_truncate_basis **basis, q3r_loss_table *out) {
     q3r_error err;
     q3r_dataset ds;
     q3r_calib_spec c;
+    if (q3r_truncate_basis_new(m->model, targets, grams, basis, &err)) {
+        fprintf(stderr, "q3r %s: %s\n", cmd, err.msg);
+        return 1;
+    }
     if (calib_data(cmd, m, data_dir, samples, seed, &c, &ds)) return 1;
     loss_progress p = {cmd, isatty(fileno(stderr)), q3r_now()};
-    q3r_status s = q3r_loss_sensitivity(m->model, basis, &c, points, on_loss_eval, &p, out, &err);
+    q3r_status s = q3r_loss_sensitivity(m->model, *basis, &c, points, on_loss_eval, &p, out, &err);
     q3r_dataset_free(&ds);
     if (s) fprintf(stderr, "q3r %s: --budget-rule loss: %s\n", cmd, err.msg);
     return s ? 1 : 0;

@@ -31,11 +31,13 @@ void cli_model_close(cli_model *m);
 int cli_calibrate(const char *cmd, cli_model *m, const char *data_dir, const char *targets, int64_t samples,
                   uint64_t seed, q3r_grams *out);
 
-/* The budget's loss rule (q3r_loss_sensitivity) for m's matrices in basis, measured on `samples`
- * training samples as cli_calibrate draws them, `points` ranks per matrix; a progress line on
- * stderr. Returns 0, or 1 after printing the error. */
-int cli_loss_table(const char *cmd, cli_model *m, const char *data_dir, const q3r_truncate_basis *basis,
-                   int64_t samples, uint64_t seed, int points, q3r_loss_table *out);
+/* The budget's loss rule for m's `targets`: their decompositions into *basis (plain, or whitened
+ * with grams; the caller frees it, also after an error) and the loss table (q3r_loss_sensitivity),
+ * measured on `samples` training samples as cli_calibrate draws them, `points` ranks per matrix;
+ * a progress line on stderr. Returns 0, or 1 after printing the error. */
+int cli_loss_rule(const char *cmd, cli_model *m, const char *data_dir, const char *targets,
+                  double *const *grams, int64_t samples, uint64_t seed, int points,
+                  q3r_truncate_basis **basis, q3r_loss_table *out);
 
 /* "accuracy" or "bits per byte": how a model's metric is printed. */
 const char *cli_metric_label(q3r_metric m);
