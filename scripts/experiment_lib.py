@@ -365,6 +365,21 @@ def plot(task, summary, targets, path, title, refs=()):
                        xrange="[0:1.03]")
 
 
+def plot_loss_rule(task, summary, comp, path, title, refs=()):
+    """every method's metric under the loss rule (whitened-loss-budget) against the kept fraction,
+    from its untruncated model (the first row of its REG_TARGETS sweep) down to p = 0.1; False
+    when no method has that sweep yet"""
+    kind = COMPRESS_KINDS[-1]
+    series = [(name, [(summary[REG_TARGETS][name][0]["targeted_kept"], summary[REG_TARGETS][name][0][task.value_key],
+                       task.plot_err(summary[REG_TARGETS][name][0]))]
+               + [(r["targeted_kept"], r[task.value_key], task.plot_err(r)) for r in rows])
+              for name, rows in comp.get(kind, {}).items() if name in summary[REG_TARGETS]]
+    if not series:
+        return False
+    return plot_series(series, path, title, "kept fraction of the targeted parameters", task.metric_label, refs,
+                       xrange="[0:1.03]")
+
+
 def plot_series(series, path, title, xlabel, ylabel, refs=(), xrange=None, logx=False):
     """series: [(name, [(x, y, error bar)])], one line each, and a dashed horizontal line per
     reference (label, y), written to path as a PNG by gnuplot (False when it cannot be)"""
@@ -480,8 +495,8 @@ def run(task, a, plan, ms, common, out, seeds):
     if not summary[TARGET_SETS[0]]:
         sys.exit(f"experiment: no run in {out} has finished both sweeps yet; nothing to report")
     task.after_runs(ctx, results)
-    doc = {"plan": plan, "runs": results, "summary": summary,
-           "compress": summarize_compress(task, results, names, seeds), "seconds": time.time() - t0}
+    comp = summarize_compress(task, results, names, seeds)
+    doc = {"plan": plan, "runs": results, "summary": summary, "compress": comp, "seconds": time.time() - t0}
     write_atomic(os.path.join(out, "results.json"), json.dumps(doc, indent=1) + "\n")
     md = markdown(task, summary, plan, results)
     write_atomic(os.path.join(out, "results.md"), md)
@@ -489,6 +504,11 @@ def run(task, a, plan, ms, common, out, seeds):
     for targets in TARGET_SETS:
         pngs.append(task.plot_name(targets))
         plot(task, summary, targets, os.path.join(out, pngs[-1]), task.plot_title(plan, targets), task.refs(plan))
+    loss_png = task.plot_name(REG_TARGETS)[:-len(".png")] + "-loss-rule.png"
+    if plot_loss_rule(task, summary, comp, os.path.join(out, loss_png),
+                      task.plot_title(plan, REG_TARGETS).split(":")[0] + ": every block matrix cut by the loss rule "
+                      "(whitened, ranks by measured loss)", task.refs(plan)):
+        pngs.append(loss_png)
     say("")
     say(md)
     say(f"experiment: {'report written' if a.report else 'done'} in {fmt_time(time.time() - t0)}; "
