@@ -130,3 +130,38 @@ def check_compression_table(check, md, out, methods, cell_text):
             cell = row[0].strip("|").split("|")[4].strip().replace("**", "")
             want = cell_text(r03)
             check(cell.startswith(want), f"{kind}: p = 0.3 cell {cell!r} against the sweep's {want}")
+
+
+def budget_knapsack(shapes, gains, budget):
+    """The rule of q3r_budget_ranks, solved independently by its own dynamic programme: matrices of
+    `shapes` (rows, cols), gains[j][r - 1] the value of matrix j at rank r (r up to len(gains[j])),
+    at most floor(budget * sum m n) parameters at r (m + n) each, in units of the gcd of the costs;
+    the largest summed gain, ties to the smaller rank (ranks tried in ascending order, kept only
+    when strictly better). Returns (ranks, the best sum, allowed)."""
+    import numpy as np
+    allowed = math.floor(budget * sum(m * n for m, n in shapes) * (1 + 1e-12))
+    g = 0
+    for m, n in shapes:
+        g = math.gcd(g, m + n)
+    units = allowed // g
+    best = np.zeros(units + 1)
+    choices = []
+    for (m, n), gain in zip(shapes, gains):
+        c = (m + n) // g
+        new = np.full(units + 1, -np.inf)
+        pick = np.zeros(units + 1, dtype=int)
+        for r in range(1, len(gain) + 1):
+            if r * c > units:
+                break
+            cand = np.full(units + 1, -np.inf)
+            cand[r * c:] = best[:units + 1 - r * c] + gain[r - 1]
+            better = cand > new
+            new[better] = cand[better]
+            pick[better] = r
+        best = new
+        choices.append(pick)
+    b, ranks = units, [0] * len(shapes)
+    for j in range(len(shapes) - 1, -1, -1):
+        ranks[j] = int(choices[j][b])
+        b -= ranks[j] * (sum(shapes[j]) // g)
+    return ranks, float(best[units]), allowed

@@ -26,7 +26,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import safetensors_np  # noqa: E402
-from q3r_testing import Checks, run_q3r, write_corpus  # noqa: E402
+from q3r_testing import Checks, budget_knapsack, run_q3r, write_corpus  # noqa: E402
 
 check = Checks()
 
@@ -45,38 +45,14 @@ def targeted(tensors, prefix_blocks):
 
 
 def reference_ranks(mats, budget):
-    dense = sum(w.shape[0] * w.shape[1] for _, w in mats)
-    allowed = math.floor(budget * dense * (1 + 1e-12))
-    g = 0
-    for _, w in mats:
-        g = math.gcd(g, w.shape[0] + w.shape[1])
-    units = allowed // g
-    best = np.zeros(units + 1)
-    choices = []
+    """(ranks, allowed) by the energy rule: numpy's singular values, the shared reference search"""
+    shapes, gains = [], []
     for _, w in mats:
         m, n = w.shape
         s = np.linalg.svd(w, compute_uv=False)
-        frac = np.cumsum(s ** 2) / np.sum(s ** 2)
-        rmax = min(min(m, n), m * n // (m + n))
-        c = (m + n) // g
-        new = np.full(units + 1, -1.0)
-        pick = np.zeros(units + 1, dtype=int)
-        for r in range(1, rmax + 1):
-            if r * c > units:
-                break
-            cand = np.full(units + 1, -1.0)
-            prev = best[:units + 1 - r * c]
-            cand[r * c:] = np.where(prev >= 0, prev + frac[r - 1], -1.0)
-            better = cand > new
-            new[better] = cand[better]
-            pick[better] = r
-        best = new
-        choices.append(pick)
-    b = units
-    ranks = [0] * len(mats)
-    for j in range(len(mats) - 1, -1, -1):
-        ranks[j] = int(choices[j][b])
-        b -= ranks[j] * ((mats[j][1].shape[0] + mats[j][1].shape[1]) // g)
+        shapes.append((m, n))
+        gains.append((np.cumsum(s ** 2) / np.sum(s ** 2))[:min(min(m, n), m * n // (m + n))])
+    ranks, _, allowed = budget_knapsack(shapes, gains, budget)
     return ranks, allowed
 
 

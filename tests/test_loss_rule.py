@@ -13,7 +13,6 @@ against torch and numpy on the same weights and windows:
 - bad flags: exit 2 (the loss rule without a budget, its options without it, one point); too many
   samples: exit 1 naming the flag and the counts, nothing written."""
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import safetensors_np  # noqa: E402
-from q3r_testing import Checks, run_q3r, tool_path, write_corpus  # noqa: E402
+from q3r_testing import Checks, budget_knapsack, run_q3r, tool_path, write_corpus  # noqa: E402
 
 check = Checks()
 calib = tool_path("tool_calib")
@@ -112,29 +111,15 @@ try:
               f"difference from torch {worst:.2e}")
         check(max(incs) > 1e-2, "some matrix's cut costs the model clearly (the check has something to see)")
 
-        # the choice: an independent dynamic program over the same table
-        costs = [rm + cm for rm, cm in (w[weight(m["name"])[0]][weight(m["name"])[1]].shape for m in mats)]
-        dense = sum(w[weight(m["name"])[0]][weight(m["name"])[1]].size for m in mats)
-        allowed = math.floor(B * dense * (1 + 1e-12))
-        g = 0
-        for c in costs:
-            g = math.gcd(g, c)
-        U_ = allowed // g
-        best = [0.0] * (U_ + 1)
-        for m, c in zip(mats, costs):
-            cu = c // g
-            nxt = [-math.inf] * (U_ + 1)
-            for b in range(U_ + 1):
-                for r in range(1, m["max_rank"] + 1):
-                    if r * cu > b or best[b - r * cu] == -math.inf:
-                        continue
-                    nxt[b] = max(nxt[b], best[b - r * cu] - m["increase"][r - 1])
-            best = nxt
+        # the choice: the independent reference search over the same table
+        shapes = [w[weight(m["name"])[0]][weight(m["name"])[1]].shape for m in mats]
+        costs = [rm + cm for rm, cm in shapes]
+        _, best, allowed = budget_knapsack(shapes, [[-x for x in m["increase"]] for m in mats], B)
         chosen = {x["name"]: x["rank"] for x in rep["matrices"]}
         total = sum(m["increase"][chosen[m["name"]] - 1] for m in mats)
         spent = sum(chosen[m["name"]] * c for m, c in zip(mats, costs))
         check(spent <= allowed, f"spent {spent} of {allowed} parameters")
-        check(abs(-total - best[U_]) < 1e-9, f"summed increase {total:.9f} = the optimum {-best[U_]:.9f}")
+        check(abs(-total - best) < 1e-9, f"summed increase {total:.9f} = the optimum {-best:.9f}")
         cmeta = safetensors_np.read(out)[1]
         file_ranks = [int(x) for x in cmeta["model.ranks"].split(",")]
         check(file_ranks[:len(mats)] == [chosen[m["name"]] for m in mats], f"the file's ranks: {file_ranks}")
