@@ -129,7 +129,7 @@ static double best_gemm(int m, int n, int k, int kind, const float *A, const flo
 }
 
 int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const double rows[4],
-                     q3r_error *err) {
+                     double best_step_s, double torch_ms, q3r_error *err) {
     q3r_trainer *t = NULL;
     q3r_step_stats st;
     c->reg = Q3R_REG_NONE;
@@ -167,6 +167,7 @@ int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const d
     printf("          %-5s %-18s %10s %12s %9s\n", "GEMMs", "shape (rows x in x out)", "in step",
            "sgemm alone", "ratio");
     int ok = 1;
+    double floor_s = 0, gemm_step_s = 0; /* the block GEMMs at their alone rates; inside the step */
     for (int j = 0; j < 4 && ok; j++) {
         const int mi = q3r_model_find_kind(m, kinds[j]);
         q3r_matrix mx;
@@ -202,6 +203,8 @@ int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const d
                              : j == 2 ? Q3R_PROF_FC1
                                       : Q3R_PROF_FC2;
             const double in_step = 6.0 * rows[j] * in * out / ((fw[part] + bw[part]) / steps) / 1e9;
+            floor_s += 6.0 * rows[j] * in * out / (alone * 1e9);
+            gemm_step_s += (fw[part] + bw[part]) / steps;
             char shape[48];
             snprintf(shape, sizeof shape, "%d x %d x %d", n, in, out);
             printf("          %-5s %-18s %7.1f GF %9.1f GF %8.0f%%\n",
@@ -211,6 +214,19 @@ int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const d
         q3r_free(B);
         q3r_free(C);
         q3r_free(C2);
+    }
+    if (ok && floor_s > 0) {
+        /* The step can be no faster than its block GEMMs run at the rate they reach alone, with
+         * every other part free: that bounds the speed-up over torch any kernel work can give. */
+        printf("          block GEMMs: %.1f ms in the profiled step, %.1f ms at their alone rates (%.0f%% of "
+               "their ceiling); the rest %.1f ms\n",
+               gemm_step_s * 1e3, floor_s * 1e3, 100 * floor_s / gemm_step_s, (step - gemm_step_s) * 1e3);
+        printf("          floor: the best step %.1f ms is %.2fx the block GEMMs alone (%.1f ms)",
+               best_step_s * 1e3, best_step_s / floor_s, floor_s * 1e3);
+        if (torch_ms > 0)
+            printf("; torch / that floor %.2fx (torch / q3r can reach at most this)",
+                   torch_ms / (floor_s * 1e3));
+        printf("\n");
     }
     q3r_trainer_free(t);
     return ok;

@@ -44,9 +44,11 @@ int bench_time_both(q3r_train_config *c, int window, int windows, const q3r_batc
  * against the sgemm ceiling at the same shapes and threads: the best of cblas_sgemm (OpenBLAS's own
  * threading) and q3r's row-split kernels, run alone on the same shapes. rows[kind]: the rows
  * (tokens) each kind multiplies per step over all blocks (the ViT's last block: its class token).
- * Returns 1 on success. */
+ * Last, the floor: the time of those GEMMs at their alone rates, next to best_step_s (the best AdamW
+ * window's step) and torch_ms (0: no torch), so that torch / floor bounds the ratio to torch that
+ * faster non-GEMM parts could reach. Returns 1 on success. */
 int bench_step_split(q3r_train_config *c, const q3r_batch *b, int steps, const double rows[4],
-                     q3r_error *err);
+                     double best_step_s, double torch_ms, q3r_error *err);
 
 /* Runs `/usr/bin/python3 bench/<script> <args> --json` (the script next to this source),
  * without the OpenMP spin count q3r_startup may have added for q3r itself, and reads its

@@ -68,7 +68,7 @@ static int bench(const char *preset, int batch, int context, int steps, const ch
             return 1;
         }
         bench_print_rows(th, &bt, (double)n, gflop, mib, have_torch, tms, tmib);
-        if (!bench_step_split(&c, &b, window * windows, rows, &err)) {
+        if (!bench_step_split(&c, &b, window * windows, rows, bt.best[0], have_torch ? tms : 0, &err)) {
             fprintf(stderr, "bench_gpt: %s\n", err.msg);
             return 1;
         }

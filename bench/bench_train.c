@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         bench_print_rows(th, &bt, batch, gflop, mib, have_torch, tms, tmib);
-        if (!bench_step_split(&c, &b, window * windows, rows, &err)) {
+        if (!bench_step_split(&c, &b, window * windows, rows, bt.best[0], have_torch ? tms : 0, &err)) {
             fprintf(stderr, "bench_train: %s\n", err.msg);
             return 1;
         }
