@@ -32,7 +32,10 @@ typedef struct {
     int rows, cols;
 } shape;
 
-static const shape shapes[] = {{192, 192}, {576, 192}, {768, 192}, {768, 3072}, {2048, 2048}};
+/* ViT and GPT block shapes: vit-bench (192 wide), gpt-small's fused qkv and its transpose (256 wide), an MLP
+ * of a 768-wide model, a large square */
+static const shape shapes[] = {{192, 192}, {576, 192},  {768, 192},  {768, 256},
+                               {256, 768}, {768, 3072}, {2048, 2048}};
 enum { NSHAPES = sizeof shapes / sizeof shapes[0] };
 static const char *const rank_texts[] = {"0.1", "0.4", "8"};
 enum { NRANKS = sizeof rank_texts / sizeof rank_texts[0] };

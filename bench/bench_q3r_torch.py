@@ -25,7 +25,7 @@ except ImportError:
     print("bench_q3r_torch: torch is not importable by %s" % sys.executable, file=sys.stderr)
     sys.exit(77)
 
-DEFAULT_SHAPES = [(192, 192), (576, 192), (768, 192), (768, 3072), (2048, 2048)]
+DEFAULT_SHAPES = [(192, 192), (576, 192), (768, 192), (768, 256), (256, 768), (768, 3072), (2048, 2048)]
 LAMBDA = 0.1
 
 
