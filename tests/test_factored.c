@@ -114,8 +114,9 @@ static void test_layer(void) {
 }
 
 /* Several factored layers on one input (Q, K, V held apart), large enough for the threaded path:
- * each part equals its dense W_j = A_j B_j into its column block, outside columns untouched, and a
- * second call gives the same bits. */
+ * each part equals its dense W_j = A_j B_j into its column block, outside columns untouched, each
+ * part's saved intermediate t_j (which backward reads) equals x B_j^T though the first products
+ * run as one GEMM on the stacked B factors, and a second call gives the same bits. */
 static void test_parts(void) {
     enum { N = 3000, IN = 64, OUT = 48, LD = 3 * OUT + 5 };
     const int R[3] = {16, 3, 40};
@@ -154,6 +155,10 @@ static void test_parts(void) {
             }
         CHECK(e < 1e-5 * scale, "factored part %d (rank %d) against its dense W = A B: max err %g of %g", j,
               R[j], e, scale);
+        float *tref = malloc(sizeof(float) * N * R[j]);
+        matmul(tref, x, bf[j], N, IN, R[j], 0, 1);
+        CHECK(rel_max_err_f(t[j], tref, N * R[j]) < 1e-5, "factored part %d: saved t = x B^T", j);
+        free(tref);
     }
     memcpy(y2, y, sizeof(float) * N * LD);
     q3r_linear_factored_forward_parts(3, parts, x, N, IN);
