@@ -115,8 +115,8 @@ static void test_layer(void) {
 
 /* Several factored layers on one input (Q, K, V held apart), large enough for the threaded path:
  * each part equals its dense W_j = A_j B_j into its column block, outside columns untouched, each
- * part's saved intermediate t_j (which backward reads) equals x B_j^T though the first products
- * run as one GEMM on the stacked B factors, and a second call gives the same bits. */
+ * part's saved intermediate t_j (which backward reads) equals x B_j^T, and a second call gives the
+ * same bits. */
 static void test_parts(void) {
     enum { N = 3000, IN = 64, OUT = 48, LD = 3 * OUT + 5 };
     const int R[3] = {16, 3, 40};
