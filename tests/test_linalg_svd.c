@@ -90,6 +90,19 @@ static void test_shape(int m, int n, int ld, q3r_rng *rng) {
     double dmax = 0;
     for (int i = 0; i < k; i++) dmax = fmax(dmax, fabs(S2[i] - S[i]));
     CHECK(dmax < 1e-12 * S[0], "%dx%d values-only differs by %g", m, n, dmax);
+    /* double input (q3r_svd_thin_d): the same factors as from the float input, which holds the
+     * same values */
+    double *Xd = malloc(sizeof(double) * m * ld), *Ud = malloc(sizeof(double) * m * k),
+           *Sd = malloc(sizeof(double) * k), *VTd = malloc(sizeof(double) * k * n);
+    for (int i = 0; i < m * ld; i++) Xd[i] = X[i];
+    CHECK_OK(q3r_svd_thin_d(Xd, m, n, ld, Ud, Sd, VTd, &err), &err);
+    CHECK(memcmp(Ud, U, sizeof(double) * m * k) == 0 && memcmp(Sd, S, sizeof(double) * k) == 0 &&
+              memcmp(VTd, VT, sizeof(double) * k * n) == 0,
+          "%dx%d double input gives other factors than the float input", m, n);
+    free(Xd);
+    free(Ud);
+    free(Sd);
+    free(VTd);
     /* float path: sigma within 1e-6 sigma_1 of the double path, factors reconstruct */
     float *Uf = malloc(sizeof(float) * m * k), *Sf = malloc(sizeof(float) * k),
           *VTf = malloc(sizeof(float) * k * n);

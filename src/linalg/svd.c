@@ -1,10 +1,17 @@
 /* Thin SVD through LAPACK's divide-and-conquer driver: dgesdd (double) or sgesdd (float).
  *
- * Row-major without transposes: the row-major buffer of X (m x n) is, read column-major,
- * X^T (n x m). LAPACK factors X^T = U' S V'^T, so X = V' S U'^T. Read back row-major,
+ * LAPACK always gets the tall (or square) orientation: on a wide input the driver reduces by LQ
+ * and runs about 1.7x slower than on the same matrix tall (sgesdd, 768 x 256 against 256 x 768:
+ * bench_q3r's lone refresh).
+ *
+ * m <= n, no transposes: the row-major buffer of X (m x n) is, read column-major, X^T (n x m),
+ * which is tall. LAPACK factors X^T = U' S V'^T, so X = V' S U'^T. Read back row-major,
  * LAPACK's column-major VT' (k x m, ldvt = k) is exactly U (m x k, ld k), and its U'
  * (n x k, ldu = n) is exactly VT (k x n, ld n). So the caller's buffers are handed to
- * LAPACK with their roles swapped, and nothing is copied after the call. */
+ * LAPACK with their roles swapped, and nothing is copied after the call.
+ *
+ * m > n: X is copied column-major (lda m), LAPACK factors X itself, and its column-major U
+ * (m x k) and VT (k x n) are transposed into the caller's row-major buffers. */
 #include "q3r/linalg.h"
 
 #include <cblas.h>
@@ -62,32 +69,37 @@ static q3r_status svd_thin(int f64, const float *X, const double *Xd, int m, int
     const char *name = f64 ? "dgesdd" : "sgesdd", *unit = f64 ? "doubles" : "floats";
     const size_t esz = f64 ? sizeof(double) : sizeof(float);
     const int k = m < n ? m : n;
-    const int lm = n, ln = m; /* LAPACK's view: X^T is n x m */
+    const int tall = m > n;                         /* copy X column-major and transpose U, VT after */
+    const int lm = tall ? m : n, ln = tall ? n : m; /* LAPACK's view: X (tall) or X^T (m <= n) */
     const char jobz = U ? 'S' : 'N';
-    /* A copy in the driver's precision, row-major with ld n == column-major X^T with lda n. */
+    /* A copy in the driver's precision: column-major X (lda m) when tall, else row-major X with
+     * ld n, which is column-major X^T with lda n. */
     void *A = q3r_alloc((size_t)m * n * esz);
     int *iwork = q3r_alloc((size_t)8 * k * sizeof(int));
+    /* the tall case's LAPACK U (m x k, ldu m) and VT (k x n, ldvt k), both column-major */
+    void *u_col = tall && U ? q3r_alloc((size_t)m * k * esz) : NULL;
+    void *vt_col = tall && U ? q3r_alloc((size_t)k * n * esz) : NULL;
     void *work = NULL;
-    if (!A || !iwork) {
+    if (!A || !iwork || (tall && U && (!u_col || !vt_col))) {
         st = q3r_fail(err, Q3R_ENOMEM, "svd: out of memory for a %d x %d matrix", m, n);
         goto done;
     }
-    for (int i = 0; i < m && Xd; i++)
-        memcpy((double *)A + (size_t)i * n, Xd + (size_t)i * ld, sizeof(double) * (size_t)n);
-    for (int i = 0; i < m && !Xd; i++) {
-        const float *x = X + (size_t)i * ld;
-        if (f64)
-            for (int j = 0; j < n; j++) ((double *)A)[(size_t)i * n + j] = x[j];
-        else memcpy((float *)A + (size_t)i * n, x, (size_t)n * sizeof(float));
-    }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            const double v = Xd ? Xd[(size_t)i * ld + j] : (double)X[(size_t)i * ld + j];
+            const size_t at = tall ? (size_t)j * m + i : (size_t)i * n + j;
+            if (f64) ((double *)A)[at] = v;
+            else ((float *)A)[at] = (float)v; /* X is float whenever the driver is */
+        }
 
     int info = 0;
     union {
         double d;
         float f;
     } wq = {0}, dummy = {0}; /* one element of either precision */
-    /* Roles swapped (see the file comment): LAPACK's U' is our VT, its VT' our U. */
-    void *u_lap = U ? VT : (void *)&dummy, *vt_lap = U ? U : (void *)&dummy;
+    /* m <= n: roles swapped (see the file comment), LAPACK's U' is our VT, its VT' our U */
+    void *u_lap = !U ? (void *)&dummy : tall ? u_col : VT;
+    void *vt_lap = !U ? (void *)&dummy : tall ? vt_col : U;
     const int ldu = U ? lm : 1, ldvt = U ? k : 1;
     gesdd(f64, jobz, lm, ln, A, lm, S, u_lap, ldu, vt_lap, ldvt, &wq, -1, iwork, &info);
     if (info != 0) {
@@ -109,8 +121,21 @@ static q3r_status svd_thin(int f64, const float *X, const double *Xd, int m, int
     else if (info < 0)
         st =
             q3r_fail(err, Q3R_EINVAL, "svd: %s rejected argument %d for a %d x %d matrix", name, -info, m, n);
+    if (!st && tall && U) {
+        /* U (m x k, ld k) from u_col (ld m); VT (k x n, ld n) from vt_col (ld k) */
+        for (int i = 0; i < m; i++)
+            for (int c = 0; c < k; c++)
+                if (f64) ((double *)U)[(size_t)i * k + c] = ((double *)u_col)[(size_t)c * m + i];
+                else ((float *)U)[(size_t)i * k + c] = ((float *)u_col)[(size_t)c * m + i];
+        for (int c = 0; c < k; c++)
+            for (int j = 0; j < n; j++)
+                if (f64) ((double *)VT)[(size_t)c * n + j] = ((double *)vt_col)[(size_t)j * k + c];
+                else ((float *)VT)[(size_t)c * n + j] = ((float *)vt_col)[(size_t)j * k + c];
+    }
 done:
     q3r_free(A);
+    q3r_free(u_col);
+    q3r_free(vt_col);
     q3r_free(iwork);
     q3r_free(work);
     return st;
