@@ -146,8 +146,8 @@ try:
         check(r.returncode == 2 and not os.path.exists(bad), f"{what}: exit 2 ({r.stderr.strip()[:90]})")
     r = run_q3r(["truncate", "--targets", "all", "--budget", "0.3", "--budget-rule", "loss", "--loss-samples",
                  "100000000", model, bad])
-    check(r.returncode == 1 and "--budget-rule loss" in r.stderr and "100000000" in r.stderr
-          and not os.path.exists(bad), f"too many samples: exit 1 ({r.stderr.strip()[:120]})")
+    check(r.returncode == 1 and "--budget-rule loss" in r.stderr and "100000000" in r.stderr and model in r.stderr
+          and not os.path.exists(bad), f"too many samples: exit 1, naming the model file ({r.stderr.strip()[:160]})")
     r = run_q3r(["sweep", "--targets", "all", "--budget-rule", "loss", model])
     check(r.returncode == 2, f"sweep: the loss rule without --budgets: exit 2 ({r.stderr.strip()[:90]})")
 finally:

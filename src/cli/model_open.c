@@ -9,6 +9,7 @@ int cli_model_open(const char *cmd, const char *path, int batch, const char *dat
                    cli_model *m) {
     q3r_error err;
     memset(m, 0, sizeof *m);
+    m->path = path;
     q3r_meta_init(&m->meta);
     if (q3r_model_load(path, batch, &m->model, &m->meta, &err)) {
         fprintf(stderr, "q3r %s: %s\n", cmd, err.msg);
@@ -72,7 +73,7 @@ static int calib_data(const char *cmd, cli_model *m, const char *data_dir, int64
     }
     if (q3r_dataset_load_split(ds, m->dataset, data_dir, "train", q3r_meta_get(&m->meta, "data.classes"),
                                &err)) {
-        fprintf(stderr, "q3r %s: calibration data: %s\n", cmd, err.msg);
+        fprintf(stderr, "q3r %s: %s: calibration data: %s\n", cmd, m->path, err.msg);
         return 1;
     }
     c->ds = ds;
@@ -88,7 +89,7 @@ int cli_calibrate(const char *cmd, cli_model *m, const char *data_dir, const cha
     if (calib_data(cmd, m, data_dir, samples, seed, &c, &ds)) return 1;
     q3r_status s = q3r_calibrate(m->model, targets, &c, out, &err);
     q3r_dataset_free(&ds);
-    if (s) fprintf(stderr, "q3r %s: --calib: %s\n", cmd, err.msg);
+    if (s) fprintf(stderr, "q3r %s: %s: --calib: %s\n", cmd, m->path, err.msg);
     return s ? 1 : 0;
 }
 
@@ -115,14 +116,14 @@ int cli_loss_rule(const char *cmd, cli_model *m, const char *data_dir, const cha
     q3r_dataset ds;
     q3r_calib_spec c;
     if (q3r_truncate_basis_new(m->model, targets, grams, basis, &err)) {
-        fprintf(stderr, "q3r %s: %s\n", cmd, err.msg);
+        fprintf(stderr, "q3r %s: %s: %s\n", cmd, m->path, err.msg);
         return 1;
     }
     if (calib_data(cmd, m, data_dir, samples, seed, &c, &ds)) return 1;
     loss_progress p = {cmd, isatty(fileno(stderr)), q3r_now()};
     q3r_status s = q3r_loss_sensitivity(m->model, *basis, &c, points, on_loss_eval, &p, out, &err);
     q3r_dataset_free(&ds);
-    if (s) fprintf(stderr, "q3r %s: --budget-rule loss: %s\n", cmd, err.msg);
+    if (s) fprintf(stderr, "q3r %s: %s: --budget-rule loss: %s\n", cmd, m->path, err.msg);
     return s ? 1 : 0;
 }
 

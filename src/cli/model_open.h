@@ -9,6 +9,7 @@
 #include "q3r/truncate.h"
 
 typedef struct {
+    const char *path; /* the file it was loaded from (the caller's string) */
     q3r_model *model;
     q3r_meta meta;
     q3r_normalize norm;
