@@ -10,8 +10,8 @@
  * probabilities past t are set to 0, so the diagonal block's products add exact zeros for the
  * masked keys. The non-causal path is unchanged. */
 #include "q3r/nn.h"
+#include "sgemm.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -27,6 +27,7 @@
     (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
 __attribute__((simd("notinbranch"))) float expf(float);
 #endif
+
 
 /* row (n) <- softmax(row) in place. The exponent is clamped at -80 (e^-80 ~ 2e-35, far below
  * float resolution next to the max term's 1): libmvec's expf falls back to a slow scalar path
@@ -60,15 +61,13 @@ static void causal_forward_pair(float *o, float *a, const float *q, const float 
         const int i1 = i0 + CAUSAL_BLOCK < Tq ? i0 + CAUSAL_BLOCK : Tq, m = i1 - i0;
         float *ab = a + (size_t)i0 * T;
         /* ab (m, i1) = scale * q[i0:i1] k[0:i1]^T: keys past i1 are masked for the whole block */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1, Dh, scale, q + (size_t)i0 * ld, ld, k, ld,
-                    0.0f, ab, T);
+        nn_sgemm(0, 1, m, i1, Dh, scale, q + (size_t)i0 * ld, ld, k, ld, 0.0f, ab, T);
         for (int t = i0; t < i1; t++) {
             softmax_row(a + (size_t)t * T, t + 1);
             if (t + 1 < T) memset(a + (size_t)t * T + t + 1, 0, sizeof(float) * (size_t)(T - t - 1));
         }
         /* o[i0:i1] (m, Dh) = ab (m, i1) v[0:i1] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Dh, i1, 1.0f, ab, T, v, ld, 0.0f,
-                    o + (size_t)i0 * D, D);
+        nn_sgemm(0, 0, m, Dh, i1, 1.0f, ab, T, v, ld, 0.0f, o + (size_t)i0 * D, D);
     }
 }
 
@@ -93,11 +92,10 @@ void q3r_attention_forward(float *out, float *att, const float *qkv, int B, int 
         const float *k = q + D, *v = q + 2 * D;
         float *a = att + (size_t)bh * Tq * T;
         /* a (Tq, T) = scale * q (Tq, Dh) k^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, scale, q, ld, k, ld, 0.0f, a, T);
+        nn_sgemm(0, 1, Tq, T, Dh, scale, q, ld, k, ld, 0.0f, a, T);
         for (int t = 0; t < Tq; t++) softmax_row(a + (size_t)t * T, T);
         /* out[b, :, h*Dh:(h+1)*Dh] (Tq, Dh) = a (Tq, T) v (T, Dh) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, a, T, v, ld, 0.0f,
-                    out + (size_t)b * Tq * D + (size_t)h * Dh, D);
+        nn_sgemm(0, 0, Tq, Dh, T, 1.0f, a, T, v, ld, 0.0f, out + (size_t)b * Tq * D + (size_t)h * Dh, D);
     }
 }
 
@@ -111,8 +109,7 @@ static void causal_backward_pair(float *dq, float *dk, float *dv, float *da, con
         const int i1 = i0 + CAUSAL_BLOCK < Tq ? i0 + CAUSAL_BLOCK : Tq, m = i1 - i0;
         float *db = da + (size_t)i0 * T;
         /* db (m, i1) = do[i0:i1] v[0:i1]^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1, Dh, 1.0f, dO + (size_t)i0 * D, D, v, ld,
-                    0.0f, db, T);
+        nn_sgemm(0, 1, m, i1, Dh, 1.0f, dO + (size_t)i0 * D, D, v, ld, 0.0f, db, T);
         /* softmax backward over keys 0..t, ds = 0 for the masked ones up to the band's edge */
         for (int t = i0; t < i1; t++) {
             const float *ar = a + (size_t)t * T;
@@ -126,17 +123,16 @@ static void causal_backward_pair(float *dq, float *dk, float *dv, float *da, con
             if (n < i1) memset(dr + n, 0, sizeof(float) * (size_t)(i1 - n));
         }
         /* dq[i0:i1] (m, Dh) = ds (m, i1) k[0:i1] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Dh, i1, 1.0f, db, T, k, ld, 0.0f,
-                    dq + (size_t)i0 * ld, ld);
+        nn_sgemm(0, 0, m, Dh, i1, 1.0f, db, T, k, ld, 0.0f, dq + (size_t)i0 * ld, ld);
     }
     /* keys [j0, j1) are seen by queries j0..Tq-1 only: dv = a^T do, dk = ds^T q over those rows
      * (the diagonal block's masked entries are exact zeros in a and ds) */
     for (int j0 = 0; j0 < Tq; j0 += CAUSAL_BLOCK) {
         const int j1 = j0 + CAUSAL_BLOCK < Tq ? j0 + CAUSAL_BLOCK : Tq, mk = j1 - j0, nq = Tq - j0;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, mk, Dh, nq, 1.0f, a + (size_t)j0 * T + j0, T,
-                    dO + (size_t)j0 * D, D, 0.0f, dv + (size_t)j0 * ld, ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, mk, Dh, nq, 1.0f, da + (size_t)j0 * T + j0, T,
-                    q + (size_t)j0 * ld, ld, 0.0f, dk + (size_t)j0 * ld, ld);
+        nn_sgemm(1, 0, mk, Dh, nq, 1.0f, a + (size_t)j0 * T + j0, T, dO + (size_t)j0 * D, D, 0.0f,
+                 dv + (size_t)j0 * ld, ld);
+        nn_sgemm(1, 0, mk, Dh, nq, 1.0f, da + (size_t)j0 * T + j0, T, q + (size_t)j0 * ld, ld, 0.0f,
+                 dk + (size_t)j0 * ld, ld);
     }
     /* tokens past the last query are no query (dq = 0) and no query's key or value */
     for (int t = Tq; t < T; t++) {
@@ -173,8 +169,8 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
         float *da = datt + (size_t)bh * Tq * T;
         const float *dO = dout + (size_t)b * Tq * D + (size_t)h * Dh;
         /* dv (T, Dh) = a^T do ; da (Tq, T) = do v^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, a, T, dO, D, 0.0f, dv, ld);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Tq, T, Dh, 1.0f, dO, D, v, ld, 0.0f, da, T);
+        nn_sgemm(1, 0, T, Dh, Tq, 1.0f, a, T, dO, D, 0.0f, dv, ld);
+        nn_sgemm(0, 1, Tq, T, Dh, 1.0f, dO, D, v, ld, 0.0f, da, T);
         /* softmax backward, in place: ds = a * (da - sum_j da a), times the score scale */
         for (int t = 0; t < Tq; t++) {
             const float *ar = a + (size_t)t * T;
@@ -186,8 +182,8 @@ void q3r_attention_backward(float *dqkv, float *datt, const float *dout, const f
             for (int j = 0; j < T; j++) dr[j] = scale * ar[j] * (dr[j] - s);
         }
         /* dq (Tq, Dh) = ds k ; dk (T, Dh) = ds^T q ; tokens that were no query get dq = 0 */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Tq, Dh, T, 1.0f, da, T, k, ld, 0.0f, dq, ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, Dh, Tq, 1.0f, da, T, q, ld, 0.0f, dk, ld);
+        nn_sgemm(0, 0, Tq, Dh, T, 1.0f, da, T, k, ld, 0.0f, dq, ld);
+        nn_sgemm(1, 0, T, Dh, Tq, 1.0f, da, T, q, ld, 0.0f, dk, ld);
         for (int t = Tq; t < T; t++) memset(dq + (size_t)t * ld, 0, sizeof(float) * (size_t)Dh);
     }
 }

@@ -6,8 +6,8 @@
  * built for OpenMP runs serially inside a parallel region). The split depends only on the thread
  * count, so results are deterministic for a given count. */
 #include "q3r/nn.h"
+#include "sgemm.h"
 
-#include <cblas.h>
 #include <omp.h>
 #include <string.h>
 
@@ -27,14 +27,12 @@ static void sgemm_rows(int transA, int transB, int m, int n, int k, float alpha,
             int i0 = g0 * 16, i1 = g1 * 16 < m ? g1 * 16 : m;
             if (i1 > i0) {
                 const float *Ab = transA ? A + i0 : A + (size_t)i0 * lda;
-                cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-                            transB ? CblasTrans : CblasNoTrans, i1 - i0, n, k, alpha, Ab, lda, B, ldb, beta,
-                            C + (size_t)i0 * ldc, ldc);
+                nn_sgemm(transA, transB, i1 - i0, n, k, alpha, Ab, lda, B, ldb, beta, C + (size_t)i0 * ldc,
+                         ldc);
             }
         }
     } else {
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m,
-                    n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+        nn_sgemm(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
 }
 
@@ -86,11 +84,9 @@ static void factored_rows(float *y, int ldy, float *t, const float *x, const flo
                           const float *b, const float *r, int i0, int i1, int in, int rank, int out) {
     const int rows = i1 - i0;
     float *tb = t + (size_t)i0 * rank, *yb = y + (size_t)i0 * ldy;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, rank, in, 1.0f, x + (size_t)i0 * in, in, bf,
-                in, 0.0f, tb, rank);
+    nn_sgemm(0, 1, rows, rank, in, 1.0f, x + (size_t)i0 * in, in, bf, in, 0.0f, tb, rank);
     const float beta = seed_rows(y, ldy, b, r, i0, i1, out, 0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, rank, 1.0f, tb, rank, a, rank, beta, yb,
-                ldy);
+    nn_sgemm(0, 1, rows, out, rank, 1.0f, tb, rank, a, rank, beta, yb, ldy);
 }
 
 /* Rows [i0, i1) of every part, in chunks of FACTORED_CHUNK rows (each chunk's input and thin
