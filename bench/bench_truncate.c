@@ -12,7 +12,8 @@
  * the dense forward's own time split allows: each truncated kind of matrix (Q/K/V, proj, fc1, fc2)
  * takes its measured share of the dense forward (q3r_model_profile) times its FLOP ratio factored /
  * dense, the rest of the forward unchanged; "of ideal" is measured / ideal speed-up, and the last
- * column says where the gap is (each cut part's profiled time over its ideal time). Weights are a
+ * column says where the gap is (each cut part's profiled time over its ideal time; the ideal and
+ * this column use a dense profile taken in the same rounds as the row's factored one). Weights are a
  * seeded init, truncated by q3r_truncate. Run with OMP_WAIT_POLICY=passive on a shared machine. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +87,36 @@ static void time_split(q3r_model *m, const q3r_batch *b, int reps, double sec[Q3
     q3r_model_profile_read(m, sec, NULL);
     for (int i = 0; i < Q3R_PROF_PARTS; i++) sec[i] /= reps;
     *total = all / reps;
+}
+
+/* time_split of the dense and a factored model together, their profiled forwards alternating, so
+ * that the gap column compares parts timed at the same moments (a dense profile taken once per
+ * thread count moved with the second vCPU's load). */
+static void time_split_paired(q3r_model *dense, q3r_model *f, const q3r_batch *b, int reps,
+                              double dsec[Q3R_PROF_PARTS], double *dtotal, double fsec[Q3R_PROF_PARTS],
+                              double *ftotal) {
+    double dall = 0, fall = 0;
+    q3r_model_profile(dense, 1);
+    q3r_model_profile(f, 1);
+    for (int r = 0; r < reps; r++) {
+        if (r & 1) {
+            fall += forward_seconds(f, b);
+            dall += forward_seconds(dense, b);
+        } else {
+            dall += forward_seconds(dense, b);
+            fall += forward_seconds(f, b);
+        }
+    }
+    q3r_model_profile(dense, 0);
+    q3r_model_profile(f, 0);
+    q3r_model_profile_read(dense, dsec, NULL);
+    q3r_model_profile_read(f, fsec, NULL);
+    for (int i = 0; i < Q3R_PROF_PARTS; i++) {
+        dsec[i] /= reps;
+        fsec[i] /= reps;
+    }
+    *dtotal = dall / reps;
+    *ftotal = fall / reps;
 }
 
 /* The profiled part of a matrix kind, or -1 (the head is not cut here). */
@@ -211,14 +242,16 @@ static int bench(const char *preset, int batch_arg, int reps) {
                100 * share[Q3R_PROF_ATTENTION], 100 * share[Q3R_PROF_NORM], 100 * share[Q3R_PROF_GELU]);
         for (int ti = 0; ti < 2; ti++)
             for (int k = 1; k < NP; k++) {
-                double speed[3], t, ratio[Q3R_PROF_PARTS], fsec[Q3R_PROF_PARTS], ftotal;
+                double speed[3], t, ratio[Q3R_PROF_PARTS], fsec[Q3R_PROF_PARTS], ftotal, psec[Q3R_PROF_PARTS],
+                    ptotal;
                 part_ratios(f[ti][k], ratio);
-                const double ideal = ideal_speedup(ratio, dsec, dtotal);
                 time_paired(dense, f[ti][k], &b, reps, speed, &t);
-                time_split(f[ti][k], &b, reps, fsec, &ftotal);
+                /* the ideal and the gap from a dense profile paired with this row's factored one */
+                time_split_paired(dense, f[ti][k], &b, reps, psec, &ptotal, fsec, &ftotal);
+                const double ideal = ideal_speedup(ratio, psec, ptotal);
                 char range[32], gap[160];
                 snprintf(range, sizeof range, "(%.2f-%.2f)", speed[0], speed[2]);
-                gap_text(gap, sizeof gap, ratio, dsec, dtotal, fsec, ftotal);
+                gap_text(gap, sizeof gap, ratio, psec, ptotal, fsec, ftotal);
                 printf("%-8d %-7s %5.1f %6d %12.0f %9.2f %11s %10.2f %9.2f %8.0f%%  %s\n", th, targets[ti],
                        ps[k], rank[ti][k], B / t, speed[1], range, fd / q3r_model_forward_flops(f[ti][k], B),
                        ideal, 100 * speed[1] / ideal, gap);

@@ -16,8 +16,8 @@ static inline void nn_sgemm(int transA, int transB, int m, int n, int k, float a
         for (int i = 0; i < m; i++) memset(C + (size_t)i * ldc, 0, sizeof(float) * (size_t)n);
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n, k,
-                alpha, A, lda, B, ldb, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, m, n,
+                k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 #endif
