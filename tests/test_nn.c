@@ -60,6 +60,9 @@ static void test_linear_forward_large(void) {
     for (int pass = 0; pass < 3; pass++) {
         /* pass 0: bias + residual; 1: neither; 2: residual in place (r == y) */
         if (pass == 2) memcpy(y, r, sizeof(float) * n * out);
+        /* an output the product overwrites: what it held before (here NaN) must not reach it */
+        if (pass == 1)
+            for (size_t i = 0; i < (size_t)n * out; i++) y[i] = NAN;
         q3r_linear_forward(y, x, w, pass == 0 ? b : NULL, pass == 0 ? r : pass == 2 ? y : NULL, n, in, out);
         double maxerr = 0;
         for (int i = 0; i < n; i++)
@@ -74,7 +77,8 @@ static void test_linear_forward_large(void) {
         CHECK(maxerr < 1e-4, "linear forward pass %d: max err %g", pass, maxerr);
     }
     /* backward at the same size vs double loops: dx, dw, db */
-    float *dy = randn((size_t)n * out, 1), *dx = calloc((size_t)n * in, sizeof(float));
+    float *dy = randn((size_t)n * out, 1), *dx = malloc(sizeof(float) * (size_t)n * in);
+    for (size_t i = 0; i < (size_t)n * in; i++) dx[i] = NAN; /* written, not accumulated: NaN must go */
     float *dw = calloc((size_t)out * in, sizeof(float)), *db = calloc(out, sizeof(float));
     q3r_linear_backward(dx, dw, db, dy, x, w, n, in, out, 0);
     double ex = 0, ew = 0, eb = 0;
@@ -190,6 +194,9 @@ static void test_attention(int T, int Tq, int causal) {
     size_t nqkv = (size_t)A_B * A_T * 3 * A_D, nout = (size_t)A_B * A_Tq * A_D;
     A_qkv = randn(nqkv, 1), A_att = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
     A_out = malloc(sizeof(float) * nout), A_proj = randn(nout, 1);
+    /* outputs the products overwrite: what they held before (here NaN) must not reach them */
+    for (size_t i = 0; i < (size_t)A_B * A_H * A_Tq * A_T; i++) A_att[i] = NAN;
+    for (size_t i = 0; i < nout; i++) A_out[i] = NAN;
     att_loss();
     /* forward against a double loop over the timm layout, over keys u < nk (u <= t if causal) */
     double maxerr = 0;
@@ -219,7 +226,9 @@ static void test_attention(int T, int Tq, int causal) {
             }
     CHECK(maxerr < 1e-5, "attention forward (Tq %d, causal %d) max err %g", Tq, causal, maxerr);
     CHECK(masked_zero, "attention (Tq %d, causal %d): masked probabilities exactly 0", Tq, causal);
-    float *dqkv = randn(nqkv, 100), *datt = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
+    float *dqkv = malloc(sizeof(float) * nqkv), *datt = malloc(sizeof(float) * A_B * A_H * A_Tq * A_T);
+    for (size_t i = 0; i < nqkv; i++) dqkv[i] = NAN; /* written, never accumulated */
+    for (size_t i = 0; i < (size_t)A_B * A_H * A_Tq * A_T; i++) datt[i] = NAN;
     q3r_attention_backward(dqkv, datt, A_proj, A_qkv, A_att, A_B, A_T, A_Tq, A_D, A_H, A_causal);
     char what[64];
     snprintf(what, sizeof what, "attention dqkv (Tq %d of %d%s)", Tq, A_T, causal ? ", causal" : "");
