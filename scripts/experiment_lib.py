@@ -289,7 +289,8 @@ def compress_markdown(task, comp):
              "per matrix or with each matrix's rank chosen under one budget of p in total (`--budget`: the most "
              "summed fraction of each matrix's energy kept, plain or whitened); and whitened with the ranks "
              "chosen by measured loss (`--budget-rule loss`, as ASVD: the least summed increase of the training "
-             "loss, each matrix cut alone at 8 ranks on 64 training samples). Cells as above; the best of "
+             "loss, each matrix cut alone at 8 ranks on the rule's default samples: 64 windows of text, 512 "
+             "images; its increases made monotone, equal sums to the higher rank). Cells as above; the best of "
              "each column in bold.", "",
              "| method | rule | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
              "|" + "---|" * (2 + len(COMPRESS_PS))]

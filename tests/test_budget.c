@@ -168,6 +168,28 @@ static void test_spends_the_budget(void) {
     }
 }
 
+/* The loss rule on tables flat past some rank (the monotone envelope of noisy measurements that
+ * found no cost there): equal sums go to the higher rank, so the budget is spent instead of being
+ * left at the first rank that costs nothing. Two 8 x 8 matrices (cost 16 a rank, at most rank 4):
+ * A costs 1 below rank 2, B 1 below rank 3, both 0 from there; budget for 7 ranks gives 4 and 3
+ * (all 7 used), where the smaller-rank tie would stop at 2 and 3. */
+static void test_loss_ties_spend(void) {
+    double la[5] = {0, 1, 0, 0, 0}, lb[5] = {0, 1, 1, 0, 0};
+    q3r_budget_matrix m[2] = {{"A", 8, 8, 8, NULL, la}, {"B", 8, 8, 8, NULL, lb}};
+    int ranks[2];
+    q3r_budget_info info;
+    q3r_error err = {0};
+    CHECK_OK(q3r_budget_ranks(m, 2, 7.0 * 16 / 128, ranks, &info, &err), &err);
+    CHECK(ranks[0] + ranks[1] == 7 && ranks[0] >= 2 && ranks[1] >= 3 && info.spent == 112,
+          "loss ties: ranks %d, %d (want 7 ranks in all, A >= 2, B >= 3), spent %lld of 112", ranks[0],
+          ranks[1], (long long)info.spent);
+    /* the energy rule keeps its tie to the smaller rank: a spectrum with zeros past rank 2 stays at 2 */
+    double z[8] = {1, 1, 0, 0, 0, 0, 0, 0};
+    q3r_budget_matrix e[1] = {{"Z", 8, 8, 8, z, NULL}};
+    CHECK_OK(q3r_budget_ranks(e, 1, 1.0, ranks, &info, &err), &err);
+    CHECK(ranks[0] == 2, "energy ties: rank %d (want 2, the smallest with all the energy)", ranks[0]);
+}
+
 static void test_errors(void) {
     double s[4] = {4, 3, 2, 1};
     q3r_budget_matrix m[2] = {{"a", 4, 4, 4, s, NULL}, {"b", 4, 4, 4, s, NULL}};
@@ -192,6 +214,7 @@ int main(void) {
     test_against_brute_force();
     test_closed_form();
     test_spends_the_budget();
+    test_loss_ties_spend();
     test_errors();
     return check_report("test_budget");
 }

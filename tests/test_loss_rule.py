@@ -5,9 +5,11 @@ against torch and numpy on the same weights and windows:
   rank r by plain SVD, minus the untruncated loss) equals the one a float64 torch nanoGPT gives
   with numpy's rank-r truncation of that matrix, on the windows tool_calib draws for the seed;
 - the untruncated loss and the measured ranks (geometric from 1 to the highest budget rank);
-- between measured ranks the table is their linear interpolation;
+- the table the budget uses is the measurements' monotone envelope (at least 0, never less at a
+  lower rank than at a higher one), linearly interpolated between the measured ranks;
 - the chosen ranks minimise the summed increase within the budget, as an independent dynamic
-  program over the same table finds, and the file holds them;
+  program over the same table finds, the budget is spent (no matrix below its highest rank could
+  take one more within it), and the file holds them;
 - `q3r sweep --budgets B --budget-rule loss` scores that same model (its row = q3r eval of the
   truncated file), with "rule": "loss-budget";
 - bad flags: exit 2 (the loss rule without a budget, its options without it, one point); too many
@@ -100,7 +102,11 @@ try:
             net.load_state_dict(state, strict=True)
             table = m["increase"]
             check(len(table) == rmax, f"{m['name']}: a value per rank")
-            for (r0, v0), (r1, v1) in zip(m["measured"], m["measured"][1:]):
+            env = [v for _, v in m["measured"]]
+            for t in range(len(env) - 1, -1, -1):
+                env[t] = max(env[t], env[t + 1] if t + 1 < len(env) else 0.0)
+            ranks_env = list(zip([r for r, _ in m["measured"]], env))
+            for (r0, v0), (r1, v1) in zip(ranks_env, ranks_env[1:]):
                 for r in range(r0, r1 + 1):
                     want = v0 + (v1 - v0) * (r - r0) / (r1 - r0)
                     if abs(table[r - 1] - want) > 1e-7 * (1 + abs(want)):
@@ -119,6 +125,22 @@ try:
         total = sum(m["increase"][chosen[m["name"]] - 1] for m in mats)
         spent = sum(chosen[m["name"]] * c for m, c in zip(mats, costs))
         check(spent <= allowed, f"spent {spent} of {allowed} parameters")
+        grow = [m["name"] for m, c in zip(mats, costs) if chosen[m["name"]] < m["max_rank"] and spent + c <= allowed]
+        check(not grow, f"the budget is spent: no matrix could take one more rank within it ({grow})")
+        # a large budget, where most matrices' increases are flat at 0 past some rank: equal sums go to the
+        # higher rank, so the budget is still spent rather than left over at the first rank that is free
+        big = run_q3r(["truncate"] + [x if x != str(B) else "0.9" for x in flags] + ["--json", model,
+                                                                                     os.path.join(tmp, "big.safetensors")],
+                      expect_ok=True)
+        if check(big.returncode == 0, "truncated at budget 0.9"):
+            rb = json.loads(big.stdout)
+            cb = {x["name"]: x["rank"] for x in rb["matrices"]}
+            allowed9 = int(0.9 * sum(rm * cm for rm, cm in shapes) * (1 + 1e-12))
+            spent9 = sum(cb[m["name"]] * c for m, c in zip(mats, costs))
+            grow9 = [m["name"] for m, c in zip(mats, costs) if cb[m["name"]] < m["max_rank"] and spent9 + c <= allowed9]
+            check(spent9 <= allowed9 and not grow9, f"budget 0.9 spent: {spent9} of {allowed9} ({grow9} could grow)")
+        noisy = sum(1 for m in mats for _, inc in m["measured"] if inc < 0)
+        print(f"loss rule: {noisy} measured increases below 0 (the envelope lifts them)")
         check(abs(-total - best) < 1e-9, f"summed increase {total:.9f} = the optimum {-best:.9f}")
         cmeta = safetensors_np.read(out)[1]
         file_ranks = [int(x) for x in cmeta["model.ranks"].split(",")]

@@ -113,7 +113,7 @@ typedef struct {
      * measured on loss_samples training samples of the run's seed; the data from
      * q3r_trainer_set_calibration). Dense weights only (not a fine-tune's update). */
     int budget_rule;
-    int64_t loss_samples; /* 0: 64 */
+    int64_t loss_samples; /* 0: q3r_loss_default_samples (64 windows of text, 512 images) */
     int loss_points;      /* 0: 8 */
     q3r_eps_options eps;  /* Q3R on an update (DELTA, or LoRA's B A): DEFAULT means EXPLORATION, as
                           * the update starts at 0 and min(eps, sigma_{r+1}) would freeze eps at

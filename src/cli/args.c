@@ -99,9 +99,15 @@ void args_print_help(const char *cmd, const char *summary, const arg_spec *specs
         else snprintf(left, sizeof left, "--%s %s", s->name, mv);
         if (strlen(left) > 28) printf("  %s\n  %-28s %s", left, "", s->help); /* own line when long */
         else printf("  %-28s %s", left, s->help);
+        /* a help text that states its own default (one that depends on something else) keeps it */
+        const int own = strstr(s->help, "default") != NULL;
         switch (s->type) {
-        case ARG_INT: printf(" (default %d)", *(int *)s->dest); break;
-        case ARG_DOUBLE: printf(" (default %g)", *(double *)s->dest); break;
+        case ARG_INT:
+            if (!own) printf(" (default %d)", *(int *)s->dest);
+            break;
+        case ARG_DOUBLE:
+            if (!own) printf(" (default %g)", *(double *)s->dest);
+            break;
         case ARG_STRING:
         case ARG_TARGETS:
         case ARG_RANK:

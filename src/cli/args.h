@@ -47,7 +47,8 @@ int args_given(const arg_spec *specs, const char *name);
         {"loss-samples",                                                                                 \
          ARG_INT,                                                                                        \
          samples,                                                                                        \
-         "--budget-rule loss: training samples the loss is measured on",                                 \
+         "--budget-rule loss: training samples the loss is measured on (default: 64 windows of text, "   \
+         "512 images)",                                                                                  \
          1,                                                                                              \
          1e9,                                                                                            \
          NULL,                                                                                           \

@@ -193,7 +193,7 @@ int q3r_cmd_sweep(int argc, char **argv) {
     const char *dataset = NULL, *data_dir = NULL, *split = "test", *json = NULL, *plot_path = NULL,
                *text = NULL;
     const char *budgets_text = NULL;
-    int limit = 0, batch = 256, threads = 0, method = 0, calib = 256, seed = 1, brule = 0, loss_samples = 64,
+    int limit = 0, batch = 256, threads = 0, method = 0, calib = 256, seed = 1, brule = 0, loss_samples = 0,
         loss_points = 8;
     const arg_spec specs[] = {
         {"targets", ARG_TARGETS, &targets,

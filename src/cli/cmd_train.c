@@ -107,7 +107,7 @@ static int train_cmd(int argc, char **argv) {
     double val_fraction = c.val_fraction;
     int val_windows = 0, epoch_steps = 0, context = 0;
     const char *init = NULL, *classes = NULL;
-    int new_head = 0, rslora = 0, on_update = 0, brule = 0, loss_samples = 64, loss_points = 8;
+    int new_head = 0, rslora = 0, on_update = 0, brule = 0, loss_samples = 0, loss_points = 8;
     const char *lora_q3r = NULL;
     double lora_alpha = 0;
     const arg_spec specs[] = {

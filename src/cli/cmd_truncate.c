@@ -22,8 +22,9 @@ static int same_file(const char *a, const char *b) {
     return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-/* The loss rule's measurements, as JSON: per targeted matrix the ranks measured with their loss
- * increases, and the interpolated increase at every rank 1 .. max_rank. */
+/* The loss rule's measurements, as JSON: per targeted matrix the ranks measured with their raw loss
+ * increases, and the increase the budget used at every rank 1 .. max_rank (their monotone
+ * envelope, interpolated). */
 static void print_loss_json(q3r_model *m, const q3r_loss_table *t) {
     printf(", \"loss_rule\": {\"samples\": %lld, \"base_loss\": %.9g, \"evaluations\": %d, \"matrices\": [",
            (long long)t->samples, t->base_loss, t->evals);
@@ -34,7 +35,7 @@ static void print_loss_json(q3r_model *m, const q3r_loss_table *t) {
         printf("%s{\"name\": \"%s\", \"max_rank\": %d, \"measured\": [", n++ ? ", " : "", name,
                t->max_rank[i]);
         for (int j = 0; j < t->points[i]; j++)
-            printf("%s[%d, %.9g]", j ? ", " : "", t->ranks[i][j], t->increase[i][t->ranks[i][j]]);
+            printf("%s[%d, %.9g]", j ? ", " : "", t->ranks[i][j], t->measured[i][j]);
         printf("], \"increase\": [");
         for (int r = 1; r <= t->max_rank[i]; r++) printf("%s%.9g", r > 1 ? ", " : "", t->increase[i][r]);
         printf("]}");
@@ -94,7 +95,7 @@ static void print_table(const char *out, const char *rule, const q3r_truncate_re
 int q3r_cmd_truncate(int argc, char **argv) {
     const char *targets = "qkv", *rank = NULL;
     double energy = 0, budget = 0;
-    int json = 0, threads = 0, method = 0, calib = 256, seed = 1, brule = 0, loss_samples = 64,
+    int json = 0, threads = 0, method = 0, calib = 256, seed = 1, brule = 0, loss_samples = 0,
         loss_points = 8;
     const char *data_dir = NULL;
     const arg_spec specs[] = {

@@ -119,6 +119,7 @@ int cli_loss_rule(const char *cmd, cli_model *m, const char *data_dir, const cha
         fprintf(stderr, "q3r %s: %s: %s\n", cmd, m->path, err.msg);
         return 1;
     }
+    if (samples <= 0) samples = q3r_loss_default_samples(m->model);
     if (calib_data(cmd, m, data_dir, samples, seed, &c, &ds)) return 1;
     loss_progress p = {cmd, isatty(fileno(stderr)), q3r_now()};
     q3r_status s = q3r_loss_sensitivity(m->model, *basis, &c, points, on_loss_eval, &p, out, &err);

@@ -98,7 +98,9 @@ q3r_status q3r_budget_ranks(const q3r_budget_matrix *mats, int count, double bud
                 if (prev == -INFINITY) continue;
                 const double gain = x->loss ? -x->loss[r] : total > 0 ? kept / total : 0;
                 const double cand = prev + gain;
-                if (cand > v) { /* strictly better: ties keep the smaller rank */
+                /* strictly better; ties keep the smaller rank, but for the loss rule the higher one:
+                 * a flat stretch of measured cost says nothing against spending the budget */
+                if (cand > v || (x->loss && cand == v)) {
                     v = cand;
                     pick = r;
                 }

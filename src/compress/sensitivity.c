@@ -12,12 +12,18 @@ void q3r_loss_table_free(q3r_loss_table *t) {
     for (int i = 0; i < t->count; i++) {
         if (t->increase) free(t->increase[i]);
         if (t->ranks) free(t->ranks[i]);
+        if (t->measured) free(t->measured[i]);
     }
+    free(t->measured);
     free(t->increase);
     free(t->ranks);
     free(t->points);
     free(t->max_rank);
     memset(t, 0, sizeof *t);
+}
+
+int64_t q3r_loss_default_samples(const q3r_model *m) {
+    return m && q3r_model_input_spec(m)->kind == Q3R_INPUT_TOKENS ? 64 : 512;
 }
 
 /* The calibration samples, drawn once and kept, so that every evaluation sees the same ones. */
@@ -135,9 +141,10 @@ q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis, 
     out->max_rank = calloc((size_t)nm, sizeof *out->max_rank);
     out->points = calloc((size_t)nm, sizeof *out->points);
     out->ranks = calloc((size_t)nm, sizeof *out->ranks);
+    out->measured = calloc((size_t)nm, sizeof *out->measured);
     int *g = malloc(sizeof(int) * (size_t)points);
     double *at = malloc(sizeof(double) * (size_t)points);
-    if (!out->increase || !out->max_rank || !out->points || !out->ranks || !g || !at)
+    if (!out->increase || !out->max_rank || !out->points || !out->ranks || !out->measured || !g || !at)
         s = q3r_fail(err, Q3R_ENOMEM, "loss rule: out of memory");
     int total = 1;
     for (int i = 0; i < nm && !s; i++)
@@ -163,8 +170,10 @@ q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis, 
         out->max_rank[i] = rmax;
         out->points[i] = n;
         out->ranks[i] = malloc(sizeof(int) * (size_t)n);
+        out->measured[i] = malloc(sizeof(double) * (size_t)n);
         if (out->ranks[i]) memcpy(out->ranks[i], g, sizeof(int) * (size_t)n);
-        if (!save_a || (nb && !save_b) || !A || !F || !out->increase[i] || !out->ranks[i]) {
+        if (!save_a || (nb && !save_b) || !A || !F || !out->increase[i] || !out->ranks[i] ||
+            !out->measured[i]) {
             s = q3r_fail(err, Q3R_ENOMEM, "loss rule %s: out of memory", mx.name);
         } else {
             memcpy(save_a, mx.rank ? mx.a : mx.w, sizeof(float) * na);
@@ -181,6 +190,13 @@ q3r_status q3r_loss_sensitivity(q3r_model *in, const q3r_truncate_basis *basis, 
             }
             memcpy(mx.rank ? mx.a : mx.w, save_a, sizeof(float) * na); /* restored, error or not */
             if (nb) memcpy(mx.b, save_b, sizeof(float) * nb);
+        }
+        /* the raw measurements kept; their monotone envelope (q3r/truncate.h), from the top:
+         * at least 0, and at a lower rank at least what the next higher one costs */
+        if (!s) memcpy(out->measured[i], at, sizeof(double) * (size_t)n);
+        for (int t = n - 1; !s && t >= 0; t--) {
+            const double floor_t = t + 1 < n ? at[t + 1] : 0.0;
+            if (!(at[t] >= floor_t)) at[t] = floor_t;
         }
         /* linear between the measured ranks */
         for (int t = 0; !s && t < n; t++) {

@@ -73,7 +73,7 @@ static q3r_status measure(q3r_trainer *t, q3r_loss_table *table, q3r_error *err)
                         "--budget-rule loss: the trainer was given no training data to measure on");
     q3r_truncate_basis *b = NULL;
     q3r_calib_spec c = t->calib;
-    c.samples = t->cfg.loss_samples > 0 ? t->cfg.loss_samples : 64;
+    c.samples = t->cfg.loss_samples; /* resolved at the trainer's creation */
     c.seed = t->cfg.seed;
     q3r_status s = q3r_truncate_basis_new(t->model, t->cfg.targets, NULL, &b, err);
     if (!s)

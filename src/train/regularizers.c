@@ -129,8 +129,7 @@ static q3r_status q3r_metadata(const q3r_train_config *c, double lambda, q3r_met
     q3r_status s = q3r_meta_set(meta, "q3r.targets", c->targets, err);
     if (!s) s = q3r_meta_set(meta, "q3r.rank", c->rank, err);
     if (!s && c->budget_rule) /* only then, so the runs before the rule keep their metadata */
-        s = q3r_meta_setf(meta, err, "q3r.budget_rule", "loss:%lld:%d",
-                          (long long)(c->loss_samples > 0 ? c->loss_samples : 64),
+        s = q3r_meta_setf(meta, err, "q3r.budget_rule", "loss:%lld:%d", (long long)c->loss_samples,
                           c->loss_points > 0 ? c->loss_points : 8);
     if (!s) s = q3r_meta_setf(meta, err, "q3r.lambda", "%.17g", lambda);
     if (!s) s = q3r_meta_setf(meta, err, "q3r.period", "%d", c->period);

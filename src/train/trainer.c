@@ -191,6 +191,7 @@ q3r_status q3r_trainer_create_from_model(const q3r_train_config *cfg, q3r_model 
     }
     t->cfg = *cfg;
     t->model = model;
+    if (t->cfg.loss_samples <= 0) t->cfg.loss_samples = q3r_loss_default_samples(model);
     q3r_status s = trainer_setup(t, err);
     if (s) {
         q3r_trainer_free(t);
