@@ -12,6 +12,7 @@ against torch and numpy on the same weights and windows:
   take one more within it), and the file holds them;
 - `q3r sweep --budgets B --budget-rule loss` scores that same model (its row = q3r eval of the
   truncated file), with "rule": "loss-budget";
+- the default sample count: 64 windows of a text model, 512 images of an image model;
 - bad flags: exit 2 (the loss rule without a budget, its options without it, one point); too many
   samples: exit 1 naming the flag and the counts, nothing written."""
 import json
@@ -172,6 +173,21 @@ try:
           and not os.path.exists(bad), f"too many samples: exit 1, naming the model file ({r.stderr.strip()[:160]})")
     r = run_q3r(["sweep", "--targets", "all", "--budget-rule", "loss", model])
     check(r.returncode == 2, f"sweep: the loss rule without --budgets: exit 2 ({r.stderr.strip()[:90]})")
+
+    # the default sample count follows the model's input: 64 windows of text, 512 images (one label each)
+    def default_samples(mdl, data_args):
+        r = run_q3r(["truncate", "--targets", "qkv", "--budget", "0.5", "--budget-rule", "loss", "--loss-points",
+                     "2", "--threads", "1", "--json", *data_args, mdl, os.path.join(tmp, "default.safetensors")])
+        return json.loads(r.stdout)["loss_rule"]["samples"] if r.returncode == 0 else f"exit {r.returncode}: {r.stderr}"
+    got = default_samples(model, [])
+    check(got == 64, f"text: the loss rule's default is 64 windows ({got})")
+    vit_dir = os.path.join(tmp, "vit")
+    v = run_q3r(["train", "--model", "vit-fmnist", "--width", "32", "--depth", "1", "--heads", "2", "--mlp", "64",
+                 "--train-limit", "600", "--test-limit", "100", "--batch", "100", "--epochs", "1", "--reg", "none",
+                 "--threads", "1", "--quiet", "--out", vit_dir])
+    if check(v.returncode == 0, f"a tiny ViT trained ({v.stderr.strip()[:120]})"):
+        got = default_samples(os.path.join(vit_dir, "model.safetensors"), [])
+        check(got == 512, f"images: the loss rule's default is 512 images ({got})")
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 sys.exit(check.finish())
