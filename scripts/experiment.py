@@ -41,6 +41,7 @@ class Images:
     metric_label = "test accuracy (%)"
     value_key = "acc"
     lower_is_better = False
+    value_digits = 2
     more_outputs = ""
 
     def __init__(self, test_n):

@@ -7,6 +7,7 @@ A task (the image or the text experiment) is an object that says what differs:
   name, metric_label            'images' / 'text'; the plot's y label
   row(per, p)                   the summary row at kept fraction p from the sweep rows of each seed
   value_key, spread_key         the row's plotted value and its spread over seeds
+  value_digits                  the decimals a cell prints the value with
   plot_err(row)                 the error bar of one plotted point
   title(plan)                   the first line of results.md
   note(summary, plan, over)     the line under it: what a cell is
@@ -47,6 +48,8 @@ COMPRESS_KINDS = ["whitened", "budget", "whitened-budget", "whitened-loss-budget
 COMPRESS_WORDS = {"plain": "plain SVD, uniform p", "whitened": "whitened, uniform p",
                   "budget": "plain SVD, budgeted ranks", "whitened-budget": "whitened, budgeted ranks",
                   "whitened-loss-budget": "whitened, ranks by measured loss"}
+COMPRESS_SHORT = {"plain": "s", "whitened": "w", "budget": "b", "whitened-budget": "w+b",
+                  "whitened-loss-budget": "L"}
 # sweeps per model, in evaluations (the model itself and each p), for the time estimates; the
 # loss rule's measurement (8 ranks per matrix on 64 samples) costs about 12 more on these models
 SWEEP_EVALS = len(TARGET_SETS) * (1 + len(PS)) + len(COMPRESS_KINDS) * (1 + len(COMPRESS_PS)) + 12
@@ -279,7 +282,7 @@ def summarize_compress(task, results, names, seeds):
     return out
 
 
-def compress_markdown(task, comp):
+def compress_markdown(task, comp, summary=None):
     """the table of every method under every compression rule, the best cell of each p in bold"""
     if not any(comp.get(k) for k in COMPRESS_KINDS):
         return []
@@ -304,6 +307,35 @@ def compress_markdown(task, comp):
         txt = [task.cell(r) for r in rows]
         txt = [f"**{t}**" if r[task.value_key] == b else t for t, r, b in zip(txt, rows, best)]
         lines.append(f"| {name} | {COMPRESS_WORDS[kind]} | " + " | ".join(txt) + " |")
+    lines.append("")
+    return lines + best_rule_markdown(task, comp, summary)
+
+
+def best_rule_markdown(task, comp, summary=None):
+    """per method and p, the best of its rules (every rule that reaches that mean, by its letter), among
+    the rules swept on the most seeds of that method; the untruncated model first when summary has it"""
+    names = list(next(iter(comp.values())))
+    kinds = ["plain"] + COMPRESS_KINDS
+    lines = [f"## The best compression rule of each method (`--targets {REG_TARGETS}`)", "",
+             "Each cell is the method's best rule at that p (mean over its seeds, as above) and, after it, every "
+             "rule that reaches that mean as printed: " + "; ".join(f"{COMPRESS_SHORT[k]}: {COMPRESS_WORDS[k]}" for k in kinds)
+             + ".", "",
+             "| method | untruncated | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
+             "|" + "---|" * (2 + len(COMPRESS_PS))]
+    for name in names:
+        have = [k for k in kinds if name in comp.get(k, {})]
+        most = max(len(comp[k][name][0]["seed_list"]) for k in have)
+        have = [k for k in have if len(comp[k][name][0]["seed_list"]) == most]
+        dense = (summary or {}).get(REG_TARGETS, {}).get(name)
+        txt = [task.cell(dense[0]) if dense else "?"]
+        for j in range(len(COMPRESS_PS)):
+            vals = {k: comp[k][name][j] for k in have}
+            shown = {k: round(r[task.value_key], task.value_digits) for k, r in vals.items()}  # as printed
+            best = (min if task.lower_is_better else max)(shown.values())
+            pick = vals[next(k for k in have if shown[k] == best)]
+            tags = ", ".join(COMPRESS_SHORT[k] for k in have if shown[k] == best)
+            txt.append(f"{task.cell(pick)} {tags}")
+        lines.append(f"| {name} | " + " | ".join(txt) + " |")
     lines.append("")
     return lines
 
@@ -352,7 +384,7 @@ def markdown(task, summary, plan, results=None):
                      "its own rank where p would not cut it (its own fractions are in results.json).")
     lines.append("")
     if results:
-        lines += compress_markdown(task, summarize_compress(task, results, list(plan["methods"]), seeds))
+        lines += compress_markdown(task, summarize_compress(task, results, list(plan["methods"]), seeds), summary)
     lines += task.extra_md(summary, plan, results or {})
     return "\n".join(lines)
 

@@ -67,6 +67,7 @@ class Text:
     metric_label = "validation bits per byte"
     value_key = "bpb"
     lower_is_better = True
+    value_digits = 3
     sweep_args = []  # the run's own validation windows, recorded in the model file
     more_outputs = ", reference.json, samples/"
 

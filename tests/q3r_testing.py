@@ -109,11 +109,12 @@ def experiment_rows(check, out, res, methods):
     return out_rows
 
 
-def check_compression_table(check, md, out, methods, cell_text):
+def check_compression_table(check, md, out, methods, cell_text, lower_is_better):
     """The experiments' compression table (results.md `md` of the experiment in `out`): five rows
     per method, and for the first method the whitened-budget and the loss-rule sweeps' JSON
     (whitened, their rule, keeping at most 0.3 at p = 0.3) with its p = 0.3 cells equal to the
-    sweeps' rows; cell_text(row) is how a sweep row's metric is printed."""
+    sweeps' rows; cell_text(row) is how a sweep row's metric is printed. Then the best-rule table:
+    the first method's best rule at each p (lower_is_better: the metric's direction)."""
     comp = md.split("## Compression rules")[1].split("\n## ")[0] if "## Compression rules" in md else ""
     for m in methods:
         check(len([ln for ln in comp.splitlines() if ln.startswith(f"| {m} |")]) == 5,
@@ -130,6 +131,21 @@ def check_compression_table(check, md, out, methods, cell_text):
             cell = row[0].strip("|").split("|")[4].strip().replace("**", "")
             want = cell_text(r03)
             check(cell.startswith(want), f"{kind}: p = 0.3 cell {cell!r} against the sweep's {want}")
+    # the best-rule table: each cell of the first method is the best of its five rows at that p,
+    # tagged with the rules that reach it (one seed here, so the cells are comparable as printed)
+    best = md.split("## The best compression rule")[1].split("\n## ")[0] if "## The best compression rule" in md else ""
+    rows = [ln.strip("|").split("|") for ln in comp.splitlines() if ln.startswith(f"| {methods[0]} |")]
+    brow = [ln.strip("|").split("|") for ln in best.splitlines() if ln.startswith(f"| {methods[0]} |")]
+    if check(len(brow) == 1 and len(rows) == 5, f"best-rule table: one row for {methods[0]}"):
+        for j in range(5):
+            vals = [float(r[2 + j].strip().replace("**", "").split()[0]) for r in rows]
+            got = brow[0][2 + j].strip().split()
+            pick = min(vals) if lower_is_better else max(vals)
+            short = {"plain SVD, uniform p": "s", "whitened, uniform p": "w", "plain SVD, budgeted ranks": "b",
+                     "whitened, budgeted ranks": "w+b", "whitened, ranks by measured loss": "L"}
+            tags = ", ".join(short[r[1].strip()] for r, v in zip(rows, vals) if v == pick)
+            check(float(got[0]) == pick and brow[0][2 + j].strip().endswith(tags),
+                  f"best rule at column {j}: {brow[0][2 + j].strip()!r}, want {pick} {tags}")
 
 
 def budget_knapsack(shapes, gains, budget):

@@ -107,7 +107,7 @@ if ev0.returncode == 0:
 
 # the compression table: every method under the five rules, cells from the sweeps' JSON; a budget
 # row keeps the budget
-check_compression_table(check, md, out, methods, lambda r: f"{100 * r['acc']:.2f}")
+check_compression_table(check, md, out, methods, lambda r: f"{100 * r['acc']:.2f}", False)
 
 # resumable: nothing is trained or swept again, the same table comes out
 p3 = script(["--smoke", "--out", out])

@@ -174,7 +174,7 @@ check(not [f for f in os.listdir(out) if f.startswith(".") or f.endswith(".tmp")
 
 # the compression table: every method under the five rules, cells from the sweeps' JSON; a budget
 # row keeps the budget
-check_compression_table(check, md, out, methods, lambda r: f"{r['bpb']:.3f}")
+check_compression_table(check, md, out, methods, lambda r: f"{r['bpb']:.3f}", True)
 
 # resumable: nothing runs again, the same table comes out
 p3 = script(["--out", out])
