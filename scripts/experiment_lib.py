@@ -311,10 +311,25 @@ def compress_markdown(task, comp, summary=None):
     return lines + best_rule_markdown(task, comp, summary)
 
 
+def best_rule_rows(task, comp, name):
+    """one method's best rule at each p of COMPRESS_PS, among the rules swept on the most seeds of that
+    method: [(row, tags)], tags the letters of every rule that reaches the best value as printed"""
+    kinds = [k for k in ["plain"] + COMPRESS_KINDS if name in comp.get(k, {})]
+    most = max(len(comp[k][name][0]["seed_list"]) for k in kinds)
+    kinds = [k for k in kinds if len(comp[k][name][0]["seed_list"]) == most]
+    out = []
+    for j in range(len(COMPRESS_PS)):
+        vals = {k: comp[k][name][j] for k in kinds}
+        shown = {k: round(r[task.value_key], task.value_digits) for k, r in vals.items()}
+        best = (min if task.lower_is_better else max)(shown.values())
+        out.append((vals[next(k for k in kinds if shown[k] == best)],
+                    ", ".join(COMPRESS_SHORT[k] for k in kinds if shown[k] == best)))
+    return out
+
+
 def best_rule_markdown(task, comp, summary=None):
-    """per method and p, the best of its rules (every rule that reaches that mean, by its letter), among
-    the rules swept on the most seeds of that method; the untruncated model first when summary has it"""
-    names = list(next(iter(comp.values())))
+    """per method and p, the best of its rules (best_rule_rows); the untruncated model first when
+    summary has it"""
     kinds = ["plain"] + COMPRESS_KINDS
     lines = [f"## The best compression rule of each method (`--targets {REG_TARGETS}`)", "",
              "Each cell is the method's best rule at that p (mean over its seeds, as above) and, after it, every "
@@ -322,19 +337,10 @@ def best_rule_markdown(task, comp, summary=None):
              + ".", "",
              "| method | untruncated | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
              "|" + "---|" * (2 + len(COMPRESS_PS))]
-    for name in names:
-        have = [k for k in kinds if name in comp.get(k, {})]
-        most = max(len(comp[k][name][0]["seed_list"]) for k in have)
-        have = [k for k in have if len(comp[k][name][0]["seed_list"]) == most]
+    for name in next(iter(comp.values())):
         dense = (summary or {}).get(REG_TARGETS, {}).get(name)
         txt = [task.cell(dense[0]) if dense else "?"]
-        for j in range(len(COMPRESS_PS)):
-            vals = {k: comp[k][name][j] for k in have}
-            shown = {k: round(r[task.value_key], task.value_digits) for k, r in vals.items()}  # as printed
-            best = (min if task.lower_is_better else max)(shown.values())
-            pick = vals[next(k for k in have if shown[k] == best)]
-            tags = ", ".join(COMPRESS_SHORT[k] for k in have if shown[k] == best)
-            txt.append(f"{task.cell(pick)} {tags}")
+        txt += [f"{task.cell(row)} {tags}" for row, tags in best_rule_rows(task, comp, name)]
         lines.append(f"| {name} | " + " | ".join(txt) + " |")
     lines.append("")
     return lines
@@ -398,15 +404,16 @@ def plot(task, summary, targets, path, title, refs=()):
                        xrange="[0:1.03]")
 
 
-def plot_loss_rule(task, summary, comp, path, title, refs=()):
-    """every method's metric under the loss rule (whitened-loss-budget) against the kept fraction,
-    from its untruncated model (the first row of its REG_TARGETS sweep) down to p = 0.1; False
-    when no method has that sweep yet"""
-    kind = COMPRESS_KINDS[-1]
-    series = [(name, [(summary[REG_TARGETS][name][0]["targeted_kept"], summary[REG_TARGETS][name][0][task.value_key],
-                       task.plot_err(summary[REG_TARGETS][name][0]))]
-               + [(r["targeted_kept"], r[task.value_key], task.plot_err(r)) for r in rows])
-              for name, rows in comp.get(kind, {}).items() if name in summary[REG_TARGETS]]
+def plot_rule(task, summary, comp, path, title, refs=(), kind=None):
+    """every method's metric under one compression rule (kind, of COMPRESS_KINDS; None: each method's
+    best rule at each p, best_rule_rows) against the kept fraction, from its untruncated model (the
+    first row of its REG_TARGETS sweep) down to p = 0.1; False when no method has that sweep yet"""
+    names = [n for n in (comp.get(kind, {}) if kind else next(iter(comp.values()), {})) if n in summary[REG_TARGETS]]
+    series = []
+    for name in names:
+        rows = comp[kind][name] if kind else [row for row, _ in best_rule_rows(task, comp, name)]
+        series.append((name, [(r["targeted_kept"], r[task.value_key], task.plot_err(r))
+                              for r in [summary[REG_TARGETS][name][0]] + rows]))
     if not series:
         return False
     return plot_series(series, path, title, "kept fraction of the targeted parameters", task.metric_label, refs,
@@ -537,11 +544,13 @@ def run(task, a, plan, ms, common, out, seeds):
     for targets in TARGET_SETS:
         pngs.append(task.plot_name(targets))
         plot(task, summary, targets, os.path.join(out, pngs[-1]), task.plot_title(plan, targets), task.refs(plan))
-    loss_png = task.plot_name(REG_TARGETS)[:-len(".png")] + "-loss-rule.png"
-    if plot_loss_rule(task, summary, comp, os.path.join(out, loss_png),
-                      task.plot_title(plan, REG_TARGETS).split(":")[0] + ": every block matrix cut by the loss rule "
-                      "(whitened, ranks by measured loss)", task.refs(plan)):
-        pngs.append(loss_png)
+    for kind, suffix, words in ((COMPRESS_KINDS[-1], "-loss-rule.png", "by the loss rule (whitened, ranks by measured loss)"),
+                                (None, "-best-rule.png", "by each method's best rule at each p")):
+        png = task.plot_name(REG_TARGETS)[:-len(".png")] + suffix
+        if plot_rule(task, summary, comp, os.path.join(out, png),
+                     task.plot_title(plan, REG_TARGETS).split(":")[0] + ": every block matrix cut " + words,
+                     task.refs(plan), kind):
+            pngs.append(png)
     say("")
     say(md)
     say(f"experiment: {'report written' if a.report else 'done'} in {fmt_time(time.time() - t0)}; "

@@ -81,7 +81,7 @@ for targets in ("qkv", "all"):
               f"results.md {targets} {m}: {cells} vs {s[0]['acc']}, {s[6]['acc']}")
 
 if shutil.which("gnuplot"):
-    for targets in ("qkv", "all", "all-loss-rule"):  # the last: every method under the loss rule
+    for targets in ("qkv", "all", "all-loss-rule", "all-best-rule"):  # every method under the loss rule, its best rule
         png = os.path.join(out, f"accuracy-{targets}.png")
         ok = os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
         check(ok, f"{png} is a PNG")

@@ -167,7 +167,7 @@ check(fresh.returncode == 0 and fresh.stdout.decode("utf-8", errors="replace") =
       open(os.path.join(out, "samples", "adamw-s1-dense.txt"), encoding="utf-8").read(), "adamw sample vs q3r sample")
 
 if shutil.which("gnuplot"):
-    for targets in ("qkv", "all", "all-loss-rule"):  # the last: every method under the loss rule
+    for targets in ("qkv", "all", "all-loss-rule", "all-best-rule"):  # every method under the loss rule, its best rule
         png = os.path.join(out, f"bpb-{targets}.png")
         check(os.path.exists(png) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n", f"{png} is a PNG")
 check(not [f for f in os.listdir(out) if f.startswith(".") or f.endswith(".tmp")], f"litter: {os.listdir(out)}")
