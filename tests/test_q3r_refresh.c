@@ -331,6 +331,32 @@ static void test_f32_accuracy(q3r_rng *rng) {
     free(X), free(Xp);
 }
 
+/* A small lone refresh runs its LAPACK and BLAS on one thread whatever the thread count (a second
+ * thread only costs it wake-ups): the same bits at 1 and 2 threads, for every SVD method. */
+static void test_lone_threads(q3r_rng *rng) {
+    q3r_error err = {0};
+    const int m = 300, n = 140, rank = 10;
+    double d[140];
+    float *X = malloc(sizeof(float) * m * n);
+    spectrum(d, n, DECAY, rank, rng);
+    make_spectrum(X, m, n, d, rng);
+    for (int method = Q3R_SVD_EXACT32; method <= Q3R_SVD_SUBSPACE; method++) {
+        q3r_state *s[2] = {NULL, NULL};
+        for (int t = 0; t < 2; t++) {
+            q3r_set_threads(t + 1);
+            CHECK_OK(q3r_state_create(m, n, rank, NULL, &s[t], &err), &err);
+            q3r_state_set_svd_method(s[t], (q3r_svd_method)method);
+            CHECK_OK(q3r_state_refresh(s[t], X, n, &err), &err);
+        }
+        CHECK(same_export(s[0], s[1]), "method %d: a lone %d x %d refresh differs between 1 and 2 threads",
+              method, m, n);
+        q3r_state_free(s[0]);
+        q3r_state_free(s[1]);
+    }
+    q3r_set_threads(1);
+    free(X);
+}
+
 int main(void) {
     q3r_set_threads(1);
     q3r_rng rng;
@@ -353,5 +379,6 @@ int main(void) {
     /* AUTO on a tall matrix (max dim >= 1024): the truncated path, cold then warm */
     test_state(1100, 300, 8, DECAY, &def, Q3R_SVD_AUTO, &rng);
     test_lifecycle(&rng);
+    test_lone_threads(&rng);
     return check_report("test_q3r_refresh");
 }
