@@ -177,7 +177,8 @@ static q3r_status refresh_masked(q3r_set *set, const uint8_t *mask, q3r_error *e
     }
     /* Largest SVDs first, one matrix per thread with LAPACK single-threaded inside (an
      * OpenMP OpenBLAS runs serially inside a parallel region). Which thread takes which
-     * matrix does not change any result. A lone matrix gets the threaded LAPACK. */
+     * matrix does not change any result. A lone matrix gets the threaded LAPACK when it is large
+     * enough to gain from it (q3r_state_refresh_compute decides). */
     for (int i = 0; i < n; i++) {
         const entry *e = &set->e[i];
         double k = e->rows < e->cols ? e->rows : e->cols;
