@@ -280,5 +280,9 @@ void bench_print_rows(int th, const bench_timing *t, double items, double gflop,
         100.0 * (t->best[1] / t->best[0] - 1.0), t->pairs, 100.0 * t->diff_median, 100.0 * t->diff_q1,
         100.0 * t->diff_q3, t->refresh_s * 1e3, t->period, t->apply_s * 1e3, own * 1e3,
         100.0 * own / t->best[0]);
+    /* On a 2-vCPU machine 2-thread pairs spread by +-6% or more even at 20 pairs (bench/README.md) */
+    if (t->pairs < 20)
+        printf("        (%d pairs are too few to tell a few-percent cost; --steps %d gives 20)\n", t->pairs,
+               20 * t->period);
     if (have_torch) printf("        torch peak memory %.0f MiB (whole python process)\n", torch_mib);
 }
