@@ -48,6 +48,7 @@ COMPRESS_KINDS = ["whitened", "budget", "whitened-budget", "whitened-loss-budget
 COMPRESS_WORDS = {"plain": "plain SVD, uniform p", "whitened": "whitened, uniform p",
                   "budget": "plain SVD, budgeted ranks", "whitened-budget": "whitened, budgeted ranks",
                   "whitened-loss-budget": "whitened, ranks by measured loss"}
+COMPRESS_RULES = ["plain"] + COMPRESS_KINDS  # every rule of the compression tables, "plain" the "all" sweep
 COMPRESS_SHORT = {"plain": "s", "whitened": "w", "budget": "b", "whitened-budget": "w+b",
                   "whitened-loss-budget": "L"}
 # sweeps per model, in evaluations (the model itself and each p), for the time estimates; the
@@ -258,7 +259,7 @@ def summarize_compress(task, results, names, seeds):
     """kind ("plain" and COMPRESS_KINDS) -> method -> rows at COMPRESS_PS, means over the seeds that
     have that kind's sweep (plain: the rows of the "all" sweep)"""
     out = {}
-    for kind in ["plain"] + COMPRESS_KINDS:
+    for kind in COMPRESS_RULES:
         out[kind] = {}
         for name in names:
             sweeps = []
@@ -282,7 +283,7 @@ def summarize_compress(task, results, names, seeds):
     return out
 
 
-def compress_markdown(task, comp, summary=None):
+def compress_markdown(task, comp, summary):
     """the table of every method under every compression rule, the best cell of each p in bold"""
     if not any(comp.get(k) for k in COMPRESS_KINDS):
         return []
@@ -297,7 +298,7 @@ def compress_markdown(task, comp, summary=None):
              "each column in bold.", "",
              "| method | rule | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
              "|" + "---|" * (2 + len(COMPRESS_PS))]
-    cells = [(name, kind, rows) for name in next(iter(comp.values())) for kind in ["plain"] + COMPRESS_KINDS
+    cells = [(name, kind, rows) for name in next(iter(comp.values())) for kind in COMPRESS_RULES
              if name in comp.get(kind, {}) for rows in [comp[kind][name]]]
     best = []
     for j in range(len(COMPRESS_PS)):
@@ -314,7 +315,7 @@ def compress_markdown(task, comp, summary=None):
 def best_rule_rows(task, comp, name):
     """one method's best rule at each p of COMPRESS_PS, among the rules swept on the most seeds of that
     method: [(row, tags)], tags the letters of every rule that reaches the best value as printed"""
-    kinds = [k for k in ["plain"] + COMPRESS_KINDS if name in comp.get(k, {})]
+    kinds = [k for k in COMPRESS_RULES if name in comp.get(k, {})]
     most = max(len(comp[k][name][0]["seed_list"]) for k in kinds)
     kinds = [k for k in kinds if len(comp[k][name][0]["seed_list"]) == most]
     out = []
@@ -327,18 +328,16 @@ def best_rule_rows(task, comp, name):
     return out
 
 
-def best_rule_markdown(task, comp, summary=None):
-    """per method and p, the best of its rules (best_rule_rows); the untruncated model first when
-    summary has it"""
-    kinds = ["plain"] + COMPRESS_KINDS
+def best_rule_markdown(task, comp, summary):
+    """per method and p, the best of its rules (best_rule_rows), after its untruncated model"""
     lines = [f"## The best compression rule of each method (`--targets {REG_TARGETS}`)", "",
              "Each cell is the method's best rule at that p (mean over its seeds, as above) and, after it, every "
-             "rule that reaches that mean as printed: " + "; ".join(f"{COMPRESS_SHORT[k]}: {COMPRESS_WORDS[k]}" for k in kinds)
+             "rule that reaches that mean as printed: " + "; ".join(f"{COMPRESS_SHORT[k]}: {COMPRESS_WORDS[k]}" for k in COMPRESS_RULES)
              + ".", "",
              "| method | untruncated | " + " | ".join(f"p = {p:g}" for p in COMPRESS_PS) + " |",
              "|" + "---|" * (2 + len(COMPRESS_PS))]
     for name in next(iter(comp.values())):
-        dense = (summary or {}).get(REG_TARGETS, {}).get(name)
+        dense = summary[REG_TARGETS].get(name)  # None in a --report before both target sweeps of a method exist
         txt = [task.cell(dense[0]) if dense else "?"]
         txt += [f"{task.cell(row)} {tags}" for row, tags in best_rule_rows(task, comp, name)]
         lines.append(f"| {name} | " + " | ".join(txt) + " |")

@@ -392,10 +392,10 @@ static q3r_status refresh_compute(const q3r_state *s, const float *X, int ld, q3
                                   q3r_error *err);
 
 /* Below this many m n min(m, n), a refresh outside a parallel region runs its LAPACK and BLAS on
- * one thread. Measured on Zen 3 (bench_q3r, 2 threads against 1): a 768 x 256 refresh takes
- * 14-19 ms on 1 thread, 15-24 ms on 2 and 41-53 ms on 2 under OMP_WAIT_POLICY=passive (its many
- * small products each wake the second thread); 2048 x 2048 (8.6e9) gains 1.5x from the second
- * thread, 768 x 3072 (1.8e9) about nothing. */
+ * one thread. Measured on Zen 3 (bench_q3r, three runs): a 768 x 256 refresh takes 14-20 ms on
+ * 1 thread, and took 40-67 ms on 2 under OMP_WAIT_POLICY=passive (its many small products each
+ * woke the second thread); in one run 2048 x 2048 (8.6e9) gained 1.5x from the second thread and
+ * 768 x 3072 (1.8e9) about nothing. */
 #define SERIAL_REFRESH_COST 2.7e8
 
 q3r_status q3r_state_refresh_compute(const q3r_state *s, const float *X, int ld, q3r_refresh **out,
